@@ -1,0 +1,36 @@
+# pixelfleet: `make up` starts everything on embedded defaults; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup up test lint bench bench-e2e bench-zip clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+up: setup
+	$(BIN)/pixelfleet up
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: bench-e2e bench-zip
+
+bench-e2e: setup
+	$(BIN)/python -m bench.e2e
+
+bench-zip: setup
+	$(BIN)/python -m bench.zip
+
+clean:
+	rm -rf $(VENV) pixelfleet-data .pytest_cache .mypy_cache .ruff_cache

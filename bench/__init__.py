@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (or `python -m bench.e2e`, `python -m bench.zip`)."""

@@ -1,0 +1,1 @@
+"""The control plane: HTTP API, database, dispatch to RunPod, webhook finalisation, ZIPs."""

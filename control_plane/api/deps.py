@@ -1,0 +1,39 @@
+"""Typed dependencies for the routes."""
+
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from control_plane.services.platform import Platform
+from control_plane.settings import Settings
+
+
+def get_platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def get_session(platform: Annotated[Platform, Depends(get_platform)]) -> Iterator[Session]:
+    with Session(platform.engine, expire_on_commit=False) as session:
+        yield session
+
+
+def get_settings(platform: Annotated[Platform, Depends(get_platform)]) -> Settings:
+    return platform.settings
+
+
+R = TypeVar("R")
+
+
+def commit_after(session: Session, operation: Callable[[], R]) -> R:
+    """Run `operation`, then commit (blocking: call through run_in_threadpool)."""
+    result = operation()
+    session.commit()
+    return result
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,61 @@
+"""Rows → public schemas, with URLs a browser can fetch."""
+
+from fastapi import Request
+
+from control_plane.models import Job, Output, OutputStatus, Upload
+from control_plane.schemas import JobDetail, JobPublic, OutputPublic, Progress, UploadPublic
+from shared.storage import Storage
+
+
+def file_url(
+    request: Request, storage: Storage, route: str, key: str | None, **ids: str
+) -> str | None:
+    """A signed URL where the backend offers one, else our own file route."""
+    if key is None:
+        return None
+    return storage.signed_url(key) or str(request.url_for(route, **ids))
+
+
+def upload_public(request: Request, storage: Storage, upload: Upload) -> UploadPublic:
+    return UploadPublic(
+        **upload.model_dump(exclude={"storage_key", "thumbnail_key"}),
+        url=file_url(request, storage, "upload_file", upload.storage_key, upload_id=upload.id)
+        or "",
+        thumbnail_url=file_url(
+            request, storage, "upload_thumbnail", upload.thumbnail_key, upload_id=upload.id
+        ),
+    )
+
+
+def job_public(job: Job) -> JobPublic:
+    done = job.succeeded + job.failed + job.blocked
+    progress = Progress(
+        total=job.total,
+        succeeded=job.succeeded,
+        failed=job.failed,
+        blocked=job.blocked,
+        pending=job.total - done,
+    )
+    return JobPublic(**job.model_dump(), progress=progress)
+
+
+def output_public(request: Request, storage: Storage, output: Output) -> OutputPublic:
+    succeeded = output.status == OutputStatus.SUCCEEDED
+    return OutputPublic(
+        **output.model_dump(),
+        url=file_url(request, storage, "output_file", output.storage_key, output_id=output.id)
+        if succeeded
+        else None,
+        thumbnail_url=file_url(
+            request, storage, "output_thumbnail", output.thumbnail_key, output_id=output.id
+        )
+        if succeeded
+        else None,
+    )
+
+
+def job_detail(request: Request, storage: Storage, job: Job, outputs: list[Output]) -> JobDetail:
+    return JobDetail(
+        **job_public(job).model_dump(),
+        images=[output_public(request, storage, output) for output in outputs],
+    )

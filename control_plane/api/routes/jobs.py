@@ -1,0 +1,97 @@
+from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import col, func, select
+
+from control_plane.api.deps import PlatformDep, SessionDep, commit_after
+from control_plane.api.present import job_detail, job_public
+from control_plane.models import Job, JobStatus, Output
+from control_plane.runpod_client import RunPodError
+from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
+from control_plane.services import cleanup, dispatch, jobs, submissions
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+@router.post("/submit", status_code=status.HTTP_201_CREATED)
+async def submit_jobs(
+    body: SubmitRequest, platform: PlatformDep, session: SessionDep
+) -> SubmitResponse:
+    """Plan and queue a submission; its dispatches go to RunPod in the background."""
+    created, dispatch_ids = await run_in_threadpool(
+        commit_after, session, lambda: submissions.submit(session, platform.settings, body)
+    )
+    platform.spawn(dispatch.send_many(platform, dispatch_ids))
+    return SubmitResponse(batch_id=created[0].batch_id, jobs=[job_public(job) for job in created])
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    status_: JobStatus | None = Query(None, alias="status"),
+    group_id: str | None = None,
+    mode: str | None = Query(None, pattern="^(automatic|semi-automatic)$"),
+    page: int = Query(1, ge=1),
+    limit: int = Query(20, ge=1, le=200),
+) -> Page[JobPublic]:
+    """Jobs, newest first, filtered by status, group and mode."""
+    filters = [
+        clause
+        for wanted, clause in (
+            (status_, Job.status == status_),
+            (group_id, Job.group_id == group_id),
+            (mode, Job.mode == mode),
+        )
+        if wanted
+    ]
+    total = session.exec(select(func.count()).select_from(Job).where(*filters)).one()
+    rows = session.exec(
+        select(Job)
+        .where(*filters)
+        .order_by(col(Job.id).desc())
+        .offset((page - 1) * limit)
+        .limit(limit)
+    ).all()
+    return Page(data=[job_public(job) for job in rows], total=total, page=page, limit=limit)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, request: Request, platform: PlatformDep, session: SessionDep) -> JobDetail:
+    job = jobs.get_job(session, job_id)
+    outputs = session.exec(
+        select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
+    ).all()
+    return job_detail(request, platform.storage, job, list(outputs))
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_job(job_id: str, platform: PlatformDep, session: SessionDep) -> None:
+    """Delete a finished job and its images (409 while it is running)."""
+    await run_in_threadpool(cleanup.delete_job, session, platform.storage, job_id)
+
+
+@router.post("/{job_id}/cancel")
+async def cancel_job(job_id: str, platform: PlatformDep, session: SessionDep) -> JobPublic:
+    """Cancel a job: its unfinished images fail as "cancelled"; RunPod jobs are cancelled too."""
+    runpod_ids = await run_in_threadpool(
+        commit_after, session, lambda: jobs.cancel(session, job_id)
+    )
+    for runpod_id in runpod_ids:
+        platform.spawn(_cancel_quietly(platform, runpod_id))
+    return job_public(jobs.get_job(session, job_id))
+
+
+@router.post("/{job_id}/retry")
+async def retry_job(job_id: str, platform: PlatformDep, session: SessionDep) -> JobPublic:
+    """Queue the job's failed images again."""
+    dispatch_ids = await run_in_threadpool(
+        commit_after, session, lambda: jobs.retry_failed(session, platform.settings, job_id)
+    )
+    platform.spawn(dispatch.send_many(platform, dispatch_ids))
+    return job_public(jobs.get_job(session, job_id))
+
+
+async def _cancel_quietly(platform: PlatformDep, runpod_job_id: str) -> None:
+    try:
+        await platform.runpod.cancel(runpod_job_id)
+    except RunPodError as exc:
+        dispatch.log.info("RunPod cancel of %s: %s", runpod_job_id, exc)

@@ -1,0 +1,176 @@
+"""Database tables. Statuses are str Enums stored as short strings (portable to MySQL)."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlmodel import Column, Field, SQLModel
+
+from shared.ids import new_id
+
+# MySQL's DATETIME drops fractions unless asked; ordering and timings need them.
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _id(prefix: str) -> Any:
+    return Field(default_factory=lambda: new_id(prefix), primary_key=True, max_length=40)
+
+
+def _ts(**kwargs: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=Timestamp, **kwargs)
+
+
+def _json(**kwargs: Any) -> Any:
+    return Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False), **kwargs)
+
+
+class JobStatus(StrEnum):
+    """A job's life: queued → processing → completed | failed | cancelled."""
+
+    QUEUED = "queued"  # rows written, nothing handed to RunPod yet
+    PROCESSING = "processing"  # at least one dispatch handed to RunPod
+    COMPLETED = "completed"  # every image ended, at least one succeeded
+    FAILED = "failed"  # every image ended, none succeeded
+    CANCELLED = "cancelled"  # stopped by a user; unfinished images failed as "cancelled"
+
+
+class OutputStatus(StrEnum):
+    """One requested image: pending → running → succeeded | failed | blocked."""
+
+    PENDING = "pending"  # waiting for its dispatch to be handed to RunPod
+    RUNNING = "running"  # its dispatch is with RunPod
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    BLOCKED = "blocked"  # refused by the provider's safety filter
+
+
+TERMINAL_OUTPUT = (OutputStatus.SUCCEEDED, OutputStatus.FAILED, OutputStatus.BLOCKED)
+
+
+class DispatchStatus(StrEnum):
+    """One RunPod job: pending → submitting → submitted → completed | failed."""
+
+    PENDING = "pending"  # to be sent to RunPod (new, or a send failed and will be retried)
+    SUBMITTING = "submitting"  # claimed by a sender; stale claims are retried
+    SUBMITTED = "submitted"  # RunPod accepted it; waiting for webhook or status poll
+    COMPLETED = "completed"  # results applied
+    FAILED = "failed"  # RunPod failed it, lost it, or it could not be sent
+
+
+TERMINAL_DISPATCH = (DispatchStatus.COMPLETED, DispatchStatus.FAILED)
+
+
+class Group(SQLModel, table=True):
+    __tablename__ = "groups"
+    id: str = _id("grp")
+    name: str = Field(max_length=200)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Upload(SQLModel, table=True):
+    """An uploaded reference or source image."""
+
+    __tablename__ = "uploads"
+    id: str = _id("img")
+    group_id: str = Field(foreign_key="groups.id", index=True, max_length=40)
+    filename: str = Field(max_length=255)
+    storage_key: str = Field(max_length=512)
+    thumbnail_key: str | None = Field(default=None, max_length=512)
+    content_type: str = Field(max_length=64)
+    width: int
+    height: int
+    bytes: int = Field(sa_type=sa.BigInteger)
+    sha256: str = Field(max_length=64, index=True)
+    created_at: datetime = _ts()
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.Index("ix_jobs_status_id", "status", "id"),
+        sa.Index("ix_jobs_group_id_id", "group_id", "id"),
+        sa.Index("ix_jobs_mode_id", "mode", "id"),
+    )
+    id: str = _id("job")
+    group_id: str = Field(foreign_key="groups.id", max_length=40)
+    batch_id: str = Field(max_length=40, index=True)  # the submission this job came from
+    mode: str = Field(max_length=20)
+    status: str = Field(default=JobStatus.QUEUED, max_length=20)
+    prompt: str = Field(sa_type=sa.Text)
+    set_index: int | None = None  # semi-automatic: which set of the batch
+    config: dict[str, Any] = _json()
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    blocked: int = 0
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    completed_at: datetime | None = Field(default=None, sa_type=Timestamp)
+
+
+class Output(SQLModel, table=True):
+    """One requested output image, from request to file."""
+
+    __tablename__ = "outputs"
+    __table_args__ = (sa.Index("ix_outputs_job_id_position", "job_id", "position"),)
+    id: str = _id("out")
+    job_id: str = Field(foreign_key="jobs.id", max_length=40)
+    group_id: str = Field(foreign_key="groups.id", index=True, max_length=40)
+    dispatch_id: str | None = Field(default=None, index=True, max_length=40)
+    position: int
+    status: str = Field(default=OutputStatus.PENDING, max_length=20)
+    prompt: str = Field(sa_type=sa.Text)
+    reference_ids: list[str] = Field(
+        default_factory=list, sa_column=Column(sa.JSON, nullable=False)
+    )
+    seed: int = Field(sa_type=sa.BigInteger)
+    params: dict[str, Any] = _json()
+    provider: str | None = Field(default=None, max_length=40)
+    model: str | None = Field(default=None, max_length=80)
+    model_version: str | None = Field(default=None, max_length=80)
+    storage_key: str | None = Field(default=None, max_length=512)
+    thumbnail_key: str | None = Field(default=None, max_length=512)
+    content_type: str | None = Field(default=None, max_length=64)
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
+    sha256: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    attempts: int = 0
+    latency_ms: int | None = None
+    cost_usd: float | None = None
+    usage: dict[str, Any] | None = Field(default=None, sa_column=Column(sa.JSON, nullable=True))
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    completed_at: datetime | None = Field(default=None, sa_type=Timestamp)
+
+
+class Dispatch(SQLModel, table=True):
+    """One RunPod job carrying a chunk of a pixelfleet job."""
+
+    __tablename__ = "dispatches"
+    __table_args__ = (sa.Index("ix_dispatches_status_updated_at", "status", "updated_at"),)
+    id: str = _id("dsp")
+    job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40)
+    attempt: int = 1
+    status: str = Field(default=DispatchStatus.PENDING, max_length=20)
+    runpod_job_id: str | None = Field(default=None, index=True, max_length=80)
+    runpod_status: str | None = Field(default=None, max_length=20)
+    webhook_token: str = Field(max_length=64)
+    submit_attempts: int = 0
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    delay_ms: int | None = None
+    execution_ms: int | None = None
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    submitted_at: datetime | None = Field(default=None, sa_type=Timestamp)
+    finished_at: datetime | None = Field(default=None, sa_type=Timestamp)
+    last_polled_at: datetime | None = Field(default=None, sa_type=Timestamp)

@@ -1,0 +1,89 @@
+"""RunPod's serverless API (`/v2/{endpoint_id}/…`), as the control plane uses it.
+
+Transient failures (connection errors, 429, 5xx) are retried here with backoff; anything
+else surfaces as RunPodError for the caller to decide.
+"""
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class RunPodError(Exception):
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+    @property
+    def retryable(self) -> bool:
+        return self.status_code is None or self.status_code == 429 or self.status_code >= 500
+
+
+class RunPodClient:
+    def __init__(
+        self,
+        endpoint_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 30.0,
+        attempts: int = 3,
+        backoff_s: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=endpoint_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout_s,
+            transport=transport,
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        )
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def run(self, job_input: dict[str, Any], webhook: str, policy: dict[str, int]) -> str:
+        body = {"input": job_input, "webhook": webhook, "policy": policy}
+        reply = await self._request("POST", "run", json=body)
+        if not isinstance(reply, dict) or not reply.get("id"):
+            raise RunPodError(f"RunPod /run answered without a job id: {reply!r}")
+        return str(reply["id"])
+
+    async def status(self, runpod_job_id: str) -> dict[str, Any] | None:
+        """The job's state, or None when RunPod no longer knows it (expired or never existed)."""
+        try:
+            reply: dict[str, Any] = await self._request("GET", f"status/{runpod_job_id}")
+            return reply
+        except RunPodError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+
+    async def cancel(self, runpod_job_id: str) -> None:
+        await self._request("POST", f"cancel/{runpod_job_id}")
+
+    async def _request(self, method: str, path: str, json: Any = None) -> Any:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                response = await self._http.request(method, path, json=json)
+                if response.status_code < 400:
+                    return response.json()
+                code = response.status_code
+                error = RunPodError(
+                    f"RunPod {method} /{path} answered {code}: {response.text[:300]}",
+                    code,
+                )
+            except httpx.HTTPError as exc:
+                error = RunPodError(f"RunPod {method} /{path} failed: {exc!r}")
+            if not error.retryable or attempt == self._attempts:
+                raise error
+            delay = min(8.0, self._backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("%s; retrying in %.1fs", error, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")

@@ -1,0 +1,1 @@
+"""What the routes call: planning, dispatch, finalisation, reconciliation, uploads, archives."""

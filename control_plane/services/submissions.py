@@ -1,0 +1,190 @@
+"""Plan a submission into jobs, one output row per requested image, and dispatch chunks.
+
+Everything is checked before anything is written: an invalid submission changes nothing.
+"""
+
+import random
+from collections.abc import Sequence
+
+from sqlmodel import Session, col, select
+
+from control_plane.errors import InvalidRequest, NotFound
+from control_plane.models import Dispatch, Group, Job, Output, Upload
+from control_plane.schemas import (
+    AutomaticSubmit,
+    GenerationConfig,
+    SemiAutomaticSubmit,
+)
+from control_plane.settings import Settings
+from shared.catalog import models
+from shared.ids import new_id, new_token
+
+
+def submit(
+    session: Session, settings: Settings, request: AutomaticSubmit | SemiAutomaticSubmit
+) -> tuple[list[Job], list[str]]:
+    """Write the jobs, outputs and dispatches of a submission (the caller commits).
+
+    Returns the jobs and the ids of the dispatches to send.
+    """
+    if session.get(Group, request.group_id) is None:
+        raise NotFound(f"group {request.group_id} does not exist")
+    params = resolve_params(request.config, settings)
+    if isinstance(request, AutomaticSubmit):
+        _check_references(session, request.group_id, [[i] for i in request.images], params["model"])
+        return _plan_automatic(session, settings, request, params)
+    _check_references(session, request.group_id, [i.images for i in request.items], params["model"])
+    return _plan_semi_automatic(session, request, params)
+
+
+def resolve_params(config: GenerationConfig, settings: Settings) -> dict[str, str | None]:
+    """Fill defaults and check the model, ratio and size against the model table (422 if not)."""
+    table = models()
+    model = config.model or settings.default_model
+    spec = table.get(model)
+    if spec is None:
+        raise InvalidRequest(f"unknown model {model!r}; choose one of: {', '.join(sorted(table))}")
+    aspect_ratio = config.aspect_ratio or "1:1"
+    if aspect_ratio not in spec.aspect_ratios:
+        raise InvalidRequest(
+            f"{model} does not support aspect_ratio {aspect_ratio!r}; "
+            f"allowed: {', '.join(spec.aspect_ratios)}"
+        )
+    image_size = config.image_size or spec.default_image_size
+    if image_size not in spec.image_sizes:
+        raise InvalidRequest(
+            f"{model} does not support image_size {image_size!r}; "
+            f"allowed: {', '.join(spec.image_sizes)}"
+        )
+    return {
+        "model": model,
+        "aspect_ratio": aspect_ratio,
+        "image_size": image_size,
+        "negative_prompt": config.negative_prompt,
+    }
+
+
+def _check_references(
+    session: Session, group_id: str, id_lists: Sequence[Sequence[str]], model: str | None
+) -> None:
+    """Every id must be an upload of the group, and each prompt within the model's limit."""
+    wanted = {image_id for ids in id_lists for image_id in ids}
+    found: set[str] = set()
+    for batch in _batches(sorted(wanted), 1000):
+        found.update(
+            session.exec(
+                select(Upload.id).where(col(Upload.id).in_(batch), Upload.group_id == group_id)
+            ).all()
+        )
+    missing = sorted(wanted - found)
+    if missing:
+        shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+        raise InvalidRequest(
+            f"{len(missing)} image id(s) are not uploads of group {group_id}: {shown}"
+        )
+    limit = models()[model or ""].max_reference_images
+    longest = max((len(ids) for ids in id_lists), default=0)
+    if longest > limit:
+        raise InvalidRequest(
+            f"{model} takes at most {limit} reference images per prompt; got {longest}"
+        )
+
+
+def _batches(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _base_seed(config: GenerationConfig) -> int:
+    return config.seed if config.seed is not None else random.randrange(2**31)
+
+
+def _plan_automatic(
+    session: Session, settings: Settings, request: AutomaticSubmit, params: dict[str, str | None]
+) -> tuple[list[Job], list[str]]:
+    if len(request.images) > settings.submit_max_images:
+        raise InvalidRequest(
+            f"{len(request.images)} images in one job; the limit is {settings.submit_max_images}"
+        )
+    base_seed = _base_seed(request.config)
+    job = Job(
+        group_id=request.group_id,
+        batch_id=new_id("bat"),
+        mode="automatic",
+        prompt=request.prompt,
+        config={**request.config.model_dump(exclude_none=True), **params, "seed": base_seed},
+        total=len(request.images),
+    )
+    _add_job(session, job)
+    outputs = [
+        _output(job, position, request.prompt, [image_id], base_seed + position, params)
+        for position, image_id in enumerate(request.images)
+    ]
+    return [job], _add_dispatches(session, job, outputs, settings.dispatch_chunk_size)
+
+
+def _plan_semi_automatic(
+    session: Session, request: SemiAutomaticSubmit, params: dict[str, str | None]
+) -> tuple[list[Job], list[str]]:
+    config = request.config
+    batch_id = new_id("bat")
+    base_seed = _base_seed(config)
+    jobs, dispatch_ids = [], []
+    for set_index in range(config.total_images // config.images_per_set):
+        item = request.items[set_index % len(request.items)]
+        job = Job(
+            group_id=request.group_id,
+            batch_id=batch_id,
+            mode="semi-automatic",
+            prompt=item.prompt,
+            set_index=set_index,
+            config={**config.model_dump(exclude_none=True), **params, "seed": base_seed},
+            total=config.images_per_set,
+        )
+        _add_job(session, job)
+        first = set_index * config.images_per_set
+        outputs = [
+            _output(job, position, item.prompt, item.images, base_seed + first + position, params)
+            for position in range(config.images_per_set)
+        ]
+        dispatch_ids += _add_dispatches(session, job, outputs, chunk_size=config.images_per_set)
+        jobs.append(job)
+    return jobs, dispatch_ids
+
+
+def _add_job(session: Session, job: Job) -> None:
+    session.add(job)
+    session.flush()  # the rows below reference it; no ORM relationships order the inserts
+
+
+def _output(
+    job: Job,
+    position: int,
+    prompt: str,
+    reference_ids: Sequence[str],
+    seed: int,
+    params: dict[str, str | None],
+) -> Output:
+    return Output(
+        job_id=job.id,
+        group_id=job.group_id,
+        position=position,
+        prompt=prompt,
+        reference_ids=list(reference_ids),
+        seed=seed % 2**31,
+        params=params,
+        model=params["model"],
+    )
+
+
+def _add_dispatches(
+    session: Session, job: Job, outputs: list[Output], chunk_size: int
+) -> list[str]:
+    dispatch_ids = []
+    for start in range(0, len(outputs), chunk_size):
+        dispatch = Dispatch(job_id=job.id, webhook_token=new_token())
+        session.add(dispatch)
+        dispatch_ids.append(dispatch.id)
+        for output in outputs[start : start + chunk_size]:
+            output.dispatch_id = dispatch.id
+            session.add(output)
+    return dispatch_ids

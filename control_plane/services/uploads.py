@@ -1,0 +1,114 @@
+"""Store uploaded images: validate each file, stream it into storage, record it.
+
+Files are judged one by one (a bad file is rejected with a reason, the rest go on); the
+rows are written in one transaction, and if that fails every object this request stored is
+deleted again, so a failed request leaves nothing behind.
+"""
+
+import io
+import logging
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from control_plane.models import Upload
+from control_plane.schemas import UploadRejected
+from control_plane.settings import Settings
+from shared.ids import new_id
+from shared.images import THUMBNAIL_TYPE, ImageRejected, inspect_upload, make_thumbnail
+from shared.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IncomingFile:
+    filename: str
+    size: int
+    file: BinaryIO
+
+
+def display_name(filename: str | None) -> str:
+    """The file's own name, for display only: no directories, no control characters."""
+    name = os.path.basename((filename or "").replace("\\", "/"))
+    name = "".join(
+        ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C"
+    )
+    return name.strip()[:255] or "unnamed"
+
+
+def safe_stem(filename: str, limit: int = 60) -> str:
+    """A filename stem reduced to [A-Za-z0-9._-], for ZIP entry names."""
+    stem = os.path.splitext(filename)[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:limit]
+
+
+def store_file(
+    storage: Storage, settings: Settings, group_id: str, incoming: IncomingFile
+) -> Upload | UploadRejected:
+    """Validate and store one file (blocking: run it in a thread)."""
+    name = display_name(incoming.filename)
+    limit = settings.upload_max_file_bytes
+    if incoming.size == 0:
+        return UploadRejected(filename=name, reason="empty file (0 bytes)")
+    if incoming.size > limit:
+        return UploadRejected(
+            filename=name,
+            reason=f"file is {incoming.size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB",
+        )
+    try:
+        image = inspect_upload(incoming.file, max_pixels=settings.upload_max_pixels)
+    except ImageRejected as exc:
+        return UploadRejected(filename=name, reason=str(exc))
+    body = io.BytesIO(image.reencoded) if image.reencoded else incoming.file
+    upload_id = new_id("img")
+    thumbnail_key = f"groups/{group_id}/inputs/{upload_id}.thumb.webp"
+    upload = Upload(
+        id=upload_id,
+        group_id=group_id,
+        filename=name,
+        storage_key=f"groups/{group_id}/inputs/{upload_id}{image.extension}",
+        thumbnail_key=thumbnail_key,
+        content_type=image.content_type,
+        width=image.width,
+        height=image.height,
+        bytes=0,
+        sha256="",
+    )
+    try:  # the original streams from the spooled upload (resumable on GCS when large)
+        body.seek(0)
+        thumbnail = make_thumbnail(body)
+        body.seek(0)
+        stored = storage.put_file(upload.storage_key, body, content_type=image.content_type)
+        storage.put_bytes(thumbnail_key, thumbnail, content_type=THUMBNAIL_TYPE)
+    except StorageError:
+        remove_objects(storage, [upload])
+        raise
+    upload.bytes, upload.sha256 = stored.size, stored.sha256
+    return upload
+
+
+def remove_objects(storage: Storage, uploads: list[Upload]) -> None:
+    for upload in uploads:
+        for key in (upload.storage_key, upload.thumbnail_key):
+            if key:
+                try:
+                    storage.delete(key)
+                except StorageError:
+                    log.warning("could not delete %s after a failed upload", key)
+
+
+def record(session: Session, storage: Storage, uploads: list[Upload]) -> None:
+    """Insert the rows; on failure delete what was stored and re-raise."""
+    try:
+        session.add_all(uploads)
+        session.commit()
+    except sa.exc.SQLAlchemyError:
+        session.rollback()
+        remove_objects(storage, uploads)
+        raise

@@ -1,0 +1,72 @@
+"""Control-plane settings: one place, env vars prefixed PIXELFLEET_ (README lists them all).
+
+Outside development, unsafe defaults (SQLite, the local RunPod endpoint and its dev key, a
+loopback public URL) are refused at start-up rather than discovered in production.
+"""
+
+from functools import cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shared.settings import CommonSettings
+
+DEV_RUNPOD_API_KEY = "local-dev-key"
+
+
+class Settings(CommonSettings):
+    environment: Literal["development", "production"] = "development"
+    database_url: str = ""  # default: sqlite:///{data_dir}/pixelfleet.db
+    public_url: str = "http://127.0.0.1:8000"
+
+    runpod_base_url: str = "http://127.0.0.1:8001"
+    runpod_endpoint_id: str = "local"
+    runpod_api_key: str = DEV_RUNPOD_API_KEY
+    runpod_timeout_s: float = 30.0
+
+    dispatch_chunk_size: int = Field(16, ge=1, le=500)
+    dispatch_max_attempts: int = Field(2, ge=1, le=10)
+    dispatch_submit_attempts: int = Field(5, ge=1)
+    dispatch_execution_timeout_s: int = Field(600, ge=5)
+    dispatch_ttl_s: int = Field(86_400, ge=10)
+    reconcile_interval_s: float = Field(10.0, gt=0)
+    webhook_grace_s: float = Field(60.0, ge=0)
+
+    signed_url_expiry_s: int = Field(3600, ge=60, le=7 * 86_400)
+    storage_gc_grace_s: int = Field(86_400, ge=0)
+
+    upload_max_file_bytes: int = 20 * 1024 * 1024
+    upload_max_pixels: int = 50_000_000
+    upload_max_files: int = 5_000
+    submit_max_images: int = 20_000
+    default_model: str = "gemini-2.5-flash-image"
+
+    @model_validator(mode="after")
+    def _defaults_and_safety(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'pixelfleet.db').resolve()}"
+        if self.environment == "production":
+            problems = [
+                msg
+                for bad, msg in (
+                    (self.database_url.startswith("sqlite"), "PIXELFLEET_DATABASE_URL is SQLite"),
+                    (self.runpod_api_key == DEV_RUNPOD_API_KEY, "PIXELFLEET_RUNPOD_API_KEY unset"),
+                    (
+                        "127.0.0.1" in self.public_url or "localhost" in self.public_url,
+                        "PIXELFLEET_PUBLIC_URL is a loopback address RunPod cannot reach",
+                    ),
+                )
+                if bad
+            ]
+            if problems:
+                raise ValueError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    @property
+    def runpod_endpoint_url(self) -> str:
+        return f"{self.runpod_base_url.rstrip('/')}/v2/{self.runpod_endpoint_id}"
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,81 @@
+"""The contract between the control plane and the worker: a RunPod job's input and output.
+
+Inputs carry storage URIs, never image bytes: RunPod caps `/run` bodies at 10 MB and echoes
+the whole input back in its webhook. Bump CONTRACT_VERSION on any incompatible change; the
+worker refuses versions it does not know.
+"""
+
+from enum import StrEnum
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CONTRACT_VERSION: Final = 1
+
+
+class ResultStatus(StrEnum):
+    """How one requested image ended on the worker."""
+
+    SUCCEEDED = "succeeded"  # an output file was written
+    FAILED = "failed"  # an error; `error` says which
+    BLOCKED = "blocked"  # the provider refused on safety grounds; `error` gives the reason
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageParams(_Strict):
+    model: str
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    seed: int
+    negative_prompt: str | None = None
+
+
+class WorkItem(_Strict):
+    """One image to generate."""
+
+    output_id: str
+    prompt: str
+    reference_uris: list[str] = Field(default_factory=list)
+    params: ImageParams
+    output_key: str = Field(description="storage key without extension; the worker adds it")
+
+
+class DispatchInput(_Strict):
+    """The `input` of one RunPod job: a chunk of a pixelfleet job."""
+
+    version: Literal[1] = CONTRACT_VERSION
+    dispatch_id: str
+    job_id: str
+    items: list[WorkItem] = Field(min_length=1)
+
+
+class ItemResult(_Strict):
+    output_id: str
+    status: ResultStatus
+    provider: str
+    model: str
+    seed: int | None = None
+    output_uri: str | None = None
+    thumbnail_uri: str | None = None
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+    attempts: int = 1
+    latency_ms: int = 0
+    model_version: str | None = None
+    usage: dict[str, Any] | None = None
+    cost_usd: float | None = None
+
+
+class DispatchOutput(_Strict):
+    """The `output` of one RunPod job: one result per work item."""
+
+    version: Literal[1] = CONTRACT_VERSION
+    dispatch_id: str
+    results: list[ItemResult]

@@ -1,0 +1,30 @@
+"""Identifiers: a readable prefix plus a time-ordered, unguessable body."""
+
+import os
+import secrets
+import time
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+
+
+def _base32(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, digit = divmod(value, 32)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str) -> str:
+    """`prefix_` + 10 chars of milliseconds + 16 random chars (ULID layout), 26 chars of body.
+
+    Ids sort by creation time, so "newest first" never needs a second clock.
+    """
+    millis = time.time_ns() // 1_000_000
+    randomness = int.from_bytes(os.urandom(10), "big")
+    return f"{prefix}_{_base32(millis, 10)}{_base32(randomness, 16)}"
+
+
+def new_token() -> str:
+    """An unguessable URL-safe secret (256 bits)."""
+    return secrets.token_urlsafe(32)

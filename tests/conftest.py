@@ -1,0 +1,114 @@
+"""Shared fixtures: databases (SQLite always, MariaDB/MySQL when reachable), storage, stacks."""
+
+import io
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from control_plane.db import migrate
+from control_plane.settings import Settings
+
+MYSQL_URL = os.environ.get("PIXELFLEET_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+REQUIRE_MYSQL = os.environ.get("PIXELFLEET_REQUIRE_MYSQL") == "1"
+TABLES = ("dispatches", "outputs", "uploads", "jobs", "groups", "alembic_version")
+_mysql_problem: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[str]:
+    """A database of this test session's own on the MariaDB/MySQL server (so concurrent runs
+    never reset each other's tables), or the configured one if it may not create one; ""
+    plus a reason (in `mysql_problem`) when the server is unreachable."""
+    base = sa.engine.make_url(MYSQL_URL)
+    try:
+        server = sa.create_engine(base.set(database=""), connect_args={"connect_timeout": 3})
+        with server.connect():
+            pass
+    except Exception as exc:  # any failure to connect means "not here"
+        _mysql_problem.append(f"MariaDB/MySQL unreachable at {MYSQL_URL}: {exc}")
+        yield ""
+        return
+    own = f"{base.database or 'test'}_pf_{secrets.token_hex(4)}"
+    try:
+        with server.begin() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE `{own}` CHARACTER SET utf8mb4")
+    except sa.exc.DBAPIError:
+        own = ""
+    try:
+        yield base.set(database=own).render_as_string(hide_password=False) if own else MYSQL_URL
+    finally:
+        if own:
+            with server.begin() as connection:
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{own}`")
+        server.dispose()
+
+
+def _reset_mysql(url: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
+        for table in TABLES:
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS=1")
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: SQLite, then MariaDB/MySQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pixelfleet.db'}"
+    else:
+        server_url: str = request.getfixturevalue("mysql_url")
+        if not server_url:
+            problem = _mysql_problem[0]
+            if REQUIRE_MYSQL:
+                pytest.fail(problem)
+            pytest.skip(problem)
+        _reset_mysql(server_url)
+        url = server_url
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        storage_url=str(tmp_path / "storage"),
+        reconcile_interval_s=0.2,
+        webhook_grace_s=30,
+        dispatch_chunk_size=16,
+    )
+
+
+def png_bytes(
+    width: int = 64, height: int = 48, colour: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(
+    width: int = 64, height: int = 48, colour: tuple[int, int, int] = (30, 200, 30)
+) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def tmp_storage(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "storage"

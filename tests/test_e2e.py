@@ -1,0 +1,267 @@
+"""End to end on real sockets: control plane ⇄ local RunPod endpoint ⇄ worker handler.
+
+Nothing of ours is mocked: uploads go through multipart HTTP, dispatches through the local
+endpoint's cloud API, results come back by its webhook (or, when that is lost, by the
+reconciler's /status polls), and the ZIP is read back file by file against its manifest.
+"""
+
+import hashlib
+import io
+import json
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from control_plane.app import create_app
+from control_plane.settings import Settings
+from tests.conftest import png_bytes
+from tests.servers import reserve_socket, run_server, url_of
+from worker.local_endpoint import build_endpoint_app_from_settings
+from worker.settings import WorkerSettings
+
+
+@dataclass
+class Stack:
+    http: httpx.Client
+    settings: Settings
+
+    def group(self) -> str:
+        return self.http.post("/api/groups", json={"name": "e2e dataset"}).json()["id"]
+
+    def upload(self, group_id: str, n: int, batch: int = 100) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, n, batch):
+            files = [
+                (
+                    "files",
+                    (
+                        f"photo {i}.png",
+                        png_bytes(48, 32, (i % 256, (i * 7) % 256, 90)),
+                        "image/png",
+                    ),
+                )
+                for i in range(start, min(n, start + batch))
+            ]
+            response = self.http.post("/api/uploads", data={"group_id": group_id}, files=files)
+            assert response.status_code == 201, response.text
+            ids += [image["id"] for image in response.json()["images"]]
+        return ids
+
+    def wait_for(self, job_ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = [self.http.get(f"/api/jobs/{job_id}").json() for job_id in job_ids]
+            if all(job["status"] in ("completed", "failed") for job in jobs):
+                return jobs
+            assert time.monotonic() < deadline, [job["progress"] for job in jobs]
+            time.sleep(0.2)
+
+
+def _stack(settings: Settings, **worker: Any) -> Iterator[Stack]:
+    defaults: dict[str, Any] = {
+        "provider": "offline",
+        "worker_concurrency": 16,
+        "worker_max_jobs": 4,
+        "webhook_retry_delay_s": 0.1,
+    }
+    worker_settings = WorkerSettings(storage_url=settings.storage_url, **{**defaults, **worker})
+    api_socket = reserve_socket()
+    with run_server(build_endpoint_app_from_settings(worker_settings)) as endpoint_url:
+        control = settings.model_copy(
+            update={"runpod_base_url": endpoint_url, "public_url": url_of(api_socket)}
+        )
+        with (
+            run_server(create_app(control), api_socket) as api_url,
+            httpx.Client(base_url=api_url, timeout=60) as http,
+        ):
+            yield Stack(http, control)
+
+
+@pytest.fixture
+def stack(settings: Settings) -> Iterator[Stack]:
+    yield from _stack(settings)
+
+
+def _read_zip(stack: Stack, group_id: str) -> tuple[bytes, zipfile.ZipFile, list[dict[str, Any]]]:
+    response = stack.http.get(f"/api/download/{group_id}/zip")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/zip"
+    assert int(response.headers["content-length"]) == len(response.content)
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert archive.testzip() is None
+    manifest = [json.loads(line) for line in archive.read("manifest.jsonl").decode().splitlines()]
+    return response.content, archive, manifest
+
+
+def _check_zip_against_manifest(archive: zipfile.ZipFile, manifest: list[dict[str, Any]]) -> None:
+    names = set(archive.namelist()) - {"manifest.jsonl"}
+    listed = {line["file"] for line in manifest if line["file"]}
+    assert names == listed
+    for line in manifest:
+        if line["status"] != "succeeded":
+            assert line["file"] is None and line["error"]
+            continue
+        data = archive.read(line["file"])
+        assert hashlib.sha256(data).hexdigest() == line["sha256"]
+        assert len(data) == line["bytes"]
+        assert Image.open(io.BytesIO(data)).size == (line["width"], line["height"])
+        assert line["provider"] == "offline" and line["model"] and line["seed"] is not None
+        assert ".." not in line["file"] and not line["file"].startswith("/")
+
+
+def test_automatic_200_images_end_to_end(stack: Stack) -> None:
+    group_id = stack.group()
+    images = stack.upload(group_id, 200)
+    submitted = stack.http.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "same scene at golden hour",
+            "images": images,
+            "config": {
+                "model": "gemini-3.1-flash-image",
+                "image_size": "512",
+                "aspect_ratio": "4:3",
+                "seed": 100,
+            },
+        },
+    )
+    assert submitted.status_code == 201, submitted.text
+    [job] = stack.wait_for([submitted.json()["jobs"][0]["id"]])
+    assert job["status"] == "completed"
+    assert job["progress"] == {
+        "total": 200,
+        "succeeded": 200,
+        "failed": 0,
+        "blocked": 0,
+        "pending": 0,
+    }
+    assert {(image["width"], image["height"]) for image in job["images"]} == {(592, 440)}
+    assert sorted(image["seed"] for image in job["images"]) == list(range(100, 300))
+    assert [
+        image["reference_ids"][0] for image in job["images"]
+    ] == images  # one output per input, in order
+
+    listing = stack.http.get(f"/api/download/{group_id}").json()
+    assert len(listing) == 200
+    first = stack.http.get(listing[0]["url"])
+    assert (
+        first.status_code == 200
+        and hashlib.sha256(first.content).hexdigest() == listing[0]["sha256"]
+    )
+
+    content, archive, manifest = _read_zip(stack, group_id)
+    assert len(manifest) == 200 and all(line["status"] == "succeeded" for line in manifest)
+    _check_zip_against_manifest(archive, manifest)
+    assert archive.namelist()[1].endswith("_photo-0.jpg")  # source name kept, sanitised
+    again = _read_zip(stack, group_id)[1]  # deterministic order and content (timestamps are "now")
+    assert [(i.filename, i.CRC, i.file_size) for i in again.infolist()] == [
+        (i.filename, i.CRC, i.file_size) for i in archive.infolist()
+    ]
+    assert len(content) == len(_read_zip(stack, group_id)[0])
+    group = stack.http.get(f"/api/groups/{group_id}").json()
+    assert group["counts"]["succeeded"] == 200 and group["counts"]["uploads"] == 200
+
+
+def test_semi_automatic_40_as_10_sets_of_4(stack: Stack) -> None:
+    group_id = stack.group()
+    refs = stack.upload(group_id, 3)
+    submitted = stack.http.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "semi-automatic",
+            "items": [
+                {"images": refs[:2], "prompt": "the same character, studio portrait"},
+                {"images": refs[2:], "prompt": "the same character, walking in rain"},
+            ],
+            "config": {
+                "total_images": 40,
+                "images_per_set": 4,
+                "model": "gemini-3.1-flash-image",
+                "image_size": "512",
+            },
+        },
+    )
+    assert submitted.status_code == 201, submitted.text
+    jobs = stack.wait_for([job["id"] for job in submitted.json()["jobs"]])
+    assert len(jobs) == 10 and all(job["status"] == "completed" for job in jobs)
+    assert sum(job["progress"]["succeeded"] for job in jobs) == 40
+    assert {tuple(job["images"][0]["reference_ids"]) for job in jobs} == {
+        tuple(refs[:2]),
+        tuple(refs[2:]),
+    }
+    shas = {image["sha256"] for job in jobs for image in job["images"]}
+    assert len(shas) == 40  # every image of every set differs (own seed)
+
+    _, archive, manifest = _read_zip(stack, group_id)
+    assert len(manifest) == 40 and {line["set_index"] for line in manifest} == set(range(10))
+    _check_zip_against_manifest(archive, manifest)
+
+
+def test_lost_webhooks_are_recovered_by_polling_status(settings: Settings) -> None:
+    """Webhooks are hints: with every one lost, /status polling still finishes the job."""
+    unreachable = reserve_socket()  # bound, never listening: every webhook fails to connect
+    lossy = settings.model_copy(update={"webhook_grace_s": 0.5})
+    for stack in _stack(lossy, webhook_attempts=1):
+        stack.settings.public_url = url_of(unreachable)
+        group_id = stack.group()
+        images = stack.upload(group_id, 20)
+        submitted = stack.http.post(
+            "/api/jobs/submit",
+            json={
+                "group_id": group_id,
+                "mode": "automatic",
+                "prompt": "x",
+                "images": images,
+                "config": {"model": "gemini-3.1-flash-image", "image_size": "512"},
+            },
+        )
+        [job] = stack.wait_for([submitted.json()["jobs"][0]["id"]], timeout=60)
+        assert job["status"] == "completed" and job["progress"]["succeeded"] == 20
+    unreachable.close()
+
+
+def test_official_runpod_client_is_not_needed_for_mixed_failures(
+    stack: Stack, settings: Settings
+) -> None:
+    """A corrupt reference fails its image with a reason; its neighbours succeed; ZIP lists both."""
+    group_id = stack.group()
+    images = stack.upload(group_id, 3)
+    storage_root = settings.storage_url
+    job_images = stack.http.get(f"/api/download/{group_id}").json()
+    assert job_images == []
+    # break one reference on disk after upload, as a disk fault would
+    from shared.storage import open_storage
+
+    storage = open_storage(storage_root)
+    victim = next(
+        info.key
+        for info in storage.list(f"groups/{group_id}/inputs")
+        if images[1] in info.key and "thumb" not in info.key
+    )
+    storage.delete(victim)
+    submitted = stack.http.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "x",
+            "images": images,
+            "config": {"model": "gemini-3.1-flash-image", "image_size": "512"},
+        },
+    )
+    [job] = stack.wait_for([submitted.json()["jobs"][0]["id"]])
+    assert job["status"] == "completed"
+    assert [image["status"] for image in job["images"]] == ["succeeded", "failed", "succeeded"]
+    assert "reference unreadable" in job["images"][1]["error"]
+    _, archive, manifest = _read_zip(stack, group_id)
+    assert [line["status"] for line in manifest] == ["succeeded", "failed", "succeeded"]
+    _check_zip_against_manifest(archive, manifest)

@@ -1,0 +1,1 @@
+"""The RunPod serverless worker: handler, providers, and the local RunPod-compatible endpoint."""

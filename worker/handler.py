@@ -1,0 +1,46 @@
+"""The RunPod handler: the one function both RunPod and the local endpoint run.
+
+`make_handler` returns an async handler (RunPod runs all jobs on one asyncio loop, so a
+sync handler would run them one after another) and a concurrency_modifier that tells
+RunPod how many jobs this worker can take at once.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.contract import CONTRACT_VERSION, DispatchInput
+from shared.storage import open_storage
+from worker.providers import build_provider
+from worker.runner import Runner
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int], Runner]:
+    runner = Runner(
+        provider=build_provider(settings),
+        storage=open_storage(settings.storage_url),
+        concurrency=settings.worker_concurrency,
+    )
+
+    async def handler(job: dict[str, Any]) -> dict[str, Any]:
+        raw = job.get("input") or {}
+        if isinstance(raw, dict) and raw.get("version", CONTRACT_VERSION) != CONTRACT_VERSION:
+            return {"error": f"unsupported contract version {raw.get('version')!r}"}
+        try:
+            dispatch = DispatchInput.model_validate(raw)
+        except ValidationError as exc:
+            return {"error": f"invalid input: {exc.errors(include_url=False)}"}
+        log.info("dispatch %s: %d images", dispatch.dispatch_id, len(dispatch.items))
+        output = await runner.run_dispatch(dispatch)
+        return output.model_dump(mode="json")
+
+    def concurrency_modifier(current: int) -> int:
+        return settings.worker_max_jobs
+
+    return handler, concurrency_modifier, runner

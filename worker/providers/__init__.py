@@ -1,0 +1,43 @@
+"""Image providers behind one interface; `build_provider` picks one from settings."""
+
+from worker.providers.base import (
+    GeneratedImage,
+    GenerationBlocked,
+    GenerationFailed,
+    GenerationRequest,
+    Provider,
+    Reference,
+)
+from worker.settings import WorkerSettings
+
+__all__ = [
+    "GeneratedImage",
+    "GenerationBlocked",
+    "GenerationFailed",
+    "GenerationRequest",
+    "Provider",
+    "Reference",
+    "build_provider",
+]
+
+
+def build_provider(settings: WorkerSettings) -> Provider:
+    name = settings.provider_name()
+    if name == "gemini":
+        from worker.providers.gemini import GeminiProvider
+
+        key = settings.gemini_api_key
+        return GeminiProvider(
+            api_key=key.get_secret_value() if key else "",
+            base_url=settings.gemini_base_url,
+            api_version=settings.gemini_api_version,
+            timeout_s=settings.gemini_timeout_s,
+            max_attempts=settings.gemini_max_attempts,
+            backoff_base_s=settings.gemini_backoff_s,
+            rpm=settings.gemini_rpm,
+            concurrency=settings.gemini_concurrency,
+            reseed_on_block=settings.gemini_reseed_on_block,
+        )
+    from worker.providers.offline import OfflineProvider
+
+    return OfflineProvider(latency_ms=settings.offline_latency_ms)

@@ -1,0 +1,59 @@
+"""What every provider takes and returns, and the two ways an image can end without one."""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.contract import ImageParams
+
+
+@dataclass(frozen=True)
+class Reference:
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    params: ImageParams
+    references: list[Reference] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    content_type: str
+    model_version: str | None = None
+    usage: dict[str, Any] | None = None
+    attempts: int = 1
+    cost_usd: float | None = None
+    seed: int | None = None  # the seed sent; differs from the request's after a reseed
+
+
+class GenerationBlocked(Exception):
+    """The provider refused on safety grounds. Not retried blindly."""
+
+    def __init__(self, reason: str, attempts: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+
+
+class GenerationFailed(Exception):
+    """The provider could not produce an image (after its own retries)."""
+
+    def __init__(self, reason: str, attempts: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.attempts = attempts
+
+
+class Provider(ABC):
+    name: str
+
+    @abstractmethod
+    async def generate(self, request: GenerationRequest) -> GeneratedImage: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; called when the worker shuts down."""

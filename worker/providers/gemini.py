@@ -1,0 +1,460 @@
+"""The Gemini provider: one image per `generateContent` call, through google-genai.
+
+What it adds on top of the SDK (which has no timeout and no retries by default):
+- an explicit deadline per request, retries with backoff for 429 / 5xx / network trouble,
+  honouring Google's `RetryInfo.retryDelay` on 429;
+- safety blocks (HTTP 200, the SDK raises nothing) turned into `GenerationBlocked`;
+- a bad API key remembered: after the first 401/403/API_KEY_INVALID every call in this
+  worker fails at once with the same message instead of retrying per image;
+- one rate limiter (requests per minute, smoothly spaced) and one concurrency cap shared by
+  every image in flight.
+
+All waiting goes through an injectable clock, so tests never really sleep. The httpx clients
+are created here and handed to the SDK: google-genai would otherwise pick aiohttp or httpx2,
+which bypass respx and ignore our connection limits.
+"""
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import httpx
+from google import genai
+from google.genai import errors, types
+
+from shared.catalog import models
+from worker.providers.base import (
+    GeneratedImage,
+    GenerationBlocked,
+    GenerationFailed,
+    GenerationRequest,
+    Provider,
+)
+
+log = logging.getLogger(__name__)
+
+BLOCK_FINISH_REASONS = frozenset(
+    {
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "IMAGE_OTHER",
+        "SAFETY",
+        "PROHIBITED_CONTENT",
+        "RECITATION",
+        "SPII",
+        "BLOCKLIST",
+        "OTHER",
+        "NO_IMAGE",
+    }
+)
+AUTH_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
+MAX_TEXT_IN_REASON = 200
+_SEED_MODULUS = 2**31  # Gemini's seed is an int32
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
+_MAGIC = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp"}
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class RateLimiter:
+    """GCRA: requests spaced `60 / rpm` seconds apart, with `burst` allowed back to back.
+
+    Each caller reserves its slot before waiting, so concurrent callers queue up in order
+    without a lock. `hold_off` pushes every later slot back (a 429 says the quota is spent).
+    """
+
+    def __init__(self, rpm: float, clock: Clock, burst: int = 1) -> None:
+        if rpm <= 0 or burst < 1:
+            raise ValueError("rpm must be positive and burst at least 1")
+        self.interval = 60.0 / rpm
+        self._tolerance = (burst - 1) * self.interval
+        self._clock = clock
+        self._next = clock.monotonic()
+
+    def reserve(self) -> float:
+        """Take the next slot; returns how long to wait for it."""
+        now = self._clock.monotonic()
+        slot = max(self._next, now)
+        self._next = slot + self.interval
+        return max(0.0, slot - self._tolerance - now)
+
+    async def acquire(self) -> None:
+        wait = self.reserve()
+        if wait > 0:
+            await self._clock.sleep(wait)
+
+    def hold_off(self, seconds: float) -> None:
+        self._next = max(self._next, self._clock.monotonic() + seconds)
+
+
+class GeminiAuthError(GenerationFailed):
+    """Gemini refused the API key; nothing this worker sends will succeed."""
+
+
+class PromptBlocked(GenerationBlocked):
+    """The prompt itself was refused; a new seed cannot help."""
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth trying again."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class _Tally:
+    """HTTP requests sent for one image (all seeds)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class GeminiProvider(Provider):
+    name = "gemini"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        api_version: str = "v1beta",
+        timeout_s: float = 120.0,
+        max_attempts: int = 5,
+        rpm: int = 500,
+        concurrency: int = 32,
+        reseed_on_block: bool = False,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        max_retry_delay_s: float = 300.0,
+        burst: int = 1,
+    ) -> None:
+        if max_attempts < 1 or timeout_s <= 0:
+            raise ValueError("max_attempts must be at least 1 and timeout_s positive")
+        self._clock: Clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._timeout_s = timeout_s
+        self._max_attempts = max_attempts
+        self._reseed_on_block = reseed_on_block
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._max_retry_delay_s = max_retry_delay_s
+        self._limiter = RateLimiter(rpm, self._clock, burst)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._auth_error: GeminiAuthError | None = None
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+        self._sync_http = httpx.Client(timeout=timeout_s)  # the SDK wants one; never used
+        self._client: genai.Client | None = None
+        if api_key.strip():
+            self._client = genai.Client(
+                api_key=api_key.strip(),
+                http_options=types.HttpOptions(
+                    base_url=base_url,
+                    api_version=api_version,
+                    # Must be set: the SDK passes it per request, overriding the client's own
+                    # timeout (None there means no timeout at all).
+                    timeout=int(timeout_s * 1000),
+                    httpx_client=self._sync_http,
+                    httpx_async_client=self._http,
+                ),
+            )
+        else:
+            self._auth_error = GeminiAuthError("no Gemini API key configured: set GEMINI_API_KEY")
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        tally = _Tally()
+        self._check_auth(tally)
+        seed = request.params.seed
+        try:
+            return await self._generate_with_seed(request, seed, tally)
+        except PromptBlocked:
+            raise
+        except GenerationBlocked as blocked:
+            if not self._reseed_on_block:
+                raise
+            new_seed = (seed + 1) % _SEED_MODULUS
+            log.info(
+                "gemini output blocked (%s); one more try with seed %d", blocked.reason, new_seed
+            )
+            return await self._generate_with_seed(request, new_seed, tally)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        self._sync_http.close()
+
+    async def _generate_with_seed(
+        self, request: GenerationRequest, seed: int, tally: _Tally
+    ) -> GeneratedImage:
+        model = request.params.model
+        contents = build_contents(request)
+        config = build_config(request, seed)
+        response = await self._call_with_retries(model, contents, config, tally)
+        data, content_type = extract_image(response, tally.count)
+        usage = response.usage_metadata
+        usage_dict = (
+            usage.model_dump(mode="json", exclude_none=True, by_alias=True) if usage else None
+        )
+        return GeneratedImage(
+            data=data,
+            content_type=content_type,
+            model_version=response.model_version,
+            usage=usage_dict,
+            attempts=tally.count,
+            cost_usd=price_of(model, request.params.image_size),
+            seed=seed,  # differs from the request's after a reseed
+        )
+
+    async def _call_with_retries(
+        self,
+        model: str,
+        contents: list[types.PartUnion],
+        config: types.GenerateContentConfig,
+        tally: _Tally,
+    ) -> types.GenerateContentResponse:
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return await self._send(model, contents, config, tally)
+            except _Retry as retry:
+                if attempt == self._max_attempts:
+                    raise GenerationFailed(
+                        f"Gemini failed {attempt} times, last: {retry.reason}", tally.count
+                    ) from None
+                delay = retry.delay if retry.delay is not None else self._backoff(attempt)
+                log.warning(
+                    "gemini %s: %s; retry %d/%d in %.1f s",
+                    model,
+                    retry.reason,
+                    attempt,
+                    self._max_attempts - 1,
+                    delay,
+                )
+                await self._clock.sleep(delay)
+                self._check_auth(tally)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(
+        self,
+        model: str,
+        contents: list[types.PartUnion],
+        config: types.GenerateContentConfig,
+        tally: _Tally,
+    ) -> types.GenerateContentResponse:
+        async with self._slots:
+            await self._limiter.acquire()
+            client = self._usable_client(tally)  # another image may have found the key bad
+            tally.count += 1
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    return await client.aio.models.generate_content(
+                        model=model, contents=contents, config=config
+                    )
+            except errors.APIError as exc:
+                raise self._classify(exc, tally) from None
+            except httpx.TimeoutException as exc:
+                raise _Retry(f"timed out ({type(exc).__name__})") from None
+            except TimeoutError:
+                raise _Retry(f"no answer within {self._timeout_s:g} s") from None
+            except httpx.UnsupportedProtocol as exc:
+                raise GenerationFailed(f"bad Gemini URL: {exc}", tally.count) from None
+            except httpx.TransportError as exc:
+                raise _Retry(f"network error: {type(exc).__name__}: {exc}") from None
+
+    def _classify(self, exc: errors.APIError, tally: _Tally) -> Exception:
+        """The exception to raise for an HTTP error: a `_Retry` or a final failure."""
+        described = f"{exc.code} {exc.status or ''}".strip() + f": {exc.message or exc.details}"
+        if is_auth_error(exc):
+            if self._auth_error is None:
+                self._auth_error = GeminiAuthError(
+                    f"Gemini rejected the API key ({described}); check GEMINI_API_KEY",
+                    tally.count,
+                )
+                log.error("%s; failing every further image on this worker", self._auth_error)
+            return GeminiAuthError(self._auth_error.reason, tally.count)
+        if exc.code == 429:
+            delay = retry_delay(exc.details)
+            if delay is not None and delay > self._max_retry_delay_s:
+                return GenerationFailed(
+                    f"Gemini quota exhausted ({described}); it asks to wait {delay:g} s",
+                    tally.count,
+                )
+            if delay is not None:
+                self._limiter.hold_off(delay)
+            return _Retry(described, delay)
+        if exc.code == 408 or exc.code >= 500:
+            return _Retry(described)
+        return GenerationFailed(f"Gemini refused the request ({described})", tally.count)
+
+    def _check_auth(self, tally: _Tally) -> None:
+        if self._auth_error is not None:
+            raise GeminiAuthError(self._auth_error.reason, tally.count)
+
+    def _usable_client(self, tally: _Tally) -> genai.Client:
+        self._check_auth(tally)
+        if self._client is None:  # only without a key, and then _auth_error is set
+            raise GeminiAuthError("no Gemini client", tally.count)
+        return self._client
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter."""
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
+        return self._rng.uniform(0, ceiling)
+
+
+def prompt_text(request: GenerationRequest) -> str:
+    negative = request.params.negative_prompt
+    return f"{request.prompt}\n\nAvoid: {negative}" if negative else request.prompt
+
+
+def build_contents(request: GenerationRequest) -> list[types.PartUnion]:
+    parts: list[types.PartUnion] = [
+        types.Part.from_bytes(data=ref.data, mime_type=ref.content_type)
+        for ref in request.references
+    ]
+    parts.append(prompt_text(request))
+    return parts
+
+
+def image_size_for(model: str, requested: str | None) -> str | None:
+    """The imageSize to send: only to models with a choice of sizes (or unknown models).
+
+    Models with one size (gemini-2.5-flash-image) get none: they have no such option.
+    """
+    spec = models().get(model)
+    if spec is None:
+        return requested
+    if len(spec.image_sizes) <= 1:
+        return None
+    return requested or spec.default_image_size
+
+
+def build_config(request: GenerationRequest, seed: int) -> types.GenerateContentConfig:
+    params = request.params
+    return types.GenerateContentConfig(
+        response_modalities=["IMAGE"],
+        image_config=types.ImageConfig(
+            aspect_ratio=params.aspect_ratio,
+            image_size=image_size_for(params.model, params.image_size),
+        ),
+        seed=seed,
+    )
+
+
+def price_of(model: str, image_size: str | None = None) -> float | None:
+    """The standard price of one image from the model table (by size where it varies)."""
+    spec = models().get(model)
+    return spec.price_for(image_size) if spec else None
+
+
+def _name(value: Any) -> str | None:
+    """An SDK enum (or unknown string) as its plain name."""
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+def _with_text(reason: str, text: str) -> str:
+    if not text:
+        return reason
+    if len(text) > MAX_TEXT_IN_REASON:
+        text = text[: MAX_TEXT_IN_REASON - 1] + "…"
+    return f"{reason}; model said: {text}"
+
+
+def _mime_of(blob: types.Blob) -> str | None:
+    if blob.mime_type:
+        return blob.mime_type if blob.mime_type.startswith("image/") else None
+    data = blob.data or b""
+    return next((mime for magic, mime in _MAGIC.items() if data.startswith(magic)), None)
+
+
+def extract_image(response: types.GenerateContentResponse, attempts: int) -> tuple[bytes, str]:
+    """The first non-thought image of the first candidate, or `GenerationBlocked` saying why not."""
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        reason = f"prompt blocked: {_name(feedback.block_reason)}"
+        if feedback.block_reason_message:
+            reason += f" ({feedback.block_reason_message})"
+        raise PromptBlocked(reason, attempts)
+    if not response.candidates:
+        raise GenerationBlocked("no image returned: the response has no candidates", attempts)
+    candidate = response.candidates[0]
+    finish = _name(candidate.finish_reason)
+    parts = (candidate.content.parts if candidate.content else None) or []
+    text = " ".join(p.text.strip() for p in parts if p.text and not p.thought).strip()
+    if finish in BLOCK_FINISH_REASONS:
+        raise GenerationBlocked(_with_text(f"output blocked: {finish}", text), attempts)
+    for part in parts:
+        blob = part.inline_data
+        if part.thought or blob is None or not blob.data:
+            continue
+        mime = _mime_of(blob)
+        if mime is not None:
+            return blob.data, mime
+    raise GenerationBlocked(
+        _with_text(f"no image returned (finish reason {finish or 'none'})", text), attempts
+    )
+
+
+def _error_details(details: Any) -> list[Mapping[str, Any]]:
+    """The `error.details` entries of a Google error body (empty when there are none)."""
+    error = details.get("error") if isinstance(details, Mapping) else None
+    entries = error.get("details") if isinstance(error, Mapping) else None
+    if not isinstance(entries, list):
+        return []
+    return [entry for entry in entries if isinstance(entry, Mapping)]
+
+
+def _parse_duration(value: Any) -> float | None:
+    """A protobuf Duration in JSON ("47s", "1.5s") or as {"seconds", "nanos"}."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        return float(match.group(1)) if match else None
+    if isinstance(value, Mapping):
+        try:
+            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def retry_delay(details: Any) -> float | None:
+    """Seconds Google asks us to wait (`google.rpc.RetryInfo.retryDelay`), if it says."""
+    for entry in _error_details(details):
+        if str(entry.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = _parse_duration(entry.get("retryDelay"))
+            if delay is not None:
+                return delay
+    return None
+
+
+def is_auth_error(exc: errors.APIError) -> bool:
+    if exc.code in (401, 403) or (exc.status or "") in AUTH_STATUSES:
+        return True
+    reasons = {str(entry.get("reason", "")) for entry in _error_details(exc.details)}
+    return bool(reasons & AUTH_REASONS) or "API key not valid" in (exc.message or "")

@@ -1,0 +1,45 @@
+"""Worker settings (env vars prefixed PIXELFLEET_, plus GEMINI_API_KEY)."""
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+
+from shared.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    worker_concurrency: int = Field(32, ge=1, description="images in flight per worker process")
+    worker_max_jobs: int = Field(
+        8, ge=1, description="RunPod jobs one worker takes at once (its concurrency_modifier)"
+    )
+    provider: Literal["auto", "offline", "gemini"] = "auto"
+    offline_latency_ms: int = Field(0, ge=0, description="simulated provider latency")
+    gemini_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("GEMINI_API_KEY", "PIXELFLEET_GEMINI_API_KEY")
+    )
+    gemini_base_url: str | None = Field(
+        None, description="override Gemini's endpoint (proxy, gateway, test server)"
+    )
+    # v1beta, not the SDK's default v1: Google's image-generation docs and REST samples all
+    # call v1beta, and v1's GenerationConfig has rejected `responseModalities` / `imageConfig`
+    # ("Invalid JSON payload received. Unknown name ... Cannot find field") - the fields every
+    # image request needs. Switch to "v1" only once Google documents image output there.
+    gemini_api_version: str = "v1beta"
+    gemini_timeout_s: float = Field(120, gt=0, description="deadline for one Gemini request")
+    gemini_backoff_s: float = Field(1.0, gt=0, description="first retry backoff; doubles")
+    gemini_max_attempts: int = Field(5, ge=1, description="tries per image on transient errors")
+    gemini_rpm: int = Field(500, ge=1, description="Gemini requests per minute, whole worker")
+    gemini_concurrency: int = Field(32, ge=1, description="Gemini requests in flight at once")
+    gemini_reseed_on_block: bool = Field(
+        False, description="when an output is blocked, try once more with seed + 1"
+    )
+    endpoint_api_key: str = "local-dev-key"
+    endpoint_id: str = "local"
+    webhook_attempts: int = 3
+    webhook_retry_delay_s: float = 10.0
+    result_retention_s: float = 1800
+
+    def provider_name(self) -> str:
+        if self.provider != "auto":
+            return self.provider
+        return "gemini" if self.gemini_api_key else "offline"
