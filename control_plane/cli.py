@@ -6,11 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from control_plane.db import migrate as run_migrations
 from control_plane.settings import Settings
@@ -18,11 +19,13 @@ from shared.storage import Storage, StorageError, open_storage
 
 app = typer.Typer(help="pixelfleet: generate image datasets with AI.", no_args_is_help=True)
 
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
-def _settings() -> Settings:
-    """Settings from the environment, or a plain message and exit code 2."""
+
+def _settings(kind: type[SettingsT]) -> SettingsT:
+    """Settings of `kind` from the environment, or a plain message and exit code 2."""
     try:
-        return Settings()
+        return kind()
     except ValidationError as exc:
         problems = "; ".join(
             str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()
@@ -50,7 +53,7 @@ def _logging(level: str) -> None:
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date (Alembic)."""
-    settings = _settings()
+    settings = _settings(Settings)
     run_migrations(settings.database_url)
     typer.echo(f"database at head: {settings.database_url.split('@')[-1]}")
 
@@ -62,7 +65,7 @@ def api(
     migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
 ) -> None:
     """Run the control plane (HTTP API, webhook, reconciler)."""
-    settings = _settings()
+    settings = _settings(Settings)
     _logging(settings.log_level)
     storage = _storage(settings.storage_url, settings.signed_url_expiry_s)
     if migrate_first:
@@ -83,7 +86,7 @@ def endpoint(host: str = "127.0.0.1", port: int = 8001) -> None:
     from worker.local_endpoint import build_endpoint_app_from_settings
     from worker.settings import WorkerSettings
 
-    settings = WorkerSettings()
+    settings = _settings(WorkerSettings)
     _logging(settings.log_level)
     try:  # the handler opens (and checks) its storage here
         endpoint_app = build_endpoint_app_from_settings(settings)
@@ -124,7 +127,7 @@ def storage_gc(
     from control_plane.db import make_engine
     from control_plane.services.cleanup import find_orphans
 
-    settings = _settings()
+    settings = _settings(Settings)
     grace_s = settings.storage_gc_grace_s if grace_hours is None else grace_hours * 3600
     storage = _storage(settings.storage_url)
     with Session(make_engine(settings.database_url)) as session:
@@ -145,7 +148,10 @@ def up(
     endpoint_port: int = 8001,
 ) -> None:
     """Start everything on one machine: migrations, the local endpoint, and the API."""
-    settings = _settings()
+    from worker.settings import WorkerSettings
+
+    settings = _settings(Settings)
+    _settings(WorkerSettings)  # refuse bad worker settings before starting anything
     run_migrations(settings.database_url)
     env = {
         **os.environ,

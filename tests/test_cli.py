@@ -110,3 +110,22 @@ def test_production_refuses_unsafe_defaults(tmp_path: Path) -> None:
     assert "refusing to start in production" in result.stderr
     assert "PIXELFLEET_DATABASE_URL is SQLite" in result.stderr
     assert "PIXELFLEET_RUNPOD_API_KEY" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["endpoint", "up"])
+def test_bad_worker_settings_are_a_message_not_a_traceback(tmp_path: Path, command: str) -> None:
+    env = {
+        **os.environ,
+        "PIXELFLEET_DATA_DIR": str(tmp_path),
+        "PIXELFLEET_WORKER_CONCURRENCY": "many",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "control_plane.cli", command, "--port", str(_free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("configuration error:")
+    assert "Traceback" not in result.stderr

@@ -496,6 +496,14 @@ def test_gcs_missing_bucket_is_a_clear_error(gcs_emulator: GCSEmulator) -> None:
     assert not isinstance(caught.value, ObjectNotFound)
 
 
+def test_gcs_write_to_a_vanished_bucket_names_the_bucket(gcs_emulator: GCSEmulator) -> None:
+    """A bucket deleted after start-up: a write says the bucket is gone, not "no object"."""
+    store = GCSStorage("gs://vanished-bucket/p", client=gcs_emulator.client, validate=False)
+    with pytest.raises(StorageError, match=r"write .*'vanished-bucket' does not exist") as caught:
+        store.put_bytes("a.png", b"x", content_type="image/png")
+    assert not isinstance(caught.value, ObjectNotFound)
+
+
 def test_gcs_credentials_that_cannot_authenticate_fail_at_construction(
     gcs_emulator: GCSEmulator, service_account_info: dict[str, str]
 ) -> None:

@@ -294,6 +294,11 @@ class GCSStorage(Storage):
         except StorageError:
             raise
         except api_exceptions.NotFound as exc:
+            if action in ("write", "list"):
+                # Writing or listing cannot miss an object: only the bucket can be missing.
+                raise StorageError(
+                    f"could not {action} {where}: GCS bucket {self.bucket_name!r} does not exist"
+                ) from exc
             raise ObjectNotFound(f"no object {key} in {self.url}") from exc
         except api_exceptions.Forbidden as exc:
             raise StorageError(
