@@ -455,7 +455,7 @@ class GCSStorage(Storage):
     # -- read-ahead --------------------------------------------------------------------
 
     def iter_many(
-        self, keys: Iterable[str], chunk_size: int = CHUNK_SIZE, prefetch: int = 8
+        self, keys: Iterable[str], chunk_size: int = CHUNK_SIZE, prefetch: int = 4
     ) -> Iterator[tuple[str, Iterator[bytes]]]:
         """Like `Storage.iter_many`, with the next `prefetch` objects downloading meanwhile.
 
