@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup up test lint bench bench-e2e bench-zip clean
+.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker clean
 
 setup: $(VENV)/.installed
 
@@ -24,13 +24,16 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-e2e bench-zip
+bench: bench-e2e bench-zip bench-worker
 
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
 
 bench-zip: setup
 	$(BIN)/python -m bench.zip
+
+bench-worker: setup
+	$(BIN)/python -m bench.worker
 
 clean:
 	rm -rf $(VENV) pixelfleet-data .pytest_cache .mypy_cache .ruff_cache
