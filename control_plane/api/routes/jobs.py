@@ -2,12 +2,12 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, func, select
 
-from control_plane.api.deps import PlatformDep, SessionDep, commit_after
+from control_plane.api import actions
+from control_plane.api.deps import PlatformDep, SessionDep
 from control_plane.api.present import job_detail, job_public
 from control_plane.models import Job, JobStatus, Output
-from control_plane.runpod_client import RunPodError
 from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
-from control_plane.services import cleanup, dispatch, jobs, submissions
+from control_plane.services import cleanup, jobs
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -17,10 +17,7 @@ async def submit_jobs(
     body: SubmitRequest, platform: PlatformDep, session: SessionDep
 ) -> SubmitResponse:
     """Plan and queue a submission; its dispatches go to RunPod in the background."""
-    created, dispatch_ids = await run_in_threadpool(
-        commit_after, session, lambda: submissions.submit(session, platform.settings, body)
-    )
-    platform.spawn(dispatch.send_many(platform, dispatch_ids))
+    created = await actions.submit(platform, session, body)
     return SubmitResponse(batch_id=created[0].batch_id, jobs=[job_public(job) for job in created])
 
 
@@ -72,26 +69,13 @@ async def delete_job(job_id: str, platform: PlatformDep, session: SessionDep) ->
 @router.post("/{job_id}/cancel")
 async def cancel_job(job_id: str, platform: PlatformDep, session: SessionDep) -> JobPublic:
     """Cancel a job: its unfinished images fail as "cancelled"; RunPod jobs are cancelled too."""
-    runpod_ids = await run_in_threadpool(
-        commit_after, session, lambda: jobs.cancel(session, job_id)
-    )
-    for runpod_id in runpod_ids:
-        platform.spawn(_cancel_quietly(platform, runpod_id))
+    await actions.cancel(platform, session, job_id)
     return job_public(jobs.get_job(session, job_id))
 
 
 @router.post("/{job_id}/retry")
 async def retry_job(job_id: str, platform: PlatformDep, session: SessionDep) -> JobPublic:
     """Queue the job's failed images again."""
-    dispatch_ids = await run_in_threadpool(
-        commit_after, session, lambda: jobs.retry_failed(session, platform.settings, job_id)
-    )
-    platform.spawn(dispatch.send_many(platform, dispatch_ids))
+    await actions.retry(platform, session, job_id)
     return job_public(jobs.get_job(session, job_id))
 
-
-async def _cancel_quietly(platform: PlatformDep, runpod_job_id: str) -> None:
-    try:
-        await platform.runpod.cancel(runpod_job_id)
-    except RunPodError as exc:
-        dispatch.log.info("RunPod cancel of %s: %s", runpod_job_id, exc)
