@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from control_plane.api.routes import download, files, groups, jobs, uploads, webhook
@@ -18,6 +18,7 @@ from control_plane.runpod_client import RunPodClient
 from control_plane.services.platform import Platform
 from control_plane.services.reconcile import reconcile_forever
 from control_plane.settings import Settings
+from control_plane.ui import routes as ui
 from shared.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    for module in (groups, uploads, jobs, webhook, download, files):
+    for module in (groups, uploads, jobs, webhook, download, files, ui):
         app.include_router(module.router)
     _install_error_handlers(app)
 
@@ -85,7 +86,9 @@ def create_app(
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
-    async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
+    async def domain_error(request: Request, exc: DomainError) -> Response:
+        if _for_people(request):
+            return ui.error_page(request, exc.status_code, exc.message)
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -96,10 +99,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _for_people(request):
+            return ui.error_page(request, exc.status_code, str(exc.detail))
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
+
+
+def _for_people(request: Request) -> bool:
+    """A page of the web UI (answered in HTML) rather than the JSON API."""
+    return request.method in ("GET", "POST") and not request.url.path.startswith(
+        ("/api/", "/healthz", "/docs", "/redoc", "/openapi.json")
+    )
 
 
 def _describe(error: Any) -> str:

@@ -170,7 +170,8 @@ def up(
         ),
     ]
     typer.echo(
-        f"pixelfleet is up: API http://{host}:{port}/docs, endpoint http://127.0.0.1:{endpoint_port}"
+        f"pixelfleet is up: UI http://{host}:{port}/, API http://{host}:{port}/docs, "
+        f"endpoint http://127.0.0.1:{endpoint_port}"
     )
     _supervise(children)
 

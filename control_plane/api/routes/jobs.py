@@ -78,4 +78,3 @@ async def retry_job(job_id: str, platform: PlatformDep, session: SessionDep) -> 
     """Queue the job's failed images again."""
     await actions.retry(platform, session, job_id)
     return job_public(jobs.get_job(session, job_id))
-

@@ -1,0 +1,270 @@
+"""Pages for people: groups, uploads, submitting jobs, watching them, downloading the ZIP.
+
+Plain HTML forms, no JavaScript build: every action goes through `control_plane.api.actions`
+or a service, as the JSON API's do. A form that fails re-renders its page with the message
+(and the status code the API would answer); a form that succeeds redirects (303).
+"""
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import TypeAdapter, ValidationError
+from sqlmodel import col, func, select
+from starlette.datastructures import FormData, UploadFile
+
+from control_plane.api import actions
+from control_plane.api.deps import PlatformDep, SessionDep
+from control_plane.api.present import job_detail, job_public, upload_public
+from control_plane.api.routes.groups import group_counts
+from control_plane.errors import DomainError, NotFound
+from control_plane.models import Group, Job, JobStatus, Output, Upload
+from control_plane.schemas import GroupCreate, SubmitRequest
+from control_plane.services import jobs
+from shared.catalog import models
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+submit_adapter: TypeAdapter[Any] = TypeAdapter(SubmitRequest)
+UPLOADS_PER_PAGE = 120
+GROUPS_PER_PAGE = 50
+UNFINISHED = (JobStatus.QUEUED, JobStatus.PROCESSING)
+
+
+def _page(
+    request: Request, name: str, context: dict[str, Any], status_code: int = 200
+) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"] if not isinstance(p, int) and p != "body")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+# -- groups -------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request, session: SessionDep, page: int = Query(1, ge=1)) -> HTMLResponse:
+    return _index(request, session, page)
+
+
+def _index(
+    request: Request, session: SessionDep, page: int = 1, error: str | None = None
+) -> HTMLResponse:
+    total = session.exec(select(func.count()).select_from(Group)).one()
+    groups = session.exec(
+        select(Group)
+        .order_by(col(Group.id).desc())
+        .offset((page - 1) * GROUPS_PER_PAGE)
+        .limit(GROUPS_PER_PAGE)
+    ).all()
+    rows = [(group, group_counts(session, group.id)) for group in groups]
+    context = {"rows": rows, "page": page, "pages": _pages(total, GROUPS_PER_PAGE), "error": error}
+    return _page(request, "index.html", context, 422 if error else 200)
+
+
+@router.post("/groups", response_class=HTMLResponse)
+async def create_group(request: Request, session: SessionDep) -> Response:
+    form = await request.form()
+    try:
+        body = GroupCreate(name=str(form.get("name") or ""))
+    except ValidationError as exc:
+        return _index(request, session, error=_validation_message(exc))
+    group = Group(name=body.name)
+    session.add(group)
+    session.commit()
+    return RedirectResponse(f"/groups/{group.id}", status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/groups/{group_id}", response_class=HTMLResponse)
+def group_page(
+    group_id: str,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    page: int = Query(1, ge=1),
+) -> HTMLResponse:
+    return _group(request, platform, session, group_id, page)
+
+
+def _group(
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    group_id: str,
+    page: int = 1,
+    *,
+    notice: str | None = None,
+    error: str | None = None,
+    rejected: list[Any] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    group = session.get(Group, group_id)
+    if group is None:
+        raise NotFound(f"group {group_id} does not exist")
+    counts = group_counts(session, group_id)
+    uploads = session.exec(
+        select(Upload)
+        .where(Upload.group_id == group_id)
+        .order_by(col(Upload.created_at), col(Upload.id))
+        .offset((page - 1) * UPLOADS_PER_PAGE)
+        .limit(UPLOADS_PER_PAGE)
+    ).all()
+    group_jobs = session.exec(
+        select(Job).where(Job.group_id == group_id).order_by(col(Job.id).desc()).limit(200)
+    ).all()
+    context = {
+        "group": group,
+        "counts": counts,
+        "uploads": [upload_public(request, platform.storage, upload) for upload in uploads],
+        "page": page,
+        "pages": _pages(counts.uploads, UPLOADS_PER_PAGE),
+        "jobs": [job_public(job) for job in group_jobs],
+        "models": models(),
+        "default_model": platform.settings.default_model,
+        "notice": notice,
+        "error": error,
+        "rejected": rejected or [],
+    }
+    return _page(request, "group.html", context, status_code)
+
+
+@router.post("/groups/{group_id}/uploads", response_class=HTMLResponse)
+async def upload(
+    group_id: str, request: Request, platform: PlatformDep, session: SessionDep
+) -> HTMLResponse:
+    form = await actions.read_form(request, platform)
+    try:
+        files = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
+        files = [item for item in files if item.filename or item.size]  # "no file chosen"
+        try:
+            stored, rejected = await actions.accept_uploads(platform, session, group_id, files)
+        except NotFound:
+            raise
+        except DomainError as exc:
+            return _group(
+                request, platform, session, group_id, error=exc.message, status_code=exc.status_code
+            )
+    finally:
+        await form.close()
+    notice = f"{len(stored)} image(s) uploaded" + (
+        f", {len(rejected)} rejected" if rejected else ""
+    )
+    return _group(
+        request,
+        platform,
+        session,
+        group_id,
+        page=max(1, _pages(group_counts(session, group_id).uploads, UPLOADS_PER_PAGE)),
+        notice=notice,
+        rejected=rejected,
+        status_code=status.HTTP_201_CREATED if stored else 422,
+    )
+
+
+@router.post("/groups/{group_id}/submit", response_class=HTMLResponse)
+async def submit(
+    group_id: str, request: Request, platform: PlatformDep, session: SessionDep
+) -> Response:
+    form = await request.form()
+    try:
+        body = submit_adapter.validate_python(
+            await run_in_threadpool(_submission, session, group_id, form)
+        )
+        created = await actions.submit(platform, session, body)
+    except ValidationError as exc:
+        message = _validation_message(exc)
+    except NotFound:
+        raise
+    except DomainError as exc:
+        message = exc.message
+    else:
+        target = f"/jobs/{created[0].id}" if len(created) == 1 else f"/groups/{group_id}#jobs"
+        return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
+    return _group(request, platform, session, group_id, error=message, status_code=422)
+
+
+def _submission(session: SessionDep, group_id: str, form: FormData) -> dict[str, Any]:
+    """The JSON API's submit body, from the group page's form.
+
+    Automatic: the ticked images (all of the group's when none is ticked), one prompt.
+    Semi-automatic: each ticked image with a prompt of its own is an item.
+    """
+    ticked = [str(value) for value in form.getlist("images")]
+    config: dict[str, Any] = {
+        key: value
+        for key in ("model", "aspect_ratio", "image_size", "negative_prompt", "seed")
+        if (value := str(form.get(key) or "").strip())
+    }
+    mode = str(form.get("mode") or "automatic")
+    if mode != "semi-automatic":
+        images = ticked or list(
+            session.exec(
+                select(Upload.id)
+                .where(Upload.group_id == group_id)
+                .order_by(col(Upload.created_at), col(Upload.id))
+            ).all()
+        )
+        prompt = str(form.get("prompt") or "")
+        return {
+            "group_id": group_id,
+            "mode": mode,
+            "prompt": prompt,
+            "images": images,
+            "config": config,
+        }
+    items = [
+        {"images": [image_id], "prompt": prompt}
+        for image_id in ticked
+        if (prompt := str(form.get(f"prompt_{image_id}") or "").strip())
+    ]
+    for key in ("total_images", "images_per_set"):
+        if value := str(form.get(key) or "").strip():
+            config[key] = value
+    return {"group_id": group_id, "mode": mode, "items": items, "config": config}
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(
+    job_id: str, request: Request, platform: PlatformDep, session: SessionDep
+) -> HTMLResponse:
+    job = jobs.get_job(session, job_id)
+    outputs = session.exec(
+        select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
+    ).all()
+    detail = job_detail(request, platform.storage, job, list(outputs))
+    context = {"job": detail, "running": job.status in UNFINISHED}
+    return _page(request, "job.html", context)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(job_id: str, platform: PlatformDep, session: SessionDep) -> Response:
+    await actions.cancel(platform, session, job_id)
+    return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/jobs/{job_id}/retry")
+async def retry(job_id: str, platform: PlatformDep, session: SessionDep) -> Response:
+    await actions.retry(platform, session, job_id)
+    return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
+
+
+def error_page(request: Request, status_code: int, message: str) -> HTMLResponse:
+    context = {"status_code": status_code, "message": message}
+    return _page(request, "error.html", context, status_code)
+
+
+def _pages(total: int, per_page: int) -> int:
+    return max(1, -(-total // per_page))

@@ -1,0 +1,243 @@
+"""The web UI as a person uses it: forms and links over the real stack (control plane, local
+endpoint, worker with the offline provider), on SQLite and MariaDB. Pages are parsed with
+the standard library's HTML parser, so the tests follow the same links and forms a browser
+would."""
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html.parser import HTMLParser
+
+import httpx
+import pytest
+from sqlmodel import Session, create_engine, func, select
+
+from control_plane.models import Group, Job, Upload
+from control_plane.settings import Settings
+from tests.conftest import png_bytes
+from tests.test_e2e import Stack, _check_zip_against_manifest, _read_zip, _stack
+
+
+class Page(HTMLParser):
+    """What a test needs from a page: links, images, form actions, inputs, alerts, text."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.images: list[str] = []
+        self.forms: list[str] = []
+        self.inputs: dict[str, list[str]] = {}
+        self.alerts: list[str] = []
+        self.refresh = False
+        self._in_alert = False
+        self.text: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {key: value or "" for key, value in attrs}
+        if tag == "a" and "href" in a:
+            self.links.append(a["href"])
+        elif tag == "img" and a.get("src"):
+            self.images.append(a["src"])
+        elif tag == "form":
+            self.forms.append(a.get("action", ""))
+        elif tag in ("input", "textarea", "select") and "name" in a:
+            self.inputs.setdefault(a["name"], []).append(a.get("value", ""))
+        elif tag == "meta" and a.get("http-equiv") == "refresh":
+            self.refresh = True
+        elif a.get("role") == "alert" or a.get("class") in ("error", "notice"):
+            self._in_alert = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("p", "div"):
+            self._in_alert = False
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._in_alert and data.strip():
+            self.alerts.append(data.strip())
+
+    @property
+    def all_text(self) -> str:
+        return " ".join(" ".join(self.text).split())
+
+
+@pytest.fixture
+def stack(settings: Settings) -> Iterator[Stack]:
+    yield from _stack(settings)
+
+
+def _count(settings: Settings, model: type) -> int:
+    engine = create_engine(settings.database_url)
+    try:
+        with Session(engine) as session:
+            return int(session.exec(select(func.count()).select_from(model)).one())
+    finally:
+        engine.dispose()
+
+
+def _new_group(http: httpx.Client, name: str) -> str:
+    response = http.post("/groups", data={"name": name})
+    assert response.status_code == 303, response.text
+    match = re.fullmatch(r"/groups/(grp_\w+)", response.headers["location"])
+    assert match, response.headers["location"]
+    return match.group(1)
+
+
+def _upload(http: httpx.Client, group_id: str, files: list[tuple[str, bytes]]) -> httpx.Response:
+    return http.post(
+        f"/groups/{group_id}/uploads",
+        files=[("files", (name, data, "application/octet-stream")) for name, data in files],
+    )
+
+
+def _wait_for_job_page(http: httpx.Client, path: str, timeout: float = 60) -> Page:
+    deadline = time.monotonic() + timeout
+    while True:
+        page = Page(http.get(path).text)
+        if not page.refresh:  # the page stops refreshing itself when the job has finished
+            return page
+        assert time.monotonic() < deadline, page.all_text
+        time.sleep(0.2)
+
+
+def test_a_dataset_from_the_browser(stack: Stack) -> None:
+    http = stack.http
+    home = http.get("/")
+    assert home.status_code == 200 and "text/html" in home.headers["content-type"]
+    assert "/groups" in Page(home.text).forms
+
+    group_id = _new_group(http, "cats in the UI")
+    assert f"/groups/{group_id}" in Page(http.get("/").text).links
+
+    files = [(f"cat {i}.png", png_bytes(40 + i, 30, (i * 40, 90, 200))) for i in range(5)]
+    uploaded = _upload(http, group_id, [*files, ("notes.txt", b"not an image at all")])
+    assert uploaded.status_code == 201, uploaded.text
+    page = Page(uploaded.text)
+    assert "5 image(s) uploaded, 1 rejected" in page.alerts
+    assert "notes.txt" in page.all_text and "not a PNG, JPEG or WebP image" in page.all_text
+    upload_ids = page.inputs["images"]
+    assert len(upload_ids) == 5
+    thumbnails = [src for src in page.images if src.endswith("/thumbnail")]
+    assert len(thumbnails) == 5
+    assert http.get(thumbnails[0]).headers["content-type"] == "image/webp"
+
+    # automatic, nothing ticked: every upload of the group, one prompt
+    submitted = http.post(
+        f"/groups/{group_id}/submit",
+        data={"mode": "automatic", "prompt": "as a watercolour", "seed": "7", "model": ""},
+    )
+    assert submitted.status_code == 303, submitted.text
+    job_path = submitted.headers["location"]
+    assert job_path.startswith("/jobs/job_")
+    first = Page(http.get(job_path).text)
+    assert "as a watercolour" in first.all_text
+
+    done = _wait_for_job_page(http, job_path)
+    assert "completed" in done.all_text and "5 succeeded" in done.all_text
+    outputs = [src for src in done.images if src.endswith("/thumbnail")]
+    assert len(outputs) == 5
+    assert all(http.get(src).status_code == 200 for src in outputs)
+
+    group_page = Page(http.get(f"/groups/{group_id}").text)
+    zip_link = f"/api/download/{group_id}/zip"
+    assert zip_link in group_page.links and job_path in group_page.links
+    _, archive, manifest = _read_zip(stack, group_id)
+    assert len(manifest) == 5 and all(line["status"] == "succeeded" for line in manifest)
+    assert {line["seed"] for line in manifest} >= {7}
+    _check_zip_against_manifest(archive, manifest)
+
+
+def test_semi_automatic_from_ticked_images_with_their_own_prompts(stack: Stack) -> None:
+    http = stack.http
+    group_id = _new_group(http, "personas")
+    page = Page(_upload(http, group_id, [("a.png", png_bytes()), ("b.png", png_bytes(50))]).text)
+    first, second = page.inputs["images"]
+    response = http.post(
+        f"/groups/{group_id}/submit",
+        data={
+            "mode": "semi-automatic",
+            "images": [first, second],
+            f"prompt_{first}": "studio portrait",
+            f"prompt_{second}": "walking in the rain",
+            "total_images": "8",
+            "images_per_set": "4",
+        },
+    )
+    assert response.status_code == 303, response.text
+    assert response.headers["location"] == f"/groups/{group_id}#jobs"
+    jobs = http.get("/api/jobs", params={"group_id": group_id}).json()["data"]
+    assert sorted(job["prompt"] for job in jobs) == ["studio portrait", "walking in the rain"]
+    assert all(job["mode"] == "semi-automatic" and job["progress"]["total"] == 4 for job in jobs)
+    stack.wait_for([job["id"] for job in jobs])
+    group_page = Page(http.get(f"/groups/{group_id}").text)
+    assert all(f"/jobs/{job['id']}" in group_page.links for job in jobs)
+
+
+def test_bad_forms_say_why_and_change_nothing(stack: Stack) -> None:
+    http = stack.http
+    settings = stack.settings
+
+    blank = http.post("/groups", data={"name": "   "})
+    assert blank.status_code == 422 and "name" in " ".join(Page(blank.text).alerts)
+    assert _count(settings, Group) == 0
+
+    group_id = _new_group(http, "empty")
+    nothing = http.post(f"/groups/{group_id}/submit", data={"mode": "automatic", "prompt": "x"})
+    assert nothing.status_code == 422
+    assert "images" in " ".join(Page(nothing.text).alerts)
+
+    only_junk = _upload(http, group_id, [("a.png", b""), ("b.png", b"\x89PNG broken")])
+    assert only_junk.status_code == 422
+    assert "0 image(s) uploaded, 2 rejected" in Page(only_junk.text).alerts
+    assert _count(settings, Upload) == 0
+    assert not any(p.is_file() for p in (settings.data_dir / "storage").rglob("*"))
+
+    page = Page(_upload(http, group_id, [("a.png", png_bytes())]).text)
+    wrong_ratio = http.post(
+        f"/groups/{group_id}/submit",
+        data={"mode": "automatic", "prompt": "x", "aspect_ratio": "7:3"},
+    )
+    assert wrong_ratio.status_code == 422
+    assert "allowed: 1:1" in " ".join(Page(wrong_ratio.text).alerts)
+    no_prompts = http.post(
+        f"/groups/{group_id}/submit",
+        data={"mode": "semi-automatic", "images": page.inputs["images"], "total_images": "4"},
+    )
+    assert no_prompts.status_code == 422
+    assert "items" in " ".join(Page(no_prompts.text).alerts)
+    assert _count(settings, Job) == 0
+
+    missing = http.get("/groups/grp_nope")
+    assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
+    assert "group grp_nope does not exist" in Page(missing.text).alerts
+    assert http.get("/api/groups/grp_nope").json() == {"detail": "group grp_nope does not exist"}
+
+
+def test_cancel_and_retry_buttons(settings: Settings) -> None:
+    # A slow provider keeps the job running long enough to press Cancel.
+    with contextmanager(_stack)(settings, offline_latency_ms=2_000, worker_concurrency=1) as stack:
+        http = stack.http
+        group_id = _new_group(http, "slow")
+        page = Page(
+            _upload(http, group_id, [(f"{i}.png", png_bytes(30 + i)) for i in range(3)]).text
+        )
+        job_path = http.post(
+            f"/groups/{group_id}/submit", data={"mode": "automatic", "prompt": "slow"}
+        ).headers["location"]
+        running = Page(http.get(job_path).text)
+        assert running.refresh and f"{job_path}/cancel" in running.forms
+        cancelled = http.post(f"{job_path}/cancel", follow_redirects=True)
+        assert cancelled.status_code == 200
+        after = Page(cancelled.text)
+        assert not after.refresh and "cancelled by user" in after.all_text
+        assert f"{job_path}/retry" in after.forms
+        again = http.post(f"{job_path}/cancel")
+        assert again.status_code == 409 and "already cancelled" in Page(again.text).all_text
+
+        retried = http.post(f"{job_path}/retry", follow_redirects=True)
+        assert retried.status_code == 200 and Page(retried.text).refresh
+        done = _wait_for_job_page(http, job_path, timeout=60)
+        assert "3 succeeded" in done.all_text, done.all_text
+        assert len(page.inputs["images"]) == 3
