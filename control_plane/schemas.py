@@ -115,6 +115,18 @@ class SemiAutomaticSubmit(_Body):
     items: Annotated[list[SemiAutomaticItem], Field(min_length=1, max_length=1_000)]
     config: SemiAutomaticConfig = SemiAutomaticConfig()
 
+    @model_validator(mode="after")
+    def _every_item_used(self) -> "SemiAutomaticSubmit":
+        sets = self.config.total_images // self.config.images_per_set
+        if len(self.items) > sets:
+            raise ValueError(
+                f"{len(self.items)} items but only {sets} set(s) "
+                f"(total_images {self.config.total_images} / images_per_set "
+                f"{self.config.images_per_set}): raise total_images to at least "
+                f"{len(self.items) * self.config.images_per_set} or send fewer items"
+            )
+        return self
+
 
 SubmitRequest = Annotated[AutomaticSubmit | SemiAutomaticSubmit, Field(discriminator="mode")]
 

@@ -6,6 +6,7 @@ loopback public URL) are refused at start-up rather than discovered in productio
 
 from functools import cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -19,10 +20,10 @@ class Settings(CommonSettings):
     database_url: str = ""  # default: sqlite:///{data_dir}/pixelfleet.db
     public_url: str = "http://127.0.0.1:8000"
 
-    runpod_base_url: str = "http://127.0.0.1:8001"
+    runpod_base_url: str = "http://127.0.0.1:8001"  # production: https://api.runpod.ai
     runpod_endpoint_id: str = "local"
     runpod_api_key: str = DEV_RUNPOD_API_KEY
-    runpod_timeout_s: float = 30.0
+    runpod_timeout_s: float = Field(30.0, gt=0)
 
     dispatch_chunk_size: int = Field(16, ge=1, le=500)
     dispatch_max_attempts: int = Field(2, ge=1, le=10)
@@ -35,10 +36,10 @@ class Settings(CommonSettings):
     signed_url_expiry_s: int = Field(3600, ge=60, le=7 * 86_400)
     storage_gc_grace_s: int = Field(86_400, ge=0)
 
-    upload_max_file_bytes: int = 20 * 1024 * 1024
-    upload_max_pixels: int = 50_000_000
-    upload_max_files: int = 5_000
-    submit_max_images: int = 20_000
+    upload_max_file_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    upload_max_pixels: int = Field(50_000_000, gt=0)
+    upload_max_files: int = Field(5_000, gt=0)
+    submit_max_images: int = Field(20_000, gt=0)
     default_model: str = "gemini-2.5-flash-image"
 
     @model_validator(mode="after")
@@ -52,8 +53,21 @@ class Settings(CommonSettings):
                     (self.database_url.startswith("sqlite"), "PIXELFLEET_DATABASE_URL is SQLite"),
                     (self.runpod_api_key == DEV_RUNPOD_API_KEY, "PIXELFLEET_RUNPOD_API_KEY unset"),
                     (
-                        "127.0.0.1" in self.public_url or "localhost" in self.public_url,
+                        _is_local(self.public_url),
                         "PIXELFLEET_PUBLIC_URL is a loopback address RunPod cannot reach",
+                    ),
+                    (
+                        not self.public_url.startswith("https://"),
+                        "PIXELFLEET_PUBLIC_URL is not https (webhook tokens would travel in clear)",
+                    ),
+                    (
+                        _is_local(self.runpod_base_url)
+                        or not self.runpod_base_url.startswith("https://"),
+                        "PIXELFLEET_RUNPOD_BASE_URL is not RunPod's https API",
+                    ),
+                    (
+                        self.runpod_endpoint_id == "local",
+                        "PIXELFLEET_RUNPOD_ENDPOINT_ID unset",
                     ),
                 )
                 if bad
@@ -65,6 +79,11 @@ class Settings(CommonSettings):
     @property
     def runpod_endpoint_url(self) -> str:
         return f"{self.runpod_base_url.rstrip('/')}/v2/{self.runpod_endpoint_id}"
+
+
+def _is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "0.0.0.0", "::1", "::") or host.startswith("127.")
 
 
 @cache

@@ -11,6 +11,7 @@ ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {
     "PNG": ("image/png", ".png"),
     "JPEG": ("image/jpeg", ".jpg"),
     "WEBP": ("image/webp", ".webp"),
+    "MPO": ("image/jpeg", ".jpg"),  # a JPEG with extra frames, as many phones and cameras write
 }
 EXTENSIONS = {mime: ext for mime, ext in ACCEPTED_FORMATS.values()}
 THUMBNAIL_SIZE = 256
@@ -29,7 +30,7 @@ class ImageRejected(ValueError):
 
 @dataclass(frozen=True)
 class InspectedImage:
-    format: str
+    format: str  # Pillow's name; MPO is a JPEG (its first frame is what everyone reads)
     content_type: str
     extension: str
     width: int
@@ -66,7 +67,7 @@ def inspect_upload(src: BinaryIO, *, max_pixels: int) -> InspectedImage:
     reencoded = None
     if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
         upright = ImageOps.exif_transpose(image)
-        reencoded = encode(upright, image.format)
+        reencoded = encode(upright, "JPEG" if image.format == "MPO" else image.format)
         width, height = upright.size
     return InspectedImage(image.format, content_type, extension, width, height, reencoded)
 

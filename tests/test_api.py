@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 
 from control_plane.app import create_app
 from control_plane.models import Dispatch, Output, Upload
+from control_plane.services import jobs
 from control_plane.services.platform import Platform
 from control_plane.settings import Settings
 from tests.conftest import jpeg_bytes, png_bytes
@@ -132,6 +133,21 @@ def test_upload_accepts_images_and_rejects_bad_files(api: Api) -> None:
     assert all(key.startswith(f"groups/{group_id}/inputs/") for key in keys)
     stored = {info.key for info in api.platform.storage.list()}
     assert len(stored) == 8  # 4 images + 4 thumbnails: nothing from rejected files
+
+
+def test_upload_accepts_camera_jpegs_with_extra_frames(api: Api) -> None:
+    """Phones and cameras write MPO: a JPEG followed by more frames. It is a JPEG to everyone."""
+    mpo = io.BytesIO()
+    first, second = Image.new("RGB", (40, 30), "red"), Image.new("RGB", (40, 30), "green")
+    first.save(mpo, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(mpo.getvalue())).format == "MPO"
+    response = api.upload(api.group(), [("camera.jpg", mpo.getvalue())])
+    assert response.status_code == 201, response.text
+    image = response.json()["images"][0]
+    assert image["content_type"] == "image/jpeg" and (image["width"], image["height"]) == (40, 30)
+    assert image["url"].endswith("/file")
+    served = api.client.get(image["url"])
+    assert served.headers["content-type"] == "image/jpeg" and served.content == mpo.getvalue()
 
 
 def test_upload_applies_exif_orientation(api: Api) -> None:
@@ -281,6 +297,59 @@ def test_semi_automatic_limits(api: Api) -> None:
     assert (
         too_many_refs.status_code == 422 and "at most 3 reference" in too_many_refs.json()["detail"]
     )
+    unused_items = api.client.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "semi-automatic",
+            "items": [{"images": [image], "prompt": f"p{i}"} for i, image in enumerate(images)],
+            "config": {"total_images": 8, "images_per_set": 4},
+        },
+    )
+    assert unused_items.status_code == 422
+    assert "4 items but only 2 set(s)" in unused_items.json()["detail"]
+    assert api.client.get("/api/jobs").json()["total"] == 0
+
+
+def test_ids_match_exactly_on_every_database(api: Api) -> None:
+    """MySQL's default collations compare case-insensitively and ignore trailing spaces; the
+    tables are binary, and what is found is used by its stored id (keys are built from it)."""
+    group_id = api.group()
+    images = api.upload_ids(group_id, 1)
+    assert api.client.get(f"/api/groups/{group_id.upper()}").status_code == 404
+    upper = api.upload(group_id.upper(), [("a.png", png_bytes())])
+    assert upper.status_code == 404
+    padded = api.upload(group_id + " ", [("a.png", png_bytes())])
+    assert padded.status_code in (201, 404), padded.text  # MariaDB pads; SQLite does not
+    if padded.status_code == 201:
+        assert padded.json()["images"][0]["group_id"] == group_id
+    submitted = api.client.post(
+        "/api/jobs/submit",
+        json={"group_id": group_id + " ", "mode": "automatic", "prompt": "p", "images": images},
+    )
+    assert submitted.status_code in (201, 404), submitted.text
+    if submitted.status_code == 201:
+        assert submitted.json()["jobs"][0]["group_id"] == group_id
+        api.drain()
+        inputs = api.run_bodies[-1]["input"]["items"]
+        assert all(item["output_key"].startswith(f"groups/{group_id}/") for item in inputs)
+    wrong_case = api.client.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "p",
+            "images": [images[0].upper()],
+        },
+    )
+    assert wrong_case.status_code == 422 and "not uploads of group" in wrong_case.json()["detail"]
+
+
+def test_pages_beyond_any_database_are_refused(api: Api) -> None:
+    for path in ("/api/groups", "/api/jobs"):
+        huge = api.client.get(path, params={"page": 2**62})
+        assert huge.status_code == 422, huge.text
+        assert "page" in huge.json()["detail"]
 
 
 # Webhook ----------------------------------------------------------------------------------
@@ -346,9 +415,39 @@ def test_webhook_wrong_or_missing_token_is_401_and_changes_nothing(api: Api) -> 
         params={"dispatch": dispatch.id},
         json={"id": "x", "status": "COMPLETED"},
     )
-    assert missing.status_code == 422
+    assert missing.status_code == 401
+    nothing = api.client.post("/api/webhook/runpod", json={"id": "x", "status": "COMPLETED"})
+    assert nothing.status_code == 401
+    wrong_and_junk = api.client.post(
+        "/api/webhook/runpod", params={"dispatch": dispatch.id, "token": "guess"}, content=b"{"
+    )
+    assert wrong_and_junk.status_code == 401  # the token is checked before the body is read
+    junk = _hook(api, dispatch, {"id": None, "status": "COMPLETED"})
+    assert junk.status_code == 422 and "id" in junk.json()["detail"]
     assert api.client.get(f"/api/jobs/{job_id}").json()["status"] == "processing"
     assert api.client.get("/api/webhook/runpod").json() == {"status": "ok"}
+
+
+def test_webhook_with_huge_error_and_fields_is_stored_clipped(api: Api) -> None:
+    """MySQL TEXT holds 64 KB and VARCHARs their length: what RunPod or a worker sends is
+    clipped, never a DataError that would leave the dispatch unfinished for ever."""
+    job_id, dispatch = _submit_one_dispatch(api, n=2)
+    body = _completed_body(api, dispatch)
+    first, second = body["output"]["results"]
+    first["model_version"] = "v" * 300
+    second.update(status="failed", error="e" * 70_000)
+    assert _hook(api, dispatch, body).status_code == 200
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "completed"
+    failed = next(image for image in job["images"] if image["status"] == "failed")
+    assert len(failed["error"]) == 2_000 and failed["error"].endswith("…")
+
+    job_id, dispatch = _submit_one_dispatch(api, n=1)
+    huge = _hook(api, dispatch, {"status": "FAILED", "error": "x" * 70_000})
+    assert huge.status_code == 200
+    with api.session() as session:
+        row = session.get(Dispatch, dispatch.id)
+        assert row is not None and row.status == "failed" and len(row.error or "") == 2_000
 
 
 def test_webhook_completed_is_idempotent(api: Api) -> None:
@@ -410,6 +509,35 @@ def test_webhook_for_partial_results_fails_the_silent_ones(api: Api) -> None:
     _hook(api, dispatch, body)
     progress = api.client.get(f"/api/jobs/{job_id}").json()["progress"]
     assert progress == {"total": 3, "succeeded": 1, "failed": 1, "blocked": 1, "pending": 0}
+
+
+def test_cancel_while_run_is_in_flight_cancels_that_runpod_job(api: Api) -> None:
+    """A job cancelled between the claim and RunPod's answer to /run: that RunPod job is
+    nobody's any more, so it is cancelled rather than left running (and billing)."""
+    cancel_route = api.runpod.post(url__regex=rf"{RUNPOD}/cancel/.*").mock(
+        return_value=httpx.Response(200, json={})
+    )
+    group_id = api.group()
+    images = api.upload_ids(group_id, 2)
+
+    def run_while_cancelled(request: httpx.Request) -> httpx.Response:
+        job_id = json.loads(request.content)["input"]["job_id"]
+        with api.session() as session:  # the user's cancel lands while /run is in flight
+            assert jobs.cancel(session, job_id) == []  # nothing known to RunPod yet
+            session.commit()
+        return httpx.Response(200, json={"id": "rp-orphan", "status": "IN_QUEUE"})
+
+    api.run_route.mock(side_effect=run_while_cancelled)
+    submitted = api.client.post(
+        "/api/jobs/submit",
+        json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images},
+    )
+    assert submitted.status_code == 201
+    api.drain()
+    assert cancel_route.call_count == 1
+    assert cancel_route.calls.last.request.url.path.endswith("/cancel/rp-orphan")
+    job = api.client.get(f"/api/jobs/{submitted.json()['jobs'][0]['id']}").json()
+    assert job["status"] == "cancelled" and job["progress"]["failed"] == 2
 
 
 def test_cancel_and_retry(api: Api) -> None:

@@ -15,7 +15,6 @@ from starlette.requests import Request
 from control_plane.api.deps import commit_after
 from control_plane.errors import InvalidRequest, NotFound
 from control_plane.models import Group, Job, Upload
-from control_plane.runpod_client import RunPodError
 from control_plane.schemas import AutomaticSubmit, SemiAutomaticSubmit, UploadRejected
 from control_plane.services import dispatch, jobs, submissions, uploads
 from control_plane.services.platform import Platform
@@ -36,8 +35,10 @@ async def accept_uploads(
 
     Nothing is left behind when this fails part-way: stored objects are removed.
     """
-    if await run_in_threadpool(session.get, Group, group_id) is None:
+    group = await run_in_threadpool(session.get, Group, group_id)
+    if group is None:
         raise NotFound(f"group {group_id} does not exist")
+    group_id = group.id  # as stored (see submissions.submit): storage keys are built from it
     if not files:
         raise InvalidRequest("no files: send one or more images in the form field `files`")
     stored: list[Upload] = []
@@ -79,7 +80,7 @@ async def cancel(platform: Platform, session: Session, job_id: str) -> None:
         commit_after, session, lambda: jobs.cancel(session, job_id)
     )
     for runpod_id in runpod_ids:
-        platform.spawn(_cancel_quietly(platform, runpod_id))
+        platform.spawn(dispatch.cancel_quietly(platform, runpod_id))
 
 
 async def retry(platform: Platform, session: Session, job_id: str) -> None:
@@ -88,10 +89,3 @@ async def retry(platform: Platform, session: Session, job_id: str) -> None:
         commit_after, session, lambda: jobs.retry_failed(session, platform.settings, job_id)
     )
     platform.spawn(dispatch.send_many(platform, dispatch_ids))
-
-
-async def _cancel_quietly(platform: Platform, runpod_job_id: str) -> None:
-    try:
-        await platform.runpod.cancel(runpod_job_id)
-    except RunPodError as exc:
-        dispatch.log.info("RunPod cancel of %s: %s", runpod_job_id, exc)

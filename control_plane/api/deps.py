@@ -3,7 +3,7 @@
 from collections.abc import Callable, Iterator
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlmodel import Session
 
 from control_plane.services.platform import Platform
@@ -35,5 +35,7 @@ def commit_after(session: Session, operation: Callable[[], R]) -> R:
 
 
 PlatformDep = Annotated[Platform, Depends(get_platform)]
+PageNumber = Annotated[int, Query(ge=1, le=1_000_000, description="1-based page number")]
+PageLimit = Annotated[int, Query(ge=1, le=200, description="items per page")]
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -26,6 +26,7 @@ def delete_group(session: Session, storage: Storage, group_id: str) -> int:
     group = session.get(Group, group_id, with_for_update=True)
     if group is None:
         raise NotFound(f"group {group_id} does not exist")
+    group_id = group.id  # as stored: MySQL matches trailing spaces, and keys come from it
     _refuse_active(session, Job.group_id == group_id, f"group {group_id}")
     job_ids = select(Job.id).where(col(Job.group_id) == group_id)
     session.exec(delete(Dispatch).where(col(Dispatch.job_id).in_(job_ids)))
@@ -42,6 +43,7 @@ def delete_job(session: Session, storage: Storage, job_id: str) -> int:
     job = session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
+    job_id = job.id
     _refuse_active(session, Job.id == job_id, f"job {job_id}")
     session.exec(delete(Dispatch).where(col(Dispatch.job_id) == job_id))
     session.exec(delete(Output).where(col(Output.job_id) == job_id))

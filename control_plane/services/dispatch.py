@@ -101,11 +101,17 @@ def _prepare(platform: Platform, dispatch_id: str) -> tuple[DispatchInput, str] 
         )
 
 
-def _record_submitted(platform: Platform, dispatch_id: str, runpod_job_id: str) -> None:
+def _record_submitted(platform: Platform, dispatch_id: str, runpod_job_id: str) -> bool:
+    """Record RunPod's job id; False if nobody wants that run any more (the dispatch failed
+    meanwhile, e.g. its job was cancelled while /run was in flight), so it gets cancelled."""
     with session_scope(platform.engine) as session:
         dispatch = lock_dispatch(session, dispatch_id)
         if dispatch is None:
-            return
+            return False
+        if dispatch.status == DispatchStatus.FAILED:
+            dispatch.runpod_job_id = dispatch.runpod_job_id or runpod_job_id
+            session.add(dispatch)
+            return False
         dispatch.runpod_job_id = dispatch.runpod_job_id or runpod_job_id
         if (
             dispatch.status == DispatchStatus.SUBMITTING
@@ -127,6 +133,7 @@ def _record_submitted(platform: Platform, dispatch_id: str, runpod_job_id: str) 
                 .values(status=JobStatus.PROCESSING, updated_at=now)
             )
         session.add(dispatch)
+        return True
 
 
 def _record_send_failure(platform: Platform, dispatch_id: str, error: RunPodError) -> None:
@@ -166,7 +173,16 @@ async def send(platform: Platform, dispatch_id: str) -> None:
     except RunPodError as error:
         await asyncio.to_thread(_record_send_failure, platform, dispatch_id, error)
         return
-    await asyncio.to_thread(_record_submitted, platform, dispatch_id, runpod_job_id)
+    if not await asyncio.to_thread(_record_submitted, platform, dispatch_id, runpod_job_id):
+        await cancel_quietly(platform, runpod_job_id)
+
+
+async def cancel_quietly(platform: Platform, runpod_job_id: str) -> None:
+    """Ask RunPod to cancel a job; a failure is only logged (the job may be finished)."""
+    try:
+        await platform.runpod.cancel(runpod_job_id)
+    except RunPodError as exc:
+        log.info("RunPod cancel of %s: %s", runpod_job_id, exc)
 
 
 async def send_many(platform: Platform, dispatch_ids: list[str]) -> None:

@@ -33,6 +33,14 @@ from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 UNFINISHED = (OutputStatus.PENDING, OutputStatus.RUNNING)
+MAX_ERROR_CHARS = 2_000  # what RunPod and workers send is stored clipped: MySQL TEXT is 64 KB
+
+
+def clip(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """`text` cut to `limit` characters (marked with …), so a column can always hold it."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
 
 
 def apply_state(
@@ -42,8 +50,8 @@ def apply_state(
     dispatch = lock_dispatch(session, dispatch_id)
     if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
         return []
-    dispatch.runpod_job_id = dispatch.runpod_job_id or state.id
-    dispatch.runpod_status = state.status
+    dispatch.runpod_job_id = dispatch.runpod_job_id or clip(state.id, 80)
+    dispatch.runpod_status = clip(state.status, 20)
     dispatch.delay_ms, dispatch.execution_ms = state.delayTime, state.executionTime
     output, problem = _parse_output(state)
     if output is None:
@@ -64,7 +72,8 @@ def _parse_output(state: RunPodJobState) -> tuple[DispatchOutput | None, str]:
     try:
         return DispatchOutput.model_validate(state.output), ""
     except ValidationError as exc:
-        return None, f"worker output does not match the contract: {exc.errors(include_url=False)}"
+        problems = exc.errors(include_url=False, include_input=False)
+        return None, f"worker output does not match the contract: {problems}"
 
 
 def describe_failure(state: RunPodJobState) -> str:
@@ -119,9 +128,9 @@ def _apply_results(
 
 
 def _apply_result(storage: Storage, output: Output, result: ItemResult, now: Any) -> None:
-    output.provider, output.model = result.provider, result.model
+    output.provider, output.model = clip(result.provider, 40), clip(result.model, 80)
     output.model_version, output.usage, output.cost_usd = (
-        result.model_version,
+        clip(result.model_version, 80),
         result.usage,
         result.cost_usd,
     )
@@ -144,7 +153,7 @@ def _apply_result(storage: Storage, output: Output, result: ItemResult, now: Any
             )
             return
         output.content_type, output.width, output.height = (
-            result.content_type,
+            clip(result.content_type, 64),
             result.width,
             result.height,
         )
@@ -155,7 +164,7 @@ def _apply_result(storage: Storage, output: Output, result: ItemResult, now: Any
 
 
 def _finish(output: Output, status: OutputStatus, error: str | None, now: Any) -> None:
-    output.status, output.error = status, error
+    output.status, output.error = status, clip(error)
     output.completed_at = output.updated_at = now
 
 
@@ -164,6 +173,7 @@ def fail_dispatch(
 ) -> list[str]:
     """Mark `dispatch` failed; retry its unfinished outputs in a new dispatch if attempts remain."""
     now = utcnow()
+    reason = clip(reason) or "failed"
     dispatch.status, dispatch.error = DispatchStatus.FAILED, reason
     dispatch.finished_at = dispatch.updated_at = now
     session.add(dispatch)

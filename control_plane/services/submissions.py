@@ -27,8 +27,11 @@ def submit(
 
     Returns the jobs and the ids of the dispatches to send.
     """
-    if session.get(Group, request.group_id) is None:
+    group = session.get(Group, request.group_id)
+    if group is None:
         raise NotFound(f"group {request.group_id} does not exist")
+    # As stored: MySQL matches "grp_x " to grp_x, and storage keys are built from the id.
+    request = request.model_copy(update={"group_id": group.id})
     params = resolve_params(request.config, settings)
     if isinstance(request, AutomaticSubmit):
         _check_references(session, request.group_id, [[i] for i in request.images], params["model"])

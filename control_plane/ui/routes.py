@@ -8,7 +8,7 @@ or a service, as the JSON API's do. A form that fails re-renders its page with t
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -17,7 +17,7 @@ from sqlmodel import col, func, select
 from starlette.datastructures import FormData, UploadFile
 
 from control_plane.api import actions
-from control_plane.api.deps import PlatformDep, SessionDep
+from control_plane.api.deps import PageNumber, PlatformDep, SessionDep
 from control_plane.api.present import job_detail, job_public, upload_public
 from control_plane.api.routes.groups import group_counts
 from control_plane.errors import DomainError, NotFound
@@ -53,7 +53,7 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, session: SessionDep, page: int = Query(1, ge=1)) -> HTMLResponse:
+def index(request: Request, session: SessionDep, page: PageNumber = 1) -> HTMLResponse:
     return _index(request, session, page)
 
 
@@ -91,7 +91,7 @@ def group_page(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
-    page: int = Query(1, ge=1),
+    page: PageNumber = 1,
 ) -> HTMLResponse:
     return _group(request, platform, session, group_id, page)
 

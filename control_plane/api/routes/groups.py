@@ -1,8 +1,8 @@
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, func, select
 
-from control_plane.api.deps import PlatformDep, SessionDep
+from control_plane.api.deps import PageLimit, PageNumber, PlatformDep, SessionDep
 from control_plane.errors import NotFound
 from control_plane.models import Group, Job, Output, OutputStatus, Upload
 from control_plane.schemas import GroupCounts, GroupCreate, GroupPublic, Page
@@ -22,7 +22,7 @@ def create_group(body: GroupCreate, session: SessionDep) -> GroupPublic:
 
 @router.get("")
 def list_groups(
-    session: SessionDep, page: int = Query(1, ge=1), limit: int = Query(20, ge=1, le=200)
+    session: SessionDep, page: PageNumber = 1, limit: PageLimit = 20
 ) -> Page[GroupPublic]:
     total = session.exec(select(func.count()).select_from(Group)).one()
     groups = session.exec(

@@ -3,7 +3,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, func, select
 
 from control_plane.api import actions
-from control_plane.api.deps import PlatformDep, SessionDep
+from control_plane.api.deps import PageLimit, PageNumber, PlatformDep, SessionDep
 from control_plane.api.present import job_detail, job_public
 from control_plane.models import Job, JobStatus, Output
 from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
@@ -27,8 +27,8 @@ def list_jobs(
     status_: JobStatus | None = Query(None, alias="status"),
     group_id: str | None = None,
     mode: str | None = Query(None, pattern="^(automatic|semi-automatic)$"),
-    page: int = Query(1, ge=1),
-    limit: int = Query(20, ge=1, le=200),
+    page: PageNumber = 1,
+    limit: PageLimit = 20,
 ) -> Page[JobPublic]:
     """Jobs, newest first, filtered by status, group and mode."""
     filters = [

@@ -7,10 +7,15 @@ Create Date: 2026-11-22 04:44:05.107415
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
+
+# On MySQL/MariaDB: utf8mb4 whatever the database's default, and binary comparison, so ids
+# and tokens match exactly (as on SQLite), never case-insensitively.
+TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 # revision identifiers, used by Alembic.
 revision: str = "0001"
@@ -33,6 +38,7 @@ def upgrade() -> None:
             "updated_at", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=False
         ),
         sa.PrimaryKeyConstraint("id"),
+        **TABLE_OPTIONS,
     )
     op.create_table(
         "jobs",
@@ -65,6 +71,7 @@ def upgrade() -> None:
             ["groups.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
+        **TABLE_OPTIONS,
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_jobs_batch_id"), ["batch_id"], unique=False)
@@ -92,6 +99,7 @@ def upgrade() -> None:
             ["groups.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
+        **TABLE_OPTIONS,
     )
     with op.batch_alter_table("uploads", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_uploads_group_id"), ["group_id"], unique=False)
@@ -134,6 +142,7 @@ def upgrade() -> None:
             ["jobs.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
+        **TABLE_OPTIONS,
     )
     with op.batch_alter_table("dispatches", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_dispatches_job_id"), ["job_id"], unique=False)
@@ -191,6 +200,7 @@ def upgrade() -> None:
             ["jobs.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
+        **TABLE_OPTIONS,
     )
     with op.batch_alter_table("outputs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_outputs_dispatch_id"), ["dispatch_id"], unique=False)

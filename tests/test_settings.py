@@ -1,0 +1,56 @@
+"""Settings refuse what would be unsafe or meaningless, with a message naming the variable."""
+
+import pytest
+from pydantic import ValidationError
+
+from control_plane.settings import Settings
+
+PRODUCTION = {
+    "environment": "production",
+    "database_url": "mysql+pymysql://pixelfleet:secret@db:3306/pixelfleet",
+    "runpod_api_key": "rp_real_key",
+    "runpod_base_url": "https://api.runpod.ai",
+    "runpod_endpoint_id": "abc123xyz",
+    "public_url": "https://pixelfleet.example.com",
+}
+
+
+def test_a_complete_production_configuration_is_accepted() -> None:
+    settings = Settings(**PRODUCTION)
+    assert settings.runpod_endpoint_url == "https://api.runpod.ai/v2/abc123xyz"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"database_url": ""}, "PIXELFLEET_DATABASE_URL is SQLite"),
+        ({"runpod_api_key": "local-dev-key"}, "PIXELFLEET_RUNPOD_API_KEY"),
+        ({"public_url": "https://127.0.0.1:8000"}, "PIXELFLEET_PUBLIC_URL is a loopback"),
+        ({"public_url": "http://0.0.0.0:8000"}, "PIXELFLEET_PUBLIC_URL is a loopback"),
+        ({"public_url": "http://pixelfleet.example.com"}, "PIXELFLEET_PUBLIC_URL is not https"),
+        ({"runpod_base_url": "http://127.0.0.1:8001"}, "PIXELFLEET_RUNPOD_BASE_URL"),
+        ({"runpod_base_url": "http://api.runpod.ai"}, "PIXELFLEET_RUNPOD_BASE_URL"),
+        ({"runpod_endpoint_id": "local"}, "PIXELFLEET_RUNPOD_ENDPOINT_ID"),
+    ],
+)
+def test_production_refuses_unsafe_values(change: dict[str, str], named: str) -> None:
+    with pytest.raises(ValidationError, match="refusing to start in production") as caught:
+        Settings(**{**PRODUCTION, **change})
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["upload_max_file_bytes", "upload_max_pixels", "upload_max_files", "submit_max_images"],
+)
+def test_limits_must_be_positive(field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: 0})
+    with pytest.raises(ValidationError, match="runpod_timeout_s"):
+        Settings(runpod_timeout_s=-5)
+
+
+def test_development_defaults_need_nothing() -> None:
+    settings = Settings()
+    assert settings.environment == "development"
+    assert settings.runpod_endpoint_url == "http://127.0.0.1:8001/v2/local"
