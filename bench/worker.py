@@ -44,6 +44,7 @@ log = logging.getLogger("bench.worker")
 MODEL = "gemini-2.5-flash-image"
 SIDE = 1024
 CHUNK = 16  # images per RunPod job, the control plane's default chunk
+MODIFIER_POLL_S = 0.02  # how often the concurrency_modifier is asked while jobs run
 TARGET_EFFICIENCY = 0.9
 TARGET_CPU_MS = 5.0
 Scope = dict[str, Any]
@@ -165,7 +166,7 @@ class Level:
     fake_cpu_s: float
     peak_rss_mb: float
     delay_s: float
-    max_jobs: int
+    peak_jobs: int  # the most RunPod jobs in flight at once (as the modifier allowed)
 
     @property
     def rate(self) -> float:
@@ -220,44 +221,56 @@ def jobs_for(level: int, start: int, count: int, reference_uris: list[str]) -> l
     ]
 
 
-async def run_jobs(handler: Handler, jobs: list[dict[str, Any]], max_jobs: int) -> int:
-    """Run the jobs `max_jobs` at a time, as RunPod does with the handler's
-    concurrency_modifier (the runner's slots bound the images in flight); count images."""
-    gate = asyncio.Semaphore(max_jobs)
-
-    async def run_one(job: dict[str, Any]) -> dict[str, Any]:
-        async with gate:
-            return await handler(job)
-
-    outputs = await asyncio.gather(*(run_one(job) for job in jobs))
+async def run_jobs(
+    handler: Handler, jobs: list[dict[str, Any]], modifier: Callable[[int], int]
+) -> tuple[int, int]:
+    """Run the jobs as RunPod does: a job is taken only while fewer are in flight than the
+    handler's concurrency_modifier returns. Returns images done and the peak jobs in flight."""
+    waiting = list(reversed(jobs))
+    running: set[asyncio.Task[dict[str, Any]]] = set()
+    outputs: list[dict[str, Any]] = []
+    concurrency, peak = 1, 0
+    while waiting or running:
+        concurrency = modifier(concurrency)
+        while waiting and len(running) < concurrency:
+            running.add(asyncio.create_task(handler(waiting.pop())))
+            await asyncio.sleep(0)  # the handler registers its images with the runner
+            concurrency = modifier(concurrency)
+        peak = max(peak, len(running))
+        done, running = await asyncio.wait(
+            running, timeout=MODIFIER_POLL_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        outputs += [task.result() for task in done]
     results = [result for output in outputs for result in output["results"]]
     failed = [result for result in results if result["status"] != "succeeded"]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(results)} images failed: {failed[0]['error']}")
-    return len(results)
+    return len(results), peak
 
 
 async def drive(
     handler: Handler,
     runner: Runner,
-    max_jobs: int,
+    modifier: Callable[[int], int],
     level: int,
     images: int,
     references: list[str],
     fake_pid: int,
-) -> tuple[int, float, float, float]:
+) -> tuple[int, float, float, float, int]:
     """Warm up (connections, first-call costs), then time `images` images.
 
-    Returns images done, wall seconds, worker CPU seconds and the fake's CPU seconds.
+    Returns images done, wall seconds, worker CPU seconds, the fake's CPU seconds and the
+    peak jobs in flight.
     """
     try:
-        await run_jobs(handler, jobs_for(level, 0, level, references), max_jobs)
+        await run_jobs(handler, jobs_for(level, 0, level, references), modifier)
         jobs = jobs_for(level, level, images, references)
         fake_cpu, cpu = cpu_seconds(fake_pid), time.process_time()
         started = time.perf_counter()
-        done = await run_jobs(handler, jobs, max_jobs)
+        done, peak_jobs = await run_jobs(handler, jobs, modifier)
         wall = time.perf_counter() - started
-        return done, wall, time.process_time() - cpu, cpu_seconds(fake_pid) - fake_cpu
+        cpu_s, fake_cpu_s = time.process_time() - cpu, cpu_seconds(fake_pid) - fake_cpu
+        return done, wall, cpu_s, fake_cpu_s, peak_jobs
     finally:
         await runner.provider.aclose()
 
@@ -282,13 +295,14 @@ def run_level(
         stored = runner.storage.put_bytes("refs/ref.png", png(1), content_type="image/png")
         references.append(runner.storage.uri(stored.key))
     exact_peak = reset_peak_rss()
-    max_jobs = concurrency_modifier(1)
-    done, wall, cpu, fake_cpu = asyncio.run(
-        drive(handler, runner, max_jobs, level, args.rounds * level, references, fake_pid)
+    done, wall, cpu, fake_cpu, peak_jobs = asyncio.run(
+        drive(
+            handler, runner, concurrency_modifier, level, args.rounds * level, references, fake_pid
+        )
     )
     peak = peak_rss_mb(os.getpid()) if exact_peak else float("nan")
     log.info("C=%d: %d images in %.2f s", level, done, wall)
-    return Level(level, done, wall, cpu, fake_cpu, peak, args.delay_ms / 1000, max_jobs)
+    return Level(level, done, wall, cpu, fake_cpu, peak, args.delay_ms / 1000, peak_jobs)
 
 
 # --- what a thumbnail costs ----------------------------------------------------------------
@@ -387,7 +401,8 @@ def main() -> None:
         f"fake Gemini: {args.delay_ms} ms per request, {SIDE}x{SIDE} {mime} of "
         f"{len(image) / 1e6:.2f} MB ({len(body) / 1e6:.2f} MB JSON); "
         f"{'one 64x64 reference' if args.reference else 'no reference'} per image; "
-        f"RunPod jobs of {CHUNK}, {levels[0].max_jobs} at a time; "
+        f"RunPod jobs of {CHUNK}, as many at a time as the concurrency_modifier allows "
+        f"(peak {', '.join(str(row.peak_jobs) for row in levels)}); "
         f"{os.cpu_count()} CPUs, load average {load:.2f} before the run"
     )
     print_table(levels, thumbnail_ms)

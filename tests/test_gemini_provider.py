@@ -35,6 +35,7 @@ from worker.providers.base import (
     Reference,
 )
 from worker.providers.gemini import (
+    GAVE_UP,
     GeminiAuthError,
     GeminiProvider,
     PromptBlocked,
@@ -101,6 +102,7 @@ def request_of(
     image_size: str | None = None,
     negative_prompt: str | None = None,
     references: list[Reference] | None = None,
+    time_budget_s: float | None = None,
 ) -> GenerationRequest:
     params = ImageParams(
         model=model,
@@ -109,7 +111,9 @@ def request_of(
         seed=seed,
         negative_prompt=negative_prompt,
     )
-    return GenerationRequest(prompt=prompt, params=params, references=references or [])
+    return GenerationRequest(
+        prompt=prompt, params=params, references=references or [], time_budget_s=time_budget_s
+    )
 
 
 def body_of(call: Any) -> dict[str, Any]:
@@ -290,6 +294,49 @@ async def test_text_only_with_stop_is_blocked_too(
     route(api).mock(return_value=ok({"text": "Sure! Imagine a fox."}))
     with pytest.raises(GenerationBlocked, match=r"no image returned \(finish reason STOP\)"):
         await make().generate(request_of())
+
+
+NOT_SAFETY = {
+    "MAX_TOKENS": ok({"text": "Let me think about the composition..."}, finish="MAX_TOKENS"),
+    "MALFORMED_RESPONSE": ok(finish="MALFORMED_RESPONSE"),
+    "UNEXPECTED_TOOL_CALL": ok(finish="UNEXPECTED_TOOL_CALL"),
+    "empty 200": httpx.Response(200, json={}),
+    "thought image only": ok(
+        {"text": "Sketching.", "thought": True}, image_part(PNG, thought=True)
+    ),
+    "not JSON": httpx.Response(200, text="<html>gateway</html>"),
+}
+NOT_SAFETY_REASONS = {
+    "MAX_TOKENS": "no image returned (finish reason MAX_TOKENS); model said: Let me think about"
+    " the composition...",
+    "MALFORMED_RESPONSE": "no image returned (finish reason MALFORMED_RESPONSE)",
+    "UNEXPECTED_TOOL_CALL": "no image returned (finish reason UNEXPECTED_TOOL_CALL)",
+    "empty 200": "no image returned: the response has no candidates",
+    "thought image only": "no image returned (finish reason STOP)",
+    "not JSON": "Gemini answered HTTP 200 with a body that is not JSON",
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_SAFETY))
+async def test_an_answer_without_an_image_that_is_no_safety_block_is_retried_then_fails(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock, case: str
+) -> None:
+    calls = route(api).mock(return_value=NOT_SAFETY[case])
+    with pytest.raises(GenerationFailed) as caught:
+        await make(max_attempts=3).generate(request_of())
+    assert not isinstance(caught.value, GenerationBlocked)
+    assert calls.call_count == 3 and caught.value.attempts == 3
+    assert caught.value.reason == f"Gemini failed 3 times, last: {NOT_SAFETY_REASONS[case]}"
+    assert len(clock.sleeps) == 2  # backed off like any transient error
+
+
+@pytest.mark.parametrize("case", list(NOT_SAFETY))
+async def test_an_answer_without_an_image_then_one_with(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], case: str
+) -> None:
+    route(api).mock(side_effect=[NOT_SAFETY[case], ok(image_part(PNG))])
+    image = await make().generate(request_of())
+    assert (image.data, image.attempts) == (PNG, 2)
 
 
 # --- errors and retries ----------------------------------------------------------------
@@ -509,6 +556,106 @@ async def test_the_key_never_reaches_logs_or_reasons(
     assert KEY not in caught.value.reason
 
 
+async def test_a_key_the_server_echoes_is_scrubbed_from_reasons_and_logs(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    echo = error(503, "UNAVAILABLE", f"backend busy for key {KEY}")
+    refused = error(400, "INVALID_ARGUMENT", f"request with key {KEY} is invalid")
+    route(api).mock(side_effect=[echo, refused])
+    with pytest.raises(GenerationFailed) as caught:
+        await make().generate(request_of())
+    assert "request with key [redacted] is invalid" in caught.value.reason
+    assert KEY not in caught.value.reason and KEY not in str(caught.value)
+    assert "backend busy for key [redacted]" in caplog.text
+    assert KEY not in caplog.text
+
+
+async def test_an_unexpected_error_becomes_a_failure_without_the_key(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    route(api).mock(side_effect=RuntimeError(f"something broke near {KEY}"))
+    with pytest.raises(GenerationFailed) as caught:
+        await make().generate(request_of())
+    assert caught.value.reason == (
+        "unexpected error: RuntimeError: something broke near [redacted]"
+    )
+    assert caught.value.attempts == 1
+    assert "RuntimeError" in caplog.text and KEY not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [("\u201cAIzaTEST-key\u201d", "non-ASCII characters"), ("AIzaTEST\tkey", "control characters")],
+)
+async def test_an_unsendable_key_fails_every_image_without_a_request(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], key: str, why: str
+) -> None:
+    calls = route(api).mock(return_value=ok(image_part(PNG)))
+    provider = make(api_key=key)
+    for _ in range(2):
+        with pytest.raises(GeminiAuthError) as caught:
+            await provider.generate(request_of())
+        assert caught.value.reason == f"GEMINI_API_KEY is not a valid key ({why})"
+        assert caught.value.attempts == 0
+    assert calls.call_count == 0
+
+
+# --- the time budget (the dispatch deadline) -------------------------------------------
+
+
+async def test_no_retry_wait_runs_past_the_time_budget(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "299s"}
+    calls = route(api).mock(return_value=error(429, "RESOURCE_EXHAUSTED", "quota", retry_info))
+    started = clock.monotonic()
+    with pytest.raises(GenerationFailed) as caught:
+        await make().generate(request_of(time_budget_s=540))
+    assert caught.value.reason.startswith(f"{GAVE_UP} (after 2 attempts, last: 429")
+    assert not isinstance(caught.value, GenerationBlocked)
+    assert calls.call_count == 2 and caught.value.attempts == 2
+    assert clock.sleeps == [pytest.approx(299)]  # the second 299 s would pass 540
+    assert clock.monotonic() - started < 540
+
+
+async def test_each_request_timeout_is_capped_to_the_time_left(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return ok(image_part(PNG))
+
+    route(api).mock(side_effect=hang)
+    started = time.monotonic()
+    with pytest.raises(GenerationFailed) as caught:
+        await make(timeout_s=120).generate(request_of(time_budget_s=0.3))
+    assert time.monotonic() - started < 5  # 0.3 s, not 120 s
+    assert caught.value.reason == f"{GAVE_UP} (after 1 attempts, last: no answer within 0.3 s)"
+    assert caught.value.attempts == 1 and clock.sleeps == []
+
+
+async def test_a_rate_limiter_wait_past_the_time_budget_fails_at_once(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    calls = route(api).mock(return_value=ok(image_part(PNG)))
+    provider = make(rpm=1)  # one request a minute
+    assert (await provider.generate(request_of(time_budget_s=30))).attempts == 1
+    with pytest.raises(GenerationFailed, match="waiting for the rate limit would pass"):
+        await provider.generate(request_of(time_budget_s=30))
+    assert calls.call_count == 1 and clock.sleeps == []
+
+
+async def test_retries_within_the_time_budget_still_happen(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    busy = error(503, "UNAVAILABLE", "The model is overloaded.")
+    route(api).mock(side_effect=[busy, busy, ok(image_part(PNG))])
+    image = await make().generate(request_of(time_budget_s=540))
+    assert image.attempts == 3 and len(clock.sleeps) == 2
+
+
 # --- throughput ------------------------------------------------------------------------
 
 
@@ -538,6 +685,29 @@ def test_rate_limiter_burst_and_hold_off(clock: FakeClock) -> None:
     assert [limiter.reserve() for _ in range(3)] == [0, 0, 0]
     limiter.hold_off(30)
     assert limiter.reserve() == pytest.approx(28)  # 30 s out, minus the 2-slot tolerance
+
+
+async def test_hold_off_stops_callers_that_already_waited_for_their_slot(
+    clock: FakeClock,
+) -> None:
+    limiter = RateLimiter(rpm=60, clock=clock)  # a slot a second
+    start = clock.monotonic()
+    sent: list[float] = []
+
+    async def send() -> None:
+        await limiter.acquire()
+        sent.append(clock.monotonic() - start)
+
+    await send()  # slot 0: answered 429 "retryDelay 30s" ...
+    waiting = [asyncio.create_task(send()) for _ in range(3)]  # slots 1, 2, 3 reserved
+    await asyncio.sleep(0)
+    assert clock.monotonic() == start  # nobody has woken yet
+    limiter.hold_off(30)  # ... which arrives now
+    await asyncio.gather(*waiting)
+    assert sent[0] == 0
+    assert all(at >= 30 for at in sent[1:]), sent  # none inside the announced wait
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent[1:])]
+    assert gaps == [pytest.approx(1.0)] * 2  # and still spaced after it
 
 
 async def test_concurrency_cap(api: respx.MockRouter, make: Callable[..., GeminiProvider]) -> None:

@@ -2,7 +2,11 @@
 
 `make_handler` returns an async handler (RunPod runs all jobs on one asyncio loop, so a
 sync handler would run them one after another) and a concurrency_modifier that tells
-RunPod how many jobs this worker can take at once.
+RunPod how many jobs this worker can take now: runpod calls it with the current concurrency
+before fetching jobs and fetches up to the returned value minus the jobs it already holds.
+It follows what the image slots can take (`Runner.job_capacity`: enough dispatches to fill
+them, plus one), so a busy worker leaves further jobs in RunPod's queue for other workers
+instead of holding them IN_PROGRESS towards their executionTimeout.
 """
 
 import logging
@@ -26,6 +30,7 @@ def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int
         provider=build_provider(settings),
         storage=open_storage(settings.storage_url),
         concurrency=settings.worker_concurrency,
+        dispatch_deadline_s=settings.worker_dispatch_deadline_s,
     )
 
     async def handler(job: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +46,9 @@ def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int
         return output.model_dump(mode="json")
 
     def concurrency_modifier(current: int) -> int:
-        return settings.worker_max_jobs
+        capacity = runner.job_capacity(settings.worker_max_jobs)
+        if capacity != current:
+            log.debug("concurrency_modifier: %d -> %d jobs", current, capacity)
+        return capacity
 
     return handler, concurrency_modifier, runner

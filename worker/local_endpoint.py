@@ -8,8 +8,10 @@ ttl, result retention and webhooks with retries. Handler results are interpreted
 on RunPod.
 
 Things deliberately not emulated: rate limits (429), `/stream`, `progress_update`, the
-shorter retention of `/runsync` results, and multiple workers (this is one worker that runs
-`job_concurrency` jobs at once, as a RunPod worker does with its concurrency_modifier).
+shorter retention of `/runsync` results, and multiple workers. This is one worker that runs
+at most `job_concurrency` jobs at once; given the handler's concurrency_modifier, it asks it
+before taking each job, as runpod's JobScaler does, and takes one only while fewer jobs are
+running than it returns (runpod 1.12 also resizes its job queue only when idle: not emulated).
 
 Run it with `python -m worker.local_endpoint --port 8001` (reads WorkerSettings).
 """
@@ -43,11 +45,13 @@ from worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 JobHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+ConcurrencyModifier = Callable[[int], int]
 
 RUN_BODY_LIMIT = 10 * 1024 * 1024  # RunPod refuses larger /run bodies
 RUNSYNC_BODY_LIMIT = 20 * 1024 * 1024  # and larger /runsync bodies
 WEBHOOK_TIMEOUT_S = 10.0  # per delivery attempt
 SWEEP_INTERVAL_S = 1.0  # background expiry sweep; requests also sweep before answering
+CAPACITY_POLL_S = 0.05  # how often a full worker asks the concurrency_modifier again
 
 
 class JobStatus(StrEnum):
@@ -230,9 +234,18 @@ def parse_run_request(raw: bytes, *, limit: int, config: EndpointConfig) -> RunR
 class LocalEndpoint:
     """Queue, job table and workers of one endpoint; lives on one asyncio loop."""
 
-    def __init__(self, handler: JobHandler, config: EndpointConfig) -> None:
+    def __init__(
+        self,
+        handler: JobHandler,
+        config: EndpointConfig,
+        concurrency_modifier: ConcurrencyModifier | None = None,
+    ) -> None:
         self.handler = handler
         self.config = config
+        self.concurrency_modifier = concurrency_modifier
+        self.concurrency = 1  # what the modifier last returned (runpod starts at 1)
+        self.running = 0  # handler tasks not yet done
+        self._taking = asyncio.Lock()
         self.jobs: dict[str, Job] = {}
         self.counters = {"completed": 0, "failed": 0, "retried": 0}
         self._queue: asyncio.Queue[str] | None = None
@@ -367,18 +380,42 @@ class LocalEndpoint:
 
     async def _worker(self) -> None:
         while True:
-            job_id = await self.queue.get()
-            job = self.jobs.get(job_id)
-            if job is not None and job.status is JobStatus.IN_QUEUE:
-                await self._execute(job)
+            async with self._taking:  # one worker at a time checks capacity and takes a job
+                await self._wait_for_capacity()
+                job_id = await self.queue.get()
+                job = self.jobs.get(job_id)
+                if job is None or job.status is not JobStatus.IN_QUEUE:
+                    continue
+                task, attempt = self._start(job), job.attempt
+                await asyncio.sleep(0)  # the handler's first step registers its work
+            await self._execute(job, attempt, task)
 
-    async def _execute(self, job: Job) -> None:
+    async def _wait_for_capacity(self) -> None:
+        """Return once fewer jobs run than the concurrency_modifier allows (if there is one)."""
+        modifier = self.concurrency_modifier
+        if modifier is None:
+            return
+        while True:
+            allowed = max(1, min(self.config.job_concurrency, modifier(self.concurrency)))
+            self.concurrency = allowed
+            if self.running < allowed:
+                return
+            await asyncio.sleep(CAPACITY_POLL_S)
+
+    def _start(self, job: Job) -> "asyncio.Task[dict[str, Any]]":
         job.status, job.started_at = JobStatus.IN_PROGRESS, time.monotonic()
         job.attempt += 1
-        attempt = job.attempt
         payload = {"id": job.id, "input": copy.deepcopy(job.input)}
         task = asyncio.create_task(call_handler(self.handler, payload))
         job.task = task
+        self.running += 1
+        task.add_done_callback(self._handler_done)
+        return task
+
+    def _handler_done(self, task: "asyncio.Task[dict[str, Any]]") -> None:
+        self.running -= 1
+
+    async def _execute(self, job: Job, attempt: int, task: "asyncio.Task[dict[str, Any]]") -> None:
         done, _ = await asyncio.wait({task}, timeout=job.execution_timeout_s)
         if not self._still_running(job, attempt):
             await asyncio.wait({task})  # cancelled elsewhere (/cancel, ttl): let it unwind
@@ -547,8 +584,13 @@ def create_endpoint_app(
     default_execution_timeout_ms: int = 600_000,
     default_ttl_ms: int = 86_400_000,
     runsync_wait_ms: int = 90_000,
+    concurrency_modifier: ConcurrencyModifier | None = None,
 ) -> FastAPI:
-    """A FastAPI app serving `/v2/{endpoint_id}/…` like RunPod, running `handler` per job."""
+    """A FastAPI app serving `/v2/{endpoint_id}/…` like RunPod, running `handler` per job.
+
+    At most `job_concurrency` jobs run at once, and with a `concurrency_modifier` only as
+    many as it returns when asked before each job is taken.
+    """
     config = EndpointConfig(
         endpoint_id=endpoint_id,
         api_key=api_key,
@@ -560,7 +602,7 @@ def create_endpoint_app(
         default_ttl_ms=default_ttl_ms,
         runsync_wait_ms=runsync_wait_ms,
     )
-    engine = LocalEndpoint(handler, config)
+    engine = LocalEndpoint(handler, config, concurrency_modifier)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -584,7 +626,8 @@ def build_endpoint_app_from_settings(settings: WorkerSettings) -> FastAPI:
         handler,
         endpoint_id=settings.endpoint_id,
         api_key=settings.endpoint_api_key or None,
-        job_concurrency=concurrency_modifier(1),  # runpod starts it at 1; ours is constant
+        job_concurrency=settings.worker_max_jobs,  # the most the modifier ever allows
+        concurrency_modifier=concurrency_modifier,  # asked before each job, as runpod does
         webhook_attempts=settings.webhook_attempts,
         webhook_retry_delay_s=settings.webhook_retry_delay_s,
         result_retention_s=settings.result_retention_s,

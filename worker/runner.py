@@ -2,11 +2,15 @@
 
 Nothing raises out of `run_dispatch` for a single image's trouble: each item ends
 succeeded, failed or blocked with a reason, so one bad image never sinks its neighbours.
+A dispatch has a deadline (`dispatch_deadline_s`, kept under RunPod's executionTimeout): an
+image that has not started by then fails at once, and the provider gets the time left as
+its budget so it never retries past it.
 """
 
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from shared.contract import DispatchInput, DispatchOutput, ItemResult, ResultStatus, WorkItem
@@ -23,40 +27,102 @@ from worker.providers import (
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[ItemResult], Awaitable[None]]
+MAX_ERROR_TEXT = 200
+NOT_STARTED = "gave up: the dispatch deadline passed before the image could start"
+RECENT_DISPATCHES = 32  # dispatch sizes remembered to estimate the next one's
+TYPICAL_DISPATCH_SIZE = 16  # before any is seen: the control plane's default chunk size
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as its type and a short message: never its repr (which may hold secrets
+    passed as arguments, e.g. a header value in a UnicodeEncodeError)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[: MAX_ERROR_TEXT - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Runner:
     """Holds what all dispatches on one worker share: provider, storage, the in-flight limit."""
 
-    def __init__(self, provider: Provider, storage: Storage, concurrency: int) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        storage: Storage,
+        concurrency: int,
+        *,
+        dispatch_deadline_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.provider = provider
         self.storage = storage
+        self.concurrency = concurrency
+        self.dispatch_deadline_s = dispatch_deadline_s
+        self.clock = clock
         self.slots = asyncio.Semaphore(concurrency)
         self.storing = asyncio.Semaphore(concurrency)  # generated images waiting to be stored
+        self.dispatches_in_flight = 0
+        self.items_generating = 0  # accepted items not yet out of generation (or waiting)
+        self._recent_sizes: deque[int] = deque(maxlen=RECENT_DISPATCHES)
+
+    def job_capacity(self, max_jobs: int) -> int:
+        """How many dispatches (RunPod jobs) this worker should hold at once.
+
+        Enough dispatches to fill every image slot, plus one waiting so the slots do not idle
+        while a dispatch finishes its last images; bounded by `max_jobs`, at least 1. It
+        depends on the shape of the work (the largest recent dispatch), not on the moment's
+        load: runpod (1.12) stops fetching jobs until the worker is idle whenever the value
+        changes, so a value that followed the load would stall the worker again and again.
+        """
+        per_dispatch = max(self._recent_sizes, default=TYPICAL_DISPATCH_SIZE)
+        fill = -(-self.concurrency // per_dispatch)
+        return max(1, min(max_jobs, fill + 1))
 
     async def run_dispatch(
         self, dispatch: DispatchInput, on_result: ProgressCallback | None = None
     ) -> DispatchOutput:
+        deadline = None
+        if self.dispatch_deadline_s is not None:
+            deadline = self.clock() + self.dispatch_deadline_s
+
         async def run_and_report(item: WorkItem) -> ItemResult:
-            result = await self.run_item(item)
+            result = await self._run_item_safely(item, deadline)
             if on_result is not None:
                 await on_result(result)
             return result
 
-        results = await asyncio.gather(*(run_and_report(item) for item in dispatch.items))
+        self.dispatches_in_flight += 1
+        self._recent_sizes.append(len(dispatch.items))
+        try:
+            results = await asyncio.gather(*(run_and_report(item) for item in dispatch.items))
+        finally:
+            self.dispatches_in_flight -= 1
         return DispatchOutput(dispatch_id=dispatch.dispatch_id, results=list(results))
 
-    async def run_item(self, item: WorkItem) -> ItemResult:
+    async def _run_item_safely(self, item: WorkItem, deadline: float | None) -> ItemResult:
+        """`run_item`, with any unexpected exception turned into a failed result."""
+        try:
+            return await self.run_item(item, deadline)
+        except Exception as exc:
+            log.exception("output %s crashed the runner", item.output_id)
+            return self._result(item, ResultStatus.FAILED, error=f"worker error: {describe(exc)}")
+
+    async def run_item(self, item: WorkItem, deadline: float | None = None) -> ItemResult:
         """Generate inside an in-flight slot; store outside it, so CPU work pipelines.
 
         A storing slot is taken before the in-flight slot is given back: when storage falls
         behind, generation waits, and at most 2 x concurrency images are held in memory.
+        `deadline` is on `self.clock`; past it, the item fails without being generated.
         """
         started = time.monotonic()
-        async with self.slots:
-            outcome = await self._generate(item)
-            if isinstance(outcome, GeneratedImage):
-                await self.storing.acquire()
+        self.items_generating += 1
+        try:
+            async with self.slots:
+                outcome = await self._generate(item, deadline)
+                if isinstance(outcome, GeneratedImage):
+                    await self.storing.acquire()
+        finally:
+            self.items_generating -= 1
         if isinstance(outcome, GeneratedImage):
             try:
                 outcome = await self._store_outcome(item, outcome)
@@ -75,12 +141,21 @@ class Runner:
             **fields,
         )
 
-    async def _generate(self, item: WorkItem) -> GeneratedImage | ItemResult:
+    async def _generate(
+        self, item: WorkItem, deadline: float | None
+    ) -> GeneratedImage | ItemResult:
+        if deadline is not None and deadline <= self.clock():
+            return self._result(item, ResultStatus.FAILED, error=NOT_STARTED, attempts=0)
         try:
             references = await asyncio.gather(*map(self._read_reference, item.reference_uris))
         except StorageError as exc:
             return self._result(item, ResultStatus.FAILED, error=f"reference unreadable: {exc}")
-        request = GenerationRequest(prompt=item.prompt, params=item.params, references=references)
+        budget = None if deadline is None else deadline - self.clock()
+        if budget is not None and budget <= 0:
+            return self._result(item, ResultStatus.FAILED, error=NOT_STARTED, attempts=0)
+        request = GenerationRequest(
+            prompt=item.prompt, params=item.params, references=references, time_budget_s=budget
+        )
         try:
             return await self.provider.generate(request)
         except GenerationBlocked as exc:
@@ -89,19 +164,30 @@ class Runner:
             return self._result(item, ResultStatus.FAILED, error=exc.reason, attempts=exc.attempts)
         except Exception as exc:
             log.exception("provider crashed on output %s", item.output_id)
-            return self._result(item, ResultStatus.FAILED, error=f"provider error: {exc!r}")
+            return self._result(item, ResultStatus.FAILED, error=f"provider error: {describe(exc)}")
 
     async def _store_outcome(self, item: WorkItem, image: GeneratedImage) -> ItemResult:
+        """Store a generated image; on any error a failed result that keeps what was billed."""
         try:
             return await asyncio.to_thread(self._store, item, image)
-        except (StorageError, OSError, ValueError) as exc:
+        except (StorageError, OSError) as exc:
             log.warning("could not store output %s: %s", item.output_id, exc)
-            return self._result(
-                item,
-                ResultStatus.FAILED,
-                error=f"could not store output: {exc}",
-                attempts=image.attempts,
-            )
+            error = f"could not store output: {exc}"
+        except Exception as exc:
+            log.warning("could not store output %s", item.output_id, exc_info=True)
+            error = f"could not store output: {describe(exc)}"
+        result = self._result(
+            item,
+            ResultStatus.FAILED,
+            error=error,
+            attempts=image.attempts,
+            model_version=image.model_version,
+            usage=image.usage,
+            cost_usd=image.cost_usd,
+        )
+        if image.seed is not None:
+            result.seed = image.seed
+        return result
 
     async def _read_reference(self, uri: str) -> Reference:
         key = self.storage.key_of(uri)

@@ -10,7 +10,16 @@ from shared.settings import CommonSettings
 class WorkerSettings(CommonSettings):
     worker_concurrency: int = Field(32, ge=1, description="images in flight per worker process")
     worker_max_jobs: int = Field(
-        8, ge=1, description="RunPod jobs one worker takes at once (its concurrency_modifier)"
+        8,
+        ge=1,
+        description="most RunPod jobs one worker takes at once (its concurrency_modifier "
+        "takes fewer when the image slots are full)",
+    )
+    worker_dispatch_deadline_s: float = Field(
+        540,
+        gt=0,
+        description="a dispatch ends within this many seconds (keep it under RunPod's "
+        "executionTimeout, 600 s by default): no retry is started that would run past it",
     )
     provider: Literal["auto", "offline", "gemini"] = "auto"
     offline_latency_ms: int = Field(0, ge=0, description="simulated provider latency")

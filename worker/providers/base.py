@@ -18,6 +18,9 @@ class GenerationRequest:
     prompt: str
     params: ImageParams
     references: list[Reference] = field(default_factory=list)
+    # Seconds this image may still take when `generate` is called (the dispatch deadline
+    # minus now), or None for no limit. Providers must not retry or wait past it.
+    time_budget_s: float | None = None
 
 
 @dataclass(frozen=True)

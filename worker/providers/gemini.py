@@ -4,8 +4,15 @@ What it adds on top of the SDK (which has no timeout and no retries by default):
 - an explicit deadline per request, retries with backoff for 429 / 5xx / network trouble,
   honouring Google's `RetryInfo.retryDelay` on 429;
 - safety blocks (HTTP 200, the SDK raises nothing) turned into `GenerationBlocked`;
-- a bad API key remembered: after the first 401/403/API_KEY_INVALID every call in this
-  worker fails at once with the same message instead of retrying per image;
+- a bad API key remembered: a key that cannot be sent (non-ASCII, control characters) is
+  refused when the provider is built, and after the first 401/403/API_KEY_INVALID every call
+  in this worker fails at once with the same message instead of retrying per image; the key
+  is scrubbed from every message the provider raises or logs;
+- a time budget per image (`GenerationRequest.time_budget_s`, from the dispatch deadline):
+  no retry sleep or rate-limiter wait runs past it, and each request's timeout is capped to
+  the time left;
+- an HTTP 200 without an image that is not a safety block (MAX_TOKENS, MALFORMED_RESPONSE,
+  no candidates, only thought images, a body that is not JSON) retried like a 5xx;
 - one rate limiter (requests per minute, smoothly spaced) and one concurrency cap shared by
   every image in flight.
 
@@ -15,10 +22,12 @@ which bypass respx and ignore our connection limits.
 """
 
 import asyncio
+import json
 import logging
 import random
 import re
 import time
+import traceback
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -55,6 +64,10 @@ BLOCK_FINISH_REASONS = frozenset(
 AUTH_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
 MAX_TEXT_IN_REASON = 200
+MAX_UNEXPECTED_IN_REASON = 300
+MIN_ATTEMPT_S = 1.0  # a retry is only worth it if it leaves its request at least this long
+GAVE_UP = "gave up: retrying would pass the dispatch deadline"
+REDACTED = "[redacted]"
 _SEED_MODULUS = 2**31  # Gemini's seed is an int32
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)s\s*$")
 _MAGIC = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp"}
@@ -80,7 +93,9 @@ class RateLimiter:
     """GCRA: requests spaced `60 / rpm` seconds apart, with `burst` allowed back to back.
 
     Each caller reserves its slot before waiting, so concurrent callers queue up in order
-    without a lock. `hold_off` pushes every later slot back (a 429 says the quota is spent).
+    without a lock. `hold_off` pushes every later slot back (a 429 says the quota is spent)
+    and blocks until then: a caller that reserved its slot earlier and wakes inside the
+    announced wait reserves a new slot after it instead of sending.
     """
 
     def __init__(self, rpm: float, clock: Clock, burst: int = 1) -> None:
@@ -90,6 +105,7 @@ class RateLimiter:
         self._tolerance = (burst - 1) * self.interval
         self._clock = clock
         self._next = clock.monotonic()
+        self._blocked_until = float("-inf")
 
     def reserve(self) -> float:
         """Take the next slot; returns how long to wait for it."""
@@ -98,13 +114,22 @@ class RateLimiter:
         self._next = slot + self.interval
         return max(0.0, slot - self._tolerance - now)
 
-    async def acquire(self) -> None:
-        wait = self.reserve()
-        if wait > 0:
-            await self._clock.sleep(wait)
+    async def acquire(self, deadline: float | None = None) -> bool:
+        """Wait for a slot outside any hold-off; False (at once) if it would pass `deadline`."""
+        while True:
+            now = self._clock.monotonic()
+            wait = max(self.reserve(), self._blocked_until - now)
+            if deadline is not None and now + wait >= deadline:
+                return False
+            if wait > 0:
+                await self._clock.sleep(wait)
+            if self._clock.monotonic() >= self._blocked_until:
+                return True
 
     def hold_off(self, seconds: float) -> None:
-        self._next = max(self._next, self._clock.monotonic() + seconds)
+        until = self._clock.monotonic() + seconds
+        self._next = max(self._next, until)
+        self._blocked_until = max(self._blocked_until, until)
 
 
 class GeminiAuthError(GenerationFailed):
@@ -125,10 +150,22 @@ class _Retry(Exception):
 
 
 class _Tally:
-    """HTTP requests sent for one image (all seeds)."""
+    """HTTP requests sent for one image (all seeds), and its deadline on the provider's clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float | None = None) -> None:
         self.count = 0
+        self.deadline = deadline
+
+
+def key_problem(api_key: str) -> str | None:
+    """Why `api_key` cannot be used at all (None if it can be sent)."""
+    if not api_key:
+        return "no Gemini API key configured: set GEMINI_API_KEY"
+    if not api_key.isascii():
+        return "GEMINI_API_KEY is not a valid key (non-ASCII characters)"
+    if not api_key.isprintable():
+        return "GEMINI_API_KEY is not a valid key (control characters)"
+    return None
 
 
 class GeminiProvider(Provider):
@@ -171,9 +208,13 @@ class GeminiProvider(Provider):
         )
         self._sync_http = httpx.Client(timeout=timeout_s)  # the SDK wants one; never used
         self._client: genai.Client | None = None
-        if api_key.strip():
+        self._key = api_key.strip()
+        problem = key_problem(self._key)
+        if problem is not None:
+            self._auth_error = GeminiAuthError(problem)
+        else:
             self._client = genai.Client(
-                api_key=api_key.strip(),
+                api_key=self._key,
                 http_options=types.HttpOptions(
                     base_url=base_url,
                     api_version=api_version,
@@ -184,11 +225,23 @@ class GeminiProvider(Provider):
                     httpx_async_client=self._http,
                 ),
             )
-        else:
-            self._auth_error = GeminiAuthError("no Gemini API key configured: set GEMINI_API_KEY")
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        tally = _Tally()
+        budget = request.time_budget_s
+        tally = _Tally(None if budget is None else self._clock.monotonic() + budget)
+        try:
+            return await self._generate(request, tally)
+        except (GenerationBlocked, GenerationFailed) as exc:
+            exc.reason = self._scrub(exc.reason)
+            exc.args = (exc.reason,)
+            raise
+        except Exception as exc:
+            trace = "".join(traceback.format_exception(exc))
+            log.error("gemini: unexpected error\n%s", self._scrub(trace))
+            reason = self._scrub(f"unexpected error: {type(exc).__name__}: {exc}")
+            raise GenerationFailed(reason[:MAX_UNEXPECTED_IN_REASON], tally.count) from None
+
+    async def _generate(self, request: GenerationRequest, tally: _Tally) -> GeneratedImage:
         self._check_auth(tally)
         seed = request.params.seed
         try:
@@ -214,8 +267,7 @@ class GeminiProvider(Provider):
         model = request.params.model
         contents = build_contents(request)
         config = build_config(request, seed)
-        response = await self._call_with_retries(model, contents, config, tally)
-        data, content_type = extract_image(response, tally.count)
+        response, data, content_type = await self._call_with_retries(model, contents, config, tally)
         usage = response.usage_metadata
         usage_dict = (
             usage.model_dump(mode="json", exclude_none=True, by_alias=True) if usage else None
@@ -236,20 +288,24 @@ class GeminiProvider(Provider):
         contents: list[types.PartUnion],
         config: types.GenerateContentConfig,
         tally: _Tally,
-    ) -> types.GenerateContentResponse:
+    ) -> tuple[types.GenerateContentResponse, bytes, str]:
+        """The response and its image, retrying transient trouble (and answers without one)."""
         for attempt in range(1, self._max_attempts + 1):
             try:
-                return await self._send(model, contents, config, tally)
+                response = await self._send(model, contents, config, tally)
+                data, content_type = extract_image(response, tally.count)
+                return response, data, content_type
             except _Retry as retry:
                 if attempt == self._max_attempts:
                     raise GenerationFailed(
                         f"Gemini failed {attempt} times, last: {retry.reason}", tally.count
                     ) from None
                 delay = retry.delay if retry.delay is not None else self._backoff(attempt)
+                self._check_time_left(tally, delay, retry.reason)
                 log.warning(
                     "gemini %s: %s; retry %d/%d in %.1f s",
                     model,
-                    retry.reason,
+                    self._scrub(retry.reason),
                     attempt,
                     self._max_attempts - 1,
                     delay,
@@ -266,11 +322,16 @@ class GeminiProvider(Provider):
         tally: _Tally,
     ) -> types.GenerateContentResponse:
         async with self._slots:
-            await self._limiter.acquire()
+            if not await self._limiter.acquire(tally.deadline):
+                raise GenerationFailed(
+                    "gave up: waiting for the rate limit would pass the dispatch deadline",
+                    tally.count,
+                )
             client = self._usable_client(tally)  # another image may have found the key bad
+            timeout = self._request_timeout(tally)
             tally.count += 1
             try:
-                async with asyncio.timeout(self._timeout_s):
+                async with asyncio.timeout(timeout):
                     return await client.aio.models.generate_content(
                         model=model, contents=contents, config=config
                     )
@@ -279,7 +340,9 @@ class GeminiProvider(Provider):
             except httpx.TimeoutException as exc:
                 raise _Retry(f"timed out ({type(exc).__name__})") from None
             except TimeoutError:
-                raise _Retry(f"no answer within {self._timeout_s:g} s") from None
+                raise _Retry(f"no answer within {timeout:g} s") from None
+            except json.JSONDecodeError:
+                raise _Retry("Gemini answered HTTP 200 with a body that is not JSON") from None
             except httpx.UnsupportedProtocol as exc:
                 raise GenerationFailed(f"bad Gemini URL: {exc}", tally.count) from None
             except httpx.TransportError as exc:
@@ -294,7 +357,10 @@ class GeminiProvider(Provider):
                     f"Gemini rejected the API key ({described}); check GEMINI_API_KEY",
                     tally.count,
                 )
-                log.error("%s; failing every further image on this worker", self._auth_error)
+                log.error(
+                    "%s; failing every further image on this worker",
+                    self._scrub(self._auth_error.reason),
+                )
             return GeminiAuthError(self._auth_error.reason, tally.count)
         if exc.code == 429:
             delay = retry_delay(exc.details)
@@ -309,6 +375,28 @@ class GeminiProvider(Provider):
         if exc.code == 408 or exc.code >= 500:
             return _Retry(described)
         return GenerationFailed(f"Gemini refused the request ({described})", tally.count)
+
+    def _request_timeout(self, tally: _Tally) -> float:
+        """The configured timeout, capped to the time left before the deadline."""
+        if tally.deadline is None:
+            return self._timeout_s
+        left = tally.deadline - self._clock.monotonic()
+        if left <= 0:
+            raise GenerationFailed("gave up: the dispatch deadline has passed", tally.count)
+        return min(self._timeout_s, left)
+
+    def _check_time_left(self, tally: _Tally, delay: float, reason: str) -> None:
+        """Fail now if waiting `delay` and trying again would run past the deadline."""
+        if tally.deadline is None:
+            return
+        if self._clock.monotonic() + delay + MIN_ATTEMPT_S > tally.deadline:
+            raise GenerationFailed(
+                f"{GAVE_UP} (after {tally.count} attempts, last: {reason})", tally.count
+            )
+
+    def _scrub(self, text: str) -> str:
+        """`text` without the API key in it."""
+        return text.replace(self._key, REDACTED) if self._key else text
 
     def _check_auth(self, tally: _Tally) -> None:
         if self._auth_error is not None:
@@ -394,7 +482,13 @@ def _mime_of(blob: types.Blob) -> str | None:
 
 
 def extract_image(response: types.GenerateContentResponse, attempts: int) -> tuple[bytes, str]:
-    """The first non-thought image of the first candidate, or `GenerationBlocked` saying why not."""
+    """The first non-thought image of the first candidate, else why not.
+
+    `GenerationBlocked` for safety blocks (prompt_feedback.block_reason, the finish reasons in
+    BLOCK_FINISH_REASONS) and for a model that answered in words only (STOP with text);
+    `_Retry` for anything else without an image (no candidates, MAX_TOKENS,
+    MALFORMED_RESPONSE, only thought images, ...): worth another try, not a block.
+    """
     feedback = response.prompt_feedback
     if feedback is not None and feedback.block_reason is not None:
         reason = f"prompt blocked: {_name(feedback.block_reason)}"
@@ -402,7 +496,7 @@ def extract_image(response: types.GenerateContentResponse, attempts: int) -> tup
             reason += f" ({feedback.block_reason_message})"
         raise PromptBlocked(reason, attempts)
     if not response.candidates:
-        raise GenerationBlocked("no image returned: the response has no candidates", attempts)
+        raise _Retry("no image returned: the response has no candidates")
     candidate = response.candidates[0]
     finish = _name(candidate.finish_reason)
     parts = (candidate.content.parts if candidate.content else None) or []
@@ -416,9 +510,10 @@ def extract_image(response: types.GenerateContentResponse, attempts: int) -> tup
         mime = _mime_of(blob)
         if mime is not None:
             return blob.data, mime
-    raise GenerationBlocked(
-        _with_text(f"no image returned (finish reason {finish or 'none'})", text), attempts
-    )
+    reason = _with_text(f"no image returned (finish reason {finish or 'none'})", text)
+    if text and finish == "STOP":
+        raise GenerationBlocked(reason, attempts)  # the model chose to answer in words
+    raise _Retry(reason)
 
 
 def _error_details(details: Any) -> list[Mapping[str, Any]]:

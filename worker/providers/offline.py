@@ -2,8 +2,9 @@
 
 Same references, prompt, params and seed give the same bytes. The output has the requested
 aspect ratio and size, is derived from the reference image(s) when there are any, and
-visibly changes with the prompt (tint, label) and the seed (shapes). It answers JPEG, a MIME
-type Gemini also chooses at times, which keeps its CPU cost per image low.
+visibly changes with the prompt and negative prompt (tint, label) and the seed (shapes).
+It answers JPEG, a MIME type Gemini also chooses at times, which keeps its CPU cost per
+image low.
 """
 
 import asyncio
@@ -32,6 +33,12 @@ class OfflineProvider(Provider):
         return GeneratedImage(data=data, content_type="image/jpeg", model_version=MODEL_VERSION)
 
 
+def prompt_text(request: GenerationRequest) -> str:
+    """The prompt with the negative prompt folded in, as the Gemini provider sends it."""
+    negative = request.params.negative_prompt
+    return f"{request.prompt}\n\nAvoid: {negative}" if negative else request.prompt
+
+
 def _prompt_colour(prompt: str) -> tuple[int, int, int]:
     digest = hashlib.sha256(prompt.encode()).digest()
     return digest[0], digest[1], digest[2]
@@ -39,7 +46,8 @@ def _prompt_colour(prompt: str) -> tuple[int, int, int]:
 
 def _base_canvas(request: GenerationRequest, size: tuple[int, int]) -> Image.Image:
     if not request.references:
-        top, bottom = _prompt_colour(request.prompt), _prompt_colour(request.prompt[::-1])
+        text = prompt_text(request)
+        top, bottom = _prompt_colour(text), _prompt_colour(text[::-1])
         gradient = Image.linear_gradient("L").resize(size)
         return Image.composite(
             Image.new("RGB", size, bottom), Image.new("RGB", size, top), gradient
@@ -62,7 +70,8 @@ def render(request: GenerationRequest) -> bytes:
     # Derive and tint at a quarter of the size, then upscale once: same look, a third the CPU.
     work_size = (max(8, size[0] // 4), max(8, size[1] // 4))
     base = _base_canvas(request, work_size)
-    base = Image.blend(base, Image.new("RGB", work_size, _prompt_colour(request.prompt)), 0.35)
+    tint = _prompt_colour(prompt_text(request))
+    base = Image.blend(base, Image.new("RGB", work_size, tint), 0.35)
     canvas = base.resize(size, Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(canvas)
     rng = random.Random(params.seed)
@@ -73,6 +82,8 @@ def render(request: GenerationRequest) -> bytes:
         colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=colour, width=4)
     label = f"offline | seed {params.seed} | {params.model} | {request.prompt[:48]}"
+    if params.negative_prompt:
+        label += f" | avoid: {params.negative_prompt[:32]}"
     draw.rectangle((0, height - 22, width, height), fill=(0, 0, 0))
     draw.text((6, height - 18), label, fill=(255, 255, 255))
     return encode(canvas, "JPEG", quality=90)
