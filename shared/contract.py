@@ -40,7 +40,10 @@ class WorkItem(_Strict):
     prompt: str
     reference_uris: list[str] = Field(default_factory=list)
     params: ImageParams
-    output_key: str = Field(description="storage key without extension; the worker adds it")
+    output_key: str = Field(
+        description="storage key without extension; the worker adds a tag of its run and the "
+        "extension"
+    )
 
 
 class DispatchInput(_Strict):

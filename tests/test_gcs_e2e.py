@@ -236,13 +236,23 @@ def check_layout(
         check_object(remaining.pop(f"{group_root}/inputs/{upload['id']}.thumb.webp"), "image/webp")
         input_uris[upload["id"]] = f"gs://{blob.bucket.name}/{name}"
     for image in job["images"]:
-        base = f"{group_root}/outputs/{job['id']}/{image['id']}"
+        base = run_base(remaining, f"{group_root}/outputs/{job['id']}/{image['id']}")
         blob = remaining.pop(base + extension_for(image["content_type"]))
         assert blob.size == image["bytes"]
         check_object(blob, image["content_type"], image["sha256"])
         check_object(remaining.pop(f"{base}.thumb.webp"), "image/webp")
     assert remaining == {}, f"unexpected objects: {sorted(remaining)}"
     return input_uris
+
+
+def run_base(names: dict[str, Any], output_base: str) -> str:
+    """The key (without extension) the worker's run wrote for an output: `{base}-{run tag}`."""
+    [key] = [
+        name
+        for name in names
+        if name.startswith(f"{output_base}-") and not name.endswith(".thumb.webp")
+    ]
+    return key.rsplit(".", 1)[0]
 
 
 def check_payloads(
@@ -352,9 +362,10 @@ def test_outputs_that_cannot_be_written_fail_with_a_reason(
         assert stack.http.post(f"/api/jobs/{job_id}/retry").status_code == 200
         [job] = stack.wait_for([job_id])
         assert job["status"] == "completed" and job["progress"]["succeeded"] == 4
+        written = {blob.name: blob for blob in gcs_env.client.list_blobs(bucket, prefix=PREFIX)}
         for image in job["images"]:
-            name = f"{PREFIX}/{outputs_root}{image['id']}{extension_for(image['content_type'])}"
-            blob = gcs_env.client.bucket(bucket).get_blob(name)
+            base = run_base(written, f"{PREFIX}/{outputs_root}{image['id']}")
+            blob = written[base + extension_for(image["content_type"])]
             assert blob is not None and blob.metadata == {"sha256": image["sha256"]}
         _, archive, manifest = _read_zip(stack, group_id)
         assert [line["status"] for line in manifest] == ["succeeded"] * 4
@@ -443,7 +454,8 @@ def test_api_answers_v4_signed_urls_the_bucket_serves(
         image["sha256"] for image in anonymous["images"]
     ]
     for image in job["images"]:
-        base = f"{object_root}/outputs/{job_id}/{image['id']}"
+        base = image["url"].split("?", 1)[0].rsplit(".", 1)[0]  # the object URL, no extension
+        assert base.startswith(f"{object_root}/outputs/{job_id}/{image['id']}-")
         data = fetch_signed(image["url"], base + extension_for(image["content_type"]), public_pem)
         assert hashlib.sha256(data).hexdigest() == image["sha256"]
         thumbnail = fetch_signed(image["thumbnail_url"], f"{base}.thumb.webp", public_pem)

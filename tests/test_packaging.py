@@ -84,11 +84,14 @@ def test_worker_image_runs_the_handler_under_the_real_runpod_sdk(tmp_path: Path)
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "completed successfully" in result.stdout + result.stderr
-    assert sorted(p.name for p in (tmp_path / "groups/g/outputs/job_x").iterdir()) == [
-        "out_0.jpg",
-        "out_0.thumb.webp",
-        "out_1.jpg",
-        "out_1.thumb.webp",
+    names = sorted(p.name for p in (tmp_path / "groups/g/outputs/job_x").iterdir())
+    run = names[0].removeprefix("out_0-").removesuffix(".jpg")  # this run's tag
+    assert re.fullmatch(r"[0-9a-f]{8}", run), names
+    assert names == [
+        f"out_0-{run}.jpg",
+        f"out_0-{run}.thumb.webp",
+        f"out_1-{run}.jpg",
+        f"out_1-{run}.thumb.webp",
     ]
 
 

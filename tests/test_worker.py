@@ -102,6 +102,38 @@ def _dispatch(storage: LocalStorage, n: int, prompt: str = "p") -> DispatchInput
     )
 
 
+class EveryCallDifferent(Provider):
+    """Like a real model: the same request twice gives two different pictures."""
+
+    name = "offline"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        self.calls += 1
+        return GeneratedImage(data=png_bytes(32, 32, (self.calls, 0, 0)), content_type="image/png")
+
+
+def test_a_dispatch_run_twice_never_overwrites_the_first_runs_files(tmp_path: Path) -> None:
+    """RunPod may run one dispatch twice (an accepted /run retried after a timeout): each run
+    writes under keys of its own, so what the first run reported stays true."""
+    storage = LocalStorage(tmp_path)
+    handler, _, runner = make_handler(WorkerSettings(storage_url=str(tmp_path)))
+    runner.provider = EveryCallDifferent()
+    dispatch = {"input": _dispatch(storage, 2).model_dump(mode="json")}
+    first = asyncio.run(handler({"id": "rp-first", **dispatch}))["results"]
+    second = asyncio.run(handler({"id": "rp-second", **dispatch}))["results"]
+    for old, new in zip(first, second, strict=True):
+        assert old["output_uri"] != new["output_uri"] and old["sha256"] != new["sha256"]
+        assert old["output_uri"].startswith(storage.uri("groups/g/outputs/job_1/out_"))
+        kept = storage.get_bytes(storage.key_of(old["output_uri"]))
+        assert hashlib.sha256(kept).hexdigest() == old["sha256"]
+        assert storage.exists(storage.key_of(old["thumbnail_uri"]))
+    again = asyncio.run(handler({"id": "rp-first", **dispatch}))["results"]
+    assert [r["output_uri"] for r in again] == [r["output_uri"] for r in first]  # stable per run
+
+
 def test_runner_writes_outputs_thumbnails_and_reports(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     runner = Runner(OfflineProvider(), storage, concurrency=4)

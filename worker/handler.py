@@ -42,7 +42,7 @@ def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int
         except ValidationError as exc:
             return {"error": f"invalid input: {exc.errors(include_url=False)}"}
         log.info("dispatch %s: %d images", dispatch.dispatch_id, len(dispatch.items))
-        output = await runner.run_dispatch(dispatch)
+        output = await runner.run_dispatch(dispatch, run_id=str(job.get("id") or ""))
         return output.model_dump(mode="json")
 
     def concurrency_modifier(current: int) -> int:

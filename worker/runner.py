@@ -8,6 +8,7 @@ its budget so it never retries past it.
 """
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import deque
@@ -30,6 +31,7 @@ ProgressCallback = Callable[[ItemResult], Awaitable[None]]
 MAX_ERROR_TEXT = 200
 NOT_STARTED = "gave up: the dispatch deadline passed before the image could start"
 RECENT_DISPATCHES = 32  # dispatch sizes remembered to estimate the next one's
+RUN_TAG_CHARS = 8  # of a hash of the RunPod job id, appended to this run's object keys
 TYPICAL_DISPATCH_SIZE = 16  # before any is seen: the control plane's default chunk size
 
 
@@ -79,8 +81,24 @@ class Runner:
         return max(1, min(max_jobs, fill + 1))
 
     async def run_dispatch(
-        self, dispatch: DispatchInput, on_result: ProgressCallback | None = None
+        self,
+        dispatch: DispatchInput,
+        on_result: ProgressCallback | None = None,
+        run_id: str | None = None,
     ) -> DispatchOutput:
+        """Run every item; `run_id` (the RunPod job's id) makes this run's object keys its own.
+
+        RunPod may run one dispatch twice (a /run retried after a timeout it had accepted, a
+        retry while an old run lingers): each run writes its own objects, so a late run can
+        never overwrite the files a finished one reported. The control plane keeps the first
+        report; the other run's objects are orphans for `pixelfleet storage gc`.
+        """
+        items = dispatch.items
+        if run_id:
+            tag = hashlib.sha256(run_id.encode()).hexdigest()[:RUN_TAG_CHARS]
+            items = [
+                item.model_copy(update={"output_key": f"{item.output_key}-{tag}"}) for item in items
+            ]
         deadline = None
         if self.dispatch_deadline_s is not None:
             deadline = self.clock() + self.dispatch_deadline_s
@@ -92,9 +110,9 @@ class Runner:
             return result
 
         self.dispatches_in_flight += 1
-        self._recent_sizes.append(len(dispatch.items))
+        self._recent_sizes.append(len(items))
         try:
-            results = await asyncio.gather(*(run_and_report(item) for item in dispatch.items))
+            results = await asyncio.gather(*(run_and_report(item) for item in items))
         finally:
             self.dispatches_in_flight -= 1
         return DispatchOutput(dispatch_id=dispatch.dispatch_id, results=list(results))
