@@ -34,6 +34,7 @@ def build_platform(settings: Settings, storage: Storage | None = None) -> Platfo
         storage = open_storage(
             settings.storage_url, signed_url_expiry_s=settings.signed_url_expiry_s
         )
+    check_signing(storage)
     return Platform(
         settings=settings,
         engine=make_engine(settings.database_url),
@@ -44,6 +45,17 @@ def build_platform(settings: Settings, storage: Storage | None = None) -> Platfo
             timeout_s=settings.runpod_timeout_s,
         ),
     )
+
+
+def check_signing(storage: Storage) -> None:
+    """Raise StorageError unless the storage can hand browsers URLs for its objects.
+
+    API answers carry signed URLs for GCS objects: credentials that cannot sign (e.g. a
+    user's `gcloud auth application-default login`) would fail every answer, so the API
+    refuses to start with them. Local disk and the emulator's anonymous client sign nothing
+    (their objects are served by the file routes) and pass.
+    """
+    storage.signed_url("pixelfleet-signing-check")
 
 
 def create_app(

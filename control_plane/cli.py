@@ -68,10 +68,14 @@ def api(
     settings = _settings(Settings)
     _logging(settings.log_level)
     storage = _storage(settings.storage_url, settings.signed_url_expiry_s)
+    from control_plane.app import check_signing, create_app
+
+    try:
+        check_signing(storage)
+    except StorageError as exc:
+        raise _configuration_error(exc) from None
     if migrate_first:
         run_migrations(settings.database_url)
-    from control_plane.app import create_app
-
     uvicorn.run(
         create_app(settings, storage=storage),
         host=host,

@@ -23,3 +23,7 @@ class Conflict(DomainError):
 
 class PayloadTooLarge(DomainError):
     status_code = 413
+
+
+class Unavailable(DomainError):
+    status_code = 503

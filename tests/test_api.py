@@ -5,6 +5,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
+from pathlib import Path
 
 import httpx
 import pytest
@@ -604,6 +605,8 @@ def test_storage_gc_finds_only_old_unreferenced_objects(api: Api, settings: Sett
     storage.put_bytes(
         f"groups/{group_id}/outputs/job_gone/out_x.png", png_bytes(), content_type="image/png"
     )
+    crashed_write = Path(settings.storage_url) / "groups" / group_id / "inputs" / ".tmp-k3j2h1"
+    crashed_write.write_bytes(b"half an image")  # what a process killed mid-write leaves
     env = {
         "PIXELFLEET_DATABASE_URL": settings.database_url,
         "PIXELFLEET_STORAGE_URL": settings.storage_url,
@@ -614,13 +617,15 @@ def test_storage_gc_finds_only_old_unreferenced_objects(api: Api, settings: Sett
         young.exit_code == 0 and "0 orphaned object(s)" in young.output
     )  # within the grace period
     dry = runner.invoke(cli, ["storage", "gc", "--grace-hours", "0"], env=env)
-    assert dry.exit_code == 0 and "1 orphaned object(s)" in dry.output and "out_x.png" in dry.output
+    assert dry.exit_code == 0 and "2 orphaned object(s)" in dry.output and "out_x.png" in dry.output
+    assert ".tmp-k3j2h1" in dry.output
     assert storage.exists(
         f"groups/{group_id}/outputs/job_gone/out_x.png"
     )  # dry run deletes nothing
     wet = runner.invoke(cli, ["storage", "gc", "--grace-hours", "0", "--delete"], env=env)
     assert wet.exit_code == 0 and "deleted" in wet.output
     assert not storage.exists(f"groups/{group_id}/outputs/job_gone/out_x.png")
+    assert not crashed_write.exists()
     assert len(list(storage.list(f"groups/{group_id}/inputs/"))) == 4  # referenced objects stay
 
 

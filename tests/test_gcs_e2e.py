@@ -8,6 +8,7 @@ the faults are real ones (a bucket that is deleted mid-job, a bucket that never 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,11 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import google.oauth2.credentials
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 from google.api_core.exceptions import NotFound
+from google.cloud import storage
 from google.cloud.storage import Blob
 from PIL import Image
 from starlette.applications import Starlette
@@ -472,6 +476,57 @@ def test_api_answers_v4_signed_urls_the_bucket_serves(
     data = fetch_signed(upload["url"], base + ".png", public_pem)
     assert data == noise_png(0)
     fetch_signed(upload["thumbnail_url"], f"{base}.thumb.webp", public_pem)
+
+    # The file routes hand out no bytes either: they redirect to a fresh signed URL.
+    with TestClient(create_app(gs_settings, storage=signing, reconcile=False)) as client:
+        for image in job["images"]:
+            routed = client.get(f"/api/outputs/{image['id']}/file", follow_redirects=False)
+            assert routed.status_code == 302 and routed.content == b""
+            assert urlsplit(routed.headers["location"]).path == urlsplit(image["url"]).path
+            verify_v4_signature(routed.headers["location"], public_pem)
+
+
+def test_api_refuses_credentials_that_cannot_sign(
+    gs_settings: Settings, gcs_env: GCSEmulator
+) -> None:
+    """A user's `gcloud auth application-default login` can read and write but not sign URLs:
+    every answer with images would fail, so the API refuses to start, saying why."""
+    user = google.oauth2.credentials.Credentials(token="user-token")
+    client = storage.Client(
+        project="test", credentials=user, client_options={"api_endpoint": gcs_env.url}
+    )
+    store = GCSStorage(gs_settings.storage_url, client=client)  # reading and listing work
+    with (
+        pytest.raises(StorageError, match="cannot sign URLs"),
+        TestClient(create_app(gs_settings, storage=store, reconcile=False)),
+    ):
+        pass
+
+
+def test_an_abandoned_zip_download_stops_reading_ahead(gs_settings: Settings) -> None:
+    """The client goes away mid-ZIP: the storage read-ahead stops then, not whenever the
+    garbage collector happens to find the abandoned stream."""
+    with gcs_stack(gs_settings) as stack:
+        group_id = stack.group()
+        uploads = upload_noise(stack.http, group_id, 24)
+        job_id = submit_automatic(stack, group_id, [upload["id"] for upload in uploads])
+        assert stack.wait_for([job_id])[0]["status"] == "completed"
+        gc.disable()  # what the fix must not rely on
+        try:
+            with stack.http.stream("GET", f"/api/download/{group_id}/zip") as reply:
+                assert reply.status_code == 200
+                next(reply.iter_raw(64 * 1024))
+                assert prefetch_threads() > 0
+            deadline = time.monotonic() + 10
+            while prefetch_threads() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert prefetch_threads() == 0
+        finally:
+            gc.enable()
+
+
+def prefetch_threads() -> int:
+    return sum(thread.name.startswith("gcs-prefetch") for thread in threading.enumerate())
 
 
 def public_key_pem(info: dict[str, str]) -> bytes:

@@ -25,7 +25,7 @@ from google.cloud import storage
 from google.cloud.storage.blob import Blob
 from google.oauth2 import service_account
 
-from shared.storage import LocalStorage, ObjectNotFound, Storage, StorageError, open_storage
+from shared.storage import LocalStorage, ObjectNotFound, Storage, StorageError, gcs, open_storage
 from shared.storage.gcs import GCSStorage, client_from_env, parse_gs_url
 
 if TYPE_CHECKING:
@@ -128,6 +128,9 @@ def test_list_with_prefix(store: Storage) -> None:
     assert info.size == len(b"ab/4.png")
     assert info.updated.tzinfo is not None
     assert abs(datetime.now(UTC) - info.updated) < timedelta(minutes=5)
+    for escaping in ("../outside", "a/../.."):
+        with pytest.raises(StorageError, match="invalid storage key"):
+            list(store.list(escaping))
 
 
 def test_delete_and_delete_prefix(store: Storage) -> None:
@@ -368,6 +371,33 @@ def test_gcs_iter_many_reads_ahead_within_its_window(
     assert kinds["w/00.bin"] == "whole"
     assert kinds["w/large.bin"] == "streamed"
     assert rest["w/large.bin"] == gcs_storage.get_bytes("w/large.bin")
+
+
+def test_gcs_iter_many_reads_the_head_of_large_objects_ahead(
+    gcs_storage: GCSStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large objects (4K PNGs) are not a first byte's latency each: their first range is
+    fetched ahead like small objects are, the rest streamed in turn, checksum verified."""
+    monkeypatch.setattr(gcs, "RANGE_SIZE", 16_384)
+    gcs_storage.prefetch_max_object_bytes = 10_000
+    bodies = {f"big/{i}.bin": os.urandom(40_000) for i in range(4)}
+    for key, data in bodies.items():
+        gcs_storage.put_bytes(key, data, content_type="image/png")
+    ranges: list[tuple[str, int]] = []
+    real_read_range = gcs_storage._read_range
+
+    def spy(blob: Any, key: str, start: int, stop: int) -> bytes:
+        ranges.append((key, start))
+        return real_read_range(blob, key, start, stop)
+
+    monkeypatch.setattr(gcs_storage, "_read_range", spy)
+    many = gcs_storage.iter_many(list(bodies), chunk_size=4096, prefetch=3)
+    first_key, first_chunks = next(many)
+    wait_until(lambda: len(ranges) == 4)  # nothing consumed yet: 4 heads read ahead
+    assert sorted(ranges) == [(key, 0) for key in bodies]
+    assert b"".join(first_chunks) == bodies[first_key]
+    assert {key: b"".join(chunks) for key, chunks in many} == dict(list(bodies.items())[1:])
+    assert sorted(ranges) == sorted((key, start) for key in bodies for start in (0, 16_384, 32_768))
 
 
 def test_gcs_iter_many_can_be_abandoned(gcs_storage: GCSStorage) -> None:

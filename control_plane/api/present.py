@@ -1,19 +1,29 @@
 """Rows → public schemas, with URLs a browser can fetch."""
 
+import logging
+
 from fastapi import Request
 
 from control_plane.models import Job, Output, OutputStatus, Upload
 from control_plane.schemas import JobDetail, JobPublic, OutputPublic, Progress, UploadPublic
-from shared.storage import Storage
+from shared.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
 
 
 def file_url(
     request: Request, storage: Storage, route: str, key: str | None, **ids: str
 ) -> str | None:
-    """A signed URL where the backend offers one, else our own file route."""
+    """A signed URL where the backend offers one, else our own file route (which redirects
+    to a signed URL when signing works again)."""
     if key is None:
         return None
-    return storage.signed_url(key) or str(request.url_for(route, **ids))
+    try:
+        signed = storage.signed_url(key)
+    except StorageError as exc:  # e.g. IAM signBlob briefly unavailable: never fail the answer
+        log.warning("no signed URL for %s: %s", key, exc)
+        signed = None
+    return signed or str(request.url_for(route, **ids))
 
 
 def upload_public(request: Request, storage: Storage, upload: Upload) -> UploadPublic:

@@ -6,7 +6,7 @@ creation, then position); entry names are built from ids and sanitised stems onl
 """
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
@@ -100,14 +100,41 @@ def _manifest_line(output: Output, job: Job, arcname: str | None) -> dict[str, o
     }
 
 
-def stream(storage: Storage, manifest: bytes, entries: list[Entry]) -> ZipStream:
+@dataclass
+class Archive:
+    """A ZIP being streamed: iterate `zip`; `close()` stops the storage read-ahead at once
+    (call it when the download ends early, e.g. the client went away)."""
+
+    zip: ZipStream
+    bodies: Generator[tuple[str, Iterator[bytes]], None, None]
+
+    def __len__(self) -> int:
+        return len(self.zip)
+
+    def close(self) -> None:
+        self.bodies.close()
+
+
+def stream(storage: Storage, manifest: bytes, entries: list[Entry]) -> Archive:
     """The ZIP as a lazy stream; bodies come through `iter_many`, which may read ahead."""
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
     archive.add(manifest, MANIFEST)
-    bodies = storage.iter_many(entry.key for entry in entries)
+    bodies = _generator(storage.iter_many(entry.key for entry in entries))
     for entry in entries:
         archive.add(_body(bodies, entry.key), entry.arcname, size=entry.size)
-    return archive
+    return Archive(archive, bodies)
+
+
+def _generator(
+    items: Iterator[tuple[str, Iterator[bytes]]],
+) -> Generator[tuple[str, Iterator[bytes]], None, None]:
+    """`items` as a generator of our own, so closing it closes `items` (whatever its type)."""
+    try:
+        yield from items
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def _body(bodies: Iterator[tuple[str, Iterator[bytes]]], key: str) -> Iterator[bytes]:

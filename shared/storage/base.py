@@ -9,7 +9,8 @@ from datetime import datetime
 from typing import BinaryIO
 
 CHUNK_SIZE = 1024 * 1024
-_KEY_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A name, or a temporary file of an interrupted local write (listed, so gc can remove it).
+_KEY_SEGMENT = re.compile(r"^(?:\.tmp-[A-Za-z0-9_]|[A-Za-z0-9])[A-Za-z0-9._-]*$")
 
 
 class StorageError(Exception):

@@ -405,32 +405,40 @@ class GCSStorage(Storage):
     def iter_bytes(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         yield from self._iter_ranges(self._stat(key), key, chunk_size)
 
-    def _iter_ranges(self, blob: storage.Blob, key: str, chunk_size: int) -> Iterator[bytes]:
+    def _iter_ranges(
+        self, blob: storage.Blob, key: str, chunk_size: int, head: bytes = b""
+    ) -> Iterator[bytes]:
         """Stream one generation of `blob` by ranged requests, then check its crc32c.
 
-        Memory stays at one range (max(chunk_size, RANGE_SIZE)); a range request is retried
-        on its own, which a single long download could not be.
+        `head`, if given, is the object's first bytes, already read. Memory stays at one
+        range (max(chunk_size, RANGE_SIZE)); a range request is retried on its own, which a
+        single long download could not be.
         """
         size = blob.size or 0
         span = max(chunk_size, RANGE_SIZE)
-        crc = google_crc32c.Checksum()
-        offset = 0
+        crc = google_crc32c.Checksum(head)
+        yield from _slices(head, chunk_size) if head else ()
+        offset = len(head)
         while offset < size:
-            end = min(offset + span, size) - 1
-            with self._errors("read", key):
-                data = blob.download_as_bytes(
-                    start=offset, end=end, raw_download=True, checksum=None, retry=DEFAULT_RETRY
-                )
-            if len(data) != end - offset + 1:
-                raise StorageError(
-                    f"short read of {self.url}/{key} at byte {offset}: "
-                    f"got {len(data)} of {end - offset + 1} bytes"
-                )
+            data = self._read_range(blob, key, offset, min(offset + span, size))
             crc.update(data)
             offset += len(data)
             yield from _slices(data, chunk_size)
         if blob.crc32c and _crc32c_b64(crc) != blob.crc32c:
             raise StorageError(f"checksum mismatch reading {self.url}/{key}")
+
+    def _read_range(self, blob: storage.Blob, key: str, start: int, stop: int) -> bytes:
+        """Bytes start..stop-1 of this generation of `blob`, all of them or a StorageError."""
+        with self._errors("read", key):
+            data: bytes = blob.download_as_bytes(
+                start=start, end=stop - 1, raw_download=True, checksum=None, retry=DEFAULT_RETRY
+            )
+        if len(data) != stop - start:
+            raise StorageError(
+                f"short read of {self.url}/{key} at byte {start}: "
+                f"got {len(data)} of {stop - start} bytes"
+            )
+        return data
 
     def size(self, key: str) -> int:
         return self._stat(key).size or 0
@@ -460,14 +468,15 @@ class GCSStorage(Storage):
         """Like `Storage.iter_many`, with the next `prefetch` objects downloading meanwhile.
 
         Objects up to `prefetch_max_object_bytes` are fetched whole by a small thread pool;
-        larger ones are streamed by ranges when their turn comes. Held in memory at most:
-        (prefetch + 1) * prefetch_max_object_bytes, if each object is consumed in turn.
+        of larger ones the first range is fetched ahead and the rest streamed by ranges when
+        their turn comes. Held in memory at most: (prefetch + 1) * max(RANGE_SIZE,
+        prefetch_max_object_bytes), if each object is consumed in turn.
         """
         if prefetch < 1:
             yield from super().iter_many(keys, chunk_size, prefetch)
             return
         source = iter(keys)
-        pending: deque[tuple[str, Future[bytes | storage.Blob]]] = deque()
+        pending: deque[tuple[str, Future[_Prefetched]]] = deque()
         pool = ThreadPoolExecutor(
             max_workers=min(prefetch, _MAX_PREFETCH_WORKERS), thread_name_prefix="gcs-prefetch"
         )
@@ -491,25 +500,26 @@ class GCSStorage(Storage):
             # Abandoned early: drop what has not started. Finished: let the last ones run.
             pool.shutdown(wait=False, cancel_futures=not finished)
 
-    def _prefetch(self, key: str) -> bytes | storage.Blob:
-        """The whole object if small, else its metadata (pinned generation) to stream later."""
+    def _prefetch(self, key: str) -> _Prefetched:
+        """The whole object if small, else its metadata (pinned generation) and first range,
+        to stream the rest later."""
         blob = self._stat(key)
-        if (blob.size or 0) > self.prefetch_max_object_bytes:
-            return blob
+        size = blob.size or 0
+        if size > self.prefetch_max_object_bytes:
+            return blob, self._read_range(blob, key, 0, min(RANGE_SIZE, size))
         with self._errors("read", key):
             data: bytes = blob.download_as_bytes(
                 raw_download=True, checksum="crc32c", retry=DEFAULT_RETRY
             )
         return data
 
-    def _replay(
-        self, future: Future[bytes | storage.Blob], key: str, chunk_size: int
-    ) -> Iterator[bytes]:
+    def _replay(self, future: Future[_Prefetched], key: str, chunk_size: int) -> Iterator[bytes]:
         result = future.result()
         if isinstance(result, bytes):
             yield from _slices(result, chunk_size)
         else:
-            yield from self._iter_ranges(result, key, chunk_size)
+            blob, head = result
+            yield from self._iter_ranges(blob, key, chunk_size, head)
 
     # -- signed URLs -------------------------------------------------------------------
 
@@ -547,6 +557,9 @@ def _iam_signing_args(credentials: object) -> dict[str, str]:
             f"service-account key ({CREDENTIALS_FILE_ENV}) or workload identity"
         )
     return {"service_account_email": str(email), "access_token": str(token)}
+
+
+_Prefetched = bytes | tuple[storage.Blob, bytes]  # a whole object, or its blob and head
 
 
 def _checked_expiry(expiry_s: int) -> int:

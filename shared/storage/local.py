@@ -81,11 +81,14 @@ class LocalStorage(Storage):
         self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        base = self.root / prefix if prefix else self.root
+        """Every file under `prefix`, including `.tmp-*` files a crashed write left behind
+        (nothing refers to them, so `pixelfleet storage gc` collects them)."""
+        prefix = prefix.strip("/")
+        base = self.root / check_key(prefix) if prefix else self.root
         if not base.exists():
             return
         for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith(".tmp-"):
+            if path.is_file() and not path.is_symlink():
                 stat = path.stat()
                 yield ObjectInfo(
                     key=path.relative_to(self.root).as_posix(),

@@ -1,3 +1,5 @@
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -59,4 +61,15 @@ async def download_zip(
         "Content-Disposition": f'attachment; filename="{filename}"',
         "Content-Length": str(len(stream)),
     }
-    return StreamingResponse(stream, media_type="application/zip", headers=headers)
+    return StreamingResponse(_closing(stream), media_type="application/zip", headers=headers)
+
+
+async def _closing(stream: archive.Archive) -> AsyncIterator[bytes]:
+    """The ZIP's chunks, read in the thread pool; however the response ends (finished, or
+    cancelled because the client went away), the storage read-ahead is stopped."""
+    chunks = iter(stream.zip)
+    try:
+        while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        stream.close()

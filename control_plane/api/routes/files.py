@@ -1,23 +1,33 @@
-"""Image bytes for the local-disk backend (GCS answers with signed URLs instead)."""
+"""Image files by id. Local disk: the file itself. GCS: a redirect to a signed URL, so no
+image body passes through the control plane; only the emulator's anonymous client, which
+cannot sign, has its objects streamed through here (development and tests)."""
 
-from fastapi import APIRouter
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, status
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from control_plane.api.deps import PlatformDep, SessionDep
-from control_plane.errors import NotFound
+from control_plane.errors import NotFound, Unavailable
 from control_plane.models import Output, Upload
+from shared.storage import StorageError
 
 router = APIRouter(prefix="/api", tags=["files"])
 CACHE = {"Cache-Control": "private, max-age=31536000, immutable"}
 
 
 def _serve(platform: PlatformDep, key: str | None, media_type: str | None) -> Response:
-    if key is None or not platform.storage.exists(key):
+    storage = platform.storage
+    if key is None or not storage.exists(key):
         raise NotFound("file not found")
-    path = platform.storage.local_path(key)
+    path = storage.local_path(key)
     if path is not None:
         return FileResponse(path, media_type=media_type, headers=CACHE)
-    return Response(platform.storage.get_bytes(key), media_type=media_type, headers=CACHE)
+    try:
+        signed = storage.signed_url(key)
+    except StorageError as exc:
+        raise Unavailable(f"could not sign a URL for the file now: {exc}") from exc
+    if signed is not None:
+        return RedirectResponse(signed, status.HTTP_302_FOUND)
+    return StreamingResponse(storage.iter_bytes(key), media_type=media_type, headers=CACHE)
 
 
 def _upload(session: SessionDep, upload_id: str) -> Upload:
