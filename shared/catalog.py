@@ -50,9 +50,9 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
         aspect_ratios=[*_COMMON_RATIOS, "1:4", "4:1", "1:8", "8:1"],
         image_sizes=["512", "1K", "2K", "4K"],
         default_image_size="1K",
-        price_usd=0.045,
-        batch_price_usd=0.0225,
-        size_prices_usd={"4K": 0.151},
+        price_usd=0.067,
+        batch_price_usd=0.0335,
+        size_prices_usd={"512": 0.045, "2K": 0.101, "4K": 0.151},
     ),
     "gemini-3.1-flash-lite-image": ModelSpec(
         max_reference_images=14,

@@ -177,7 +177,7 @@ def test_mixed_outcomes_end_to_end(gemini_stack: Stack, fake: ScriptedGemini) ->
             assert job["status"] == "completed", job
             assert image["status"] == "succeeded", image
             assert image["attempts"] == succeeded
-            assert image["cost_usd"] == models()[FLASH_31].price_usd
+            assert image["cost_usd"] == models()[FLASH_31].price_for("512") == 0.045
             expected = _expected_png(fake, prompt, 1000 + index, "16:9", "512")
             assert (image["width"], image["height"]) == Image.open(io.BytesIO(expected)).size
             _check_downloads(stack, image, expected)  # the real image, not the thought one
