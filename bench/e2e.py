@@ -1,22 +1,37 @@
 """End-to-end throughput on embedded defaults: N images, automatic mode, offline provider.
 
     python -m bench.e2e [--images 1000] [--latency-ms 500] [--concurrency 32]
+                        [--storage local|gcs] [--database-url URL]
 
 Starts the local endpoint and the control plane as separate processes (as `pixelfleet up`
 does), uploads N images, submits one automatic job, and waits for it. Prints wall time next
 to the ideal N·L/C, efficiency = ideal / wall, control-plane CPU per image, and each
-process's peak RSS.
+process's peak RSS. Then downloads the group's ZIP (files and manifest lines counted) and
+runs `pixelfleet storage gc --grace-hours 0`, which must find nothing orphaned.
+
+`--storage gcs` runs the same against gs:// storage in gcp-storage-emulator (its own process
+on loopback; it serves one request at a time, so expect it to be the bottleneck).
 """
 
 import argparse
+import io
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import cpu_seconds, free_port, peak_rss_mb, png, process
+from bench.common import cpu_seconds, free_port, gcs_emulator, peak_rss_mb, png, process
+
+BUCKET = "pixelfleet-bench-e2e"
 
 
 def main() -> None:
@@ -30,9 +45,13 @@ def main() -> None:
     parser.add_argument("--max-jobs", type=int, default=8, help="RunPod jobs one worker takes")
     parser.add_argument("--image-size", default="512", help="512, 1K, 2K or 4K")
     parser.add_argument("--database-url", default="", help="default: SQLite in a temp dir")
+    parser.add_argument("--storage", choices=["local", "gcs"], default="local")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="pixelfleet-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="pixelfleet-bench-") as tmp,
+        storage_env(args.storage) as storage,
+    ):
         api_port, endpoint_port = free_port(), free_port()
         env = {
             "PIXELFLEET_DATA_DIR": tmp,
@@ -45,6 +64,7 @@ def main() -> None:
             "PIXELFLEET_WORKER_MAX_JOBS": str(args.max_jobs),
             "PIXELFLEET_DISPATCH_CHUNK_SIZE": str(args.chunk),
             "PIXELFLEET_RECONCILE_INTERVAL_S": "5",
+            **storage,
         }
         if args.database_url:
             env["PIXELFLEET_DATABASE_URL"] = args.database_url
@@ -63,7 +83,21 @@ def main() -> None:
             ) as api_pid,
             httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=120) as http,
         ):
-            run(http, args, api_pid, endpoint_pid)
+            group_id = run(http, args, api_pid, endpoint_pid)
+            check_zip_and_gc(http, group_id, env, args.images)
+
+
+@contextmanager
+def storage_env(kind: str) -> Iterator[dict[str, str]]:
+    """Environment for the storage: nothing for local disk (the default), else an emulator."""
+    if kind == "local":
+        yield {}
+        return
+    from shared.storage.gcs import EMULATOR_ENV, client_from_env
+
+    with gcs_emulator() as emulator_url:
+        client_from_env(BUCKET, {EMULATOR_ENV: emulator_url}).create_bucket(BUCKET)
+        yield {"PIXELFLEET_STORAGE_URL": f"gs://{BUCKET}/bench", EMULATOR_ENV: emulator_url}
 
 
 def _job_summary(http: httpx.Client, group_id: str, job_id: str) -> dict[str, Any]:
@@ -72,7 +106,7 @@ def _job_summary(http: httpx.Client, group_id: str, job_id: str) -> dict[str, An
     return next(job for job in page["data"] if job["id"] == job_id)
 
 
-def run(http: httpx.Client, args: argparse.Namespace, api_pid: int, endpoint_pid: int) -> None:
+def run(http: httpx.Client, args: argparse.Namespace, api_pid: int, endpoint_pid: int) -> str:
     group_id = http.post("/api/groups", json={"name": "bench"}).json()["id"]
     started = time.monotonic()
     image_ids: list[str] = []
@@ -122,6 +156,33 @@ def run(http: httpx.Client, args: argparse.Namespace, api_pid: int, endpoint_pid
     ]
     for label, value in rows:
         print(f"{label:<22}{value}")
+    return group_id
+
+
+def check_zip_and_gc(http: httpx.Client, group_id: str, env: dict[str, str], n: int) -> None:
+    """The group comes out whole as a ZIP, and nothing in storage is orphaned."""
+    started = time.monotonic()
+    reply = http.get(f"/api/download/{group_id}/zip")
+    reply.raise_for_status()
+    seconds = time.monotonic() - started
+    archive = zipfile.ZipFile(io.BytesIO(reply.content))
+    manifest = [json.loads(line) for line in archive.read("manifest.jsonl").splitlines()]
+    files = len(archive.namelist()) - 1
+    print(
+        f"{'ZIP':<22}{files} files + {len(manifest)} manifest lines, "
+        f"{len(reply.content) / 1e6:.1f} MB in {seconds:.1f} s"
+    )
+    gc = subprocess.run(
+        [sys.executable, "-m", "control_plane.cli", "storage", "gc", "--grace-hours", "0"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    verdict = gc.stdout.strip().splitlines()[-1]
+    print(f"{'storage gc':<22}{verdict}")
+    if files != n or len(manifest) != n or not verdict.startswith("0 orphaned"):
+        raise SystemExit("the ZIP or storage is not what the job produced")
 
 
 if __name__ == "__main__":
