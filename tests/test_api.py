@@ -3,6 +3,7 @@
 import io
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import respx
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlmodel import Session, select
@@ -149,6 +151,52 @@ def test_upload_accepts_camera_jpegs_with_extra_frames(api: Api) -> None:
     assert image["url"].endswith("/file")
     served = api.client.get(image["url"])
     assert served.headers["content-type"] == "image/jpeg" and served.content == mpo.getvalue()
+
+
+@contextmanager
+def _group_deleted_before(api: Api, table: str, group_id: str) -> Iterator[None]:
+    """Another request deletes the group just before this one inserts into `table`."""
+    engine, fired = api.platform.engine, []
+
+    def delete_group_first(*args: object) -> None:
+        if fired or not str(args[2]).startswith(f"INSERT INTO {table}"):
+            return
+        fired.append(table)
+        other = sa.create_engine(api.platform.settings.database_url)
+        with other.begin() as connection:
+            for sql in (
+                "DELETE FROM uploads WHERE group_id = :id",
+                "DELETE FROM `groups` WHERE id = :id",
+            ):
+                connection.execute(sa.text(sql), {"id": group_id})
+        other.dispose()
+
+    sa.event.listen(engine, "before_cursor_execute", delete_group_first)
+    try:
+        yield
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", delete_group_first)
+    assert fired, f"nothing was inserted into {table}"
+
+
+def test_a_group_deleted_during_upload_or_submit_is_409_and_leaves_nothing(api: Api) -> None:
+    group_id = api.group()
+    with _group_deleted_before(api, "uploads", group_id):
+        response = api.upload(group_id, [("a.png", png_bytes()), ("b.png", png_bytes(50))])
+    assert response.status_code == 409, response.text
+    assert "was deleted meanwhile" in response.json()["detail"]
+    assert list(api.platform.storage.list()) == []
+
+    group_id = api.group()
+    images = api.upload_ids(group_id, 2)
+    with _group_deleted_before(api, "jobs", group_id):
+        submitted = api.client.post(
+            "/api/jobs/submit",
+            json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images},
+        )
+    assert submitted.status_code == 409, submitted.text
+    assert api.client.get("/api/jobs").json()["total"] == 0
+    assert api.run_bodies == []
 
 
 def test_upload_applies_exif_orientation(api: Api) -> None:

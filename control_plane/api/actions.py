@@ -4,8 +4,10 @@ Each action runs its blocking service work in the thread pool, commits, and hand
 reach RunPod to the platform's background tasks, so both front ends behave the same.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+import sqlalchemy as sa
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from starlette.datastructures import FormData, UploadFile
@@ -13,7 +15,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from control_plane.api.deps import commit_after
-from control_plane.errors import InvalidRequest, NotFound
+from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.models import Group, Job, Upload
 from control_plane.schemas import AutomaticSubmit, SemiAutomaticSubmit, UploadRejected
 from control_plane.services import dispatch, jobs, submissions, uploads
@@ -59,7 +61,8 @@ async def accept_uploads(
         await run_in_threadpool(uploads.remove_objects, platform.storage, stored)
         raise
     if stored:  # removes the stored objects itself if the rows cannot be written
-        await run_in_threadpool(uploads.record, session, platform.storage, stored)
+        with _group_deleted_meanwhile(group_id):
+            await run_in_threadpool(uploads.record, session, platform.storage, stored)
     return stored, rejected
 
 
@@ -67,11 +70,22 @@ async def submit(
     platform: Platform, session: Session, body: AutomaticSubmit | SemiAutomaticSubmit
 ) -> list[Job]:
     """Plan and queue a submission; its dispatches go to RunPod in the background."""
-    created, dispatch_ids = await run_in_threadpool(
-        commit_after, session, lambda: submissions.submit(session, platform.settings, body)
-    )
+    with _group_deleted_meanwhile(body.group_id):
+        created, dispatch_ids = await run_in_threadpool(
+            commit_after, session, lambda: submissions.submit(session, platform.settings, body)
+        )
     platform.spawn(dispatch.send_many(platform, dispatch_ids))
     return created
+
+
+@contextmanager
+def _group_deleted_meanwhile(group_id: str) -> Iterator[None]:
+    """A 409 instead of a 500 when the group was deleted between our check and our insert
+    (the foreign key refuses the rows; nothing was written)."""
+    try:
+        yield
+    except sa.exc.IntegrityError as exc:
+        raise Conflict(f"group {group_id} was deleted meanwhile; nothing was saved") from exc
 
 
 async def cancel(platform: Platform, session: Session, job_id: str) -> None:
