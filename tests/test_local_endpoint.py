@@ -346,17 +346,17 @@ def test_job_concurrency_limits_jobs_in_flight() -> None:
 
 
 class Receiver:
-    """A webhook receiver app that answers `failures` 500s before answering 200."""
+    """A webhook receiver app that answers `failures` times `failure` (500) before 200."""
 
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
+    def __init__(self, failures: int = 0, failure: int = 500) -> None:
+        self.failures, self.failure = failures, failure
         self.posts: list[dict[str, Any]] = []
         self.app = FastAPI()
         self.app.post("/hook/{token}")(self.receive)
 
     async def receive(self, token: str, request: Request) -> Response:
         self.posts.append(await request.json())
-        return Response(status_code=500 if len(self.posts) <= self.failures else 200)
+        return Response(status_code=self.failure if len(self.posts) <= self.failures else 200)
 
 
 def test_webhook_posts_the_final_state_for_every_final_status() -> None:
@@ -400,8 +400,9 @@ def test_webhook_posts_the_final_state_for_every_final_status() -> None:
     assert by_id[timed_out]["status"] == "TIMED_OUT"
 
 
-def test_webhook_is_retried_until_it_succeeds() -> None:
-    receiver = Receiver(failures=2)
+@pytest.mark.parametrize("failure", [500, 204])  # RunPod retries any answer but 200
+def test_webhook_is_retried_until_it_succeeds(failure: int) -> None:
+    receiver = Receiver(failures=2, failure=failure)
     with (
         run_server(receiver.app) as hooks,
         serve(Gate(), webhook_retry_delay_s=0.05) as client,

@@ -473,7 +473,7 @@ class LocalEndpoint:
         except httpx.HTTPError as exc:
             log.warning("webhook for job %s attempt %d failed: %r", body["id"], attempt, exc)
             return False
-        if response.is_success:
+        if response.status_code == 200:  # RunPod retries any other answer, 204 included
             return True
         log.warning(
             "webhook for job %s attempt %d answered HTTP %d",
