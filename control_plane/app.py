@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from control_plane.api.auth import PasswordMiddleware
 from control_plane.api.routes import download, files, groups, jobs, uploads, webhook
 from control_plane.db import make_engine
 from control_plane.errors import DomainError
@@ -87,6 +88,8 @@ def create_app(
     )
     for module in (groups, uploads, jobs, webhook, download, files, ui):
         app.include_router(module.router)
+    if settings.api_password:
+        app.add_middleware(PasswordMiddleware, password=settings.api_password)
     _install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

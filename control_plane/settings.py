@@ -1,7 +1,8 @@
 """Control-plane settings: one place, env vars prefixed PIXELFLEET_ (README lists them all).
 
 Outside development, unsafe defaults (SQLite, the local RunPod endpoint and its dev key, a
-loopback public URL) are refused at start-up rather than discovered in production.
+loopback or plain-http URL, an open API) are refused at start-up rather than discovered in
+production.
 """
 
 from functools import cache
@@ -13,6 +14,7 @@ from pydantic import Field, model_validator
 from shared.settings import CommonSettings
 
 DEV_RUNPOD_API_KEY = "local-dev-key"
+MIN_PASSWORD_CHARS = 16
 
 
 class Settings(CommonSettings):
@@ -24,6 +26,7 @@ class Settings(CommonSettings):
     runpod_endpoint_id: str = "local"
     runpod_api_key: str = DEV_RUNPOD_API_KEY
     runpod_timeout_s: float = Field(30.0, gt=0)
+    api_password: str = ""  # empty: the API and UI are open (development)
 
     dispatch_chunk_size: int = Field(16, ge=1, le=500)
     dispatch_max_attempts: int = Field(2, ge=1, le=10)
@@ -68,6 +71,11 @@ class Settings(CommonSettings):
                     (
                         self.runpod_endpoint_id == "local",
                         "PIXELFLEET_RUNPOD_ENDPOINT_ID unset",
+                    ),
+                    (
+                        len(self.api_password) < MIN_PASSWORD_CHARS,
+                        f"PIXELFLEET_API_PASSWORD unset or under {MIN_PASSWORD_CHARS} characters "
+                        "(anyone reaching the API could spend your Gemini budget)",
                     ),
                 )
                 if bad

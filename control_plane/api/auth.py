@@ -1,0 +1,51 @@
+"""Access to the control plane: one shared password, when one is configured.
+
+Every route asks for it (HTTP Basic with any user name, which browsers prompt for by
+themselves, or `Authorization: Bearer <password>`), except the two that must stay open:
+RunPod's webhook (it cannot send headers; each dispatch's URL carries its own token) and
+`/healthz` (load balancers). Without a password (the development default) all is open.
+"""
+
+import base64
+import binascii
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+OPEN_PATHS = ("/api/webhook/runpod", "/healthz")
+CHALLENGE = [
+    (b"content-type", b"application/json"),
+    (b"www-authenticate", b'Basic realm="pixelfleet", charset="UTF-8"'),
+]
+
+
+class PasswordMiddleware:
+    """Answer 401 to any request without the password (pure ASGI: streams pass untouched)."""
+
+    def __init__(self, app: ASGIApp, password: str) -> None:
+        self.app = app
+        self.password = password.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 401, "headers": CHALLENGE})
+        body = (
+            b'{"detail": "authentication required: the pixelfleet password (HTTP Basic or Bearer)"}'
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _allowed(self, scope: Scope) -> bool:
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, credentials = header.partition(b" ")
+        if scheme.lower() == b"bearer":
+            offered = credentials.strip()
+        elif scheme.lower() == b"basic":
+            try:
+                offered = base64.b64decode(credentials.strip(), validate=True).partition(b":")[2]
+            except (binascii.Error, ValueError):
+                return False
+        else:
+            return False
+        return hmac.compare_digest(offered, self.password)
