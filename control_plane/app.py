@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from control_plane.api.auth import PasswordMiddleware
+from control_plane.api.auth import PasswordMiddleware, SameOriginMiddleware
 from control_plane.api.routes import download, files, groups, jobs, uploads, webhook
 from control_plane.db import make_engine
 from control_plane.errors import DomainError
@@ -88,6 +88,7 @@ def create_app(
     )
     for module in (groups, uploads, jobs, webhook, download, files, ui):
         app.include_router(module.router)
+    app.add_middleware(SameOriginMiddleware)
     if settings.api_password:
         app.add_middleware(PasswordMiddleware, password=settings.api_password)
     _install_error_handlers(app)
@@ -107,8 +108,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
         problems = [_describe(error) for error in exc.errors()]
+        if _for_people(request):
+            return ui.error_page(request, 422, "; ".join(problems))
         return JSONResponse(
             {"detail": "; ".join(problems), "errors": jsonable_errors(exc)}, status_code=422
         )
@@ -116,7 +119,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if _for_people(request):
-            return ui.error_page(request, exc.status_code, str(exc.detail))
+            return ui.error_page(request, exc.status_code, str(exc.detail), exc.headers)
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )

@@ -226,6 +226,16 @@ def test_upload_limits_and_missing_group(api: Api) -> None:
     assert unknown.status_code == 404
     no_files = api.client.post("/api/uploads", data={"group_id": group_id})
     assert no_files.status_code == 422
+    garbage = api.client.post(
+        "/api/uploads",
+        content=b"--xyz\r\nnot a part header\r\n",
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert garbage.status_code == 422, garbage.text
+    assert "could not read the multipart body" in garbage.json()["detail"]
+    api.platform.settings.upload_max_files = 2
+    too_many = api.upload(group_id, [(f"{i}.png", png_bytes()) for i in range(3)])
+    assert too_many.status_code == 422 and "Too many files" in too_many.json()["detail"]
     assert list(api.platform.storage.list()) == []
 
 

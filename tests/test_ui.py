@@ -88,6 +88,7 @@ def _new_group(http: httpx.Client, name: str) -> str:
 def _upload(http: httpx.Client, group_id: str, files: list[tuple[str, bytes]]) -> httpx.Response:
     return http.post(
         f"/groups/{group_id}/uploads",
+        follow_redirects=True,
         files=[("files", (name, data, "application/octet-stream")) for name, data in files],
     )
 
@@ -149,6 +150,21 @@ def test_a_dataset_from_the_browser(stack: Stack) -> None:
     _check_zip_against_manifest(archive, manifest)
 
 
+def test_a_clean_upload_redirects_so_a_reload_uploads_nothing_again(stack: Stack) -> None:
+    http = stack.http
+    group_id = _new_group(http, "reload")
+    files = [
+        ("files", ("a.png", png_bytes(), "image/png")),
+        ("files", ("b.png", png_bytes(50), "image/png")),
+    ]
+    posted = http.post(f"/groups/{group_id}/uploads", files=files)
+    assert posted.status_code == 303
+    assert posted.headers["location"] == f"/groups/{group_id}?page=1&uploaded=2"
+    page = Page(http.get(posted.headers["location"]).text)
+    assert "2 image(s) uploaded" in page.alerts and len(page.inputs["images"]) == 2
+    assert _count(stack.settings, Upload) == 2
+
+
 def test_semi_automatic_from_ticked_images_with_their_own_prompts(stack: Stack) -> None:
     http = stack.http
     group_id = _new_group(http, "personas")
@@ -158,7 +174,7 @@ def test_semi_automatic_from_ticked_images_with_their_own_prompts(stack: Stack) 
         f"/groups/{group_id}/submit",
         data={
             "mode": "semi-automatic",
-            "images": [first, second],
+            "images": [first],  # the second is chosen by its prompt alone
             f"prompt_{first}": "studio portrait",
             f"prompt_{second}": "walking in the rain",
             "total_images": "8",
@@ -190,7 +206,8 @@ def test_bad_forms_say_why_and_change_nothing(stack: Stack) -> None:
 
     only_junk = _upload(http, group_id, [("a.png", b""), ("b.png", b"\x89PNG broken")])
     assert only_junk.status_code == 422
-    assert "0 image(s) uploaded, 2 rejected" in Page(only_junk.text).alerts
+    assert "no image was accepted" in " ".join(Page(only_junk.text).alerts)
+    assert "b.png" in Page(only_junk.text).all_text
     assert _count(settings, Upload) == 0
     assert not any(p.is_file() for p in (settings.data_dir / "storage").rglob("*"))
 
@@ -206,8 +223,17 @@ def test_bad_forms_say_why_and_change_nothing(stack: Stack) -> None:
         data={"mode": "semi-automatic", "images": page.inputs["images"], "total_images": "4"},
     )
     assert no_prompts.status_code == 422
-    assert "items" in " ".join(Page(no_prompts.text).alerts)
+    assert "1 ticked image(s) have no prompt" in " ".join(Page(no_prompts.text).alerts)
+    nothing_chosen = http.post(f"/groups/{group_id}/submit", data={"mode": "semi-automatic"})
+    assert nothing_chosen.status_code == 422
+    assert "items" in " ".join(Page(nothing_chosen.text).alerts)
     assert _count(settings, Job) == 0
+
+    bad_page = http.get(f"/groups/{group_id}", params={"page": 0})
+    assert bad_page.status_code == 422 and "text/html" in bad_page.headers["content-type"]
+    assert "page" in " ".join(Page(bad_page.text).alerts)
+    wrong_method = http.get("/groups")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
 
     missing = http.get("/groups/grp_nope")
     assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
@@ -241,3 +267,40 @@ def test_cancel_and_retry_buttons(settings: Settings) -> None:
         done = _wait_for_job_page(http, job_path, timeout=60)
         assert "3 succeeded" in done.all_text, done.all_text
         assert len(page.inputs["images"]) == 3
+
+
+def test_oversize_only_upload_is_413_as_in_the_api(settings: Settings) -> None:
+    small = settings.model_copy(update={"upload_max_file_bytes": 100})
+    with contextmanager(_stack)(small) as stack:
+        group_id = _new_group(stack.http, "tight")
+        page = _upload(stack.http, group_id, [("big.png", png_bytes(200, 200, (1, 2, 3)))])
+        assert page.status_code == 413
+        assert "big.png: file is" in " ".join(Page(page.text).alerts)
+        api = stack.http.post(
+            "/api/uploads",
+            data={"group_id": group_id},
+            files=[("files", ("big.png", png_bytes(200, 200, (1, 2, 3)), "image/png"))],
+        )
+        assert api.status_code == 413
+
+
+def test_forms_posted_from_another_site_are_refused(stack: Stack) -> None:
+    """Another site's page cannot make a visitor's browser create, upload or submit here."""
+    http = stack.http
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ):
+        refused = http.post("/groups", data={"name": "forged"}, headers=headers)
+        assert refused.status_code == 403, headers
+        assert "another site" in refused.json()["detail"]
+        api = http.post("/api/groups", json={"name": "forged"}, headers=headers)
+        assert api.status_code == 403
+    assert _count(stack.settings, Group) == 0
+    host = httpx.URL(str(http.base_url)).netloc.decode()
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Origin": f"http://{host}"}, {}):
+        assert http.post("/groups", data={"name": "mine"}, headers=headers).status_code == 303
+    assert http.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a link
+    assert _count(stack.settings, Group) == 3

@@ -11,11 +11,18 @@ import sqlalchemy as sa
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from control_plane.api.deps import commit_after
-from control_plane.errors import Conflict, InvalidRequest, NotFound
+from control_plane.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+)
 from control_plane.models import Group, Job, Upload
 from control_plane.schemas import AutomaticSubmit, SemiAutomaticSubmit, UploadRejected
 from control_plane.services import dispatch, jobs, submissions, uploads
@@ -28,6 +35,16 @@ async def read_form(request: Request, platform: Platform) -> FormData:
         return await request.form(max_files=platform.settings.upload_max_files, max_fields=100)
     except MultiPartException as exc:
         raise InvalidRequest(f"could not read the multipart body: {exc.message}") from exc
+    except HTTPException as exc:  # what Starlette turns a MultiPartException into
+        raise InvalidRequest(f"could not read the multipart body: {exc.detail}") from exc
+
+
+def nothing_accepted(rejected: Sequence[UploadRejected]) -> DomainError:
+    """The error for an upload where no file was accepted: 413 if every file was too large."""
+    too_large = bool(rejected) and all(r.reason.startswith("file is") for r in rejected)
+    return (PayloadTooLarge if too_large else InvalidRequest)(
+        "no image was accepted: " + "; ".join(f"{r.filename}: {r.reason}" for r in rejected[:20])
+    )
 
 
 async def accept_uploads(

@@ -1,4 +1,5 @@
-"""Access to the control plane: one shared password, when one is configured.
+"""Access to the control plane: one shared password, when one is configured, and no
+state-changing request from another site's page (cross-site request forgery).
 
 Every route asks for it (HTTP Basic with any user name, which browsers prompt for by
 themselves, or `Authorization: Bearer <password>`), except the two that must stay open:
@@ -9,6 +10,7 @@ RunPod's webhook (it cannot send headers; each dispatch's URL carries its own to
 import base64
 import binascii
 import hmac
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -49,3 +51,39 @@ class PasswordMiddleware:
         else:
             return False
         return hmac.compare_digest(offered, self.password)
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+FORBIDDEN = [(b"content-type", b"application/json")]
+
+
+class SameOriginMiddleware:
+    """Refuse a state-changing request that a browser says comes from another site.
+
+    Browsers send `Sec-Fetch-Site` (older ones at least `Origin`) with every form post; a
+    page elsewhere could otherwise make a visitor's browser create, upload, submit or
+    cancel here, with a cached password too. Requests from programs (curl, RunPod's
+    webhook) carry neither header and pass.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS or _same_site(scope):
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 403, "headers": FORBIDDEN})
+        body = b'{"detail": "refused: this request came from another site\'s page"}'
+        await send({"type": "http.response.body", "body": body})
+
+
+def _same_site(scope: Scope) -> bool:
+    headers = dict(scope["headers"])
+    fetch_site = headers.get(b"sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site in (b"same-origin", b"none")
+    origin = headers.get(b"origin")
+    if origin is None or origin == b"null":
+        return origin is None
+    return urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") == headers.get(b"host")

@@ -26,7 +26,7 @@ from control_plane.models import (
     utcnow,
 )
 from control_plane.runpod_client import RunPodError
-from control_plane.services.finalise import fail_dispatch, lock_dispatch
+from control_plane.services.finalise import clip, fail_dispatch, lock_dispatch
 from control_plane.services.platform import Platform
 from shared.contract import DispatchInput, ImageParams, WorkItem
 from shared.storage import Storage
@@ -109,10 +109,10 @@ def _record_submitted(platform: Platform, dispatch_id: str, runpod_job_id: str) 
         if dispatch is None:
             return False
         if dispatch.status == DispatchStatus.FAILED:
-            dispatch.runpod_job_id = dispatch.runpod_job_id or runpod_job_id
+            dispatch.runpod_job_id = dispatch.runpod_job_id or clip(runpod_job_id, 80)
             session.add(dispatch)
             return False
-        dispatch.runpod_job_id = dispatch.runpod_job_id or runpod_job_id
+        dispatch.runpod_job_id = dispatch.runpod_job_id or clip(runpod_job_id, 80)
         if (
             dispatch.status == DispatchStatus.SUBMITTING
         ):  # the webhook may already have finalised it

@@ -5,6 +5,7 @@ or a service, as the JSON API's do. A form that fails re-renders its page with t
 (and the status code the API would answer); a form that succeeds redirects (303).
 """
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from control_plane.api import actions
 from control_plane.api.deps import PageNumber, PlatformDep, SessionDep
 from control_plane.api.present import job_detail, job_public, upload_public
 from control_plane.api.routes.groups import group_counts
-from control_plane.errors import DomainError, NotFound
+from control_plane.errors import DomainError, InvalidRequest, NotFound
 from control_plane.models import Group, Job, JobStatus, Output, Upload
 from control_plane.schemas import GroupCreate, SubmitRequest
 from control_plane.services import jobs
@@ -92,8 +93,10 @@ def group_page(
     platform: PlatformDep,
     session: SessionDep,
     page: PageNumber = 1,
+    uploaded: int | None = None,
 ) -> HTMLResponse:
-    return _group(request, platform, session, group_id, page)
+    notice = None if uploaded is None else f"{uploaded} image(s) uploaded"
+    return _group(request, platform, session, group_id, page, notice=notice)
 
 
 def _group(
@@ -141,7 +144,7 @@ def _group(
 @router.post("/groups/{group_id}/uploads", response_class=HTMLResponse)
 async def upload(
     group_id: str, request: Request, platform: PlatformDep, session: SessionDep
-) -> HTMLResponse:
+) -> Response:
     form = await actions.read_form(request, platform)
     try:
         files = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
@@ -156,18 +159,33 @@ async def upload(
             )
     finally:
         await form.close()
-    notice = f"{len(stored)} image(s) uploaded" + (
-        f", {len(rejected)} rejected" if rejected else ""
-    )
+    last_page = _pages(group_counts(session, group_id).uploads, UPLOADS_PER_PAGE)
+    if not stored:
+        refusal = actions.nothing_accepted(rejected)
+        return _group(
+            request,
+            platform,
+            session,
+            group_id,
+            error=refusal.message,
+            rejected=rejected,
+            status_code=refusal.status_code,
+        )
+    if not rejected:  # post/redirect/get: reloading the page does not upload again
+        return RedirectResponse(
+            f"/groups/{group_id}?page={last_page}&uploaded={len(stored)}",
+            status.HTTP_303_SEE_OTHER,
+        )
+    notice = f"{len(stored)} image(s) uploaded, {len(rejected)} rejected"
     return _group(
         request,
         platform,
         session,
         group_id,
-        page=max(1, _pages(group_counts(session, group_id).uploads, UPLOADS_PER_PAGE)),
+        page=last_page,
         notice=notice,
         rejected=rejected,
-        status_code=status.HTTP_201_CREATED if stored else 422,
+        status_code=status.HTTP_201_CREATED,
     )
 
 
@@ -182,22 +200,22 @@ async def submit(
         )
         created = await actions.submit(platform, session, body)
     except ValidationError as exc:
-        message = _validation_message(exc)
+        message, code = _validation_message(exc), 422
     except NotFound:
         raise
     except DomainError as exc:
-        message = exc.message
+        message, code = exc.message, exc.status_code
     else:
         target = f"/jobs/{created[0].id}" if len(created) == 1 else f"/groups/{group_id}#jobs"
         return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
-    return _group(request, platform, session, group_id, error=message, status_code=422)
+    return _group(request, platform, session, group_id, error=message, status_code=code)
 
 
 def _submission(session: SessionDep, group_id: str, form: FormData) -> dict[str, Any]:
     """The JSON API's submit body, from the group page's form.
 
     Automatic: the ticked images (all of the group's when none is ticked), one prompt.
-    Semi-automatic: each ticked image with a prompt of its own is an item.
+    Semi-automatic: each image ticked or given a prompt is an item, and needs its prompt.
     """
     ticked = [str(value) for value in form.getlist("images")]
     config: dict[str, Any] = {
@@ -222,11 +240,19 @@ def _submission(session: SessionDep, group_id: str, form: FormData) -> dict[str,
             "images": images,
             "config": config,
         }
-    items = [
-        {"images": [image_id], "prompt": prompt}
-        for image_id in ticked
-        if (prompt := str(form.get(f"prompt_{image_id}") or "").strip())
-    ]
+    prompts = {
+        key.removeprefix("prompt_"): text
+        for key, value in form.multi_items()
+        if key.startswith("prompt_") and (text := str(value).strip())
+    }
+    chosen = list(dict.fromkeys([*ticked, *prompts]))
+    missing = [image_id for image_id in chosen if image_id not in prompts]
+    if missing:
+        raise InvalidRequest(
+            f"{len(missing)} ticked image(s) have no prompt: in semi-automatic mode every "
+            "image needs its own prompt"
+        )
+    items = [{"images": [image_id], "prompt": prompts[image_id]} for image_id in chosen]
     for key in ("total_images", "images_per_set"):
         if value := str(form.get(key) or "").strip():
             config[key] = value
@@ -261,9 +287,13 @@ async def retry(job_id: str, platform: PlatformDep, session: SessionDep) -> Resp
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
 
-def error_page(request: Request, status_code: int, message: str) -> HTMLResponse:
+def error_page(
+    request: Request, status_code: int, message: str, headers: Mapping[str, str] | None = None
+) -> HTMLResponse:
     context = {"status_code": status_code, "message": message}
-    return _page(request, "error.html", context, status_code)
+    return templates.TemplateResponse(
+        request, "error.html", context, status_code=status_code, headers=headers
+    )
 
 
 def _pages(total: int, per_page: int) -> int:

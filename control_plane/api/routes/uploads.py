@@ -4,7 +4,7 @@ from starlette.datastructures import UploadFile
 from control_plane.api import actions
 from control_plane.api.deps import PlatformDep, SessionDep
 from control_plane.api.present import upload_public
-from control_plane.errors import InvalidRequest, PayloadTooLarge
+from control_plane.errors import InvalidRequest
 from control_plane.schemas import UploadResult
 
 router = APIRouter(prefix="/api/uploads", tags=["uploads"])
@@ -48,11 +48,7 @@ async def upload_images(
     finally:
         await form.close()
     if not stored:
-        too_large = all(r.reason.startswith("file is") for r in rejected)
-        raise (PayloadTooLarge if too_large else InvalidRequest)(
-            "no image was accepted: "
-            + "; ".join(f"{r.filename}: {r.reason}" for r in rejected[:20])
-        )
+        raise actions.nothing_accepted(rejected)
     return UploadResult(
         images=[upload_public(request, platform.storage, upload) for upload in stored],
         rejected=rejected,
