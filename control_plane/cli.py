@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings
 
 from control_plane.db import migrate as run_migrations
 from control_plane.settings import Settings
+from shared.settings import describe_settings_error
 from shared.storage import Storage, StorageError, open_storage
 
 app = typer.Typer(help="pixelfleet: generate image datasets with AI.", no_args_is_help=True)
@@ -27,10 +28,7 @@ def _settings(kind: type[SettingsT]) -> SettingsT:
     try:
         return kind()
     except ValidationError as exc:
-        problems = "; ".join(
-            str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()
-        )
-        raise _configuration_error(problems) from None
+        raise _configuration_error(describe_settings_error(exc)) from None
 
 
 def _configuration_error(message: object) -> typer.Exit:

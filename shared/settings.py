@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,3 +18,13 @@ class CommonSettings(BaseSettings):
         if not self.storage_url:
             self.storage_url = str((self.data_dir / "storage").resolve())
         return self
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """Settings validation errors as one line a person reads: `NAME: problem; …`."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"PIXELFLEET_{name}: {message}" if name else message)
+    return "; ".join(parts)

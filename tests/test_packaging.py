@@ -125,3 +125,25 @@ def test_readme_documents_every_setting() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PIXELFLEET_WORKER_CONCURRENCY": "many"}, "PIXELFLEET_WORKER_CONCURRENCY"),
+        ({"PIXELFLEET_STORAGE_URL": "gs://Not_A_Bucket/x"}, "invalid GCS"),
+    ],
+)
+def test_the_worker_image_explains_bad_configuration_and_exits_2(
+    env: dict[str, str], named: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.main"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("configuration error:") and named in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,20 +1,32 @@
 """The RunPod serverless entry point (`python -m worker.main`, the worker image's CMD).
 
 `runpod` is imported here and only here: importing it costs ~1.5 s and reconfigures logging.
+A configuration problem (bad settings, a missing bucket, unusable credentials) ends the
+process at once with one line saying what to fix and exit code 2, not a traceback.
 """
 
 import logging
+import sys
 
+from pydantic import ValidationError
+
+from shared.settings import describe_settings_error
+from shared.storage import StorageError
 from worker.handler import make_handler
 from worker.settings import WorkerSettings
 
 
 def main() -> None:
+    try:
+        settings = WorkerSettings()
+        logging.basicConfig(level=settings.log_level)
+        handler, concurrency_modifier, _ = make_handler(settings)
+    except (ValidationError, StorageError) as exc:
+        problem = describe_settings_error(exc) if isinstance(exc, ValidationError) else exc
+        sys.stderr.write(f"configuration error: {problem}\n")
+        sys.exit(2)
     import runpod
 
-    settings = WorkerSettings()
-    logging.basicConfig(level=settings.log_level)
-    handler, concurrency_modifier, _ = make_handler(settings)
     runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
 
 
