@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from control_plane.api.auth import PasswordMiddleware, SameOriginMiddleware
 from control_plane.api.routes import download, files, groups, jobs, uploads, webhook
 from control_plane.db import make_engine
-from control_plane.errors import DomainError
+from control_plane.errors import DomainError, describe_validation
 from control_plane.runpod_client import RunPodClient
 from control_plane.services.platform import Platform
 from control_plane.services.reconcile import reconcile_forever
@@ -109,12 +108,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
-        problems = [_describe(error) for error in exc.errors()]
+        problems = describe_validation(exc.errors())
         if _for_people(request):
-            return ui.error_page(request, 422, "; ".join(problems))
-        return JSONResponse(
-            {"detail": "; ".join(problems), "errors": jsonable_errors(exc)}, status_code=422
-        )
+            return ui.error_page(request, 422, problems)
+        return JSONResponse({"detail": problems, "errors": jsonable_errors(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -130,12 +127,6 @@ def _for_people(request: Request) -> bool:
     return request.method in ("GET", "POST") and not request.url.path.startswith(
         ("/api/", "/healthz", "/docs", "/redoc", "/openapi.json")
     )
-
-
-def _describe(error: Any) -> str:
-    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-    message = str(error.get("msg", "invalid"))
-    return f"{location}: {message}" if location else message
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:

@@ -1,5 +1,8 @@
 """Typed domain errors; the app turns them into JSON answers with a clear message."""
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 
 class DomainError(Exception):
     status_code = 400
@@ -27,3 +30,13 @@ class PayloadTooLarge(DomainError):
 
 class Unavailable(DomainError):
     status_code = 503
+
+
+def describe_validation(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one line a person reads: `field.path: problem; …`."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)

@@ -40,6 +40,9 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"  # stopped by a user; unfinished images failed as "cancelled"
 
 
+ACTIVE_JOB = (JobStatus.QUEUED, JobStatus.PROCESSING)  # not yet ended
+
+
 class OutputStatus(StrEnum):
     """One requested image: pending → running → succeeded | failed | blocked."""
 

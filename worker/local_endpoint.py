@@ -387,7 +387,7 @@ class LocalEndpoint:
                 if job is None or job.status is not JobStatus.IN_QUEUE:
                     continue
                 task, attempt = self._start(job), job.attempt
-                await asyncio.sleep(0)  # the handler's first step registers its work
+                await asyncio.sleep(0)  # the handler's first step records its dispatch size
             await self._execute(job, attempt, task)
 
     async def _wait_for_capacity(self) -> None:

@@ -63,8 +63,6 @@ class Runner:
         self.clock = clock
         self.slots = asyncio.Semaphore(concurrency)
         self.storing = asyncio.Semaphore(concurrency)  # generated images waiting to be stored
-        self.dispatches_in_flight = 0
-        self.items_generating = 0  # accepted items not yet out of generation (or waiting)
         self._recent_sizes: deque[int] = deque(maxlen=RECENT_DISPATCHES)
 
     def job_capacity(self, max_jobs: int) -> int:
@@ -109,12 +107,8 @@ class Runner:
                 await on_result(result)
             return result
 
-        self.dispatches_in_flight += 1
         self._recent_sizes.append(len(items))
-        try:
-            results = await asyncio.gather(*(run_and_report(item) for item in items))
-        finally:
-            self.dispatches_in_flight -= 1
+        results = await asyncio.gather(*(run_and_report(item) for item in items))
         return DispatchOutput(dispatch_id=dispatch.dispatch_id, results=list(results))
 
     async def _run_item_safely(self, item: WorkItem, deadline: float | None) -> ItemResult:
@@ -133,14 +127,10 @@ class Runner:
         `deadline` is on `self.clock`; past it, the item fails without being generated.
         """
         started = time.monotonic()
-        self.items_generating += 1
-        try:
-            async with self.slots:
-                outcome = await self._generate(item, deadline)
-                if isinstance(outcome, GeneratedImage):
-                    await self.storing.acquire()
-        finally:
-            self.items_generating -= 1
+        async with self.slots:
+            outcome = await self._generate(item, deadline)
+            if isinstance(outcome, GeneratedImage):
+                await self.storing.acquire()
         if isinstance(outcome, GeneratedImage):
             try:
                 outcome = await self._store_outcome(item, outcome)

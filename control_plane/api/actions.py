@@ -12,7 +12,6 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from control_plane.api.deps import commit_after
@@ -33,9 +32,7 @@ async def read_form(request: Request, platform: Platform) -> FormData:
     """The multipart form, within the upload limits; a 422 that says why if unreadable."""
     try:
         return await request.form(max_files=platform.settings.upload_max_files, max_fields=100)
-    except MultiPartException as exc:
-        raise InvalidRequest(f"could not read the multipart body: {exc.message}") from exc
-    except HTTPException as exc:  # what Starlette turns a MultiPartException into
+    except HTTPException as exc:  # Starlette's 400 for a multipart body it cannot parse
         raise InvalidRequest(f"could not read the multipart body: {exc.detail}") from exc
 
 

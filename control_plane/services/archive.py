@@ -119,22 +119,10 @@ def stream(storage: Storage, manifest: bytes, entries: list[Entry]) -> Archive:
     """The ZIP as a lazy stream; bodies come through `iter_many`, which may read ahead."""
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
     archive.add(manifest, MANIFEST)
-    bodies = _generator(storage.iter_many(entry.key for entry in entries))
+    bodies = storage.iter_many(entry.key for entry in entries)
     for entry in entries:
         archive.add(_body(bodies, entry.key), entry.arcname, size=entry.size)
     return Archive(archive, bodies)
-
-
-def _generator(
-    items: Iterator[tuple[str, Iterator[bytes]]],
-) -> Generator[tuple[str, Iterator[bytes]], None, None]:
-    """`items` as a generator of our own, so closing it closes `items` (whatever its type)."""
-    try:
-        yield from items
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:
-            close()
 
 
 def _body(bodies: Iterator[tuple[str, Iterator[bytes]]], key: str) -> Iterator[bytes]:

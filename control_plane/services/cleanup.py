@@ -14,11 +14,10 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, delete, select
 
 from control_plane.errors import Conflict, NotFound
-from control_plane.models import Dispatch, Group, Job, JobStatus, Output, Upload
+from control_plane.models import ACTIVE_JOB, Dispatch, Group, Job, Output, Upload
 from shared.storage import ObjectInfo, Storage, StorageError
 
 log = logging.getLogger(__name__)
-ACTIVE = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 
 def delete_group(session: Session, storage: Storage, group_id: str) -> int:
@@ -54,7 +53,7 @@ def delete_job(session: Session, storage: Storage, job_id: str) -> int:
 
 def _refuse_active(session: Session, condition: object, what: str) -> None:
     active = session.exec(
-        select(sa.func.count()).select_from(Job).where(condition, col(Job.status).in_(ACTIVE))  # type: ignore[arg-type]
+        select(sa.func.count()).select_from(Job).where(condition, col(Job.status).in_(ACTIVE_JOB))  # type: ignore[arg-type]
     ).one()
     if active:
         raise Conflict(f"{what} has {active} job(s) still running; cancel them first")

@@ -29,6 +29,15 @@ def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
     return job
 
 
+def outputs_of(session: Session, job_id: str) -> list[Output]:
+    """The job's images, in order."""
+    return list(
+        session.exec(
+            select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
+        ).all()
+    )
+
+
 def cancel(session: Session, job_id: str) -> list[str]:
     """Stop a job: unfinished images fail as "cancelled". Returns RunPod job ids to cancel."""
     job = get_job(session, job_id, lock=True)

@@ -14,17 +14,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import TypeAdapter, ValidationError
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 from starlette.datastructures import FormData, UploadFile
 
 from control_plane.api import actions
 from control_plane.api.deps import PageNumber, PlatformDep, SessionDep
 from control_plane.api.present import job_detail, job_public, upload_public
-from control_plane.api.routes.groups import group_counts
-from control_plane.errors import DomainError, InvalidRequest, NotFound
-from control_plane.models import Group, Job, JobStatus, Output, Upload
+from control_plane.errors import DomainError, InvalidRequest, NotFound, describe_validation
+from control_plane.models import ACTIVE_JOB, Group, Job, Upload
 from control_plane.schemas import GroupCreate, SubmitRequest
 from control_plane.services import jobs
+from control_plane.services.groups import group_counts, page_of_groups
 from shared.catalog import models
 
 router = APIRouter(include_in_schema=False)
@@ -32,22 +32,12 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 submit_adapter: TypeAdapter[Any] = TypeAdapter(SubmitRequest)
 UPLOADS_PER_PAGE = 120
 GROUPS_PER_PAGE = 50
-UNFINISHED = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 
 def _page(
     request: Request, name: str, context: dict[str, Any], status_code: int = 200
 ) -> HTMLResponse:
     return templates.TemplateResponse(request, name, context, status_code=status_code)
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"] if not isinstance(p, int) and p != "body")
-        message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
 
 
 # -- groups -------------------------------------------------------------------------------
@@ -61,13 +51,7 @@ def index(request: Request, session: SessionDep, page: PageNumber = 1) -> HTMLRe
 def _index(
     request: Request, session: SessionDep, page: int = 1, error: str | None = None
 ) -> HTMLResponse:
-    total = session.exec(select(func.count()).select_from(Group)).one()
-    groups = session.exec(
-        select(Group)
-        .order_by(col(Group.id).desc())
-        .offset((page - 1) * GROUPS_PER_PAGE)
-        .limit(GROUPS_PER_PAGE)
-    ).all()
+    total, groups = page_of_groups(session, page, GROUPS_PER_PAGE)
     rows = [(group, group_counts(session, group.id)) for group in groups]
     context = {"rows": rows, "page": page, "pages": _pages(total, GROUPS_PER_PAGE), "error": error}
     return _page(request, "index.html", context, 422 if error else 200)
@@ -79,7 +63,7 @@ async def create_group(request: Request, session: SessionDep) -> Response:
     try:
         body = GroupCreate(name=str(form.get("name") or ""))
     except ValidationError as exc:
-        return _index(request, session, error=_validation_message(exc))
+        return _index(request, session, error=describe_validation(exc.errors()))
     group = Group(name=body.name)
     session.add(group)
     session.commit()
@@ -200,7 +184,7 @@ async def submit(
         )
         created = await actions.submit(platform, session, body)
     except ValidationError as exc:
-        message, code = _validation_message(exc), 422
+        message, code = describe_validation(exc.errors()), 422
     except NotFound:
         raise
     except DomainError as exc:
@@ -267,11 +251,8 @@ def job_page(
     job_id: str, request: Request, platform: PlatformDep, session: SessionDep
 ) -> HTMLResponse:
     job = jobs.get_job(session, job_id)
-    outputs = session.exec(
-        select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
-    ).all()
-    detail = job_detail(request, platform.storage, job, list(outputs))
-    context = {"job": detail, "running": job.status in UNFINISHED}
+    detail = job_detail(request, platform.storage, job, jobs.outputs_of(session, job_id))
+    context = {"job": detail, "running": job.status in ACTIVE_JOB}
     return _page(request, "job.html", context)
 
 

@@ -3,7 +3,7 @@
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
@@ -109,13 +109,14 @@ class Storage(ABC):
 
     def iter_many(
         self, keys: Iterable[str], chunk_size: int = CHUNK_SIZE, prefetch: int = 8
-    ) -> Iterator[tuple[str, Iterator[bytes]]]:
+    ) -> Generator[tuple[str, Iterator[bytes]], None, None]:
         """Yield `(key, chunks)` for each key, in order (e.g. to stream a ZIP).
 
         Consume each `chunks` iterator before asking for the next pair: backends may read
         up to `prefetch` objects ahead, and only that look-ahead is memory-bounded. Errors
-        for an object (ObjectNotFound, StorageError) are raised from its `chunks`. This
-        default reads sequentially, with no look-ahead.
+        for an object (ObjectNotFound, StorageError) are raised from its `chunks`. Closing
+        the generator early stops any read-ahead. This default reads sequentially, with no
+        look-ahead.
         """
         for key in keys:
             yield key, self.iter_bytes(key, chunk_size)

@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -464,7 +464,7 @@ class GCSStorage(Storage):
 
     def iter_many(
         self, keys: Iterable[str], chunk_size: int = CHUNK_SIZE, prefetch: int = 4
-    ) -> Iterator[tuple[str, Iterator[bytes]]]:
+    ) -> Generator[tuple[str, Iterator[bytes]], None, None]:
         """Like `Storage.iter_many`, with the next `prefetch` objects downloading meanwhile.
 
         Objects up to `prefetch_max_object_bytes` are fetched whole by a small thread pool;

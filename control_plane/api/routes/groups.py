@@ -1,13 +1,12 @@
 from fastapi import APIRouter, status
 from fastapi.concurrency import run_in_threadpool
-from sqlmodel import col, func, select
 
 from control_plane.api.deps import PageLimit, PageNumber, PlatformDep, SessionDep
 from control_plane.errors import NotFound
-from control_plane.models import Group, Job, Output, OutputStatus, Upload
+from control_plane.models import Group
 from control_plane.schemas import GroupCounts, GroupCreate, GroupPublic, Page
 from control_plane.services import cleanup
-from control_plane.services.finalise import output_counts
+from control_plane.services import groups as groups_service
 
 router = APIRouter(prefix="/api/groups", tags=["groups"])
 
@@ -24,10 +23,7 @@ def create_group(body: GroupCreate, session: SessionDep) -> GroupPublic:
 def list_groups(
     session: SessionDep, page: PageNumber = 1, limit: PageLimit = 20
 ) -> Page[GroupPublic]:
-    total = session.exec(select(func.count()).select_from(Group)).one()
-    groups = session.exec(
-        select(Group).order_by(col(Group.id).desc()).offset((page - 1) * limit).limit(limit)
-    ).all()
+    total, groups = groups_service.page_of_groups(session, page, limit)
     data = [GroupPublic(**group.model_dump()) for group in groups]
     return Page(data=data, total=total, page=page, limit=limit)
 
@@ -43,17 +39,4 @@ def get_group(group_id: str, session: SessionDep) -> GroupPublic:
     group = session.get(Group, group_id)
     if group is None:
         raise NotFound(f"group {group_id} does not exist")
-    return GroupPublic(**group.model_dump(), counts=group_counts(session, group_id))
-
-
-def group_counts(session: SessionDep, group_id: str) -> GroupCounts:
-    by_status = output_counts(session, col(Output.group_id) == group_id)
-    return GroupCounts(
-        uploads=session.exec(select(func.count()).where(Upload.group_id == group_id)).one(),
-        jobs=session.exec(select(func.count()).where(Job.group_id == group_id)).one(),
-        outputs=sum(by_status.values()),
-        succeeded=by_status.get(OutputStatus.SUCCEEDED, 0),
-        failed=by_status.get(OutputStatus.FAILED, 0),
-        blocked=by_status.get(OutputStatus.BLOCKED, 0),
-        pending=by_status.get(OutputStatus.PENDING, 0) + by_status.get(OutputStatus.RUNNING, 0),
-    )
+    return GroupPublic(**group.model_dump(), counts=groups_service.group_counts(session, group_id))

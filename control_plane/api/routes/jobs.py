@@ -5,7 +5,7 @@ from sqlmodel import col, func, select
 from control_plane.api import actions
 from control_plane.api.deps import PageLimit, PageNumber, PlatformDep, SessionDep
 from control_plane.api.present import job_detail, job_public
-from control_plane.models import Job, JobStatus, Output
+from control_plane.models import Job, JobStatus
 from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
 from control_plane.services import cleanup, jobs
 
@@ -54,10 +54,7 @@ def list_jobs(
 @router.get("/{job_id}")
 def get_job(job_id: str, request: Request, platform: PlatformDep, session: SessionDep) -> JobDetail:
     job = jobs.get_job(session, job_id)
-    outputs = session.exec(
-        select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
-    ).all()
-    return job_detail(request, platform.storage, job, list(outputs))
+    return job_detail(request, platform.storage, job, jobs.outputs_of(session, job_id))
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
