@@ -33,6 +33,7 @@ from sqlmodel import Session
 from bench.common import free_port, gcs_emulator, peak_rss_mb, process
 from control_plane.db import make_engine, migrate
 from control_plane.models import Group, Job, JobStatus, Output, OutputStatus
+from shared import layout
 from shared.storage import LocalStorage, Storage, StoredObject
 
 log = logging.getLogger("bench.zip")
@@ -85,7 +86,8 @@ def populate(storage: Storage, database_url: str, total_mb: int, file_mb: int) -
 
     def store(position: int) -> tuple[str, StoredObject]:
         data = hashlib.sha256(str(position).encode()).digest() + block[32:]
-        key = f"groups/{group.id}/outputs/{job.id}/{position:05d}.png"
+        stem = layout.output_stem(group.id, job.id, f"{position:05d}")
+        key = layout.output_key(stem, "image/png")
         return key, storage.put_bytes(key, data, content_type="image/png")
 
     threads = UPLOAD_THREADS if not isinstance(storage, LocalStorage) else 1

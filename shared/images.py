@@ -14,6 +14,7 @@ ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {
     "MPO": ("image/jpeg", ".jpg"),  # a JPEG with extra frames, as many phones and cameras write
 }
 EXTENSIONS = {mime: ext for mime, ext in ACCEPTED_FORMATS.values()}
+FALLBACK_EXTENSION = ".bin"  # for a content type not in EXTENSIONS
 THUMBNAIL_SIZE = 256
 THUMBNAIL_TYPE = "image/webp"
 _EXIF_ORIENTATION = 0x0112
@@ -39,7 +40,7 @@ class InspectedImage:
 
 
 def extension_for(content_type: str) -> str:
-    return EXTENSIONS.get(content_type, ".bin")
+    return EXTENSIONS.get(content_type, FALLBACK_EXTENSION)
 
 
 def inspect_upload(src: BinaryIO, *, max_pixels: int) -> InspectedImage:

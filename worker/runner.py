@@ -8,14 +8,14 @@ its budget so it never retries past it.
 """
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from shared import layout
 from shared.contract import DispatchInput, DispatchOutput, ItemResult, ResultStatus, WorkItem
-from shared.images import THUMBNAIL_TYPE, dimensions, extension_for, make_thumbnail
+from shared.images import THUMBNAIL_TYPE, dimensions, make_thumbnail
 from shared.storage import Storage, StorageError
 from worker.providers import (
     GeneratedImage,
@@ -31,7 +31,6 @@ ProgressCallback = Callable[[ItemResult], Awaitable[None]]
 MAX_ERROR_TEXT = 200
 NOT_STARTED = "gave up: the dispatch deadline passed before the image could start"
 RECENT_DISPATCHES = 32  # dispatch sizes remembered to estimate the next one's
-RUN_TAG_CHARS = 8  # of a hash of the RunPod job id, appended to this run's object keys
 TYPICAL_DISPATCH_SIZE = 16  # before any is seen: the control plane's default chunk size
 
 
@@ -93,9 +92,9 @@ class Runner:
         """
         items = dispatch.items
         if run_id:
-            tag = hashlib.sha256(run_id.encode()).hexdigest()[:RUN_TAG_CHARS]
             items = [
-                item.model_copy(update={"output_key": f"{item.output_key}-{tag}"}) for item in items
+                item.model_copy(update={"output_key": layout.run_stem(item.output_key, run_id)})
+                for item in items
             ]
         deadline = None
         if self.dispatch_deadline_s is not None:
@@ -205,9 +204,9 @@ class Runner:
 
     def _store(self, item: WorkItem, image: GeneratedImage) -> ItemResult:
         width, height = dimensions(image.data)
-        key = item.output_key + extension_for(image.content_type)
+        key = layout.output_key(item.output_key, image.content_type)
         stored = self.storage.put_bytes(key, image.data, content_type=image.content_type)
-        thumbnail_key = item.output_key + ".thumb.webp"
+        thumbnail_key = layout.thumbnail_key(item.output_key)
         self.storage.put_bytes(
             thumbnail_key, make_thumbnail(image.data), content_type=THUMBNAIL_TYPE
         )

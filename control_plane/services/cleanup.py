@@ -15,6 +15,7 @@ from sqlmodel import Session, col, delete, select
 
 from control_plane.errors import Conflict, NotFound
 from control_plane.models import ACTIVE_JOB, Dispatch, Group, Job, Output, Upload
+from shared import layout
 from shared.storage import ObjectInfo, Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def delete_group(session: Session, storage: Storage, group_id: str) -> int:
     session.exec(delete(Upload).where(col(Upload.group_id) == group_id))
     session.delete(group)
     session.commit()
-    return _delete_prefix(storage, f"groups/{group_id}/")
+    return _delete_prefix(storage, layout.group_prefix(group_id))
 
 
 def delete_job(session: Session, storage: Storage, job_id: str) -> int:
@@ -48,7 +49,7 @@ def delete_job(session: Session, storage: Storage, job_id: str) -> int:
     session.exec(delete(Output).where(col(Output.job_id) == job_id))
     session.delete(job)
     session.commit()
-    return _delete_prefix(storage, f"groups/{job.group_id}/outputs/{job_id}/")
+    return _delete_prefix(storage, layout.job_outputs_prefix(job.group_id, job_id))
 
 
 def _refuse_active(session: Session, condition: object, what: str) -> None:
@@ -77,10 +78,10 @@ def known_keys(session: Session) -> set[str]:
 
 
 def find_orphans(session: Session, storage: Storage, grace_s: float) -> Iterator[ObjectInfo]:
-    """Objects under groups/ that no row refers to and that are older than `grace_s`."""
+    """Objects under the layout's ROOT that no row refers to and that are older than `grace_s`."""
     keys = known_keys(session)
     cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
-    for info in storage.list("groups/"):
+    for info in storage.list(layout.ROOT):
         updated = info.updated if info.updated.tzinfo else info.updated.replace(tzinfo=UTC)
         if info.key not in keys and updated < cutoff:
             yield info

@@ -19,6 +19,7 @@ from sqlmodel import Session
 from control_plane.models import Upload
 from control_plane.schemas import UploadRejected
 from control_plane.settings import Settings
+from shared import layout
 from shared.ids import new_id
 from shared.images import THUMBNAIL_TYPE, ImageRejected, inspect_upload, make_thumbnail
 from shared.storage import Storage, StorageError
@@ -67,12 +68,12 @@ def store_file(
         return UploadRejected(filename=name, reason=str(exc))
     body = io.BytesIO(image.reencoded) if image.reencoded else incoming.file
     upload_id = new_id("img")
-    thumbnail_key = f"groups/{group_id}/inputs/{upload_id}.thumb.webp"
+    thumbnail_key = layout.upload_thumbnail_key(group_id, upload_id)
     upload = Upload(
         id=upload_id,
         group_id=group_id,
         filename=name,
-        storage_key=f"groups/{group_id}/inputs/{upload_id}{image.extension}",
+        storage_key=layout.upload_key(group_id, upload_id, image.extension),
         thumbnail_key=thumbnail_key,
         content_type=image.content_type,
         width=image.width,

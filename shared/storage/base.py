@@ -9,8 +9,11 @@ from datetime import datetime
 from typing import BinaryIO
 
 CHUNK_SIZE = 1024 * 1024
+TEMPORARY_PREFIX = ".tmp-"  # names a local write in progress (see LocalStorage.put_file)
 # A name, or a temporary file of an interrupted local write (listed, so gc can remove it).
-_KEY_SEGMENT = re.compile(r"^(?:\.tmp-[A-Za-z0-9_]|[A-Za-z0-9])[A-Za-z0-9._-]*$")
+_KEY_SEGMENT = re.compile(
+    rf"^(?:{re.escape(TEMPORARY_PREFIX)}[A-Za-z0-9_]|[A-Za-z0-9])[A-Za-z0-9._-]*$"
+)
 
 
 class StorageError(Exception):

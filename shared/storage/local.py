@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 from shared.storage.base import (
     CHUNK_SIZE,
+    TEMPORARY_PREFIX,
     HashingReader,
     ObjectInfo,
     ObjectNotFound,
@@ -39,7 +40,7 @@ class LocalStorage(Storage):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             reader = HashingReader(src)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX)
             try:
                 with os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(reader, out, CHUNK_SIZE)
