@@ -1,24 +1,29 @@
-"""The FastAPI app factory: `uvicorn control_plane.app:create_app --factory`."""
+"""The FastAPI app factory: `uvicorn control_plane.app:create_app --factory`.
+
+It wires the pieces together: the platform (database, storage, RunPod client), its background
+services (the sender, the `/status` poller, the event relay and its consumers), and the two web
+front ends.
+"""
 
 import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
-from control_plane.api.auth import PasswordMiddleware, SameOriginMiddleware
-from control_plane.api.routes import download, files, groups, jobs, uploads, webhook
+from control_plane.background import Service
 from control_plane.db import make_engine
-from control_plane.errors import DomainError, describe_validation
-from control_plane.runpod_client import RunPodClient
-from control_plane.services.platform import Platform
-from control_plane.services.reconcile import reconcile_forever
+from control_plane.platform import Platform
+from control_plane.runpod.canceller import canceller
+from control_plane.runpod.client import RunPodClient
+from control_plane.runpod.poller import poll_quiet
+from control_plane.runpod.sender import send_due
 from control_plane.settings import Settings
-from control_plane.ui import routes as ui
+from control_plane.web.api import download, files, groups, jobs, uploads, webhook
+from control_plane.web.auth import PasswordMiddleware, SameOriginMiddleware
+from control_plane.web.errors import install_error_handlers
+from control_plane.web.ui import routes as ui
 from shared.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -58,25 +63,38 @@ def check_signing(storage: Storage) -> None:
     storage.signed_url("pixelfleet-signing-check")
 
 
+def add_services(platform: Platform, *, timers: bool) -> None:
+    """The background services and event consumers. Without `timers` they run only when a
+    commit wakes them (tests drive the safety nets by hand)."""
+    interval = platform.settings.reconcile_interval_s if timers else None
+    platform.add_loop(Service.SENDER, send_due, interval)
+    platform.add_loop(Service.RELAY, _relay_pass, interval)
+    if timers:
+        platform.add_loop(Service.POLLER, poll_quiet, interval)
+    platform.relay.subscribe(canceller(platform))
+
+
+async def _relay_pass(platform: Platform) -> int:
+    return await asyncio.to_thread(platform.relay.run_pass)
+
+
 def create_app(
     settings: Settings | None = None, *, reconcile: bool = True, storage: Storage | None = None
 ) -> FastAPI:
     """The app; `storage` replaces the one `settings.storage_url` would open (e.g. a GCS
-    store with its own client). Start-up raises StorageError when storage is unusable."""
+    store with its own client); `reconcile=False` leaves the services' timers off. Start-up
+    raises StorageError when storage is unusable."""
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         platform = build_platform(settings, storage)
+        add_services(platform, timers=reconcile)
         app.state.platform = platform
-        reconciler = asyncio.create_task(reconcile_forever(platform)) if reconcile else None
+        platform.start()
         try:
             yield
         finally:
-            if reconciler is not None:
-                reconciler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reconciler
             await platform.aclose()
 
     app = FastAPI(
@@ -90,47 +108,10 @@ def create_app(
     app.add_middleware(SameOriginMiddleware)
     if settings.api_password:
         app.add_middleware(PasswordMiddleware, password=settings.api_password)
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(DomainError)
-    async def domain_error(request: Request, exc: DomainError) -> Response:
-        if _for_people(request):
-            return ui.error_page(request, exc.status_code, exc.message)
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
-        problems = describe_validation(exc.errors())
-        if _for_people(request):
-            return ui.error_page(request, 422, problems)
-        return JSONResponse({"detail": problems, "errors": jsonable_errors(exc)}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if _for_people(request):
-            return ui.error_page(request, exc.status_code, str(exc.detail), exc.headers)
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
-
-
-def _for_people(request: Request) -> bool:
-    """A page of the web UI (answered in HTML) rather than the JSON API."""
-    return request.method in ("GET", "POST") and not request.url.path.startswith(
-        ("/api/", "/healthz", "/docs", "/redoc", "/openapi.json")
-    )
-
-
-def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
-    return [
-        {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
-        for error in exc.errors()
-    ]

@@ -1,6 +1,11 @@
-"""Engine, sessions and migrations. The same Alembic migrations run on SQLite and MySQL."""
+"""Engine, sessions and migrations. The same Alembic migrations run on SQLite and MySQL.
 
-from collections.abc import Iterator
+A transaction can ask for a background service to be woken once it commits
+(`wake_after_commit`): the session's `info["wake"]` (set by the platform's sessions) is called
+with the service's name. Sessions without it simply wake nothing; the services' timers catch up.
+"""
+
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -58,10 +63,37 @@ def migrate(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+Wake = Callable[[str], None]
+
+
+def new_session(engine: sa.Engine, wake: Wake | None = None) -> Session:
+    """A session whose commits wake the services its transactions asked for."""
+    return Session(engine, expire_on_commit=False, info={"wake": wake} if wake else {})
+
+
+def wake_after_commit(session: Session, service: str) -> None:
+    """Ask for background service `service` to be woken when this transaction commits."""
+    session.info.setdefault("wake_after_commit", set()).add(service)
+
+
+@sa.event.listens_for(Session, "after_commit")
+def _wake_services(session: Session) -> None:
+    services = session.info.pop("wake_after_commit", ())
+    wake = session.info.get("wake")
+    if wake is not None:
+        for service in sorted(services):
+            wake(service)
+
+
+@sa.event.listens_for(Session, "after_rollback")
+def _forget_wakes(session: Session) -> None:
+    session.info.pop("wake_after_commit", None)
+
+
 @contextmanager
-def session_scope(engine: sa.Engine) -> Iterator[Session]:
+def session_scope(engine: sa.Engine, wake: Wake | None = None) -> Iterator[Session]:
     """A session that commits on success and rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+    with new_session(engine, wake) as session:
         try:
             yield session
             session.commit()

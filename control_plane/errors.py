@@ -12,6 +12,10 @@ class DomainError(Exception):
         self.message = message
 
 
+class Unauthorized(DomainError):
+    status_code = 401
+
+
 class NotFound(DomainError):
     status_code = 404
 

@@ -18,6 +18,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+MAX_ERROR_CHARS = 2_000  # what RunPod and workers send is stored clipped: MySQL TEXT is 64 KB
+
+
+def clip(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """`text` cut to `limit` characters (marked with …), so a column can always hold it."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
 def _id(prefix: str) -> Any:
     return Field(default_factory=lambda: new_id(prefix), primary_key=True, max_length=40)
 
@@ -177,3 +187,52 @@ class Dispatch(SQLModel, table=True):
     submitted_at: datetime | None = Field(default=None, sa_type=Timestamp)
     finished_at: datetime | None = Field(default=None, sa_type=Timestamp)
     last_polled_at: datetime | None = Field(default=None, sa_type=Timestamp)
+
+
+class EventKind(StrEnum):
+    """What happened to a job, a dispatch or an output (see `control_plane/lifecycle.py`)."""
+
+    JOB_QUEUED = "job_queued"  # a submission wrote it
+    JOB_STARTED = "job_started"  # its first dispatch reached RunPod
+    JOB_FINISHED = "job_finished"  # completed, failed or cancelled; `data.status` says which
+    JOB_REOPENED = "job_reopened"  # a retry queued its failed images again
+    DISPATCH_QUEUED = "dispatch_queued"  # a chunk waits for the sender (new, or a retry)
+    DISPATCH_STARTED = "dispatch_started"  # RunPod accepted it (`data.runpod_job_id`)
+    DISPATCH_COMPLETED = "dispatch_completed"  # its results were applied
+    DISPATCH_FAILED = "dispatch_failed"  # lost, failed or cancelled (`data.reason`, `data.retry`)
+    OUTPUT_SUCCEEDED = "output_succeeded"
+    OUTPUT_FAILED = "output_failed"  # `data.error` says why
+    OUTPUT_BLOCKED = "output_blocked"  # refused by the provider's safety filter
+    OUTPUT_RETRIED = "output_retried"  # a failed image queued again by a retry
+
+
+# SQLite numbers rows itself only for INTEGER PRIMARY KEY; elsewhere a 64-bit counter.
+EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Event(SQLModel, table=True):
+    """A domain event, written in the transaction that made it happen (transactional outbox).
+
+    Consumers read them in id order after commit, each with its own cursor
+    (`control_plane/events.py`).
+    """
+
+    __tablename__ = "events"
+    id: int | None = Field(default=None, primary_key=True, sa_type=EventId)
+    kind: str = Field(max_length=40)
+    job_id: str | None = Field(default=None, max_length=40)
+    dispatch_id: str | None = Field(default=None, max_length=40)
+    output_id: str | None = Field(default=None, max_length=40)
+    data: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class EventCursor(SQLModel, table=True):
+    """How far one consumer has read the events, and its trouble with the next one."""
+
+    __tablename__ = "event_cursors"
+    consumer: str = Field(primary_key=True, max_length=80)
+    position: int = Field(default=0, sa_type=sa.BigInteger)  # id of the last event handled
+    failures: int = 0  # consecutive failures on the event after `position`
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    updated_at: datetime = _ts()

@@ -15,7 +15,16 @@ from control_plane.settings import Settings
 
 MYSQL_URL = os.environ.get("PIXELFLEET_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REQUIRE_MYSQL = os.environ.get("PIXELFLEET_REQUIRE_MYSQL") == "1"
-TABLES = ("dispatches", "outputs", "uploads", "jobs", "groups", "alembic_version")
+TABLES = (
+    "event_cursors",
+    "events",
+    "dispatches",
+    "outputs",
+    "uploads",
+    "jobs",
+    "groups",
+    "alembic_version",
+)
 _mysql_problem: list[str] = []
 
 

@@ -18,8 +18,8 @@ from sqlmodel import Session, select
 
 from control_plane.app import create_app
 from control_plane.models import Dispatch, Output, Upload
+from control_plane.platform import Platform
 from control_plane.services import jobs
-from control_plane.services.platform import Platform
 from control_plane.settings import Settings
 from tests.conftest import jpeg_bytes, png_bytes
 
@@ -689,8 +689,8 @@ def test_storage_gc_finds_only_old_unreferenced_objects(api: Api, settings: Sett
 
 # Reconciliation ---------------------------------------------------------------------------
 def test_runpod_outage_leaves_dispatches_pending_until_the_reconciler_sends_them(api: Api) -> None:
-    from control_plane.runpod_client import RunPodClient
-    from control_plane.services.reconcile import reconcile_once
+    from control_plane.runpod.client import RunPodClient
+    from control_plane.runpod.poller import reconcile_once
 
     settings = api.platform.settings
     api.platform.runpod = RunPodClient(settings.runpod_endpoint_url, "rp-key", backoff_s=0.001)
@@ -711,8 +711,8 @@ def test_runpod_outage_leaves_dispatches_pending_until_the_reconciler_sends_them
 
 
 def test_runpod_refusing_for_good_fails_the_images_with_the_reason(api: Api) -> None:
-    from control_plane.runpod_client import RunPodClient
-    from control_plane.services.reconcile import reconcile_once
+    from control_plane.runpod.client import RunPodClient
+    from control_plane.runpod.poller import reconcile_once
 
     settings = api.platform.settings
     settings.dispatch_submit_attempts, settings.dispatch_max_attempts = 2, 1

@@ -1,5 +1,6 @@
 """What ships: the Docker images' entry points, the RunPod worker under the real SDK, the docs."""
 
+import ast
 import importlib
 import json
 import os
@@ -147,3 +148,78 @@ def test_the_worker_image_explains_bad_configuration_and_exits_2(
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("configuration error:") and named in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports (absolute names; `from a import b` counts a and a.b)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _code() -> dict[str, set[str]]:
+    return {
+        _module_name(path): _imports(path)
+        for package in ("control_plane", "worker", "shared")
+        for path in (ROOT / package).rglob("*.py")
+    }
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+IMPORT_RULES = [
+    # (modules the rule is about, what they may not import, why)
+    ("control_plane.services", ("control_plane.web", "fastapi", "starlette"), "web"),
+    ("control_plane.lifecycle", ("control_plane.web", "control_plane.runpod"), "no transport"),
+    ("control_plane.events", ("control_plane.web", "control_plane.runpod"), "no transport"),
+    ("control_plane.services", ("control_plane.runpod",), "RunPod stays in its package"),
+    ("control_plane.web.ui", ("control_plane.web.api",), "front ends are siblings"),
+    ("control_plane.web.api", ("control_plane.web.ui",), "front ends are siblings"),
+    ("shared", ("control_plane", "worker"), "shared depends on neither side"),
+    ("worker", ("control_plane",), "the worker knows only the contract"),
+]
+
+
+@pytest.mark.parametrize(("scope", "forbidden", "why"), IMPORT_RULES)
+def test_import_rules(scope: str, forbidden: tuple[str, ...], why: str) -> None:
+    broken = sorted(
+        f"{module} imports {name}"
+        for module, names in _code().items()
+        if _within(module, scope)
+        for name in names
+        if any(_within(name, rule) for rule in forbidden)
+    )
+    assert not broken, f"{why}: {broken}"
+
+
+def test_only_the_runpod_package_knows_runpods_wire_format() -> None:
+    broken = sorted(
+        f"{module} imports {name}"
+        for module, names in _code().items()
+        if not _within(module, "control_plane.runpod")
+        for name in names
+        if _within(name, "control_plane.runpod.wire")
+    )
+    assert not broken, broken
+    # and the webhook route takes RunPod's body through the package, never the schema itself
+    route = (ROOT / "control_plane/web/api/webhook.py").read_text()
+    assert "RunPodJobState" not in route
+
+
+def test_the_import_rules_see_real_imports() -> None:
+    """The rules above would pass vacuously if the scanner found nothing."""
+    code = _code()
+    assert "control_plane.lifecycle" in code["control_plane.runpod.sender"]
+    assert "control_plane.runpod.wire.run_body" in code["control_plane.runpod.sender"]
+    assert any(_within(n, "fastapi") for n in code["control_plane.web.api.jobs"])

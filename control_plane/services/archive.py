@@ -27,6 +27,17 @@ class Entry:
     size: int
 
 
+def finished_outputs(session: Session, group_id: str) -> list[Output]:
+    """The group's succeeded images, by job and position."""
+    return list(
+        session.exec(
+            select(Output)
+            .where(Output.group_id == group_id, Output.status == OutputStatus.SUCCEEDED)
+            .order_by(col(Output.job_id), col(Output.position))
+        ).all()
+    )
+
+
 def _rows(session: Session, group_id: str) -> list[tuple[Output, Job]]:
     return list(
         session.exec(

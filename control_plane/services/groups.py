@@ -1,12 +1,28 @@
-"""Reading groups: a page of them, and one group's counts (for the API and the UI alike)."""
+"""Groups: creating one, finding one, a page of them, and one group's counts."""
 
 from collections.abc import Sequence
 
 from sqlmodel import Session, col, func, select
 
+from control_plane.errors import NotFound
+from control_plane.lifecycle import output_counts
 from control_plane.models import Group, Job, Output, OutputStatus, Upload
 from control_plane.schemas import GroupCounts
-from control_plane.services.finalise import output_counts
+
+
+def create_group(session: Session, name: str) -> Group:
+    """A new, empty group (committed)."""
+    group = Group(name=name)
+    session.add(group)
+    session.commit()
+    return group
+
+
+def get_group(session: Session, group_id: str) -> Group:
+    group = session.get(Group, group_id)
+    if group is None:
+        raise NotFound(f"group {group_id} does not exist")
+    return group
 
 
 def page_of_groups(session: Session, page: int, limit: int) -> tuple[int, Sequence[Group]]:

@@ -1,4 +1,4 @@
-"""Plan a submission into jobs, one output row per requested image, and dispatch chunks.
+"""Plan a submission into jobs, one output row per requested image, queued in dispatches.
 
 Everything is checked before anything is written: an invalid submission changes nothing.
 """
@@ -6,10 +6,12 @@ Everything is checked before anything is written: an invalid submission changes 
 import random
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from control_plane.errors import InvalidRequest, NotFound
-from control_plane.models import Dispatch, Group, Job, Output, Upload
+from control_plane import lifecycle
+from control_plane.errors import Conflict, InvalidRequest, NotFound
+from control_plane.models import Group, Job, Output, Upload
 from control_plane.schemas import (
     AutomaticSubmit,
     GenerationConfig,
@@ -17,16 +19,30 @@ from control_plane.schemas import (
 )
 from control_plane.settings import Settings
 from shared.catalog import models
-from shared.ids import new_id, new_token
+from shared.ids import new_id
 
 
 def submit(
     session: Session, settings: Settings, request: AutomaticSubmit | SemiAutomaticSubmit
-) -> tuple[list[Job], list[str]]:
-    """Write the jobs, outputs and dispatches of a submission (the caller commits).
+) -> list[Job]:
+    """Write and commit the jobs, outputs and dispatches of a submission; returns the jobs.
 
-    Returns the jobs and the ids of the dispatches to send.
+    A group deleted between the check and the insert is a Conflict, with nothing written.
     """
+    try:
+        jobs = _plan(session, settings, request)
+        session.commit()
+    except sa.exc.IntegrityError as exc:  # the foreign key refused the rows
+        session.rollback()
+        raise Conflict(
+            f"group {request.group_id} was deleted meanwhile; nothing was saved"
+        ) from exc
+    return jobs
+
+
+def _plan(
+    session: Session, settings: Settings, request: AutomaticSubmit | SemiAutomaticSubmit
+) -> list[Job]:
     group = session.get(Group, request.group_id)
     if group is None:
         raise NotFound(f"group {request.group_id} does not exist")
@@ -103,7 +119,7 @@ def _base_seed(config: GenerationConfig) -> int:
 
 def _plan_automatic(
     session: Session, settings: Settings, request: AutomaticSubmit, params: dict[str, str | None]
-) -> tuple[list[Job], list[str]]:
+) -> list[Job]:
     if len(request.images) > settings.submit_max_images:
         raise InvalidRequest(
             f"{len(request.images)} images in one job; the limit is {settings.submit_max_images}"
@@ -117,21 +133,21 @@ def _plan_automatic(
         config={**request.config.model_dump(exclude_none=True), **params, "seed": base_seed},
         total=len(request.images),
     )
-    _add_job(session, job)
     outputs = [
         _output(job, position, request.prompt, [image_id], base_seed + position, params)
         for position, image_id in enumerate(request.images)
     ]
-    return [job], _add_dispatches(session, job, outputs, settings.dispatch_chunk_size)
+    lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
+    return [job]
 
 
 def _plan_semi_automatic(
     session: Session, request: SemiAutomaticSubmit, params: dict[str, str | None]
-) -> tuple[list[Job], list[str]]:
+) -> list[Job]:
     config = request.config
     batch_id = new_id("bat")
     base_seed = _base_seed(config)
-    jobs, dispatch_ids = [], []
+    jobs = []
     for set_index in range(config.total_images // config.images_per_set):
         item = request.items[set_index % len(request.items)]
         job = Job(
@@ -143,20 +159,14 @@ def _plan_semi_automatic(
             config={**config.model_dump(exclude_none=True), **params, "seed": base_seed},
             total=config.images_per_set,
         )
-        _add_job(session, job)
         first = set_index * config.images_per_set
         outputs = [
             _output(job, position, item.prompt, item.images, base_seed + first + position, params)
             for position in range(config.images_per_set)
         ]
-        dispatch_ids += _add_dispatches(session, job, outputs, chunk_size=config.images_per_set)
+        lifecycle.add_job(session, job, outputs, chunk_size=config.images_per_set)
         jobs.append(job)
-    return jobs, dispatch_ids
-
-
-def _add_job(session: Session, job: Job) -> None:
-    session.add(job)
-    session.flush()  # the rows below reference it; no ORM relationships order the inserts
+    return jobs
 
 
 def _output(
@@ -177,17 +187,3 @@ def _output(
         params=params,
         model=params["model"],
     )
-
-
-def _add_dispatches(
-    session: Session, job: Job, outputs: list[Output], chunk_size: int
-) -> list[str]:
-    dispatch_ids = []
-    for start in range(0, len(outputs), chunk_size):
-        dispatch = Dispatch(job_id=job.id, webhook_token=new_token())
-        session.add(dispatch)
-        dispatch_ids.append(dispatch.id)
-        for output in outputs[start : start + chunk_size]:
-            output.dispatch_id = dispatch.id
-            session.add(output)
-    return dispatch_ids

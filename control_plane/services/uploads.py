@@ -10,13 +10,15 @@ import logging
 import os
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import sqlalchemy as sa
-from sqlmodel import Session
+from sqlmodel import Session, col, func, select
 
-from control_plane.models import Upload
+from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound, PayloadTooLarge
+from control_plane.models import Group, Upload
 from control_plane.schemas import UploadRejected
 from control_plane.settings import Settings
 from shared import layout
@@ -29,9 +31,88 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class IncomingFile:
+    """A file as a front end received it: its name as sent, its size, its bytes."""
+
     filename: str
     size: int
     file: BinaryIO
+
+
+def accept(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    group_id: str,
+    files: Sequence[IncomingFile],
+) -> tuple[list[Upload], list[UploadRejected]]:
+    """Store every acceptable file, reject the rest with a reason, then record the stored
+    (committed). Nothing is left behind when this fails part-way: stored objects are removed.
+    """
+    group = session.get(Group, group_id)
+    if group is None:
+        raise NotFound(f"group {group_id} does not exist")
+    group_id = group.id  # as stored (MySQL pads trailing spaces): storage keys are built from it
+    if not files:
+        raise InvalidRequest("no files: send one or more images in the form field `files`")
+    stored: list[Upload] = []
+    rejected: list[UploadRejected] = []
+    try:
+        for incoming in files:
+            outcome = store_file(storage, settings, group_id, incoming)
+            if isinstance(outcome, Upload):
+                stored.append(outcome)
+            else:
+                rejected.append(outcome)
+    except BaseException:
+        remove_objects(storage, stored)
+        raise
+    if stored:
+        try:
+            record(session, storage, stored)
+        except sa.exc.IntegrityError as exc:  # the group was deleted meanwhile
+            raise Conflict(f"group {group_id} was deleted meanwhile; nothing was saved") from exc
+    return stored, rejected
+
+
+def nothing_accepted(rejected: Sequence[UploadRejected]) -> DomainError:
+    """The error for an upload where no file was accepted: 413 if every file was too large."""
+    too_large = bool(rejected) and all(r.reason.startswith("file is") for r in rejected)
+    return (PayloadTooLarge if too_large else InvalidRequest)(
+        "no image was accepted: " + "; ".join(f"{r.filename}: {r.reason}" for r in rejected[:20])
+    )
+
+
+def get_upload(session: Session, upload_id: str) -> Upload:
+    upload = session.get(Upload, upload_id)
+    if upload is None:
+        raise NotFound(f"upload {upload_id} does not exist")
+    return upload
+
+
+def page_of_uploads(
+    session: Session, group_id: str, page: int, limit: int
+) -> tuple[int, Sequence[Upload]]:
+    """The group's number of uploads, and page `page` (1-based) of them, oldest first."""
+    total = session.exec(select(func.count()).where(Upload.group_id == group_id)).one()
+    rows = session.exec(
+        select(Upload)
+        .where(Upload.group_id == group_id)
+        .order_by(col(Upload.created_at), col(Upload.id))
+        .offset((page - 1) * limit)
+        .limit(limit)
+    ).all()
+    return total, rows
+
+
+def upload_ids_of(session: Session, group_id: str) -> list[str]:
+    """Every upload of the group, oldest first."""
+    return list(
+        session.exec(
+            select(Upload.id)
+            .where(Upload.group_id == group_id)
+            .order_by(col(Upload.created_at), col(Upload.id))
+        ).all()
+    )
 
 
 def display_name(filename: str | None) -> str:

@@ -1,13 +1,11 @@
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from sqlmodel import col, func, select
 
-from control_plane.api import actions
-from control_plane.api.deps import PageLimit, PageNumber, PlatformDep, SessionDep
-from control_plane.api.present import job_detail, job_public
-from control_plane.models import Job, JobStatus
+from control_plane.models import JobStatus
 from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
-from control_plane.services import cleanup, jobs
+from control_plane.services import cleanup, jobs, submissions
+from control_plane.web.deps import PageLimit, PageNumber, PlatformDep, SessionDep
+from control_plane.web.present import job_detail, job_public
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -17,7 +15,7 @@ async def submit_jobs(
     body: SubmitRequest, platform: PlatformDep, session: SessionDep
 ) -> SubmitResponse:
     """Plan and queue a submission; its dispatches go to RunPod in the background."""
-    created = await actions.submit(platform, session, body)
+    created = await run_in_threadpool(submissions.submit, session, platform.settings, body)
     return SubmitResponse(batch_id=created[0].batch_id, jobs=[job_public(job) for job in created])
 
 
@@ -31,30 +29,16 @@ def list_jobs(
     limit: PageLimit = 20,
 ) -> Page[JobPublic]:
     """Jobs, newest first, filtered by status, group and mode."""
-    filters = [
-        clause
-        for wanted, clause in (
-            (status_, Job.status == status_),
-            (group_id, Job.group_id == group_id),
-            (mode, Job.mode == mode),
-        )
-        if wanted
-    ]
-    total = session.exec(select(func.count()).select_from(Job).where(*filters)).one()
-    rows = session.exec(
-        select(Job)
-        .where(*filters)
-        .order_by(col(Job.id).desc())
-        .offset((page - 1) * limit)
-        .limit(limit)
-    ).all()
+    total, rows = jobs.page_of_jobs(
+        session, page, limit, status=status_, group_id=group_id, mode=mode
+    )
     return Page(data=[job_public(job) for job in rows], total=total, page=page, limit=limit)
 
 
 @router.get("/{job_id}")
 def get_job(job_id: str, request: Request, platform: PlatformDep, session: SessionDep) -> JobDetail:
     job = jobs.get_job(session, job_id)
-    return job_detail(request, platform.storage, job, jobs.outputs_of(session, job_id))
+    return job_detail(request, platform.storage, job, jobs.outputs_of(session, job.id))
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -64,14 +48,14 @@ async def delete_job(job_id: str, platform: PlatformDep, session: SessionDep) ->
 
 
 @router.post("/{job_id}/cancel")
-async def cancel_job(job_id: str, platform: PlatformDep, session: SessionDep) -> JobPublic:
+async def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
     """Cancel a job: its unfinished images fail as "cancelled"; RunPod jobs are cancelled too."""
-    await actions.cancel(platform, session, job_id)
+    await run_in_threadpool(jobs.cancel, session, job_id)
     return job_public(jobs.get_job(session, job_id))
 
 
 @router.post("/{job_id}/retry")
 async def retry_job(job_id: str, platform: PlatformDep, session: SessionDep) -> JobPublic:
     """Queue the job's failed images again."""
-    await actions.retry(platform, session, job_id)
+    await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
     return job_public(jobs.get_job(session, job_id))

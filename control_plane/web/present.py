@@ -5,7 +5,14 @@ import logging
 from fastapi import Request
 
 from control_plane.models import Job, Output, OutputStatus, Upload
-from control_plane.schemas import JobDetail, JobPublic, OutputPublic, Progress, UploadPublic
+from control_plane.schemas import (
+    DownloadItem,
+    JobDetail,
+    JobPublic,
+    OutputPublic,
+    Progress,
+    UploadPublic,
+)
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -68,4 +75,15 @@ def job_detail(request: Request, storage: Storage, job: Job, outputs: list[Outpu
     return JobDetail(
         **job_public(job).model_dump(),
         images=[output_public(request, storage, output) for output in outputs],
+    )
+
+
+def download_item(request: Request, storage: Storage, output: Output) -> DownloadItem:
+    return DownloadItem(
+        **output.model_dump(),
+        url=file_url(request, storage, "output_file", output.storage_key, output_id=output.id)
+        or "",
+        thumbnail_url=file_url(
+            request, storage, "output_thumbnail", output.thumbnail_key, output_id=output.id
+        ),
     )

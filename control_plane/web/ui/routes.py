@@ -1,8 +1,8 @@
 """Pages for people: groups, uploads, submitting jobs, watching them, downloading the ZIP.
 
-Plain HTML forms, no JavaScript build: every action goes through `control_plane.api.actions`
-or a service, as the JSON API's do. A form that fails re-renders its page with the message
-(and the status code the API would answer); a form that succeeds redirects (303).
+Plain HTML forms, no JavaScript build: every action is a service call, as in the JSON API.
+A form that fails re-renders its page with the message (and the status code the API would
+answer); a form that succeeds redirects (303).
 """
 
 from collections.abc import Mapping
@@ -14,17 +14,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import TypeAdapter, ValidationError
-from sqlmodel import col, select
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData
 
-from control_plane.api import actions
-from control_plane.api.deps import PageNumber, PlatformDep, SessionDep
-from control_plane.api.present import job_detail, job_public, upload_public
 from control_plane.errors import DomainError, InvalidRequest, NotFound, describe_validation
-from control_plane.models import ACTIVE_JOB, Group, Job, Upload
+from control_plane.models import ACTIVE_JOB
 from control_plane.schemas import GroupCreate, SubmitRequest
-from control_plane.services import jobs
-from control_plane.services.groups import group_counts, page_of_groups
+from control_plane.services import groups, jobs, submissions, uploads
+from control_plane.web.deps import PageNumber, PlatformDep, SessionDep
+from control_plane.web.forms import chosen_files, incoming_files, read_form
+from control_plane.web.present import job_detail, job_public, upload_public
 from shared.catalog import models
 
 router = APIRouter(include_in_schema=False)
@@ -32,6 +30,7 @@ templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 submit_adapter: TypeAdapter[Any] = TypeAdapter(SubmitRequest)
 UPLOADS_PER_PAGE = 120
 GROUPS_PER_PAGE = 50
+JOBS_ON_GROUP_PAGE = 200
 
 
 def _page(
@@ -51,8 +50,8 @@ def index(request: Request, session: SessionDep, page: PageNumber = 1) -> HTMLRe
 def _index(
     request: Request, session: SessionDep, page: int = 1, error: str | None = None
 ) -> HTMLResponse:
-    total, groups = page_of_groups(session, page, GROUPS_PER_PAGE)
-    rows = [(group, group_counts(session, group.id)) for group in groups]
+    total, page_groups = groups.page_of_groups(session, page, GROUPS_PER_PAGE)
+    rows = [(group, groups.group_counts(session, group.id)) for group in page_groups]
     context = {"rows": rows, "page": page, "pages": _pages(total, GROUPS_PER_PAGE), "error": error}
     return _page(request, "index.html", context, 422 if error else 200)
 
@@ -64,9 +63,7 @@ async def create_group(request: Request, session: SessionDep) -> Response:
         body = GroupCreate(name=str(form.get("name") or ""))
     except ValidationError as exc:
         return _index(request, session, error=describe_validation(exc.errors()))
-    group = Group(name=body.name)
-    session.add(group)
-    session.commit()
+    group = await run_in_threadpool(groups.create_group, session, body.name)
     return RedirectResponse(f"/groups/{group.id}", status.HTTP_303_SEE_OTHER)
 
 
@@ -95,24 +92,14 @@ def _group(
     rejected: list[Any] | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    group = session.get(Group, group_id)
-    if group is None:
-        raise NotFound(f"group {group_id} does not exist")
-    counts = group_counts(session, group_id)
-    uploads = session.exec(
-        select(Upload)
-        .where(Upload.group_id == group_id)
-        .order_by(col(Upload.created_at), col(Upload.id))
-        .offset((page - 1) * UPLOADS_PER_PAGE)
-        .limit(UPLOADS_PER_PAGE)
-    ).all()
-    group_jobs = session.exec(
-        select(Job).where(Job.group_id == group_id).order_by(col(Job.id).desc()).limit(200)
-    ).all()
+    group = groups.get_group(session, group_id)
+    counts = groups.group_counts(session, group.id)
+    _, page_uploads = uploads.page_of_uploads(session, group.id, page, UPLOADS_PER_PAGE)
+    _, group_jobs = jobs.page_of_jobs(session, 1, JOBS_ON_GROUP_PAGE, group_id=group.id)
     context = {
         "group": group,
         "counts": counts,
-        "uploads": [upload_public(request, platform.storage, upload) for upload in uploads],
+        "uploads": [upload_public(request, platform.storage, upload) for upload in page_uploads],
         "page": page,
         "pages": _pages(counts.uploads, UPLOADS_PER_PAGE),
         "jobs": [job_public(job) for job in group_jobs],
@@ -129,12 +116,13 @@ def _group(
 async def upload(
     group_id: str, request: Request, platform: PlatformDep, session: SessionDep
 ) -> Response:
-    form = await actions.read_form(request, platform)
+    form = await read_form(request, platform)
     try:
-        files = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
-        files = [item for item in files if item.filename or item.size]  # "no file chosen"
+        files = chosen_files(incoming_files(form))
         try:
-            stored, rejected = await actions.accept_uploads(platform, session, group_id, files)
+            stored, rejected = await run_in_threadpool(
+                uploads.accept, session, platform.storage, platform.settings, group_id, files
+            )
         except NotFound:
             raise
         except DomainError as exc:
@@ -143,9 +131,9 @@ async def upload(
             )
     finally:
         await form.close()
-    last_page = _pages(group_counts(session, group_id).uploads, UPLOADS_PER_PAGE)
+    last_page = _pages(groups.group_counts(session, group_id).uploads, UPLOADS_PER_PAGE)
     if not stored:
-        refusal = actions.nothing_accepted(rejected)
+        refusal = uploads.nothing_accepted(rejected)
         return _group(
             request,
             platform,
@@ -182,7 +170,7 @@ async def submit(
         body = submit_adapter.validate_python(
             await run_in_threadpool(_submission, session, group_id, form)
         )
-        created = await actions.submit(platform, session, body)
+        created = await run_in_threadpool(submissions.submit, session, platform.settings, body)
     except ValidationError as exc:
         message, code = describe_validation(exc.errors()), 422
     except NotFound:
@@ -209,13 +197,7 @@ def _submission(session: SessionDep, group_id: str, form: FormData) -> dict[str,
     }
     mode = str(form.get("mode") or "automatic")
     if mode != "semi-automatic":
-        images = ticked or list(
-            session.exec(
-                select(Upload.id)
-                .where(Upload.group_id == group_id)
-                .order_by(col(Upload.created_at), col(Upload.id))
-            ).all()
-        )
+        images = ticked or uploads.upload_ids_of(session, group_id)
         prompt = str(form.get("prompt") or "")
         return {
             "group_id": group_id,
@@ -257,14 +239,14 @@ def job_page(
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel(job_id: str, platform: PlatformDep, session: SessionDep) -> Response:
-    await actions.cancel(platform, session, job_id)
+async def cancel(job_id: str, session: SessionDep) -> Response:
+    await run_in_threadpool(jobs.cancel, session, job_id)
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/jobs/{job_id}/retry")
 async def retry(job_id: str, platform: PlatformDep, session: SessionDep) -> Response:
-    await actions.retry(platform, session, job_id)
+    await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
 

@@ -1,11 +1,12 @@
 from fastapi import APIRouter, Request, status
-from starlette.datastructures import UploadFile
+from fastapi.concurrency import run_in_threadpool
 
-from control_plane.api import actions
-from control_plane.api.deps import PlatformDep, SessionDep
-from control_plane.api.present import upload_public
 from control_plane.errors import InvalidRequest
 from control_plane.schemas import UploadResult
+from control_plane.services import uploads
+from control_plane.web.deps import PlatformDep, SessionDep
+from control_plane.web.forms import incoming_files, read_form
+from control_plane.web.present import upload_public
 
 router = APIRouter(prefix="/api/uploads", tags=["uploads"])
 
@@ -38,17 +39,23 @@ async def upload_images(
     request: Request, platform: PlatformDep, session: SessionDep
 ) -> UploadResult:
     """Upload many images at once (field `files`, repeated) into a group (field `group_id`)."""
-    form = await actions.read_form(request, platform)
+    form = await read_form(request, platform)
     try:
         group_id = form.get("group_id")
         if not isinstance(group_id, str) or not group_id:
             raise InvalidRequest("form field group_id is required")
-        files = [item for item in form.getlist("files") if isinstance(item, UploadFile)]
-        stored, rejected = await actions.accept_uploads(platform, session, group_id, files)
+        stored, rejected = await run_in_threadpool(
+            uploads.accept,
+            session,
+            platform.storage,
+            platform.settings,
+            group_id,
+            incoming_files(form),
+        )
     finally:
         await form.close()
     if not stored:
-        raise actions.nothing_accepted(rejected)
+        raise uploads.nothing_accepted(rejected)
     return UploadResult(
         images=[upload_public(request, platform.storage, upload) for upload in stored],
         rejected=rejected,

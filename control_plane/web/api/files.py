@@ -5,9 +5,10 @@ cannot sign, has its objects streamed through here (development and tests)."""
 from fastapi import APIRouter, status
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from control_plane.api.deps import PlatformDep, SessionDep
 from control_plane.errors import NotFound, Unavailable
-from control_plane.models import Output, Upload
+from control_plane.services.jobs import get_output
+from control_plane.services.uploads import get_upload
+from control_plane.web.deps import PlatformDep, SessionDep
 from shared.storage import StorageError
 
 router = APIRouter(prefix="/api", tags=["files"])
@@ -30,37 +31,23 @@ def _serve(platform: PlatformDep, key: str | None, media_type: str | None) -> Re
     return StreamingResponse(storage.iter_bytes(key), media_type=media_type, headers=CACHE)
 
 
-def _upload(session: SessionDep, upload_id: str) -> Upload:
-    upload = session.get(Upload, upload_id)
-    if upload is None:
-        raise NotFound(f"upload {upload_id} does not exist")
-    return upload
-
-
-def _output(session: SessionDep, output_id: str) -> Output:
-    output = session.get(Output, output_id)
-    if output is None:
-        raise NotFound(f"image {output_id} does not exist")
-    return output
-
-
 @router.get("/uploads/{upload_id}/file", name="upload_file")
 def upload_file(upload_id: str, platform: PlatformDep, session: SessionDep) -> Response:
-    upload = _upload(session, upload_id)
+    upload = get_upload(session, upload_id)
     return _serve(platform, upload.storage_key, upload.content_type)
 
 
 @router.get("/uploads/{upload_id}/thumbnail", name="upload_thumbnail")
 def upload_thumbnail(upload_id: str, platform: PlatformDep, session: SessionDep) -> Response:
-    return _serve(platform, _upload(session, upload_id).thumbnail_key, "image/webp")
+    return _serve(platform, get_upload(session, upload_id).thumbnail_key, "image/webp")
 
 
 @router.get("/outputs/{output_id}/file", name="output_file")
 def output_file(output_id: str, platform: PlatformDep, session: SessionDep) -> Response:
-    output = _output(session, output_id)
+    output = get_output(session, output_id)
     return _serve(platform, output.storage_key, output.content_type)
 
 
 @router.get("/outputs/{output_id}/thumbnail", name="output_thumbnail")
 def output_thumbnail(output_id: str, platform: PlatformDep, session: SessionDep) -> Response:
-    return _serve(platform, _output(session, output_id).thumbnail_key, "image/webp")
+    return _serve(platform, get_output(session, output_id).thumbnail_key, "image/webp")

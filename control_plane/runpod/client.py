@@ -48,8 +48,8 @@ class RunPodClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def run(self, job_input: dict[str, Any], webhook: str, policy: dict[str, int]) -> str:
-        body = {"input": job_input, "webhook": webhook, "policy": policy}
+    async def run(self, body: dict[str, Any]) -> str:
+        """Queue a job (`body`: input, webhook, policy); returns RunPod's job id."""
         reply = await self._request("POST", "run", json=body)
         if not isinstance(reply, dict) or not reply.get("id"):
             raise RunPodError(f"RunPod /run answered without a job id: {reply!r}")

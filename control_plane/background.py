@@ -1,0 +1,57 @@
+"""Background services: small loops that run a pass when woken (after a commit that made work
+for them) or when their interval elapses (work made by another process, or work to retry).
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Service(StrEnum):
+    """The background services of a control-plane process; transactions wake them by name."""
+
+    SENDER = "sender"  # hands pending dispatches to RunPod (`control_plane/runpod/sender.py`)
+    POLLER = "poller"  # asks RunPod about dispatches that never reported back
+    RELAY = "relay"  # feeds committed events to their consumers (`control_plane/events.py`)
+
+
+class Loop:
+    """Runs `step` whenever woken, or every `interval_s` when that is set; never two at once."""
+
+    def __init__(
+        self, name: str, step: Callable[[], Awaitable[Any]], interval_s: float | None
+    ) -> None:
+        self.name = name
+        self.step = step
+        self.interval_s = interval_s
+        self._wanted = asyncio.Event()
+        self._running = asyncio.Lock()
+
+    def wake(self) -> None:
+        """Ask for a pass (call on the event loop's thread)."""
+        self._wanted.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):  # the interval elapsed: a timed pass
+                await asyncio.wait_for(self._wanted.wait(), self.interval_s)
+            await self.run_once()
+
+    async def run_once(self) -> Any:
+        """One pass now; a failure is logged and the next wake or interval tries again."""
+        async with self._running:
+            self._wanted.clear()
+            try:
+                return await self.step()
+            except Exception:
+                log.exception("%s pass failed; trying again later", self.name)
+                return None
+
+    @property
+    def idle(self) -> bool:
+        return not self._running.locked() and not self._wanted.is_set()

@@ -1,0 +1,494 @@
+"""Every status change of jobs, dispatches and outputs, and the event each one writes.
+
+    job       queued → processing → completed | failed | cancelled   (a retry reopens it)
+    dispatch  pending → submitting → submitted → completed | failed
+    output    pending → running → succeeded | failed | blocked      (a retry: failed → pending)
+
+Rules kept here and nowhere else:
+- Lock order: the job row, then the dispatch row (`lock_job`, `lock_dispatch`), so MySQL never
+  deadlocks two writers; the job lock also serialises finalisers of one job, so its counts
+  come from a stable view.
+- A job's counts and status are derived from its outputs (`refresh_job`), never incremented.
+- A dispatch that ended is never changed again: webhooks can be lost, duplicated, delayed or
+  early, and `/status` polls race them, so finishing twice is a no-op.
+- A failed dispatch is retried as a new dispatch (its own RunPod job and token) until
+  `dispatch_max_attempts`; then its unfinished outputs fail with the reason.
+- New dispatches are only ever left `pending`; the sender is woken when the transaction that
+  made them commits (`control_plane/runpod/sender.py` is the only caller of RunPod's `/run`).
+- Each transition writes its event (`control_plane/events.py`) in the same transaction.
+  Outputs write events when they end or are retried; their pending ↔ running moves follow
+  their dispatch's events.
+
+Functions here never commit: the caller's transaction holds the change and its events.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, func, select, update
+
+from control_plane.background import Service
+from control_plane.db import wake_after_commit
+from control_plane.errors import Conflict, NotFound
+from control_plane.events import emit
+from control_plane.models import (
+    TERMINAL_DISPATCH,
+    Dispatch,
+    DispatchStatus,
+    EventKind,
+    Job,
+    JobStatus,
+    Output,
+    OutputStatus,
+    clip,
+    utcnow,
+)
+from control_plane.settings import Settings
+from shared.contract import ItemResult
+from shared.ids import new_token
+from shared.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+UNFINISHED = (OutputStatus.PENDING, OutputStatus.RUNNING)
+ENDED_JOB = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+CANCELLED_BY_USER = "cancelled by user"
+NO_RESULT = "the worker returned no result for this image"
+OUTPUT_EVENT = {
+    OutputStatus.SUCCEEDED: EventKind.OUTPUT_SUCCEEDED,
+    OutputStatus.FAILED: EventKind.OUTPUT_FAILED,
+    OutputStatus.BLOCKED: EventKind.OUTPUT_BLOCKED,
+}
+
+
+@dataclass(frozen=True)
+class DispatchReport:
+    """What became of a dispatch's RunPod job, in pixelfleet's terms: the worker's results,
+    or why there are none (`control_plane/runpod/wire.py` reads RunPod's answers into it)."""
+
+    runpod_job_id: str | None
+    runpod_status: str | None
+    results: list[ItemResult] | None
+    failure: str = ""
+    delay_ms: int | None = None
+    execution_ms: int | None = None
+
+
+# -- locks --------------------------------------------------------------------------------
+
+
+def lock_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return job
+
+
+def lock_dispatch(session: Session, dispatch_id: str) -> Dispatch | None:
+    """Lock a dispatch's job row, then the dispatch (the one lock order every writer uses)."""
+    job_id = session.exec(select(Dispatch.job_id).where(col(Dispatch.id) == dispatch_id)).first()
+    if job_id is None:
+        return None
+    session.exec(select(Job.id).where(col(Job.id) == job_id).with_for_update()).first()
+    return session.get(Dispatch, dispatch_id, with_for_update=True, populate_existing=True)
+
+
+# -- creating work ------------------------------------------------------------------------
+
+
+def add_job(session: Session, job: Job, outputs: Sequence[Output], chunk_size: int) -> None:
+    """Write a new job and its outputs, queued in dispatches of `chunk_size` outputs."""
+    session.add(job)
+    session.flush()  # the rows below reference it; no ORM relationships order the inserts
+    emit(session, EventKind.JOB_QUEUED, job_id=job.id, total=len(outputs))
+    _queue(session, job.id, outputs, chunk_size)
+
+
+def _queue(
+    session: Session, job_id: str, outputs: Sequence[Output], chunk_size: int, attempt: int = 1
+) -> None:
+    for start in range(0, len(outputs), chunk_size):
+        dispatch = _new_dispatch(session, job_id, attempt)
+        for output in outputs[start : start + chunk_size]:
+            output.dispatch_id = dispatch.id
+            session.add(output)
+
+
+def _new_dispatch(session: Session, job_id: str, attempt: int) -> Dispatch:
+    dispatch = Dispatch(job_id=job_id, attempt=attempt, webhook_token=new_token())
+    session.add(dispatch)
+    emit(
+        session, EventKind.DISPATCH_QUEUED, job_id=job_id, dispatch_id=dispatch.id, attempt=attempt
+    )
+    wake_after_commit(session, Service.SENDER)
+    return dispatch
+
+
+# -- sending ------------------------------------------------------------------------------
+
+
+def claimable(now: datetime, stale_after: timedelta) -> Any:
+    """Dispatches a sender may take: pending ones, and claims older than `stale_after` (their
+    sender died between claim and record, so the chunk is never stranded)."""
+    return sa.or_(
+        col(Dispatch.status) == DispatchStatus.PENDING,
+        sa.and_(
+            col(Dispatch.status) == DispatchStatus.SUBMITTING,
+            col(Dispatch.updated_at) < now - stale_after,
+        ),
+    )
+
+
+def claim(session: Session, dispatch_id: str, stale_after: timedelta) -> Dispatch | None:
+    """pending → submitting, for one sender only; None if another sender has it."""
+    now = utcnow()
+    result = session.exec(
+        update(Dispatch)
+        .where(col(Dispatch.id) == dispatch_id, claimable(now, stale_after))
+        .values(
+            status=DispatchStatus.SUBMITTING,
+            updated_at=now,
+            submit_attempts=Dispatch.submit_attempts + 1,
+        )
+    )
+    if not result.rowcount:
+        return None
+    return session.get(Dispatch, dispatch_id, populate_existing=True)
+
+
+def mark_submitted(session: Session, dispatch_id: str, runpod_job_id: str) -> bool:
+    """submitting → submitted, its outputs running, its job processing.
+
+    False if nobody wants that RunPod job any more (the dispatch failed meanwhile, e.g. its
+    job was cancelled while `/run` was in flight): the caller cancels it at RunPod.
+    """
+    dispatch = lock_dispatch(session, dispatch_id)
+    if dispatch is None:
+        return False
+    dispatch.runpod_job_id = dispatch.runpod_job_id or clip(runpod_job_id, 80)
+    session.add(dispatch)
+    if dispatch.status == DispatchStatus.FAILED:
+        return False
+    if dispatch.status != DispatchStatus.SUBMITTING:  # the webhook may have finalised it
+        return True
+    now = utcnow()
+    dispatch.status = DispatchStatus.SUBMITTED
+    dispatch.submitted_at = dispatch.updated_at = now
+    session.exec(
+        update(Output)
+        .where(col(Output.dispatch_id) == dispatch_id, col(Output.status) == OutputStatus.PENDING)
+        .values(status=OutputStatus.RUNNING, updated_at=now)
+    )
+    emit(
+        session,
+        EventKind.DISPATCH_STARTED,
+        job_id=dispatch.job_id,
+        dispatch_id=dispatch.id,
+        runpod_job_id=dispatch.runpod_job_id,
+    )
+    started = session.exec(
+        update(Job)
+        .where(col(Job.id) == dispatch.job_id, col(Job.status) == JobStatus.QUEUED)
+        .values(status=JobStatus.PROCESSING, updated_at=now)
+    )
+    if started.rowcount:
+        emit(session, EventKind.JOB_STARTED, job_id=dispatch.job_id)
+    return True
+
+
+def release_claim(session: Session, settings: Settings, dispatch_id: str, error: str) -> None:
+    """A send that failed: back to pending for the next pass, or failed for good after
+    `dispatch_submit_attempts` sends."""
+    dispatch = lock_dispatch(session, dispatch_id)
+    if dispatch is None or dispatch.status != DispatchStatus.SUBMITTING:
+        return
+    log.warning(
+        "dispatch %s not sent (attempt %d): %s", dispatch_id, dispatch.submit_attempts, error
+    )
+    if dispatch.submit_attempts >= settings.dispatch_submit_attempts:
+        _fail_dispatch(session, settings, dispatch, f"could not submit to RunPod: {error}")
+        return
+    dispatch.status = DispatchStatus.PENDING
+    dispatch.error = clip(error)
+    dispatch.updated_at = utcnow()
+    session.add(dispatch)
+
+
+def note_polled(session: Session, dispatch_id: str, runpod_status: str | None) -> None:
+    """Remember that RunPod was asked about the dispatch and what it said (still running)."""
+    dispatch = session.get(Dispatch, dispatch_id)
+    if dispatch is not None:
+        dispatch.last_polled_at = utcnow()
+        dispatch.runpod_status = clip(runpod_status, 20) or dispatch.runpod_status
+        session.add(dispatch)
+
+
+# -- finishing ----------------------------------------------------------------------------
+
+
+def finish_dispatch(
+    session: Session, settings: Settings, storage: Storage, dispatch_id: str, report: DispatchReport
+) -> None:
+    """Apply what became of a dispatch's RunPod job, once (later reports change nothing)."""
+    dispatch = lock_dispatch(session, dispatch_id)
+    if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
+        return
+    dispatch.runpod_job_id = dispatch.runpod_job_id or clip(report.runpod_job_id, 80)
+    dispatch.runpod_status = clip(report.runpod_status, 20)
+    dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
+    if report.results is None:
+        _fail_dispatch(session, settings, dispatch, report.failure)
+        return
+    _apply_results(session, storage, dispatch, report.results)
+    dispatch.status = DispatchStatus.COMPLETED
+    dispatch.finished_at = dispatch.updated_at = utcnow()
+    session.add(dispatch)
+    emit(session, EventKind.DISPATCH_COMPLETED, job_id=dispatch.job_id, dispatch_id=dispatch.id)
+    refresh_job(session, dispatch.job_id)
+
+
+def _apply_results(
+    session: Session, storage: Storage, dispatch: Dispatch, results: list[ItemResult]
+) -> None:
+    outputs = {
+        output.id: output
+        for output in session.exec(
+            select(Output).where(
+                col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
+            )
+        ).all()
+    }
+    now = utcnow()
+    for result in results:
+        output = outputs.pop(result.output_id, None)
+        if output is not None:
+            _apply_result(storage, output, result)
+            _end_output(session, output, now)
+    for output in outputs.values():  # the worker said nothing about these
+        output.status, output.error = OutputStatus.FAILED, NO_RESULT
+        _end_output(session, output, now)
+
+
+def _apply_result(storage: Storage, output: Output, result: ItemResult) -> None:
+    output.provider, output.model = clip(result.provider, 40), clip(result.model, 80)
+    output.model_version = clip(result.model_version, 80)
+    output.usage, output.cost_usd = result.usage, result.cost_usd
+    output.attempts += result.attempts
+    output.latency_ms = result.latency_ms
+    if result.seed is not None:
+        output.seed = result.seed
+    if result.status != "succeeded":
+        output.status, output.error = OutputStatus(result.status), result.error or result.status
+        return
+    try:
+        output.storage_key = storage.key_of(result.output_uri or "")
+        output.thumbnail_key = (
+            storage.key_of(result.thumbnail_uri) if result.thumbnail_uri else None
+        )
+    except StorageError as exc:
+        output.status = OutputStatus.FAILED
+        output.error = f"worker reported an unusable output location: {exc}"
+        return
+    output.content_type = clip(result.content_type, 64)
+    output.width, output.height = result.width, result.height
+    output.bytes, output.sha256 = result.bytes, result.sha256
+    output.status, output.error = OutputStatus.SUCCEEDED, None
+
+
+def _end_output(session: Session, output: Output, now: datetime) -> None:
+    """Stamp an output whose final status is set, and write its event."""
+    output.error = clip(output.error)
+    output.completed_at = output.updated_at = now
+    session.add(output)
+    data = {"error": output.error} if output.error else {}
+    emit(
+        session,
+        OUTPUT_EVENT[OutputStatus(output.status)],
+        job_id=output.job_id,
+        dispatch_id=output.dispatch_id,
+        output_id=output.id,
+        **data,
+    )
+
+
+def _fail_dispatch(session: Session, settings: Settings, dispatch: Dispatch, reason: str) -> None:
+    """Mark `dispatch` failed; retry its unfinished outputs in a new dispatch if attempts
+    remain, else fail them with the reason."""
+    now = utcnow()
+    reason = clip(reason) or "failed"
+    dispatch.status, dispatch.error = DispatchStatus.FAILED, reason
+    dispatch.finished_at = dispatch.updated_at = now
+    session.add(dispatch)
+    job = session.get(Job, dispatch.job_id)
+    retry = (
+        dispatch.attempt < settings.dispatch_max_attempts
+        and job is not None
+        and job.status != JobStatus.CANCELLED
+    )
+    emit(
+        session,
+        EventKind.DISPATCH_FAILED,
+        job_id=dispatch.job_id,
+        dispatch_id=dispatch.id,
+        reason=reason,
+        retry=retry,
+        runpod_job_id=dispatch.runpod_job_id,
+    )
+    unfinished = col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
+    if retry:
+        log.warning(
+            "dispatch %s failed (%s); retrying as attempt %d",
+            dispatch.id,
+            reason,
+            dispatch.attempt + 1,
+        )
+        again = _new_dispatch(session, dispatch.job_id, dispatch.attempt + 1)
+        session.flush()
+        session.exec(
+            update(Output)
+            .where(*unfinished)
+            .values(dispatch_id=again.id, status=OutputStatus.PENDING, error=reason, updated_at=now)
+        )
+    else:
+        log.warning("dispatch %s failed for good: %s", dispatch.id, reason)
+        _fail_outputs(session, unfinished, reason, now)
+    refresh_job(session, dispatch.job_id)
+
+
+def _fail_outputs(session: Session, condition: Sequence[Any], reason: str, now: datetime) -> None:
+    """Fail every output matching `condition`, with one event each."""
+    ids = session.exec(select(Output.id, Output.job_id, Output.dispatch_id).where(*condition)).all()
+    session.exec(
+        update(Output)
+        .where(*condition)
+        .values(status=OutputStatus.FAILED, error=reason, completed_at=now, updated_at=now)
+    )
+    for output_id, job_id, dispatch_id in ids:
+        emit(
+            session,
+            EventKind.OUTPUT_FAILED,
+            job_id=job_id,
+            dispatch_id=dispatch_id,
+            output_id=output_id,
+            error=reason,
+        )
+
+
+# -- a user's decisions -------------------------------------------------------------------
+
+
+def cancel_job(session: Session, job_id: str) -> list[str]:
+    """Stop a job: unfinished images fail as "cancelled". Returns the RunPod jobs that the
+    RunPod canceller will cancel once this commits (it reads the dispatch_failed events)."""
+    job = lock_job(session, job_id)
+    if job.status in ENDED_JOB:
+        raise Conflict(f"job {job_id} is already {job.status}")
+    now = utcnow()
+    live = session.exec(
+        select(Dispatch).where(
+            col(Dispatch.job_id) == job_id, col(Dispatch.status).not_in(TERMINAL_DISPATCH)
+        )
+    ).all()
+    for dispatch in live:
+        dispatch.status, dispatch.error = DispatchStatus.FAILED, CANCELLED_BY_USER
+        dispatch.finished_at = dispatch.updated_at = now
+        session.add(dispatch)
+        emit(
+            session,
+            EventKind.DISPATCH_FAILED,
+            job_id=job_id,
+            dispatch_id=dispatch.id,
+            reason=CANCELLED_BY_USER,
+            retry=False,
+            runpod_job_id=dispatch.runpod_job_id,
+        )
+    _fail_outputs(
+        session,
+        (col(Output.job_id) == job_id, col(Output.status).in_(UNFINISHED)),
+        CANCELLED_BY_USER,
+        now,
+    )
+    job.status, job.completed_at, job.error = JobStatus.CANCELLED, now, CANCELLED_BY_USER
+    session.add(job)
+    refresh_job(session, job_id)
+    emit(session, EventKind.JOB_FINISHED, job_id=job_id, status=JobStatus.CANCELLED)
+    return [d.runpod_job_id for d in live if d.runpod_job_id]
+
+
+def retry_job(session: Session, settings: Settings, job_id: str) -> None:
+    """Queue the job's failed images again (blocked ones stay blocked)."""
+    job = lock_job(session, job_id)
+    failed = session.exec(
+        select(Output)
+        .where(Output.job_id == job_id, col(Output.status) == OutputStatus.FAILED)
+        .order_by(col(Output.position))
+    ).all()
+    if not failed:
+        raise Conflict(f"job {job_id} has no failed images to retry")
+    now = utcnow()
+    for output in failed:
+        output.status, output.error, output.completed_at = OutputStatus.PENDING, None, None
+        output.updated_at = now
+        emit(session, EventKind.OUTPUT_RETRIED, job_id=job_id, output_id=output.id)
+    chunk = settings.dispatch_chunk_size if job.mode == "automatic" else len(failed)
+    _queue(session, job_id, failed, chunk)
+    job.status, job.completed_at, job.error = JobStatus.PROCESSING, None, None
+    session.add(job)
+    emit(session, EventKind.JOB_REOPENED, job_id=job_id, retried=len(failed))
+    refresh_job(session, job_id)
+
+
+# -- counting -----------------------------------------------------------------------------
+
+
+def output_counts(session: Session, condition: Any) -> dict[str, int]:
+    """How many outputs matching `condition` are in each status."""
+    rows = session.exec(
+        select(Output.status, func.count()).where(condition).group_by(col(Output.status))
+    ).all()
+    return dict(rows)
+
+
+def refresh_job(session: Session, job_id: str) -> None:
+    """Recompute a job's counts and status from its outputs; a job that ends here writes
+    `job_finished`."""
+    session.flush()
+    job = session.get(Job, job_id)
+    if job is None:
+        return
+    counts = output_counts(session, col(Output.job_id) == job_id)
+    job.succeeded = counts.get(OutputStatus.SUCCEEDED, 0)
+    job.failed = counts.get(OutputStatus.FAILED, 0)
+    job.blocked = counts.get(OutputStatus.BLOCKED, 0)
+    job.total = sum(counts.values())
+    now = utcnow()
+    finished = job.succeeded + job.failed + job.blocked == job.total
+    if finished and job.status in (JobStatus.QUEUED, JobStatus.PROCESSING):
+        job.status = JobStatus.COMPLETED if job.succeeded else JobStatus.FAILED
+        job.completed_at = job.completed_at or now
+        job.error = None if job.succeeded else _first_error(session, job_id)
+        emit(
+            session,
+            EventKind.JOB_FINISHED,
+            job_id=job_id,
+            status=job.status,
+            succeeded=job.succeeded,
+            failed=job.failed,
+            blocked=job.blocked,
+        )
+    elif not finished and job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
+        job.status, job.completed_at = JobStatus.PROCESSING, None  # a retry reopened it
+    job.updated_at = now
+    session.add(job)
+
+
+def _first_error(session: Session, job_id: str) -> str | None:
+    return session.exec(
+        select(Output.error)
+        .where(Output.job_id == job_id, sa.not_(col(Output.error).is_(None)))
+        .order_by(col(Output.position))
+        .limit(1)
+    ).first()

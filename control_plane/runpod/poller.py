@@ -1,0 +1,75 @@
+"""The safety net: ask RunPod about dispatches that never reported back.
+
+Webhooks are hints; `GET /status` is the authority. Every `reconcile_interval_s` each control
+plane polls submitted dispatches that have been quiet for `webhook_grace_s`. A job RunPod no
+longer knows counts as lost.
+"""
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from control_plane import lifecycle
+from control_plane.models import Dispatch, DispatchStatus, utcnow
+from control_plane.platform import Platform
+from control_plane.runpod.client import RunPodError
+from control_plane.runpod.sender import send_due
+from control_plane.runpod.wire import RunPodJobState, lost, report_of
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+async def poll_quiet(platform: Platform) -> int:
+    """Poll every submitted dispatch quiet for `webhook_grace_s` (one pass); returns how many."""
+    due = await asyncio.to_thread(_quiet, platform)
+    await asyncio.gather(*(poll(platform, d, r) for d, r in due))
+    return len(due)
+
+
+async def reconcile_once(platform: Platform) -> tuple[int, int]:
+    """One pass of both safety nets; returns (dispatches sent or retried, dispatches polled)."""
+    sent = await send_due(platform)
+    return sent, await poll_quiet(platform)
+
+
+def _quiet(platform: Platform) -> list[tuple[str, str]]:
+    quiet_since = utcnow() - timedelta(seconds=platform.settings.webhook_grace_s)
+    with platform.session() as session:
+        rows = session.exec(
+            select(Dispatch.id, Dispatch.runpod_job_id)
+            .where(
+                col(Dispatch.status) == DispatchStatus.SUBMITTED,
+                col(Dispatch.submitted_at) < quiet_since,
+                sa.or_(
+                    col(Dispatch.last_polled_at).is_(None),
+                    col(Dispatch.last_polled_at) < quiet_since,
+                ),
+            )
+            .order_by(col(Dispatch.submitted_at))
+            .limit(BATCH)
+        ).all()
+    return [(dispatch_id, runpod_id) for dispatch_id, runpod_id in rows if runpod_id]
+
+
+async def poll(platform: Platform, dispatch_id: str, runpod_job_id: str) -> None:
+    try:
+        reply = await platform.runpod.status(runpod_job_id)
+    except RunPodError as exc:
+        log.warning("status of %s unavailable: %s", runpod_job_id, exc)
+        return
+    state = RunPodJobState.model_validate(reply) if reply is not None else lost(runpod_job_id)
+    await asyncio.to_thread(_apply, platform, dispatch_id, state)
+
+
+def _apply(platform: Platform, dispatch_id: str, state: RunPodJobState) -> None:
+    with platform.session_scope() as session:
+        if not state.final:
+            lifecycle.note_polled(session, dispatch_id, state.status)
+            return
+        lifecycle.finish_dispatch(
+            session, platform.settings, platform.storage, dispatch_id, report_of(state)
+        )

@@ -1,0 +1,129 @@
+"""The sender: the only code that hands dispatches to RunPod (`POST /run`).
+
+Writers leave dispatches `pending` and wake the sender when they commit; its timer also
+retries sends that failed. Each dispatch is claimed (pending → submitting) by one sender at a
+time; a claim older than STALE_CLAIM is taken over, so a crash between claim and record never
+strands a chunk. RunPod's webhook may arrive before `/run` has returned: it is routed by the
+dispatch id in its URL, so the order does not matter.
+"""
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from control_plane import lifecycle
+from control_plane.models import Dispatch, Output, OutputStatus, Upload, utcnow
+from control_plane.platform import Platform
+from control_plane.runpod.client import RunPodError
+from control_plane.runpod.wire import run_body
+from shared import layout
+from shared.contract import DispatchInput, ImageParams, WorkItem
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+STALE_CLAIM = timedelta(minutes=2)
+SEND_CONCURRENCY = 8
+BATCH = 200
+
+
+async def send_due(platform: Platform) -> int:
+    """Send every dispatch that waits (one pass); returns how many were tried.
+
+    A dispatch whose send fails in this pass waits for the next one (a wake or the timer),
+    so an outage at RunPod is retried at the timer's pace, not in a tight loop.
+    """
+    started, tried = utcnow(), 0
+    while True:
+        due = await asyncio.to_thread(_due, platform, started)
+        await _send_all(platform, due)
+        tried += len(due)
+        if len(due) < BATCH:
+            return tried
+
+
+def _due(platform: Platform, started: datetime) -> list[str]:
+    with platform.session() as session:
+        waiting = lifecycle.claimable(utcnow(), STALE_CLAIM)
+        ids = session.exec(
+            select(Dispatch.id)
+            .where(waiting, col(Dispatch.updated_at) <= started)
+            .order_by(col(Dispatch.created_at))
+            .limit(BATCH)
+        ).all()
+    return list(ids)
+
+
+async def _send_all(platform: Platform, dispatch_ids: list[str]) -> None:
+    limit = asyncio.Semaphore(SEND_CONCURRENCY)
+
+    async def send_one(dispatch_id: str) -> None:
+        async with limit:
+            await send(platform, dispatch_id)
+
+    await asyncio.gather(*(send_one(dispatch_id) for dispatch_id in dispatch_ids))
+
+
+async def send(platform: Platform, dispatch_id: str) -> None:
+    body = await asyncio.to_thread(_claim, platform, dispatch_id)
+    if body is None:
+        return
+    try:
+        runpod_job_id = await platform.runpod.run(body)
+    except RunPodError as error:
+        await asyncio.to_thread(_release, platform, dispatch_id, str(error))
+        return
+    if not await asyncio.to_thread(_record, platform, dispatch_id, runpod_job_id):
+        await cancel_quietly(platform, runpod_job_id)
+
+
+async def cancel_quietly(platform: Platform, runpod_job_id: str) -> None:
+    """Ask RunPod to cancel a job; a failure is only logged (the job may be finished)."""
+    try:
+        await platform.runpod.cancel(runpod_job_id)
+    except RunPodError as exc:
+        log.info("RunPod cancel of %s: %s", runpod_job_id, exc)
+
+
+def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
+    with platform.session_scope() as session:
+        dispatch = lifecycle.claim(session, dispatch_id, STALE_CLAIM)
+        if dispatch is None:
+            return None
+        return run_body(platform.settings, dispatch, _input_of(session, platform.storage, dispatch))
+
+
+def _record(platform: Platform, dispatch_id: str, runpod_job_id: str) -> bool:
+    with platform.session_scope() as session:
+        return lifecycle.mark_submitted(session, dispatch_id, runpod_job_id)
+
+
+def _release(platform: Platform, dispatch_id: str, error: str) -> None:
+    with platform.session_scope() as session:
+        lifecycle.release_claim(session, platform.settings, dispatch_id, error)
+
+
+def _input_of(session: Session, storage: Storage, dispatch: Dispatch) -> DispatchInput:
+    """The worker's input: the dispatch's unfinished images, references as storage URIs."""
+    outputs = session.exec(
+        select(Output).where(Output.dispatch_id == dispatch.id).order_by(col(Output.position))
+    ).all()
+    reference_ids = {ref for output in outputs for ref in output.reference_ids}
+    keys = dict(
+        session.exec(
+            select(Upload.id, Upload.storage_key).where(col(Upload.id).in_(reference_ids))
+        ).all()
+    )
+    items = [
+        WorkItem(
+            output_id=output.id,
+            prompt=output.prompt,
+            reference_uris=[storage.uri(keys[ref]) for ref in output.reference_ids],
+            params=ImageParams(seed=output.seed, **output.params),
+            output_key=layout.output_stem(output.group_id, output.job_id, output.id),
+        )
+        for output in outputs
+        if output.status not in (OutputStatus.SUCCEEDED, OutputStatus.BLOCKED)
+    ]
+    return DispatchInput(dispatch_id=dispatch.id, job_id=dispatch.job_id, items=items)

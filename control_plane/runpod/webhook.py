@@ -1,0 +1,42 @@
+"""RunPod's completion callback. Unsigned, so authenticated by the per-dispatch token in its
+URL (checked before the body is read); idempotent, so RunPod's re-sends change nothing."""
+
+import hmac
+import logging
+
+from pydantic import ValidationError
+from sqlmodel import Session
+
+from control_plane import lifecycle
+from control_plane.errors import InvalidRequest, Unauthorized, describe_validation
+from control_plane.models import Dispatch
+from control_plane.runpod.wire import RunPodJobState, report_of
+from control_plane.settings import Settings
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+BODY_SCHEMA = RunPodJobState.model_json_schema()
+
+
+def authenticate(session: Session, dispatch_id: str, token: str) -> None:
+    """Unauthorized unless `token` is the dispatch's own webhook token."""
+    row = session.get(Dispatch, dispatch_id) if dispatch_id else None
+    if row is None or not hmac.compare_digest(row.webhook_token.encode(), token.encode()):
+        log.warning("webhook with a wrong or missing token for dispatch %r", dispatch_id[:80])
+        raise Unauthorized("invalid webhook token")
+
+
+def receive(
+    session: Session, settings: Settings, storage: Storage, dispatch_id: str, body: bytes
+) -> dict[str, str]:
+    """Apply a webhook's job state to the dispatch (commits); the answer for RunPod."""
+    try:
+        state = RunPodJobState.model_validate_json(body)
+    except ValidationError as exc:
+        problems = describe_validation(exc.errors(include_input=False)) or "body: invalid"
+        raise InvalidRequest(f"not a RunPod job state: {problems}") from None
+    if not state.final:
+        return {"status": "ignored", "reason": f"{state.status} is not a final state"}
+    lifecycle.finish_dispatch(session, settings, storage, dispatch_id, report_of(state))
+    session.commit()
+    return {"status": "accepted"}

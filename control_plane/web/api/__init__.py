@@ -1,0 +1,1 @@
+"""The JSON API under /api: thin routes that validate, call a service, present the result."""

@@ -1,0 +1,38 @@
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from control_plane.runpod import webhook
+from control_plane.web.deps import PlatformDep, SessionDep
+
+router = APIRouter(prefix="/api/webhook", tags=["webhook"])
+
+
+@router.get("/runpod")
+def webhook_health() -> dict[str, str]:
+    """Health check for the RunPod webhook."""
+    return {"status": "ok"}
+
+
+@router.post(
+    "/runpod",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": webhook.BODY_SCHEMA}},
+        }
+    },
+)
+async def runpod_webhook(
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    dispatch_id: str = Query("", alias="dispatch"),
+    token: str = Query(""),
+) -> dict[str, str]:
+    """RunPod's completion callback: authenticated by the dispatch's token in the URL (before
+    the body is read); idempotent, so RunPod's re-sends change nothing."""
+    await run_in_threadpool(webhook.authenticate, session, dispatch_id, token)
+    body = await request.body()
+    return await run_in_threadpool(
+        webhook.receive, session, platform.settings, platform.storage, dispatch_id, body
+    )

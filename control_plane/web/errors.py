@@ -1,0 +1,46 @@
+"""Errors as answers: JSON for the API, an HTML page for people (the UI's pages)."""
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from control_plane.errors import DomainError, describe_validation
+from control_plane.web.ui.routes import error_page
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> Response:
+        if _for_people(request):
+            return error_page(request, exc.status_code, exc.message)
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
+        problems = describe_validation(exc.errors())
+        if _for_people(request):
+            return error_page(request, 422, problems)
+        return JSONResponse({"detail": problems, "errors": jsonable_errors(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _for_people(request):
+            return error_page(request, exc.status_code, str(exc.detail), exc.headers)
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+
+def _for_people(request: Request) -> bool:
+    """A page of the web UI (answered in HTML) rather than the JSON API."""
+    return request.method in ("GET", "POST") and not request.url.path.startswith(
+        ("/api/", "/healthz", "/docs", "/redoc", "/openapi.json")
+    )
+
+
+def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
+    return [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
+        for error in exc.errors()
+    ]

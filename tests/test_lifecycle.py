@@ -1,0 +1,75 @@
+"""Every transition writes its event in the transaction that made it, exactly once."""
+
+from sqlmodel import col, select
+
+from control_plane.models import Event
+from tests.test_api import Api, _completed_body, _hook, _submit_one_dispatch
+
+pytest_plugins = ["tests.test_api"]
+
+
+def _events(api: Api, after: int = 0) -> list[Event]:
+    with api.session() as session:
+        return list(
+            session.exec(select(Event).where(col(Event.id) > after).order_by(col(Event.id))).all()
+        )
+
+
+def _kinds(events: list[Event]) -> list[str]:
+    return [event.kind for event in events]
+
+
+def test_a_jobs_path_writes_each_transition_once(api: Api) -> None:
+    job_id, dispatch = _submit_one_dispatch(api)
+    submitted = _events(api)
+    assert _kinds(submitted) == ["job_queued", "dispatch_queued", "dispatch_started", "job_started"]
+    assert submitted[0].data == {"total": 3} and submitted[2].dispatch_id == dispatch.id
+    assert submitted[2].data["runpod_job_id"] == dispatch.runpod_job_id
+
+    body = _completed_body(api, dispatch)
+    first, second, _ = body["output"]["results"]
+    second.update(status="blocked", error="IMAGE_SAFETY", output_uri=None)
+    del body["output"]["results"][2]  # the worker said nothing about the third image
+    for _ in range(2):  # RunPod may deliver the webhook twice: the second changes nothing
+        assert _hook(api, dispatch, body).status_code == 200
+    finished = _events(api, submitted[-1].id or 0)
+    assert _kinds(finished) == [
+        "output_succeeded",
+        "output_blocked",
+        "output_failed",
+        "dispatch_completed",
+        "job_finished",
+    ]
+    assert finished[0].output_id == first["output_id"]
+    assert finished[1].data == {"error": "IMAGE_SAFETY"}
+    assert "no result" in finished[2].data["error"]
+    assert finished[-1].data == {"status": "completed", "succeeded": 1, "failed": 1, "blocked": 1}
+
+    assert api.client.post(f"/api/jobs/{job_id}/retry").status_code == 200
+    api.drain()
+    retried = _events(api, finished[-1].id or 0)
+    assert _kinds(retried) == [
+        "output_retried",
+        "dispatch_queued",
+        "job_reopened",
+        "dispatch_started",
+    ]
+    assert retried[0].output_id == finished[2].output_id
+
+    assert api.client.post(f"/api/jobs/{job_id}/cancel").status_code == 200
+    cancelled = _events(api, retried[-1].id or 0)
+    assert _kinds(cancelled) == ["dispatch_failed", "output_failed", "job_finished"]
+    assert cancelled[0].data["reason"] == "cancelled by user" and not cancelled[0].data["retry"]
+    assert cancelled[0].data["runpod_job_id"] == retried[-1].data["runpod_job_id"]
+    assert cancelled[-1].data == {"status": "cancelled"}
+
+
+def test_a_failed_dispatch_is_retried_as_a_new_queued_dispatch(api: Api) -> None:
+    _, dispatch = _submit_one_dispatch(api)
+    start = _events(api)[-1].id or 0
+    assert _hook(api, dispatch, {"status": "TIMED_OUT"}).status_code == 200
+    api.drain()
+    events = _events(api, start)
+    assert _kinds(events) == ["dispatch_failed", "dispatch_queued", "dispatch_started"]
+    assert events[0].data["retry"] is True and "timed the job out" in events[0].data["reason"]
+    assert events[1].data == {"attempt": 2} and events[1].dispatch_id != dispatch.id
