@@ -69,6 +69,7 @@ class Relay:
         self.engine = engine
         self.wake = wake
         self.consumers: list[Consumer] = []
+        self._cursors_made: set[str] = set()
 
     def subscribe(self, consumer: Consumer) -> None:
         if any(known.name == consumer.name for known in self.consumers):
@@ -80,7 +81,9 @@ class Relay:
         return sum(self._catch_up(consumer) for consumer in self.consumers)
 
     def _catch_up(self, consumer: Consumer) -> int:
-        _ensure_cursor(self.engine, consumer.name)
+        if consumer.name not in self._cursors_made:
+            _ensure_cursor(self.engine, consumer.name)
+            self._cursors_made.add(consumer.name)
         passed = 0
         while True:
             start, events = self._next_events(consumer.name)

@@ -5,7 +5,6 @@ loopback or plain-http URL, an open API) are refused at start-up rather than dis
 production.
 """
 
-from functools import cache
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -92,8 +91,3 @@ class Settings(CommonSettings):
 def _is_local(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     return host in ("localhost", "0.0.0.0", "::1", "::") or host.startswith("127.")
-
-
-@cache
-def get_settings() -> Settings:
-    return Settings()

@@ -1,6 +1,7 @@
 """Identifiers: a readable prefix plus a time-ordered, unguessable body."""
 
 import os
+import re
 import secrets
 import time
 
@@ -23,6 +24,16 @@ def new_id(prefix: str) -> str:
     millis = time.time_ns() // 1_000_000
     randomness = int.from_bytes(os.urandom(10), "big")
     return f"{prefix}_{_base32(millis, 10)}{_base32(randomness, 16)}"
+
+
+_BODY = re.compile(f"[{_ALPHABET}]{{26}}")
+
+
+def is_id(prefix: str, value: str) -> bool:
+    """Whether `value` has the shape of an id `new_id(prefix)` makes (exactly: no padding,
+    no other case), so malformed ids are refused before any database compares them."""
+    head, underscore, body = value.partition("_")
+    return head == prefix and bool(underscore) and _BODY.fullmatch(body) is not None
 
 
 def new_token() -> str:

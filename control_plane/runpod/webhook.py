@@ -12,6 +12,7 @@ from control_plane.errors import InvalidRequest, Unauthorized, describe_validati
 from control_plane.models import Dispatch
 from control_plane.runpod.wire import RunPodJobState, report_of
 from control_plane.settings import Settings
+from shared.ids import is_id
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ BODY_SCHEMA = RunPodJobState.model_json_schema()
 
 def authenticate(session: Session, dispatch_id: str, token: str) -> None:
     """Unauthorized unless `token` is the dispatch's own webhook token."""
-    row = session.get(Dispatch, dispatch_id) if dispatch_id else None
+    row = session.get(Dispatch, dispatch_id) if is_id("dsp", dispatch_id) else None
     if row is None or not hmac.compare_digest(row.webhook_token.encode(), token.encode()):
         log.warning("webhook with a wrong or missing token for dispatch %r", dispatch_id[:80])
         raise Unauthorized("invalid webhook token")

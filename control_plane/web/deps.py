@@ -6,7 +6,9 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlmodel import Session
 
+from control_plane.errors import NotFound
 from control_plane.platform import Platform
+from shared.ids import is_id
 
 
 def get_platform(request: Request) -> Platform:
@@ -23,3 +25,33 @@ PlatformDep = Annotated[Platform, Depends(get_platform)]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000, description="1-based page number")]
 PageLimit = Annotated[int, Query(ge=1, le=200, description="items per page")]
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _known_shape(value: str, prefix: str, what: str) -> str:
+    """`value` if it is shaped like an id of `prefix`, else the answer an unknown id gets."""
+    if not is_id(prefix, value):
+        raise NotFound(f"{what} {value} does not exist")
+    return value
+
+
+def group_id_of(group_id: str) -> str:
+    return _known_shape(group_id, "grp", "group")
+
+
+def job_id_of(job_id: str) -> str:
+    return _known_shape(job_id, "job", "job")
+
+
+def upload_id_of(upload_id: str) -> str:
+    return _known_shape(upload_id, "img", "upload")
+
+
+def output_id_of(output_id: str) -> str:
+    return _known_shape(output_id, "out", "image")
+
+
+# Ids in paths, checked at the edge: a malformed one is a 404 before any query runs.
+GroupId = Annotated[str, Depends(group_id_of)]
+JobId = Annotated[str, Depends(job_id_of)]
+UploadId = Annotated[str, Depends(upload_id_of)]
+OutputId = Annotated[str, Depends(output_id_of)]

@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 from control_plane.schemas import DownloadItem
 from control_plane.services import archive, groups
 from control_plane.services.uploads import safe_stem
-from control_plane.web.deps import PlatformDep, SessionDep
+from control_plane.web.deps import GroupId, PlatformDep, SessionDep
 from control_plane.web.present import download_item
 
 router = APIRouter(prefix="/api/download", tags=["download"])
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api/download", tags=["download"])
 
 @router.get("/{group_id}")
 def list_downloads(
-    group_id: str, request: Request, platform: PlatformDep, session: SessionDep
+    group_id: GroupId, request: Request, platform: PlatformDep, session: SessionDep
 ) -> list[DownloadItem]:
     """The group's finished images with URLs."""
     group = groups.get_group(session, group_id)
@@ -27,7 +27,7 @@ def list_downloads(
 
 @router.get("/{group_id}/zip", response_class=StreamingResponse)
 async def download_zip(
-    group_id: str, platform: PlatformDep, session: SessionDep
+    group_id: GroupId, platform: PlatformDep, session: SessionDep
 ) -> StreamingResponse:
     """The group as a ZIP (streamed): every finished image plus manifest.jsonl."""
     group = await run_in_threadpool(groups.get_group, session, group_id)

@@ -3,7 +3,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from control_plane.schemas import GroupCounts, GroupCreate, GroupPublic, Page
 from control_plane.services import cleanup, groups
-from control_plane.web.deps import PageLimit, PageNumber, PlatformDep, SessionDep
+from control_plane.web.deps import GroupId, PageLimit, PageNumber, PlatformDep, SessionDep
 
 router = APIRouter(prefix="/api/groups", tags=["groups"])
 
@@ -24,12 +24,12 @@ def list_groups(
 
 
 @router.delete("/{group_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_group(group_id: str, platform: PlatformDep, session: SessionDep) -> None:
+async def delete_group(group_id: GroupId, platform: PlatformDep, session: SessionDep) -> None:
     """Delete the group, its uploads, jobs and images (409 while a job is running)."""
     await run_in_threadpool(cleanup.delete_group, session, platform.storage, group_id)
 
 
 @router.get("/{group_id}")
-def get_group(group_id: str, session: SessionDep) -> GroupPublic:
+def get_group(group_id: GroupId, session: SessionDep) -> GroupPublic:
     group = groups.get_group(session, group_id)
     return GroupPublic(**group.model_dump(), counts=groups.group_counts(session, group.id))

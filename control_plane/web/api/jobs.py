@@ -4,7 +4,14 @@ from fastapi.concurrency import run_in_threadpool
 from control_plane.models import JobStatus
 from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
 from control_plane.services import cleanup, jobs, submissions
-from control_plane.web.deps import PageLimit, PageNumber, PlatformDep, SessionDep
+from control_plane.web.deps import (
+    JobId,
+    PageLimit,
+    PageNumber,
+    PlatformDep,
+    SessionDep,
+    group_id_of,
+)
 from control_plane.web.present import job_detail, job_public
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -15,6 +22,7 @@ async def submit_jobs(
     body: SubmitRequest, platform: PlatformDep, session: SessionDep
 ) -> SubmitResponse:
     """Plan and queue a submission; its dispatches go to RunPod in the background."""
+    group_id_of(body.group_id)
     created = await run_in_threadpool(submissions.submit, session, platform.settings, body)
     return SubmitResponse(batch_id=created[0].batch_id, jobs=[job_public(job) for job in created])
 
@@ -36,26 +44,28 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, request: Request, platform: PlatformDep, session: SessionDep) -> JobDetail:
+def get_job(
+    job_id: JobId, request: Request, platform: PlatformDep, session: SessionDep
+) -> JobDetail:
     job = jobs.get_job(session, job_id)
     return job_detail(request, platform.storage, job, jobs.outputs_of(session, job.id))
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_job(job_id: str, platform: PlatformDep, session: SessionDep) -> None:
+async def delete_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -> None:
     """Delete a finished job and its images (409 while it is running)."""
     await run_in_threadpool(cleanup.delete_job, session, platform.storage, job_id)
 
 
 @router.post("/{job_id}/cancel")
-async def cancel_job(job_id: str, session: SessionDep) -> JobPublic:
+async def cancel_job(job_id: JobId, session: SessionDep) -> JobPublic:
     """Cancel a job: its unfinished images fail as "cancelled"; RunPod jobs are cancelled too."""
     await run_in_threadpool(jobs.cancel, session, job_id)
     return job_public(jobs.get_job(session, job_id))
 
 
 @router.post("/{job_id}/retry")
-async def retry_job(job_id: str, platform: PlatformDep, session: SessionDep) -> JobPublic:
+async def retry_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -> JobPublic:
     """Queue the job's failed images again."""
     await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
     return job_public(jobs.get_job(session, job_id))

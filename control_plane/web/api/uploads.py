@@ -4,7 +4,7 @@ from fastapi.concurrency import run_in_threadpool
 from control_plane.errors import InvalidRequest
 from control_plane.schemas import UploadResult
 from control_plane.services import uploads
-from control_plane.web.deps import PlatformDep, SessionDep
+from control_plane.web.deps import PlatformDep, SessionDep, group_id_of
 from control_plane.web.forms import incoming_files, read_form
 from control_plane.web.present import upload_public
 
@@ -44,6 +44,7 @@ async def upload_images(
         group_id = form.get("group_id")
         if not isinstance(group_id, str) or not group_id:
             raise InvalidRequest("form field group_id is required")
+        group_id_of(group_id)
         stored, rejected = await run_in_threadpool(
             uploads.accept,
             session,

@@ -20,7 +20,7 @@ from control_plane.errors import DomainError, InvalidRequest, NotFound, describe
 from control_plane.models import ACTIVE_JOB
 from control_plane.schemas import GroupCreate, SubmitRequest
 from control_plane.services import groups, jobs, submissions, uploads
-from control_plane.web.deps import PageNumber, PlatformDep, SessionDep
+from control_plane.web.deps import GroupId, JobId, PageNumber, PlatformDep, SessionDep
 from control_plane.web.forms import chosen_files, incoming_files, read_form
 from control_plane.web.present import job_detail, job_public, upload_public
 from shared.catalog import models
@@ -69,7 +69,7 @@ async def create_group(request: Request, session: SessionDep) -> Response:
 
 @router.get("/groups/{group_id}", response_class=HTMLResponse)
 def group_page(
-    group_id: str,
+    group_id: GroupId,
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
@@ -114,7 +114,7 @@ def _group(
 
 @router.post("/groups/{group_id}/uploads", response_class=HTMLResponse)
 async def upload(
-    group_id: str, request: Request, platform: PlatformDep, session: SessionDep
+    group_id: GroupId, request: Request, platform: PlatformDep, session: SessionDep
 ) -> Response:
     form = await read_form(request, platform)
     try:
@@ -163,7 +163,7 @@ async def upload(
 
 @router.post("/groups/{group_id}/submit", response_class=HTMLResponse)
 async def submit(
-    group_id: str, request: Request, platform: PlatformDep, session: SessionDep
+    group_id: GroupId, request: Request, platform: PlatformDep, session: SessionDep
 ) -> Response:
     form = await request.form()
     try:
@@ -230,7 +230,7 @@ def _submission(session: SessionDep, group_id: str, form: FormData) -> dict[str,
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(
-    job_id: str, request: Request, platform: PlatformDep, session: SessionDep
+    job_id: JobId, request: Request, platform: PlatformDep, session: SessionDep
 ) -> HTMLResponse:
     job = jobs.get_job(session, job_id)
     detail = job_detail(request, platform.storage, job, jobs.outputs_of(session, job_id))
@@ -239,13 +239,13 @@ def job_page(
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel(job_id: str, session: SessionDep) -> Response:
+async def cancel(job_id: JobId, session: SessionDep) -> Response:
     await run_in_threadpool(jobs.cancel, session, job_id)
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/jobs/{job_id}/retry")
-async def retry(job_id: str, platform: PlatformDep, session: SessionDep) -> Response:
+async def retry(job_id: JobId, platform: PlatformDep, session: SessionDep) -> Response:
     await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
