@@ -12,7 +12,7 @@ the prompt text:
     anything else -> a PNG (plus a text part; Gemini 3 models also send a thought image first)
 
 It checks the API key (400 API_KEY_INVALID like the real service), the model (404), the
-aspect ratio / image size / number of references against `shared.catalog`, and records
+aspect ratio / image size / number of references against `shared.model_table`, and records
 every call in `calls`. Images are real PNGs whose shape follows the requested aspect ratio
 (1/16 of the real pixel size) and whose colour follows prompt and seed.
 
@@ -34,8 +34,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from shared.catalog import models
 from shared.images import output_size
+from shared.model_table import model_table
 from tests.servers import reserve_socket, run_server
 
 KEYWORD_BLOCK_PROMPT = "BLOCKPROMPT"
@@ -212,7 +212,7 @@ class FakeGemini:
                 },
             )
             return _Answer(400, body, "bad-key")
-        spec = models().get(call.model)
+        spec = model_table().get(call.model)
         if spec is None or action != "generateContent":
             missing = f"models/{call.model} is not found for API version {call.api_version}"
             return _Answer(404, google_error(404, "NOT_FOUND", missing), "not-found")

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from control_plane.settings import Settings
-from shared.catalog import models
 from shared.images import output_size
+from shared.model_table import model_table
 from tests import test_e2e
 from tests.fake_gemini import (
     KEYWORD_BLOCK_PROMPT,
@@ -177,7 +177,7 @@ def test_mixed_outcomes_end_to_end(gemini_stack: Stack, fake: ScriptedGemini) ->
             assert job["status"] == "completed", job
             assert image["status"] == "succeeded", image
             assert image["attempts"] == succeeded
-            assert image["cost_usd"] == models()[FLASH_31].price_for("512") == 0.045
+            assert image["cost_usd"] == model_table()[FLASH_31].price_for("512") == 0.045
             expected = _expected_png(fake, prompt, 1000 + index, "16:9", "512")
             assert (image["width"], image["height"]) == Image.open(io.BytesIO(expected)).size
             _check_downloads(stack, image, expected)  # the real image, not the thought one
@@ -204,7 +204,7 @@ def test_mixed_outcomes_end_to_end(gemini_stack: Stack, fake: ScriptedGemini) ->
     for position, image in enumerate(auto["images"]):
         assert image["status"] == "succeeded" and image["model"] == FLASH
         assert image["provider"] == "gemini" and image["attempts"] == 1
-        assert image["cost_usd"] == models()[FLASH].price_usd
+        assert image["cost_usd"] == model_table()[FLASH].price_usd
         assert image["reference_ids"] == [refs[2 + position]]
         expected = _expected_png(fake, auto["prompt"], 500 + position, "3:4", None)
         _check_downloads(stack, image, expected)

@@ -18,8 +18,8 @@ from control_plane.schemas import (
     SemiAutomaticSubmit,
 )
 from control_plane.settings import Settings
-from shared.catalog import models
 from shared.ids import new_id
+from shared.model_table import model_table
 
 
 def submit(
@@ -58,7 +58,7 @@ def _plan(
 
 def resolve_params(config: GenerationConfig, settings: Settings) -> dict[str, str | None]:
     """Fill defaults and check the model, ratio and size against the model table (422 if not)."""
-    table = models()
+    table = model_table()
     model = config.model or settings.default_model
     spec = table.get(model)
     if spec is None:
@@ -101,7 +101,7 @@ def _check_references(
         raise InvalidRequest(
             f"{len(missing)} image id(s) are not uploads of group {group_id}: {shown}"
         )
-    limit = models()[model or ""].max_reference_images
+    limit = model_table()[model or ""].max_reference_images
     longest = max((len(ids) for ids in id_lists), default=0)
     if longest > limit:
         raise InvalidRequest(

@@ -35,7 +35,7 @@ import httpx
 from google import genai
 from google.genai import errors, types
 
-from shared.catalog import models
+from shared.model_table import model_table
 from worker.providers.base import (
     GeneratedImage,
     GenerationBlocked,
@@ -433,7 +433,7 @@ def image_size_for(model: str, requested: str | None) -> str | None:
 
     Models with one size (gemini-2.5-flash-image) get none: they have no such option.
     """
-    spec = models().get(model)
+    spec = model_table().get(model)
     if spec is None:
         return requested
     if len(spec.image_sizes) <= 1:
@@ -455,7 +455,7 @@ def build_config(request: GenerationRequest, seed: int) -> types.GenerateContent
 
 def price_of(model: str, image_size: str | None = None) -> float | None:
     """The standard price of one image from the model table (by size where it varies)."""
-    spec = models().get(model)
+    spec = model_table().get(model)
     return spec.price_for(image_size) if spec else None
 
 

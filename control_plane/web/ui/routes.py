@@ -23,7 +23,7 @@ from control_plane.services import groups, jobs, submissions, uploads
 from control_plane.web.deps import GroupId, JobId, PageNumber, PlatformDep, SessionDep
 from control_plane.web.forms import chosen_files, incoming_files, read_form
 from control_plane.web.present import job_detail, job_public, upload_public
-from shared.catalog import models
+from shared.model_table import model_table
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -103,7 +103,7 @@ def _group(
         "page": page,
         "pages": _pages(counts.uploads, UPLOADS_PER_PAGE),
         "jobs": [job_public(job) for job in group_jobs],
-        "models": models(),
+        "models": model_table(),
         "default_model": platform.settings.default_model,
         "notice": notice,
         "error": error,

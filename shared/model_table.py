@@ -67,7 +67,7 @@ DEFAULT_MODEL = "gemini-2.5-flash-image"
 
 
 @cache
-def models() -> dict[str, ModelSpec]:
+def model_table() -> dict[str, ModelSpec]:
     path = os.environ.get("PIXELFLEET_MODELS_FILE")
     if not path:
         return DEFAULT_MODELS
