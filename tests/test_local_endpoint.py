@@ -20,14 +20,14 @@ from shared.storage import LocalStorage
 from tests.servers import run_server
 from worker.local_endpoint import (
     JobHandler,
-    JobStatus,
+    RunPodStatus,
     build_endpoint_app_from_settings,
     create_endpoint_app,
 )
 from worker.settings import WorkerSettings
 
 KEY = "test-key"
-FINAL = {s.value for s in JobStatus if s.is_final}
+FINAL = {s.value for s in RunPodStatus if s.is_final}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -54,7 +54,7 @@ SWEEP_INTERVAL_S = 1.0  # background expiry sweep; requests also sweep before an
 CAPACITY_POLL_S = 0.05  # how often a full worker asks the concurrency_modifier again
 
 
-class JobStatus(StrEnum):
+class RunPodStatus(StrEnum):
     """A job's status as RunPod reports it.
 
     IN_QUEUE → IN_PROGRESS → one of the final states COMPLETED, FAILED, CANCELLED, TIMED_OUT.
@@ -70,7 +70,7 @@ class JobStatus(StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self not in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS)
+        return self not in (RunPodStatus.IN_QUEUE, RunPodStatus.IN_PROGRESS)
 
 
 class EndpointError(Exception):
@@ -106,14 +106,14 @@ class RunRequest:
 
 
 @dataclass
-class Job:
+class RunPodJob:
     id: str
     input: Any
     webhook: str | None
     execution_timeout_s: float
     ttl_s: float
     submitted_at: float  # time.monotonic(); reset by /retry
-    status: JobStatus = JobStatus.IN_QUEUE
+    status: RunPodStatus = RunPodStatus.IN_QUEUE
     result: dict[str, Any] = field(default_factory=dict)  # "output" and/or "error"
     started_at: float | None = None
     finished_at: float | None = None
@@ -246,7 +246,7 @@ class LocalEndpoint:
         self.concurrency = 1  # what the modifier last returned (runpod starts at 1)
         self.running = 0  # handler tasks not yet done
         self._taking = asyncio.Lock()
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, RunPodJob] = {}
         self.counters = {"completed": 0, "failed": 0, "retried": 0}
         self._queue: asyncio.Queue[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -286,8 +286,8 @@ class LocalEndpoint:
 
     # API operations
 
-    def submit(self, request: RunRequest, *, prefix: str = "") -> Job:
-        job = Job(
+    def submit(self, request: RunRequest, *, prefix: str = "") -> RunPodJob:
+        job = RunPodJob(
             id=f"{prefix}{uuid.uuid4()}-u1",
             input=request.input,
             webhook=request.webhook,
@@ -300,28 +300,28 @@ class LocalEndpoint:
         log.info("job %s queued", job.id)
         return job
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str) -> RunPodJob:
         job = self.jobs.get(job_id)
         if job is None:
             raise EndpointError(404, f"job {job_id} not found")
         return job
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str) -> RunPodJob:
         job = self.get(job_id)
         if job.status.is_final:
             return job
         if job.task is not None:
             job.task.cancel()
-        self._finish(job, JobStatus.CANCELLED, {})
+        self._finish(job, RunPodStatus.CANCELLED, {})
         return job
 
-    def retry(self, job_id: str) -> Job:
+    def retry(self, job_id: str) -> RunPodJob:
         job = self.get(job_id)
-        if job.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT):
+        if job.status not in (RunPodStatus.FAILED, RunPodStatus.TIMED_OUT):
             raise EndpointError(
                 400, f"job {job_id} is {job.status.value}: only FAILED or TIMED_OUT"
             )
-        job.status, job.result, job.task = JobStatus.IN_QUEUE, {}, None
+        job.status, job.result, job.task = RunPodStatus.IN_QUEUE, {}, None
         job.submitted_at, job.started_at, job.finished_at = time.monotonic(), None, None
         job.finished = asyncio.Event()
         self.counters["retried"] += 1
@@ -330,21 +330,21 @@ class LocalEndpoint:
         return job
 
     def purge_queue(self) -> int:
-        queued = [job.id for job in self.jobs.values() if job.status is JobStatus.IN_QUEUE]
+        queued = [job.id for job in self.jobs.values() if job.status is RunPodStatus.IN_QUEUE]
         for job_id in queued:
             del self.jobs[job_id]
         return len(queued)
 
     def health(self) -> dict[str, Any]:
         statuses = [job.status for job in self.jobs.values()]
-        running = statuses.count(JobStatus.IN_PROGRESS)
+        running = statuses.count(RunPodStatus.IN_PROGRESS)
         busy = 1 if running else 0
         return {
             "jobs": {
                 "completed": self.counters["completed"],
                 "failed": self.counters["failed"],
                 "inProgress": running,
-                "inQueue": statuses.count(JobStatus.IN_QUEUE),
+                "inQueue": statuses.count(RunPodStatus.IN_QUEUE),
                 "retried": self.counters["retried"],
             },
             "workers": {
@@ -357,7 +357,7 @@ class LocalEndpoint:
             },
         }
 
-    async def wait(self, job: Job, timeout_s: float) -> None:
+    async def wait(self, job: RunPodJob, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(job.finished.wait(), timeout_s)
 
@@ -384,7 +384,7 @@ class LocalEndpoint:
                 await self._wait_for_capacity()
                 job_id = await self.queue.get()
                 job = self.jobs.get(job_id)
-                if job is None or job.status is not JobStatus.IN_QUEUE:
+                if job is None or job.status is not RunPodStatus.IN_QUEUE:
                     continue
                 task, attempt = self._start(job), job.attempt
                 await asyncio.sleep(0)  # the handler's first step records its dispatch size
@@ -402,8 +402,8 @@ class LocalEndpoint:
                 return
             await asyncio.sleep(CAPACITY_POLL_S)
 
-    def _start(self, job: Job) -> "asyncio.Task[dict[str, Any]]":
-        job.status, job.started_at = JobStatus.IN_PROGRESS, time.monotonic()
+    def _start(self, job: RunPodJob) -> "asyncio.Task[dict[str, Any]]":
+        job.status, job.started_at = RunPodStatus.IN_PROGRESS, time.monotonic()
         job.attempt += 1
         payload = {"id": job.id, "input": copy.deepcopy(job.input)}
         task = asyncio.create_task(call_handler(self.handler, payload))
@@ -415,31 +415,35 @@ class LocalEndpoint:
     def _handler_done(self, task: "asyncio.Task[dict[str, Any]]") -> None:
         self.running -= 1
 
-    async def _execute(self, job: Job, attempt: int, task: "asyncio.Task[dict[str, Any]]") -> None:
+    async def _execute(
+        self, job: RunPodJob, attempt: int, task: "asyncio.Task[dict[str, Any]]"
+    ) -> None:
         done, _ = await asyncio.wait({task}, timeout=job.execution_timeout_s)
         if not self._still_running(job, attempt):
             await asyncio.wait({task})  # cancelled elsewhere (/cancel, ttl): let it unwind
             return
         if not done:
-            self._finish(job, JobStatus.TIMED_OUT, {})
+            self._finish(job, RunPodStatus.TIMED_OUT, {})
             task.cancel()
             await asyncio.wait({task})
             return
         result = task.result()
-        self._finish(job, JobStatus.FAILED if "error" in result else JobStatus.COMPLETED, result)
+        self._finish(
+            job, RunPodStatus.FAILED if "error" in result else RunPodStatus.COMPLETED, result
+        )
 
-    def _still_running(self, job: Job, attempt: int) -> bool:
+    def _still_running(self, job: RunPodJob, attempt: int) -> bool:
         return (
             self.jobs.get(job.id) is job
             and job.attempt == attempt
-            and job.status is JobStatus.IN_PROGRESS
+            and job.status is RunPodStatus.IN_PROGRESS
         )
 
-    def _finish(self, job: Job, status: JobStatus, result: dict[str, Any]) -> None:
+    def _finish(self, job: RunPodJob, status: RunPodStatus, result: dict[str, Any]) -> None:
         job.status, job.result, job.finished_at = status, result, time.monotonic()
-        if status is JobStatus.COMPLETED:
+        if status is RunPodStatus.COMPLETED:
             self.counters["completed"] += 1
-        elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
+        elif status in (RunPodStatus.FAILED, RunPodStatus.TIMED_OUT):
             self.counters["failed"] += 1
         job.finished.set()
         log.info("job %s %s", job.id, status.value)
