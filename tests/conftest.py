@@ -1,4 +1,5 @@
-"""Shared fixtures: databases (SQLite always, MariaDB/MySQL when reachable), storage, stacks."""
+"""Shared fixtures: databases (SQLite always, MariaDB/MySQL when reachable), settings, images;
+and, from tests/fakes/, the harnesses every folder may use (see tests/README.md)."""
 
 import io
 import os
@@ -12,6 +13,15 @@ from PIL import Image
 
 from control_plane.db import migrate
 from control_plane.settings import Settings
+
+# The fakes' own asserts report like a test's (they are imported by test modules too).
+pytest.register_assert_rewrite("tests.fakes")
+
+pytest_plugins = [
+    "tests.fakes.api",  # api: the app under a TestClient, RunPod's cloud mocked
+    "tests.fakes.stack",  # stack: the whole stack on real sockets
+    "tests.fakes.gcs_emulator",  # gcs_emulator, gcs_env, gcs_storage, service_account_info
+]
 
 MYSQL_URL = os.environ.get("PIXELFLEET_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REQUIRE_MYSQL = os.environ.get("PIXELFLEET_REQUIRE_MYSQL") == "1"

@@ -3,9 +3,7 @@
 from sqlmodel import col, select
 
 from control_plane.models import Event
-from tests.test_api import Api, _completed_body, _hook, _submit_one_dispatch
-
-pytest_plugins = ["tests.test_api"]
+from tests.fakes.api import Api, completed_body, hook, submit_one_dispatch
 
 
 def _events(api: Api, after: int = 0) -> list[Event]:
@@ -20,18 +18,18 @@ def _kinds(events: list[Event]) -> list[str]:
 
 
 def test_a_jobs_path_writes_each_transition_once(api: Api) -> None:
-    job_id, dispatch = _submit_one_dispatch(api)
+    job_id, dispatch = submit_one_dispatch(api)
     submitted = _events(api)
     assert _kinds(submitted) == ["job_queued", "dispatch_queued", "dispatch_started", "job_started"]
     assert submitted[0].data == {"total": 3} and submitted[2].dispatch_id == dispatch.id
     assert submitted[2].data["runpod_job_id"] == dispatch.runpod_job_id
 
-    body = _completed_body(api, dispatch)
+    body = completed_body(api, dispatch)
     first, second, _ = body["output"]["results"]
     second.update(status="blocked", error="IMAGE_SAFETY", output_uri=None)
     del body["output"]["results"][2]  # the worker said nothing about the third image
     for _ in range(2):  # RunPod may deliver the webhook twice: the second changes nothing
-        assert _hook(api, dispatch, body).status_code == 200
+        assert hook(api, dispatch, body).status_code == 200
     finished = _events(api, submitted[-1].id or 0)
     assert _kinds(finished) == [
         "output_succeeded",
@@ -65,9 +63,9 @@ def test_a_jobs_path_writes_each_transition_once(api: Api) -> None:
 
 
 def test_a_failed_dispatch_is_retried_as_a_new_queued_dispatch(api: Api) -> None:
-    _, dispatch = _submit_one_dispatch(api)
+    _, dispatch = submit_one_dispatch(api)
     start = _events(api)[-1].id or 0
-    assert _hook(api, dispatch, {"status": "TIMED_OUT"}).status_code == 200
+    assert hook(api, dispatch, {"status": "TIMED_OUT"}).status_code == 200
     api.drain()
     events = _events(api, start)
     assert _kinds(events) == ["dispatch_failed", "dispatch_queued", "dispatch_started"]

@@ -5,18 +5,16 @@ would."""
 
 import re
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
 
 import httpx
-import pytest
 from sqlmodel import Session, create_engine, func, select
 
 from control_plane.models import Group, Job, Upload
 from control_plane.settings import Settings
 from tests.conftest import png_bytes
-from tests.test_e2e import Stack, _check_zip_against_manifest, _read_zip, _stack
+from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
 
 
 class Page(HTMLParser):
@@ -61,11 +59,6 @@ class Page(HTMLParser):
     @property
     def all_text(self) -> str:
         return " ".join(" ".join(self.text).split())
-
-
-@pytest.fixture
-def stack(settings: Settings) -> Iterator[Stack]:
-    yield from _stack(settings)
 
 
 def _count(settings: Settings, model: type) -> int:
@@ -144,10 +137,10 @@ def test_a_dataset_from_the_browser(stack: Stack) -> None:
     group_page = Page(http.get(f"/groups/{group_id}").text)
     zip_link = f"/api/download/{group_id}/zip"
     assert zip_link in group_page.links and job_path in group_page.links
-    _, archive, manifest = _read_zip(stack, group_id)
+    _, archive, manifest = read_zip(stack, group_id)
     assert len(manifest) == 5 and all(line["status"] == "succeeded" for line in manifest)
     assert {line["seed"] for line in manifest} >= {7}
-    _check_zip_against_manifest(archive, manifest)
+    check_zip_against_manifest(archive, manifest)
 
 
 def test_a_clean_upload_redirects_so_a_reload_uploads_nothing_again(stack: Stack) -> None:
@@ -243,7 +236,9 @@ def test_bad_forms_say_why_and_change_nothing(stack: Stack) -> None:
 
 def test_cancel_and_retry_buttons(settings: Settings) -> None:
     # A slow provider keeps the job running long enough to press Cancel.
-    with contextmanager(_stack)(settings, offline_latency_ms=2_000, worker_concurrency=1) as stack:
+    with contextmanager(run_stack)(
+        settings, offline_latency_ms=2_000, worker_concurrency=1
+    ) as stack:
         http = stack.http
         group_id = _new_group(http, "slow")
         page = Page(
@@ -271,7 +266,7 @@ def test_cancel_and_retry_buttons(settings: Settings) -> None:
 
 def test_oversize_only_upload_is_413_as_in_the_api(settings: Settings) -> None:
     small = settings.model_copy(update={"upload_max_file_bytes": 100})
-    with contextmanager(_stack)(small) as stack:
+    with contextmanager(run_stack)(small) as stack:
         group_id = _new_group(stack.http, "tight")
         page = _upload(stack.http, group_id, [("big.png", png_bytes(200, 200, (1, 2, 3)))])
         assert page.status_code == 413

@@ -1,4 +1,5 @@
-"""The Storage contract on local disk and on GCS (gcp-storage-emulator), plus GCS specifics."""
+"""GCS storage (shared/storage/gcs.py) against gcp-storage-emulator: object properties,
+uploads, retries, read-ahead, signed URLs, configuration and credentials."""
 
 from __future__ import annotations
 
@@ -6,43 +7,26 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
 import httpx
 import pytest
 import requests
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
 from google.cloud import storage
 from google.cloud.storage.blob import Blob
 from google.oauth2 import service_account
 
-from shared.storage import LocalStorage, ObjectNotFound, Storage, StorageError, gcs, open_storage
+from shared.storage import ObjectNotFound, StorageError, gcs, open_storage
 from shared.storage.gcs import GCSStorage, client_from_env, parse_gs_url
+from tests.fakes.gcs_emulator import GCSEmulator, signing_client, verify_v4_signature
+from tests.fakes.interpreter import run_python
 
-if TYPE_CHECKING:
-    from tests.gcs_emulator import GCSEmulator
-
-pytest_plugins = ["tests.gcs_emulator"]  # fixtures: gcs_emulator, gcs_env, gcs_storage
-
-ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
-
-
-@pytest.fixture(params=["local", "gcs"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
-        return LocalStorage(tmp_path / "store")
-    gcs: GCSStorage = request.getfixturevalue("gcs_storage")
-    return gcs
 
 
 def sha(data: bytes) -> str:
@@ -53,177 +37,6 @@ def blob_of(emulator: GCSEmulator, store: GCSStorage, key: str) -> Blob:
     blob = emulator.client.bucket(emulator.bucket).get_blob(f"{store.prefix}/{key}")
     assert blob is not None, f"no blob for {key}"
     return blob
-
-
-class NonSeekable(io.RawIOBase):
-    """A pipe-like source: read() only."""
-
-    def __init__(self, data: bytes) -> None:
-        self._src = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        chunk = self._src.read(min(len(buffer), 100_000))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
-
-
-# -- the contract, on both backends --------------------------------------------------------
-
-
-def test_put_get_round_trip(store: Storage) -> None:
-    data = b"\x89PNG fake image bytes"
-    stored = store.put_bytes("jobs/1/a.png", data, content_type="image/png")
-    assert stored.key == "jobs/1/a.png"
-    assert stored.size == len(data)
-    assert stored.sha256 == sha(data)
-    assert stored.content_type == "image/png"
-    assert store.get_bytes("jobs/1/a.png") == data
-    assert store.size("jobs/1/a.png") == len(data)
-    assert store.exists("jobs/1/a.png")
-    store.put_bytes("jobs/1/a.png", b"replaced", content_type="image/png")
-    assert store.get_bytes("jobs/1/a.png") == b"replaced"
-
-
-def test_put_file_streams_from_the_current_position(store: Storage) -> None:
-    src = io.BytesIO(b"HEADERpayload after the header")
-    src.seek(6)
-    stored = store.put_file("x/rest.bin", src, content_type="application/octet-stream")
-    assert store.get_bytes("x/rest.bin") == b"payload after the header"
-    assert stored.size == len(b"payload after the header")
-    assert stored.sha256 == sha(b"payload after the header")
-
-
-def test_put_file_from_a_non_seekable_source(store: Storage) -> None:
-    data = os.urandom(300_000)
-    stored = store.put_file("pipe/data.bin", NonSeekable(data), content_type="image/webp")  # type: ignore[arg-type]
-    assert (stored.size, stored.sha256) == (len(data), sha(data))
-    assert store.get_bytes("pipe/data.bin") == data
-
-
-def test_iter_bytes_yields_bounded_chunks(store: Storage) -> None:
-    store.put_bytes("c/ten.bin", b"0123456789", content_type="application/octet-stream")
-    assert list(store.iter_bytes("c/ten.bin", chunk_size=4)) == [b"0123", b"4567", b"89"]
-    store.put_bytes("c/empty.bin", b"", content_type="application/octet-stream")
-    assert list(store.iter_bytes("c/empty.bin")) == []
-    assert store.size("c/empty.bin") == 0
-    data = os.urandom(3 * MIB + 5)
-    store.put_bytes("c/three.bin", data, content_type="application/octet-stream")
-    chunks = list(store.iter_bytes("c/three.bin", chunk_size=MIB))
-    assert [len(c) for c in chunks] == [MIB, MIB, MIB, 5]
-    assert b"".join(chunks) == data
-
-
-def test_list_with_prefix(store: Storage) -> None:
-    for key in ["a/1.png", "a/2.png", "a/b/3.png", "ab/4.png", "c.png"]:
-        store.put_bytes(key, key.encode(), content_type="image/png")
-    assert {i.key for i in store.list("a")} == {"a/1.png", "a/2.png", "a/b/3.png"}
-    assert {i.key for i in store.list("a/")} == {"a/1.png", "a/2.png", "a/b/3.png"}
-    assert {i.key for i in store.list("a/b")} == {"a/b/3.png"}
-    assert {i.key for i in store.list()} == {"a/1.png", "a/2.png", "a/b/3.png", "ab/4.png", "c.png"}
-    assert list(store.list("nothing")) == []
-    info = next(i for i in store.list("ab"))
-    assert info.size == len(b"ab/4.png")
-    assert info.updated.tzinfo is not None
-    assert abs(datetime.now(UTC) - info.updated) < timedelta(minutes=5)
-    for escaping in ("../outside", "a/../.."):
-        with pytest.raises(StorageError, match="invalid storage key"):
-            list(store.list(escaping))
-
-
-def test_delete_and_delete_prefix(store: Storage) -> None:
-    for key in ["d/1.png", "d/2.png", "d/e/3.png", "de/4.png", "keep.png"]:
-        store.put_bytes(key, b"x", content_type="image/png")
-    store.delete("keep.png")
-    assert not store.exists("keep.png")
-    store.delete("keep.png")  # missing is fine
-    store.delete("never/existed.png")
-    assert store.delete_prefix("d") == 3
-    assert {i.key for i in store.list()} == {"de/4.png"}
-    assert store.delete_prefix("d") == 0
-
-
-def test_missing_object_is_object_not_found(store: Storage) -> None:
-    with pytest.raises(ObjectNotFound):
-        store.get_bytes("no/such.png")
-    with pytest.raises(ObjectNotFound):
-        store.size("no/such.png")
-    with pytest.raises(ObjectNotFound):
-        next(iter(store.iter_bytes("no/such.png")))
-    assert not store.exists("no/such.png")
-
-
-def test_keys_and_uris(store: Storage) -> None:
-    uri = store.uri("jobs/7/out.png")
-    assert uri == store.url.rstrip("/") + "/jobs/7/out.png"
-    assert store.key_of(uri) == "jobs/7/out.png"
-    for outside in [
-        "gs://another-bucket/jobs/7/out.png",
-        store.url.rstrip("/") + "-sibling/jobs/7/out.png",
-        "/etc/passwd",
-    ]:
-        with pytest.raises(StorageError, match="outside"):
-            store.key_of(outside)
-    for bad in ["../escape.png", "a/../../b.png", "a//b.png", "/abs.png", "a/./b.png", ""]:
-        with pytest.raises(StorageError, match="invalid storage key"):
-            store.key_of(store.url.rstrip("/") + "/" + bad)
-        with pytest.raises(StorageError, match="invalid storage key"):
-            store.put_bytes(bad, b"x", content_type="image/png")
-
-
-def test_large_put_file_round_trip(store: Storage, tmp_path: Path) -> None:
-    data = os.urandom(20 * MIB)
-    src = tmp_path / "big.bin"
-    src.write_bytes(data)
-    with src.open("rb") as handle:
-        stored = store.put_file("big/20mb.bin", handle, content_type="application/octet-stream")
-    assert (stored.size, stored.sha256) == (len(data), sha(data))
-    assert store.size("big/20mb.bin") == len(data)
-    digest = hashlib.sha256()
-    for chunk in store.iter_bytes("big/20mb.bin", chunk_size=MIB):
-        assert len(chunk) <= MIB
-        digest.update(chunk)
-    assert digest.hexdigest() == sha(data)
-
-
-@pytest.mark.parametrize("prefetch", [0, 1, 3, 8])
-def test_iter_many_preserves_order_and_content(store: Storage, prefetch: int) -> None:
-    if isinstance(store, GCSStorage):
-        store.prefetch_max_object_bytes = 64 * 1024  # so some objects take the streamed path
-    sizes = [10, 0, 200_000, 5, 70_000, 1, 300_000, 64 * 1024, 3, 2, 150_000, 7]
-    contents = {f"many/{i:02d}.bin": os.urandom(n) for i, n in enumerate(sizes)}
-    for key, data in contents.items():
-        store.put_bytes(key, data, content_type="application/octet-stream")
-    order = [*sorted(contents, reverse=True), "many/03.bin"]  # not listing order; a repeat
-    seen = []
-    for key, chunks in store.iter_many(order, chunk_size=32 * 1024, prefetch=prefetch):
-        parts = list(chunks)
-        assert all(len(p) <= 32 * 1024 for p in parts)
-        seen.append((key, b"".join(parts)))
-    assert seen == [(key, contents[key]) for key in order]
-
-
-def test_iter_many_reports_a_missing_object_from_its_chunks(store: Storage) -> None:
-    store.put_bytes("m/a.bin", b"aaa", content_type="application/octet-stream")
-    store.put_bytes("m/c.bin", b"ccc", content_type="application/octet-stream")
-    results: list[tuple[str, bytes | str]] = []
-    for key, chunks in store.iter_many(["m/a.bin", "m/b.bin", "m/c.bin"], prefetch=2):
-        try:
-            results.append((key, b"".join(chunks)))
-        except ObjectNotFound:
-            results.append((key, "missing"))
-    assert results == [("m/a.bin", b"aaa"), ("m/b.bin", "missing"), ("m/c.bin", b"ccc")]
-
-
-def test_local_storage_has_no_signed_urls(tmp_path: Path) -> None:
-    local = LocalStorage(tmp_path)
-    local.put_bytes("a.png", b"x", content_type="image/png")
-    assert local.signed_url("a.png") is None
-
-
-# -- GCS specifics -------------------------------------------------------------------------
 
 
 def test_gcs_object_naming_and_properties(
@@ -291,7 +104,7 @@ def test_gcs_refuses_a_source_that_changes_during_upload(gcs_storage: GCSStorage
 def test_gcs_retries_transient_errors(
     gcs_emulator: GCSEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.gcs_emulator import anonymous_client
+    from tests.fakes.gcs_emulator import anonymous_client
 
     client = anonymous_client(gcs_emulator.url)
     store = GCSStorage(f"gs://{gcs_emulator.bucket}/retry", client=client)
@@ -419,67 +232,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-# -- signed URLs ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def service_account_info() -> dict[str, str]:
-    """A fake service-account key file's contents with a real RSA key."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return {
-        "type": "service_account",
-        "project_id": "test",
-        "private_key_id": "test-key-1",
-        "private_key": pem,
-        "client_email": "pixelfleet@test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
-
-
-def signing_client(emulator: GCSEmulator, info: dict[str, str]) -> storage.Client:
-    # Scoped already, so the client keeps this object (it re-scopes a copy otherwise), and
-    # given a token that is valid: the emulator ignores it and nothing calls token_uri.
-    credentials = service_account.Credentials.from_service_account_info(
-        info, scopes=storage.Client.SCOPE
-    )
-    credentials.token = "test-token"
-    credentials.expiry = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
-    return storage.Client(
-        project="test", credentials=credentials, client_options={"api_endpoint": emulator.url}
-    )
-
-
-def verify_v4_signature(url: str, public_pem: bytes) -> dict[str, str]:
-    """Check the URL's GOOG4-RSA-SHA256 signature (the emulator does not); returns its query."""
-    parts = urlsplit(url)
-    query, _, signature = parts.query.rpartition("&X-Goog-Signature=")
-    params = {k: v[0] for k, v in parse_qs(query).items()}
-    canonical = "\n".join(
-        ["GET", parts.path, query, f"host:{parts.netloc}\n", "host", "UNSIGNED-PAYLOAD"]
-    )
-    scope = unquote(params["X-Goog-Credential"]).split("/", 1)[1]
-    to_sign = "\n".join(
-        [
-            "GOOG4-RSA-SHA256",
-            params["X-Goog-Date"],
-            scope,
-            hashlib.sha256(canonical.encode()).hexdigest(),
-        ]
-    )
-    public_key = serialization.load_pem_public_key(public_pem)
-    assert isinstance(public_key, rsa.RSAPublicKey)
-    public_key.verify(
-        bytes.fromhex(signature), to_sign.encode(), padding.PKCS1v15(), hashes.SHA256()
-    )
-    return params
-
-
 def test_gcs_signed_url_fetches_the_object(
     gcs_emulator: GCSEmulator, service_account_info: dict[str, str]
 ) -> None:
@@ -515,9 +267,6 @@ def test_gcs_signed_url_fetches_the_object(
 def test_gcs_anonymous_client_gives_no_signed_url(gcs_storage: GCSStorage) -> None:
     gcs_storage.put_bytes("a.png", b"x", content_type="image/png")
     assert gcs_storage.signed_url("a.png") is None
-
-
-# -- configuration, validation, credentials --------------------------------------------------
 
 
 def test_gcs_missing_bucket_is_a_clear_error(gcs_emulator: GCSEmulator) -> None:
@@ -614,20 +363,6 @@ def test_missing_application_credentials_file_names_the_variable(
         open_storage("gs://my-bucket/x")
 
 
-def run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a clean interpreter: no Google credentials, no metadata server."""
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(ROOT),
-        "HOME": str(tmp_path),
-        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
-        "NO_GCE_CHECK": "true",
-    }
-    return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_no_credentials_at_all_says_how_to_fix_it(tmp_path: Path) -> None:
     result = run_python(
         "from shared.storage import open_storage, StorageError\n"
@@ -646,16 +381,3 @@ def test_no_credentials_at_all_says_how_to_fix_it(tmp_path: Path) -> None:
         "STORAGE_EMULATOR_HOST",
     ]:
         assert name in message
-
-
-def test_local_storage_does_not_import_google_cloud(tmp_path: Path) -> None:
-    result = run_python(
-        "import sys\n"
-        "from shared.storage import open_storage\n"
-        f"store = open_storage({str(tmp_path / 'local')!r})\n"
-        "store.put_bytes('a.png', b'x', content_type='image/png')\n"
-        "print(sorted(m for m in sys.modules if m.startswith('google')))\n",
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"

@@ -41,3 +41,11 @@ def run_server(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=20)
         sock.close()
+
+
+def free_port() -> int:
+    """A port free a moment ago, for a child process to listen on."""
+    sock = reserve_socket()
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port

@@ -17,7 +17,7 @@ from PIL import Image
 
 from shared.contract import DispatchInput, DispatchOutput, ImageParams, ResultStatus, WorkItem
 from shared.storage import LocalStorage
-from tests.servers import run_server
+from tests.fakes.servers import run_server
 from worker.local_endpoint import (
     JobHandler,
     RunPodStatus,

@@ -6,113 +6,10 @@ reconciler's /status polls), and the ZIP is read back file by file against its m
 """
 
 import hashlib
-import io
-import json
-import time
-import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import httpx
-import pytest
-from PIL import Image
-
-from control_plane.app import create_app
 from control_plane.settings import Settings
-from tests.conftest import png_bytes
-from tests.servers import reserve_socket, run_server, url_of
-from worker.local_endpoint import build_endpoint_app_from_settings
-from worker.settings import WorkerSettings
-
-
-@dataclass
-class Stack:
-    http: httpx.Client
-    settings: Settings
-
-    def group(self) -> str:
-        return self.http.post("/api/groups", json={"name": "e2e dataset"}).json()["id"]
-
-    def upload(self, group_id: str, n: int, batch: int = 100) -> list[str]:
-        ids: list[str] = []
-        for start in range(0, n, batch):
-            files = [
-                (
-                    "files",
-                    (
-                        f"photo {i}.png",
-                        png_bytes(48, 32, (i % 256, (i * 7) % 256, 90)),
-                        "image/png",
-                    ),
-                )
-                for i in range(start, min(n, start + batch))
-            ]
-            response = self.http.post("/api/uploads", data={"group_id": group_id}, files=files)
-            assert response.status_code == 201, response.text
-            ids += [image["id"] for image in response.json()["images"]]
-        return ids
-
-    def wait_for(self, job_ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            jobs = [self.http.get(f"/api/jobs/{job_id}").json() for job_id in job_ids]
-            if all(job["status"] in ("completed", "failed") for job in jobs):
-                return jobs
-            assert time.monotonic() < deadline, [job["progress"] for job in jobs]
-            time.sleep(0.2)
-
-
-def _stack(settings: Settings, **worker: Any) -> Iterator[Stack]:
-    defaults: dict[str, Any] = {
-        "provider": "offline",
-        "worker_concurrency": 16,
-        "worker_max_jobs": 4,
-        "webhook_retry_delay_s": 0.1,
-    }
-    worker_settings = WorkerSettings(storage_url=settings.storage_url, **{**defaults, **worker})
-    api_socket = reserve_socket()
-    with run_server(build_endpoint_app_from_settings(worker_settings)) as endpoint_url:
-        control = settings.model_copy(
-            update={"runpod_base_url": endpoint_url, "public_url": url_of(api_socket)}
-        )
-        with (
-            run_server(create_app(control), api_socket) as api_url,
-            httpx.Client(base_url=api_url, timeout=60) as http,
-        ):
-            yield Stack(http, control)
-
-
-@pytest.fixture
-def stack(settings: Settings) -> Iterator[Stack]:
-    yield from _stack(settings)
-
-
-def _read_zip(stack: Stack, group_id: str) -> tuple[bytes, zipfile.ZipFile, list[dict[str, Any]]]:
-    response = stack.http.get(f"/api/download/{group_id}/zip")
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "application/zip"
-    assert int(response.headers["content-length"]) == len(response.content)
-    archive = zipfile.ZipFile(io.BytesIO(response.content))
-    assert archive.testzip() is None
-    manifest = [json.loads(line) for line in archive.read("manifest.jsonl").decode().splitlines()]
-    return response.content, archive, manifest
-
-
-def _check_zip_against_manifest(archive: zipfile.ZipFile, manifest: list[dict[str, Any]]) -> None:
-    names = set(archive.namelist()) - {"manifest.jsonl"}
-    listed = {line["file"] for line in manifest if line["file"]}
-    assert names == listed
-    for line in manifest:
-        if line["status"] != "succeeded":
-            assert line["file"] is None and line["error"]
-            continue
-        data = archive.read(line["file"])
-        assert hashlib.sha256(data).hexdigest() == line["sha256"]
-        assert len(data) == line["bytes"]
-        assert Image.open(io.BytesIO(data)).size == (line["width"], line["height"])
-        assert line["provider"] == "offline" and line["model"] and line["seed"] is not None
-        assert ".." not in line["file"] and not line["file"].startswith("/")
+from tests.fakes.servers import reserve_socket, url_of
+from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
 
 
 def test_automatic_200_images_end_to_end(stack: Stack) -> None:
@@ -157,15 +54,15 @@ def test_automatic_200_images_end_to_end(stack: Stack) -> None:
         and hashlib.sha256(first.content).hexdigest() == listing[0]["sha256"]
     )
 
-    content, archive, manifest = _read_zip(stack, group_id)
+    content, archive, manifest = read_zip(stack, group_id)
     assert len(manifest) == 200 and all(line["status"] == "succeeded" for line in manifest)
-    _check_zip_against_manifest(archive, manifest)
+    check_zip_against_manifest(archive, manifest)
     assert archive.namelist()[1].endswith("_photo-0.jpg")  # source name kept, sanitised
-    again = _read_zip(stack, group_id)[1]  # deterministic order and content (timestamps are "now")
+    again = read_zip(stack, group_id)[1]  # deterministic order and content (timestamps are "now")
     assert [(i.filename, i.CRC, i.file_size) for i in again.infolist()] == [
         (i.filename, i.CRC, i.file_size) for i in archive.infolist()
     ]
-    assert len(content) == len(_read_zip(stack, group_id)[0])
+    assert len(content) == len(read_zip(stack, group_id)[0])
     group = stack.http.get(f"/api/groups/{group_id}").json()
     assert group["counts"]["succeeded"] == 200 and group["counts"]["uploads"] == 200
 
@@ -201,16 +98,16 @@ def test_semi_automatic_40_as_10_sets_of_4(stack: Stack) -> None:
     shas = {image["sha256"] for job in jobs for image in job["images"]}
     assert len(shas) == 40  # every image of every set differs (own seed)
 
-    _, archive, manifest = _read_zip(stack, group_id)
+    _, archive, manifest = read_zip(stack, group_id)
     assert len(manifest) == 40 and {line["set_index"] for line in manifest} == set(range(10))
-    _check_zip_against_manifest(archive, manifest)
+    check_zip_against_manifest(archive, manifest)
 
 
 def test_lost_webhooks_are_recovered_by_polling_status(settings: Settings) -> None:
     """Webhooks are hints: with every one lost, /status polling still finishes the job."""
     unreachable = reserve_socket()  # bound, never listening: every webhook fails to connect
     lossy = settings.model_copy(update={"webhook_grace_s": 0.5})
-    for stack in _stack(lossy, webhook_attempts=1):
+    for stack in run_stack(lossy, webhook_attempts=1):
         stack.settings.public_url = url_of(unreachable)
         group_id = stack.group()
         images = stack.upload(group_id, 20)
@@ -262,6 +159,6 @@ def test_official_runpod_client_is_not_needed_for_mixed_failures(
     assert job["status"] == "completed"
     assert [image["status"] for image in job["images"]] == ["succeeded", "failed", "succeeded"]
     assert "reference unreadable" in job["images"][1]["error"]
-    _, archive, manifest = _read_zip(stack, group_id)
+    _, archive, manifest = read_zip(stack, group_id)
     assert [line["status"] for line in manifest] == ["succeeded", "failed", "succeeded"]
-    _check_zip_against_manifest(archive, manifest)
+    check_zip_against_manifest(archive, manifest)

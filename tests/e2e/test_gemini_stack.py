@@ -19,20 +19,19 @@ from PIL import Image
 from control_plane.settings import Settings
 from shared.images import output_size
 from shared.model_table import model_table
-from tests import test_e2e
-from tests.fake_gemini import (
+from tests.fakes.gemini import (
     KEYWORD_BLOCK_PROMPT,
     KEYWORD_FLAKY,
     KEYWORD_QUOTA,
     KEYWORD_TEXT_ONLY,
     KEYWORD_UNSAFE,
+    Answer,
     FakeGemini,
     RecordedCall,
-    _Answer,
     google_error,
     png_of,
 )
-from tests.test_e2e import Stack
+from tests.fakes.stack import Stack, run_stack
 
 KEY = "e2e-gemini-key"
 FLASH = "gemini-2.5-flash-image"
@@ -46,19 +45,19 @@ class ScriptedGemini(FakeGemini):
     """FakeGemini plus two scripts of our own: a model that stays overloaded, and a seed-
     dependent output block (the fake's own blocks ignore the seed)."""
 
-    def _answer(self, call: RecordedCall, action: str) -> _Answer:
+    def _answer(self, call: RecordedCall, action: str) -> Answer:
         if self._problem(call, action) is None:
             if KEYWORD_OVERLOADED in call.prompt:
                 body = google_error(503, "UNAVAILABLE", "The model is overloaded.")
-                return _Answer(503, body, "unavailable")
+                return Answer(503, body, "unavailable")
             if KEYWORD_UNLUCKY in call.prompt and (call.seed or 0) % 2 == 0:
-                return _Answer(200, self._response(call, [], "IMAGE_SAFETY"), "image-safety")
+                return Answer(200, self._response(call, [], "IMAGE_SAFETY"), "image-safety")
         return super()._answer(call, action)
 
 
 def _gemini_stack(settings: Settings, **worker: Any) -> Iterator[Stack]:
-    """test_e2e's stack with the Gemini provider."""
-    yield from test_e2e._stack(settings, provider="gemini", gemini_backoff_s=0.05, **worker)
+    """`run_stack` with the Gemini provider."""
+    yield from run_stack(settings, provider="gemini", gemini_backoff_s=0.05, **worker)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import google.oauth2.credentials
@@ -48,23 +48,14 @@ from control_plane.settings import Settings
 from shared.images import extension_for
 from shared.storage import StorageError
 from shared.storage.gcs import DEFAULT_CACHE_CONTROL, GCSStorage
-from tests.servers import reserve_socket, run_server
-from tests.test_e2e import Stack, _check_zip_against_manifest, _read_zip, _stack
-from tests.test_gcs_storage import (
-    service_account_info,  # noqa: F401 - a fixture: a fake service-account key with a real RSA key
-    signing_client,
-    verify_v4_signature,
-)
-
-if TYPE_CHECKING:
-    from tests.gcs_emulator import GCSEmulator
-
-pytest_plugins = ["tests.gcs_emulator"]  # fixtures: gcs_emulator, gcs_env
+from tests.fakes.gcs_emulator import GCSEmulator, signing_client, verify_v4_signature
+from tests.fakes.servers import reserve_socket, run_server
+from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
 
 PREFIX = "pf"
 MISSING_BUCKET = "pixelfleet-no-such-bucket"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-gcs_stack = contextmanager(_stack)
+gcs_stack = contextmanager(run_stack)
 
 
 @pytest.fixture
@@ -203,9 +194,9 @@ def test_gcs_automatic_job_end_to_end(
         assert job["status"] == "completed", job["error"]
         assert job["progress"]["succeeded"] == 30
 
-        _, archive, manifest = _read_zip(stack, group_id)
+        _, archive, manifest = read_zip(stack, group_id)
         assert len(manifest) == 30 and all(line["status"] == "succeeded" for line in manifest)
-        _check_zip_against_manifest(archive, manifest)
+        check_zip_against_manifest(archive, manifest)
 
         group_root = f"{PREFIX}/groups/{group_id}"
         blobs = blobs_under(gcs_env, bucket, "")
@@ -358,9 +349,9 @@ def test_outputs_that_cannot_be_written_fail_with_a_reason(
             assert outputs_root + image["id"] in image["error"]
             assert f"gs://{bucket}/{PREFIX}" in image["error"]
             assert (image["url"], image["sha256"], image["bytes"]) == (None, None, None)
-        _, archive, manifest = _read_zip(stack, group_id)
+        _, archive, manifest = read_zip(stack, group_id)
         assert [line["status"] for line in manifest] == ["failed"] * 4
-        _check_zip_against_manifest(archive, manifest)
+        check_zip_against_manifest(archive, manifest)
 
         gcs_env.client.create_bucket(bucket)
         assert stack.http.post(f"/api/jobs/{job_id}/retry").status_code == 200
@@ -371,9 +362,9 @@ def test_outputs_that_cannot_be_written_fail_with_a_reason(
             base = run_base(written, f"{PREFIX}/{outputs_root}{image['id']}")
             blob = written[base + extension_for(image["content_type"])]
             assert blob is not None and blob.metadata == {"sha256": image["sha256"]}
-        _, archive, manifest = _read_zip(stack, group_id)
+        _, archive, manifest = read_zip(stack, group_id)
         assert [line["status"] for line in manifest] == ["succeeded"] * 4
-        _check_zip_against_manifest(archive, manifest)
+        check_zip_against_manifest(archive, manifest)
 
 
 def test_control_plane_refuses_to_start_without_its_bucket(
@@ -431,7 +422,7 @@ def test_api_answers_v4_signed_urls_the_bucket_serves(
     gs_settings: Settings,
     gcs_env: GCSEmulator,
     bucket: str,
-    service_account_info: dict[str, str],  # noqa: F811 - the imported fixture
+    service_account_info: dict[str, str],
 ) -> None:
     """With signing credentials, image URLs in API answers are V4 signed URLs of the objects."""
     with gcs_stack(gs_settings) as stack:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from shared.contract import ImageParams
 from tests.conftest import jpeg_bytes, png_bytes
-from tests.fake_gemini import (
+from tests.fakes.gemini import (
     KEYWORD_BLOCK_PROMPT,
     KEYWORD_FLAKY,
     KEYWORD_QUOTA,

@@ -36,7 +36,7 @@ from PIL import Image
 
 from shared.images import output_size
 from shared.model_table import model_table
-from tests.servers import reserve_socket, run_server
+from tests.fakes.servers import reserve_socket, run_server
 
 KEYWORD_BLOCK_PROMPT = "BLOCKPROMPT"
 KEYWORD_UNSAFE = "UNSAFE"
@@ -97,7 +97,7 @@ class RecordedCall:
 
 
 @dataclass
-class _Answer:
+class Answer:
     status: int
     body: dict[str, Any]
     outcome: str
@@ -176,7 +176,7 @@ class FakeGemini:
 
         return app
 
-    def _answer(self, call: RecordedCall, action: str) -> _Answer:
+    def _answer(self, call: RecordedCall, action: str) -> Answer:
         problem = self._problem(call, action)
         if problem is not None:
             return problem
@@ -188,18 +188,18 @@ class FakeGemini:
             return self._quota()
         if KEYWORD_FLAKY in prompt and seen < self.flaky_failures:
             body = google_error(503, "UNAVAILABLE", "The model is overloaded. Try again later.")
-            return _Answer(503, body, "unavailable")
+            return Answer(503, body, "unavailable")
         if KEYWORD_BLOCK_PROMPT in prompt:
             body = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": _usage(0)}
-            return _Answer(200, body, "prompt-blocked")
+            return Answer(200, body, "prompt-blocked")
         if KEYWORD_UNSAFE in prompt:
-            return _Answer(200, self._response(call, [], "IMAGE_SAFETY"), "image-safety")
+            return Answer(200, self._response(call, [], "IMAGE_SAFETY"), "image-safety")
         if KEYWORD_TEXT_ONLY in prompt:
             parts = [{"text": "I can only describe this one: a quiet harbour at dusk."}]
-            return _Answer(200, self._response(call, parts, "NO_IMAGE"), "no-image")
-        return _Answer(200, self._response(call, self._image_parts(call), "STOP"), "image")
+            return Answer(200, self._response(call, parts, "NO_IMAGE"), "no-image")
+        return Answer(200, self._response(call, self._image_parts(call), "STOP"), "image")
 
-    def _problem(self, call: RecordedCall, action: str) -> _Answer | None:
+    def _problem(self, call: RecordedCall, action: str) -> Answer | None:
         if call.api_key != self.api_key:
             body = google_error(
                 400,
@@ -211,11 +211,11 @@ class FakeGemini:
                     "domain": "googleapis.com",
                 },
             )
-            return _Answer(400, body, "bad-key")
+            return Answer(400, body, "bad-key")
         spec = model_table().get(call.model)
         if spec is None or action != "generateContent":
             missing = f"models/{call.model} is not found for API version {call.api_version}"
-            return _Answer(404, google_error(404, "NOT_FOUND", missing), "not-found")
+            return Answer(404, google_error(404, "NOT_FOUND", missing), "not-found")
         config = call.body.get("generationConfig", {}).get("imageConfig", {})
         references = [
             p
@@ -232,9 +232,9 @@ class FakeGemini:
             message = f"Too many input images: {len(references)}"
         if message is None:
             return None
-        return _Answer(400, google_error(400, "INVALID_ARGUMENT", message), "invalid")
+        return Answer(400, google_error(400, "INVALID_ARGUMENT", message), "invalid")
 
-    def _quota(self) -> _Answer:
+    def _quota(self) -> Answer:
         body = google_error(
             429,
             "RESOURCE_EXHAUSTED",
@@ -242,7 +242,7 @@ class FakeGemini:
             {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": self.retry_delay},
         )
-        return _Answer(429, body, "quota")
+        return Answer(429, body, "quota")
 
     def _image_parts(self, call: RecordedCall) -> list[dict[str, Any]]:
         config = call.body.get("generationConfig", {})

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
 from control_plane.settings import Settings
-from tests.test_e2e import Stack, _check_zip_against_manifest, _read_zip, _stack
+from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
 
 PASSWORD = "correct horse battery staple"
 
@@ -63,7 +63,7 @@ def test_the_webhook_and_health_stay_open(client: TestClient) -> None:
 
 def test_a_job_runs_end_to_end_behind_the_password(settings: Settings) -> None:
     locked = settings.model_copy(update={"api_password": PASSWORD})
-    with contextmanager(_stack)(locked) as stack:
+    with contextmanager(run_stack)(locked) as stack:
         stack.http.headers.update(basic("me", PASSWORD))
         run_a_job(stack)
 
@@ -79,5 +79,5 @@ def run_a_job(stack: Stack) -> None:
     assert job["status"] == "completed" and job["progress"]["succeeded"] == 6
     assert stack.http.get(job["images"][0]["url"]).status_code == 200
     assert httpx.get(job["images"][0]["url"]).status_code == 401  # the file route is guarded
-    _, archive, manifest = _read_zip(stack, group_id)
-    _check_zip_against_manifest(archive, manifest)
+    _, archive, manifest = read_zip(stack, group_id)
+    check_zip_against_manifest(archive, manifest)

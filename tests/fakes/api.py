@@ -1,0 +1,137 @@
+"""The control plane in-process, with RunPod's cloud API mocked (respx).
+
+`api` (a fixture, registered for every test by tests/conftest.py) is the app under a
+TestClient on the `settings` database, with every `POST /run` answered IN_QUEUE and its
+body kept in `run_bodies`. The services' timers are off: they run when a commit wakes them,
+and `drain()` waits until they are idle. `submit_one_dispatch`, `hook` and `completed_body`
+take one job through a dispatch and RunPod's webhook.
+"""
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import count
+
+import httpx
+import pytest
+import respx
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from control_plane.app import create_app
+from control_plane.models import Dispatch, Output
+from control_plane.platform import Platform
+from control_plane.settings import Settings
+from tests.conftest import png_bytes
+
+RUNPOD = "https://api.runpod.ai/v2/ep-test"
+
+
+@dataclass
+class Api:
+    client: TestClient
+    platform: Platform
+    runpod: respx.MockRouter
+    run_route: respx.Route
+    run_bodies: list[dict]
+
+    def drain(self) -> None:
+        self.client.portal.call(self.platform.drain)  # type: ignore[union-attr]
+
+    def group(self, name: str = "dataset") -> str:
+        response = self.client.post("/api/groups", json={"name": name})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def upload(self, group_id: str, files: list[tuple[str, bytes]]) -> httpx.Response:
+        return self.client.post(
+            "/api/uploads",
+            data={"group_id": group_id},
+            files=[("files", (name, data, "application/octet-stream")) for name, data in files],
+        )
+
+    def upload_ids(self, group_id: str, n: int) -> list[str]:
+        response = self.upload(group_id, [(f"img{i}.png", png_bytes(32 + i, 32)) for i in range(n)])
+        assert response.status_code == 201, response.text
+        return [image["id"] for image in response.json()["images"]]
+
+    def session(self) -> Session:
+        return Session(self.platform.engine)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    settings = settings.model_copy(
+        update={
+            "runpod_base_url": "https://api.runpod.ai",
+            "runpod_endpoint_id": "ep-test",
+            "runpod_api_key": "rp-key",
+            "reconcile_interval_s": 3600,
+        }
+    )
+    ids = count(1)
+    bodies: list[dict] = []
+
+    def run(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == "Bearer rp-key"
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={"id": f"rp-{next(ids)}", "status": "IN_QUEUE"})
+
+    with respx.mock(assert_all_called=False) as router:
+        run_route = router.post(f"{RUNPOD}/run").mock(side_effect=run)
+        with TestClient(create_app(settings, reconcile=False)) as client:
+            yield Api(client, client.app.state.platform, router, run_route, bodies)  # type: ignore[attr-defined]
+
+
+def submit_one_dispatch(api: Api, n: int = 3) -> tuple[str, Dispatch]:
+    group_id = api.group()
+    images = api.upload_ids(group_id, n)
+    job = api.client.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "p",
+            "images": images,
+        },
+    ).json()["jobs"][0]
+    api.drain()
+    with api.session() as session:
+        dispatch = session.exec(select(Dispatch).where(Dispatch.job_id == job["id"])).one()
+    return job["id"], dispatch
+
+
+def hook(api: Api, dispatch: Dispatch, body: dict, token: str | None = None) -> httpx.Response:
+    return api.client.post(
+        "/api/webhook/runpod",
+        params={"dispatch": dispatch.id, "token": token or dispatch.webhook_token},
+        json={"id": dispatch.runpod_job_id, "delayTime": 5, "executionTime": 9, **body},
+    )
+
+
+def completed_body(api: Api, dispatch: Dispatch) -> dict:
+    with api.session() as session:
+        outputs = session.exec(select(Output).where(Output.dispatch_id == dispatch.id)).all()
+    results = []
+    for output in outputs:
+        key = f"groups/{output.group_id}/outputs/{output.job_id}/{output.id}.png"
+        stored = api.platform.storage.put_bytes(key, png_bytes(), content_type="image/png")
+        results.append(
+            {
+                "output_id": output.id,
+                "status": "succeeded",
+                "provider": "offline",
+                "model": output.model,
+                "seed": output.seed,
+                "output_uri": api.platform.storage.uri(key),
+                "content_type": "image/png",
+                "width": 64,
+                "height": 48,
+                "bytes": stored.size,
+                "sha256": stored.sha256,
+            }
+        )
+    return {
+        "status": "COMPLETED",
+        "output": {"version": 1, "dispatch_id": dispatch.id, "results": results},
+    }

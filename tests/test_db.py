@@ -1,0 +1,38 @@
+"""The schema (control_plane/migrations/) on SQLite and MariaDB: ids compare exactly."""
+
+from tests.conftest import png_bytes
+from tests.fakes.api import Api
+
+
+def test_ids_match_exactly_on_every_database(api: Api) -> None:
+    """MySQL's default collations compare case-insensitively and ignore trailing spaces; the
+    tables are binary, and what is found is used by its stored id (keys are built from it)."""
+    group_id = api.group()
+    images = api.upload_ids(group_id, 1)
+    assert api.client.get(f"/api/groups/{group_id.upper()}").status_code == 404
+    upper = api.upload(group_id.upper(), [("a.png", png_bytes())])
+    assert upper.status_code == 404
+    padded = api.upload(group_id + " ", [("a.png", png_bytes())])
+    assert padded.status_code in (201, 404), padded.text  # MariaDB pads; SQLite does not
+    if padded.status_code == 201:
+        assert padded.json()["images"][0]["group_id"] == group_id
+    submitted = api.client.post(
+        "/api/jobs/submit",
+        json={"group_id": group_id + " ", "mode": "automatic", "prompt": "p", "images": images},
+    )
+    assert submitted.status_code in (201, 404), submitted.text
+    if submitted.status_code == 201:
+        assert submitted.json()["jobs"][0]["group_id"] == group_id
+        api.drain()
+        inputs = api.run_bodies[-1]["input"]["items"]
+        assert all(item["output_key"].startswith(f"groups/{group_id}/") for item in inputs)
+    wrong_case = api.client.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "p",
+            "images": [images[0].upper()],
+        },
+    )
+    assert wrong_case.status_code == 422 and "not uploads of group" in wrong_case.json()["detail"]

@@ -1,0 +1,44 @@
+"""The JSON API's own rules (control_plane/web/api/, web/deps.py): paging, ids at the edge."""
+
+from tests.conftest import png_bytes
+from tests.fakes.api import Api
+
+
+def test_pages_beyond_any_database_are_refused(api: Api) -> None:
+    for path in ("/api/groups", "/api/jobs"):
+        huge = api.client.get(path, params={"page": 2**62})
+        assert huge.status_code == 422, huge.text
+        assert "page" in huge.json()["detail"]
+
+
+def test_malformed_ids_are_refused_at_the_edge_alike_on_every_database(api: Api) -> None:
+    """MariaDB's collations ignore trailing spaces, so a padded id would find the row there
+    and not on SQLite; ids are checked at the edge, so both answer the same 404."""
+    group_id = api.group()
+    image_id = api.upload_ids(group_id, 1)[0]
+    job = api.client.post(
+        "/api/jobs/submit",
+        json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": [image_id]},
+    ).json()["jobs"][0]
+    for path, what in (
+        (f"/api/groups/{group_id} ", f"group {group_id} "),
+        (f"/api/jobs/{job['id']} ", f"job {job['id']} "),
+        (f"/api/uploads/{image_id} /file", f"upload {image_id} "),
+        ("/api/outputs/out_NOT-AN-ID/file", "image out_NOT-AN-ID"),
+        (f"/api/download/{group_id.upper()}", f"group {group_id.upper()}"),
+    ):
+        answer = api.client.get(path)
+        assert answer.status_code == 404, path
+        assert answer.json()["detail"] == f"{what} does not exist"
+    padded_upload = api.upload(group_id + " ", [("a.png", png_bytes())])
+    assert padded_upload.status_code == 404
+    padded_submit = api.client.post(
+        "/api/jobs/submit",
+        json={"group_id": group_id + " ", "mode": "automatic", "prompt": "p", "images": [image_id]},
+    )
+    assert padded_submit.status_code == 404
+    webhook = api.client.post(
+        "/api/webhook/runpod", params={"dispatch": "dsp_x'--", "token": "t"}, json={}
+    )
+    assert webhook.status_code == 401
+    assert api.client.get(f"/api/groups/{group_id}").json()["counts"]["uploads"] == 1
