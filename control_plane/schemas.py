@@ -197,14 +197,3 @@ class DownloadItem(BaseModel):
     bytes: int | None
     sha256: str | None
 
-
-# RunPod -------------------------------------------------------------------------------
-class RunPodJobState(BaseModel):
-    """What RunPod's webhook posts and `/status` answers (extra keys ignored)."""
-
-    id: str
-    status: str
-    output: Any = None
-    error: Any = None
-    delayTime: int | None = None
-    executionTime: int | None = None
