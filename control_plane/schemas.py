@@ -196,4 +196,3 @@ class DownloadItem(BaseModel):
     content_type: str | None
     bytes: int | None
     sha256: str | None
-
