@@ -23,6 +23,7 @@ from control_plane.settings import Settings
 from control_plane.web.api import download, files, groups, jobs, uploads, webhook
 from control_plane.web.auth import PasswordMiddleware, SameOriginMiddleware
 from control_plane.web.errors import install_error_handlers
+from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.ui import routes as ui
 from shared.storage import Storage, open_storage
 
@@ -105,6 +106,7 @@ def create_app(
     )
     for module in (groups, uploads, jobs, webhook, download, files, ui):
         app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)
     if settings.api_password:
         app.add_middleware(PasswordMiddleware, password=settings.api_password)

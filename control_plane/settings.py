@@ -14,6 +14,8 @@ from shared.settings import CommonSettings
 
 DEV_RUNPOD_API_KEY = "local-dev-key"
 MIN_PASSWORD_CHARS = 16
+UPLOAD_PART_ALLOWANCE = 4 * 2**10  # a file part's boundary and headers (its filename)
+UPLOAD_FORM_ALLOWANCE = 64 * 2**10  # the form's other fields
 
 
 class Settings(CommonSettings):
@@ -41,6 +43,10 @@ class Settings(CommonSettings):
     upload_max_file_bytes: int = Field(20 * 1024 * 1024, gt=0)
     upload_max_pixels: int = Field(50_000_000, gt=0)
     upload_max_files: int = Field(5_000, gt=0)
+    upload_max_request_bytes: int = Field(0, ge=0)  # 0: room for the most files at full size
+    upload_decode_concurrency: int = Field(2, ge=1, le=64)
+    request_max_body_bytes: int = Field(2**20, gt=0)
+    webhook_max_body_bytes: int = Field(12 * 2**20, gt=0)  # RunPod echoes /run's ≤ 10 MB input
     submit_max_images: int = Field(20_000, gt=0)
     default_model: str = "gemini-2.5-flash-image"
 
@@ -82,6 +88,15 @@ class Settings(CommonSettings):
             if problems:
                 raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
+
+    @property
+    def upload_request_limit(self) -> int:
+        """PIXELFLEET_UPLOAD_MAX_REQUEST_BYTES, or room for the most files at full size."""
+        files = self.upload_max_files
+        derived = (
+            files * (self.upload_max_file_bytes + UPLOAD_PART_ALLOWANCE) + UPLOAD_FORM_ALLOWANCE
+        )
+        return self.upload_max_request_bytes or derived
 
     @property
     def runpod_endpoint_url(self) -> str:

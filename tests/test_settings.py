@@ -44,7 +44,15 @@ def test_production_refuses_unsafe_values(change: dict[str, str], named: str) ->
 
 @pytest.mark.parametrize(
     "field",
-    ["upload_max_file_bytes", "upload_max_pixels", "upload_max_files", "submit_max_images"],
+    [
+        "upload_max_file_bytes",
+        "upload_max_pixels",
+        "upload_max_files",
+        "submit_max_images",
+        "upload_decode_concurrency",
+        "request_max_body_bytes",
+        "webhook_max_body_bytes",
+    ],
 )
 def test_limits_must_be_positive(field: str) -> None:
     with pytest.raises(ValidationError, match=field):
@@ -57,3 +65,9 @@ def test_development_defaults_need_nothing() -> None:
     settings = Settings()
     assert settings.environment == "development"
     assert settings.runpod_endpoint_url == "http://127.0.0.1:8001/v2/local"
+
+
+def test_the_upload_request_limit_has_room_for_the_most_files_at_full_size() -> None:
+    derived = Settings(upload_max_files=3, upload_max_file_bytes=1_000)
+    assert derived.upload_request_limit == 3 * (1_000 + 4_096) + 65_536
+    assert Settings(upload_max_request_bytes=5_000).upload_request_limit == 5_000

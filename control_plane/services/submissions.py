@@ -18,7 +18,7 @@ from control_plane.schemas import (
     SemiAutomaticSubmit,
 )
 from control_plane.settings import Settings
-from shared.ids import new_id
+from shared.ids import is_id, new_id
 from shared.model_table import model_table
 
 
@@ -50,6 +50,11 @@ def _plan(
     request = request.model_copy(update={"group_id": group.id})
     params = resolve_params(request.config, settings)
     if isinstance(request, AutomaticSubmit):
+        if len(request.images) > settings.submit_max_images:
+            raise InvalidRequest(
+                f"{len(request.images)} images in one job; "
+                f"the limit is {settings.submit_max_images}"
+            )
         _check_references(session, request.group_id, [[i] for i in request.images], params["model"])
         return _plan_automatic(session, settings, request, params)
     _check_references(session, request.group_id, [i.images for i in request.items], params["model"])
@@ -86,8 +91,22 @@ def resolve_params(config: GenerationConfig, settings: Settings) -> dict[str, st
 def _check_references(
     session: Session, group_id: str, id_lists: Sequence[Sequence[str]], model: str | None
 ) -> None:
-    """Every id must be an upload of the group, and each prompt within the model's limit."""
+    """Each prompt within the model's limit, and every id an upload of the group: malformed
+    ids are refused before any query, so only upload-shaped ids, in bounded lists, reach
+    the database."""
+    limit = model_table()[model or ""].max_reference_images
+    longest = max((len(ids) for ids in id_lists), default=0)
+    if longest > limit:
+        raise InvalidRequest(
+            f"{model} takes at most {limit} reference images per prompt; got {longest}"
+        )
     wanted = {image_id for ids in id_lists for image_id in ids}
+    malformed = sorted(image_id for image_id in wanted if not is_id("img", image_id))
+    if malformed:
+        raise InvalidRequest(
+            f"{len(malformed)} image id(s) are not uploads of group {group_id}: not shaped "
+            f"like an upload id (img_ and 26 lower-case letters or digits): {_few(malformed)}"
+        )
     found: set[str] = set()
     for batch in _batches(sorted(wanted), 1000):
         found.update(
@@ -97,16 +116,15 @@ def _check_references(
         )
     missing = sorted(wanted - found)
     if missing:
-        shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
         raise InvalidRequest(
-            f"{len(missing)} image id(s) are not uploads of group {group_id}: {shown}"
+            f"{len(missing)} image id(s) are not uploads of group {group_id}: {_few(missing)}"
         )
-    limit = model_table()[model or ""].max_reference_images
-    longest = max((len(ids) for ids in id_lists), default=0)
-    if longest > limit:
-        raise InvalidRequest(
-            f"{model} takes at most {limit} reference images per prompt; got {longest}"
-        )
+
+
+def _few(image_ids: list[str], shown: int = 10, chars: int = 40) -> str:
+    """The first few ids, each cut short: a message names them without echoing a body."""
+    cut = [i if len(i) <= chars else i[:chars] + "…" for i in image_ids[:shown]]
+    return ", ".join(cut) + (" …" if len(image_ids) > shown else "")
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:
@@ -120,10 +138,6 @@ def _base_seed(config: GenerationConfig) -> int:
 def _plan_automatic(
     session: Session, settings: Settings, request: AutomaticSubmit, params: dict[str, str | None]
 ) -> list[Job]:
-    if len(request.images) > settings.submit_max_images:
-        raise InvalidRequest(
-            f"{len(request.images)} images in one job; the limit is {settings.submit_max_images}"
-        )
     base_seed = _base_seed(request.config)
     job = Job(
         group_id=request.group_id,

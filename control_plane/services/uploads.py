@@ -5,14 +5,17 @@ rows are written in one transaction, and if that fails every object this request
 deleted again, so a failed request leaves nothing behind.
 """
 
+import functools
 import io
 import logging
 import os
 import re
+import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
@@ -23,10 +26,17 @@ from control_plane.schemas import UploadRejected
 from control_plane.settings import Settings
 from shared import layout
 from shared.ids import new_id
-from shared.images import THUMBNAIL_TYPE, ImageRejected, inspect_upload, make_thumbnail
+from shared.images import (
+    THUMBNAIL_TYPE,
+    ImageRejected,
+    InspectedImage,
+    inspect_upload,
+    make_thumbnail,
+)
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -144,10 +154,9 @@ def store_file(
             reason=f"file is {incoming.size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB",
         )
     try:
-        image = inspect_upload(incoming.file, max_pixels=settings.upload_max_pixels)
+        image, body, thumbnail = _decode(incoming.file, settings)
     except ImageRejected as exc:
         return UploadRejected(filename=name, reason=str(exc))
-    body = io.BytesIO(image.reencoded) if image.reencoded else incoming.file
     upload_id = new_id("img")
     thumbnail_key = layout.upload_thumbnail_key(group_id, upload_id)
     upload = Upload(
@@ -164,8 +173,6 @@ def store_file(
     )
     try:  # the original streams from the spooled upload (resumable on GCS when large)
         body.seek(0)
-        thumbnail = make_thumbnail(body)
-        body.seek(0)
         stored = storage.put_file(upload.storage_key, body, content_type=image.content_type)
         storage.put_bytes(thumbnail_key, thumbnail, content_type=THUMBNAIL_TYPE)
     except StorageError:
@@ -173,6 +180,54 @@ def store_file(
         raise
     upload.bytes, upload.sha256 = stored.size, stored.sha256
     return upload
+
+
+def _decode(file: BinaryIO, settings: Settings) -> tuple[InspectedImage, BinaryIO, bytes]:
+    """The checked image, the body to store (upright) and its thumbnail."""
+    return decode_gate(settings.upload_decode_concurrency).run(lambda: _inspect(file, settings))
+
+
+def _inspect(file: BinaryIO, settings: Settings) -> tuple[InspectedImage, BinaryIO, bytes]:
+    image = inspect_upload(file, max_pixels=settings.upload_max_pixels)
+    body = io.BytesIO(image.reencoded) if image.reencoded else file
+    body.seek(0)
+    return image, body, make_thumbnail(body)
+
+
+class DecodeGate:
+    """Image decodes, at most `size` at once, on `size` threads of their own.
+
+    Each decode holds a whole image in memory (a 50 MP one about 200 MB). Running them on
+    their own few threads bounds that memory to `size` decodes: the C allocator keeps what a
+    thread freed in that thread's arena, so decodes spread over the request threads would
+    each leave their peak resident (a semaphore alone did not lower the peak).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._threads = ThreadPoolExecutor(size, thread_name_prefix="decode")
+        self._count_lock = threading.Lock()
+        self.active = 0
+        self.peak = 0  # the most decodes seen at once (for operators and tests)
+
+    def run(self, decode: Callable[[], T]) -> T:
+        """`decode()` on a decode thread, when one is free (blocking)."""
+        return self._threads.submit(self._counted, decode).result()
+
+    def _counted(self, decode: Callable[[], T]) -> T:
+        with self._count_lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            return decode()
+        finally:
+            with self._count_lock:
+                self.active -= 1
+
+
+@functools.cache
+def decode_gate(size: int) -> DecodeGate:
+    """The process's gate for PIXELFLEET_UPLOAD_DECODE_CONCURRENCY = `size`."""
+    return DecodeGate(size)
 
 
 def remove_objects(storage: Storage, uploads: list[Upload]) -> None:

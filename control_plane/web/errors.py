@@ -1,5 +1,7 @@
 """Errors as answers: JSON for the API, an HTML page for people (the UI's pages)."""
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -12,9 +14,7 @@ from control_plane.web.ui.routes import error_page
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:
-        if _for_people(request):
-            return error_page(request, exc.status_code, exc.message)
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        return error_response(request, exc.status_code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
@@ -25,11 +25,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if _for_people(request):
-            return error_page(request, exc.status_code, str(exc.detail), exc.headers)
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+        return error_response(request, exc.status_code, exc.detail, exc.headers)
+
+
+def error_response(
+    request: Request, status_code: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """The answer to a failed request: an HTML page for the UI's pages, else JSON."""
+    if _for_people(request):
+        return error_page(request, status_code, message, headers)
+    return JSONResponse({"detail": message}, status_code=status_code, headers=headers)
 
 
 def _for_people(request: Request) -> bool:
