@@ -92,6 +92,7 @@ def create_app(
         platform = build_platform(settings, storage)
         add_services(platform, timers=reconcile)
         app.state.platform = platform
+        app.state.page_headers = ui.page_headers(platform.storage)
         platform.start()
         try:
             yield

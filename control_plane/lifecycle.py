@@ -47,21 +47,32 @@ from control_plane.models import (
     clip,
     utcnow,
 )
+from control_plane.results import ResultRejected
+from control_plane.results import check as check_result
 from control_plane.settings import Settings
 from shared.contract import ItemResult
 from shared.ids import new_token
-from shared.storage import Storage, StorageError
+from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 UNFINISHED = (OutputStatus.PENDING, OutputStatus.RUNNING)
 ENDED_JOB = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 CANCELLED_BY_USER = "cancelled by user"
 NO_RESULT = "the worker returned no result for this image"
+RESULT_REJECTED = "worker result rejected"
 OUTPUT_EVENT = {
     OutputStatus.SUCCEEDED: EventKind.OUTPUT_SUCCEEDED,
     OutputStatus.FAILED: EventKind.OUTPUT_FAILED,
     OutputStatus.BLOCKED: EventKind.OUTPUT_BLOCKED,
 }
+
+
+@dataclass(frozen=True)
+class UnreadableResult:
+    """A worker's result for `output_id` that does not match the contract: `reason` says how."""
+
+    output_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,7 @@ class DispatchReport:
 
     runpod_job_id: str | None
     runpod_status: str | None
-    results: list[ItemResult] | None
+    results: list[ItemResult | UnreadableResult] | None
     failure: str = ""
     delay_ms: int | None = None
     execution_ms: int | None = None
@@ -251,8 +262,12 @@ def finish_dispatch(
 
 
 def _apply_results(
-    session: Session, storage: Storage, dispatch: Dispatch, results: list[ItemResult]
+    session: Session,
+    storage: Storage,
+    dispatch: Dispatch,
+    results: list[ItemResult | UnreadableResult],
 ) -> None:
+    """Each result for one of the dispatch's unfinished outputs (others are ignored), once."""
     outputs = {
         output.id: output
         for output in session.exec(
@@ -272,7 +287,16 @@ def _apply_results(
         _end_output(session, output, now)
 
 
-def _apply_result(storage: Storage, output: Output, result: ItemResult) -> None:
+def _apply_result(storage: Storage, output: Output, result: ItemResult | UnreadableResult) -> None:
+    """Store what the worker says of `output`, once checked (`control_plane/results.py`); a
+    result that fails the check fails its image with the reason and stores nothing else."""
+    try:
+        if isinstance(result, UnreadableResult):
+            raise ResultRejected(result.reason)
+        files = check_result(result, output, storage)
+    except ResultRejected as exc:
+        output.status, output.error = OutputStatus.FAILED, f"{RESULT_REJECTED}: {exc}"
+        return
     output.provider, output.model = clip(result.provider, 40), clip(result.model, 80)
     output.model_version = clip(result.model_version, 80)
     output.usage, output.cost_usd = result.usage, result.cost_usd
@@ -280,19 +304,11 @@ def _apply_result(storage: Storage, output: Output, result: ItemResult) -> None:
     output.latency_ms = result.latency_ms
     if result.seed is not None:
         output.seed = result.seed
-    if result.status != "succeeded":
+    if files is None:
         output.status, output.error = OutputStatus(result.status), result.error or result.status
         return
-    try:
-        output.storage_key = storage.key_of(result.output_uri or "")
-        output.thumbnail_key = (
-            storage.key_of(result.thumbnail_uri) if result.thumbnail_uri else None
-        )
-    except StorageError as exc:
-        output.status = OutputStatus.FAILED
-        output.error = f"worker reported an unusable output location: {exc}"
-        return
-    output.content_type = clip(result.content_type, 64)
+    output.storage_key, output.thumbnail_key = files.storage_key, files.thumbnail_key
+    output.content_type = result.content_type
     output.width, output.height = result.width, result.height
     output.bytes, output.sha256 = result.bytes, result.sha256
     output.status, output.error = OutputStatus.SUCCEEDED, None

@@ -21,6 +21,15 @@ def utcnow() -> datetime:
 MAX_ERROR_CHARS = 2_000  # what RunPod and workers send is stored clipped: MySQL TEXT is 64 KB
 
 
+INT_LIMIT = 2**31  # INT columns hold numbers below this (MySQL's signed INT)
+BIGINT_LIMIT = 2**63  # and BIGINT columns numbers below this
+
+
+def bounded(value: int | None, limit: int = INT_LIMIT) -> int | None:
+    """`value` if it is a count a column below `limit` can hold (0 ≤ value < limit), else None."""
+    return value if value is not None and 0 <= value < limit else None
+
+
 def clip(text: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
     """`text` cut to `limit` characters (marked with …), so a column can always hold it."""
     if text is None or len(text) <= limit:

@@ -71,3 +71,30 @@ def test_a_failed_dispatch_is_retried_as_a_new_queued_dispatch(api: Api) -> None
     assert _kinds(events) == ["dispatch_failed", "dispatch_queued", "dispatch_started"]
     assert events[0].data["retry"] is True and "timed the job out" in events[0].data["reason"]
     assert events[1].data == {"attempt": 2} and events[1].dispatch_id != dispatch.id
+
+
+def test_a_rejected_result_writes_output_failed_with_its_reason(api: Api) -> None:
+    """A result that fails the check (control_plane/results.py) ends its image like any
+    failure: one output_failed with the reason; its neighbours' results apply as usual."""
+    _, dispatch = submit_one_dispatch(api, n=2)
+    start = _events(api)[-1].id or 0
+    body = completed_body(api, dispatch)
+    first, second = body["output"]["results"]
+    first["content_type"] = "text/html"
+    second["width"] = "wide"
+    third = {**first, "output_id": "out_someone_elses", "content_type": "image/png"}
+    body["output"]["results"] += [third, {"status": "succeeded"}, 7]
+    assert hook(api, dispatch, body).status_code == 200
+    events = _events(api, start)
+    assert _kinds(events) == [
+        "output_failed",
+        "output_failed",
+        "dispatch_completed",
+        "job_finished",
+    ]
+    assert [event.output_id for event in events[:2]] == [first["output_id"], second["output_id"]]
+    assert events[0].data == {
+        "error": "worker result rejected: content type 'text/html' is not PNG, JPEG or WebP"
+    }
+    assert "width: Input should be a valid integer" in events[1].data["error"]
+    assert events[-1].data["status"] == "failed"

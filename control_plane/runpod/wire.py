@@ -3,15 +3,19 @@ the webhook posts and `/status` answers, and how those states read in pixelfleet
 
 import contextlib
 import json
-from typing import Any, Final
+import logging
+from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from control_plane.lifecycle import DispatchReport
-from control_plane.models import Dispatch
+from control_plane.errors import describe_validation
+from control_plane.lifecycle import DispatchReport, UnreadableResult
+from control_plane.models import Dispatch, bounded
 from control_plane.settings import Settings
-from shared.contract import DispatchInput, DispatchOutput
+from shared.contract import CONTRACT_VERSION, DispatchInput, ItemResult
+
+log = logging.getLogger(__name__)
 
 FINAL_STATES: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 WEBHOOK_PATH: Final = "/api/webhook/runpod"
@@ -61,28 +65,54 @@ def webhook_url(public_url: str, dispatch: Dispatch) -> str:
 
 
 def report_of(state: RunPodJobState) -> DispatchReport:
-    """A final RunPod state as pixelfleet reads it: the worker's results, or why none."""
-    output, failure = _parse_output(state)
+    """A final RunPod state as pixelfleet reads it: the worker's results, or why none.
+    Timings no column can hold are dropped (they fail nothing)."""
+    results, failure = _parse_output(state)
     return DispatchReport(
         runpod_job_id=state.id,
         runpod_status=state.status,
-        results=output.results if output else None,
+        results=results,
         failure=failure,
-        delay_ms=state.delayTime,
-        execution_ms=state.executionTime,
+        delay_ms=bounded(state.delayTime),
+        execution_ms=bounded(state.executionTime),
     )
 
 
-def _parse_output(state: RunPodJobState) -> tuple[DispatchOutput | None, str]:
+class _ResultsUnread(BaseModel):
+    """The contract's DispatchOutput with its results still unread: each is read on its own,
+    so that one result that does not match fails its image, not its neighbours."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = CONTRACT_VERSION
+    dispatch_id: str
+    results: list[Any]
+
+
+def _parse_output(state: RunPodJobState) -> tuple[list[ItemResult | UnreadableResult] | None, str]:
     if state.status != "COMPLETED":
         return None, describe_failure(state)
     if not state.output:
         return None, "RunPod reported COMPLETED without output (the worker's result was lost)"
     try:
-        return DispatchOutput.model_validate(state.output), ""
+        output = _ResultsUnread.model_validate(state.output)
     except ValidationError as exc:
         problems = exc.errors(include_url=False, include_input=False)
         return None, f"worker output does not match the contract: {problems}"
+    results = (_parse_result(item) for item in output.results)
+    return [result for result in results if result is not None], ""
+
+
+def _parse_result(item: Any) -> ItemResult | UnreadableResult | None:
+    """One result, or why it cannot be read; None when it does not even say which image."""
+    try:
+        return ItemResult.model_validate(item)
+    except ValidationError as exc:
+        output_id = item.get("output_id") if isinstance(item, dict) else None
+        if not isinstance(output_id, str):
+            log.warning("a worker result naming no output was ignored")
+            return None
+        problems = describe_validation(exc.errors(include_url=False, include_input=False))
+        return UnreadableResult(output_id, f"does not match the contract: {problems}")
 
 
 def describe_failure(state: RunPodJobState) -> str:

@@ -210,6 +210,8 @@ def test_gcs_automatic_job_end_to_end(
         served = stack.http.get(image["url"])
         assert served.status_code == 200
         assert hashlib.sha256(served.content).hexdigest() == image["sha256"]
+        assert served.headers["x-content-type-options"] == "nosniff"
+        assert served.headers["content-security-policy"] == "sandbox"
 
         check_gc_and_delete(stack, gcs_env, bucket, group_root, job_id)
 
@@ -444,6 +446,10 @@ def test_api_answers_v4_signed_urls_the_bucket_serves(
         job = client.get(f"/api/jobs/{job_id}").json()
         listing = client.get(f"/api/download/{group_id}").json()
         [upload] = upload_noise(client, group_id, 1)
+        page_policy = client.get(f"/jobs/{job_id}").headers["content-security-policy"]
+
+    # The job's page shows thumbnails from signed URLs: its policy allows their origin.
+    assert f"img-src 'self' {gcs_env.url.rstrip('/')};" in page_policy
 
     assert [image["sha256"] for image in job["images"]] == [
         image["sha256"] for image in anonymous["images"]

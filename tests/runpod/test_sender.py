@@ -1,13 +1,16 @@
 """The sender (control_plane/runpod/sender.py), the only `/run` caller, with the poller's
 reconcile pass (control_plane/runpod/poller.py): an outage at RunPod, RunPod refusing for
-good, and a job cancelled while its `/run` is in flight."""
+good, a job cancelled while its `/run` is in flight, and `/status` answers no column holds."""
 
 import json
 
 import httpx
+from sqlmodel import select
 
-from control_plane.models import Dispatch
+from control_plane.models import Dispatch, Output
 from control_plane.services import jobs
+from shared import layout
+from tests.conftest import png_bytes
 from tests.fakes.api import RUNPOD, Api, submit_one_dispatch
 
 
@@ -77,3 +80,58 @@ def test_runpod_refusing_for_good_fails_the_images_with_the_reason(api: Api) -> 
     assert all(
         "could not submit to RunPod" in i["error"] and "401" in i["error"] for i in job["images"]
     )
+
+
+def test_a_status_answer_with_values_no_column_holds_finishes_the_dispatch(api: Api) -> None:
+    """The poller reads `/status` as the webhook reads its body: bad values fail their image
+    and the dispatch finishes, instead of a DataError on every pass for ever."""
+    from control_plane.runpod.poller import reconcile_once
+
+    api.platform.settings.webhook_grace_s = 0
+    job_id, dispatch = submit_one_dispatch(api)
+    with api.session() as session:
+        outputs = session.exec(select(Output).where(Output.dispatch_id == dispatch.id)).all()
+    results = []
+    for output in outputs:
+        key = layout.output_key(
+            layout.output_stem(output.group_id, output.job_id, output.id), "image/png"
+        )
+        stored = api.platform.storage.put_bytes(key, png_bytes(), content_type="image/png")
+        results.append(
+            {
+                "output_id": output.id,
+                "status": "succeeded",
+                "provider": "offline",
+                "model": "m",
+                "output_uri": api.platform.storage.uri(key),
+                "content_type": "image/png",
+                "bytes": stored.size,
+                "sha256": stored.sha256,
+            }
+        )
+    results[0]["width"], results[1]["cost_usd"] = 2**31, float("nan")
+    state = {
+        "id": dispatch.runpod_job_id,
+        "status": "COMPLETED",
+        "delayTime": 2**40,
+        "output": {"version": 1, "dispatch_id": dispatch.id, "results": results},
+    }
+    status_route = api.runpod.get(f"{RUNPOD}/status/{dispatch.runpod_job_id}").mock(
+        return_value=httpx.Response(200, content=json.dumps(state).encode())
+    )
+    sent, polled = api.client.portal.call(reconcile_once, api.platform)  # type: ignore[union-attr]
+    assert (sent, polled, status_route.call_count) == (0, 1, 1)
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "completed" and job["progress"]["succeeded"] == 1
+    errors = {image["id"]: image["error"] for image in job["images"]}
+    assert errors[results[0]["output_id"]] == (
+        "worker result rejected: width is out of range (0 to 2147483647)"
+    )
+    assert errors[results[1]["output_id"]] == (
+        "worker result rejected: cost_usd is not a price (0 to 1,000,000)"
+    )
+    with api.session() as session:
+        stored_dispatch = session.get(Dispatch, dispatch.id)
+        assert stored_dispatch is not None and stored_dispatch.status == "completed"
+    api.client.portal.call(reconcile_once, api.platform)  # type: ignore[union-attr]
+    assert status_route.call_count == 1  # finished: never asked again

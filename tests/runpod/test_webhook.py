@@ -3,9 +3,12 @@ token, clipping what is stored, idempotence, failures and retries, partial resul
 
 import json
 
+import httpx
+import pytest
 from sqlmodel import select
 
-from control_plane.models import Dispatch
+from control_plane.models import Dispatch, Output, Upload
+from shared import layout
 from tests.fakes.api import Api, completed_body, hook, submit_one_dispatch
 
 
@@ -111,3 +114,211 @@ def test_webhook_for_partial_results_fails_the_silent_ones(api: Api) -> None:
     hook(api, dispatch, body)
     progress = api.client.get(f"/api/jobs/{job_id}").json()["progress"]
     assert progress == {"total": 3, "succeeded": 1, "failed": 1, "blocked": 1, "pending": 0}
+
+
+# -- what a worker may say: each result is checked against the image it names -----------------
+
+
+def _post_raw(api: Api, dispatch: Dispatch, body: dict) -> httpx.Response:
+    """`hook` with NaN and Infinity written as Python's json writes them (httpx refuses)."""
+    return api.client.post(
+        "/api/webhook/runpod",
+        params={"dispatch": dispatch.id, "token": dispatch.webhook_token},
+        content=json.dumps({"id": dispatch.runpod_job_id, "delayTime": 5, **body}),
+        headers={"content-type": "application/json"},
+    )
+
+
+def _images(api: Api, job_id: str) -> dict[str, dict]:
+    job = api.client.get(f"/api/jobs/{job_id}")
+    assert job.status_code == 200, job.text
+    return {image["id"]: image for image in job.json()["images"]}
+
+
+def _one_rejected(api: Api, job_id: str, output_id: str, reason: str) -> None:
+    """That image failed with `reason`, every other one succeeded, and the job ended."""
+    images = _images(api, job_id)
+    rejected = images.pop(output_id)
+    assert rejected["status"] == "failed", rejected
+    assert rejected["error"] == f"worker result rejected: {reason}"
+    assert rejected["url"] is None
+    assert api.client.get(f"/api/outputs/{output_id}/file").status_code == 404
+    assert images and all(image["status"] == "succeeded" for image in images.values())
+    assert api.client.get(f"/api/jobs/{job_id}").json()["status"] == "completed"
+
+
+def test_a_result_pointing_at_another_groups_upload_fails_that_image_alone(api: Api) -> None:
+    """A worker holds a dispatch's token, not the right to show another group's files as
+    its output: the upload stays where it is, served as the upload only."""
+    victim_group = api.group("victim")
+    victim_id = api.upload_ids(victim_group, 1)[0]
+    victim = api.client.get(f"/api/uploads/{victim_id}/file").content
+    job_id, dispatch = submit_one_dispatch(api)
+    body = completed_body(api, dispatch)
+    first = body["output"]["results"][0]
+    with api.session() as session:
+        upload = session.get(Upload, victim_id)
+        assert upload is not None
+    first["output_uri"] = api.platform.storage.uri(upload.storage_key)
+    assert hook(api, dispatch, body).status_code == 200
+    _one_rejected(api, job_id, first["output_id"], "output_uri is outside this image's own keys")
+    assert api.client.get(f"/api/uploads/{victim_id}/file").content == victim
+
+
+@pytest.mark.parametrize(
+    ("field", "where", "reason"),
+    [
+        ("output_uri", "a neighbour's image", "output_uri is outside this image's own keys"),
+        ("output_uri", "its own thumbnail", "output_uri is outside this image's own keys"),
+        ("output_uri", "another job", "output_uri is outside this image's own keys"),
+        ("output_uri", "outside storage", "output_uri is unusable: "),
+        ("output_uri", "its own key as .bin", "output_uri's extension is not that of image/png"),
+        ("thumbnail_uri", "a neighbour's image", "thumbnail_uri is outside this image's own keys"),
+        ("thumbnail_uri", "its own image", "thumbnail_uri is outside this image's own keys"),
+    ],
+)
+def test_a_result_outside_its_own_keys_fails_that_image(
+    api: Api, field: str, where: str, reason: str
+) -> None:
+    job_id, dispatch = submit_one_dispatch(api)
+    body = completed_body(api, dispatch)
+    first, second, _ = body["output"]["results"]
+    with api.session() as session:
+        mine = session.get(Output, first["output_id"])
+        assert mine is not None
+    own_stem = layout.run_stem(layout.output_stem(mine.group_id, mine.job_id, mine.id), "rp-1")
+    storage = api.platform.storage
+    first[field] = {
+        "a neighbour's image": second["output_uri"],
+        "its own thumbnail": storage.uri(layout.thumbnail_key(own_stem)),
+        "its own image": storage.uri(layout.output_key(own_stem, "image/png")),
+        "another job": storage.uri(
+            layout.output_key(layout.output_stem(mine.group_id, "job_other", mine.id), "image/png")
+        ),
+        "outside storage": "file:///etc/passwd",
+        "its own key as .bin": storage.uri(own_stem + ".bin"),
+    }[where]
+    assert hook(api, dispatch, body).status_code == 200
+    images = _images(api, job_id)
+    assert images[first["output_id"]]["error"].startswith(f"worker result rejected: {reason}")
+    assert images[first["output_id"]]["status"] == "failed"
+    assert images[second["output_id"]]["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("content_type", ["text/html", "image/svg+xml", "application/pdf", None])
+def test_a_result_that_is_not_a_png_jpeg_or_webp_fails_that_image(
+    api: Api, content_type: str | None
+) -> None:
+    """The file route serves an output with the content type its result gave: only the
+    image types browsers show as images are taken."""
+    job_id, dispatch = submit_one_dispatch(api)
+    body = completed_body(api, dispatch)
+    first = body["output"]["results"][0]
+    api.platform.storage.put_bytes(
+        api.platform.storage.key_of(first["output_uri"]),
+        b"<script>alert(document.cookie)</script>",
+        content_type="image/png",
+    )
+    first["content_type"] = content_type
+    assert hook(api, dispatch, body).status_code == 200
+    _one_rejected(
+        api, job_id, first["output_id"], f"content type {content_type!r} is not PNG, JPEG or WebP"
+    )
+
+
+def test_results_for_images_of_other_dispatches_are_ignored(api: Api) -> None:
+    other_job_id, other = submit_one_dispatch(api, n=1)
+    foreign = completed_body(api, other)["output"]["results"][0]
+    job_id, dispatch = submit_one_dispatch(api, n=2)
+    body = completed_body(api, dispatch)
+    body["output"]["results"].insert(0, foreign)
+    assert hook(api, dispatch, body).status_code == 200
+    assert all(i["status"] == "succeeded" for i in _images(api, job_id).values())
+    [untouched] = _images(api, other_job_id).values()
+    assert untouched["status"] == "running" and untouched["url"] is None
+    assert hook(api, other, completed_body(api, other)).status_code == 200
+    assert api.client.get(f"/api/jobs/{other_job_id}").json()["status"] == "completed"
+
+
+BAD_NUMBERS = [
+    ("width", 2**31, "width is out of range (0 to 2147483647)"),
+    ("height", 2**31, "height is out of range (0 to 2147483647)"),
+    ("width", -1, "width is out of range (0 to 2147483647)"),
+    ("bytes", 2**63, "bytes is out of range (0 to 9223372036854775807)"),
+    ("latency_ms", 2**31, "latency_ms is out of range (0 to 2147483647)"),
+    ("attempts", 2**31, "attempts is out of range (0 to 2147483647)"),
+    ("seed", 2**63, "seed is out of range (0 to 9223372036854775807)"),
+    ("sha256", "a" * 65, "sha256 is not 64 lowercase hexadecimal digits"),
+    ("sha256", "<b>" * 20 + "abcd", "sha256 is not 64 lowercase hexadecimal digits"),
+    ("cost_usd", float("inf"), "cost_usd is not a price (0 to 1,000,000)"),
+    ("cost_usd", float("nan"), "cost_usd is not a price (0 to 1,000,000)"),
+    ("cost_usd", -0.04, "cost_usd is not a price (0 to 1,000,000)"),
+    (
+        "usage",
+        {"tokens": float("nan")},
+        "usage holds a number that is not finite (NaN or Infinity)",
+    ),
+    (
+        "usage",
+        {"a": [{"b": float("inf")}]},
+        "usage holds a number that is not finite (NaN or Infinity)",
+    ),
+    ("usage", {"tokens": 2**64}, "usage holds a number out of range"),
+    ("usage", {"pad": "x" * 20_000}, "usage is over 16,000 characters"),
+    (
+        "width",
+        "wide",
+        (
+            "does not match the contract: "
+            "width: Input should be a valid integer, unable to parse string as an integer"
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), BAD_NUMBERS)
+def test_a_result_with_values_no_column_holds_fails_that_image_not_the_request(
+    api: Api, field: str, value: object, reason: str
+) -> None:
+    """Numbers beyond their column, non-finite floats and malformed digests were a
+    DataError (a 500, and the dispatch never finished); now they fail just their image."""
+    job_id, dispatch = submit_one_dispatch(api)
+    body = completed_body(api, dispatch)
+    first = body["output"]["results"][0]
+    first[field] = value
+    assert _post_raw(api, dispatch, body).status_code == 200
+    _one_rejected(api, job_id, first["output_id"], reason)
+
+
+def test_a_failed_result_with_values_no_column_holds_is_failed_with_the_reason(api: Api) -> None:
+    job_id, dispatch = submit_one_dispatch(api, n=2)
+    body = completed_body(api, dispatch)
+    first = body["output"]["results"][0]
+    first.update(status="failed", error="quota", latency_ms=2**40, output_uri=None)
+    assert _post_raw(api, dispatch, body).status_code == 200
+    _one_rejected(api, job_id, first["output_id"], "latency_ms is out of range (0 to 2147483647)")
+
+
+def test_dispatch_timings_no_column_holds_are_dropped(api: Api) -> None:
+    """RunPod's own numbers describe the dispatch, not an image: dropped, nothing fails."""
+    job_id, dispatch = submit_one_dispatch(api)
+    body = {**completed_body(api, dispatch), "delayTime": 2**40, "executionTime": -3}
+    assert _post_raw(api, dispatch, body).status_code == 200
+    assert api.client.get(f"/api/jobs/{job_id}").json()["progress"]["succeeded"] == 3
+    with api.session() as session:
+        stored = session.get(Dispatch, dispatch.id)
+        assert stored is not None and stored.status == "completed"
+        assert (stored.delay_ms, stored.execution_ms) == (None, None)
+
+
+def test_output_that_is_no_list_of_results_still_fails_the_dispatch(api: Api) -> None:
+    api.platform.settings.dispatch_max_attempts = 1
+    job_id, dispatch = submit_one_dispatch(api, n=1)
+    body = {
+        "status": "COMPLETED",
+        "output": {"version": 1, "dispatch_id": dispatch.id, "results": 7},
+    }
+    assert hook(api, dispatch, body).status_code == 200
+    [image] = _images(api, job_id).values()
+    assert image["status"] == "failed"
+    assert image["error"].startswith("worker output does not match the contract")

@@ -1,7 +1,9 @@
-"""The JSON API's own rules (control_plane/web/api/, web/deps.py): paging, ids at the edge."""
+"""The JSON API's own rules (control_plane/web/api/, web/deps.py): paging, ids at the edge,
+files served so that browsers run nothing in them."""
 
+from shared import layout
 from tests.conftest import png_bytes
-from tests.fakes.api import Api
+from tests.fakes.api import Api, completed_body, hook, submit_one_dispatch
 
 
 def test_pages_beyond_any_database_are_refused(api: Api) -> None:
@@ -42,3 +44,32 @@ def test_malformed_ids_are_refused_at_the_edge_alike_on_every_database(api: Api)
     )
     assert webhook.status_code == 401
     assert api.client.get(f"/api/groups/{group_id}").json()["counts"]["uploads"] == 1
+
+
+def test_files_are_served_as_images_that_run_nothing(api: Api) -> None:
+    """Whatever bytes a file holds, browsers neither sniff them into a page nor run them on
+    this origin: every file and thumbnail carries nosniff and a sandboxing policy."""
+    _, dispatch = submit_one_dispatch(api, n=1)
+    body = completed_body(api, dispatch)
+    [result] = body["output"]["results"]
+    storage = api.platform.storage
+    stem = storage.key_of(result["output_uri"]).removesuffix(".png")
+    html = b"<html><script>alert(document.cookie)</script></html>"
+    storage.put_bytes(storage.key_of(result["output_uri"]), html, content_type="image/png")
+    storage.put_bytes(layout.thumbnail_key(stem), html, content_type="image/webp")
+    result["thumbnail_uri"] = storage.uri(layout.thumbnail_key(stem))
+    assert hook(api, dispatch, body).status_code == 200
+    [image] = api.client.get(f"/api/jobs/{dispatch.job_id}").json()["images"]
+    [upload_id] = image["reference_ids"]
+    paths = [
+        f"/api/outputs/{image['id']}/file",
+        f"/api/outputs/{image['id']}/thumbnail",
+        f"/api/uploads/{upload_id}/file",
+        f"/api/uploads/{upload_id}/thumbnail",
+    ]
+    for path in paths:
+        served = api.client.get(path)
+        assert served.status_code == 200, path
+        assert served.headers["x-content-type-options"] == "nosniff", path
+        assert served.headers["content-security-policy"] == "sandbox", path
+    assert api.client.get(paths[0]).headers["content-type"] == "image/png"

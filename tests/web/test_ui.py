@@ -14,6 +14,7 @@ from sqlmodel import Session, create_engine, func, select
 from control_plane.models import Group, Job, Upload
 from control_plane.settings import Settings
 from tests.conftest import png_bytes
+from tests.fakes.api import Api, submit_one_dispatch
 from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
 
 
@@ -299,3 +300,30 @@ def test_forms_posted_from_another_site_are_refused(stack: Stack) -> None:
         assert http.post("/groups", data={"name": "mine"}, headers=headers).status_code == 303
     assert http.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a link
     assert _count(stack.settings, Group) == 3
+
+
+def test_pages_allow_no_scripts_no_frames_and_send_no_address_elsewhere(api: Api) -> None:
+    """Every page, error pages too, carries a policy that allows what the templates use
+    (inline styles, images from here, forms posting here) and nothing more."""
+    job_id, _ = submit_one_dispatch(api, n=1)
+    group_id = api.client.get(f"/api/jobs/{job_id}").json()["group_id"]
+    expected = (
+        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    )
+    for path, status_code in (
+        ("/", 200),
+        (f"/groups/{group_id}", 200),
+        (f"/jobs/{job_id}", 200),
+        ("/jobs/job_nothing", 404),
+        ("/nowhere", 404),
+    ):
+        page = api.client.get(path)
+        assert page.status_code == status_code, path
+        assert page.headers["content-security-policy"] == expected, path
+        assert page.headers["referrer-policy"] == "same-origin", path
+    failed_form = api.client.post("/groups", data={"name": ""})
+    assert failed_form.status_code == 422
+    assert failed_form.headers["content-security-policy"] == expected
+    # The API's own docs page loads Swagger UI's scripts: not a page of the UI.
+    assert "content-security-policy" not in api.client.get("/docs").headers

@@ -8,6 +8,7 @@ answer); a form that succeeds redirects (303).
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +25,7 @@ from control_plane.web.deps import GroupId, JobId, PageNumber, PlatformDep, Sess
 from control_plane.web.forms import chosen_files, incoming_files, read_form
 from control_plane.web.present import job_detail, job_public, upload_public
 from shared.model_table import model_table
+from shared.storage import Storage, StorageError
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -31,12 +33,38 @@ submit_adapter: TypeAdapter[Any] = TypeAdapter(SubmitRequest)
 UPLOADS_PER_PAGE = 120
 GROUPS_PER_PAGE = 50
 JOBS_ON_GROUP_PAGE = 200
+SIGNING_PROBE = "pixelfleet-signing-check"
+
+
+def page_headers(storage: Storage) -> dict[str, str]:
+    """The headers of every page: no scripts, no frames, styles inline as the templates
+    write them, images from here or from where the storage signs its URLs, forms posting
+    here only, and no page address sent to other sites."""
+    image_sources = " ".join(["'self'", *_signed_url_origin(storage)])
+    policy = (
+        f"default-src 'none'; img-src {image_sources}; style-src 'unsafe-inline'; "
+        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    )
+    return {"Content-Security-Policy": policy, "Referrer-Policy": "same-origin"}
+
+
+def _signed_url_origin(storage: Storage) -> list[str]:
+    try:
+        signed = storage.signed_url(SIGNING_PROBE)
+    except StorageError:  # the file routes serve (or redirect) meanwhile
+        return []
+    if signed is None:
+        return []
+    parts = urlsplit(signed)
+    return [f"{parts.scheme}://{parts.netloc}"]
 
 
 def _page(
     request: Request, name: str, context: dict[str, Any], status_code: int = 200
 ) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
+    return templates.TemplateResponse(
+        request, name, context, status_code=status_code, headers=request.app.state.page_headers
+    )
 
 
 # -- groups -------------------------------------------------------------------------------
@@ -254,6 +282,7 @@ def error_page(
     request: Request, status_code: int, message: str, headers: Mapping[str, str] | None = None
 ) -> HTMLResponse:
     context = {"status_code": status_code, "message": message}
+    headers = {**request.app.state.page_headers, **(headers or {})}
     return templates.TemplateResponse(
         request, "error.html", context, status_code=status_code, headers=headers
     )

@@ -1,0 +1,121 @@
+"""What the control plane accepts from a worker about one image.
+
+The worker is trusted with nothing: it holds a dispatch's token, not the right to point an
+image at another group's files, to have its file served as a page that runs scripts, or to
+send numbers the columns cannot hold. `check` reads one result against the output row it
+names; `control_plane/lifecycle.py` fails that image alone with the reason when it refuses.
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from control_plane.models import BIGINT_LIMIT, INT_LIMIT, Output
+from shared import layout
+from shared.contract import ItemResult, ResultStatus
+from shared.images import extension_for
+from shared.layout import ObjectKind, StorageObject
+from shared.storage import Storage, StorageError
+
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+MAX_COST_USD = 1_000_000.0  # no image costs this much: a larger number is a broken worker
+MAX_USAGE_CHARS = 16_000  # the provider's token counts are a few hundred characters
+MAX_USAGE_DEPTH = 16
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ResultRejected(ValueError):
+    """A worker's result that cannot be applied; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """Where a succeeded result's image and thumbnail are, as keys of this image's own."""
+
+    storage_key: str
+    thumbnail_key: str | None
+
+
+def check(result: ItemResult, output: Output, storage: Storage) -> OutputFiles | None:
+    """Raise ResultRejected unless every field of `result` fits `output` and its columns;
+    the image's files when the result says it succeeded."""
+    _check_numbers(result, output)
+    _check_usage(result.usage)
+    if result.sha256 is not None and not SHA256.fullmatch(result.sha256):
+        raise ResultRejected("sha256 is not 64 lowercase hexadecimal digits")
+    if result.status != ResultStatus.SUCCEEDED:
+        return None
+    return _check_files(result, output, storage)
+
+
+def _check_numbers(result: ItemResult, output: Output) -> None:
+    limits = {
+        "seed": BIGINT_LIMIT,
+        "width": INT_LIMIT,
+        "height": INT_LIMIT,
+        "bytes": BIGINT_LIMIT,
+        "latency_ms": INT_LIMIT,
+        "attempts": INT_LIMIT - output.attempts,  # they add up over retries
+    }
+    for name, limit in limits.items():
+        value = getattr(result, name)
+        if value is not None and not 0 <= value < limit:
+            raise ResultRejected(f"{name} is out of range (0 to {limit - 1})")
+    cost = result.cost_usd
+    if cost is not None and not (math.isfinite(cost) and 0 <= cost < MAX_COST_USD):
+        raise ResultRejected(f"cost_usd is not a price (0 to {MAX_COST_USD:,.0f})")
+
+
+def _check_usage(usage: dict[str, Any] | None) -> None:
+    """JSON columns hold finite numbers only, and a bounded document."""
+    if usage is None:
+        return
+    _check_json_value(usage, depth=0)
+    if len(json.dumps(usage)) > MAX_USAGE_CHARS:
+        raise ResultRejected(f"usage is over {MAX_USAGE_CHARS:,} characters")
+
+
+def _check_json_value(value: Any, depth: int) -> None:
+    if depth > MAX_USAGE_DEPTH:
+        raise ResultRejected(f"usage is nested over {MAX_USAGE_DEPTH} levels deep")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ResultRejected("usage holds a number that is not finite (NaN or Infinity)")
+    if isinstance(value, int) and not -BIGINT_LIMIT <= value < BIGINT_LIMIT:
+        raise ResultRejected("usage holds a number out of range")
+    children = (
+        value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    )
+    for child in children:
+        _check_json_value(child, depth + 1)
+
+
+def _check_files(result: ItemResult, output: Output, storage: Storage) -> OutputFiles:
+    if result.content_type not in IMAGE_TYPES:
+        raise ResultRejected(f"content type {result.content_type!r} is not PNG, JPEG or WebP")
+    storage_key = _own_key(storage, "output_uri", result.output_uri, output, ObjectKind.OUTPUT)
+    if not storage_key.endswith(extension_for(result.content_type)):
+        raise ResultRejected(f"output_uri's extension is not that of {result.content_type}")
+    thumbnail_key = None
+    if result.thumbnail_uri is not None:
+        thumbnail_key = _own_key(
+            storage, "thumbnail_uri", result.thumbnail_uri, output, ObjectKind.OUTPUT_THUMBNAIL
+        )
+    return OutputFiles(storage_key, thumbnail_key)
+
+
+def _own_key(
+    storage: Storage, field: str, uri: str | None, output: Output, kind: ObjectKind
+) -> str:
+    """The key `uri` names, if it is one of `output`'s own: its stem, optionally the worker's
+    run tag, then the extension of `kind` (`shared/layout.py`)."""
+    if not uri:
+        raise ResultRejected(f"{field} is missing")
+    try:
+        key = storage.key_of(uri)
+    except StorageError as exc:
+        raise ResultRejected(f"{field} is unusable: {exc}") from None
+    if layout.parse(key) != StorageObject(kind, output.group_id, output.job_id, output.id):
+        raise ResultRejected(f"{field} is outside this image's own keys")
+    return key
