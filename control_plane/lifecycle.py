@@ -11,8 +11,12 @@ Rules kept here and nowhere else:
 - A job's counts and status are derived from its outputs (`refresh_job`), never incremented.
 - A dispatch that ended is never changed again: webhooks can be lost, duplicated, delayed or
   early, and `/status` polls race them, so finishing twice is a no-op.
-- A failed dispatch is retried as a new dispatch (its own RunPod job and token) until
-  `dispatch_max_attempts`; then its unfinished outputs fail with the reason.
+- A failed dispatch is retried as a new dispatch (its own RunPod job and token) while its
+  chunk's budget allows, then its unfinished outputs fail with the reason. A dispatch RunPod
+  lost (never had, or no longer knows) is not the worker's failure: losses have their own
+  budget (`dispatch_max_losses`), failures theirs (`dispatch_max_attempts`).
+- A report that cannot be applied (finalising raises) is counted on its dispatch
+  (`note_finish_failure`); after `dispatch_max_finish_failures` the dispatch fails instead.
 - New dispatches are only ever left `pending`; the sender is woken when the transaction that
   made them commits (`control_plane/runpod/sender.py` is the only caller of RunPod's `/run`).
 - Each transition writes its event (`control_plane/events.py`) in the same transaction.
@@ -84,6 +88,7 @@ class DispatchReport:
     runpod_status: str | None
     results: list[ItemResult | UnreadableResult] | None
     failure: str = ""
+    lost: bool = False  # RunPod lost the job: the loss budget applies, not the failure one
     delay_ms: int | None = None
     execution_ms: int | None = None
 
@@ -118,22 +123,19 @@ def add_job(session: Session, job: Job, outputs: Sequence[Output], chunk_size: i
     _queue(session, job.id, outputs, chunk_size)
 
 
-def _queue(
-    session: Session, job_id: str, outputs: Sequence[Output], chunk_size: int, attempt: int = 1
-) -> None:
+def _queue(session: Session, job_id: str, outputs: Sequence[Output], chunk_size: int) -> None:
     for start in range(0, len(outputs), chunk_size):
-        dispatch = _new_dispatch(session, job_id, attempt)
+        dispatch = _new_dispatch(session, job_id)
         for output in outputs[start : start + chunk_size]:
             output.dispatch_id = dispatch.id
             session.add(output)
 
 
-def _new_dispatch(session: Session, job_id: str, attempt: int) -> Dispatch:
-    dispatch = Dispatch(job_id=job_id, attempt=attempt, webhook_token=new_token())
+def _new_dispatch(session: Session, job_id: str, attempt: int = 1, losses: int = 0) -> Dispatch:
+    dispatch = Dispatch(job_id=job_id, attempt=attempt, losses=losses, webhook_token=new_token())
     session.add(dispatch)
-    emit(
-        session, EventKind.DISPATCH_QUEUED, job_id=job_id, dispatch_id=dispatch.id, attempt=attempt
-    )
+    data: dict[str, Any] = {"attempt": attempt, **({"losses": losses} if losses else {})}
+    emit(session, EventKind.DISPATCH_QUEUED, job_id=job_id, dispatch_id=dispatch.id, **data)
     wake_after_commit(session, Service.SENDER)
     return dispatch
 
@@ -210,9 +212,12 @@ def mark_submitted(session: Session, dispatch_id: str, runpod_job_id: str) -> bo
     return True
 
 
-def release_claim(session: Session, settings: Settings, dispatch_id: str, error: str) -> None:
-    """A send that failed: back to pending for the next pass, or failed for good after
-    `dispatch_submit_attempts` sends."""
+def release_claim(
+    session: Session, settings: Settings, dispatch_id: str, error: str, *, lost: bool
+) -> None:
+    """A send that failed: back to pending for the next pass, or failed after
+    `dispatch_submit_attempts` sends; `lost` when RunPod never took it (an outage, not a
+    refusal), so the chunk's loss budget applies."""
     dispatch = lock_dispatch(session, dispatch_id)
     if dispatch is None or dispatch.status != DispatchStatus.SUBMITTING:
         return
@@ -220,7 +225,8 @@ def release_claim(session: Session, settings: Settings, dispatch_id: str, error:
         "dispatch %s not sent (attempt %d): %s", dispatch_id, dispatch.submit_attempts, error
     )
     if dispatch.submit_attempts >= settings.dispatch_submit_attempts:
-        _fail_dispatch(session, settings, dispatch, f"could not submit to RunPod: {error}")
+        reason = f"could not submit to RunPod: {error}"
+        _fail_dispatch(session, settings, dispatch, reason, lost=lost)
         return
     dispatch.status = DispatchStatus.PENDING
     dispatch.error = clip(error)
@@ -251,7 +257,7 @@ def finish_dispatch(
     dispatch.runpod_status = clip(report.runpod_status, 20)
     dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
     if report.results is None:
-        _fail_dispatch(session, settings, dispatch, report.failure)
+        _fail_dispatch(session, settings, dispatch, report.failure, lost=report.lost)
         return
     _apply_results(session, storage, dispatch, report.results)
     dispatch.status = DispatchStatus.COMPLETED
@@ -330,20 +336,39 @@ def _end_output(session: Session, output: Output, now: datetime) -> None:
     )
 
 
-def _fail_dispatch(session: Session, settings: Settings, dispatch: Dispatch, reason: str) -> None:
-    """Mark `dispatch` failed; retry its unfinished outputs in a new dispatch if attempts
-    remain, else fail them with the reason."""
+def note_finish_failure(session: Session, settings: Settings, dispatch_id: str, error: str) -> bool:
+    """Applying a report to the dispatch raised `error` (that transaction was rolled back):
+    count it, and after `dispatch_max_finish_failures` fail the dispatch with it, so a report
+    that can never be applied is not tried for ever. True when the dispatch has ended."""
+    dispatch = lock_dispatch(session, dispatch_id)
+    if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
+        return True
+    reason = f"could not apply RunPod's report: {error}"
+    dispatch.finish_failures += 1
+    if dispatch.finish_failures >= settings.dispatch_max_finish_failures:
+        _fail_dispatch(session, settings, dispatch, reason)
+        return True
+    dispatch.error, dispatch.updated_at = clip(reason), utcnow()
+    session.add(dispatch)
+    return False
+
+
+def _fail_dispatch(
+    session: Session, settings: Settings, dispatch: Dispatch, reason: str, *, lost: bool = False
+) -> None:
+    """Mark `dispatch` failed; retry its unfinished outputs in a new dispatch while its chunk's
+    budget allows (a loss spends the loss budget, any other failure the attempt budget), else
+    fail them with the reason."""
     now = utcnow()
+    attempt, losses, within_budget = _next_try(settings, dispatch, lost)
+    if lost and not within_budget:
+        reason = f"lost {losses} times (more than PIXELFLEET_DISPATCH_MAX_LOSSES): {reason}"
     reason = clip(reason) or "failed"
     dispatch.status, dispatch.error = DispatchStatus.FAILED, reason
     dispatch.finished_at = dispatch.updated_at = now
     session.add(dispatch)
     job = session.get(Job, dispatch.job_id)
-    retry = (
-        dispatch.attempt < settings.dispatch_max_attempts
-        and job is not None
-        and job.status != JobStatus.CANCELLED
-    )
+    retry = within_budget and job is not None and job.status != JobStatus.CANCELLED
     emit(
         session,
         EventKind.DISPATCH_FAILED,
@@ -351,17 +376,20 @@ def _fail_dispatch(session: Session, settings: Settings, dispatch: Dispatch, rea
         dispatch_id=dispatch.id,
         reason=reason,
         retry=retry,
+        lost=lost,
         runpod_job_id=dispatch.runpod_job_id,
     )
     unfinished = col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
     if retry:
         log.warning(
-            "dispatch %s failed (%s); retrying as attempt %d",
+            "dispatch %s %s (%s); retrying as attempt %d after %d losses",
             dispatch.id,
+            "lost" if lost else "failed",
             reason,
-            dispatch.attempt + 1,
+            attempt,
+            losses,
         )
-        again = _new_dispatch(session, dispatch.job_id, dispatch.attempt + 1)
+        again = _new_dispatch(session, dispatch.job_id, attempt, losses)
         session.flush()
         session.exec(
             update(Output)
@@ -372,6 +400,16 @@ def _fail_dispatch(session: Session, settings: Settings, dispatch: Dispatch, rea
         log.warning("dispatch %s failed for good: %s", dispatch.id, reason)
         _fail_outputs(session, unfinished, reason, now)
     refresh_job(session, dispatch.job_id)
+
+
+def _next_try(settings: Settings, dispatch: Dispatch, lost: bool) -> tuple[int, int, bool]:
+    """The chunk's next try after `dispatch` (its attempt and losses so far), and whether the
+    chunk's budget allows it."""
+    if lost:
+        losses = dispatch.losses + 1
+        return dispatch.attempt, losses, losses <= settings.dispatch_max_losses
+    attempt = dispatch.attempt + 1
+    return attempt, dispatch.losses, attempt <= settings.dispatch_max_attempts
 
 
 def _fail_outputs(session: Session, condition: Sequence[Any], reason: str, now: datetime) -> None:
@@ -419,6 +457,7 @@ def cancel_job(session: Session, job_id: str) -> list[str]:
             dispatch_id=dispatch.id,
             reason=CANCELLED_BY_USER,
             retry=False,
+            lost=False,
             runpod_job_id=dispatch.runpod_job_id,
         )
     _fail_outputs(

@@ -182,12 +182,14 @@ class Dispatch(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_dispatches_status_updated_at", "status", "updated_at"),)
     id: str = _id("dsp")
     job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40)
-    attempt: int = 1
+    attempt: int = 1  # which try of its chunk this is; a failure of the worker's counts
+    losses: int = 0  # RunPod jobs of its chunk lost before this one (they do not count above)
     status: str = Field(default=DispatchStatus.PENDING, max_length=20)
     runpod_job_id: str | None = Field(default=None, index=True, max_length=80)
     runpod_status: str | None = Field(default=None, max_length=20)
     webhook_token: str = Field(max_length=64)
     submit_attempts: int = 0
+    finish_failures: int = 0  # times applying RunPod's report raised (rolled back)
     error: str | None = Field(default=None, sa_type=sa.Text)
     delay_ms: int | None = None
     execution_ms: int | None = None
@@ -208,7 +210,7 @@ class EventKind(StrEnum):
     DISPATCH_QUEUED = "dispatch_queued"  # a chunk waits for the sender (new, or a retry)
     DISPATCH_STARTED = "dispatch_started"  # RunPod accepted it (`data.runpod_job_id`)
     DISPATCH_COMPLETED = "dispatch_completed"  # its results were applied
-    DISPATCH_FAILED = "dispatch_failed"  # lost, failed or cancelled (`data.reason`, `data.retry`)
+    DISPATCH_FAILED = "dispatch_failed"  # failed, lost, cancelled (`data.reason`, `retry`, `lost`)
     OUTPUT_SUCCEEDED = "output_succeeded"
     OUTPUT_FAILED = "output_failed"  # `data.error` says why
     OUTPUT_BLOCKED = "output_blocked"  # refused by the provider's safety filter

@@ -31,7 +31,10 @@ class Settings(CommonSettings):
 
     dispatch_chunk_size: int = Field(16, ge=1, le=500)
     dispatch_max_attempts: int = Field(2, ge=1, le=10)
+    dispatch_max_losses: int = Field(10, ge=0, le=100)
+    dispatch_max_finish_failures: int = Field(3, ge=1)
     dispatch_submit_attempts: int = Field(5, ge=1)
+    dispatch_stale_claim_s: float | None = Field(None, gt=0)  # None: derived (runpod/sender.py)
     dispatch_execution_timeout_s: int = Field(600, ge=5)
     dispatch_ttl_s: int = Field(86_400, ge=10)
     reconcile_interval_s: float = Field(10.0, gt=0)

@@ -25,6 +25,9 @@ class RunPodError(Exception):
 
 
 class RunPodClient:
+    """Each call takes at most `timeout_s` per attempt (all of it: pool, connect, send, read)
+    and `attempts` attempts with backoff between them (`longest_call_s`)."""
+
     def __init__(
         self,
         endpoint_url: str,
@@ -42,8 +45,15 @@ class RunPodClient:
             transport=transport,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
         )
+        self._timeout_s = timeout_s
         self._attempts = attempts
         self._backoff_s = backoff_s
+
+    @property
+    def longest_call_s(self) -> float:
+        """The longest one call can take, its retries and their backoffs included."""
+        waits = sum(self._backoff_s_after(attempt) * 1.5 for attempt in range(1, self._attempts))
+        return self._attempts * self._timeout_s + waits
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -71,7 +81,8 @@ class RunPodClient:
     async def _request(self, method: str, path: str, json: Any = None) -> Any:
         for attempt in range(1, self._attempts + 1):
             try:
-                response = await self._http.request(method, path, json=json)
+                async with asyncio.timeout(self._timeout_s):
+                    response = await self._http.request(method, path, json=json)
                 if response.status_code < 400:
                     return response.json()
                 code = response.status_code
@@ -79,11 +90,15 @@ class RunPodClient:
                     f"RunPod {method} /{path} answered {code}: {response.text[:300]}",
                     code,
                 )
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, TimeoutError) as exc:
                 error = RunPodError(f"RunPod {method} /{path} failed: {exc!r}")
             if not error.retryable or attempt == self._attempts:
                 raise error
-            delay = min(8.0, self._backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random())
+            delay = self._backoff_s_after(attempt) * (0.5 + random.random())
             log.warning("%s; retrying in %.1fs", error, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _backoff_s_after(self, attempt: int) -> float:
+        """The wait after failed attempt `attempt`, before jitter (times 0.5 to 1.5)."""
+        return min(8.0, self._backoff_s * 2 ** (attempt - 1))

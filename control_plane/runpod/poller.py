@@ -2,7 +2,7 @@
 
 Webhooks are hints; `GET /status` is the authority. Every `reconcile_interval_s` each control
 plane polls submitted dispatches that have been quiet for `webhook_grace_s`. A job RunPod no
-longer knows counts as lost.
+longer knows counts as lost (retried under the loss budget, not the attempt budget).
 """
 
 import asyncio
@@ -13,9 +13,11 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from control_plane import lifecycle
+from control_plane.lifecycle import DispatchReport
 from control_plane.models import Dispatch, DispatchStatus, utcnow
 from control_plane.platform import Platform
 from control_plane.runpod.client import RunPodError
+from control_plane.runpod.finisher import apply_report
 from control_plane.runpod.sender import send_due
 from control_plane.runpod.wire import RunPodJobState, lost, report_of
 
@@ -61,15 +63,21 @@ async def poll(platform: Platform, dispatch_id: str, runpod_job_id: str) -> None
     except RunPodError as exc:
         log.warning("status of %s unavailable: %s", runpod_job_id, exc)
         return
-    state = RunPodJobState.model_validate(reply) if reply is not None else lost(runpod_job_id)
-    await asyncio.to_thread(_apply, platform, dispatch_id, state)
+    if reply is None:
+        await asyncio.to_thread(_finish, platform, dispatch_id, lost(runpod_job_id))
+        return
+    state = RunPodJobState.model_validate(reply)
+    if state.final:
+        await asyncio.to_thread(_finish, platform, dispatch_id, report_of(state))
+    else:
+        await asyncio.to_thread(_note, platform, dispatch_id, state.status)
 
 
-def _apply(platform: Platform, dispatch_id: str, state: RunPodJobState) -> None:
+def _finish(platform: Platform, dispatch_id: str, report: DispatchReport) -> None:
+    with platform.session() as session:
+        apply_report(session, platform.settings, platform.storage, dispatch_id, report)
+
+
+def _note(platform: Platform, dispatch_id: str, runpod_status: str) -> None:
     with platform.session_scope() as session:
-        if not state.final:
-            lifecycle.note_polled(session, dispatch_id, state.status)
-            return
-        lifecycle.finish_dispatch(
-            session, platform.settings, platform.storage, dispatch_id, report_of(state)
-        )
+        lifecycle.note_polled(session, dispatch_id, runpod_status)

@@ -2,7 +2,7 @@
 
 Writers leave dispatches `pending` and wake the sender when they commit; its timer also
 retries sends that failed. Each dispatch is claimed (pending → submitting) by one sender at a
-time; a claim older than STALE_CLAIM is taken over, so a crash between claim and record never
+time; a claim older than `stale_claim` is taken over, so a crash between claim and record never
 strands a chunk. RunPod's webhook may arrive before `/run` has returned: it is routed by the
 dispatch id in its URL, so the order does not matter.
 """
@@ -23,9 +23,17 @@ from shared.contract import DispatchInput, ImageParams, WorkItem
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
-STALE_CLAIM = timedelta(minutes=2)
+STALE_CLAIM_MARGIN_S = 30.0  # the claim's and the record's own database work, lock waits included
 SEND_CONCURRENCY = 8
 BATCH = 200
+
+
+def stale_claim(platform: Platform) -> timedelta:
+    """How old a claim must be to be taken over: `dispatch_stale_claim_s`, by default the
+    longest a `/run` call can take (its retries included) plus a margin, so a sender still
+    waiting for RunPod's answer is never overtaken (that would run the chunk twice)."""
+    seconds = platform.settings.dispatch_stale_claim_s
+    return timedelta(seconds=seconds or platform.runpod.longest_call_s + STALE_CLAIM_MARGIN_S)
 
 
 async def send_due(platform: Platform) -> int:
@@ -45,7 +53,7 @@ async def send_due(platform: Platform) -> int:
 
 def _due(platform: Platform, started: datetime) -> list[str]:
     with platform.session() as session:
-        waiting = lifecycle.claimable(utcnow(), STALE_CLAIM)
+        waiting = lifecycle.claimable(utcnow(), stale_claim(platform))
         ids = session.exec(
             select(Dispatch.id)
             .where(waiting, col(Dispatch.updated_at) <= started)
@@ -71,8 +79,8 @@ async def send(platform: Platform, dispatch_id: str) -> None:
         return
     try:
         runpod_job_id = await platform.runpod.run(body)
-    except RunPodError as error:
-        await asyncio.to_thread(_release, platform, dispatch_id, str(error))
+    except RunPodError as error:  # retryable: an outage, so RunPod never took the job
+        await asyncio.to_thread(_release, platform, dispatch_id, error)
         return
     if not await asyncio.to_thread(_record, platform, dispatch_id, runpod_job_id):
         await cancel_quietly(platform, runpod_job_id)
@@ -88,7 +96,7 @@ async def cancel_quietly(platform: Platform, runpod_job_id: str) -> None:
 
 def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
     with platform.session_scope() as session:
-        dispatch = lifecycle.claim(session, dispatch_id, STALE_CLAIM)
+        dispatch = lifecycle.claim(session, dispatch_id, stale_claim(platform))
         if dispatch is None:
             return None
         return run_body(platform.settings, dispatch, _input_of(session, platform.storage, dispatch))
@@ -99,9 +107,11 @@ def _record(platform: Platform, dispatch_id: str, runpod_job_id: str) -> bool:
         return lifecycle.mark_submitted(session, dispatch_id, runpod_job_id)
 
 
-def _release(platform: Platform, dispatch_id: str, error: str) -> None:
+def _release(platform: Platform, dispatch_id: str, error: RunPodError) -> None:
     with platform.session_scope() as session:
-        lifecycle.release_claim(session, platform.settings, dispatch_id, error)
+        lifecycle.release_claim(
+            session, platform.settings, dispatch_id, str(error), lost=error.retryable
+        )
 
 
 def _input_of(session: Session, storage: Storage, dispatch: Dispatch) -> DispatchInput:

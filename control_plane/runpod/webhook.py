@@ -1,5 +1,6 @@
 """RunPod's completion callback. Unsigned, so authenticated by the per-dispatch token in its
-URL (checked before the body is read); idempotent, so RunPod's re-sends change nothing."""
+URL (checked before the body is read); idempotent, so RunPod's re-sends change nothing. A report
+that cannot be applied is answered 503, so RunPod sends it again (`finisher.py` counts it)."""
 
 import hmac
 import logging
@@ -7,9 +8,9 @@ import logging
 from pydantic import ValidationError
 from sqlmodel import Session
 
-from control_plane import lifecycle
-from control_plane.errors import InvalidRequest, Unauthorized, describe_validation
+from control_plane.errors import InvalidRequest, Unauthorized, Unavailable, describe_validation
 from control_plane.models import Dispatch
+from control_plane.runpod.finisher import Outcome, apply_report
 from control_plane.runpod.wire import RunPodJobState, report_of
 from control_plane.settings import Settings
 from shared.ids import is_id
@@ -38,6 +39,9 @@ def receive(
         raise InvalidRequest(f"not a RunPod job state: {problems}") from None
     if not state.final:
         return {"status": "ignored", "reason": f"{state.status} is not a final state"}
-    lifecycle.finish_dispatch(session, settings, storage, dispatch_id, report_of(state))
-    session.commit()
+    outcome = apply_report(session, settings, storage, dispatch_id, report_of(state))
+    if outcome is Outcome.TRY_AGAIN:
+        raise Unavailable("this report could not be applied yet; send it again")
+    if outcome is Outcome.FAILED:
+        return {"status": "failed", "reason": "this report could not be applied"}
     return {"status": "accepted"}

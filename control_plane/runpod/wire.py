@@ -36,10 +36,15 @@ class RunPodJobState(BaseModel):
         return self.status in FINAL_STATES
 
 
-def lost(runpod_job_id: str) -> RunPodJobState:
-    """The state of a job RunPod's `/status` no longer knows (past its ttl, or never there)."""
-    return RunPodJobState(
-        id=runpod_job_id, status="FAILED", error="RunPod no longer knows this job (expired or lost)"
+def lost(runpod_job_id: str) -> DispatchReport:
+    """A job RunPod's `/status` no longer knows (past its ttl, or gone with a restarted
+    endpoint): lost by RunPod, not failed by the worker."""
+    return DispatchReport(
+        runpod_job_id=runpod_job_id,
+        runpod_status=None,
+        results=None,
+        failure="RunPod no longer knows this job (expired or lost)",
+        lost=True,
     )
 
 

@@ -6,7 +6,12 @@ reconciler's /status polls), and the ZIP is read back file by file against its m
 """
 
 import hashlib
+import time
 
+import sqlalchemy as sa
+from sqlmodel import Session, col, func, select
+
+from control_plane.models import Dispatch
 from control_plane.settings import Settings
 from tests.fakes.servers import reserve_socket, url_of
 from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
@@ -162,3 +167,59 @@ def test_official_runpod_client_is_not_needed_for_mixed_failures(
     _, archive, manifest = read_zip(stack, group_id)
     assert [line["status"] for line in manifest] == ["succeeded", "failed", "succeeded"]
     check_zip_against_manifest(archive, manifest)
+
+
+def test_a_job_survives_two_endpoint_restarts(settings: Settings) -> None:
+    """The local endpoint keeps its RunPod jobs in memory, so a restart loses every queued and
+    running one, as an outage at RunPod would. The poller finds each lost dispatch (`/status`
+    answers 404) and sends it again under the loss budget, not the attempt budget: two
+    restarts mid-job cost no image."""
+    quick = settings.model_copy(update={"webhook_grace_s": 1.0, "reconcile_interval_s": 0.2})
+    for stack in run_stack(quick, offline_latency_ms=100):
+        group_id = stack.group()
+        images = stack.upload(group_id, 300)
+        submitted = stack.http.post(
+            "/api/jobs/submit",
+            json={
+                "group_id": group_id,
+                "mode": "automatic",
+                "prompt": "x",
+                "images": images,
+                "config": {"model": "gemini-3.1-flash-image", "image_size": "512"},
+            },
+        )
+        job_id = submitted.json()["jobs"][0]["id"]
+        for succeeded in (60, 160):
+            _wait_until_succeeded(stack, job_id, succeeded)
+            stack.endpoint.stop()
+            time.sleep(0.5)
+            stack.endpoint.start()
+        [job] = stack.wait_for([job_id], timeout=90)
+        assert job["status"] == "completed"
+        assert job["progress"] == {
+            "total": 300,
+            "succeeded": 300,
+            "failed": 0,
+            "blocked": 0,
+            "pending": 0,
+        }
+        assert _lost_dispatches(stack.settings, job_id) > 0  # the restarts did lose work
+
+
+def _wait_until_succeeded(stack: Stack, job_id: str, succeeded: int) -> None:
+    deadline = time.monotonic() + 60
+    while stack.http.get(f"/api/jobs/{job_id}").json()["progress"]["succeeded"] < succeeded:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _lost_dispatches(settings: Settings, job_id: str) -> int:
+    engine = sa.create_engine(settings.database_url)
+    with Session(engine) as session:
+        lost = session.exec(
+            select(func.count()).where(
+                col(Dispatch.job_id) == job_id, col(Dispatch.error).contains("no longer knows")
+            )
+        ).one()
+    engine.dispose()
+    return lost

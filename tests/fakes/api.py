@@ -4,7 +4,8 @@
 TestClient on the `settings` database, with every `POST /run` answered IN_QUEUE and its
 body kept in `run_bodies`. The services' timers are off: they run when a commit wakes them,
 and `drain()` waits until they are idle. `submit_one_dispatch`, `hook` and `completed_body`
-take one job through a dispatch and RunPod's webhook.
+take one job through a dispatch and RunPod's webhook; `poison_finalising` makes applying one
+dispatch's results raise.
 """
 
 import json
@@ -15,13 +16,16 @@ from itertools import count
 import httpx
 import pytest
 import respx
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
+from control_plane import lifecycle
 from control_plane.app import create_app
 from control_plane.models import Dispatch, Output
 from control_plane.platform import Platform
 from control_plane.settings import Settings
+from shared.storage import Storage
 from tests.conftest import png_bytes
 
 RUNPOD = "https://api.runpod.ai/v2/ep-test"
@@ -135,3 +139,16 @@ def completed_body(api: Api, dispatch: Dispatch) -> dict:
         "status": "COMPLETED",
         "output": {"version": 1, "dispatch_id": dispatch.id, "results": results},
     }
+
+
+def poison_finalising(monkeypatch: pytest.MonkeyPatch, dispatch_id: str) -> None:
+    """Make applying any report of `dispatch_id`'s results raise, as an unknown bug or a value
+    the database refuses would (other dispatches are applied as usual)."""
+    apply_results = lifecycle._apply_results
+
+    def poisoned(session: Session, storage: Storage, dispatch: Dispatch, results: list) -> None:
+        if dispatch.id == dispatch_id:
+            raise sa.exc.DataError("UPDATE outputs …", {}, Exception("Data too long for column"))
+        apply_results(session, storage, dispatch, results)
+
+    monkeypatch.setattr(lifecycle, "_apply_results", poisoned)

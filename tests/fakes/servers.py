@@ -3,18 +3,19 @@
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import uvicorn
 
 
-def reserve_socket() -> socket.socket:
-    """A listening-ready socket on 127.0.0.1 with a free port (know the URL before the app)."""
+def reserve_socket(port: int = 0) -> socket.socket:
+    """A listening-ready socket on 127.0.0.1 with `port`, or a free one (know the URL before
+    the app)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
@@ -41,6 +42,34 @@ def run_server(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=20)
         sock.close()
+
+
+class RestartableServer:
+    """The app that `build` makes, served on one loopback port that survives restarts: `stop`
+    then `start` is a process restart (a fresh app: whatever the old one held in memory is
+    gone). Use it as a context manager."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._port = free_port()
+        self.url = f"http://127.0.0.1:{self._port}"
+        self._serving: AbstractContextManager[str] | None = None
+
+    def start(self) -> None:
+        self._serving = run_server(self._build(), reserve_socket(self._port))
+        self._serving.__enter__()
+
+    def stop(self) -> None:
+        if self._serving is not None:
+            self._serving.__exit__(None, None, None)
+            self._serving = None
+
+    def __enter__(self) -> "RestartableServer":
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 def free_port() -> int:

@@ -3,7 +3,8 @@ the worker handler inside it (offline provider unless told otherwise), sharing `
 database and storage.
 
 `run_stack(settings, **worker)` yields one `Stack` (use it as a generator, or wrap it in
-`contextlib.contextmanager`); keyword arguments override the worker's settings. The `stack`
+`contextlib.contextmanager`); keyword arguments override the worker's settings; its `endpoint`
+can be stopped and started again, losing its RunPod jobs as a restart does. The `stack`
 fixture (registered for every test by tests/conftest.py) is `run_stack(settings)`.
 `read_zip` downloads a group's ZIP, `check_zip_against_manifest` checks every file in it.
 """
@@ -24,7 +25,7 @@ from PIL import Image
 from control_plane.app import create_app
 from control_plane.settings import Settings
 from tests.conftest import png_bytes
-from tests.fakes.servers import reserve_socket, run_server, url_of
+from tests.fakes.servers import RestartableServer, reserve_socket, run_server, url_of
 from worker.local_endpoint import build_endpoint_app_from_settings
 from worker.settings import WorkerSettings
 
@@ -33,6 +34,7 @@ from worker.settings import WorkerSettings
 class Stack:
     http: httpx.Client
     settings: Settings
+    endpoint: RestartableServer
 
     def group(self) -> str:
         return self.http.post("/api/groups", json={"name": "e2e dataset"}).json()["id"]
@@ -75,15 +77,15 @@ def run_stack(settings: Settings, **worker: Any) -> Iterator[Stack]:
     }
     worker_settings = WorkerSettings(storage_url=settings.storage_url, **{**defaults, **worker})
     api_socket = reserve_socket()
-    with run_server(build_endpoint_app_from_settings(worker_settings)) as endpoint_url:
+    with RestartableServer(lambda: build_endpoint_app_from_settings(worker_settings)) as endpoint:
         control = settings.model_copy(
-            update={"runpod_base_url": endpoint_url, "public_url": url_of(api_socket)}
+            update={"runpod_base_url": endpoint.url, "public_url": url_of(api_socket)}
         )
         with (
             run_server(create_app(control), api_socket) as api_url,
             httpx.Client(base_url=api_url, timeout=60) as http,
         ):
-            yield Stack(http, control)
+            yield Stack(http, control, endpoint)
 
 
 @pytest.fixture

@@ -1,13 +1,18 @@
 """The sender (control_plane/runpod/sender.py), the only `/run` caller, with the poller's
 reconcile pass (control_plane/runpod/poller.py): an outage at RunPod, RunPod refusing for
-good, a job cancelled while its `/run` is in flight, and `/status` answers no column holds."""
+good, a job cancelled while its `/run` is in flight, `/status` answers no column holds,
+and the claim of a sender that died."""
 
 import json
+from datetime import timedelta
 
 import httpx
-from sqlmodel import select
+import pytest
+from sqlmodel import col, select
 
-from control_plane.models import Dispatch, Output
+from control_plane.models import Dispatch, Output, utcnow
+from control_plane.runpod.client import RunPodClient
+from control_plane.runpod.sender import send_due
 from control_plane.services import jobs
 from shared import layout
 from tests.conftest import png_bytes
@@ -135,3 +140,79 @@ def test_a_status_answer_with_values_no_column_holds_finishes_the_dispatch(api: 
         assert stored_dispatch is not None and stored_dispatch.status == "completed"
     api.client.portal.call(reconcile_once, api.platform)  # type: ignore[union-attr]
     assert status_route.call_count == 1  # finished: never asked again
+
+
+@pytest.mark.parametrize(
+    ("stale_claim_s", "threshold_s"),
+    [
+        (None, 3 * 1.0 + 0.75 + 1.5 + 30),  # /run's 3 attempts of 1 s, 2 backoffs, the margin
+        (5.0, 5.0),  # PIXELFLEET_DISPATCH_STALE_CLAIM_S
+    ],
+)
+def test_a_dead_senders_claim_is_taken_over_once_older_than_the_longest_run_call(
+    api: Api, stale_claim_s: float | None, threshold_s: float
+) -> None:
+    """A sender that died between claim and record leaves its dispatch `submitting`. Another
+    sender takes it over once the claim is older than any `/run` call can take (a younger one
+    may still be waiting for RunPod's answer: taking it would run the chunk twice)."""
+    settings = api.platform.settings
+    settings.runpod_timeout_s, settings.dispatch_stale_claim_s = 1.0, stale_claim_s
+    api.platform.runpod = RunPodClient(settings.runpod_endpoint_url, "rp-key", timeout_s=1.0)
+    healthy = api.run_route.side_effect
+    api.run_route.mock(side_effect=RuntimeError("the sender dies here"))
+    job_id, dispatch = submit_one_dispatch(api)
+    api.run_route.mock(side_effect=healthy)
+
+    _age_claim(api, dispatch.id, threshold_s - 2)
+    assert api.client.portal.call(send_due, api.platform) == 0  # type: ignore[union-attr]
+    assert api.run_bodies == []
+    _age_claim(api, dispatch.id, threshold_s + 2)
+    assert api.client.portal.call(send_due, api.platform) == 1  # type: ignore[union-attr]
+    assert [body["input"]["dispatch_id"] for body in api.run_bodies] == [dispatch.id]
+    assert api.client.get(f"/api/jobs/{job_id}").json()["status"] == "processing"
+
+
+def _age_claim(api: Api, dispatch_id: str, age_s: float) -> None:
+    with api.session() as session:
+        claimed = session.get(Dispatch, dispatch_id)
+        assert claimed is not None and claimed.status == "submitting"
+        claimed.updated_at = utcnow() - timedelta(seconds=age_s)
+        session.add(claimed)
+        session.commit()
+
+
+def test_sends_that_never_reach_runpod_spend_the_loss_budget(api: Api) -> None:
+    """An outage (no connection) is not the chunk's fault: after its `/run` attempts the
+    dispatch is sent again as a new one while losses remain, whatever
+    PIXELFLEET_DISPATCH_MAX_ATTEMPTS says; beyond PIXELFLEET_DISPATCH_MAX_LOSSES it fails."""
+    settings = api.platform.settings
+    settings.dispatch_submit_attempts, settings.dispatch_max_attempts = 1, 1
+    settings.dispatch_max_losses = 2
+    api.platform.runpod = RunPodClient(settings.runpod_endpoint_url, "rp-key", backoff_s=0.001)
+    api.run_route.mock(side_effect=httpx.ConnectError("connection refused"))
+    group_id = api.group()
+    job_id = api.client.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "p",
+            "images": api.upload_ids(group_id, 2),
+        },
+    ).json()["jobs"][0]["id"]
+    api.drain()
+    with api.session() as session:
+        chain = session.exec(
+            select(Dispatch).where(Dispatch.job_id == job_id).order_by(col(Dispatch.created_at))
+        ).all()
+    assert [(d.attempt, d.losses, d.status) for d in chain] == [
+        (1, 0, "failed"),
+        (1, 1, "failed"),
+        (1, 2, "failed"),
+    ]
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert all(
+        image["error"].startswith("lost 3 times") and "could not submit to RunPod" in image["error"]
+        for image in job["images"]
+    )

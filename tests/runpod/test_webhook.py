@@ -1,5 +1,6 @@
 """RunPod's webhook (control_plane/runpod/webhook.py, routed by web/api/webhook.py): its
-token, clipping what is stored, idempotence, failures and retries, partial results."""
+token, clipping what is stored, idempotence, failures and retries, partial results, reports
+that cannot be applied."""
 
 import json
 
@@ -9,7 +10,7 @@ from sqlmodel import select
 
 from control_plane.models import Dispatch, Output, Upload
 from shared import layout
-from tests.fakes.api import Api, completed_body, hook, submit_one_dispatch
+from tests.fakes.api import Api, completed_body, hook, poison_finalising, submit_one_dispatch
 
 
 def test_webhook_wrong_or_missing_token_is_401_and_changes_nothing(api: Api) -> None:
@@ -322,3 +323,31 @@ def test_output_that_is_no_list_of_results_still_fails_the_dispatch(api: Api) ->
     [image] = _images(api, job_id).values()
     assert image["status"] == "failed"
     assert image["error"].startswith("worker output does not match the contract")
+
+
+def test_a_report_that_cannot_be_applied_fails_its_dispatch_after_n_tries(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finalising that raises is answered 503 (RunPod sends again) and counted; the third
+    time the dispatch fails with the clipped error and is retried like any failed dispatch,
+    and every later re-send of the poisoned report gets 200."""
+    job_id, dispatch = submit_one_dispatch(api)
+    poison_finalising(monkeypatch, dispatch.id)
+    body = completed_body(api, dispatch)
+    answers = [hook(api, dispatch, body) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [503, 503, 200, 200]
+    assert answers[2].json()["status"] == "failed"
+    with api.session() as session:
+        row = session.get(Dispatch, dispatch.id)
+        assert row is not None and row.status == "failed" and row.finish_failures == 3
+        assert row.error is not None and len(row.error) <= 2_000
+        assert row.error.startswith("could not apply RunPod's report: DataError")
+    api.drain()
+    assert len(api.run_bodies) == 2  # the chunk was sent again
+    with api.session() as session:
+        retry = session.exec(
+            select(Dispatch).where(Dispatch.job_id == job_id, Dispatch.attempt == 2)
+        ).one()
+    assert hook(api, retry, completed_body(api, retry)).status_code == 200
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "completed" and job["progress"]["succeeded"] == 3
