@@ -78,9 +78,14 @@ def upload_thumbnail_key(group_id: str, upload_id: str) -> str:
     return f"{group_prefix(group_id)}{_INPUTS}/{upload_id}{_THUMBNAIL_SUFFIX}"
 
 
+def group_outputs_prefix(group_id: str) -> str:
+    """Everything the workers wrote for a group's jobs."""
+    return f"{group_prefix(group_id)}{_OUTPUTS}/"
+
+
 def job_outputs_prefix(group_id: str, job_id: str) -> str:
     """Everything a job's workers wrote."""
-    return f"{group_prefix(group_id)}{_OUTPUTS}/{job_id}/"
+    return f"{group_outputs_prefix(group_id)}{job_id}/"
 
 
 def output_stem(group_id: str, job_id: str, output_id: str) -> str:

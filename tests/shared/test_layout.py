@@ -32,6 +32,7 @@ def test_keys_keep_their_shapes() -> None:
     assert layout.group_prefix(GROUP) == "groups/grp_1/"
     assert layout.upload_key(GROUP, UPLOAD, ".jpg") == "groups/grp_1/inputs/img_3.jpg"
     assert layout.upload_thumbnail_key(GROUP, UPLOAD) == "groups/grp_1/inputs/img_3.thumb.webp"
+    assert layout.group_outputs_prefix(GROUP) == "groups/grp_1/outputs/"
     assert layout.job_outputs_prefix(GROUP, JOB) == "groups/grp_1/outputs/job_2/"
     assert stem == "groups/grp_1/outputs/job_2/out_4"
     assert layout.run_stem(stem, RUN_ID) == f"groups/grp_1/outputs/job_2/out_4-{TAG}"
@@ -54,6 +55,7 @@ def test_every_key_sits_under_its_prefixes() -> None:
         assert key.startswith(layout.group_prefix(GROUP))
         assert layout.group_prefix(GROUP).startswith(layout.ROOT)
     assert all(key.startswith(layout.job_outputs_prefix(GROUP, JOB)) for key in job_keys)
+    assert layout.job_outputs_prefix(GROUP, JOB).startswith(layout.group_outputs_prefix(GROUP))
 
 
 @pytest.mark.parametrize("extension", [".png", ".jpg", ".webp"])

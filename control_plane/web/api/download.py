@@ -1,3 +1,4 @@
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -10,6 +11,7 @@ from control_plane.services.uploads import safe_stem
 from control_plane.web.deps import GroupId, PlatformDep, SessionDep
 from control_plane.web.present import download_item
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/download", tags=["download"])
 
 
@@ -31,22 +33,31 @@ async def download_zip(
 ) -> StreamingResponse:
     """The group as a ZIP (streamed): every finished image plus manifest.jsonl."""
     group = await run_in_threadpool(groups.get_group, session, group_id)
-    manifest, entries = await run_in_threadpool(archive.plan, session, group.id)
+    manifest, entries = await run_in_threadpool(archive.plan, session, platform.storage, group.id)
     stream = archive.stream(platform.storage, manifest, entries)
     filename = f"{safe_stem(group.name + '.x') or 'group'}-{group.id}.zip"
     headers = {
         "Content-Disposition": f'attachment; filename="{filename}"',
         "Content-Length": str(len(stream)),
     }
-    return StreamingResponse(_closing(stream), media_type="application/zip", headers=headers)
+    return StreamingResponse(
+        _closing(stream, group.id), media_type="application/zip", headers=headers
+    )
 
 
-async def _closing(stream: archive.Archive) -> AsyncIterator[bytes]:
+async def _closing(stream: archive.Archive, group_id: str) -> AsyncIterator[bytes]:
     """The ZIP's chunks, read in the thread pool; however the response ends (finished, or
-    cancelled because the client went away), the storage read-ahead is stopped."""
+    cancelled because the client went away), the storage read-ahead is stopped.
+
+    An object that changed after planning is logged and re-raised: the server then cuts the
+    connection short of the promised Content-Length, so the client sees a failed download.
+    """
     chunks = iter(stream.zip)
     try:
         while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
             yield chunk
+    except archive.ArchiveAborted as exc:
+        log.error("ZIP of group %s aborted mid-download: %s", group_id, exc)
+        raise
     finally:
         stream.close()
