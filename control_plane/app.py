@@ -21,7 +21,12 @@ from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
 from control_plane.settings import Settings
 from control_plane.web.api import download, files, groups, jobs, uploads, webhook
-from control_plane.web.auth import PasswordMiddleware, SameOriginMiddleware
+from control_plane.web.auth import (
+    HostCheckMiddleware,
+    PasswordMiddleware,
+    SameOriginMiddleware,
+    expected_hosts,
+)
 from control_plane.web.errors import install_error_handlers
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.ui import routes as ui
@@ -111,6 +116,9 @@ def create_app(
     app.add_middleware(SameOriginMiddleware)
     if settings.api_password:
         app.add_middleware(PasswordMiddleware, password=settings.api_password)
+    else:
+        hosts = expected_hosts(settings.public_url, settings.allowed_host_names)
+        app.add_middleware(HostCheckMiddleware, hosts=hosts)
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

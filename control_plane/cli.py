@@ -1,13 +1,17 @@
 """The `pixelfleet` command."""
 
-import logging
+import ctypes
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated, TypeVar
 
+import sqlalchemy as sa
 import typer
 import uvicorn
 from pydantic import ValidationError
@@ -15,6 +19,7 @@ from pydantic_settings import BaseSettings
 
 from control_plane.db import migrate as run_migrations
 from control_plane.settings import Settings
+from shared.logs import configure_logging
 from shared.settings import describe_settings_error
 from shared.storage import Storage, StorageError, open_storage
 
@@ -32,8 +37,29 @@ def _settings(kind: type[SettingsT]) -> SettingsT:
 
 
 def _configuration_error(message: object) -> typer.Exit:
-    typer.echo(f"configuration error: {message}", err=True)
+    return _cannot_start(f"configuration error: {message}")
+
+
+def _cannot_start(message: str) -> typer.Exit:
+    """Say why on stderr; the caller raises the returned exit (code 2) `from None`."""
+    typer.echo(message, err=True)
     return typer.Exit(2)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Exit with a plain message (code 2) when nothing could listen on `host:port`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise _cannot_start(
+                    f"port {port} is already in use (another pixelfleet up?); "
+                    "stop it or choose another port"
+                ) from None
+            raise _cannot_start(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _storage(storage_url: str, signed_url_expiry_s: int = 3600) -> Storage:
@@ -44,8 +70,10 @@ def _storage(storage_url: str, signed_url_expiry_s: int = 3600) -> Storage:
         raise _configuration_error(exc) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _secrets(settings: Settings) -> list[str | None]:
+    """What the control plane's logs must never show (see shared/logs.py)."""
+    database_password = sa.engine.make_url(settings.database_url).password
+    return [settings.api_password, settings.runpod_api_key, database_password]
 
 
 @app.command()
@@ -64,7 +92,8 @@ def api(
 ) -> None:
     """Run the control plane (HTTP API, webhook, reconciler)."""
     settings = _settings(Settings)
-    _logging(settings.log_level)
+    _check_port_free(host, port)
+    configure_logging(settings.log_level, _secrets(settings))
     storage = _storage(settings.storage_url, settings.signed_url_expiry_s)
     from control_plane.app import check_signing, create_app
 
@@ -79,6 +108,7 @@ def api(
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,
     )
 
 
@@ -89,7 +119,8 @@ def endpoint(host: str = "127.0.0.1", port: int = 8001) -> None:
     from worker.settings import WorkerSettings
 
     settings = _settings(WorkerSettings)
-    _logging(settings.log_level)
+    _check_port_free(host, port)
+    configure_logging(settings.log_level, settings.secrets())
     try:  # the handler opens (and checks) its storage here
         endpoint_app = build_endpoint_app_from_settings(settings)
     except StorageError as exc:
@@ -99,6 +130,7 @@ def endpoint(host: str = "127.0.0.1", port: int = 8001) -> None:
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
+        log_config=None,
     )
 
 
@@ -154,6 +186,8 @@ def up(
 
     settings = _settings(Settings)
     _settings(WorkerSettings)  # refuse bad worker settings before starting anything
+    _check_port_free(host, port)
+    _check_port_free("127.0.0.1", endpoint_port)
     run_migrations(settings.database_url)
     env = {
         **os.environ,
@@ -163,12 +197,17 @@ def up(
         ),
     }
     command = [sys.executable, "-m", "control_plane.cli"]
+    die_with_parent = _die_with_parent()
     children = [
         subprocess.Popen(
-            [*command, "endpoint", "--host", "127.0.0.1", "--port", str(endpoint_port)], env=env
+            [*command, "endpoint", "--host", "127.0.0.1", "--port", str(endpoint_port)],
+            env=env,
+            preexec_fn=die_with_parent,
         ),
         subprocess.Popen(
-            [*command, "api", "--host", host, "--port", str(port), "--no-migrate"], env=env
+            [*command, "api", "--host", host, "--port", str(port), "--no-migrate"],
+            env=env,
+            preexec_fn=die_with_parent,
         ),
     ]
     typer.echo(
@@ -176,6 +215,29 @@ def up(
         f"endpoint http://127.0.0.1:{endpoint_port}"
     )
     _supervise(children)
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, what a child runs before it starts so that the kernel sends it SIGTERM when
+    `up` dies, even by SIGKILL (which `up` cannot catch to stop its children itself).
+
+    Elsewhere None: there a killed `up` leaves its children running, and the next `up` says
+    that their ports are in use.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, not in the child
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # `up` died before the signal was armed
+            os._exit(1)
+
+    return set_death_signal
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> None:

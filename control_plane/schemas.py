@@ -1,12 +1,29 @@
 """Request and response bodies: one family per entity (Create / Public)."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    model_validator,
+)
 
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000)]
 ImageIds = Annotated[list[str], Field(max_length=20_000)]
+
+
+def _utc_iso(moment: datetime) -> str:
+    """The database's naive UTC (or an aware time) as ISO 8601 in UTC with a `Z`."""
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.isoformat().replace("+00:00", "Z")
+
+
+# A UTC time: stays a datetime in Python (the HTML pages format it), `…Z` in JSON answers.
+UtcDatetime = Annotated[datetime, PlainSerializer(_utc_iso, return_type=str, when_used="json")]
 
 
 class _Body(BaseModel):
@@ -41,8 +58,8 @@ class GroupCounts(BaseModel):
 class GroupPublic(BaseModel):
     id: str
     name: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
     counts: GroupCounts | None = None
 
 
@@ -58,7 +75,7 @@ class UploadPublic(BaseModel):
     sha256: str
     url: str
     thumbnail_url: str | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class UploadRejected(BaseModel):
@@ -150,9 +167,9 @@ class JobPublic(BaseModel):
     config: dict[str, Any]
     progress: Progress
     error: str | None
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    completed_at: UtcDatetime | None
 
 
 class OutputPublic(BaseModel):

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, host_list
 
 DEV_RUNPOD_API_KEY = "local-dev-key"
 MIN_PASSWORD_CHARS = 16
@@ -28,6 +28,7 @@ class Settings(CommonSettings):
     runpod_api_key: str = DEV_RUNPOD_API_KEY
     runpod_timeout_s: float = Field(30.0, gt=0)
     api_password: str = ""  # empty: the API and UI are open (development)
+    allowed_hosts: str = ""  # open API: Host names answered beyond loopback and public_url's
 
     dispatch_chunk_size: int = Field(16, ge=1, le=500)
     dispatch_max_attempts: int = Field(2, ge=1, le=10)
@@ -100,6 +101,10 @@ class Settings(CommonSettings):
             files * (self.upload_max_file_bytes + UPLOAD_PART_ALLOWANCE) + UPLOAD_FORM_ALLOWANCE
         )
         return self.upload_max_request_bytes or derived
+
+    @property
+    def allowed_host_names(self) -> list[str]:
+        return host_list(self.allowed_hosts)
 
     @property
     def runpod_endpoint_url(self) -> str:

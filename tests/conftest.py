@@ -104,6 +104,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         reconcile_interval_s=0.2,
         webhook_grace_s=30,
         dispatch_chunk_size=16,
+        allowed_hosts="testserver",  # TestClient's Host header
     )
 
 

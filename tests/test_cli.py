@@ -1,10 +1,13 @@
-"""The `pixelfleet` command (control_plane/cli.py): configuration errors are one clear message.
+"""The `pixelfleet` command (control_plane/cli.py): configuration errors and taken ports are
+one clear message.
 
 The whole stack under `pixelfleet up` is tests/e2e/test_cli_up.py."""
 
 import os
+import socket
 import subprocess
 import sys
+from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,31 @@ def test_bad_worker_settings_are_a_message_not_a_traceback(tmp_path: Path, comma
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("configuration error:")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "taken"),
+    [("up", "--port"), ("up", "--endpoint-port"), ("api", "--port"), ("endpoint", "--port")],
+)
+def test_a_taken_port_is_a_message_not_a_traceback(
+    tmp_path: Path, command: str, taken: str
+) -> None:
+    with socket.socket() as holder:  # what another `pixelfleet up` would hold
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ports = {"--port": str(free_port()), "--endpoint-port": str(free_port()), taken: str(port)}
+        if command != "up":
+            del ports["--endpoint-port"]
+        result = subprocess.run(
+            [sys.executable, "-m", "control_plane.cli", command, *chain(*ports.items())],
+            env={**os.environ, "PIXELFLEET_DATA_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"port {port} is already in use (another pixelfleet up?)")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "pixelfleet.db").exists()  # refused before migrating

@@ -23,6 +23,7 @@ import copy
 import hmac
 import importlib.metadata
 import inspect
+import ipaddress
 import json
 import logging
 import os
@@ -30,15 +31,17 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
+from shared.logs import configure_logging
 from worker.handler import make_handler
 from worker.settings import WorkerSettings
 
@@ -93,6 +96,7 @@ class EndpointConfig:
     default_execution_timeout_ms: int = 600_000
     default_ttl_ms: int = 86_400_000
     runsync_wait_ms: int = 90_000
+    webhook_hosts: frozenset[str] = frozenset()  # beyond loopback, which is always allowed
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,8 @@ def parse_run_request(raw: bytes, *, limit: int, config: EndpointConfig) -> RunR
     webhook = body.get("webhook")
     if webhook is not None and not isinstance(webhook, str):
         raise EndpointError(400, "webhook must be a URL string")
+    if webhook:
+        _check_webhook(webhook, config.webhook_hosts)
     policy = body.get("policy") or {}
     if not isinstance(policy, dict):
         raise EndpointError(400, "policy must be an object")
@@ -226,6 +232,28 @@ def parse_run_request(raw: bytes, *, limit: int, config: EndpointConfig) -> RunR
         ),
         ttl_ms=_positive_int(policy, "ttl", config.default_ttl_ms),
     )
+
+
+def _check_webhook(url: str, allowed_hosts: frozenset[str]) -> None:
+    """Refuse webhooks to anywhere but loopback and the configured hosts: whoever can call
+    `/run` must not make this machine post job results (and reach hosts it can reach)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EndpointError(400, f"webhook must be an http(s) URL, not {url!r}")
+    host = parts.hostname
+    if not (_is_loopback(host) or host in allowed_hosts):
+        raise EndpointError(
+            400,
+            f"webhook host {host!r} is not loopback: add it to "
+            "PIXELFLEET_ENDPOINT_ALLOW_WEBHOOK_HOSTS to let this endpoint post there",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, not an address
+        return host == "localhost"
 
 
 # --------------------------------------------------------------------------- the engine
@@ -589,11 +617,13 @@ def create_endpoint_app(
     default_ttl_ms: int = 86_400_000,
     runsync_wait_ms: int = 90_000,
     concurrency_modifier: ConcurrencyModifier | None = None,
+    webhook_hosts: Collection[str] = (),
 ) -> FastAPI:
     """A FastAPI app serving `/v2/{endpoint_id}/…` like RunPod, running `handler` per job.
 
     At most `job_concurrency` jobs run at once, and with a `concurrency_modifier` only as
-    many as it returns when asked before each job is taken.
+    many as it returns when asked before each job is taken. Webhooks go to loopback hosts
+    and `webhook_hosts` (lower case) only.
     """
     config = EndpointConfig(
         endpoint_id=endpoint_id,
@@ -605,6 +635,7 @@ def create_endpoint_app(
         default_execution_timeout_ms=default_execution_timeout_ms,
         default_ttl_ms=default_ttl_ms,
         runsync_wait_ms=runsync_wait_ms,
+        webhook_hosts=frozenset(webhook_hosts),
     )
     engine = LocalEndpoint(handler, config, concurrency_modifier)
 
@@ -635,6 +666,7 @@ def build_endpoint_app_from_settings(settings: WorkerSettings) -> FastAPI:
         webhook_attempts=settings.webhook_attempts,
         webhook_retry_delay_s=settings.webhook_retry_delay_s,
         result_retention_s=settings.result_retention_s,
+        webhook_hosts=settings.endpoint_webhook_hosts,
     )
 
 
@@ -646,8 +678,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
     settings = WorkerSettings()  # fields come from the environment
-    logging.basicConfig(level=settings.log_level)
-    uvicorn.run(build_endpoint_app_from_settings(settings), host=args.host, port=args.port)
+    configure_logging(settings.log_level, settings.secrets())
+    uvicorn.run(
+        build_endpoint_app_from_settings(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,  # uvicorn's loggers go through configure_logging's redacting handler
+    )
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ A configuration problem (bad settings, a missing bucket, unusable credentials) e
 process at once with one line saying what to fix and exit code 2, not a traceback.
 """
 
-import logging
 import sys
 
 from pydantic import ValidationError
 
+from shared.logs import configure_logging
 from shared.settings import describe_settings_error
 from shared.storage import StorageError
 from worker.handler import make_handler
@@ -19,7 +19,7 @@ from worker.settings import WorkerSettings
 def main() -> None:
     try:
         settings = WorkerSettings()
-        logging.basicConfig(level=settings.log_level)
+        configure_logging(settings.log_level, settings.secrets())
         handler, concurrency_modifier, _ = make_handler(settings)
     except (ValidationError, StorageError) as exc:
         problem = describe_settings_error(exc) if isinstance(exc, ValidationError) else exc

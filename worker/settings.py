@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, host_list
 
 
 class WorkerSettings(CommonSettings):
@@ -47,6 +47,18 @@ class WorkerSettings(CommonSettings):
     webhook_attempts: int = 3
     webhook_retry_delay_s: float = 10.0
     result_retention_s: float = 1800
+    endpoint_allow_webhook_hosts: str = Field(
+        "", description="comma-separated hosts beyond loopback the local endpoint posts to"
+    )
+
+    @property
+    def endpoint_webhook_hosts(self) -> list[str]:
+        return host_list(self.endpoint_allow_webhook_hosts)
+
+    def secrets(self) -> list[str | None]:
+        """What the worker's logs must never show (see shared/logs.py)."""
+        gemini = self.gemini_api_key.get_secret_value() if self.gemini_api_key else None
+        return [gemini, self.endpoint_api_key]
 
     def provider_name(self) -> str:
         if self.provider != "auto":

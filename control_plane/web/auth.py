@@ -1,5 +1,6 @@
-"""Access to the control plane: one shared password, when one is configured, and no
-state-changing request from another site's page (cross-site request forgery).
+"""Access to the control plane: one shared password, when one is configured; without one,
+only the expected Host names (DNS rebinding); and no state-changing request from another
+site's page (cross-site request forgery).
 
 Every route asks for it (HTTP Basic with any user name, which browsers prompt for by
 themselves, or `Authorization: Bearer <password>`), except the two that must stay open:
@@ -10,6 +11,7 @@ RunPod's webhook (it cannot send headers; each dispatch's URL carries its own to
 import base64
 import binascii
 import hmac
+import json
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -87,3 +89,51 @@ def _same_site(scope: Scope) -> bool:
     if origin is None or origin == b"null":
         return origin is None
     return urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") == headers.get(b"host")
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+BAD_REQUEST = [(b"content-type", b"application/json")]
+
+
+def expected_hosts(public_url: str, allowed_hosts: list[str]) -> frozenset[str]:
+    """Host names (any port) an open server answers: loopback, the public URL's, the listed."""
+    public = urlsplit(public_url).hostname
+    return LOOPBACK_HOSTS | set(allowed_hosts) | ({public} if public else set())
+
+
+class HostCheckMiddleware:
+    """Answer 400 to a request whose Host header names none of `hosts`.
+
+    Without a password the API is open to whoever reaches it, and a page on any site can
+    reach it through the visitor's browser by DNS rebinding: its own name, re-resolved to
+    127.0.0.1, then reads and posts here as a same-origin page. Such requests carry the
+    page's host name, which is not ours. `/healthz` stays open like it does behind the
+    password (probes may address the server by any name).
+    """
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str]) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        host = _host_name(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
+        if host in self.hosts:
+            await self.app(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 400, "headers": BAD_REQUEST})
+        detail = (
+            f"unexpected Host header {host!r}: this server answers "
+            f"{', '.join(sorted(self.hosts))}; add the name to PIXELFLEET_ALLOWED_HOSTS"
+        )
+        await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower case ("" if none)."""
+    try:
+        return urlsplit(f"//{header}").hostname or ""
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        return ""

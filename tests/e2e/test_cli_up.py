@@ -1,77 +1,58 @@
-"""`pixelfleet up` as a newcomer runs it: in an empty folder, then a job by HTTP."""
+"""`pixelfleet up` as a newcomer runs it: in an empty folder, then a job by HTTP; its
+processes end with it, however it ends; and its logs keep secrets out."""
 
-import os
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
-import pytest
+import psutil
+import sqlalchemy as sa
 
 from tests.conftest import png_bytes
+from tests.fakes.cli import answers, start_up, wait_until_up
 from tests.fakes.servers import free_port
+
+
+def run_a_job(http: httpx.Client, deadline: float) -> tuple[str, dict]:
+    """A group with two uploads and an automatic job over them, finished; (group id, job)."""
+    group_id = http.post("/api/groups", json={"name": "first"}).json()["id"]
+    files = [
+        ("files", (f"{i}.png", png_bytes(40, 40, (i * 60, 0, 0)), "image/png")) for i in range(2)
+    ]
+    uploaded = http.post("/api/uploads", data={"group_id": group_id}, files=files).json()
+    job_id = http.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "hello",
+            "images": [image["id"] for image in uploaded["images"]],
+        },
+    ).json()["jobs"][0]["id"]
+    while (job := http.get(f"/api/jobs/{job_id}").json())["status"] not in (
+        "completed",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return group_id, job
+
+
+def stop(child: subprocess.Popen[bytes]) -> None:
+    child.terminate()
+    child.wait(timeout=30)
 
 
 def test_up_starts_everything_from_an_empty_folder(tmp_path: Path) -> None:
     api_port, endpoint_port = free_port(), free_port()
-    env = {**os.environ, "PIXELFLEET_LOG_LEVEL": "WARNING"}
-    env.pop("PIXELFLEET_DATA_DIR", None)
-    command = [
-        sys.executable,
-        "-m",
-        "control_plane.cli",
-        "up",
-        "--port",
-        str(api_port),
-        "--endpoint-port",
-        str(endpoint_port),
-    ]
-    child = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{api_port}"
+    log = tmp_path / "up.log"
+    child = start_up(tmp_path, api_port, endpoint_port, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if child.poll() is not None:
-                pytest.fail(
-                    f"pixelfleet up exited: {child.stdout.read().decode() if child.stdout else ''}"
-                )
-            assert time.monotonic() < deadline, "pixelfleet up did not answer in 60 s"
-            time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=30) as http:
-            group_id = http.post("/api/groups", json={"name": "first"}).json()["id"]
-            files = [
-                ("files", (f"{i}.png", png_bytes(40, 40, (i * 60, 0, 0)), "image/png"))
-                for i in range(2)
-            ]
-            images = [
-                i["id"]
-                for i in http.post("/api/uploads", data={"group_id": group_id}, files=files).json()[
-                    "images"
-                ]
-            ]
-            job_id = http.post(
-                "/api/jobs/submit",
-                json={
-                    "group_id": group_id,
-                    "mode": "automatic",
-                    "prompt": "hello",
-                    "images": images,
-                },
-            ).json()["jobs"][0]["id"]
-            while (job := http.get(f"/api/jobs/{job_id}").json())["status"] not in (
-                "completed",
-                "failed",
-            ):
-                assert time.monotonic() < deadline + 60
-                time.sleep(0.2)
+        wait_until_up(child, api_port, endpoint_port, log)
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as http:
+            group_id, job = run_a_job(http, time.monotonic() + 120)
             assert job["progress"]["succeeded"] == 2
             assert http.get(f"/api/download/{group_id}/zip").status_code == 200
         assert (tmp_path / "pixelfleet-data" / "pixelfleet.db").is_file()
@@ -81,6 +62,79 @@ def test_up_starts_everything_from_an_empty_folder(tmp_path: Path) -> None:
             )
         )
     finally:
-        child.terminate()
-        child.wait(timeout=30)
+        stop(child)
     assert child.returncode == 0
+
+
+def test_killing_up_stops_its_processes_and_frees_its_ports(tmp_path: Path) -> None:
+    """SIGKILL leaves `up` no chance to stop its children: the kernel must (Linux)."""
+    api_port, endpoint_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    first = start_up(tmp_path, api_port, endpoint_port, log)
+    children: list[psutil.Process] = []
+    try:
+        wait_until_up(first, api_port, endpoint_port, log)
+        children = psutil.Process(first.pid).children()
+        assert len(children) == 2
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, f"still running after up was killed: {alive}"
+        assert not answers(f"http://127.0.0.1:{api_port}/healthz")
+        assert not answers(f"http://127.0.0.1:{endpoint_port}/v2/local/health")
+
+        second = start_up(tmp_path, api_port, endpoint_port, log)
+        try:
+            wait_until_up(second, api_port, endpoint_port, log)
+        finally:
+            stop(second)
+        assert second.returncode == 0, log.read_text()
+    finally:
+        for process in children:
+            if process.is_running():
+                process.kill()
+
+
+def test_logs_show_no_webhook_token_key_or_password(tmp_path: Path, database_url: str) -> None:
+    """Every line both processes write at INFO, a whole job long: webhook URLs are in the
+    API's access log and in the endpoint's httpx log, with their tokens masked."""
+    secrets = {
+        "PIXELFLEET_API_PASSWORD": "correct-horse-battery-staple",
+        "PIXELFLEET_RUNPOD_API_KEY": "rp-secret-key-0123456789",
+        "PIXELFLEET_ENDPOINT_API_KEY": "rp-secret-key-0123456789",
+        "GEMINI_API_KEY": "AIza-gemini-secret-0123456789",
+    }
+    api_port, endpoint_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    child = start_up(
+        tmp_path,
+        api_port,
+        endpoint_port,
+        log,
+        PIXELFLEET_LOG_LEVEL="INFO",
+        PIXELFLEET_DATABASE_URL=database_url,
+        PIXELFLEET_PROVIDER="offline",
+        **secrets,
+    )
+    try:
+        wait_until_up(child, api_port, endpoint_port, log)
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{api_port}",
+            headers={"Authorization": f"Bearer {secrets['PIXELFLEET_API_PASSWORD']}"},
+            timeout=30,
+        ) as http:
+            _, job = run_a_job(http, time.monotonic() + 120)
+        assert job["progress"]["succeeded"] == 2
+    finally:
+        stop(child)
+    engine = sa.create_engine(database_url)
+    with engine.connect() as connection:
+        tokens = connection.exec_driver_sql("SELECT webhook_token FROM dispatches").scalars().all()
+    engine.dispose()
+    written = log.read_text()
+    assert tokens
+    for secret in [*tokens, *secrets.values()]:
+        assert secret not in written
+    masked = [line for line in written.splitlines() if "token=***" in line]
+    assert any("uvicorn.access" in line and "/api/webhook/runpod" in line for line in masked)
+    assert any("httpx" in line and "/api/webhook/runpod" in line for line in masked)

@@ -1,5 +1,7 @@
-"""The JSON API's own rules (control_plane/web/api/, web/deps.py): paging, ids at the edge,
-files served so that browsers run nothing in them."""
+"""The JSON API's own rules (control_plane/web/api/, web/deps.py, schemas.py): paging, ids at
+the edge, times in UTC, files served so that browsers run nothing in them."""
+
+from datetime import UTC, datetime, timedelta
 
 from shared import layout
 from tests.conftest import png_bytes
@@ -73,3 +75,31 @@ def test_files_are_served_as_images_that_run_nothing(api: Api) -> None:
         assert served.headers["x-content-type-options"] == "nosniff", path
         assert served.headers["content-security-policy"] == "sandbox", path
     assert api.client.get(paths[0]).headers["content-type"] == "image/png"
+
+
+def _utc(value: str) -> datetime:
+    assert value.endswith("Z"), value
+    moment = datetime.fromisoformat(value)
+    assert moment.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - moment) < timedelta(minutes=5), value  # UTC, not local time
+    return moment
+
+
+def test_every_time_in_an_answer_is_utc_with_a_z(api: Api) -> None:
+    group = api.client.post("/api/groups", json={"name": "times"}).json()
+    group_id = group["id"]
+    uploaded = api.upload(group_id, [("a.png", png_bytes())]).json()["images"][0]
+    job_id, dispatch = submit_one_dispatch(api, 1)
+    assert hook(api, dispatch, completed_body(api, dispatch)).status_code == 200
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "completed"
+    listed_job = api.client.get("/api/jobs").json()["data"][0]
+    listed_group = api.client.get("/api/groups").json()["data"][0]
+    fetched_group = api.client.get(f"/api/groups/{group_id}").json()
+    for answer in (group, listed_group, fetched_group):
+        assert _utc(answer["created_at"]) <= _utc(answer["updated_at"])
+    _utc(uploaded["created_at"])
+    for answer in (job, listed_job):
+        assert _utc(answer["created_at"]) <= _utc(answer["completed_at"])
+        _utc(answer["updated_at"])
+    assert api.client.get("/").status_code == 200  # the HTML pages still format these times

@@ -1,5 +1,6 @@
 """The shared password: every route asks for it, except RunPod's webhook and /healthz; a
-whole job still runs end to end behind it (webhooks arrive, files and ZIP are served)."""
+whole job still runs end to end behind it (webhooks arrive, files and ZIP are served).
+Without it, only the expected Host names are answered (DNS rebinding)."""
 
 import base64
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
 from control_plane.settings import Settings
+from tests.fakes.servers import run_server
 from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
 
 PASSWORD = "correct horse battery staple"
@@ -81,3 +83,65 @@ def run_a_job(stack: Stack) -> None:
     assert httpx.get(job["images"][0]["url"]).status_code == 401  # the file route is guarded
     _, archive, manifest = read_zip(stack, group_id)
     check_zip_against_manifest(archive, manifest)
+
+
+def test_an_open_server_refuses_a_rebinding_host_and_answers_its_own(settings: Settings) -> None:
+    """Without a password, a page that re-resolved its own name to 127.0.0.1 (DNS
+    rebinding) is refused: its requests name that page's host, which is not ours."""
+    app = create_app(settings.model_copy(update={"allowed_hosts": ""}), reconcile=False)
+    with run_server(app) as base:
+        port = base.rsplit(":", 1)[1]
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", ""):
+            refused = httpx.get(f"{base}/api/groups", headers={"Host": host})
+            assert refused.status_code == 400, host
+            assert refused.json()["detail"].startswith("unexpected Host header")
+            assert "PIXELFLEET_ALLOWED_HOSTS" in refused.json()["detail"]
+            posted = httpx.post(f"{base}/api/groups", json={"name": "x"}, headers={"Host": host})
+            assert posted.status_code == 400
+        assert httpx.get(f"{base}/healthz", headers={"Host": "evil.example"}).status_code == 200
+        for host in (f"127.0.0.1:{port}", "localhost", f"LOCALHOST:{port}", f"[::1]:{port}"):
+            assert httpx.get(f"{base}/api/groups", headers={"Host": host}).status_code == 200
+        assert httpx.get(f"{base}/api/groups").json()["total"] == 0  # nothing was created
+
+
+def test_allowed_hosts_and_the_public_url_host_are_answered(settings: Settings) -> None:
+    app = create_app(
+        settings.model_copy(
+            update={
+                "allowed_hosts": "studio.lan, Evil.Example",
+                "public_url": "https://pixelfleet.example.com",
+            }
+        ),
+        reconcile=False,
+    )
+    with run_server(app) as base:
+        for host in ("evil.example", "studio.lan:8000", "pixelfleet.example.com"):
+            assert httpx.get(f"{base}/api/groups", headers={"Host": host}).status_code == 200
+        assert httpx.get(f"{base}/", headers={"Host": "other.example"}).status_code == 400
+
+
+def test_behind_the_password_any_host_may_ask(settings: Settings) -> None:
+    locked = settings.model_copy(update={"api_password": PASSWORD, "allowed_hosts": ""})
+    with run_server(create_app(locked, reconcile=False)) as base:
+        answer = httpx.get(
+            f"{base}/api/groups",
+            headers={"Host": "pixelfleet.internal", "Authorization": f"Bearer {PASSWORD}"},
+        )
+        assert answer.status_code == 200
+
+
+def test_a_job_runs_end_to_end_on_the_open_server_with_no_extra_hosts(settings: Settings) -> None:
+    """The webhook arrives with the public URL's host: the Host check lets it in."""
+    with contextmanager(run_stack)(settings.model_copy(update={"allowed_hosts": ""})) as stack:
+        group_id = stack.group()
+        job_id = stack.http.post(
+            "/api/jobs/submit",
+            json={
+                "group_id": group_id,
+                "mode": "automatic",
+                "prompt": "p",
+                "images": stack.upload(group_id, 2),
+            },
+        ).json()["jobs"][0]["id"]
+        [job] = stack.wait_for([job_id])
+        assert job["status"] == "completed" and job["progress"]["succeeded"] == 2

@@ -518,3 +518,42 @@ def test_runs_the_real_pixelfleet_handler(tmp_path: Path) -> None:
     assert result.status is ResultStatus.SUCCEEDED, result.error
     assert result.output_uri is not None
     assert storage.exists(storage.key_of(result.output_uri))
+
+
+# --------------------------------------------------------------------------- webhook hosts
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        "https://evil.example/api/webhook/runpod?token=t",
+        "http://10.0.0.7:8000/hook",
+        "http://127.0.0.1.evil.example/hook",
+        "file:///etc/passwd",
+        "http:///no-host",
+    ],
+)
+def test_webhooks_outside_loopback_are_refused_by_default(webhook: str) -> None:
+    with serve(Gate()) as client:
+        for route in ("/run", "/runsync"):
+            refused = client.post(route, json={"input": {"n": 1}, "webhook": webhook})
+            assert refused.status_code == 400, refused.text
+            assert "webhook" in refused.json()["error"]
+        assert client.get("/health").json()["jobs"]["inQueue"] == 0  # nothing was queued
+        hosted = client.post("/run", json={"input": {"n": 1}, "webhook": "https://evil.example/"})
+        assert "PIXELFLEET_ENDPOINT_ALLOW_WEBHOOK_HOSTS" in hosted.json()["error"]
+
+
+def test_configured_webhook_hosts_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIXELFLEET_ENDPOINT_ALLOW_WEBHOOK_HOSTS", "studio.lan, Evil.Example")
+    settings = WorkerSettings(storage_url=str(tmp_path), provider="offline", webhook_attempts=1)
+    headers = {"Authorization": f"Bearer {settings.endpoint_api_key}"}
+    with run_server(build_endpoint_app_from_settings(settings)) as base:
+        for webhook in ("https://evil.example/api/webhook/runpod?token=t", "http://[::1]:9/hook"):
+            body = {"input": {"n": 1}, "webhook": webhook}
+            answer = httpx.post(f"{base}/v2/local/run", json=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+        body = {"input": {"n": 1}, "webhook": "https://elsewhere.example/"}
+        assert httpx.post(f"{base}/v2/local/run", json=body, headers=headers).status_code == 400
