@@ -1,6 +1,6 @@
 """A local server that speaks RunPod's serverless cloud API, running our handler in-process.
 
-runpod's own `--rp_serve_api` is not faithful (see PLATFORM-FACTS.md), so this module
+runpod's own `--rp_serve_api` is not faithful (see docs/runpod.md), so this module
 reimplements the parts of `https://api.runpod.ai/v2/{endpoint_id}/…` that pixelfleet relies on:
 `run`, `runsync`, `status`, `cancel`, `retry`, `health`, `purge-queue`, execution timeouts,
 ttl, result retention and webhooks with retries. Handler results are interpreted exactly as

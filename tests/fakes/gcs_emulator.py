@@ -5,7 +5,7 @@ a service-account key that can sign URLs (the emulator does not check signatures
 tests/conftest.py registers the fixtures (`gcs_emulator`, `gcs_env`, `gcs_storage`,
 `service_account_info`) for every test.
 
-Emulator gaps (see PLATFORM-FACTS.md): no signature or expiry checks on signed URLs,
+Emulator gaps: no signature or expiry checks on signed URLs,
 `if_generation_match` and page sizes ignored, one request at a time, and downloads carry
 no Cache-Control header (so `blob.download_as_bytes()` resets `blob.cache_control`).
 """
