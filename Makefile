@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker clean
+.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest clean
 
 setup: $(VENV)/.installed
 
@@ -24,7 +24,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-e2e bench-zip bench-worker
+bench: bench-e2e bench-zip bench-worker bench-ingest
 
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
@@ -34,6 +34,9 @@ bench-zip: setup
 
 bench-worker: setup
 	$(BIN)/python -m bench.worker
+
+bench-ingest: setup
+	$(BIN)/python -m bench.ingest
 
 clean:
 	rm -rf $(VENV) pixelfleet-data .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,9 @@ Rules kept here and nowhere else:
 - Lock order: the job row, then the dispatch row (`lock_job`, `lock_dispatch`), so MySQL never
   deadlocks two writers; the job lock also serialises finalisers of one job, so its counts
   come from a stable view.
-- A job's counts and status are derived from its outputs (`refresh_job`), never incremented.
+- A job's counts move with its outputs, in the transaction that moves them (`_count`), under
+  the job's lock, so finishing a dispatch costs the same in a job of 20 images or 20,000;
+  its status follows from them (`refresh_job`).
 - A dispatch that ended is never changed again: webhooks can be lost, duplicated, delayed or
   early, and `/status` polls race them, so finishing twice is a no-op.
 - A failed dispatch is retried as a new dispatch (its own RunPod job and token) while its
@@ -108,7 +110,8 @@ def lock_dispatch(session: Session, dispatch_id: str) -> Dispatch | None:
     job_id = session.exec(select(Dispatch.job_id).where(col(Dispatch.id) == dispatch_id)).first()
     if job_id is None:
         return None
-    session.exec(select(Job.id).where(col(Job.id) == job_id).with_for_update()).first()
+    # The job's counters are read and written under this lock: load them fresh with it.
+    session.get(Job, job_id, with_for_update=True, populate_existing=True)
     return session.get(Dispatch, dispatch_id, with_for_update=True, populate_existing=True)
 
 
@@ -117,6 +120,7 @@ def lock_dispatch(session: Session, dispatch_id: str) -> Dispatch | None:
 
 def add_job(session: Session, job: Job, outputs: Sequence[Output], chunk_size: int) -> None:
     """Write a new job and its outputs, queued in dispatches of `chunk_size` outputs."""
+    job.total, job.succeeded, job.failed, job.blocked = len(outputs), 0, 0, 0
     session.add(job)
     session.flush()  # the rows below reference it; no ORM relationships order the inserts
     emit(session, EventKind.JOB_QUEUED, job_id=job.id, total=len(outputs))
@@ -321,7 +325,8 @@ def _apply_result(storage: Storage, output: Output, result: ItemResult | Unreada
 
 
 def _end_output(session: Session, output: Output, now: datetime) -> None:
-    """Stamp an output whose final status is set, and write its event."""
+    """Stamp an unfinished output whose final status is set, count it, and write its event."""
+    _count(session, output.job_id, OutputStatus(output.status), 1)
     output.error = clip(output.error)
     output.completed_at = output.updated_at = now
     session.add(output)
@@ -421,6 +426,7 @@ def _fail_outputs(session: Session, condition: Sequence[Any], reason: str, now: 
         .values(status=OutputStatus.FAILED, error=reason, completed_at=now, updated_at=now)
     )
     for output_id, job_id, dispatch_id in ids:
+        _count(session, job_id, OutputStatus.FAILED, 1)
         emit(
             session,
             EventKind.OUTPUT_FAILED,
@@ -483,6 +489,7 @@ def retry_job(session: Session, settings: Settings, job_id: str) -> None:
     ).all()
     if not failed:
         raise Conflict(f"job {job_id} has no failed images to retry")
+    _count(session, job_id, OutputStatus.FAILED, -len(failed))
     now = utcnow()
     for output in failed:
         output.status, output.error, output.completed_at = OutputStatus.PENDING, None, None
@@ -507,18 +514,24 @@ def output_counts(session: Session, condition: Any) -> dict[str, int]:
     return dict(rows)
 
 
-def refresh_job(session: Session, job_id: str) -> None:
-    """Recompute a job's counts and status from its outputs; a job that ends here writes
-    `job_finished`."""
-    session.flush()
+def _count(session: Session, job_id: str, status: OutputStatus, change: int) -> None:
+    """Move the job's counter of `status` by `change` (the caller holds the job's lock)."""
     job = session.get(Job, job_id)
     if job is None:
         return
-    counts = output_counts(session, col(Output.job_id) == job_id)
-    job.succeeded = counts.get(OutputStatus.SUCCEEDED, 0)
-    job.failed = counts.get(OutputStatus.FAILED, 0)
-    job.blocked = counts.get(OutputStatus.BLOCKED, 0)
-    job.total = sum(counts.values())
+    if status == OutputStatus.SUCCEEDED:
+        job.succeeded += change
+    elif status == OutputStatus.FAILED:
+        job.failed += change
+    elif status == OutputStatus.BLOCKED:
+        job.blocked += change
+
+
+def refresh_job(session: Session, job_id: str) -> None:
+    """Settle a job's status from its counters; a job that ends here writes `job_finished`."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return
     now = utcnow()
     finished = job.succeeded + job.failed + job.blocked == job.total
     if finished and job.status in (JobStatus.QUEUED, JobStatus.PROCESSING):

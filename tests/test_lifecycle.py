@@ -1,8 +1,13 @@
-"""Every transition writes its event in the transaction that made it, exactly once."""
+"""Every transition writes its event in the transaction that made it, exactly once, and
+moves the job's counters with it."""
 
+import random
+
+import pytest
 from sqlmodel import col, select
 
-from control_plane.models import Event
+from control_plane.lifecycle import output_counts
+from control_plane.models import Dispatch, Event, Job, Output
 from tests.fakes.api import Api, completed_body, hook, submit_one_dispatch
 
 
@@ -98,3 +103,67 @@ def test_a_rejected_result_writes_output_failed_with_its_reason(api: Api) -> Non
     }
     assert "width: Input should be a valid integer" in events[1].data["error"]
     assert events[-1].data["status"] == "failed"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_job_counters_equal_a_recount_after_any_sequence_of_transitions(
+    api: Api, seed: int
+) -> None:
+    """Counters move with each transition instead of being recounted: after random webhooks
+    (partial, blocked, failed, timed out, duplicated), cancels and retries they still equal
+    a recount of the outputs, and each job's status agrees with them."""
+    chance = random.Random(seed)
+    api.platform.settings.dispatch_chunk_size = 2
+    group_id = api.group()
+    images = api.upload_ids(group_id, 5)
+    job_ids = [
+        api.client.post(
+            "/api/jobs/submit",
+            json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images},
+        ).json()["jobs"][0]["id"]
+        for _ in range(3)
+    ]
+    api.drain()
+    for _ in range(30):
+        job_id = chance.choice(job_ids)
+        action = chance.choice(["webhook", "webhook", "webhook", "duplicate", "cancel", "retry"])
+        if action == "cancel":
+            api.client.post(f"/api/jobs/{job_id}/cancel")
+        elif action == "retry":
+            api.client.post(f"/api/jobs/{job_id}/retry")
+        else:
+            _random_webhook(api, chance, job_id, duplicate=action == "duplicate")
+        api.drain()
+    with api.session() as session:
+        for job_id in job_ids:
+            job = session.get(Job, job_id)
+            assert job is not None
+            recount = output_counts(session, col(Output.job_id) == job_id)
+            assert (job.succeeded, job.failed, job.blocked) == (
+                recount.get("succeeded", 0),
+                recount.get("failed", 0),
+                recount.get("blocked", 0),
+            ), job_id
+            assert job.total == sum(recount.values()) == 5
+            ended = job.succeeded + job.failed + job.blocked == job.total
+            assert (job.status in ("completed", "failed", "cancelled")) == ended, job.status
+
+
+def _random_webhook(api: Api, chance: random.Random, job_id: str, *, duplicate: bool) -> None:
+    with api.session() as session:
+        dispatches = session.exec(select(Dispatch).where(Dispatch.job_id == job_id)).all()
+    wanted = [d for d in dispatches if (d.status == "completed") == duplicate]
+    if not wanted:
+        return
+    dispatch = chance.choice(wanted)
+    body = completed_body(api, dispatch)
+    results = body["output"]["results"]
+    for result in results:
+        outcome = chance.choice(["succeeded", "succeeded", "failed", "blocked"])
+        if outcome != "succeeded":
+            result.update(status=outcome, error=outcome, output_uri=None)
+    if results and chance.random() < 0.3:
+        results.pop()  # the worker said nothing about one image
+    if chance.random() < 0.2:
+        body = {"status": chance.choice(["FAILED", "TIMED_OUT"]), "error": "boom"}
+    assert hook(api, dispatch, body).status_code == 200
