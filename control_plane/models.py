@@ -183,13 +183,15 @@ class Dispatch(SQLModel, table=True):
     id: str = _id("dsp")
     job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40)
     attempt: int = 1  # which try of its chunk this is; a failure of the worker's counts
-    losses: int = 0  # RunPod jobs of its chunk lost before this one (they do not count above)
+    # RunPod jobs of its chunk lost before this one (they do not count above):
+    losses: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     status: str = Field(default=DispatchStatus.PENDING, max_length=20)
     runpod_job_id: str | None = Field(default=None, index=True, max_length=80)
     runpod_status: str | None = Field(default=None, max_length=20)
     webhook_token: str = Field(max_length=64)
     submit_attempts: int = 0
-    finish_failures: int = 0  # times applying RunPod's report raised (rolled back)
+    # times applying RunPod's report raised (rolled back):
+    finish_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     error: str | None = Field(default=None, sa_type=sa.Text)
     delay_ms: int | None = None
     execution_ms: int | None = None

@@ -42,6 +42,7 @@ def check(result: ItemResult, output: Output, storage: Storage) -> OutputFiles |
     """Raise ResultRejected unless every field of `result` fits `output` and its columns;
     the image's files when the result says it succeeded."""
     _check_numbers(result, output)
+    _check_text(result)
     _check_usage(result.usage)
     if result.sha256 is not None and not SHA256.fullmatch(result.sha256):
         raise ResultRejected("sha256 is not 64 lowercase hexadecimal digits")
@@ -68,6 +69,35 @@ def _check_numbers(result: ItemResult, output: Output) -> None:
         raise ResultRejected(f"cost_usd is not a price (0 to {MAX_COST_USD:,.0f})")
 
 
+TEXT_FIELDS = (
+    "provider",
+    "model",
+    "model_version",
+    "error",
+    "content_type",
+    "output_uri",
+    "thumbnail_uri",
+    "sha256",
+)
+
+
+def _check_text(result: ItemResult) -> None:
+    """Text a database can store: UTF-8 (JSON may carry lone surrogates, which no column
+    holds; a MySQL JSON column refuses them too, so `usage` is checked as well)."""
+    for name in TEXT_FIELDS:
+        value = getattr(result, name)
+        if value is not None and not _is_utf8(value):
+            raise ResultRejected(f"{name} is not valid text")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_usage(usage: dict[str, Any] | None) -> None:
     """JSON columns hold finite numbers only, and a bounded document."""
     if usage is None:
@@ -84,6 +114,9 @@ def _check_json_value(value: Any, depth: int) -> None:
         raise ResultRejected("usage holds a number that is not finite (NaN or Infinity)")
     if isinstance(value, int) and not -BIGINT_LIMIT <= value < BIGINT_LIMIT:
         raise ResultRejected("usage holds a number out of range")
+    texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
+    if not all(_is_utf8(text) for text in texts):
+        raise ResultRejected("usage holds text that is not valid UTF-8")
     children = (
         value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     )

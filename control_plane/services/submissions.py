@@ -105,7 +105,8 @@ def _check_references(
     if malformed:
         raise InvalidRequest(
             f"{len(malformed)} image id(s) are not uploads of group {group_id}: not shaped "
-            f"like an upload id (img_ and 26 lower-case letters or digits): {_few(malformed)}"
+            "like an upload id (img_ and 26 characters of lower-case Crockford base32): "
+            f"{_few(malformed)}"
         )
     found: set[str] = set()
     for batch in _batches(sorted(wanted), 1000):

@@ -37,9 +37,15 @@ async def read_form(request: Request, platform: Platform) -> FormData:
         raise InvalidRequest(f"could not read the multipart body: {exc.message}") from exc
 
 
+IN_MEMORY_BUDGET = 32 * 1024 * 1024  # of small files held in memory, per request
+
+
 class BoundedFileParser(MultiPartParser):
     """Starlette's multipart parser, keeping at most `max_file_bytes + 1` bytes of each file
-    and counting the rest: the file's `size` is its true size."""
+    and counting the rest: the file's `size` is its true size. Small files stay in memory
+    (Starlette spools each up to 1 MiB) only until the request has read IN_MEMORY_BUDGET
+    bytes of files; later files go straight to disk, so a request of thousands of small files
+    never holds gigabytes."""
 
     def __init__(
         self,
@@ -58,6 +64,8 @@ class BoundedFileParser(MultiPartParser):
     def on_part_begin(self) -> None:
         super().on_part_begin()
         self._part_bytes = 0
+        if sum(size for _, size in self._true_sizes) > IN_MEMORY_BUDGET:
+            self.spool_max_size = 1  # Starlette spools each file up to this (0: no limit)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current_part.file is None:

@@ -18,7 +18,11 @@ from control_plane.settings import Settings
 from control_plane.web.errors import error_response
 
 UPLOAD_PATHS = re.compile(r"/api/uploads|/groups/[^/]+/uploads")
+SUBMIT_PATHS = re.compile(r"/api/jobs/submit|/groups/[^/]+/submit")
 WEBHOOK_PATH = "/api/webhook/runpod"
+# A submission's schema allows 1,000 items with 10,000-character prompts (or 20,000 image ids):
+# about 10 MB of plain text, so it gets room beyond the limit of other bodies.
+SUBMIT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -57,6 +61,9 @@ class BodyLimitMiddleware:
         if path == WEBHOOK_PATH:
             limit = settings.webhook_max_body_bytes
             return limit, f"a webhook is {_size(limit)}"
+        if SUBMIT_PATHS.fullmatch(path):
+            limit = max(SUBMIT_MAX_BODY_BYTES, settings.request_max_body_bytes)
+            return limit, f"a submission is {_size(limit)}"
         limit = settings.request_max_body_bytes
         return limit, f"this request is {_size(limit)}"
 

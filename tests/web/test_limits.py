@@ -28,7 +28,7 @@ from control_plane.app import create_app
 from control_plane.models import Dispatch
 from control_plane.services.uploads import decode_gate
 from control_plane.settings import Settings
-from control_plane.web.forms import read_form
+from control_plane.web.forms import IN_MEMORY_BUDGET, read_form
 from tests.conftest import png_bytes
 from tests.fakes.api import Api, completed_body, hook, submit_one_dispatch
 from tests.fakes.servers import free_port, run_server
@@ -104,7 +104,7 @@ def test_a_declared_content_length_over_the_limit_is_refused_before_reading(
 ) -> None:
     url, counting, _ = served
     host, port = url.removeprefix("http://").split(":")
-    for path, limit in (("/api/uploads", "8,388,608"), ("/api/jobs/submit", "1,048,576")):
+    for path, limit in (("/api/uploads", "8,388,608"), ("/api/jobs/submit", "16,777,216")):
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         connection.putrequest("POST", path)
         connection.putheader("Content-Type", "application/json")
@@ -120,23 +120,46 @@ def test_a_declared_content_length_over_the_limit_is_refused_before_reading(
 def test_json_and_form_bodies_over_a_mebibyte_are_refused(api: Api) -> None:
     group_id = api.group()
     images = api.upload_ids(group_id, 1)
-    big = {"group_id": group_id, "mode": "automatic", "prompt": "p" * 2 * MiB, "images": images}
-    declared = api.client.post("/api/jobs/submit", json=big)
+    big = {"name": "n" * 2 * MiB}
+    declared = api.client.post("/api/groups", json=big)
     assert declared.status_code == 413
     assert declared.json()["detail"] == (
         "request body too large: the limit for this request is 1,048,576 bytes (1.0 MiB)"
     )
     chunked = api.client.post(
-        "/api/jobs/submit",
+        "/api/groups",
         content=iter([json.dumps(big).encode()]),
         headers={"content-type": "application/json"},
     )
     assert chunked.status_code == 413 and "1,048,576 bytes" in chunked.json()["detail"]
+    huge = {"group_id": group_id, "mode": "automatic", "prompt": "p" * 17 * MiB, "images": images}
+    submitted = api.client.post("/api/jobs/submit", json=huge)
+    assert submitted.status_code == 413
+    assert submitted.json()["detail"] == (
+        "request body too large: the limit for a submission is 16,777,216 bytes (16.0 MiB)"
+    )
     page = api.client.post("/groups", data={"name": "n" * 2 * MiB})
     assert page.status_code == 413 and "1,048,576 bytes" in page.text
     assert page.headers["content-type"].startswith("text/html")
     assert api.client.get("/api/jobs").json()["total"] == 0
     assert api.client.get("/api/groups").json()["total"] == 1
+
+
+def test_a_submission_as_large_as_its_schema_allows_is_accepted(api: Api) -> None:
+    """500 sets with prompts of 4,000 characters: a 2 MB body, well within the schema."""
+    group_id = api.group()
+    [image] = api.upload_ids(group_id, 1)
+    items = [{"images": [image], "prompt": f"{n} " + "p" * 4_000} for n in range(500)]
+    body = {
+        "group_id": group_id,
+        "mode": "semi-automatic",
+        "items": items,
+        "config": {"total_images": 500, "images_per_set": 1},
+    }
+    assert len(json.dumps(body)) > 2 * 1_000_000
+    submitted = api.client.post("/api/jobs/submit", json=body)
+    assert submitted.status_code == 201, submitted.text[:300]
+    assert len(submitted.json()["jobs"]) == 500
 
 
 def test_webhook_bodies_over_12_mib_are_refused(api: Api) -> None:
@@ -182,6 +205,37 @@ def test_a_file_over_the_per_file_limit_is_not_spooled_past_it(api: Api) -> None
     assert upload.size == 50 * MiB  # its true size, so it is rejected by size as before
     upload.file.seek(0, io.SEEK_END)
     assert upload.file.tell() == MiB + 1
+
+
+def test_many_small_files_are_not_all_held_in_memory(api: Api) -> None:
+    """Starlette keeps each file under 1 MiB in memory; past IN_MEMORY_BUDGET of files in one
+    request, the rest go straight to disk (thousands of small files never take gigabytes)."""
+    count, size = 80, 900_000
+    parts = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; '
+        f'filename="f{n}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        + b"x" * size
+        + b"\r\n"
+        for n in range(count)
+    )
+    chunks = iter([parts, f"--{BOUNDARY}--\r\n".encode()])
+
+    async def receive() -> Message:
+        body = next(chunks, None)
+        return {"type": "http.request", "body": body or b"", "more_body": body is not None}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/uploads",
+        "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())],
+    }
+    form = asyncio.run(read_form(Request(scope, receive), api.platform))
+    files = [item for item in form.getlist("files") if not isinstance(item, str)]
+    assert len(files) == count and all(upload.size == size for upload in files)
+    in_memory = sum(upload.size or 0 for upload in files if not upload.file._rolled)  # type: ignore[attr-defined]
+    assert in_memory <= IN_MEMORY_BUDGET + size
+    assert sum(1 for upload in files if upload.file._rolled) >= count // 2  # type: ignore[attr-defined]
 
 
 def test_malformed_image_ids_are_refused_before_any_query(api: Api) -> None:
