@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Annotated, TypeVar
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 import typer
@@ -26,6 +27,12 @@ from shared.storage import Storage, StorageError, open_storage
 app = typer.Typer(help="pixelfleet: generate image datasets with AI.", no_args_is_help=True)
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+# Seconds a stopping server waits for open requests before it closes them.
+GRACEFUL_SHUTDOWN_S = 5
+# Seconds `up` waits for a child it asked to stop before it kills it.
+CHILD_STOP_S = 20
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def _settings(kind: type[SettingsT]) -> SettingsT:
@@ -107,8 +114,10 @@ def api(
         create_app(settings, storage=storage),
         host=host,
         port=port,
+        proxy_headers=True,  # trusted from FORWARDED_ALLOW_IPS (default: loopback only)
         log_level=settings.log_level.lower(),
         log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 
@@ -131,6 +140,7 @@ def endpoint(host: str = "127.0.0.1", port: int = 8001) -> None:
         port=port,
         log_level=settings.log_level.lower(),
         log_config=None,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 
@@ -189,13 +199,7 @@ def up(
     _check_port_free(host, port)
     _check_port_free("127.0.0.1", endpoint_port)
     run_migrations(settings.database_url)
-    env = {
-        **os.environ,
-        "PIXELFLEET_PUBLIC_URL": os.environ.get("PIXELFLEET_PUBLIC_URL", f"http://{host}:{port}"),
-        "PIXELFLEET_RUNPOD_BASE_URL": os.environ.get(
-            "PIXELFLEET_RUNPOD_BASE_URL", f"http://127.0.0.1:{endpoint_port}"
-        ),
-    }
+    env = _children_env(host, port, endpoint_port)
     command = [sys.executable, "-m", "control_plane.cli"]
     die_with_parent = _die_with_parent()
     children = [
@@ -215,6 +219,28 @@ def up(
         f"endpoint http://127.0.0.1:{endpoint_port}"
     )
     _supervise(children)
+
+
+def _children_env(host: str, port: int, endpoint_port: int) -> dict[str, str]:
+    """The environment of `up`'s children: the API's public URL (loopback when `host` is a
+    wildcard), the local endpoint as RunPod, and that URL's host among the endpoint's
+    allowed webhook hosts (it refuses any other host but loopback)."""
+    reachable = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    if ":" in reachable:
+        reachable = f"[{reachable}]"
+    public_url = os.environ.get("PIXELFLEET_PUBLIC_URL", f"http://{reachable}:{port}")
+    webhook_hosts = os.environ.get("PIXELFLEET_ENDPOINT_ALLOW_WEBHOOK_HOSTS", "")
+    public_host = urlsplit(public_url).hostname or ""
+    return {
+        **os.environ,
+        "PIXELFLEET_PUBLIC_URL": public_url,
+        "PIXELFLEET_RUNPOD_BASE_URL": os.environ.get(
+            "PIXELFLEET_RUNPOD_BASE_URL", f"http://127.0.0.1:{endpoint_port}"
+        ),
+        "PIXELFLEET_ENDPOINT_ALLOW_WEBHOOK_HOSTS": ",".join(
+            name for name in (webhook_hosts, public_host) if name
+        ),
+    }
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -259,12 +285,22 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
         if child.poll() is None:
             child.terminate()
     for child in children:
-        child.wait(timeout=20)
+        _stop_or_kill(child)
     if crashed and not stopping:
         typer.echo(
             f"a pixelfleet process exited with code {crashed[0]}; stopped the rest", err=True
         )
         raise typer.Exit(1)
+
+
+def _stop_or_kill(child: subprocess.Popen[bytes]) -> None:
+    """Wait for a child asked to stop; kill it when it takes longer than CHILD_STOP_S."""
+    try:
+        child.wait(timeout=CHILD_STOP_S)
+    except subprocess.TimeoutExpired:
+        typer.echo(f"a pixelfleet process (pid {child.pid}) did not stop; killed it", err=True)
+        child.kill()
+        child.wait()
 
 
 if __name__ == "__main__":

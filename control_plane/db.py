@@ -25,9 +25,13 @@ def _ensure_sqlite_folder(url: str) -> None:
 
 
 def make_engine(url: str) -> sa.Engine:
+    """An engine whose errors never show statement parameters (webhook tokens are among them,
+    and errors reach the logs)."""
     _ensure_sqlite_folder(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+        )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # READ COMMITTED: finalisers lock the job row, then count its outputs; under InnoDB's
@@ -39,6 +43,7 @@ def make_engine(url: str) -> sa.Engine:
         pool_recycle=3600,
         pool_size=10,
         max_overflow=20,
+        hide_parameters=True,
     )
 
 

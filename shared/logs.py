@@ -3,8 +3,9 @@
 `configure_logging` sends every logger (uvicorn's access log and httpx's request log
 included) to one root handler whose `RedactingFilter` replaces secrets with `***`: the
 values of URL and form parameters named like `token`, `key`, `password` or `secret` (webhook
-URLs carry their dispatch's token), `Authorization` header values, and the configured
-secrets themselves (API password, RunPod and Gemini keys) wherever they appear.
+URLs carry their dispatch's token), `Authorization` header values (ASGI's byte pairs too),
+and the configured secrets themselves (API password, RunPod and Gemini keys) wherever they
+appear, in any message (an exception logged as the message included).
 """
 
 import logging
@@ -19,8 +20,11 @@ MIN_SECRET_CHARS = 4
 _SECRET_PARAMETER = re.compile(
     r"(?i)\b([\w.-]*(?:token|key|password|passwd|secret))=[^&\s\"'#,;)\]]+"
 )
+# `Authorization: x`, `authorization=x`, `{'authorization': 'x'}` and ASGI's header pairs
+# `(b'authorization', b'x')`; a scheme (Bearer, Basic) is kept, its credentials masked.
 _AUTHORIZATION = re.compile(
-    r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|token)\s+)?[^\s\"',;}]+"
+    r"(?i)(authorization(?:[\"']?\s*[:=]\s*(?:b?[\"'])?|[\"']\s*,\s*b?[\"']))"
+    r"(?:(bearer|basic|token)\s+)?[^\s\"',;}]+"
 )
 
 
@@ -40,10 +44,10 @@ class RedactingFilter(logging.Filter):
         return self._values.sub(MASK, text) if self._values else text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = self.redact(record.msg)
+        # a message that is not text (`log.error(exc)`) is formatted by its str() anyway
+        record.msg = self.redact(record.msg if isinstance(record.msg, str) else str(record.msg))
         if isinstance(record.args, dict):
-            record.args = {name: self._argument(value) for name, value in record.args.items()}
+            self._format_mapping(record, record.args)
         elif record.args:
             record.args = tuple(self._argument(value) for value in record.args)
         if record.exc_info and not record.exc_text:
@@ -51,6 +55,16 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+    def _format_mapping(self, record: logging.LogRecord, args: dict[str, Any]) -> None:
+        """A mapping argument is `%(name)s`'s or a lone dict for `%s` (headers, say, whose
+        secret shows only next to its name): the message is formatted, then redacted."""
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError, KeyError):
+            record.args = {name: self._argument(value) for name, value in args.items()}
+            return
+        record.msg, record.args = self.redact(message), None
 
     def _argument(self, value: Any) -> Any:
         """The argument, or its text redacted when that text holds a secret (an httpx.URL, an

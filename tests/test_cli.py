@@ -1,17 +1,21 @@
 """The `pixelfleet` command (control_plane/cli.py): configuration errors and taken ports are
-one clear message.
+one clear message; a child of `up` that does not stop is killed.
 
 The whole stack under `pixelfleet up` is tests/e2e/test_cli_up.py."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from itertools import chain
 from pathlib import Path
 
 import pytest
+import typer
 
+from control_plane import cli
 from tests.fakes.servers import free_port
 
 
@@ -79,3 +83,32 @@ def test_a_taken_port_is_a_message_not_a_traceback(
     assert result.stderr.startswith(f"port {port} is already in use (another pixelfleet up?)")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "pixelfleet.db").exists()  # refused before migrating
+
+
+def test_up_kills_a_child_that_does_not_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One child exits; the other ignores SIGTERM: `up` kills it rather than wait forever."""
+    monkeypatch.setattr(cli, "CHILD_STOP_S", 1)
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # leave pytest's SIGTERM alone
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert stubborn.stdout and stubborn.stdout.readline() == b"ready\n"
+        finished = subprocess.Popen([sys.executable, "-c", "pass"])
+        started = time.monotonic()
+        with pytest.raises(typer.Exit):  # a child ended by itself: `up` exits 1
+            cli._supervise([stubborn, finished])
+        assert stubborn.returncode == -signal.SIGKILL
+        assert time.monotonic() - started < 10
+    finally:
+        if stubborn.poll() is None:
+            stubborn.kill()
+        stubborn.wait()
+        if stubborn.stdout:
+            stubborn.stdout.close()

@@ -1,14 +1,23 @@
-"""The schema (control_plane/migrations/) on SQLite and MariaDB: ids compare exactly, and
-the migrations make what the models describe."""
+"""The schema (control_plane/migrations/) on SQLite and MariaDB: ids compare exactly, the
+migrations make what the models describe, and the engine (control_plane/db.py) keeps
+statement parameters out of its errors."""
 
+import io
+import logging
+
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import control_plane.models  # noqa: F401 - registers the tables
+from control_plane.db import make_engine
+from shared.logs import configure_logging
 from tests.conftest import png_bytes
 from tests.fakes.api import Api
+
+TOKEN = "whk-token-0123456789abcdef"
 
 
 def test_ids_match_exactly_on_every_database(api: Api) -> None:
@@ -58,3 +67,33 @@ def test_the_migrations_make_exactly_the_tables_the_models_describe(database_url
     finally:
         engine.dispose()
     assert differences == []
+
+
+def test_a_failed_insert_logs_no_statement_parameters(database_url: str) -> None:
+    """A dispatch row that cannot be inserted (no job, no status): the error, logged through
+    the logging the CLI configures, names the statement but not its webhook token."""
+    engine = make_engine(database_url)
+    assert engine.hide_parameters
+    root = logging.getLogger()
+    level = root.level
+    configure_logging("INFO")
+    [handler] = root.handlers
+    written = io.StringIO()
+    handler.setStream(written)  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(sa.exc.DBAPIError), engine.begin() as connection:
+            try:
+                connection.execute(
+                    sa.text("INSERT INTO dispatches (id, webhook_token) VALUES (:id, :token)"),
+                    {"id": "dsp_x", "token": TOKEN},
+                )
+            except sa.exc.DBAPIError:
+                logging.getLogger("control_plane").exception("cannot add dispatch")
+                raise
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        engine.dispose()
+    text = written.getvalue()
+    assert "INSERT INTO dispatches" in text and "parameters hidden" in text
+    assert TOKEN not in text

@@ -5,16 +5,22 @@ import importlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import typer
 
 from control_plane.settings import Settings
 from shared.contract import DispatchInput, ImageParams, WorkItem
 from shared.storage import LocalStorage
 from tests.conftest import png_bytes
+from tests.fakes.cli import answers
+from tests.fakes.servers import free_port
 from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,17 +40,88 @@ def test_dockerfiles_are_pinned_and_copy_what_exists(name: str) -> None:
             assert (ROOT / path).exists(), f"{name} copies missing {path}"
 
 
+def _api_image_script() -> str:
+    """The shell script the API image's CMD (`["sh", "-c", script]`) runs."""
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", _dockerfile("Dockerfile.api"), re.M).group(1))  # type: ignore[union-attr]
+    assert cmd[:2] == ["sh", "-c"] and len(cmd) == 3, cmd
+    return str(cmd[2])
+
+
 def test_api_image_entry_point_imports() -> None:
-    text = _dockerfile("Dockerfile.api")
-    assert "pixelfleet migrate" in text
-    target = re.search(r"uvicorn (\S+):(\S+) --factory", text)
-    assert target, "the API image runs uvicorn with an app factory"
-    factory = getattr(importlib.import_module(target.group(1)), target.group(2))
-    assert callable(factory)
+    """The image runs `pixelfleet migrate`, then `pixelfleet api` (whose logging masks secrets)
+    with options the installed `pixelfleet` script has."""
+    steps = [step.strip() for step in _api_image_script().split("&&")]
+    assert steps[1].startswith("exec "), "the server gets the container's signals"
+    commands = [shlex.split(step.removeprefix("exec ")) for step in steps]
+    assert [command[:2] for command in commands] == [
+        ["pixelfleet", "migrate"],
+        ["pixelfleet", "api"],
+    ]
     scripts = re.search(r'pixelfleet = "([\w.]+):(\w+)"', (ROOT / "pyproject.toml").read_text())
-    assert scripts and callable(
-        getattr(importlib.import_module(scripts.group(1)), scripts.group(2))
-    )
+    assert scripts
+    cli = typer.main.get_group(getattr(importlib.import_module(scripts.group(1)), scripts.group(2)))
+    for command in commands:
+        subcommand = cli.commands[command[1]]
+        options = {
+            name for param in subcommand.params for name in param.opts + param.secondary_opts
+        }
+        used = {word for word in command[2:] if word.startswith("--")}
+        assert used <= options, f"{command[1]} has no {used - options}"
+
+
+def test_the_api_images_command_masks_webhook_tokens(tmp_path: Path) -> None:
+    """The CMD as the image's shell runs it (on SQLite, in development mode): uvicorn's access
+    line for a webhook shows `token=***`, never the token, and the client a trusted proxy
+    (loopback by default) forwarded."""
+    port, token = free_port(), "Zq3-webhook-token-0123456789abcdef"
+    venv_bin = str(Path(sys.executable).parent)  # where the `pixelfleet` script is installed
+    env = {
+        **os.environ,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "PIXELFLEET_ENVIRONMENT": "development",
+        "PIXELFLEET_DATA_DIR": str(tmp_path / "data"),
+        "PIXELFLEET_DATABASE_URL": "",
+        "PIXELFLEET_STORAGE_URL": str(tmp_path / "storage"),
+        "PIXELFLEET_API_PASSWORD": "correct-horse-battery-staple",
+        "PIXELFLEET_LOG_LEVEL": "INFO",
+    }
+    output = tmp_path / "api.log"
+    with output.open("wb") as sink:
+        server = subprocess.Popen(
+            ["sh", "-c", _api_image_script()], env=env, cwd=tmp_path, stdout=sink, stderr=sink
+        )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/healthz", server, output)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/api/webhook/runpod",
+            params={"dispatch": "dsp_0123456789abcdef", "token": token},
+            headers={"X-Forwarded-For": "203.0.113.7"},
+            json={},
+            timeout=10,
+        )
+        assert answer.status_code in (401, 403, 404), answer.text
+        server.terminate()
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    written = output.read_text()
+    assert token not in written
+    access = [line for line in written.splitlines() if "/api/webhook/runpod" in line]
+    assert any(
+        "uvicorn.access" in line and "203.0.113.7" in line and "token=***" in line
+        for line in access
+    ), written
+
+
+def _wait_for(url: str, server: subprocess.Popen[bytes], output: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not answers(url):
+        assert server.poll() is None, f"the API exited: {output.read_text()}"
+        assert time.monotonic() < deadline, f"the API did not answer: {output.read_text()}"
+        time.sleep(0.2)
 
 
 def test_worker_image_runs_the_handler_under_the_real_runpod_sdk(tmp_path: Path) -> None:

@@ -1,13 +1,18 @@
-"""`pixelfleet up` as a newcomer runs it: in an empty folder, then a job by HTTP; its
-processes end with it, however it ends; and its logs keep secrets out."""
+"""`pixelfleet up` as a newcomer runs it: in an empty folder, then a job by HTTP, on loopback
+or on every interface; its processes end with it, however it ends and whatever request is
+open; and its logs keep secrets out."""
 
+import contextlib
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 import sqlalchemy as sa
 
 from tests.conftest import png_bytes
@@ -64,6 +69,75 @@ def test_up_starts_everything_from_an_empty_folder(tmp_path: Path) -> None:
     finally:
         stop(child)
     assert child.returncode == 0
+
+
+def test_up_on_every_interface_runs_a_job(tmp_path: Path) -> None:
+    """`--host 0.0.0.0`: the local endpoint posts its webhooks to loopback, which it allows."""
+    api_port, endpoint_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    child = start_up(tmp_path, api_port, endpoint_port, log, "--host", "0.0.0.0")
+    try:
+        wait_until_up(child, api_port, endpoint_port, log)
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as http:
+            _, job = run_a_job(http, time.monotonic() + 120)
+        assert job["progress"]["succeeded"] == 2, (job, log.read_text())
+    finally:
+        stop(child)
+    assert child.returncode == 0, log.read_text()
+
+
+def trickle_upload(url: str, done: threading.Event) -> None:
+    """A chunked upload that sends one byte a second until `done` (or the server hangs up)."""
+
+    def body() -> Iterator[bytes]:
+        yield (
+            b'--slow\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n"
+        )
+        while not done.is_set():
+            yield b"x"  # inside the file part, so the form is never complete
+            time.sleep(1)
+
+    headers = {"content-type": "multipart/form-data; boundary=slow"}
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(url, content=body(), headers=headers, timeout=60)
+
+
+@pytest.mark.parametrize("ending", [signal.SIGKILL, signal.SIGTERM])
+def test_up_ends_its_processes_while_a_request_is_open(
+    tmp_path: Path, ending: signal.Signals
+) -> None:
+    """A slow upload does not keep the API alive: uvicorn cuts open requests after a few
+    seconds once told to stop, whether by the kernel (`up` killed) or by `up` itself."""
+    api_port, endpoint_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    child = start_up(tmp_path, api_port, endpoint_port, log)
+    done = threading.Event()
+    uploader = threading.Thread(
+        target=trickle_upload, args=(f"http://127.0.0.1:{api_port}/api/uploads", done)
+    )
+    children: list[psutil.Process] = []
+    try:
+        wait_until_up(child, api_port, endpoint_port, log)
+        children = psutil.Process(child.pid).children()
+        assert len(children) == 2
+        uploader.start()
+        time.sleep(2)  # the request is open, its body arriving
+        child.send_signal(ending)
+        child.wait(timeout=15)
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, f"still running after up ended: {alive}; {log.read_text()}"
+        if ending == signal.SIGTERM:  # the cut request is logged, `up` itself ends cleanly
+            assert child.returncode == 0, log.read_text()
+            assert "TimeoutExpired" not in log.read_text()
+    finally:
+        done.set()
+        for process in children:
+            if process.is_running():
+                process.kill()
+        if child.poll() is None:
+            child.kill()
+        uploader.join(timeout=30)
 
 
 def test_killing_up_stops_its_processes_and_frees_its_ports(tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ import httpx
 
 
 def start_up(
-    cwd: Path, api_port: int, endpoint_port: int, log: Path, **env: str
+    cwd: Path, api_port: int, endpoint_port: int, log: Path, *options: str, **env: str
 ) -> subprocess.Popen[bytes]:
     """`pixelfleet up` in `cwd` (its data dir defaults there), stdout and stderr into `log`.
 
-    `env` adds to (and overrides) the test's environment."""
+    `options` are more of `up`'s options (`--host`, …); `env` adds to (and overrides) the
+    test's environment."""
     environment = {**os.environ, "PIXELFLEET_LOG_LEVEL": "WARNING", **env}
     if "PIXELFLEET_DATA_DIR" not in env:
         environment.pop("PIXELFLEET_DATA_DIR", None)
@@ -27,6 +28,7 @@ def start_up(
         str(api_port),
         "--endpoint-port",
         str(endpoint_port),
+        *options,
     ]
     with log.open("ab") as output:
         return subprocess.Popen(

@@ -93,3 +93,36 @@ def test_headers_parameters_and_configured_secrets_are_masked(
 def test_ordinary_lines_are_untouched(written: io.StringIO) -> None:
     logging.getLogger("any").info("job %s: %d of %d done (abc)", "job_1", 3, 4)
     assert written.getvalue().rstrip().endswith("any: job job_1: 3 of 4 done (abc)")
+
+
+def test_a_message_that_is_not_text_is_masked(written: io.StringIO) -> None:
+    """`log.error(exc)`: the record's msg is the exception itself."""
+    error = httpx.ConnectError(f"cannot reach /api/webhook/runpod?token={TOKEN} with {KEY}")
+    logging.getLogger("any").error(error)
+    text = written.getvalue()
+    assert TOKEN not in text and KEY not in text
+    assert "cannot reach /api/webhook/runpod?token=*** with ***" in text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"authorization", f"Bearer {TOKEN}".encode())],  # ASGI scope["headers"]
+        [("Authorization", TOKEN)],
+        {b"authorization": f"Basic {TOKEN}".encode()},
+    ],
+)
+def test_header_pairs_as_asgi_holds_them_are_masked(written: io.StringIO, headers: object) -> None:
+    logging.getLogger("any").info("headers %s", headers)
+    logging.getLogger("any").info(headers)
+    assert TOKEN not in written.getvalue()
+    assert written.getvalue().count("***") == 2
+
+
+def test_a_lone_dict_of_headers_is_masked(written: io.StringIO) -> None:
+    """logging takes a lone dict argument as a mapping: its values alone show no name."""
+    logging.getLogger("any").info("headers %s", {"authorization": f"Bearer {TOKEN}"})
+    logging.getLogger("any").info("%(who)s sent %(n)d", {"who": "x", "n": 3})
+    text = written.getvalue()
+    assert TOKEN not in text and "{'authorization': 'Bearer ***'}" in text
+    assert "any: x sent 3" in text

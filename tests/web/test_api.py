@@ -1,7 +1,11 @@
 """The JSON API's own rules (control_plane/web/api/, web/deps.py, schemas.py): paging, ids at
 the edge, times in UTC, files served so that browsers run nothing in them."""
 
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from shared import layout
 from tests.conftest import png_bytes
@@ -85,7 +89,19 @@ def _utc(value: str) -> datetime:
     return moment
 
 
-def test_every_time_in_an_answer_is_utc_with_a_z(api: Api) -> None:
+@pytest.fixture
+def new_york_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local zone is New York's (never UTC), restored afterwards: a naive time
+    taken or shown as local time is then hours off."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    assert time.localtime().tm_gmtoff != 0
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_every_time_in_an_answer_is_utc_with_a_z(new_york_time: None, api: Api) -> None:
     group = api.client.post("/api/groups", json={"name": "times"}).json()
     group_id = group["id"]
     uploaded = api.upload(group_id, [("a.png", png_bytes())]).json()["images"][0]
