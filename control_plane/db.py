@@ -5,6 +5,7 @@ A transaction can ask for a background service to be woken once it commits
 with the service's name. Sessions without it simply wake nothing; the services' timers catch up.
 """
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,12 @@ from alembic.config import Config
 from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# MySQL/MariaDB error codes that say "try again", not "this can never work": deadlock, lock
+# wait timeout, too many connections, server shutting down, connection killed, the
+# connection lost or refused (client codes 2003, 2006, 2013, 2055), idle disconnect (4031).
+# Classified by code: MariaDB raises permanent errors as OperationalError too (4025).
+TRANSIENT_MYSQL_CODES = frozenset({1040, 1053, 1205, 1213, 1927, 2003, 2006, 2013, 2055, 4031})
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 
 
 def _ensure_sqlite_folder(url: str) -> None:
@@ -105,3 +112,22 @@ def session_scope(engine: sa.Engine, wake: Wake | None = None) -> Iterator[Sessi
         except BaseException:
             session.rollback()
             raise
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is a passing database trouble (a lock, a deadlock, a lost connection),
+    after which the same transaction may well succeed."""
+    if isinstance(exc, sa.exc.TimeoutError | sa.exc.DisconnectionError):  # pool, connection
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
+        return "locked" in str(orig) or "busy" in str(orig)
+    code = next(iter(getattr(orig, "args", ())), None)  # pymysql: (code, message)
+    return isinstance(code, int) and code in TRANSIENT_MYSQL_CODES

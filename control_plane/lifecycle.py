@@ -17,8 +17,10 @@ Rules kept here and nowhere else:
   chunk's budget allows, then its unfinished outputs fail with the reason. A dispatch RunPod
   lost (never had, or no longer knows) is not the worker's failure: losses have their own
   budget (`dispatch_max_losses`), failures theirs (`dispatch_max_attempts`).
-- A report that cannot be applied (finalising raises) is counted on its dispatch
-  (`note_finish_failure`); after `dispatch_max_finish_failures` the dispatch fails instead.
+- A report that cannot be applied (finalising raises, or RunPod's answer cannot be read) is
+  counted on its dispatch (`note_finish_failure`); after `dispatch_max_finish_failures` the
+  dispatch fails instead. A claim whose sender stopped on the dispatch's last send fails it
+  rather than sending once more (`claim`).
 - New dispatches are only ever left `pending`; the sender is woken when the transaction that
   made them commits (`control_plane/runpod/sender.py` is the only caller of RunPod's `/run`).
 - Each transition writes its event (`control_plane/events.py`) in the same transaction.
@@ -32,6 +34,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -159,9 +162,14 @@ def claimable(now: datetime, stale_after: timedelta) -> Any:
     )
 
 
-def claim(session: Session, dispatch_id: str, stale_after: timedelta) -> Dispatch | None:
-    """pending → submitting, for one sender only; None if another sender has it."""
+def claim(
+    session: Session, settings: Settings, dispatch_id: str, stale_after: timedelta
+) -> Dispatch | None:
+    """pending → submitting, for one sender only; None if another sender has it, or if it was
+    a stale claim on its last send (`_fail_spent_claim`)."""
     now = utcnow()
+    if _fail_spent_claim(session, settings, dispatch_id, now - stale_after):
+        return None
     result = session.exec(
         update(Dispatch)
         .where(col(Dispatch.id) == dispatch_id, claimable(now, stale_after))
@@ -174,6 +182,31 @@ def claim(session: Session, dispatch_id: str, stale_after: timedelta) -> Dispatc
     if not result.rowcount:
         return None
     return session.get(Dispatch, dispatch_id, populate_existing=True)
+
+
+def _fail_spent_claim(
+    session: Session, settings: Settings, dispatch_id: str, stale_before: datetime
+) -> bool:
+    """A stale claim of a dispatch that has had all its `dispatch_submit_attempts`: its last
+    send was never recorded nor released (RunPod may have taken it, and billed), so the
+    dispatch fails instead of being sent once more. True when it did."""
+    spent = (
+        col(Dispatch.id) == dispatch_id,
+        col(Dispatch.status) == DispatchStatus.SUBMITTING,
+        col(Dispatch.updated_at) < stale_before,
+        col(Dispatch.submit_attempts) >= settings.dispatch_submit_attempts,
+    )
+    if session.exec(select(Dispatch.id).where(*spent)).first() is None:  # no lock taken
+        return False
+    dispatch = lock_dispatch(session, dispatch_id)
+    if dispatch is None or session.exec(select(Dispatch.id).where(*spent)).first() is None:
+        return False
+    reason = (
+        f"could not submit to RunPod: {dispatch.submit_attempts} sends, the last one never "
+        "recorded (its sender stopped)"
+    )
+    _fail_dispatch(session, settings, dispatch, reason)
+    return True
 
 
 def mark_submitted(session: Session, dispatch_id: str, runpod_job_id: str) -> bool:
@@ -341,21 +374,30 @@ def _end_output(session: Session, output: Output, now: datetime) -> None:
     )
 
 
-def note_finish_failure(session: Session, settings: Settings, dispatch_id: str, error: str) -> bool:
-    """Applying a report to the dispatch raised `error` (that transaction was rolled back):
-    count it, and after `dispatch_max_finish_failures` fail the dispatch with it, so a report
-    that can never be applied is not tried for ever. True when the dispatch has ended."""
+class FinishFailure(StrEnum):
+    """What counting a report that could not be applied did (`note_finish_failure`)."""
+
+    COUNTED = "counted"  # the next report tries again
+    FAILED = "failed"  # the last one allowed: the dispatch failed with the error
+    ALREADY_ENDED = "already ended"  # another report ended it meanwhile; nothing counted
+
+
+def note_finish_failure(
+    session: Session, settings: Settings, dispatch_id: str, reason: str
+) -> FinishFailure:
+    """Applying a report to the dispatch failed for `reason` (that transaction was rolled
+    back): count it, and after `dispatch_max_finish_failures` fail the dispatch with it, so a
+    report that can never be applied is not tried for ever."""
     dispatch = lock_dispatch(session, dispatch_id)
     if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
-        return True
-    reason = f"could not apply RunPod's report: {error}"
+        return FinishFailure.ALREADY_ENDED
     dispatch.finish_failures += 1
     if dispatch.finish_failures >= settings.dispatch_max_finish_failures:
         _fail_dispatch(session, settings, dispatch, reason)
-        return True
+        return FinishFailure.FAILED
     dispatch.error, dispatch.updated_at = clip(reason), utcnow()
     session.add(dispatch)
-    return False
+    return FinishFailure.COUNTED
 
 
 def _fail_dispatch(

@@ -63,6 +63,7 @@ def test_a_jobs_path_writes_each_transition_once(api: Api) -> None:
     cancelled = _events(api, retried[-1].id or 0)
     assert _kinds(cancelled) == ["dispatch_failed", "output_failed", "job_finished"]
     assert cancelled[0].data["reason"] == "cancelled by user" and not cancelled[0].data["retry"]
+    assert cancelled[0].data["lost"] is False
     assert cancelled[0].data["runpod_job_id"] == retried[-1].data["runpod_job_id"]
     assert cancelled[-1].data == {"status": "cancelled"}
 
@@ -75,6 +76,7 @@ def test_a_failed_dispatch_is_retried_as_a_new_queued_dispatch(api: Api) -> None
     events = _events(api, start)
     assert _kinds(events) == ["dispatch_failed", "dispatch_queued", "dispatch_started"]
     assert events[0].data["retry"] is True and "timed the job out" in events[0].data["reason"]
+    assert events[0].data["lost"] is False
     assert events[1].data == {"attempt": 2} and events[1].dispatch_id != dispatch.id
 
 

@@ -1,7 +1,9 @@
 """RunPod's serverless API (`/v2/{endpoint_id}/…`), as the control plane uses it.
 
 Transient failures (connection errors, 429, 5xx) are retried here with backoff; anything
-else surfaces as RunPodError for the caller to decide.
+else surfaces as RunPodError for the caller to decide. A 2xx answer that cannot be read (not
+JSON, or not what the call expects) is an UnreadableAnswer, never retried here: RunPod did
+answer, and may have acted on the call.
 """
 
 import asyncio
@@ -22,6 +24,10 @@ class RunPodError(Exception):
     @property
     def retryable(self) -> bool:
         return self.status_code is None or self.status_code == 429 or self.status_code >= 500
+
+
+class UnreadableAnswer(RunPodError):
+    """RunPod answered 2xx with a body that is not what the call expects."""
 
 
 class RunPodClient:
@@ -62,14 +68,14 @@ class RunPodClient:
         """Queue a job (`body`: input, webhook, policy); returns RunPod's job id."""
         reply = await self._request("POST", "run", json=body)
         if not isinstance(reply, dict) or not reply.get("id"):
-            raise RunPodError(f"RunPod /run answered without a job id: {reply!r}")
+            raise UnreadableAnswer(f"RunPod /run answered without a job id: {reply!r:.300}", 200)
         return str(reply["id"])
 
-    async def status(self, runpod_job_id: str) -> dict[str, Any] | None:
-        """The job's state, or None when RunPod no longer knows it (expired or never existed)."""
+    async def status(self, runpod_job_id: str) -> Any:
+        """The job's state as RunPod wrote it (any JSON value: the caller checks it), or None
+        when RunPod no longer knows the job (expired or never existed)."""
         try:
-            reply: dict[str, Any] = await self._request("GET", f"status/{runpod_job_id}")
-            return reply
+            return await self._request("GET", f"status/{runpod_job_id}")
         except RunPodError as exc:
             if exc.status_code == 404:
                 return None
@@ -84,7 +90,7 @@ class RunPodClient:
                 async with asyncio.timeout(self._timeout_s):
                     response = await self._http.request(method, path, json=json)
                 if response.status_code < 400:
-                    return response.json()
+                    return _json_of(response, f"RunPod {method} /{path}")
                 code = response.status_code
                 error = RunPodError(
                     f"RunPod {method} /{path} answered {code}: {response.text[:300]}",
@@ -102,3 +108,14 @@ class RunPodClient:
     def _backoff_s_after(self, attempt: int) -> float:
         """The wait after failed attempt `attempt`, before jitter (times 0.5 to 1.5)."""
         return min(8.0, self._backoff_s * 2 ** (attempt - 1))
+
+
+def _json_of(response: httpx.Response, call: str) -> Any:
+    try:
+        return response.json()
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise UnreadableAnswer(
+            f"{call} answered {response.status_code} with a body that is not JSON "
+            f"({type(exc).__name__}): {response.text[:300]!r}",
+            response.status_code,
+        ) from None

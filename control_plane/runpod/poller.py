@@ -2,22 +2,26 @@
 
 Webhooks are hints; `GET /status` is the authority. Every `reconcile_interval_s` each control
 plane polls submitted dispatches that have been quiet for `webhook_grace_s`. A job RunPod no
-longer knows counts as lost (retried under the loss budget, not the attempt budget).
+longer knows counts as lost (retried under the loss budget, not the attempt budget); an
+answer that cannot be read counts against the dispatch's `dispatch_max_finish_failures`.
 """
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlmodel import col, select
 
 from control_plane import lifecycle
+from control_plane.errors import describe_validation
 from control_plane.lifecycle import DispatchReport
 from control_plane.models import Dispatch, DispatchStatus, utcnow
 from control_plane.platform import Platform
-from control_plane.runpod.client import RunPodError
-from control_plane.runpod.finisher import apply_report
+from control_plane.runpod.client import RunPodError, UnreadableAnswer
+from control_plane.runpod.finisher import apply_report, count_failure
 from control_plane.runpod.sender import send_due
 from control_plane.runpod.wire import RunPodJobState, lost, report_of
 
@@ -60,24 +64,43 @@ def _quiet(platform: Platform) -> list[tuple[str, str]]:
 async def poll(platform: Platform, dispatch_id: str, runpod_job_id: str) -> None:
     try:
         reply = await platform.runpod.status(runpod_job_id)
+    except UnreadableAnswer as exc:
+        await asyncio.to_thread(_unreadable, platform, dispatch_id, str(exc))
+        return
     except RunPodError as exc:
         log.warning("status of %s unavailable: %s", runpod_job_id, exc)
         return
     if reply is None:
-        await asyncio.to_thread(_finish, platform, dispatch_id, lost(runpod_job_id))
+        await asyncio.to_thread(_finish, platform, dispatch_id, lambda: lost(runpod_job_id))
         return
-    state = RunPodJobState.model_validate(reply)
+    try:
+        state = RunPodJobState.model_validate(reply)
+    except ValidationError as exc:
+        problems = describe_validation(exc.errors(include_url=False, include_input=False))
+        await asyncio.to_thread(_unreadable, platform, dispatch_id, problems)
+        return
     if state.final:
-        await asyncio.to_thread(_finish, platform, dispatch_id, report_of(state))
+        await asyncio.to_thread(_finish, platform, dispatch_id, lambda: report_of(state))
     else:
         await asyncio.to_thread(_note, platform, dispatch_id, state.status)
 
 
-def _finish(platform: Platform, dispatch_id: str, report: DispatchReport) -> None:
+def _finish(platform: Platform, dispatch_id: str, read: Callable[[], DispatchReport]) -> None:
     with platform.session() as session:
-        apply_report(session, platform.settings, platform.storage, dispatch_id, report)
+        apply_report(session, platform.settings, platform.storage, dispatch_id, read)
 
 
-def _note(platform: Platform, dispatch_id: str, runpod_status: str) -> None:
+def _unreadable(platform: Platform, dispatch_id: str, problem: str) -> None:
+    """An answer of `/status` that cannot be read counts like a report that cannot be applied:
+    after `dispatch_max_finish_failures` passes the dispatch fails, instead of every pass
+    polling it for ever."""
+    log.warning("RunPod's /status answer for dispatch %s is unreadable: %s", dispatch_id, problem)
+    reason = f"RunPod's /status answer is unreadable: {problem}"
+    with platform.session() as session:
+        count_failure(session, platform.settings, dispatch_id, reason)
+    _note(platform, dispatch_id, None)
+
+
+def _note(platform: Platform, dispatch_id: str, runpod_status: str | None) -> None:
     with platform.session_scope() as session:
         lifecycle.note_polled(session, dispatch_id, runpod_status)

@@ -3,8 +3,9 @@
 Writers leave dispatches `pending` and wake the sender when they commit; its timer also
 retries sends that failed. Each dispatch is claimed (pending → submitting) by one sender at a
 time; a claim older than `stale_claim` is taken over, so a crash between claim and record never
-strands a chunk. RunPod's webhook may arrive before `/run` has returned: it is routed by the
-dispatch id in its URL, so the order does not matter.
+strands a chunk (unless that was its last send: then the dispatch fails, see `lifecycle.claim`).
+RunPod's webhook may arrive before `/run` has returned: it is routed by the dispatch id in its
+URL, so the order does not matter.
 """
 
 import asyncio
@@ -79,8 +80,13 @@ async def send(platform: Platform, dispatch_id: str) -> None:
         return
     try:
         runpod_job_id = await platform.runpod.run(body)
-    except RunPodError as error:  # retryable: an outage, so RunPod never took the job
-        await asyncio.to_thread(_release, platform, dispatch_id, error)
+    except RunPodError as error:  # lost if retryable: an outage, so RunPod never took the job
+        await asyncio.to_thread(_release, platform, dispatch_id, str(error), error.retryable)
+        return
+    except Exception as error:  # unknown trouble: release, so the send budget still applies
+        log.exception("sending dispatch %s failed", dispatch_id)
+        reason = f"{type(error).__name__}: {error}"
+        await asyncio.to_thread(_release, platform, dispatch_id, reason, False)
         return
     if not await asyncio.to_thread(_record, platform, dispatch_id, runpod_job_id):
         await cancel_quietly(platform, runpod_job_id)
@@ -96,7 +102,7 @@ async def cancel_quietly(platform: Platform, runpod_job_id: str) -> None:
 
 def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
     with platform.session_scope() as session:
-        dispatch = lifecycle.claim(session, dispatch_id, stale_claim(platform))
+        dispatch = lifecycle.claim(session, platform.settings, dispatch_id, stale_claim(platform))
         if dispatch is None:
             return None
         return run_body(platform.settings, dispatch, _input_of(session, platform.storage, dispatch))
@@ -107,11 +113,9 @@ def _record(platform: Platform, dispatch_id: str, runpod_job_id: str) -> bool:
         return lifecycle.mark_submitted(session, dispatch_id, runpod_job_id)
 
 
-def _release(platform: Platform, dispatch_id: str, error: RunPodError) -> None:
+def _release(platform: Platform, dispatch_id: str, error: str, lost: bool) -> None:
     with platform.session_scope() as session:
-        lifecycle.release_claim(
-            session, platform.settings, dispatch_id, str(error), lost=error.retryable
-        )
+        lifecycle.release_claim(session, platform.settings, dispatch_id, error, lost=lost)
 
 
 def _input_of(session: Session, storage: Storage, dispatch: Dispatch) -> DispatchInput:

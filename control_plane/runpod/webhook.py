@@ -39,7 +39,7 @@ def receive(
         raise InvalidRequest(f"not a RunPod job state: {problems}") from None
     if not state.final:
         return {"status": "ignored", "reason": f"{state.status} is not a final state"}
-    outcome = apply_report(session, settings, storage, dispatch_id, report_of(state))
+    outcome = apply_report(session, settings, storage, dispatch_id, lambda: report_of(state))
     if outcome is Outcome.TRY_AGAIN:
         raise Unavailable("this report could not be applied yet; send it again")
     if outcome is Outcome.FAILED:

@@ -124,8 +124,8 @@ def describe_failure(state: RunPodJobState) -> str:
     """A person-readable reason from RunPod's status and `error` (a JSON string when the
     handler raised)."""
     error = state.error
-    if isinstance(error, str):
-        with contextlib.suppress(ValueError):
+    if isinstance(error, str) and error.lstrip().startswith("{"):
+        with contextlib.suppress(ValueError, RecursionError):  # nested too deep
             error = json.loads(error)
     if isinstance(error, dict):
         kind, message = error.get("error_type"), error.get("error_message") or error.get("error")

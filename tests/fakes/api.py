@@ -141,14 +141,23 @@ def completed_body(api: Api, dispatch: Dispatch) -> dict:
     }
 
 
-def poison_finalising(monkeypatch: pytest.MonkeyPatch, dispatch_id: str) -> None:
+def poison_finalising(
+    monkeypatch: pytest.MonkeyPatch,
+    dispatch_id: str,
+    error: Exception | None = None,
+    times: int | None = None,
+) -> None:
     """Make applying any report of `dispatch_id`'s results raise, as an unknown bug or a value
-    the database refuses would (other dispatches are applied as usual)."""
+    the database refuses would (other dispatches are applied as usual): `error` (a DataError
+    by default), the first `times` times (every time by default)."""
     apply_results = lifecycle._apply_results
+    raised = count()
 
     def poisoned(session: Session, storage: Storage, dispatch: Dispatch, results: list) -> None:
-        if dispatch.id == dispatch_id:
-            raise sa.exc.DataError("UPDATE outputs …", {}, Exception("Data too long for column"))
+        if dispatch.id == dispatch_id and (times is None or next(raised) < times):
+            raise error or sa.exc.DataError(
+                "UPDATE outputs …", {}, Exception("Data too long for column")
+            )
         apply_results(session, storage, dispatch, results)
 
     monkeypatch.setattr(lifecycle, "_apply_results", poisoned)

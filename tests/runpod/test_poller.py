@@ -7,7 +7,7 @@ import pytest
 import respx
 from sqlmodel import col, select
 
-from control_plane.models import Dispatch
+from control_plane.models import Dispatch, Event, EventKind
 from control_plane.runpod.poller import poll_quiet
 from tests.fakes.api import (
     RUNPOD,
@@ -42,6 +42,17 @@ def _chain(api: Api, job_id: str) -> list[Dispatch]:
         )
 
 
+def _failed_events(api: Api, job_id: str) -> list[Event]:
+    with api.session() as session:
+        return list(
+            session.exec(
+                select(Event)
+                .where(Event.job_id == job_id, Event.kind == EventKind.DISPATCH_FAILED)
+                .order_by(col(Event.id))
+            ).all()
+        )
+
+
 def test_a_chunk_lost_more_often_than_max_attempts_still_succeeds(api: Api) -> None:
     """Endpoint restarts lose RunPod jobs; that is no failure of the worker's, so it spends the
     loss budget, not PIXELFLEET_DISPATCH_MAX_ATTEMPTS (2)."""
@@ -51,6 +62,7 @@ def test_a_chunk_lost_more_often_than_max_attempts_still_succeeds(api: Api) -> N
     *lost, latest = _chain(api, job_id)
     assert [(d.attempt, d.losses, d.status) for d in lost] == [(1, i, "failed") for i in range(3)]
     assert all("no longer knows" in (d.error or "") for d in lost)
+    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [True] * 3
     assert (latest.attempt, latest.losses, latest.status) == (1, 3, "submitted")
     assert hook(api, latest, completed_body(api, latest)).status_code == 200
     job = api.client.get(f"/api/jobs/{job_id}").json()
@@ -68,6 +80,7 @@ def test_losses_beyond_the_loss_budget_fail_the_images_naming_the_losses(api: Ap
         image["error"].startswith("lost 3 times") and "no longer knows" in image["error"]
         for image in job["images"]
     )
+    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [True] * 3
 
 
 def test_a_report_that_cannot_be_applied_stops_being_polled_after_n_passes(
@@ -89,3 +102,50 @@ def test_a_report_that_cannot_be_applied_stops_being_polled_after_n_passes(
     job = api.client.get(f"/api/jobs/{job_id}").json()
     assert job["status"] == "failed"
     assert all("could not apply RunPod's report" in image["error"] for image in job["images"])
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"json": {"status": "COMPLETED", "delayTime": "soon"}}, "delayTime: Input should be"),
+        ({"json": {"status": "IN_PROGRESS", "executionTime": 1.5}}, "executionTime: Input should"),
+        ({"json": ["COMPLETED"]}, "Input should be a valid dictionary"),
+        ({"text": "<html>maintenance</html>"}, "not JSON (JSONDecodeError)"),
+        ({"content": b"[" * 100_000}, "not JSON (RecursionError)"),
+    ],
+)
+def test_a_status_answer_that_cannot_be_read_fails_its_dispatch_after_n_passes(
+    api: Api, answer: dict, problem: str
+) -> None:
+    """Counted like a report that cannot be applied; without that, every pass would poll
+    and crash on it for ever."""
+    api.platform.settings.dispatch_max_attempts = 1
+    job_id, dispatch = submit_one_dispatch(api)
+    if isinstance(answer.get("json"), dict):
+        answer = {"json": {"id": dispatch.runpod_job_id, **answer["json"]}}
+    status = _status_route(api).mock(return_value=httpx.Response(200, **answer))
+    assert [_poll(api) for _ in range(5)] == [1, 1, 1, 0, 0]
+    assert status.call_count == 3
+    [failed] = _chain(api, job_id)
+    assert failed.status == "failed" and failed.finish_failures == 3
+    assert failed.last_polled_at is not None
+    assert (failed.error or "").startswith("RunPod's /status answer is unreadable: ")
+    assert problem in (failed.error or "")
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert all("/status answer is unreadable" in image["error"] for image in job["images"])
+
+
+def test_a_failed_state_with_an_error_nested_too_deep_fails_its_dispatch_in_one_pass(
+    api: Api,
+) -> None:
+    """The handler's error is JSON-decoded when it looks like the SDK's; one nested beyond
+    Python's recursion limit is kept as the text it is."""
+    job_id, dispatch = submit_one_dispatch(api)
+    state = {"id": dispatch.runpod_job_id, "status": "FAILED", "error": '{"a":' * 100_000}
+    _status_route(api).mock(return_value=httpx.Response(200, json=state))
+    assert _poll(api) == 1
+    failed, retry = _chain(api, job_id)
+    assert failed.status == "failed" and failed.finish_failures == 0
+    assert (failed.error or "").startswith('{"a":{"a":')
+    assert (retry.attempt, retry.status) == (2, "submitted")

@@ -10,8 +10,9 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
-from control_plane.models import Dispatch, Output, utcnow
+from control_plane.models import Dispatch, Event, EventKind, Output, utcnow
 from control_plane.runpod.client import RunPodClient
+from control_plane.runpod.poller import reconcile_once
 from control_plane.runpod.sender import send_due
 from control_plane.services import jobs
 from shared import layout
@@ -158,10 +159,7 @@ def test_a_dead_senders_claim_is_taken_over_once_older_than_the_longest_run_call
     settings = api.platform.settings
     settings.runpod_timeout_s, settings.dispatch_stale_claim_s = 1.0, stale_claim_s
     api.platform.runpod = RunPodClient(settings.runpod_endpoint_url, "rp-key", timeout_s=1.0)
-    healthy = api.run_route.side_effect
-    api.run_route.mock(side_effect=RuntimeError("the sender dies here"))
-    job_id, dispatch = submit_one_dispatch(api)
-    api.run_route.mock(side_effect=healthy)
+    job_id, dispatch = _submit_and_die_after_claim(api)
 
     _age_claim(api, dispatch.id, threshold_s - 2)
     assert api.client.portal.call(send_due, api.platform) == 0  # type: ignore[union-attr]
@@ -170,6 +168,24 @@ def test_a_dead_senders_claim_is_taken_over_once_older_than_the_longest_run_call
     assert api.client.portal.call(send_due, api.platform) == 1  # type: ignore[union-attr]
     assert [body["input"]["dispatch_id"] for body in api.run_bodies] == [dispatch.id]
     assert api.client.get(f"/api/jobs/{job_id}").json()["status"] == "processing"
+
+
+def _submit_and_die_after_claim(api: Api) -> tuple[str, Dispatch]:
+    """A dispatch whose sender claimed it and died before RunPod answered (the first send is
+    refused, leaving it pending; the second sender's claim is written as `lifecycle.claim`
+    writes it, and nothing more)."""
+    healthy = api.run_route.side_effect
+    api.run_route.mock(return_value=httpx.Response(400, text="refused once"))
+    job_id, dispatch = submit_one_dispatch(api)
+    api.run_route.mock(side_effect=healthy)
+    with api.session() as session:
+        pending = session.get(Dispatch, dispatch.id)
+        assert pending is not None and pending.status == "pending"
+        pending.status, pending.updated_at = "submitting", utcnow()
+        pending.submit_attempts += 1
+        session.add(pending)
+        session.commit()
+    return job_id, dispatch
 
 
 def _age_claim(api: Api, dispatch_id: str, age_s: float) -> None:
@@ -216,3 +232,87 @@ def test_sends_that_never_reach_runpod_spend_the_loss_budget(api: Api) -> None:
         image["error"].startswith("lost 3 times") and "could not submit to RunPod" in image["error"]
         for image in job["images"]
     )
+    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [True] * 3
+
+
+def _failed_events(api: Api, job_id: str) -> list[Event]:
+    with api.session() as session:
+        return list(
+            session.exec(
+                select(Event)
+                .where(Event.job_id == job_id, Event.kind == EventKind.DISPATCH_FAILED)
+                .order_by(col(Event.id))
+            ).all()
+        )
+
+
+def _reconcile(api: Api) -> None:
+    api.client.portal.call(reconcile_once, api.platform)  # type: ignore[union-attr]
+
+
+def test_a_run_answered_200_with_a_body_that_is_not_json_stops_at_the_send_budget(
+    api: Api,
+) -> None:
+    """Each such send may be a RunPod job (and a bill): sent PIXELFLEET_DISPATCH_SUBMIT_ATTEMPTS
+    times in all, then the dispatch fails; not a loss, since RunPod did answer."""
+    settings = api.platform.settings
+    settings.dispatch_submit_attempts, settings.dispatch_max_attempts = 2, 1
+    api.run_route.mock(return_value=httpx.Response(200, text="<html>maintenance</html>"))
+    job_id, dispatch = submit_one_dispatch(api)
+    with api.session() as session:
+        stored = session.get(Dispatch, dispatch.id)
+        assert stored is not None and stored.status == "pending"
+        assert "not JSON" in (stored.error or "")
+    for _ in range(3):
+        _reconcile(api)
+    assert api.run_route.call_count == 2
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert all(
+        "could not submit to RunPod" in i["error"] and "not JSON" in i["error"]
+        for i in job["images"]
+    )
+    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [False]
+
+
+def test_an_unexpected_error_while_sending_releases_the_claim(api: Api) -> None:
+    """Released at once and counted against the send budget, instead of a claim left to go
+    stale and be taken over again and again."""
+    settings = api.platform.settings
+    settings.dispatch_submit_attempts, settings.dispatch_max_attempts = 2, 1
+    api.run_route.mock(side_effect=RuntimeError("a bug while sending"))
+    job_id, dispatch = submit_one_dispatch(api)
+    with api.session() as session:
+        stored = session.get(Dispatch, dispatch.id)
+        assert stored is not None and (stored.status, stored.submit_attempts) == ("pending", 1)
+        assert stored.error == "RuntimeError: a bug while sending"
+    _reconcile(api)
+    _reconcile(api)
+    assert api.run_route.call_count == 2
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert all("RuntimeError: a bug while sending" in i["error"] for i in job["images"])
+
+
+def test_a_stale_claim_on_the_last_send_fails_the_dispatch_instead_of_sending_it_again(
+    api: Api,
+) -> None:
+    """Its sender stopped before recording RunPod's answer, on the dispatch's last allowed
+    send: taking it over would send past PIXELFLEET_DISPATCH_SUBMIT_ATTEMPTS."""
+    settings = api.platform.settings
+    settings.dispatch_submit_attempts, settings.dispatch_max_attempts = 2, 1
+    settings.dispatch_stale_claim_s = 5.0
+    job_id, dispatch = _submit_and_die_after_claim(api)  # send 1 refused, send 2 never recorded
+    _age_claim(api, dispatch.id, 10.0)
+    assert api.client.portal.call(send_due, api.platform) == 1  # type: ignore[union-attr]
+    assert api.run_bodies == [] and api.run_route.call_count == 1
+    with api.session() as session:
+        stored = session.get(Dispatch, dispatch.id)
+        assert stored is not None and (stored.status, stored.submit_attempts) == ("failed", 2)
+    job = api.client.get(f"/api/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert all(
+        "could not submit to RunPod" in i["error"] and "never recorded" in i["error"]
+        for i in job["images"]
+    )
+    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [False]

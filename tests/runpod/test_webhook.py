@@ -3,12 +3,18 @@ token, clipping what is stored, idempotence, failures and retries, partial resul
 that cannot be applied."""
 
 import json
+import sqlite3
 
 import httpx
+import pymysql
 import pytest
-from sqlmodel import select
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
 
-from control_plane.models import Dispatch, Output, Upload
+from control_plane import lifecycle
+from control_plane.models import Dispatch, Event, EventKind, Output, Upload
+from control_plane.runpod import webhook, wire
+from control_plane.settings import Settings
 from shared import layout
 from tests.fakes.api import Api, completed_body, hook, poison_finalising, submit_one_dispatch
 
@@ -351,3 +357,118 @@ def test_a_report_that_cannot_be_applied_fails_its_dispatch_after_n_tries(
     assert hook(api, retry, completed_body(api, retry)).status_code == 200
     job = api.client.get(f"/api/jobs/{job_id}").json()
     assert job["status"] == "completed" and job["progress"]["succeeded"] == 3
+
+
+@pytest.mark.parametrize("error", ["[" * 100_000, '{"a":' * 100_000])
+def test_a_failed_state_with_an_error_nested_too_deep_is_applied(api: Api, error: str) -> None:
+    """Not a RecursionError (a 500 for every re-send): the error is kept as the text it is."""
+    _, dispatch = submit_one_dispatch(api)
+    answer = hook(api, dispatch, {"status": "FAILED", "error": error})
+    assert answer.status_code == 200 and answer.json() == {"status": "accepted"}
+    with api.session() as session:
+        row = session.get(Dispatch, dispatch.id)
+        assert row is not None and row.status == "failed" and row.finish_failures == 0
+        assert row.error is not None and row.error.startswith(error[:100])
+
+
+def test_a_report_that_cannot_even_be_read_is_counted_not_a_500(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading RunPod's state into a report happens inside the finisher's safety net."""
+
+    def unreadable(_state: wire.RunPodJobState) -> str:
+        raise RuntimeError("a bug in reading RunPod's error")
+
+    monkeypatch.setattr(wire, "describe_failure", unreadable)
+    _, dispatch = submit_one_dispatch(api)
+    answers = [hook(api, dispatch, {"status": "FAILED", "error": "boom"}) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [503, 503, 200]
+    assert answers[2].json()["status"] == "failed"
+    with api.session() as session:
+        row = session.get(Dispatch, dispatch.id)
+        assert row is not None and row.status == "failed" and row.finish_failures == 3
+        assert row.error == (
+            "could not apply RunPod's report: RuntimeError: a bug in reading RunPod's error"
+        )
+
+
+def _db_error(orig: Exception, invalidated: bool = False) -> sa.exc.OperationalError:
+    return sa.exc.OperationalError("UPDATE outputs …", {}, orig, connection_invalidated=invalidated)
+
+
+TRANSIENT = {
+    "deadlock": _db_error(pymysql.err.OperationalError(1213, "Deadlock found")),
+    "lock wait timeout": _db_error(pymysql.err.OperationalError(1205, "Lock wait timeout")),
+    "gone away": _db_error(pymysql.err.OperationalError(2006, "MySQL server has gone away")),
+    "lost connection": _db_error(pymysql.err.OperationalError(2013, "Lost connection")),
+    "sqlite locked": _db_error(sqlite3.OperationalError("database is locked")),
+    "invalidated": _db_error(Exception("connection reset"), invalidated=True),
+}
+
+
+@pytest.mark.parametrize("name", TRANSIENT)
+def test_a_passing_database_error_is_answered_503_and_not_counted(
+    api: Api, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A deadlock or a lost connection says nothing about the report: counting it would fail
+    a dispatch with good results after a few busy moments."""
+    job_id, dispatch = submit_one_dispatch(api)
+    poison_finalising(monkeypatch, dispatch.id, TRANSIENT[name], times=3)
+    body = completed_body(api, dispatch)
+    answers = [hook(api, dispatch, body) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [503, 503, 503, 200]
+    assert answers[3].json() == {"status": "accepted"}
+    with api.session() as session:
+        row = session.get(Dispatch, dispatch.id)
+        assert row is not None and row.status == "completed" and row.finish_failures == 0
+    assert api.client.get(f"/api/jobs/{job_id}").json()["progress"]["succeeded"] == 3
+
+
+def test_a_permanent_error_raised_as_operational_error_is_counted(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MariaDB raises a failed CHECK constraint (4025) as an OperationalError: classified by
+    its code, it is counted like any report that cannot be applied."""
+    _, dispatch = submit_one_dispatch(api)
+    refused = _db_error(pymysql.err.OperationalError(4025, "CONSTRAINT `c` failed"))
+    poison_finalising(monkeypatch, dispatch.id, refused)
+    assert hook(api, dispatch, completed_body(api, dispatch)).status_code == 503
+    with api.session() as session:
+        row = session.get(Dispatch, dispatch.id)
+        assert row is not None and row.status == "submitted" and row.finish_failures == 1
+
+
+def test_a_report_failing_while_another_one_ends_the_dispatch_is_not_answered_failed(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the failed attempt and its counting, a good report finished the dispatch:
+    nothing is counted or failed, and the answer is that of a report already applied."""
+    job_id, dispatch = submit_one_dispatch(api)
+    body = completed_body(api, dispatch)
+    good = json.dumps({"id": dispatch.runpod_job_id, **body}).encode()
+    poison_finalising(monkeypatch, dispatch.id, times=1)
+    note_finish_failure = lifecycle.note_finish_failure
+
+    def after_the_good_report(
+        session: Session, settings: Settings, dispatch_id: str, reason: str
+    ) -> object:
+        with api.session() as other:
+            storage = api.platform.storage
+            assert webhook.receive(other, settings, storage, dispatch_id, good) == {
+                "status": "accepted"
+            }
+        return note_finish_failure(session, settings, dispatch_id, reason)
+
+    monkeypatch.setattr(lifecycle, "note_finish_failure", after_the_good_report)
+    answer = hook(api, dispatch, body)
+    assert answer.status_code == 200 and answer.json()["status"] != "failed"
+    with api.session() as session:
+        row = session.get(Dispatch, dispatch.id)
+        assert row is not None and row.status == "completed" and row.finish_failures == 0
+        failed = session.exec(
+            select(Event).where(
+                col(Event.dispatch_id) == dispatch.id, Event.kind == EventKind.DISPATCH_FAILED
+            )
+        ).all()
+        assert failed == []
+    assert api.client.get(f"/api/jobs/{job_id}").json()["status"] == "completed"
