@@ -9,9 +9,7 @@ from sqlmodel import select
 
 from control_plane.models import Output
 from control_plane.runpod.poller import reconcile_once
-from shared import layout
-from tests.conftest import png_bytes
-from tests.fakes.api import RUNPOD, Api, submit_one_dispatch
+from tests.fakes.api import RUNPOD, Api, submit_one_dispatch, succeeded_result
 
 LONE_SURROGATE = "\ud800"  # valid in JSON ("\\ud800"), never in UTF-8
 
@@ -36,7 +34,7 @@ def test_text_no_column_holds_fails_only_its_image(
     job_id, dispatch = submit_one_dispatch(api)
     with api.session() as session:
         outputs = session.exec(select(Output).where(Output.dispatch_id == dispatch.id)).all()
-    results = [_succeeded(api, output) for output in outputs]
+    results = [succeeded_result(api, output) for output in outputs]
     results[0][field] = value
     state = {
         "id": dispatch.runpod_job_id,
@@ -52,19 +50,3 @@ def test_text_no_column_holds_fails_only_its_image(
     assert job["progress"]["succeeded"] == len(results) - 1
     errors = {image["id"]: image["error"] for image in job["images"]}
     assert errors[results[0]["output_id"]] == f"worker result rejected: {reason}"
-
-
-def _succeeded(api: Api, output: Output) -> dict[str, object]:
-    stem = layout.output_stem(output.group_id, output.job_id, output.id)
-    key = layout.output_key(stem, "image/png")
-    stored = api.platform.storage.put_bytes(key, png_bytes(), content_type="image/png")
-    return {
-        "output_id": output.id,
-        "status": "succeeded",
-        "provider": "offline",
-        "model": "m",
-        "output_uri": api.platform.storage.uri(key),
-        "content_type": "image/png",
-        "bytes": stored.size,
-        "sha256": stored.sha256,
-    }

@@ -25,6 +25,7 @@ from control_plane.app import create_app
 from control_plane.models import Dispatch, Output
 from control_plane.platform import Platform
 from control_plane.settings import Settings
+from shared import layout
 from shared.storage import Storage
 from tests.conftest import png_bytes
 
@@ -161,3 +162,21 @@ def poison_finalising(
         apply_results(session, storage, dispatch, results)
 
     monkeypatch.setattr(lifecycle, "_apply_results", poisoned)
+
+
+def succeeded_result(api: Api, output: Output) -> dict[str, object]:
+    """What a worker reports for `output` when it succeeded, with its file stored at the
+    output's own key (`shared/layout.py`)."""
+    stem = layout.output_stem(output.group_id, output.job_id, output.id)
+    key = layout.output_key(stem, "image/png")
+    stored = api.platform.storage.put_bytes(key, png_bytes(), content_type="image/png")
+    return {
+        "output_id": output.id,
+        "status": "succeeded",
+        "provider": "offline",
+        "model": "m",
+        "output_uri": api.platform.storage.uri(key),
+        "content_type": "image/png",
+        "bytes": stored.size,
+        "sha256": stored.sha256,
+    }

@@ -15,9 +15,7 @@ from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import reconcile_once
 from control_plane.runpod.sender import send_due
 from control_plane.services import jobs
-from shared import layout
-from tests.conftest import png_bytes
-from tests.fakes.api import RUNPOD, Api, submit_one_dispatch
+from tests.fakes.api import RUNPOD, Api, submit_one_dispatch, succeeded_result
 
 
 def test_cancel_while_run_is_in_flight_cancels_that_runpod_job(api: Api) -> None:
@@ -97,24 +95,7 @@ def test_a_status_answer_with_values_no_column_holds_finishes_the_dispatch(api: 
     job_id, dispatch = submit_one_dispatch(api)
     with api.session() as session:
         outputs = session.exec(select(Output).where(Output.dispatch_id == dispatch.id)).all()
-    results = []
-    for output in outputs:
-        key = layout.output_key(
-            layout.output_stem(output.group_id, output.job_id, output.id), "image/png"
-        )
-        stored = api.platform.storage.put_bytes(key, png_bytes(), content_type="image/png")
-        results.append(
-            {
-                "output_id": output.id,
-                "status": "succeeded",
-                "provider": "offline",
-                "model": "m",
-                "output_uri": api.platform.storage.uri(key),
-                "content_type": "image/png",
-                "bytes": stored.size,
-                "sha256": stored.sha256,
-            }
-        )
+    results = [succeeded_result(api, output) for output in outputs]
     results[0]["width"], results[1]["cost_usd"] = 2**31, float("nan")
     state = {
         "id": dispatch.runpod_job_id,

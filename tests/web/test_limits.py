@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 from PIL import Image
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -187,7 +188,16 @@ def test_webhook_bodies_over_12_mib_are_refused(api: Api) -> None:
 
 def test_a_file_over_the_per_file_limit_is_not_spooled_past_it(api: Api) -> None:
     api.platform.settings.upload_max_file_bytes = MiB
-    chunks = streamed_upload("grp_x", 50 * MiB)
+    form = _read_upload_form(api, streamed_upload("grp_x", 50 * MiB))
+    upload = form["files"]
+    assert not isinstance(upload, str)
+    assert upload.size == 50 * MiB  # its true size, so it is rejected by size as before
+    upload.file.seek(0, io.SEEK_END)
+    assert upload.file.tell() == MiB + 1
+
+
+def _read_upload_form(api: Api, chunks: Iterator[bytes]) -> FormData:
+    """`web/forms.read_form` over an upload request whose body arrives as `chunks`."""
 
     async def receive() -> Message:
         body = next(chunks, None)
@@ -199,12 +209,7 @@ def test_a_file_over_the_per_file_limit_is_not_spooled_past_it(api: Api) -> None
         "path": "/api/uploads",
         "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())],
     }
-    form = asyncio.run(read_form(Request(scope, receive), api.platform))
-    upload = form["files"]
-    assert not isinstance(upload, str)
-    assert upload.size == 50 * MiB  # its true size, so it is rejected by size as before
-    upload.file.seek(0, io.SEEK_END)
-    assert upload.file.tell() == MiB + 1
+    return asyncio.run(read_form(Request(scope, receive), api.platform))
 
 
 def test_many_small_files_are_not_all_held_in_memory(api: Api) -> None:
@@ -218,19 +223,7 @@ def test_many_small_files_are_not_all_held_in_memory(api: Api) -> None:
         + b"\r\n"
         for n in range(count)
     )
-    chunks = iter([parts, f"--{BOUNDARY}--\r\n".encode()])
-
-    async def receive() -> Message:
-        body = next(chunks, None)
-        return {"type": "http.request", "body": body or b"", "more_body": body is not None}
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/api/uploads",
-        "headers": [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())],
-    }
-    form = asyncio.run(read_form(Request(scope, receive), api.platform))
+    form = _read_upload_form(api, iter([parts, f"--{BOUNDARY}--\r\n".encode()]))
     files = [item for item in form.getlist("files") if not isinstance(item, str)]
     assert len(files) == count and all(upload.size == size for upload in files)
     in_memory = sum(upload.size or 0 for upload in files if not upload.file._rolled)  # type: ignore[attr-defined]
