@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings
 
 from control_plane.db import migrate as run_migrations
 from control_plane.settings import Settings
+from shared.hosts import WILDCARD_HOSTS
 from shared.logs import configure_logging
 from shared.settings import describe_settings_error
 from shared.storage import Storage, StorageError, open_storage
@@ -32,7 +33,6 @@ SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 GRACEFUL_SHUTDOWN_S = 5
 # Seconds `up` waits for a child it asked to stop before it kills it.
 CHILD_STOP_S = 20
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
 def _settings(kind: type[SettingsT]) -> SettingsT:

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
-from shared.settings import CommonSettings, host_list
+from shared.hosts import host_list, is_local
+from shared.settings import CommonSettings
 
 DEV_RUNPOD_API_KEY = "local-dev-key"
 MIN_PASSWORD_CHARS = 16
@@ -112,5 +113,4 @@ class Settings(CommonSettings):
 
 
 def _is_local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("localhost", "0.0.0.0", "::1", "::") or host.startswith("127.")
+    return is_local(urlsplit(url).hostname or "")

@@ -28,8 +28,3 @@ def describe_settings_error(exc: ValidationError) -> str:
         message = str(error["msg"]).removeprefix("Value error, ")
         parts.append(f"PIXELFLEET_{name}: {message}" if name else message)
     return "; ".join(parts)
-
-
-def host_list(text: str) -> list[str]:
-    """A comma-separated list of host names, as a setting holds it, lower case."""
-    return [host.strip().lower() for host in text.split(",") if host.strip()]

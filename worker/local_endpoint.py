@@ -23,7 +23,6 @@ import copy
 import hmac
 import importlib.metadata
 import inspect
-import ipaddress
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ import httpx
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
+from shared.hosts import is_loopback
 from shared.logs import configure_logging
 from worker.handler import make_handler
 from worker.settings import WorkerSettings
@@ -241,19 +241,12 @@ def _check_webhook(url: str, allowed_hosts: frozenset[str]) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EndpointError(400, f"webhook must be an http(s) URL, not {url!r}")
     host = parts.hostname
-    if not (_is_loopback(host) or host in allowed_hosts):
+    if not (is_loopback(host) or host in allowed_hosts):
         raise EndpointError(
             400,
             f"webhook host {host!r} is not loopback: add it to "
             "PIXELFLEET_ENDPOINT_ALLOW_WEBHOOK_HOSTS to let this endpoint post there",
         )
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name, not an address
-        return host == "localhost"
 
 
 # --------------------------------------------------------------------------- the engine

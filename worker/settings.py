@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 
-from shared.settings import CommonSettings, host_list
+from shared.hosts import host_list
+from shared.settings import CommonSettings
 
 
 class WorkerSettings(CommonSettings):

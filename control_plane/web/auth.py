@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.hosts import is_loopback
+
 OPEN_PATHS = ("/api/webhook/runpod", "/healthz")
 CHALLENGE = [
     (b"content-type", b"application/json"),
@@ -91,14 +93,14 @@ def _same_site(scope: Scope) -> bool:
     return urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") == headers.get(b"host")
 
 
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 BAD_REQUEST = [(b"content-type", b"application/json")]
 
 
 def expected_hosts(public_url: str, allowed_hosts: list[str]) -> frozenset[str]:
-    """Host names (any port) an open server answers: loopback, the public URL's, the listed."""
+    """Host names (any port) an open server answers besides loopback ones: the public URL's
+    and the listed."""
     public = urlsplit(public_url).hostname
-    return LOOPBACK_HOSTS | set(allowed_hosts) | ({public} if public else set())
+    return frozenset(allowed_hosts) | ({public} if public else set())
 
 
 class HostCheckMiddleware:
@@ -120,13 +122,14 @@ class HostCheckMiddleware:
             await self.app(scope, receive, send)
             return
         host = _host_name(dict(scope["headers"]).get(b"host", b"").decode("latin-1"))
-        if host in self.hosts:
+        if host in self.hosts or is_loopback(host):
             await self.app(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": 400, "headers": BAD_REQUEST})
         detail = (
             f"unexpected Host header {host!r}: this server answers "
-            f"{', '.join(sorted(self.hosts))}; add the name to PIXELFLEET_ALLOWED_HOSTS"
+            f"{', '.join(['loopback names', *sorted(self.hosts)])}; "
+            "add the name to PIXELFLEET_ALLOWED_HOSTS"
         )
         await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 

@@ -18,11 +18,11 @@ import pytest
 import respx
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from control_plane import lifecycle
 from control_plane.app import create_app
-from control_plane.models import Dispatch, Output
+from control_plane.models import Dispatch, Event, EventKind, Output
 from control_plane.platform import Platform
 from control_plane.settings import Settings
 from shared import layout
@@ -180,3 +180,15 @@ def succeeded_result(api: Api, output: Output) -> dict[str, object]:
         "bytes": stored.size,
         "sha256": stored.sha256,
     }
+
+
+def dispatch_failed_events(api: Api, job_id: str) -> list[Event]:
+    """The job's `dispatch_failed` events, oldest first."""
+    with api.session() as session:
+        return list(
+            session.exec(
+                select(Event)
+                .where(Event.job_id == job_id, Event.kind == EventKind.DISPATCH_FAILED)
+                .order_by(col(Event.id))
+            ).all()
+        )

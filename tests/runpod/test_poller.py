@@ -7,12 +7,13 @@ import pytest
 import respx
 from sqlmodel import col, select
 
-from control_plane.models import Dispatch, Event, EventKind
+from control_plane.models import Dispatch
 from control_plane.runpod.poller import poll_quiet
 from tests.fakes.api import (
     RUNPOD,
     Api,
     completed_body,
+    dispatch_failed_events,
     hook,
     poison_finalising,
     submit_one_dispatch,
@@ -42,17 +43,6 @@ def _chain(api: Api, job_id: str) -> list[Dispatch]:
         )
 
 
-def _failed_events(api: Api, job_id: str) -> list[Event]:
-    with api.session() as session:
-        return list(
-            session.exec(
-                select(Event)
-                .where(Event.job_id == job_id, Event.kind == EventKind.DISPATCH_FAILED)
-                .order_by(col(Event.id))
-            ).all()
-        )
-
-
 def test_a_chunk_lost_more_often_than_max_attempts_still_succeeds(api: Api) -> None:
     """Endpoint restarts lose RunPod jobs; that is no failure of the worker's, so it spends the
     loss budget, not PIXELFLEET_DISPATCH_MAX_ATTEMPTS (2)."""
@@ -62,7 +52,7 @@ def test_a_chunk_lost_more_often_than_max_attempts_still_succeeds(api: Api) -> N
     *lost, latest = _chain(api, job_id)
     assert [(d.attempt, d.losses, d.status) for d in lost] == [(1, i, "failed") for i in range(3)]
     assert all("no longer knows" in (d.error or "") for d in lost)
-    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [True] * 3
+    assert [event.data["lost"] for event in dispatch_failed_events(api, job_id)] == [True] * 3
     assert (latest.attempt, latest.losses, latest.status) == (1, 3, "submitted")
     assert hook(api, latest, completed_body(api, latest)).status_code == 200
     job = api.client.get(f"/api/jobs/{job_id}").json()
@@ -80,7 +70,7 @@ def test_losses_beyond_the_loss_budget_fail_the_images_naming_the_losses(api: Ap
         image["error"].startswith("lost 3 times") and "no longer knows" in image["error"]
         for image in job["images"]
     )
-    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [True] * 3
+    assert [event.data["lost"] for event in dispatch_failed_events(api, job_id)] == [True] * 3
 
 
 def test_a_report_that_cannot_be_applied_stops_being_polled_after_n_passes(

@@ -10,12 +10,18 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
-from control_plane.models import Dispatch, Event, EventKind, Output, utcnow
+from control_plane.models import Dispatch, Output, utcnow
 from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import reconcile_once
 from control_plane.runpod.sender import send_due
 from control_plane.services import jobs
-from tests.fakes.api import RUNPOD, Api, submit_one_dispatch, succeeded_result
+from tests.fakes.api import (
+    RUNPOD,
+    Api,
+    dispatch_failed_events,
+    submit_one_dispatch,
+    succeeded_result,
+)
 
 
 def test_cancel_while_run_is_in_flight_cancels_that_runpod_job(api: Api) -> None:
@@ -213,18 +219,7 @@ def test_sends_that_never_reach_runpod_spend_the_loss_budget(api: Api) -> None:
         image["error"].startswith("lost 3 times") and "could not submit to RunPod" in image["error"]
         for image in job["images"]
     )
-    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [True] * 3
-
-
-def _failed_events(api: Api, job_id: str) -> list[Event]:
-    with api.session() as session:
-        return list(
-            session.exec(
-                select(Event)
-                .where(Event.job_id == job_id, Event.kind == EventKind.DISPATCH_FAILED)
-                .order_by(col(Event.id))
-            ).all()
-        )
+    assert [event.data["lost"] for event in dispatch_failed_events(api, job_id)] == [True] * 3
 
 
 def _reconcile(api: Api) -> None:
@@ -253,7 +248,7 @@ def test_a_run_answered_200_with_a_body_that_is_not_json_stops_at_the_send_budge
         "could not submit to RunPod" in i["error"] and "not JSON" in i["error"]
         for i in job["images"]
     )
-    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [False]
+    assert [event.data["lost"] for event in dispatch_failed_events(api, job_id)] == [False]
 
 
 def test_an_unexpected_error_while_sending_releases_the_claim(api: Api) -> None:
@@ -296,4 +291,4 @@ def test_a_stale_claim_on_the_last_send_fails_the_dispatch_instead_of_sending_it
         "could not submit to RunPod" in i["error"] and "never recorded" in i["error"]
         for i in job["images"]
     )
-    assert [event.data["lost"] for event in _failed_events(api, job_id)] == [False]
+    assert [event.data["lost"] for event in dispatch_failed_events(api, job_id)] == [False]
