@@ -50,6 +50,7 @@ from control_plane.models import (
     DispatchStatus,
     EventKind,
     Job,
+    JobMode,
     JobStatus,
     Output,
     OutputStatus,
@@ -537,7 +538,8 @@ def retry_job(session: Session, settings: Settings, job_id: str) -> None:
         output.status, output.error, output.completed_at = OutputStatus.PENDING, None, None
         output.updated_at = now
         emit(session, EventKind.OUTPUT_RETRIED, job_id=job_id, output_id=output.id)
-    chunk = settings.dispatch_chunk_size if job.mode == "automatic" else len(failed)
+    # a semi-automatic set stays one RunPod job; other modes are chunked as at submit
+    chunk = len(failed) if job.mode == JobMode.SEMI_AUTOMATIC else settings.dispatch_chunk_size
     _queue(session, job_id, failed, chunk)
     job.status, job.completed_at, job.error = JobStatus.PROCESSING, None, None
     session.add(job)

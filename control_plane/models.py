@@ -12,6 +12,8 @@ from shared.ids import new_id
 
 # MySQL's DATETIME drops fractions unless asked; ordering and timings need them.
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
+# MySQL's TEXT holds 64 KB; stored answers and documents can be longer.
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql")
 
 
 def utcnow() -> datetime:
@@ -47,6 +49,15 @@ def _ts(**kwargs: Any) -> Any:
 
 def _json(**kwargs: Any) -> Any:
     return Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False), **kwargs)
+
+
+class JobMode(StrEnum):
+    """How a job's images were asked for."""
+
+    AUTOMATIC = "automatic"  # one prompt over many uploads, one image per upload
+    SEMI_AUTOMATIC = "semi-automatic"  # a set of images from references and a prompt of its own
+    CATALOG = "catalog"  # text to image from a prompt catalog's entries of one tag
+    IMPORT = "import"  # one row of a CSV/JSONL file per prompt
 
 
 class JobStatus(StrEnum):
@@ -100,6 +111,7 @@ class Upload(SQLModel, table=True):
     """An uploaded reference or source image."""
 
     __tablename__ = "uploads"
+    __table_args__ = (sa.Index("ix_uploads_group_id_sha256", "group_id", "sha256"),)
     id: str = _id("img")
     group_id: str = Field(foreign_key="groups.id", index=True, max_length=40)
     filename: str = Field(max_length=255)
@@ -153,6 +165,8 @@ class Output(SQLModel, table=True):
     reference_ids: list[str] = Field(
         default_factory=list, sa_column=Column(sa.JSON, nullable=False)
     )
+    prompt_id: str | None = Field(default=None, max_length=200)  # a catalog entry's id
+    tags: list[str] | None = Field(default=None, sa_column=Column(sa.JSON, nullable=True))
     seed: int = Field(sa_type=sa.BigInteger)
     params: dict[str, Any] = _json()
     provider: str | None = Field(default=None, max_length=40)
@@ -200,6 +214,35 @@ class Dispatch(SQLModel, table=True):
     submitted_at: datetime | None = Field(default=None, sa_type=Timestamp)
     finished_at: datetime | None = Field(default=None, sa_type=Timestamp)
     last_polled_at: datetime | None = Field(default=None, sa_type=Timestamp)
+
+
+class Catalog(SQLModel, table=True):
+    """A named list of prompts, each with an id unique in the catalog and its tags."""
+
+    __tablename__ = "catalogs"
+    id: str = _id("cat")
+    name: str = Field(max_length=200)
+    # [{id, tags, prompt, negative_prompt?, attributes?}, …] as checked at creation:
+    prompts: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(sa.JSON, nullable=False)
+    )
+    prompt_count: int = 0
+    tags: list[str] = Field(default_factory=list, sa_column=Column(sa.JSON, nullable=False))
+    created_at: datetime = _ts()
+
+
+class IdempotentRequest(SQLModel, table=True):
+    """A request made with an `Idempotency-Key`: its body's hash and, once answered, the
+    answer replayed to a retry with the same key and body."""
+
+    __tablename__ = "idempotent_requests"
+    scope: str = Field(primary_key=True, max_length=100)  # method and route
+    key: str = Field(primary_key=True, max_length=255)
+    body_sha256: str = Field(max_length=64)
+    status_code: int | None = None  # None while the first request is still being answered
+    response: str | None = Field(default=None, sa_type=LongText)
+    created_at: datetime = _ts()
+    expires_at: datetime = Field(sa_type=Timestamp, index=True)
 
 
 class EventKind(StrEnum):

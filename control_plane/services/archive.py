@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from zipstream import ZIP_STORED, ZipStream
 
 from control_plane.errors import Unavailable
-from control_plane.models import Job, Output, OutputStatus, Upload
+from control_plane.models import Job, JobMode, Output, OutputStatus, Upload
 from control_plane.services.uploads import safe_stem
 from shared import layout
 from shared.images import extension_for
@@ -65,7 +65,7 @@ def _source_names(session: Session, rows: list[tuple[Output, Job]]) -> dict[str,
     ids = {
         output.reference_ids[0]
         for output, job in rows
-        if job.mode == "automatic" and output.reference_ids
+        if job.mode == JobMode.AUTOMATIC and output.reference_ids
     }
     names: dict[str, str] = {}
     id_list = sorted(ids)
@@ -129,7 +129,7 @@ def _entry(output: Output, job: Job, sources: dict[str, str], sizes: dict[str, i
 
 def _arcname(output: Output, job: Job, sources: dict[str, str]) -> str:
     stem = safe_stem(sources.get(output.reference_ids[0], "")) if output.reference_ids else ""
-    suffix = f"_{stem}" if stem and job.mode == "automatic" else ""
+    suffix = f"_{stem}" if stem and job.mode == JobMode.AUTOMATIC else ""
     return f"{job.id}/{output.position:05d}{suffix}{extension_for(output.content_type or '')}"
 
 

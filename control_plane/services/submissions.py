@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from control_plane import lifecycle
 from control_plane.errors import Conflict, InvalidRequest, NotFound
-from control_plane.models import Group, Job, Output, Upload
+from control_plane.models import Group, Job, JobMode, Output, Upload
 from control_plane.schemas import (
     AutomaticSubmit,
     GenerationConfig,
@@ -143,7 +143,7 @@ def _plan_automatic(
     job = Job(
         group_id=request.group_id,
         batch_id=new_id("bat"),
-        mode="automatic",
+        mode=JobMode.AUTOMATIC,
         prompt=request.prompt,
         config={**request.config.model_dump(exclude_none=True), **params, "seed": base_seed},
         total=len(request.images),
@@ -168,7 +168,7 @@ def _plan_semi_automatic(
         job = Job(
             group_id=request.group_id,
             batch_id=batch_id,
-            mode="semi-automatic",
+            mode=JobMode.SEMI_AUTOMATIC,
             prompt=item.prompt,
             set_index=set_index,
             config={**config.model_dump(exclude_none=True), **params, "seed": base_seed},

@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from control_plane.models import JobStatus
+from control_plane.models import JobMode, JobStatus
 from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
 from control_plane.services import cleanup, jobs, submissions
 from control_plane.web.deps import (
@@ -32,7 +32,7 @@ def list_jobs(
     session: SessionDep,
     status_: JobStatus | None = Query(None, alias="status"),
     group_id: str | None = None,
-    mode: str | None = Query(None, pattern="^(automatic|semi-automatic)$"),
+    mode: JobMode | None = None,
     page: PageNumber = 1,
     limit: PageLimit = 20,
 ) -> Page[JobPublic]:
