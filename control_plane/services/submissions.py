@@ -222,7 +222,7 @@ def _plan_catalog(
     """One text-to-image job per tag, of `count` entries of that tag picked at random."""
     catalog = catalogs.get_catalog(session, request.catalog_id)
     base_seed = _base_seed(request.config)
-    picked = pick_entries(catalog, request.tags, request.count, base_seed)
+    picked = _pick_entries(catalog, request.tags, request.count, base_seed)
     total = sum(len(entries) for entries in picked.values())
     if total > settings.submit_max_images:
         raise InvalidRequest(
@@ -254,7 +254,7 @@ def _plan_catalog(
     return jobs
 
 
-def pick_entries(
+def _pick_entries(
     catalog: Catalog, tags: Sequence[str], count: int | Literal["all"], seed: int
 ) -> dict[str, list[dict[str, Any]]]:
     """Per tag, `count` of its entries in random order (the same seed picks the same ones,
