@@ -3,7 +3,7 @@ created (a 422 names every entry at fault) and stored as checked."""
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -122,7 +122,9 @@ def create_catalog(session: Session, body: CatalogCreate) -> Catalog:
         name=body.name,
         prompts=prompts,
         prompt_count=len(prompts),
-        tags=sorted({tag for entry in body.prompts for tag in entry.tags}),
+        tag_counts=dict(
+            sorted(Counter(tag for entry in body.prompts for tag in entry.tags).items())
+        ),
     )
     session.add(catalog)
     session.commit()
@@ -144,8 +146,8 @@ def delete_catalog(session: Session, catalog_id: str) -> None:
 
 
 def page_of_catalogs(session: Session, page: int, limit: int) -> tuple[int, list[CatalogPublic]]:
-    """The number of catalogs, and page `page` (1-based) of them, newest first; each
-    catalog's prompts are read one catalog at a time, to count its tags."""
+    """The number of catalogs, and page `page` (1-based) of them, newest first (their
+    prompts are not read)."""
     total = session.exec(select(func.count()).select_from(Catalog)).one()
     rows = session.exec(
         select(Catalog)
@@ -154,28 +156,23 @@ def page_of_catalogs(session: Session, page: int, limit: int) -> tuple[int, list
         .offset((page - 1) * limit)
         .limit(limit)
     ).all()
-    summaries = []
-    for catalog in rows:
-        prompts = session.exec(select(Catalog.prompts).where(Catalog.id == catalog.id)).one()
-        summaries.append(catalog_public(catalog, prompts))
-    return total, summaries
+    return total, [catalog_public(catalog) for catalog in rows]
 
 
-def catalog_public(catalog: Catalog, prompts: Sequence[Mapping[str, Any]]) -> CatalogPublic:
-    counts = Counter(tag for entry in prompts for tag in entry["tags"])
+def catalog_public(catalog: Catalog) -> CatalogPublic:
     return CatalogPublic(
         id=catalog.id,
         name=catalog.name,
         prompt_count=catalog.prompt_count,
-        tags=catalog.tags,
-        tag_counts={tag: counts[tag] for tag in catalog.tags},
+        tags=list(catalog.tag_counts),
+        tag_counts=catalog.tag_counts,
         created_at=catalog.created_at,
     )
 
 
 def catalog_detail(catalog: Catalog) -> CatalogDetail:
     return CatalogDetail(
-        **catalog_public(catalog, catalog.prompts).model_dump(),
+        **catalog_public(catalog).model_dump(),
         prompts=[CatalogPrompt.model_validate(entry) for entry in catalog.prompts],
     )
 

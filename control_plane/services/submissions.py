@@ -259,11 +259,12 @@ def _pick_entries(
 ) -> dict[str, list[dict[str, Any]]]:
     """Per tag, `count` of its entries in random order (the same seed picks the same ones,
     whatever other tags are asked for), or all of them in catalog order for "all"."""
-    unknown = [tag for tag in tags if tag not in catalog.tags]
+    unknown = [tag for tag in tags if tag not in catalog.tag_counts]
     if unknown:
         raise InvalidRequest(
             f"catalog {catalog.id} ({catalog.name!r}) has no prompt tagged "
-            f"{', '.join(map(repr, unknown))}; its tags are: {_few(catalog.tags, shown=50)}"
+            f"{', '.join(map(repr, unknown))}; "
+            f"its tags are: {_few(list(catalog.tag_counts), shown=50)}"
         )
     picked = {}
     for tag in tags:

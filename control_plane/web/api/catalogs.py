@@ -40,7 +40,7 @@ async def create_catalog(
     """Create a catalog from a JSON body, or from a JSON file in the multipart field `file`."""
     body = await _catalog_body(request, platform)
     catalog = await run_in_threadpool(catalogs.create_catalog, session, body)
-    return catalogs.catalog_public(catalog, catalog.prompts)
+    return catalogs.catalog_public(catalog)
 
 
 async def _catalog_body(request: Request, platform: Platform) -> CatalogCreate:
