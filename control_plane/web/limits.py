@@ -20,9 +20,12 @@ from control_plane.web.errors import error_response
 UPLOAD_PATHS = re.compile(r"/api/uploads|/groups/[^/]+/uploads")
 SUBMIT_PATHS = re.compile(r"/api/jobs/submit|/groups/[^/]+/submit")
 WEBHOOK_PATH = "/api/webhook/runpod"
+IMPORT_PATH = "/api/jobs/import"
 # A submission's schema allows 1,000 items with 10,000-character prompts (or 20,000 image ids):
 # about 10 MB of plain text, so it gets room beyond the limit of other bodies.
 SUBMIT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# An import's file: 20,000 rows of several hundred characters each, with room to spare.
+IMPORT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -64,6 +67,9 @@ class BodyLimitMiddleware:
         if SUBMIT_PATHS.fullmatch(path):
             limit = max(SUBMIT_MAX_BODY_BYTES, settings.request_max_body_bytes)
             return limit, f"a submission is {_size(limit)}"
+        if path == IMPORT_PATH:
+            limit = max(IMPORT_MAX_BODY_BYTES, settings.request_max_body_bytes)
+            return limit, f"an import is {_size(limit)}; split the file into several imports"
         limit = settings.request_max_body_bytes
         return limit, f"this request is {_size(limit)}"
 
