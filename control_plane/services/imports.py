@@ -8,12 +8,8 @@ expanded (`services/prompts.py`). Every row is checked before anything is writte
 are one InvalidRows (422) naming each row and column, and nothing is imported.
 """
 
-import csv
-import io
 import itertools
-import json
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -40,17 +36,15 @@ from control_plane.services.submissions import (
     resolve_params,
     write_jobs,
 )
+from control_plane.services.tables import Table, json_type, read_table, shown
+from control_plane.services.uploads import display_name
 from control_plane.settings import Settings
 from shared.ids import is_id, new_id
 
 MAX_PROMPT_CHARS = 10_000  # as a submission's prompt
 MAX_NEGATIVE_PROMPT_CHARS = 2_000  # as GenerationConfig's
 MAX_ID_CHARS = 200  # Output.prompt_id
-MAX_FILENAME_CHARS = 255  # Upload.filename
 MAX_COUNT = 8  # outputs of one row, as outputs_per_image
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-CSV_SUFFIXES = (".csv", ".txt")
-QUOTING_HINT = ' (put a field that holds commas in double quotes: "a {red, blue} bird")'
 
 
 @dataclass(frozen=True)
@@ -63,17 +57,6 @@ class ImportFile:
     data: bytes
     template: str | None = None
     config: str | None = None
-
-
-@dataclass
-class Table:
-    """The rows of a file as read: `columns` in order, each row a dict (CSV: text; JSONL:
-    JSON values) numbered from 1; `problems` of rows that could not be read as rows."""
-
-    kind: str  # "CSV" or "JSONL"
-    columns: list[str]
-    rows: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    problems: list[RowProblem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -114,12 +97,12 @@ def _plan(session: Session, settings: Settings, request: ImportFile) -> list[Job
     config = parse_config(request.config)
     job_params = resolve_params(config, settings)
     template = compile_template(request.template)
-    name = _shown(request.filename or "the file", 100)
+    name = shown(request.filename or "the file", 100)
     table = read_table(name, request.data, settings.submit_max_images)
     if template is None and "prompt" not in table.columns:
         raise InvalidRequest(
             f"{name} (read as {table.kind}) has no prompt column; its columns are "
-            f"{_shown(', '.join(table.columns), 200)}. A CSV's first line must be a header "
+            f"{shown(', '.join(table.columns), 200)}. A CSV's first line must be a header "
             "row naming its columns, one of them prompt; or give a template that makes each "
             "row's prompt"
         )
@@ -187,133 +170,6 @@ def compile_template(text: str | None) -> jinja2.Template | None:
         raise InvalidRequest(f"template: line {exc.lineno}: {exc.message}") from exc
 
 
-# -- reading the file ----------------------------------------------------------------------
-
-
-def read_table(name: str, data: bytes, max_rows: int) -> Table:
-    """The file's rows, as CSV (with a header row) or JSONL (one object per line): by its
-    name's extension, else by its content. A file that cannot be read is a 422."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(
-            f"{name} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "save the CSV or JSONL file as UTF-8"
-        ) from exc
-    if not text.strip():
-        raise InvalidRequest(
-            f"{name} is empty: give a CSV with a header row and a row per prompt, or JSONL "
-            "with one JSON object per line"
-        )
-    if _is_jsonl(name, text):
-        table = _read_jsonl(name, text, max_rows)
-    else:
-        table = _read_csv(name, text, max_rows)
-    if not table.rows:
-        raise InvalidRequest(f"{name} (read as {table.kind}) has no rows, only a header")
-    return table
-
-
-def _is_jsonl(name: str, text: str) -> bool:
-    lowered = name.lower()
-    if lowered.endswith(JSONL_SUFFIXES):
-        return True
-    if lowered.endswith(CSV_SUFFIXES):
-        return False
-    return text.lstrip().startswith("{")
-
-
-def _too_many(name: str, kind: str, max_rows: int) -> InvalidRequest:
-    return InvalidRequest(
-        f"{name} (read as {kind}) has more than {max_rows:,} rows; "
-        f"an import takes at most {max_rows:,}: split the file"
-    )
-
-
-def _read_csv(name: str, text: str, max_rows: int) -> Table:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next((line for line in reader if line), None)
-        if header is None:
-            raise InvalidRequest(f"{name} (read as CSV) has no header row")
-        table = Table("CSV", _header(name, header))
-        for line in reader:
-            if not line:  # a blank line
-                continue
-            if len(table.rows) == max_rows:
-                raise _too_many(name, "CSV", max_rows)
-            _add_csv_row(table, line)
-    except csv.Error as exc:
-        raise InvalidRequest(
-            f"{name} could not be read as CSV (line {reader.line_num}): {exc}"
-        ) from exc
-    return table
-
-
-def _header(name: str, header: list[str]) -> list[str]:
-    columns = [column.strip() for column in header]
-    for index, column in enumerate(columns, start=1):
-        if not column:
-            raise InvalidRequest(
-                f"the header row of {name} (read as CSV) has no name for column {index}: "
-                "its first line must name every column"
-            )
-    duplicates = sorted(column for column, times in Counter(columns).items() if times > 1)
-    if duplicates:
-        raise InvalidRequest(
-            f"the header row of {name} (read as CSV) names a column more than once: "
-            f"{_shown(', '.join(duplicates), 200)}"
-        )
-    return columns
-
-
-def _add_csv_row(table: Table, line: list[str]) -> None:
-    number = len(table.rows) + 1
-    table.rows.append((number, dict(zip(table.columns, line, strict=False))))
-    if len(line) != len(table.columns):
-        hint = QUOTING_HINT if len(line) > len(table.columns) else ""
-        message = f"the row has {len(line)} fields; the header has {len(table.columns)}{hint}"
-        table.problems.append(RowProblem(number, None, message))
-
-
-def _read_jsonl(name: str, text: str, max_rows: int) -> Table:
-    table = Table("JSONL", [])
-    seen: dict[str, None] = {}  # the columns in order of first appearance
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        if len(table.rows) == max_rows:
-            raise _too_many(name, "JSONL", max_rows)
-        row = _json_object(name, line_number, line)
-        seen.update(dict.fromkeys(row))
-        table.rows.append((len(table.rows) + 1, row))
-    table.columns = list(seen)
-    return table
-
-
-def _json_object(name: str, line_number: int, line: str) -> dict[str, Any]:
-    where = f"line {line_number} of {name} (read as JSONL)"
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"{where} is not JSON: {exc.msg} (column {exc.colno})") from exc
-    except ValueError as exc:  # e.g. a number of more digits than Python converts
-        raise InvalidRequest(f"{where} is not usable JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise InvalidRequest(f"{where} is not usable JSON: nested too deeply") from exc
-    if not isinstance(value, dict):
-        raise InvalidRequest(
-            f'{where} is a JSON {_json_type(value)}, not an object such as {{"prompt": "…"}}: '
-            "each line must be one object"
-        )
-    return value
-
-
-def _json_type(value: Any) -> str:
-    names = {list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
-
-
 # -- checking rows -------------------------------------------------------------------------
 
 
@@ -379,7 +235,7 @@ class _RowChecker:
         elif (prompt := self._render(number, values)) is None:
             return None  # its problem is noted
         if not isinstance(prompt, str):
-            self._problem(number, column, f"must be text, not {_json_type(prompt)}")
+            self._problem(number, column, f"must be text, not {json_type(prompt)}")
             return None
         prompt = prompt.strip()
         if not prompt:
@@ -414,7 +270,7 @@ class _RowChecker:
             self._problem(number, "template", f"{exc.message}: the row has no such column")
             return None
         except Exception as exc:  # the user's template may raise anything
-            self._problem(number, "template", _shown(f"{type(exc).__name__}: {exc}", 300))
+            self._problem(number, "template", shown(f"{type(exc).__name__}: {exc}", 300))
             return None
         return "".join(rendered)
 
@@ -481,7 +337,7 @@ class _RowChecker:
     ) -> str | None:
         value = values.get(column)
         if value is not None and not isinstance(value, str):
-            self._problem(number, column, f"must be text, not {_json_type(value)}")
+            self._problem(number, column, f"must be text, not {json_type(value)}")
             return None
         text = _text(value)
         if text is not None and len(text) > limit:
@@ -494,7 +350,7 @@ class _RowChecker:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         if value is not None and not isinstance(value, str):
-            self._problem(number, "id", f"must be text or a whole number, not {_json_type(value)}")
+            self._problem(number, "id", f"must be text or a whole number, not {json_type(value)}")
             return ""
         text = _text(value)
         if text is not None and len(text) > MAX_ID_CHARS:
@@ -506,8 +362,9 @@ def _find_images(
     session: Session, group_id: str, references: set[str | None]
 ) -> dict[str, str | _Unusable]:
     """Each reference (an upload id or a filename of the group) → its upload id, or the
-    problem with it. Filenames are compared exactly here: MySQL's collations would match
-    `CAT.PNG` and `cat.png ` to `cat.png`."""
+    problem with it. A filename is taken as uploads keep theirs (`display_name`: no
+    directories, NFC), then compared exactly here: MySQL's collations would match `CAT.PNG`
+    and `cat.png ` to `cat.png`."""
     wanted = {reference for reference in references if reference is not None}
     ids = sorted(reference for reference in wanted if is_id("img", reference))
     found: set[str] = set()
@@ -517,9 +374,9 @@ def _find_images(
                 select(Upload.id).where(col(Upload.id).in_(batch), Upload.group_id == group_id)
             ).all()
         )
-    names = sorted(r for r in wanted - found if len(r) <= MAX_FILENAME_CHARS)
+    names = {reference: display_name(reference) for reference in wanted - found}
     uploads_named: dict[str, list[str]] = {}
-    for batch in _batches(names, 1000):
+    for batch in _batches(sorted(set(names.values())), 1000):
         for filename, upload_id in session.exec(
             select(Upload.filename, Upload.id).where(
                 col(Upload.filename).in_(batch), Upload.group_id == group_id
@@ -527,21 +384,22 @@ def _find_images(
         ).all():
             uploads_named.setdefault(filename, []).append(upload_id)
     return {
-        reference: reference if reference in found else _by_name(group_id, reference, uploads_named)
+        reference: reference
+        if reference in found
+        else _by_name(group_id, reference, sorted(uploads_named.get(names[reference], [])))
         for reference in wanted
     }
 
 
-def _by_name(group_id: str, name: str, uploads_named: dict[str, list[str]]) -> str | _Unusable:
-    matches = sorted(uploads_named.get(name, []))
+def _by_name(group_id: str, name: str, matches: list[str]) -> str | _Unusable:
     if len(matches) == 1:
         return matches[0]
     if not matches:
         what = "no upload" if is_id("img", name) else "no upload named"
-        return _Unusable("image", f"{what} {_shown(name, 80)} in group {group_id}")
+        return _Unusable("image", f"{what} {shown(name, 80)} in group {group_id}")
     return _Unusable(
         "image",
-        f"{len(matches)} uploads of group {group_id} are named {_shown(name, 80)}; use the id "
+        f"{len(matches)} uploads of group {group_id} are named {shown(name, 80)}; use the id "
         f"of the one you mean instead: {', '.join(matches[:5])}{' …' if len(matches) > 5 else ''}",
     )
 
@@ -552,7 +410,3 @@ def _text(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
-
-
-def _shown(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -145,6 +145,9 @@ def test_a_prompt_column_without_a_template_and_the_format_by_content(api: Api) 
     assert jsonl_answer.status_code == 201, jsonl_answer.text
     [output] = _outputs(api, jsonl_answer.json()["jobs"][0]["id"])
     assert (output.prompt, output.prompt_id) == ("p", "x")
+    excel = _import(api, group_id, "\ufeffprompt\r\nfrom Excel\r\n".encode())  # BOM, CRLF
+    assert excel.status_code == 201, excel.text
+    assert [o.prompt for o in _outputs(api, excel.json()["jobs"][0]["id"])] == ["from Excel"]
 
 
 def test_every_bad_row_is_named_and_nothing_is_written(api: Api) -> None:
@@ -244,15 +247,18 @@ def test_a_filename_several_uploads_share_needs_the_id(api: Api) -> None:
         {"row": 2, "column": "image", "message": f"no upload {elsewhere} in group {group_id}"},
         {"row": 3, "column": "image", "message": f"no upload named mine.png in group {group_id}"},
     ]
-    by_id = _import(api, group_id, f"prompt,image\np,{second}\n")
+    [unique] = _uploads(api, group_id, ["unique.png"])
+    by_id = _import(api, group_id, f"prompt,image\np,{second}\np,photos/unique.png\n")
     assert by_id.status_code == 201, by_id.text
-    assert _outputs(api, by_id.json()["jobs"][0]["id"])[0].reference_ids == [second]
+    outputs = _outputs(api, by_id.json()["jobs"][0]["id"])
+    assert [o.reference_ids for o in outputs] == [[second], [unique]]  # as uploads keep names
 
 
 @pytest.mark.parametrize(
     ("content", "filename", "template", "status", "needle"),
     [
         (b"prompt\n\xff\xfe bad\n", "rows.csv", None, 422, "rows.csv is not UTF-8 text (byte 0xff"),
+        (b"\xef\xbb\xbfprompt\n\xe9t\xe9\n", "r.csv", None, 422, "(byte 0xe9 at offset 10)"),
         (b"", "rows.csv", None, 422, "rows.csv is empty"),
         (b"  \n\n", "rows.jsonl", None, 422, "rows.jsonl is empty"),
         (b"a red bird\nblue fish\n", "rows.csv", None, 422, "(read as CSV) has no prompt column"),
