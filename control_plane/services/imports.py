@@ -116,7 +116,7 @@ def _plan(session: Session, settings: Settings, request: ImportFile) -> list[Job
         group_id=group.id,
         batch_id=new_id("bat"),
         mode=JobMode.IMPORT,
-        prompt=request.template or f"import of {name} ({len(rows):,} rows)",
+        prompt=request.template if template else f"import of {name} ({len(rows):,} rows)",
         config={
             **config.model_dump(exclude_none=True),
             **job_params,
