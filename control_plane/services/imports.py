@@ -112,11 +112,12 @@ def _plan(session: Session, settings: Settings, request: ImportFile) -> list[Job
         sum(row.outputs for row in rows),
         f"{len(rows):,} rows, with their counts and prompt permutations",
     )
+    summary = f"import of {name} ({len(rows):,} rows)"
     job = Job(
         group_id=group.id,
         batch_id=new_id("bat"),
         mode=JobMode.IMPORT,
-        prompt=request.template if template else f"import of {name} ({len(rows):,} rows)",
+        prompt=request.template if template and request.template else summary,
         config={
             **config.model_dump(exclude_none=True),
             **job_params,
