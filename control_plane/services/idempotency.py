@@ -31,6 +31,9 @@ PURGE_BATCH = 100  # expired rows deleted per purge
 class Claimed:
     """The key is this request's: run it, then `complete` or `release` the claim."""
 
+    at: datetime  # when it was claimed: the claim's identity, should its lease end and the
+    # key be claimed again meanwhile (the late request then neither stores nor releases)
+
 
 @dataclass(frozen=True)
 class InProgress:
@@ -63,7 +66,7 @@ def claim(session: Session, scope: str, key: str, ttl_s: float) -> Claim:
         )
         try:
             session.commit()
-            return Claimed()
+            return Claimed(now)
         except sa.exc.IntegrityError:
             session.rollback()  # the key is taken: see by whom, below
         except sa.exc.DBAPIError as exc:  # a deadlock between racing inserts: try again
@@ -87,6 +90,7 @@ def complete(
     session: Session,
     scope: str,
     key: str,
+    claimed: Claimed,
     *,
     body_sha256: str,
     status_code: int,
@@ -97,7 +101,7 @@ def complete(
     now = utcnow()
     stored = session.exec(
         update(IdempotentRequest)
-        .where(_row(scope, key), col(IdempotentRequest.status_code).is_(None))
+        .where(_claim_of(scope, key, claimed))
         .values(
             body_sha256=body_sha256,
             status_code=status_code,
@@ -110,13 +114,9 @@ def complete(
         log.warning("idempotency key %r (%s) was no longer claimed; answer not stored", key, scope)
 
 
-def release(session: Session, scope: str, key: str) -> None:
+def release(session: Session, scope: str, key: str, claimed: Claimed) -> None:
     """Give up the claim of a request that ended without a final answer (committed)."""
-    session.exec(
-        delete(IdempotentRequest).where(
-            _row(scope, key), col(IdempotentRequest.status_code).is_(None)
-        )
-    )
+    session.exec(delete(IdempotentRequest).where(_claim_of(scope, key, claimed)))
     session.commit()
 
 
@@ -163,6 +163,15 @@ def _delete_expired(session: Session, scope: str, key: str, now: datetime) -> No
         delete(IdempotentRequest).where(_row(scope, key), col(IdempotentRequest.expires_at) <= now)
     )
     session.commit()
+
+
+def _claim_of(scope: str, key: str, claimed: Claimed) -> sa.ColumnElement[bool]:
+    """The row of this claim, while it is unanswered."""
+    return sa.and_(
+        _row(scope, key),
+        col(IdempotentRequest.created_at) == claimed.at,
+        col(IdempotentRequest.status_code).is_(None),
+    )
 
 
 def _row(scope: str, key: str) -> sa.ColumnElement[bool]:

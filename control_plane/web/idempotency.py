@@ -20,6 +20,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -57,6 +58,15 @@ def request_scope(scope: Scope) -> str:
     return f"{scope['method']} {scope['path']}"
 
 
+@dataclass(frozen=True)
+class HeldKey:
+    """A key this request holds."""
+
+    scope: str
+    key: str
+    claimed: idempotency.Claimed
+
+
 class IdempotencyMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -80,19 +90,19 @@ class IdempotencyMiddleware:
             return
         platform: Platform = scope["app"].state.platform
         where = request_scope(scope)
-        claim = await _in_session(
+        outcome = await _in_session(
             platform, idempotency.claim, where, key, self.settings.idempotency_ttl_s
         )
-        if isinstance(claim, idempotency.InProgress):
+        if isinstance(outcome, idempotency.InProgress):
             message = "a request with this Idempotency-Key is still being answered; retry shortly"
             await _answer_error(scope, receive, send, 409, message, {"Retry-After": RETRY_AFTER_S})
-        elif isinstance(claim, idempotency.Answered):
-            await self._replay(claim, scope, receive, send)
+        elif isinstance(outcome, idempotency.Answered):
+            await self._replay(outcome, scope, receive, send)
         else:
-            await self._first(platform, where, key, scope, receive, send)
+            await self._first(platform, HeldKey(where, key, outcome), scope, receive, send)
 
     async def _first(
-        self, platform: Platform, where: str, key: str, scope: Scope, receive: Receive, send: Send
+        self, platform: Platform, held: HeldKey, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """Run the request, hashing its body, and store its answer before sending it."""
         body = HashedBody(scope, receive)
@@ -102,24 +112,34 @@ class IdempotencyMiddleware:
             with contextlib.suppress(HTTPException):  # the rest is over its limit: no record
                 await body.read_rest()  # what a route that answered early left unread
         except BaseException:
-            await _release(platform, where, key)
+            await _release(platform, held)
             raise
         stored = answer.storable() if body.complete else None
         if stored is None:
-            await _release(platform, where, key)
+            await _release(platform, held)
         else:
-            status_code, text = stored
+            await self._store(platform, held, body.sha256, *stored)
+        await answer.forward(send)
+
+    async def _store(
+        self, platform: Platform, held: HeldKey, body_sha256: str, status_code: int, text: str
+    ) -> None:
+        """Keep the answer. If that fails the work is done all the same: the client gets its
+        answer, and the key stays claimed (a retry is told to wait) until its lease ends."""
+        try:
             await _in_session(
                 platform,
                 idempotency.complete,
-                where,
-                key,
-                body_sha256=body.sha256,
+                held.scope,
+                held.key,
+                held.claimed,
+                body_sha256=body_sha256,
                 status_code=status_code,
                 response=text,
                 ttl_s=self.settings.idempotency_ttl_s,
             )
-        await answer.forward(send)
+        except Exception:
+            log.exception("could not store the answer to idempotency key %r", held.key)
 
     async def _replay(
         self, answered: idempotency.Answered, scope: Scope, receive: Receive, send: Send
@@ -262,13 +282,13 @@ async def _in_session(platform: Platform, work: Callable[..., T], *args: Any, **
     return await run_in_threadpool(run)
 
 
-async def _release(platform: Platform, where: str, key: str) -> None:
+async def _release(platform: Platform, held: HeldKey) -> None:
     """Drop the claim, even while the request is being cancelled (shutdown, disconnect)."""
     with anyio.CancelScope(shield=True):
         try:
-            await _in_session(platform, idempotency.release, where, key)
+            await _in_session(platform, idempotency.release, held.scope, held.key, held.claimed)
         except Exception:  # the key frees itself when its claim's lease ends
-            log.exception("could not release idempotency key %r (%s)", key, where)
+            log.exception("could not release idempotency key %r (%s)", held.key, held.scope)
 
 
 async def _answer_error(

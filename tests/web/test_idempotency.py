@@ -374,3 +374,44 @@ def test_a_multipart_body_hashes_alike_whatever_its_boundary_or_pieces(piece: in
     plain = BodyDigest(None)
     plain.update(b"--x\r\n")
     assert plain.hexdigest() == hashlib.sha256(b"--x\r\n").hexdigest()
+
+
+def test_a_request_that_outlived_its_claim_neither_stores_nor_frees_the_next_claim(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request holds the key past its lease (its row expired), a retry claims the
+    key anew: when the first then fails, it frees nothing of the retry's claim."""
+    group_id = api.group()
+    images = api.upload_ids(group_id, 1)
+    submit = submissions.submit
+    entered = [threading.Event(), threading.Event()]
+    leave = [threading.Event(), threading.Event()]
+    calls = iter(range(2))
+
+    def held(*args: Any) -> Any:
+        call = next(calls)
+        entered[call].set()
+        assert leave[call].wait(30)
+        if call == 0:
+            raise Unavailable("the first request fails late")
+        return submit(*args)
+
+    monkeypatch.setattr(submissions, "submit", held)
+    body = _automatic(group_id, images)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_submit, api, "k", body)
+        assert entered[0].wait(30)
+        with api.session() as session:  # its lease ends
+            session.exec(update(IdempotentRequest).values(expires_at=utcnow()))
+            session.commit()
+        second = pool.submit(_submit, api, "k", body)
+        assert entered[1].wait(30)
+        leave[0].set()
+        assert first.result(timeout=30).status_code == 503
+        assert _submit(api, "k", body).status_code == 409  # the second's claim still holds
+        leave[1].set()
+        answered = second.result(timeout=30)
+    assert answered.status_code == 201
+    assert _submit(api, "k", body).json() == answered.json()
+    api.drain()
+    assert (_count(api, Job), len(api.run_bodies)) == (1, 1)
