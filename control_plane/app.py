@@ -38,6 +38,7 @@ from control_plane.web.auth import (
     expected_hosts,
 )
 from control_plane.web.errors import install_error_handlers
+from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.ui import routes as ui
 from shared.storage import Storage, open_storage
@@ -122,6 +123,7 @@ def create_app(
     )
     for module in (groups, uploads, jobs, imports, prompts, catalogs, webhook, download, files, ui):
         app.include_router(module.router)
+    app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)
     if settings.api_password:

@@ -79,6 +79,8 @@ class UploadPublic(BaseModel):
     url: str
     thumbnail_url: str | None
     created_at: UtcDatetime
+    # already in the group (this upload, or an earlier file of the same request): not stored again
+    duplicate: bool = False
 
 
 class UploadRejected(BaseModel):
