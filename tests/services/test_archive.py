@@ -108,7 +108,7 @@ def test_missing_and_resized_objects_are_failed_lines_in_an_otherwise_whole_zip(
     }
     kept = [line for line in manifest if line["status"] == "succeeded"]
     assert len(kept) == IMAGES - 2
-    assert archive.namelist() == ["manifest.jsonl"] + [line["file"] for line in kept]
+    assert archive.namelist() == ["manifest.jsonl", "metadata.jsonl"] + [line["file"] for line in kept]
     assert all(archive.read(line["file"]) == files[line["image_id"]] for line in kept)
     check_zip_against_manifest(archive, manifest)
 
