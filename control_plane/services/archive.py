@@ -28,7 +28,7 @@ from zipstream import ZIP_STORED, ZipStream
 
 from control_plane.errors import InvalidRequest, Unavailable
 from control_plane.models import Job, JobMode, Output, OutputStatus, Upload
-from control_plane.services.uploads import safe_stem
+from control_plane.services.uploads import safe_name, safe_stem
 from shared import layout
 from shared.ids import is_id
 from shared.images import extension_for
@@ -351,7 +351,7 @@ def _arcname(output: Output, job: Job, references: dict[str, Reference]) -> str:
     `{job}/{tag}/{prompt id}_{position}` (catalog), `{job}/{prompt id}_{position}` (import)."""
     position = f"{output.position:05d}"
     if job.mode == JobMode.CATALOG:
-        tag = _safe_part(str(job.config.get("tag") or "")) or "untagged"
+        tag = safe_name(str(job.config.get("tag") or "")) or "untagged"
         parts = [job.id, tag, _labelled(output.prompt_id, position)]
     elif job.mode == JobMode.IMPORT:
         parts = [job.id, _labelled(output.prompt_id, position)]
@@ -366,13 +366,8 @@ def _arcname(output: Output, job: Job, references: dict[str, Reference]) -> str:
 
 
 def _labelled(label: str | None, position: str) -> str:
-    part = _safe_part(label or "")
+    part = safe_name(label or "")
     return f"{part}_{position}" if part else position
-
-
-def _safe_part(text: str) -> str:
-    """`text` reduced as file stems are (`safe_stem`), keeping what looks like an extension."""
-    return safe_stem(text + ".x")
 
 
 def _zip_path(parts: list[str]) -> str:

@@ -7,7 +7,8 @@ database and storage.
 can be stopped and started again, losing its RunPod jobs as a restart does. The `stack`
 fixture (registered for every test by tests/conftest.py) is `run_stack(settings)`.
 `read_zip` downloads a group's ZIP (with a query), `check_zip_against_manifest` checks every
-file in it and its metadata.jsonl, `read_jsonl` reads one of its JSON-lines files.
+file in it and its metadata.jsonl, `read_jsonl` reads one of its JSON-lines files,
+`load_imagefolder` unzips one and loads it with Hugging Face `datasets`.
 """
 
 import hashlib
@@ -17,6 +18,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -95,10 +97,12 @@ def stack(settings: Settings) -> Iterator[Stack]:
 
 
 def read_zip(
-    stack: Stack, group_id: str, **params: str | list[str]
+    client: Stack | httpx.Client, group_id: str, **params: str | list[str]
 ) -> tuple[bytes, zipfile.ZipFile, list[dict[str, Any]]]:
-    """The group's ZIP (`params`: its query), checked whole; its bytes, itself, its manifest."""
-    response = stack.http.get(f"/api/download/{group_id}/zip", params=params)
+    """The group's ZIP (`params`: its query) from a stack or a client (e.g. `api.client`),
+    checked whole: its bytes, itself, its manifest."""
+    http = client.http if isinstance(client, Stack) else client
+    response = http.get(f"/api/download/{group_id}/zip", params=params)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
     assert int(response.headers["content-length"]) == len(response.content)
@@ -160,3 +164,14 @@ def check_metadata_against_manifest(
             "image_id": line["image_id"],
             "reference_files": line["reference_files"],
         }
+
+
+def load_imagefolder(content: bytes, folder: Path) -> Any:
+    """A downloaded ZIP unzipped into `folder` and loaded as its users will: with Hugging
+    Face's `datasets.load_dataset("imagefolder", data_dir=folder, split="train")`."""
+    datasets = pytest.importorskip("datasets", reason="datasets (in the dev extra) is missing")
+    zipfile.ZipFile(io.BytesIO(content)).extractall(folder)
+    cache = folder.with_name(folder.name + "-cache")  # not inside: it would be loaded too
+    return datasets.load_dataset(
+        "imagefolder", data_dir=str(folder), split="train", cache_dir=str(cache)
+    )

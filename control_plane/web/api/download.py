@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from control_plane.errors import InvalidRequest
 from control_plane.schemas import DownloadItem
 from control_plane.services import archive, groups
-from control_plane.services.uploads import safe_stem
+from control_plane.services.uploads import safe_name
 from control_plane.web.deps import GroupId, PlatformDep, SessionDep
 from control_plane.web.present import download_item
 
@@ -64,7 +64,7 @@ async def download_zip(
     )
     planned = await run_in_threadpool(archive.plan, session, platform.storage, group.id, chosen)
     stream = archive.stream(platform.storage, planned)
-    filename = f"{safe_stem(group.name + '.x') or 'group'}-{group.id}.zip"
+    filename = f"{safe_name(group.name) or 'group'}-{group.id}.zip"
     headers = {
         "Content-Disposition": f'attachment; filename="{filename}"',
         "Content-Length": str(len(stream)),
