@@ -12,6 +12,8 @@ from shared.ids import new_id
 
 # MySQL's DATETIME drops fractions unless asked; ordering and timings need them.
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")
+# SQLite numbers rows itself only for INTEGER PRIMARY KEY; elsewhere a 64-bit counter.
+EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # MySQL's TEXT holds 64 KB; stored answers and documents can be longer.
 LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql")
 
@@ -58,6 +60,18 @@ class JobMode(StrEnum):
     SEMI_AUTOMATIC = "semi-automatic"  # a set of images from references and a prompt of its own
     CATALOG = "catalog"  # text to image from a prompt catalog's entries of one tag
     IMPORT = "import"  # one row of a CSV/JSONL file per prompt
+    VARIATION = "variation"  # a set made from one output (`Job.parent_output_id`) as reference
+    PRESET = "preset"  # a preset's examples over references picked from a pool
+    CHARACTER_PACK = "character-pack"  # a character's references and locked seed, many scenes
+    PERSONA_DATA = "persona-data"  # text: a persona's data, written by a text model
+    PERSONA_IMAGES = "persona-images"  # a persona's base portrait, then its variations
+
+
+class OutputKind(StrEnum):
+    """What an output is: an image file, or a text model's answer (`Output.text`)."""
+
+    IMAGE = "image"
+    TEXT = "text"
 
 
 class JobStatus(StrEnum):
@@ -122,6 +136,10 @@ class Upload(SQLModel, table=True):
     height: int
     bytes: int = Field(sa_type=sa.BigInteger)
     sha256: str = Field(max_length=64, index=True)
+    # flat JSON object, e.g. {"gender": "female"}: reference pools pick by these
+    attributes: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(sa.JSON, nullable=True)
+    )
     created_at: datetime = _ts()
 
 
@@ -131,6 +149,7 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_status_id", "status", "id"),
         sa.Index("ix_jobs_group_id_id", "group_id", "id"),
         sa.Index("ix_jobs_mode_id", "mode", "id"),
+        sa.Index("ix_jobs_source_id_id", "source_id", "id"),
     )
     id: str = _id("job")
     group_id: str = Field(foreign_key="groups.id", max_length=40)
@@ -140,6 +159,11 @@ class Job(SQLModel, table=True):
     prompt: str = Field(sa_type=sa.Text)
     set_index: int | None = None  # semi-automatic: which set of the batch
     config: dict[str, Any] = _json()
+    # the output a variation set was made from, and the job a rerun repeats
+    parent_output_id: str | None = Field(default=None, max_length=40, index=True)
+    rerun_of: str | None = Field(default=None, max_length=40, index=True)
+    # the preset, character or persona the job works for
+    source_id: str | None = Field(default=None, max_length=40)
     total: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -165,6 +189,10 @@ class Output(SQLModel, table=True):
     reference_ids: list[str] = Field(
         default_factory=list, sa_column=Column(sa.JSON, nullable=False)
     )
+    kind: str = Field(
+        default=OutputKind.IMAGE, max_length=10, sa_column_kwargs={"server_default": "image"}
+    )
+    text: str | None = Field(default=None, sa_type=LongText)  # a text task's answer
     prompt_id: str | None = Field(default=None, max_length=200)  # a catalog entry's id
     tags: list[str] | None = Field(default=None, sa_column=Column(sa.JSON, nullable=True))
     seed: int = Field(sa_type=sa.BigInteger)
@@ -245,6 +273,94 @@ class IdempotentRequest(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=Timestamp, index=True)
 
 
+class Preset(SQLModel, table=True):
+    """A prompt and settings whose examples are made over references picked from a pool."""
+
+    __tablename__ = "presets"
+    id: str = _id("pre")
+    name: str = Field(max_length=200)
+    prompt: str = Field(sa_type=sa.Text)
+    config: dict[str, Any] = _json()
+    examples_per_reference: int = 1
+    created_at: datetime = _ts()
+
+
+class PresetUsageStatus(StrEnum):
+    """A pool reference for a preset: reserved by a job in flight → used, or released."""
+
+    RESERVED = "reserved"  # picked by an examples job that has not finished
+    USED = "used"  # at least one of its examples succeeded
+
+
+class PresetUsage(SQLModel, table=True):
+    """A reference picked for a preset: never picked again for it until the usage is reset."""
+
+    __tablename__ = "preset_usage"
+    preset_id: str = Field(foreign_key="presets.id", primary_key=True, max_length=40)
+    upload_id: str = Field(primary_key=True, max_length=40)
+    job_id: str = Field(max_length=40, index=True)
+    status: str = Field(default=PresetUsageStatus.RESERVED, max_length=20)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class PresetExample(SQLModel, table=True):
+    """An example in a preset's gallery: a succeeded output of one of its jobs."""
+
+    __tablename__ = "preset_examples"
+    __table_args__ = (sa.Index("ix_preset_examples_preset_id_added", "preset_id", "added"),)
+    preset_id: str = Field(foreign_key="presets.id", primary_key=True, max_length=40)
+    output_id: str = Field(primary_key=True, max_length=40)
+    upload_id: str = Field(max_length=40)
+    added: int = Field(sa_type=EventId)  # the event that added it: newest first by this
+    created_at: datetime = _ts()
+
+
+class Character(SQLModel, table=True):
+    """A character: references, a locked seed and a style, for packs of consistent images."""
+
+    __tablename__ = "characters"
+    id: str = _id("chr")
+    name: str = Field(max_length=200)
+    reference_ids: list[str] = Field(
+        default_factory=list, sa_column=Column(sa.JSON, nullable=False)
+    )
+    seed: int = Field(sa_type=sa.BigInteger)
+    style: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class PersonaStatus(StrEnum):
+    """pending → generating-data → data-generated → generating-images → completed | failed."""
+
+    PENDING = "pending"
+    GENERATING_DATA = "generating-data"
+    DATA_GENERATED = "data-generated"
+    GENERATING_IMAGES = "generating-images"
+    COMPLETED = "completed"
+    FAILED = "failed"  # `error_log` says why
+
+
+class Persona(SQLModel, table=True):
+    """A generated persona: data by a text model, then a base portrait and its variations."""
+
+    __tablename__ = "personas"
+    id: str = _id("per")
+    batch_id: str = Field(max_length=40, index=True)
+    group_id: str = Field(foreign_key="groups.id", index=True, max_length=40)
+    status: str = Field(default=PersonaStatus.PENDING, max_length=20)
+    brief: str | None = Field(default=None, sa_type=sa.Text)
+    attributes: dict[str, Any] = _json()
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(sa.JSON, nullable=True))
+    error_log: list[str] = Field(default_factory=list, sa_column=Column(sa.JSON, nullable=False))
+    data_job_id: str | None = Field(default=None, max_length=40)
+    base_job_id: str | None = Field(default=None, max_length=40)
+    variations_job_id: str | None = Field(default=None, max_length=40)
+    base_output_id: str | None = Field(default=None, max_length=40)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
 class EventKind(StrEnum):
     """What happened to a job, a dispatch or an output (see `control_plane/lifecycle.py`)."""
 
@@ -260,10 +376,6 @@ class EventKind(StrEnum):
     OUTPUT_FAILED = "output_failed"  # `data.error` says why
     OUTPUT_BLOCKED = "output_blocked"  # refused by the provider's safety filter
     OUTPUT_RETRIED = "output_retried"  # a failed image queued again by a retry
-
-
-# SQLite numbers rows itself only for INTEGER PRIMARY KEY; elsewhere a 64-bit counter.
-EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 class Event(SQLModel, table=True):
