@@ -152,3 +152,15 @@ def test_upload_limits_and_missing_group(api: Api) -> None:
     too_many = api.upload(group_id, [(f"{i}.png", png_bytes()) for i in range(3)])
     assert too_many.status_code == 422 and "Too many files" in too_many.json()["detail"]
     assert list(api.platform.storage.list()) == []
+
+
+def test_a_groups_uploads_are_listed_page_by_page(api: Api) -> None:
+    group_id, other = api.group(), api.group("other")
+    stored = api.upload_ids(group_id, 3)
+    api.upload_ids(other, 1)
+    first = api.client.get(f"/api/groups/{group_id}/uploads", params={"limit": 2}).json()
+    second = api.client.get(f"/api/groups/{group_id}/uploads", params={"page": 2, "limit": 2})
+    listed = first["data"] + second.json()["data"]
+    assert first["total"] == 3 and sorted(upload["id"] for upload in listed) == sorted(stored)
+    assert all(len(upload["sha256"]) == 64 and upload["url"] for upload in listed)
+    assert api.client.get("/api/groups/grp_missing/uploads").status_code == 404
