@@ -221,8 +221,9 @@ class Client:
         except ApiError as exc:
             if exc.status not in (413, 422):
                 raise
-            if len(batch) == 1:
-                return [FileUpload(batch[0], "rejected", None, exc.detail)]
+            if len(batch) == 1:  # the server's reason, without its "no image was accepted"
+                said = f"no image was accepted: {wire_name(batch[0].path)}: "
+                return [FileUpload(batch[0], "rejected", None, exc.detail.removeprefix(said))]
             half = len(batch) // 2  # too large, or one bad file among them: halves, again
             return self._upload_batch(group_id, batch[:half]) + self._upload_batch(
                 group_id, batch[half:]

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
+from rich.filesize import decimal
 
 from client.api import API_URL_ENV, DEFAULT_API_URL, Client, FileUpload
 from client.errors import ApiError, ClientError
@@ -48,7 +48,7 @@ class Run:
 
 def register(app: typer.Typer) -> None:
     """Add the client commands to the `pixelfleet` app."""
-    app.command(no_args_is_help=True)(generate)
+    app.command()(generate)
     app.add_typer(jobs_app, name="jobs")
     app.command()(download)
 
@@ -65,6 +65,12 @@ def _session(api_url: str, as_json: bool, on_interrupt: str = "interrupted") -> 
     except KeyboardInterrupt:
         typer.echo(on_interrupt, err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _usage(message: str) -> typer.Exit:
+    """Say what is wrong with the command line; the caller raises the returned exit (code 2)."""
+    typer.echo(f"usage error: {message} (see --help)", err=True)
+    return typer.Exit(EXIT_USAGE)
 
 
 def _say_error(exc: ClientError, as_json: bool) -> None:
@@ -167,7 +173,7 @@ def _check_one_source(folder: Path | None, catalog: Path | None, csv: Path | Non
         if value is not None
     ]
     if len(given) != 1:
-        raise click.UsageError(
+        raise _usage(
             "give one source: a folder (DIR --prompt ...), --catalog FILE.json or --csv FILE"
             + (f" (not {' and '.join(given)})" if given else "")
         )
@@ -179,19 +185,19 @@ def _config(**settings: object) -> dict[str, object]:
 
 def _count(count: str | None) -> int | str:
     if count is None:
-        raise click.UsageError("--catalog needs --count N (prompts per tag) or --count all")
+        raise _usage("--catalog needs --count N (prompts per tag) or --count all")
     if count == "all":
         return count
     if count.isdigit() and int(count) > 0:
         return int(count)
-    raise click.UsageError(f"--count must be a positive number or 'all', not {count!r}")
+    raise _usage(f"--count must be a positive number or 'all', not {count!r}")
 
 
 def _generate_from_folder(
     run: Run, folder: Path, prompt: str | None, group: str | None, config: dict[str, object]
 ) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
     if not prompt:
-        raise click.UsageError("a folder needs --prompt")
+        raise _usage("a folder needs --prompt")
     paths = _images_of(folder)
     found = _group(run, group or folder.resolve().name)
     uploads = _upload(run, found, paths)
@@ -217,7 +223,7 @@ def _generate_from_catalog(
     config: dict[str, object],
 ) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
     if not tags:
-        raise click.UsageError("--catalog needs at least one --tag")
+        raise _usage("--catalog needs at least one --tag")
     body = _json_file(catalog)
     found = _group(run, group or catalog.stem)
     created = run.client.create_catalog(body)
@@ -243,7 +249,7 @@ def _generate_from_rows(
     config: dict[str, object],
 ) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
     if not rows.is_file():
-        raise click.UsageError(f"--csv {rows}: no such file")
+        raise _usage(f"--csv {rows}: no such file")
     paths = _images_of(folder) if folder is not None else []
     found = _group(run, group or (folder.resolve().name if folder is not None else rows.stem))
     uploads = _upload(run, found, paths) if paths else []
@@ -253,10 +259,10 @@ def _generate_from_rows(
 
 def _images_of(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise click.UsageError(f"{folder} is not a folder")
+        raise _usage(f"{folder} is not a folder")
     paths = images_in(folder)
     if not paths:
-        raise click.UsageError(f"no images (.png, .jpg, .jpeg, .webp) in {folder}")
+        raise _usage(f"no images (.png, .jpg, .jpeg, .webp) in {folder}")
     return paths
 
 
@@ -264,9 +270,9 @@ def _json_file(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except OSError as exc:
-        raise click.UsageError(f"cannot read {path}: {exc.strerror}") from None
+        raise _usage(f"cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
-        raise click.UsageError(f"{path} is not JSON: {exc}") from None
+        raise _usage(f"{path} is not JSON: {exc}") from None
 
 
 def _group(run: Run, name_or_id: str) -> GroupPublic:
@@ -466,7 +472,7 @@ def download(
             }
         )
     else:
-        typer.echo(f"saved group {found.name!r} to {destination} ({size:,} bytes)")
+        typer.echo(f"saved group {found.name!r} to {destination} ({decimal(size)})")
 
 
 def _existing_group(run: Run, name_or_id: str) -> GroupPublic:

@@ -5,6 +5,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich.filesize import decimal
+
 from client.api import FileUpload
 from control_plane.schemas import JobDetail
 
@@ -61,8 +63,8 @@ class Outcome:
         for (status, reason), count in self.problems.most_common():
             lines.append(f"  {count} {status}: {reason}")
         if self.zip_path is not None:
-            succeeded = self.count("succeeded")
-            lines.append(f"saved {succeeded} image(s) to {self.zip_path} ({_size(self.zip_bytes)})")
+            saved = f"saved {self.count('succeeded')} image(s) to {self.zip_path}"
+            lines.append(f"{saved} ({decimal(self.zip_bytes or 0)})")
         return lines
 
 
@@ -122,9 +124,3 @@ def _job_line(job: JobDetail) -> str:
         line += f", {progress.pending} pending"
     line += f", cost ${cost_of(job):.4f}"
     return line + (f" ({job.error})" if job.error else "")
-
-
-def _size(size: int | None) -> str:
-    if size is None:
-        return "? bytes"
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size:,} bytes"

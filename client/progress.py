@@ -1,11 +1,12 @@
 """Progress bars (rich, on stderr) for uploading, generating and downloading; none with --json."""
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -25,26 +26,50 @@ from control_plane.schemas import JobDetail
 
 
 class UploadBars:
-    """Hashing the folder's files, then sending the ones the group lacks."""
+    """Reading (hashing) the folder's files, then sending the ones the group lacks."""
 
     def __init__(self, progress: Progress | None, files: int) -> None:
         self.progress = progress
-        self.lock = threading.Lock()
-        self.hashing = progress.add_task("checking files", total=files) if progress else None
+        self.files = files
+        self.hashed_files = 0
+        self.hashing = self._task("checking files", files) if progress else None
         self.sending: TaskID | None = None
+        self.to_send = self.sent_files = self.total_bytes = self.sent_bytes = 0
 
     def hashed(self, _: LocalFile) -> None:
         if self.progress and self.hashing is not None:
-            self.progress.advance(self.hashing)
+            self.hashed_files += 1  # callbacks come from worker threads: rich's updates lock
+            self.progress.update(
+                self.hashing, advance=1, detail=f"{self.hashed_files}/{self.files} files"
+            )
 
     def planned(self, files: Sequence[LocalFile]) -> None:
         if self.progress:
-            total = sum(file.size for file in files)
-            self.sending = self.progress.add_task(f"uploading {len(files)} file(s)", total=total)
+            self.to_send, self.total_bytes = len(files), sum(file.size for file in files)
+            self.sending = self._task("uploading", self.total_bytes)
+            self._show_sent()
 
     def sent(self, outcome: list[FileUpload]) -> None:
         if self.progress and self.sending is not None:
-            self.progress.advance(self.sending, sum(upload.file.size for upload in outcome))
+            self.sent_files += len(outcome)
+            self.sent_bytes += sum(upload.file.size for upload in outcome)
+            self._show_sent()
+
+    def _show_sent(self) -> None:
+        assert self.progress is not None and self.sending is not None
+        self.progress.update(
+            self.sending,
+            completed=self.sent_bytes,
+            detail=f"{self.sent_files}/{self.to_send} files, "
+            f"{decimal(self.sent_bytes)} of {decimal(self.total_bytes)}",
+        )
+
+    def _task(self, description: str, total: int) -> TaskID:
+        assert self.progress is not None
+        return self.progress.add_task(description, total=total, detail="")
+
+
+NO_NEWS: dict[str, Any] = {"succeeded": 0, "failed": 0, "blocked": 0, "rate": "", "cost": ""}
 
 
 class JobBars:
@@ -63,7 +88,7 @@ class JobBars:
             done = job.progress.total - job.progress.pending
             if job.id not in self.tasks:
                 self.tasks[job.id] = self.progress.add_task(
-                    f"{job.id} ({job.mode})", total=job.progress.total
+                    f"job ..{job.id[-6:]}", total=job.progress.total, **NO_NEWS
                 )
                 self.done_at_start[job.id] = done
             elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -75,7 +100,7 @@ class JobBars:
                 succeeded=job.progress.succeeded,
                 failed=job.progress.failed,
                 blocked=job.progress.blocked,
-                rate=f"{rate:.1f} img/s",
+                rate=f"{rate:.1f}/s",
                 cost=f"${cost_of(job):.4f}",
             )
 
@@ -100,7 +125,7 @@ class Display:
 
     @contextmanager
     def uploading(self, files: int) -> Iterator[UploadBars]:
-        with self._progress(MofNCompleteColumn(), DownloadColumn(), TransferSpeedColumn()) as bars:
+        with self._progress(TextColumn("{task.fields[detail]}"), TimeRemainingColumn()) as bars:
             yield UploadBars(bars, files)
 
     @contextmanager
@@ -109,9 +134,8 @@ class Display:
             MofNCompleteColumn(),
             TextColumn(
                 "[green]{task.fields[succeeded]} ok[/] [red]{task.fields[failed]} failed[/] "
-                "[yellow]{task.fields[blocked]} blocked[/]"
+                "[yellow]{task.fields[blocked]} blocked[/] {task.fields[rate]}"
             ),
-            TextColumn("{task.fields[rate]}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[cost]}"),
         )
@@ -129,7 +153,10 @@ class Display:
             yield None
             return
         progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), *columns, console=self.console
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            *columns,
+            console=self.console,
         )
         with progress:
             yield progress
