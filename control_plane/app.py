@@ -20,7 +20,7 @@ from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
 from control_plane.settings import Settings
-from control_plane.web.api import download, files, groups, jobs, uploads, webhook
+from control_plane.web.api import catalogs, download, files, groups, jobs, uploads, webhook
 from control_plane.web.auth import (
     HostCheckMiddleware,
     PasswordMiddleware,
@@ -110,7 +110,7 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    for module in (groups, uploads, jobs, webhook, download, files, ui):
+    for module in (groups, uploads, jobs, catalogs, webhook, download, files, ui):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)

@@ -227,7 +227,7 @@ class Catalog(SQLModel, table=True):
         default_factory=list, sa_column=Column(sa.JSON, nullable=False)
     )
     prompt_count: int = 0
-    tags: list[str] = Field(default_factory=list, sa_column=Column(sa.JSON, nullable=False))
+    tag_counts: dict[str, int] = _json()  # how many prompts carry each tag
     created_at: datetime = _ts()
 
 

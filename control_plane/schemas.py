@@ -1,10 +1,13 @@
 """Request and response bodies: one family per entity (Create / Public)."""
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -145,7 +148,121 @@ class SemiAutomaticSubmit(_Body):
         return self
 
 
-SubmitRequest = Annotated[AutomaticSubmit | SemiAutomaticSubmit, Field(discriminator="mode")]
+# Catalogs -----------------------------------------------------------------------------
+# Catalog ids and tags name folders and files in the ZIP, so they are plain path parts.
+PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+PATH_PART_RULE = (
+    "1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+    "([A-Za-z0-9][A-Za-z0-9._-]{0,99}), as it names files in the ZIP"
+)
+
+
+def _path_part(value: str) -> str:
+    if not PATH_PART.fullmatch(value):
+        raise ValueError(f"{_clipped(value)} is not a safe name: use {PATH_PART_RULE}")
+    return value
+
+
+def _clipped(value: object, chars: int = 40) -> str:
+    """`value` quoted for a message, cut short: a message names it without echoing a body."""
+    text = repr(value)
+    return text if len(text) <= chars else text[:chars] + "…"
+
+
+def _tag_list(tags: list[str]) -> list[str]:
+    if not tags:
+        raise ValueError("must not be empty: give every prompt at least one tag, e.g. 'male'")
+    return list(dict.fromkeys(tags))  # a tag given twice counts once
+
+
+def _flat(attributes: dict[str, Any]) -> dict[str, Any]:
+    for key, value in attributes.items():
+        if isinstance(value, dict | list):
+            kind = "an object" if isinstance(value, dict) else "a list"
+            raise ValueError(
+                f"must be flat: {_clipped(key)} is {kind}; each value must be a string, "
+                "a number, true, false or null"
+            )
+        if isinstance(value, str) and len(value) > 1_000:
+            raise ValueError(f"{_clipped(key)} is longer than 1,000 characters")
+    return attributes
+
+
+PathPart = Annotated[str, AfterValidator(_path_part)]
+NegativePrompt = Annotated[str, StringConstraints(max_length=2_000)]
+Attributes = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=100)], Any],
+    Field(max_length=50),
+    AfterValidator(_flat),
+]
+
+
+class CatalogPrompt(_Body):
+    """One entry of a catalog: its id (unique in the catalog), tags and prompt."""
+
+    id: PathPart
+    tags: Annotated[list[PathPart], Field(max_length=20), AfterValidator(_tag_list)]
+    prompt: Prompt
+    negative_prompt: NegativePrompt | None = None
+    attributes: Attributes | None = None  # e.g. {"age": 28, "ethnicity": "Korean"}
+
+
+class CatalogCreate(_Body):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    prompts: Annotated[list[CatalogPrompt], Field(min_length=1, max_length=10_000)]
+
+
+class CatalogPublic(BaseModel):
+    id: str
+    name: str
+    prompt_count: int
+    tags: list[str]  # sorted, each once
+    tag_counts: dict[str, int]  # prompts per tag
+    created_at: UtcDatetime
+
+
+class CatalogDetail(CatalogPublic):
+    prompts: list[CatalogPrompt]
+
+
+def _each_once(tags: list[str]) -> list[str]:
+    repeated = sorted({tag for tag in tags if tags.count(tag) > 1})
+    if repeated:
+        raise ValueError(f"must each be given once; repeated: {', '.join(map(repr, repeated))}")
+    return tags
+
+
+def _count(value: object) -> object:
+    if value == "all" or (type(value) is int and 1 <= value <= 10_000):
+        return value
+    raise ValueError('must be a whole number from 1 to 10,000, or "all"')
+
+
+# Checked before the union, for one message instead of one per member.
+CatalogCount = Annotated[
+    Annotated[int, Field(ge=1, le=10_000)] | Literal["all"], BeforeValidator(_count)
+]
+
+
+class CatalogSubmit(_Body):
+    """Text to image from a catalog: one job per tag, `count` of its prompts picked at random
+    (reproducibly with `config.seed`), or all of them."""
+
+    group_id: str
+    mode: Literal["catalog"]
+    catalog_id: str
+    tags: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=100)]],
+        Field(min_length=1, max_length=100),
+        AfterValidator(_each_once),
+    ]
+    count: CatalogCount
+    config: GenerationConfig = GenerationConfig()
+
+
+SubmitRequest = Annotated[
+    AutomaticSubmit | SemiAutomaticSubmit | CatalogSubmit, Field(discriminator="mode")
+]
 
 
 class Progress(BaseModel):
@@ -179,6 +296,8 @@ class OutputPublic(BaseModel):
     prompt: str
     seed: int
     reference_ids: list[str]
+    prompt_id: str | None = None  # catalog jobs: the entry's id and tags
+    tags: list[str] | None = None
     provider: str | None
     model: str | None
     url: str | None

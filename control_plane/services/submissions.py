@@ -5,25 +5,30 @@ Everything is checked before anything is written: an invalid submission changes 
 
 import random
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from control_plane import lifecycle
 from control_plane.errors import Conflict, InvalidRequest, NotFound
-from control_plane.models import Group, Job, JobMode, Output, Upload
+from control_plane.models import Catalog, Group, Job, JobMode, Output, Upload
 from control_plane.schemas import (
     AutomaticSubmit,
+    CatalogSubmit,
     GenerationConfig,
     SemiAutomaticSubmit,
 )
+from control_plane.services import catalogs
 from control_plane.settings import Settings
 from shared.ids import is_id, new_id
 from shared.model_table import model_table
 
 
 def submit(
-    session: Session, settings: Settings, request: AutomaticSubmit | SemiAutomaticSubmit
+    session: Session,
+    settings: Settings,
+    request: AutomaticSubmit | SemiAutomaticSubmit | CatalogSubmit,
 ) -> list[Job]:
     """Write and commit the jobs, outputs and dispatches of a submission; returns the jobs.
 
@@ -41,7 +46,9 @@ def submit(
 
 
 def _plan(
-    session: Session, settings: Settings, request: AutomaticSubmit | SemiAutomaticSubmit
+    session: Session,
+    settings: Settings,
+    request: AutomaticSubmit | SemiAutomaticSubmit | CatalogSubmit,
 ) -> list[Job]:
     group = session.get(Group, request.group_id)
     if group is None:
@@ -49,6 +56,8 @@ def _plan(
     # As stored: MySQL matches "grp_x " to grp_x, and storage keys are built from the id.
     request = request.model_copy(update={"group_id": group.id})
     params = resolve_params(request.config, settings)
+    if isinstance(request, CatalogSubmit):
+        return _plan_catalog(session, settings, request, params)
     if isinstance(request, AutomaticSubmit):
         if len(request.images) > settings.submit_max_images:
             raise InvalidRequest(
@@ -202,3 +211,84 @@ def _output(
         params=params,
         model=params["model"],
     )
+
+
+# Catalog submissions ---------------------------------------------------------------------
+
+
+def _plan_catalog(
+    session: Session, settings: Settings, request: CatalogSubmit, params: dict[str, str | None]
+) -> list[Job]:
+    """One text-to-image job per tag, of `count` entries of that tag picked at random."""
+    catalog = catalogs.get_catalog(session, request.catalog_id)
+    base_seed = _base_seed(request.config)
+    picked = _pick_entries(catalog, request.tags, request.count, base_seed)
+    total = sum(len(entries) for entries in picked.values())
+    if total > settings.submit_max_images:
+        raise InvalidRequest(
+            f"{total} images in one submission; the limit is {settings.submit_max_images}"
+        )
+    batch_id = new_id("bat")
+    config = {**request.config.model_dump(exclude_none=True), **params, "seed": base_seed}
+    jobs = []
+    for tag, entries in picked.items():
+        job = Job(
+            group_id=request.group_id,
+            batch_id=batch_id,
+            mode=JobMode.CATALOG,
+            prompt=f"catalog {catalog.name}, tag {tag}",
+            config={
+                **config,
+                "catalog_id": catalog.id,
+                "catalog_name": catalog.name,
+                "tag": tag,
+                "count": request.count,
+            },
+        )
+        outputs = [
+            _catalog_output(job, position, entry, base_seed + position, params)
+            for position, entry in enumerate(entries)
+        ]
+        lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
+        jobs.append(job)
+    return jobs
+
+
+def _pick_entries(
+    catalog: Catalog, tags: Sequence[str], count: int | Literal["all"], seed: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Per tag, `count` of its entries in random order (the same seed picks the same ones,
+    whatever other tags are asked for), or all of them in catalog order for "all"."""
+    unknown = [tag for tag in tags if tag not in catalog.tag_counts]
+    if unknown:
+        raise InvalidRequest(
+            f"catalog {catalog.id} ({catalog.name!r}) has no prompt tagged "
+            f"{', '.join(map(repr, unknown))}; "
+            f"its tags are: {_few(list(catalog.tag_counts), shown=50)}"
+        )
+    picked = {}
+    for tag in tags:
+        entries = catalogs.entries_tagged(catalog, tag)
+        if count == "all":
+            picked[tag] = entries
+            continue
+        if count > len(entries):
+            raise InvalidRequest(
+                f"count {count} is more than the {len(entries)} prompt(s) tagged {tag!r} in "
+                f'catalog {catalog.id}: ask for at most {len(entries)}, or "all"'
+            )
+        picked[tag] = random.Random(f"{seed}/{tag}").sample(entries, count)
+    return picked
+
+
+def _catalog_output(
+    job: Job, position: int, entry: dict[str, Any], seed: int, params: dict[str, str | None]
+) -> Output:
+    """An entry's output: its own negative prompt, if any, replaces the config's."""
+    negative_prompt = entry.get("negative_prompt") or params["negative_prompt"]
+    output = _output(
+        job, position, entry["prompt"], [], seed, {**params, "negative_prompt": negative_prompt}
+    )
+    output.prompt_id = entry["id"]
+    output.tags = list(entry["tags"])
+    return output

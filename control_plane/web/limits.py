@@ -1,11 +1,11 @@
 """Request-body limits, enforced while the body streams in (pure ASGI).
 
-Each route family has its own limit: uploads (multipart), RunPod's webhook, and every other
-body (JSON and the UI's small forms). A request whose `Content-Length` already says too much
-is answered 413 before the app sees it; a body without one (chunked) is counted as the
-server delivers it, and the read that passes the limit raises `BodyTooLarge` (a 413), so
-nothing beyond the limit is read, parsed or spooled. Routes that never read their body (the
-webhook with a wrong token) answer as they would anyway.
+Each route family has its own limit: uploads (multipart), RunPod's webhook, submissions,
+catalogs, and every other body (JSON and the UI's small forms). A request whose
+`Content-Length` already says too much is answered 413 before the app sees it; a body without
+one (chunked) is counted as the server delivers it, and the read that passes the limit raises
+`BodyTooLarge` (a 413), so nothing beyond the limit is read, parsed or spooled. Routes that
+never read their body (the webhook with a wrong token) answer as they would anyway.
 """
 
 import re
@@ -20,9 +20,12 @@ from control_plane.web.errors import error_response
 UPLOAD_PATHS = re.compile(r"/api/uploads|/groups/[^/]+/uploads")
 SUBMIT_PATHS = re.compile(r"/api/jobs/submit|/groups/[^/]+/submit")
 WEBHOOK_PATH = "/api/webhook/runpod"
+CATALOG_PATH = "/api/catalogs"
 # A submission's schema allows 1,000 items with 10,000-character prompts (or 20,000 image ids):
 # about 10 MB of plain text, so it gets room beyond the limit of other bodies.
 SUBMIT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# A catalog holds up to 10,000 prompts (JSON body or a multipart file).
+CATALOG_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -64,6 +67,9 @@ class BodyLimitMiddleware:
         if SUBMIT_PATHS.fullmatch(path):
             limit = max(SUBMIT_MAX_BODY_BYTES, settings.request_max_body_bytes)
             return limit, f"a submission is {_size(limit)}"
+        if path == CATALOG_PATH:
+            limit = max(CATALOG_MAX_BODY_BYTES, settings.request_max_body_bytes)
+            return limit, f"a catalog is {_size(limit)}; split it into several catalogs"
         limit = settings.request_max_body_bytes
         return limit, f"this request is {_size(limit)}"
 

@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("prompts", sa.JSON(), nullable=False),
         sa.Column("prompt_count", sa.Integer(), nullable=False),
-        sa.Column("tags", sa.JSON(), nullable=False),
+        sa.Column("tag_counts", sa.JSON(), nullable=False),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id"),
         **TABLE_OPTIONS,
