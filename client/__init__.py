@@ -1,14 +1,13 @@
 """A client of a running pixelfleet control plane: the `Client` class and the CLI's commands
 (`pixelfleet generate|jobs|download`, registered by `client.cli.register`)."""
 
-from client.api import Catalog, Client, FileUpload, UploadAnswer, UploadedImage
+from client.api import Client, FileUpload, UploadAnswer, UploadedImage
 from client.errors import ApiError, ApiUnreachable, ClientError
 from client.files import LocalFile
 
 __all__ = [
     "ApiError",
     "ApiUnreachable",
-    "Catalog",
     "Client",
     "ClientError",
     "FileUpload",

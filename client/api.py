@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from client.errors import ApiError, ApiUnreachable, ClientError
 from client.files import LocalFile, batches, images_in, local_file, wire_name
 from control_plane.schemas import (
+    CatalogDetail,
+    CatalogPublic,
     GroupPublic,
     JobDetail,
     JobPublic,
@@ -45,6 +47,7 @@ from shared.ids import is_id
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
+ItemT = TypeVar("ItemT")
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "PIXELFLEET_API_URL"
@@ -67,12 +70,6 @@ class UploadedImage(UploadPublic):
 class UploadAnswer(BaseModel):
     images: list[UploadedImage]
     rejected: list[UploadRejected]
-
-
-class Catalog(BaseModel):
-    model_config = ConfigDict(extra="allow")  # whatever else the server says of it
-    id: str
-    name: str
 
 
 @dataclass(frozen=True)
@@ -183,8 +180,7 @@ class Client:
             return outcome
 
         planned = list(batches(files, UPLOAD_BATCH_BYTES, UPLOAD_BATCH_FILES))
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return [upload for outcome in pool.map(send, planned) for upload in outcome]
+        return [upload for outcome in _in_parallel(send, planned, workers) for upload in outcome]
 
     def upload_folder(
         self,
@@ -201,8 +197,7 @@ class Client:
         again after an interruption sends only what is missing. `on_hashed` hears of each
         file read, `on_plan` of the files about to be sent, `on_batch` of each batch sent."""
         listed = images_in(paths) if isinstance(paths, Path) else list(paths)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            local = list(pool.map(_hashed(on_hashed), listed))
+        local = _in_parallel(_hashed(on_hashed), listed, workers)
         have = {upload.sha256: upload.id for upload in self.uploads(group_id)}
         first: dict[str, LocalFile] = {}
         for file in local:
@@ -253,9 +248,17 @@ class Client:
         upload = {"file": (wire_name(rows), rows.read_bytes(), kind)}
         return self._post(SubmitResponse, "/api/jobs/import", data=fields, files=upload)
 
-    def create_catalog(self, body: Body) -> Catalog:
+    # Catalogs -------------------------------------------------------------------------
+    def create_catalog(self, body: Body) -> CatalogPublic:
         """A prompt catalog, `{name, prompts: [{id, tags, prompt, ...}]}`: `POST /api/catalogs`."""
-        return self._post(Catalog, "/api/catalogs", json=_jsonable(body))
+        return self._post(CatalogPublic, "/api/catalogs", json=_jsonable(body))
+
+    def catalogs(self) -> Iterator[CatalogPublic]:
+        """Every catalog (without its prompts), newest first."""
+        yield from self._pages(CatalogPublic, "/api/catalogs")
+
+    def catalog(self, catalog_id: str) -> CatalogDetail:
+        return self._get(CatalogDetail, f"/api/catalogs/{catalog_id}")
 
     def job(self, job_id: str) -> JobDetail:
         return self._get(JobDetail, f"/api/jobs/{job_id}")
@@ -390,6 +393,18 @@ class Client:
                 log.info("no answer from %s (%s); again in %.1f s", self.api_url, exc, pause)
                 time.sleep(pause)
         raise AssertionError("unreachable")
+
+
+def _in_parallel(
+    work: Callable[[ItemT], ResultT], items: Sequence[ItemT], workers: int
+) -> list[ResultT]:
+    """`work` on each item, `workers` at once, results in order. When one raises (or Ctrl-C
+    interrupts), the items not yet started are dropped rather than waited for."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        return list(pool.map(work, items))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _hashed(on_hashed: Callable[[LocalFile], None] | None) -> Callable[[Path], LocalFile]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.filesize import decimal
 
 from client.api import API_URL_ENV, DEFAULT_API_URL, Client, FileUpload
@@ -22,7 +23,13 @@ from client.errors import ApiError, ClientError
 from client.files import images_in
 from client.outcome import EXIT_INTERRUPTED, EXIT_USAGE, Outcome, cost_of
 from client.progress import Display
-from control_plane.schemas import GroupPublic, JobDetail, SubmitResponse
+from control_plane.schemas import (
+    CatalogCreate,
+    CatalogPublic,
+    GroupPublic,
+    JobDetail,
+    SubmitResponse,
+)
 
 ApiUrl = Annotated[
     str,
@@ -226,18 +233,41 @@ def _generate_from_catalog(
         raise _usage("--catalog needs at least one --tag")
     body = _json_file(catalog)
     found = _group(run, group or catalog.stem)
-    created = run.client.create_catalog(body)
+    catalog_id = _catalog(run, body)
     submitted = run.client.submit(
         {
             "group_id": found.id,
             "mode": "catalog",
-            "catalog_id": created.id,
+            "catalog_id": catalog_id,
             "tags": tags,
             "count": count,
             "config": config,
         }
     )
     return found, [], submitted
+
+
+def _catalog(run: Run, body: Any) -> str:
+    """The id of a catalog with exactly these prompts: one made by an earlier run, or new."""
+    try:
+        wanted = CatalogCreate.model_validate(body)
+    except ValidationError:  # sent as it is: the server names each entry at fault
+        wanted = None
+    for existing in run.client.catalogs() if wanted else ():
+        if _same_catalog(run, existing, wanted):
+            _note(run, f"catalog {existing.name!r} ({existing.id}): the same prompts, reused")
+            return existing.id
+    created = run.client.create_catalog(body)
+    _note(run, f"created catalog {created.name!r} ({created.id}): {created.tag_counts}")
+    return created.id
+
+
+def _same_catalog(run: Run, existing: CatalogPublic, wanted: CatalogCreate | None) -> bool:
+    return (
+        wanted is not None
+        and existing.name == wanted.name
+        and run.client.catalog(existing.id).prompts == wanted.prompts
+    )
 
 
 def _generate_from_rows(

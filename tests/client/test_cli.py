@@ -254,3 +254,32 @@ def test_ctrl_c_while_watching_leaves_the_job_running(settings: Settings, tmp_pa
         [finished] = stack.wait_for([job_id])
         assert finished["status"] == "completed" and finished["progress"]["succeeded"] == 10
         assert not (tmp_path / "slow.zip").exists()
+
+
+EXAMPLE_CATALOG = Path(__file__).parents[2] / "examples" / "model-prompts.json"
+
+
+def test_generate_from_a_catalog_by_tag_and_count(stack: Stack, tmp_path: Path) -> None:
+    args = ["generate", "--catalog", str(EXAMPLE_CATALOG), "--tag", "male", "--tag", "female"]
+    first = pixelfleet(
+        *args, "--count", "2", "--seed", "11", "--out", "models.zip", "--json",
+        api_url=api_url(stack), cwd=tmp_path,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["group"]["name"] == "model-prompts"
+    assert [(job["mode"], job["succeeded"]) for job in answer["jobs"]] == [("catalog", 2)] * 2
+    assert len(zip_images(tmp_path / "models.zip")) == 4
+    assert "created catalog 'Model photos'" in first.stderr
+
+    again = pixelfleet(*args, "--count", "1", api_url=api_url(stack), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "the same prompts, reused" in again.stderr
+    assert len(stack.http.get("/api/catalogs").json()["data"]) == 1
+    assert again.stdout.count("1 succeeded, 0 failed, 0 blocked") == 2
+    unknown = pixelfleet(
+        "generate", "--catalog", str(EXAMPLE_CATALOG), "--tag", "robot", "--count", "1",
+        api_url=api_url(stack), cwd=tmp_path,
+    )  # fmt: skip
+    assert unknown.returncode == 2 and "robot" in unknown.stderr
+    check_no_traceback(unknown)
