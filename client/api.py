@@ -59,6 +59,7 @@ PAGE_LIMIT = 200  # the API's largest page
 UPLOAD_BATCH_BYTES = 16 * 1024 * 1024
 UPLOAD_BATCH_FILES = 32
 UPLOAD_WORKERS = 4
+RETRY_LATER_S = 120.0  # most time spent waiting as servers' Retry-After headers ask
 ACTIVE_JOB_STATUSES = frozenset({"queued", "processing"})
 Body = Mapping[str, Any] | BaseModel
 
@@ -381,18 +382,27 @@ class Client:
 
     def _retrying(self, send: Callable[[], ResultT], *, idempotent: bool) -> ResultT:
         """`send()`, again after a pause when the connection failed (any transport error if
-        the call is idempotent, else only when nothing was sent)."""
-        for attempt in range(self.retries + 1):
+        the call is idempotent, else only when nothing was sent), and, if it is idempotent,
+        when the server says to try again later (`Retry-After`, e.g. a 409 for the same
+        Idempotency-Key still being answered), for up to RETRY_LATER_S in all."""
+        failures, waited = 0, 0.0
+        while True:
             try:
                 return send()
             except httpx.TransportError as exc:
                 refused = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-                if attempt == self.retries or not (idempotent or refused):
+                if failures == self.retries or not (idempotent or refused):
                     raise ApiUnreachable(self.api_url, _reason(exc), refused=refused) from exc
-                pause = self.backoff_s * 2**attempt
+                pause = self.backoff_s * 2**failures
+                failures += 1
                 log.info("no answer from %s (%s); again in %.1f s", self.api_url, exc, pause)
-                time.sleep(pause)
-        raise AssertionError("unreachable")
+            except ApiError as exc:
+                if not idempotent or exc.retry_after is None or waited >= RETRY_LATER_S:
+                    raise
+                pause = min(exc.retry_after, RETRY_LATER_S - waited)
+                waited += pause
+                log.info("%s; again in %.1f s", exc, pause)
+            time.sleep(pause)
 
 
 def _in_parallel(
@@ -467,15 +477,20 @@ def _api_error(response: httpx.Response) -> ApiError:
     except ValueError:
         body = None
     if isinstance(body, dict) and "detail" in body:
-        detail = body["detail"]
-        errors = body.get("errors")
-        return ApiError(
-            response.status_code,
-            detail if isinstance(detail, str) else json.dumps(detail),
-            errors if isinstance(errors, list) else None,
-        )
-    text = response.text.strip()[:500] or response.reason_phrase
-    return ApiError(response.status_code, text)
+        said, listed = body["detail"], body.get("errors")
+        detail = said if isinstance(said, str) else json.dumps(said)
+        errors = listed if isinstance(listed, list) else None
+    else:
+        detail, errors = response.text.strip()[:500] or response.reason_phrase, None
+    return ApiError(response.status_code, detail, errors, retry_after=_retry_after(response))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds a 409, 429 or 503 asks to wait before trying again, if it says."""
+    value = response.headers.get("retry-after", "")
+    if response.status_code in (409, 429, 503) and value.isdigit():
+        return float(value)
+    return None
 
 
 def _reason(exc: httpx.TransportError) -> str:

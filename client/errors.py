@@ -11,11 +11,19 @@ class ApiError(ClientError):
     """The API answered with an error: its HTTP status, `detail` (the server's message) and
     `errors` (the field-by-field problems of a 422, when the server lists them)."""
 
-    def __init__(self, status: int, detail: str, errors: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: list[Any] | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"the API answered {status}: {detail}")
         self.status = status
         self.detail = detail
         self.errors = errors
+        self.retry_after = retry_after  # seconds the server asked to wait before trying again
 
 
 class ApiUnreachable(ClientError):

@@ -244,3 +244,23 @@ def test_a_zip_that_is_cut_off_is_downloaded_again(tmp_path: Path) -> None:
     ) as api:
         assert api.download_zip("grp_x", target) == len(whole.getvalue())
     assert target.read_bytes() == whole.getvalue() and len(attempts) == 2
+
+
+def test_a_key_still_being_answered_is_asked_again_after_retry_after() -> None:
+    """The server answers 409 with Retry-After while the same Idempotency-Key is in progress:
+    the client waits and asks again with the same key; a cancel is never asked twice."""
+    keys: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers.get("idempotency-key"))
+        if len(keys) == 1 or request.url.path.endswith("/cancel"):
+            return httpx.Response(409, json={"detail": "in progress"}, headers={"Retry-After": "0"})
+        group = {"id": "grp_x", "name": "g", "created_at": "2026-01-01T00:00:00Z"}
+        return httpx.Response(201, json={**group, "updated_at": group["created_at"]})
+
+    with Client("http://pixelfleet.test", transport=httpx.MockTransport(answer)) as api:
+        assert api.create_group("g").id == "grp_x"
+        with pytest.raises(ApiError) as conflict:
+            api.cancel("job_x")
+    assert len(keys) == 3 and keys[0] == keys[1] and keys[0] and keys[2] is None
+    assert conflict.value.status == 409 and conflict.value.retry_after == 0
