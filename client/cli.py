@@ -93,9 +93,13 @@ def _say_error(exc: ClientError, as_json: bool) -> None:
 
 
 def _describe(error: Any) -> str:
+    """One entry of a 422's `errors`: a field of a body, or a row of an imported file."""
     if isinstance(error, dict) and "msg" in error:
         where = ".".join(str(part) for part in error.get("loc", []))
         return f"{where}: {error['msg']}" if where else str(error["msg"])
+    if isinstance(error, dict) and "row" in error and "message" in error:
+        column = f", column {error['column']}" if error.get("column") else ""
+        return f"row {error['row']}{column}: {error['message']}"
     return json.dumps(error)
 
 
