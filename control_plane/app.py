@@ -20,7 +20,17 @@ from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
 from control_plane.settings import Settings
-from control_plane.web.api import catalogs, download, files, groups, jobs, uploads, webhook
+from control_plane.web.api import (
+    catalogs,
+    download,
+    files,
+    groups,
+    imports,
+    jobs,
+    prompts,
+    uploads,
+    webhook,
+)
 from control_plane.web.auth import (
     HostCheckMiddleware,
     PasswordMiddleware,
@@ -28,6 +38,7 @@ from control_plane.web.auth import (
     expected_hosts,
 )
 from control_plane.web.errors import install_error_handlers
+from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.ui import routes as ui
 from shared.storage import Storage, open_storage
@@ -110,8 +121,9 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    for module in (groups, uploads, jobs, catalogs, webhook, download, files, ui):
+    for module in (groups, uploads, jobs, imports, prompts, catalogs, webhook, download, files, ui):
         app.include_router(module.router)
+    app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)
     if settings.api_password:

@@ -1,6 +1,7 @@
 """Typed domain errors; the app turns them into JSON answers with a clear message."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -44,3 +45,28 @@ def describe_validation(errors: Iterable[Mapping[str, Any]]) -> str:
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{location}: {message}" if location else message)
     return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """What is wrong with one row of an imported file: `row` counts data rows from 1;
+    `column` is None when the row as a whole is wrong."""
+
+    row: int
+    column: str | None
+    message: str
+
+
+class InvalidRows(InvalidRequest):
+    """An import with bad rows (422): the first MAX_LISTED problems, and how many in all."""
+
+    MAX_LISTED = 100
+
+    def __init__(self, problems: Sequence[RowProblem]) -> None:
+        rows = len({problem.row for problem in problems})
+        super().__init__(
+            f"{rows:,} row{'s have' if rows != 1 else ' has'} errors; nothing was imported "
+            "(rows are numbered from 1, counting data rows only: not a CSV's header)"
+        )
+        self.problems = list(problems[: self.MAX_LISTED])
+        self.problem_count = len(problems)

@@ -79,6 +79,8 @@ class UploadPublic(BaseModel):
     url: str
     thumbnail_url: str | None
     created_at: UtcDatetime
+    # already in the group (this upload, or an earlier file of the same request): not stored again
+    duplicate: bool = False
 
 
 class UploadRejected(BaseModel):
@@ -102,6 +104,12 @@ class GenerationConfig(_Body):
     negative_prompt: Annotated[str, StringConstraints(max_length=2_000)] | None = None
 
 
+class AutomaticConfig(GenerationConfig):
+    """An automatic submission's settings, and an import's (the default `count` of its rows)."""
+
+    outputs_per_image: Annotated[int, Field(ge=1, le=8)] = 1
+
+
 class SemiAutomaticConfig(GenerationConfig):
     total_images: Annotated[int, Field(ge=1, le=10_000)] = 4
     images_per_set: Annotated[int, Field(ge=1, le=16)] = 4
@@ -115,13 +123,23 @@ class SemiAutomaticConfig(GenerationConfig):
             )
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_outputs_per_image(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "outputs_per_image" in data:
+            raise ValueError(
+                "outputs_per_image is for automatic mode and imports; in semi-automatic mode "
+                "each set has images_per_set images (and total_images in all)"
+            )
+        return data
+
 
 class AutomaticSubmit(_Body):
     group_id: str
     mode: Literal["automatic"]
     prompt: Prompt
     images: Annotated[ImageIds, Field(min_length=1)]
-    config: GenerationConfig = GenerationConfig()
+    config: AutomaticConfig = AutomaticConfig()
 
 
 class SemiAutomaticItem(_Body):
@@ -134,18 +152,8 @@ class SemiAutomaticSubmit(_Body):
     mode: Literal["semi-automatic"]
     items: Annotated[list[SemiAutomaticItem], Field(min_length=1, max_length=1_000)]
     config: SemiAutomaticConfig = SemiAutomaticConfig()
-
-    @model_validator(mode="after")
-    def _every_item_used(self) -> "SemiAutomaticSubmit":
-        sets = self.config.total_images // self.config.images_per_set
-        if len(self.items) > sets:
-            raise ValueError(
-                f"{len(self.items)} items but only {sets} set(s) "
-                f"(total_images {self.config.total_images} / images_per_set "
-                f"{self.config.images_per_set}): raise total_images to at least "
-                f"{len(self.items) * self.config.images_per_set} or send fewer items"
-            )
-        return self
+    # Every item (each of its prompt permutations) needs a set of its own: checked when
+    # planning, once the permutations are counted (services/submissions.py).
 
 
 # Catalogs -----------------------------------------------------------------------------
@@ -320,6 +328,16 @@ class JobDetail(JobPublic):
 class SubmitResponse(BaseModel):
     batch_id: str
     jobs: list[JobPublic]
+
+
+# Prompt permutations -----------------------------------------------------------------
+class PromptExpand(_Body):
+    prompt: Prompt
+
+
+class PromptExpansion(BaseModel):
+    prompts: list[str]
+    count: int
 
 
 class DownloadItem(BaseModel):

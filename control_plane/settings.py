@@ -53,6 +53,7 @@ class Settings(CommonSettings):
     request_max_body_bytes: int = Field(2**20, gt=0)
     webhook_max_body_bytes: int = Field(12 * 2**20, gt=0)  # RunPod echoes /run's ≤ 10 MB input
     submit_max_images: int = Field(20_000, gt=0)
+    idempotency_ttl_s: float = Field(86_400, gt=0)  # answers to Idempotency-Key requests kept
     default_model: str = "gemini-2.5-flash-image"
 
     @model_validator(mode="after")

@@ -3,8 +3,9 @@
 Everything is checked before anything is written: an invalid submission changes nothing.
 """
 
+import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -17,9 +18,10 @@ from control_plane.schemas import (
     AutomaticSubmit,
     CatalogSubmit,
     GenerationConfig,
+    SemiAutomaticItem,
     SemiAutomaticSubmit,
 )
-from control_plane.services import catalogs
+from control_plane.services import catalogs, prompts
 from control_plane.settings import Settings
 from shared.ids import is_id, new_id
 from shared.model_table import model_table
@@ -34,14 +36,18 @@ def submit(
 
     A group deleted between the check and the insert is a Conflict, with nothing written.
     """
+    return write_jobs(session, request.group_id, lambda: _plan(session, settings, request))
+
+
+def write_jobs(session: Session, group_id: str, plan: Callable[[], list[Job]]) -> list[Job]:
+    """Run `plan` (which adds a submission's rows to `session`) and commit; a group deleted
+    between its check and the insert is a Conflict, with nothing written."""
     try:
-        jobs = _plan(session, settings, request)
+        jobs = plan()
         session.commit()
     except sa.exc.IntegrityError as exc:  # the foreign key refused the rows
         session.rollback()
-        raise Conflict(
-            f"group {request.group_id} was deleted meanwhile; nothing was saved"
-        ) from exc
+        raise Conflict(f"group {group_id} was deleted meanwhile; nothing was saved") from exc
     return jobs
 
 
@@ -59,15 +65,27 @@ def _plan(
     if isinstance(request, CatalogSubmit):
         return _plan_catalog(session, settings, request, params)
     if isinstance(request, AutomaticSubmit):
-        if len(request.images) > settings.submit_max_images:
-            raise InvalidRequest(
-                f"{len(request.images)} images in one job; "
-                f"the limit is {settings.submit_max_images}"
-            )
+        permutations = prompts.parse(request.prompt)
+        check_job_size(
+            settings,
+            len(request.images) * permutations.count * request.config.outputs_per_image,
+            f"{len(request.images):,} images x {permutations.count:,} prompts x "
+            f"{request.config.outputs_per_image} outputs per image",
+        )
         _check_references(session, request.group_id, [[i] for i in request.images], params["model"])
-        return _plan_automatic(session, settings, request, params)
-    _check_references(session, request.group_id, [i.images for i in request.items], params["model"])
-    return _plan_semi_automatic(session, request, params)
+        return _plan_automatic(session, settings, request, permutations.prompts(), params)
+    items = _expanded_items(request)
+    _check_references(session, request.group_id, [i.images for i in items], params["model"])
+    return _plan_semi_automatic(session, request, items, params)
+
+
+def check_job_size(settings: Settings, outputs: int, made_of: str) -> None:
+    """422 unless a job of `outputs` images (`made_of` says how they multiply) is allowed."""
+    if outputs > settings.submit_max_images:
+        raise InvalidRequest(
+            f"{outputs:,} images in one job ({made_of}); "
+            f"the limit is {settings.submit_max_images:,}"
+        )
 
 
 def resolve_params(config: GenerationConfig, settings: Settings) -> dict[str, str | None]:
@@ -146,8 +164,14 @@ def _base_seed(config: GenerationConfig) -> int:
 
 
 def _plan_automatic(
-    session: Session, settings: Settings, request: AutomaticSubmit, params: dict[str, str | None]
+    session: Session,
+    settings: Settings,
+    request: AutomaticSubmit,
+    expanded: list[str],
+    params: dict[str, str | None],
 ) -> list[Job]:
+    """Per image, per prompt of its permutations, `outputs_per_image` outputs: positions
+    (and seeds: the base seed plus the position) go image by image."""
     base_seed = _base_seed(request.config)
     job = Job(
         group_id=request.group_id,
@@ -155,25 +179,60 @@ def _plan_automatic(
         mode=JobMode.AUTOMATIC,
         prompt=request.prompt,
         config={**request.config.model_dump(exclude_none=True), **params, "seed": base_seed},
-        total=len(request.images),
     )
+    per_image = [prompt for prompt in expanded for _ in range(request.config.outputs_per_image)]
     outputs = [
-        _output(job, position, request.prompt, [image_id], base_seed + position, params)
-        for position, image_id in enumerate(request.images)
+        _output(job, position, prompt, [image_id], base_seed + position, params)
+        for position, (image_id, prompt) in enumerate(itertools.product(request.images, per_image))
     ]
     lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
     return [job]
 
 
+def _expanded_items(request: SemiAutomaticSubmit) -> list[SemiAutomaticItem]:
+    """The items with their prompt permutations expanded: an item whose prompt makes k
+    prompts is k items, each with a set of its own (checked against the number of sets
+    before any is built)."""
+    permutations = []
+    for index, item in enumerate(request.items):
+        try:
+            permutations.append(prompts.parse(item.prompt))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"items[{index}].prompt: {exc.message}") from exc
+    count = sum(p.count for p in permutations)
+    config = request.config
+    sets = config.total_images // config.images_per_set
+    if count > sets:
+        items = f"{len(request.items)} items" + (
+            f" make {count} prompts once their {{…}} permutations are expanded, each needing "
+            "a set of its own, but there are"
+            if count != len(request.items)
+            else " but"
+        )
+        raise InvalidRequest(
+            f"{items} only {sets} set(s) (total_images {config.total_images} / images_per_set "
+            f"{config.images_per_set}): raise total_images to at least "
+            f"{count * config.images_per_set} or send fewer items"
+        )
+    return [
+        SemiAutomaticItem(images=item.images, prompt=prompt)
+        for item, permutation in zip(request.items, permutations, strict=True)
+        for prompt in permutation.prompts()
+    ]
+
+
 def _plan_semi_automatic(
-    session: Session, request: SemiAutomaticSubmit, params: dict[str, str | None]
+    session: Session,
+    request: SemiAutomaticSubmit,
+    items: list[SemiAutomaticItem],
+    params: dict[str, str | None],
 ) -> list[Job]:
     config = request.config
     batch_id = new_id("bat")
     base_seed = _base_seed(config)
     jobs = []
     for set_index in range(config.total_images // config.images_per_set):
-        item = request.items[set_index % len(request.items)]
+        item = items[set_index % len(items)]
         job = Job(
             group_id=request.group_id,
             batch_id=batch_id,
@@ -222,7 +281,10 @@ def _plan_catalog(
     """One text-to-image job per tag, of `count` entries of that tag picked at random."""
     catalog = catalogs.get_catalog(session, request.catalog_id)
     base_seed = _base_seed(request.config)
-    picked = _pick_entries(catalog, request.tags, request.count, base_seed)
+    picked = {
+        tag: _expanded_entries(entries)
+        for tag, entries in _pick_entries(catalog, request.tags, request.count, base_seed).items()
+    }
     total = sum(len(entries) for entries in picked.values())
     if total > settings.submit_max_images:
         raise InvalidRequest(
@@ -246,8 +308,8 @@ def _plan_catalog(
             },
         )
         outputs = [
-            _catalog_output(job, position, entry, base_seed + position, params)
-            for position, entry in enumerate(entries)
+            _catalog_output(job, position, entry, prompt, base_seed + position, params)
+            for position, (entry, prompt) in enumerate(entries)
         ]
         lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
         jobs.append(job)
@@ -281,13 +343,29 @@ def _pick_entries(
     return picked
 
 
+def _expanded_entries(entries: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Each entry with each prompt of its {…} permutations (most entries have one)."""
+    expanded: list[tuple[dict[str, Any], str]] = []
+    for entry in entries:
+        try:
+            expanded.extend((entry, prompt) for prompt in prompts.expand(entry["prompt"]))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"catalog entry {entry['id']!r}: {exc.message}") from exc
+    return expanded
+
+
 def _catalog_output(
-    job: Job, position: int, entry: dict[str, Any], seed: int, params: dict[str, str | None]
+    job: Job,
+    position: int,
+    entry: dict[str, Any],
+    prompt: str,
+    seed: int,
+    params: dict[str, str | None],
 ) -> Output:
     """An entry's output: its own negative prompt, if any, replaces the config's."""
     negative_prompt = entry.get("negative_prompt") or params["negative_prompt"]
     output = _output(
-        job, position, entry["prompt"], [], seed, {**params, "negative_prompt": negative_prompt}
+        job, position, prompt, [], seed, {**params, "negative_prompt": negative_prompt}
     )
     output.prompt_id = entry["id"]
     output.tags = list(entry["tags"])

@@ -3,9 +3,16 @@
 Files are judged one by one (a bad file is rejected with a reason, the rest go on); the
 rows are written in one transaction, and if that fails every object this request stored is
 deleted again, so a failed request leaves nothing behind.
+
+A group holds each image once: a file whose sha256 (of the bytes stored) is already an
+upload of the group, or an earlier file of the same request, is answered with that upload,
+marked a duplicate, and stores nothing. Two requests bringing the same new file at once are
+settled under the group's row lock when the rows are written (`record`): the later one finds
+the earlier's row, answers with it and deletes the copy it stored.
 """
 
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -18,10 +25,10 @@ from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, func, select, update
 
 from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound, PayloadTooLarge
-from control_plane.models import Group, Upload
+from control_plane.models import Group, Upload, utcnow
 from control_plane.schemas import UploadRejected
 from control_plane.settings import Settings
 from shared import layout
@@ -34,6 +41,7 @@ from shared.images import (
     make_thumbnail,
 )
 from shared.storage import Storage, StorageError
+from shared.storage.base import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,15 +56,24 @@ class IncomingFile:
     file: BinaryIO
 
 
+@dataclass
+class Accepted:
+    """An image a request brought: stored now, or already in the group (`duplicate`)."""
+
+    upload: Upload
+    duplicate: bool = False
+
+
 def accept(
     session: Session,
     storage: Storage,
     settings: Settings,
     group_id: str,
     files: Sequence[IncomingFile],
-) -> tuple[list[Upload], list[UploadRejected]]:
-    """Store every acceptable file, reject the rest with a reason, then record the stored
-    (committed). Nothing is left behind when this fails part-way: stored objects are removed.
+) -> tuple[list[Accepted], list[UploadRejected]]:
+    """Store every acceptable new file, answer files the group already has with their
+    upload, reject the rest with a reason, then record the stored (committed). Nothing is
+    left behind when this fails part-way: stored objects are removed.
     """
     group = session.get(Group, group_id)
     if group is None:
@@ -64,24 +81,82 @@ def accept(
     group_id = group.id  # as stored (MySQL pads trailing spaces): storage keys are built from it
     if not files:
         raise InvalidRequest("no files: send one or more images in the form field `files`")
-    stored: list[Upload] = []
+    accepted: list[Accepted] = []
     rejected: list[UploadRejected] = []
+    stored: dict[str, Upload] = {}  # this request's new uploads, by sha256
     try:
         for incoming in files:
-            outcome = store_file(storage, settings, group_id, incoming)
-            if isinstance(outcome, Upload):
-                stored.append(outcome)
+            outcome = _accept_file(session, storage, settings, group_id, incoming, stored)
+            if isinstance(outcome, Accepted):
+                accepted.append(outcome)
             else:
                 rejected.append(outcome)
     except BaseException:
-        remove_objects(storage, stored)
+        remove_objects(storage, list(stored.values()))
         raise
-    if stored:
-        try:
-            record(session, storage, stored)
-        except sa.exc.IntegrityError as exc:  # the group was deleted meanwhile
-            raise Conflict(f"group {group_id} was deleted meanwhile; nothing was saved") from exc
-    return stored, rejected
+    if not stored:
+        return accepted, rejected
+    recorded_meanwhile = record(session, storage, group_id, list(stored.values()))
+    return [_settled(item, recorded_meanwhile) for item in accepted], rejected
+
+
+def _accept_file(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    group_id: str,
+    incoming: IncomingFile,
+    stored: dict[str, Upload],
+) -> Accepted | UploadRejected:
+    """One file: rejected, a duplicate (nothing decoded or stored), or stored anew."""
+    name = display_name(incoming.filename)
+    problem = _size_problem(incoming.size, settings.upload_max_file_bytes)
+    if problem:
+        return UploadRejected(filename=name, reason=problem)
+    digest = sha256_of(incoming.file)
+    known = stored.get(digest) or upload_with_sha256(session, group_id, digest)
+    if known is not None:
+        return Accepted(known, duplicate=True)
+    try:
+        image, body, thumbnail = _decode(incoming.file, settings)
+    except ImageRejected as exc:
+        return UploadRejected(filename=name, reason=str(exc))
+    if body is not incoming.file:  # turned upright: what is stored is the re-encoded image
+        digest = sha256_of(body)
+        known = stored.get(digest) or upload_with_sha256(session, group_id, digest)
+        if known is not None:
+            return Accepted(known, duplicate=True)
+    upload = _store(storage, group_id, name, image, body, thumbnail)
+    stored[upload.sha256] = upload
+    return Accepted(upload)
+
+
+def _settled(item: Accepted, recorded_meanwhile: dict[str, Upload]) -> Accepted:
+    """`item`, or the upload another request recorded meanwhile with the same content."""
+    existing = recorded_meanwhile.get(item.upload.sha256)
+    if existing is None:
+        return item
+    return Accepted(existing, duplicate=True)
+
+
+def sha256_of(file: BinaryIO) -> str:
+    """The sha256 of the whole of `file`, read in chunks (left at its start)."""
+    file.seek(0)
+    digest = hashlib.sha256()
+    while chunk := file.read(CHUNK_SIZE):
+        digest.update(chunk)
+    file.seek(0)
+    return digest.hexdigest()
+
+
+def upload_with_sha256(session: Session, group_id: str, sha256: str) -> Upload | None:
+    """The group's (oldest) upload of exactly these bytes, if any."""
+    return session.exec(
+        select(Upload)
+        .where(Upload.group_id == group_id, Upload.sha256 == sha256)
+        .order_by(col(Upload.created_at), col(Upload.id))
+        .limit(1)
+    ).first()
 
 
 def nothing_accepted(rejected: Sequence[UploadRejected]) -> DomainError:
@@ -140,23 +215,23 @@ def safe_stem(filename: str, limit: int = 60) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:limit]
 
 
-def store_file(
-    storage: Storage, settings: Settings, group_id: str, incoming: IncomingFile
-) -> Upload | UploadRejected:
-    """Validate and store one file (blocking: run it in a thread)."""
-    name = display_name(incoming.filename)
-    limit = settings.upload_max_file_bytes
-    if incoming.size == 0:
-        return UploadRejected(filename=name, reason="empty file (0 bytes)")
-    if incoming.size > limit:
-        return UploadRejected(
-            filename=name,
-            reason=f"file is {incoming.size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB",
-        )
-    try:
-        image, body, thumbnail = _decode(incoming.file, settings)
-    except ImageRejected as exc:
-        return UploadRejected(filename=name, reason=str(exc))
+def _size_problem(size: int, limit: int) -> str | None:
+    if size == 0:
+        return "empty file (0 bytes)"
+    if size > limit:
+        return f"file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB"
+    return None
+
+
+def _store(
+    storage: Storage,
+    group_id: str,
+    name: str,
+    image: InspectedImage,
+    body: BinaryIO,
+    thumbnail: bytes,
+) -> Upload:
+    """Store a checked image and its thumbnail (blocking: run it in a thread)."""
     upload_id = new_id("img")
     thumbnail_key = layout.upload_thumbnail_key(group_id, upload_id)
     upload = Upload(
@@ -240,12 +315,55 @@ def remove_objects(storage: Storage, uploads: list[Upload]) -> None:
                     log.warning("could not delete %s after a failed upload", key)
 
 
-def record(session: Session, storage: Storage, uploads: list[Upload]) -> None:
-    """Insert the rows; on failure delete what was stored and re-raise."""
+def record(
+    session: Session, storage: Storage, group_id: str, uploads: list[Upload]
+) -> dict[str, Upload]:
+    """Insert the rows of this request's new uploads under the group's lock (committed), but
+    not of those whose content another request recorded meanwhile: their objects are
+    deleted, and the uploads recorded meanwhile are returned, by sha256. On failure every
+    object of `uploads` is deleted and the error re-raised."""
     try:
-        session.add_all(uploads)
+        _lock_group(session, group_id)
+        meanwhile = _uploads_by_sha256(session, group_id, [upload.sha256 for upload in uploads])
+        session.add_all([upload for upload in uploads if upload.sha256 not in meanwhile])
         session.commit()
-    except sa.exc.SQLAlchemyError:
+    except sa.exc.IntegrityError as exc:  # the group was deleted meanwhile
+        session.rollback()
+        remove_objects(storage, uploads)
+        raise Conflict(f"group {group_id} was deleted meanwhile; nothing was saved") from exc
+    except BaseException:
         session.rollback()
         remove_objects(storage, uploads)
         raise
+    remove_objects(storage, [upload for upload in uploads if upload.sha256 in meanwhile])
+    return meanwhile
+
+
+def _lock_group(session: Session, group_id: str) -> None:
+    """Lock the group's row until commit (an update: on SQLite it takes the write lock), so
+    concurrent uploads into the group record one at a time; Conflict if it was deleted."""
+    touched = session.exec(
+        update(Group).where(col(Group.id) == group_id).values(updated_at=utcnow())
+    )
+    if not touched.rowcount:
+        raise Conflict(f"group {group_id} was deleted meanwhile; nothing was saved")
+
+
+SHA256_BATCH = 500  # values in one IN (…) list
+
+
+def _uploads_by_sha256(session: Session, group_id: str, digests: list[str]) -> dict[str, Upload]:
+    """The group's oldest upload of each of `digests` it holds."""
+    found: dict[str, Upload] = {}
+    for start in range(0, len(digests), SHA256_BATCH):
+        rows = session.exec(
+            select(Upload)
+            .where(
+                Upload.group_id == group_id,
+                col(Upload.sha256).in_(digests[start : start + SHA256_BATCH]),
+            )
+            .order_by(col(Upload.created_at), col(Upload.id))
+        ).all()
+        for upload in rows:
+            found.setdefault(upload.sha256, upload)
+    return found

@@ -1,13 +1,14 @@
 """Errors as answers: JSON for the API, an HTML page for people (the UI's pages)."""
 
 from collections.abc import Mapping
+from dataclasses import asdict
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from control_plane.errors import DomainError, describe_validation
+from control_plane.errors import DomainError, InvalidRows, describe_validation
 from control_plane.web.ui.routes import error_page
 
 
@@ -15,6 +16,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:
         return error_response(request, exc.status_code, exc.message)
+
+    @app.exception_handler(InvalidRows)
+    async def invalid_rows(request: Request, exc: InvalidRows) -> Response:
+        if _for_people(request):
+            return error_page(request, exc.status_code, exc.message)
+        return JSONResponse(
+            {
+                "detail": exc.message,
+                "errors": [asdict(problem) for problem in exc.problems],
+                "error_count": exc.problem_count,
+            },
+            status_code=exc.status_code,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:

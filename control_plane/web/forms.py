@@ -14,25 +14,33 @@ from control_plane.services.uploads import IncomingFile
 MAX_FIELDS = 100
 
 
-async def read_form(request: Request, platform: Platform) -> FormData:
-    """The multipart form, within the upload limits; a 422 that says why if unreadable.
+async def read_form(
+    request: Request,
+    platform: Platform,
+    *,
+    max_file_bytes: int | None = None,
+    max_files: int | None = None,
+) -> FormData:
+    """The multipart form, within the upload limits (or the ones given); a 422 that says why
+    if unreadable.
 
     No file is spooled beyond the per-file limit (plus one byte): a larger file keeps its
     true size, so the upload service rejects it by size as usual.
     """
     settings = platform.settings
+    max_files = max_files or settings.upload_max_files
     try:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             async with aclosing(request.stream()) as stream:
                 parser = BoundedFileParser(
                     request.headers,
                     stream,
-                    max_file_bytes=settings.upload_max_file_bytes,
-                    max_files=settings.upload_max_files,
+                    max_file_bytes=max_file_bytes or settings.upload_max_file_bytes,
+                    max_files=max_files,
                     max_fields=MAX_FIELDS,
                 )
                 return await parser.parse()
-        return await request.form(max_files=settings.upload_max_files, max_fields=MAX_FIELDS)
+        return await request.form(max_files=max_files, max_fields=MAX_FIELDS)
     except MultiPartException as exc:  # a body the parser cannot read
         raise InvalidRequest(f"could not read the multipart body: {exc.message}") from exc
 

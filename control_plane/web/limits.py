@@ -26,6 +26,9 @@ CATALOG_PATH = "/api/catalogs"
 SUBMIT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # A catalog holds up to 10,000 prompts (JSON body or a multipart file).
 CATALOG_MAX_BODY_BYTES = 16 * 1024 * 1024
+IMPORT_PATH = "/api/jobs/import"
+# An import's file: 20,000 rows of several hundred characters each, with room to spare.
+IMPORT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class BodyTooLarge(HTTPException):
@@ -70,6 +73,9 @@ class BodyLimitMiddleware:
         if path == CATALOG_PATH:
             limit = max(CATALOG_MAX_BODY_BYTES, settings.request_max_body_bytes)
             return limit, f"a catalog is {_size(limit)}; split it into several catalogs"
+        if path == IMPORT_PATH:
+            limit = max(IMPORT_MAX_BODY_BYTES, settings.request_max_body_bytes)
+            return limit, f"an import is {_size(limit)}; split the file into several imports"
         limit = settings.request_max_body_bytes
         return limit, f"this request is {_size(limit)}"
 

@@ -33,9 +33,12 @@ def file_url(
     return signed or str(request.url_for(route, **ids))
 
 
-def upload_public(request: Request, storage: Storage, upload: Upload) -> UploadPublic:
+def upload_public(
+    request: Request, storage: Storage, upload: Upload, *, duplicate: bool = False
+) -> UploadPublic:
     return UploadPublic(
         **upload.model_dump(exclude={"storage_key", "thumbnail_key"}),
+        duplicate=duplicate,
         url=file_url(request, storage, "upload_file", upload.storage_key, upload_id=upload.id)
         or "",
         thumbnail_url=file_url(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from client import ApiError, ApiUnreachable, Client, ClientError
+from client.files import local_file
 from control_plane.settings import Settings
 from tests.conftest import jpeg_bytes, png_bytes
 from tests.fakes.servers import free_port
@@ -75,6 +76,8 @@ def test_a_folder_uploads_once_and_resumes(client: Client, tmp_path: Path) -> No
         "uploaded",
     ]
     assert len(list(client.uploads(group.id))) == 7
+    [resent] = client.upload_files(group.id, [local_file(folder / "photo 000.jpg")])
+    assert (resent.state, resent.upload_id) == ("duplicate", again["photo 000.jpg"].upload_id)
 
 
 def test_batches_over_the_servers_limit_are_split(
@@ -175,6 +178,8 @@ def test_a_retried_post_sends_the_same_idempotency_key(stack: Stack) -> None:
     assert len(keys) == 3 and keys[0] == keys[1] and keys[2] not in keys[:2]
     assert all(keys)
     assert created.name == "once"
+    names = sorted(group["name"] for group in stack.http.get("/api/groups").json()["data"])
+    assert names == ["once", "twice"]  # the retry was answered from the first request
 
 
 def test_cancel_and_retry_are_not_repeated_after_a_lost_answer(stack: Stack) -> None:

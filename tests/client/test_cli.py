@@ -283,3 +283,37 @@ def test_generate_from_a_catalog_by_tag_and_count(stack: Stack, tmp_path: Path) 
     )  # fmt: skip
     assert unknown.returncode == 2 and "robot" in unknown.stderr
     check_no_traceback(unknown)
+
+
+def test_generate_from_csv_rows_with_a_template(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "pets"
+    folder.mkdir()
+    (folder / "cat.png").write_bytes(png_bytes(60, 40, (200, 100, 50)))
+    (folder / "dog.png").write_bytes(png_bytes(40, 60, (50, 100, 200)))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("subject,image\na cat,cat.png\na dog,dog.png\nthe sky,\n")
+    args = ["generate", "--csv", str(rows), "--images", str(folder)]
+    template = ["--template", "{{ subject }}, watercolour", "--outputs-per-image", "2"]
+    result = pixelfleet(*args, *template, api_url=api_url(stack), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "uploads: 2 uploaded" in result.stdout
+    assert "(import, completed): 6 image(s): 6 succeeded" in result.stdout
+    assert len(zip_images(tmp_path / "pets.zip")) == 6
+
+    rows.write_text("subject,image,aspect_ratio\na cat,nope.png,1:1\na dog,dog.png,7:3\n")
+    bad = pixelfleet(*args, *template, api_url=api_url(stack), cwd=tmp_path)
+    assert bad.returncode == 2
+    check_no_traceback(bad)
+    assert "2 rows have errors; nothing was imported" in bad.stderr
+    assert "row 1, column image: " in bad.stderr and "nope.png" in bad.stderr
+    assert "row 2, column aspect_ratio: " in bad.stderr and "7:3" in bad.stderr
+    assert len(stack.http.get("/api/jobs").json()["data"]) == 1
+
+    lines = tmp_path / "birds.jsonl"
+    lines.write_text('{"prompt": "a red bird"}\n{"prompt": "a blue bird", "count": 2}\n')
+    jsonl = pixelfleet(
+        "generate", "--csv", str(lines), "--json", api_url=api_url(stack), cwd=tmp_path
+    )
+    assert jsonl.returncode == 0, jsonl.stderr
+    answer = json.loads(jsonl.stdout)
+    assert answer["group"]["name"] == "birds" and answer["jobs"][0]["succeeded"] == 3

@@ -40,6 +40,7 @@ class Stack:
         return self.http.post("/api/groups", json={"name": "e2e dataset"}).json()["id"]
 
     def upload(self, group_id: str, n: int, batch: int = 100) -> list[str]:
+        """`n` different images (a group keeps one of each) uploaded `batch` at a time."""
         ids: list[str] = []
         for start in range(0, n, batch):
             files = [
@@ -47,7 +48,7 @@ class Stack:
                     "files",
                     (
                         f"photo {i}.png",
-                        png_bytes(48, 32, (i % 256, (i * 7) % 256, 90)),
+                        png_bytes(48, 32, (i % 256, (i * 7) % 256, 90 + i // 256)),
                         "image/png",
                     ),
                 )

@@ -310,6 +310,30 @@ def test_count_all_takes_every_prompt_of_the_tag_in_catalog_order(api: Api) -> N
     assert picked(api, job["id"]) == ["f-1", "f-2", "f-3", "f-04"]
 
 
+def test_an_entry_with_permutations_makes_one_image_per_prompt(api: Api) -> None:
+    group_id = api.group()
+    body = {
+        "name": "colours",
+        "prompts": [
+            entry("bird", ["animal"], prompt="a {red, blue} bird"),
+            entry("odd", ["broken"], prompt="a {red bird"),
+        ],
+    }
+    catalog_id = create(api, body)["id"]
+    base = {"group_id": group_id, "catalog_id": catalog_id, "count": "all"}
+    response = submit(api, {**base, "tags": ["animal"], "config": {"seed": 5}})
+    assert response.status_code == 201, response.text
+    [job] = response.json()["jobs"]
+    images = api.client.get(f"/api/jobs/{job['id']}").json()["images"]
+    assert [(i["prompt_id"], i["prompt"], i["seed"]) for i in images] == [
+        ("bird", "a red bird", 5),
+        ("bird", "a blue bird", 6),
+    ]
+    refused = submit(api, {**base, "tags": ["broken"]})
+    assert refused.status_code == 422 and "catalog entry 'odd'" in refused.json()["detail"]
+    assert rows(api, Job) == 1
+
+
 def test_outputs_of_other_modes_have_no_prompt_id_or_tags(api: Api) -> None:
     group_id = api.group()
     images = api.upload_ids(group_id, 1)

@@ -1,16 +1,21 @@
 """Uploads (control_plane/services/uploads.py) through the HTTP API: what is accepted,
-what is rejected and why, limits, and a group deleted while an upload (or a submission)
-is being written."""
+what is rejected and why, limits, files the group already has (duplicates, also two
+requests at once), and a group deleted while an upload (or a submission) is being
+written."""
 
 import io
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import pytest
 import sqlalchemy as sa
 from PIL import Image
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from control_plane.models import Upload
+from control_plane.services import uploads as uploads_service
 from tests.conftest import jpeg_bytes, png_bytes
 from tests.fakes.api import Api
 
@@ -69,14 +74,15 @@ def test_upload_accepts_camera_jpegs_with_extra_frames(api: Api) -> None:
 
 
 @contextmanager
-def _group_deleted_before(api: Api, table: str, group_id: str) -> Iterator[None]:
-    """Another request deletes the group just before this one inserts into `table`."""
+def _group_deleted_before(api: Api, statement: str, group_id: str) -> Iterator[None]:
+    """Another request deletes the group just before this one runs `statement` (its start,
+    table names unquoted)."""
     engine, fired = api.platform.engine, []
 
     def delete_group_first(*args: object) -> None:
-        if fired or not str(args[2]).startswith(f"INSERT INTO {table}"):
+        if fired or not str(args[2]).replace("`", "").startswith(statement):
             return
-        fired.append(table)
+        fired.append(statement)
         other = sa.create_engine(api.platform.settings.database_url)
         with other.begin() as connection:
             for sql in (
@@ -91,12 +97,12 @@ def _group_deleted_before(api: Api, table: str, group_id: str) -> Iterator[None]
         yield
     finally:
         sa.event.remove(engine, "before_cursor_execute", delete_group_first)
-    assert fired, f"nothing was inserted into {table}"
+    assert fired, f"no {statement} ran"
 
 
 def test_a_group_deleted_during_upload_or_submit_is_409_and_leaves_nothing(api: Api) -> None:
     group_id = api.group()
-    with _group_deleted_before(api, "uploads", group_id):
+    with _group_deleted_before(api, "UPDATE groups", group_id):  # uploads lock the group
         response = api.upload(group_id, [("a.png", png_bytes()), ("b.png", png_bytes(50))])
     assert response.status_code == 409, response.text
     assert "was deleted meanwhile" in response.json()["detail"]
@@ -104,7 +110,7 @@ def test_a_group_deleted_during_upload_or_submit_is_409_and_leaves_nothing(api: 
 
     group_id = api.group()
     images = api.upload_ids(group_id, 2)
-    with _group_deleted_before(api, "jobs", group_id):
+    with _group_deleted_before(api, "INSERT INTO jobs", group_id):
         submitted = api.client.post(
             "/api/jobs/submit",
             json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images},
@@ -164,3 +170,82 @@ def test_a_groups_uploads_are_listed_page_by_page(api: Api) -> None:
     assert first["total"] == 3 and sorted(upload["id"] for upload in listed) == sorted(stored)
     assert all(len(upload["sha256"]) == 64 and upload["url"] for upload in listed)
     assert api.client.get("/api/groups/grp_missing/uploads").status_code == 404
+
+
+def _rotated_jpeg() -> bytes:
+    image = Image.new("RGB", (40, 20), "red")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display: stored re-encoded upright
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def _stored_keys(api: Api) -> set[str]:
+    return {info.key for info in api.platform.storage.list()}
+
+
+def test_a_file_the_group_already_has_is_answered_with_its_upload_not_stored_again(
+    api: Api,
+) -> None:
+    group_id = api.group()
+    first = api.upload(group_id, [("a.png", png_bytes()), ("phone.jpg", _rotated_jpeg())])
+    assert first.status_code == 201, first.text
+    a, phone = first.json()["images"]
+    assert not a["duplicate"] and not phone["duplicate"]
+    keys = _stored_keys(api)
+
+    again = api.upload(
+        group_id,
+        [
+            ("copy of a.png", png_bytes()),
+            ("new.png", png_bytes(50)),
+            ("phone again.jpg", _rotated_jpeg()),
+            ("new twice.png", png_bytes(50)),
+            ("bad.png", b"not an image"),
+        ],
+    )
+    assert again.status_code == 201, again.text
+    images = again.json()["images"]
+    assert [image["duplicate"] for image in images] == [True, False, True, True]
+    assert images[0] == {**a, "duplicate": True}  # the upload as first recorded, its name too
+    assert images[2]["id"] == phone["id"]
+    assert images[3]["id"] == images[1]["id"]  # the second of two identical files in a request
+    assert [r["filename"] for r in again.json()["rejected"]] == ["bad.png"]
+    new_keys = _stored_keys(api) - keys
+    assert len(new_keys) == 2 and all(images[1]["id"] in key for key in new_keys)
+    with api.session() as session:
+        assert len(session.exec(select(Upload)).all()) == 3
+
+    other_group = api.group("another")
+    elsewhere = api.upload(other_group, [("a.png", png_bytes())]).json()["images"][0]
+    assert not elsewhere["duplicate"] and elsewhere["id"] != a["id"]
+
+    only_known = api.upload(group_id, [("a.png", png_bytes())])
+    assert only_known.status_code == 201 and only_known.json()["images"][0]["duplicate"]
+
+
+def test_concurrent_uploads_of_one_new_file_record_it_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both requests store the file before either records it: under the group's lock the
+    second finds the first's row, answers with it and deletes its own copy."""
+    group_id = api.group()
+    both_stored = threading.Barrier(2, timeout=30)
+    lock_group = uploads_service._lock_group
+
+    def after_both_stored(session: Session, group_id: str) -> None:
+        both_stored.wait()
+        lock_group(session, group_id)
+
+    monkeypatch.setattr(uploads_service, "_lock_group", after_both_stored)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda name: api.upload(group_id, [(name, png_bytes())]), "ab"))
+    assert [answer.status_code for answer in answers] == [201, 201], [a.text for a in answers]
+    images = [answer.json()["images"][0] for answer in answers]
+    assert images[0]["id"] == images[1]["id"]
+    assert sorted(image["duplicate"] for image in images) == [False, True]
+    with api.session() as session:
+        rows = session.exec(select(Upload)).all()
+    assert [row.id for row in rows] == [images[0]["id"]]
+    assert _stored_keys(api) == {rows[0].storage_key, rows[0].thumbnail_key}

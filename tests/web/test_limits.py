@@ -105,7 +105,11 @@ def test_a_declared_content_length_over_the_limit_is_refused_before_reading(
 ) -> None:
     url, counting, _ = served
     host, port = url.removeprefix("http://").split(":")
-    for path, limit in (("/api/uploads", "8,388,608"), ("/api/jobs/submit", "16,777,216")):
+    for path, limit in (
+        ("/api/uploads", "8,388,608"),
+        ("/api/jobs/submit", "16,777,216"),
+        ("/api/jobs/import", "16,777,216"),
+    ):
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         connection.putrequest("POST", path)
         connection.putheader("Content-Type", "application/json")

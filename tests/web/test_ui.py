@@ -144,7 +144,7 @@ def test_a_dataset_from_the_browser(stack: Stack) -> None:
     check_zip_against_manifest(archive, manifest)
 
 
-def test_a_clean_upload_redirects_so_a_reload_uploads_nothing_again(stack: Stack) -> None:
+def test_a_clean_upload_redirects_and_duplicates_are_counted(stack: Stack) -> None:
     http = stack.http
     group_id = _new_group(http, "reload")
     files = [
@@ -157,6 +157,13 @@ def test_a_clean_upload_redirects_so_a_reload_uploads_nothing_again(stack: Stack
     page = Page(http.get(posted.headers["location"]).text)
     assert "2 image(s) uploaded" in page.alerts and len(page.inputs["images"]) == 2
     assert _count(stack.settings, Upload) == 2
+
+    files_again = [*files, ("files", ("c.png", png_bytes(60), "image/png"))]
+    posted = http.post(f"/groups/{group_id}/uploads", files=files_again)
+    assert posted.headers["location"] == f"/groups/{group_id}?page=1&uploaded=1&duplicates=2"
+    page = Page(http.get(posted.headers["location"]).text)
+    assert "1 image(s) uploaded, 2 already in the group (not stored again)" in page.alerts
+    assert _count(stack.settings, Upload) == 3
 
 
 def test_semi_automatic_from_ticked_images_with_their_own_prompts(stack: Stack) -> None:

@@ -38,14 +38,17 @@ MULTIPART_DOC = {
 async def upload_images(
     request: Request, platform: PlatformDep, session: SessionDep
 ) -> UploadResult:
-    """Upload many images at once (field `files`, repeated) into a group (field `group_id`)."""
+    """Upload many images at once (field `files`, repeated) into a group (field `group_id`).
+
+    A file the group already has (same sha256) is answered with its upload, marked
+    `duplicate`, and not stored again."""
     form = await read_form(request, platform)
     try:
         group_id = form.get("group_id")
         if not isinstance(group_id, str) or not group_id:
             raise InvalidRequest("form field group_id is required")
         group_id_of(group_id)
-        stored, rejected = await run_in_threadpool(
+        accepted, rejected = await run_in_threadpool(
             uploads.accept,
             session,
             platform.storage,
@@ -55,9 +58,10 @@ async def upload_images(
         )
     finally:
         await form.close()
-    if not stored:
+    if not accepted:
         raise uploads.nothing_accepted(rejected)
-    return UploadResult(
-        images=[upload_public(request, platform.storage, upload) for upload in stored],
-        rejected=rejected,
-    )
+    images = [
+        upload_public(request, platform.storage, item.upload, duplicate=item.duplicate)
+        for item in accepted
+    ]
+    return UploadResult(images=images, rejected=rejected)

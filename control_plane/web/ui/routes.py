@@ -103,9 +103,19 @@ def group_page(
     session: SessionDep,
     page: PageNumber = 1,
     uploaded: int | None = None,
+    duplicates: int = 0,
 ) -> HTMLResponse:
-    notice = None if uploaded is None else f"{uploaded} image(s) uploaded"
+    notice = None if uploaded is None else _uploaded_notice(uploaded, duplicates)
     return _group(request, platform, session, group_id, page, notice=notice)
+
+
+def _uploaded_notice(uploaded: int, duplicates: int, rejected: int = 0) -> str:
+    parts = [f"{uploaded} image(s) uploaded"]
+    if duplicates:
+        parts.append(f"{duplicates} already in the group (not stored again)")
+    if rejected:
+        parts.append(f"{rejected} rejected")
+    return ", ".join(parts)
 
 
 def _group(
@@ -148,7 +158,7 @@ async def upload(
     try:
         files = chosen_files(incoming_files(form))
         try:
-            stored, rejected = await run_in_threadpool(
+            accepted, rejected = await run_in_threadpool(
                 uploads.accept, session, platform.storage, platform.settings, group_id, files
             )
         except NotFound:
@@ -160,7 +170,7 @@ async def upload(
     finally:
         await form.close()
     last_page = _pages(groups.group_counts(session, group_id).uploads, UPLOADS_PER_PAGE)
-    if not stored:
+    if not accepted:
         refusal = uploads.nothing_accepted(rejected)
         return _group(
             request,
@@ -171,19 +181,20 @@ async def upload(
             rejected=rejected,
             status_code=refusal.status_code,
         )
+    duplicates = sum(item.duplicate for item in accepted)
+    new = len(accepted) - duplicates
     if not rejected:  # post/redirect/get: reloading the page does not upload again
+        seen = f"&duplicates={duplicates}" if duplicates else ""
         return RedirectResponse(
-            f"/groups/{group_id}?page={last_page}&uploaded={len(stored)}",
-            status.HTTP_303_SEE_OTHER,
+            f"/groups/{group_id}?page={last_page}&uploaded={new}{seen}", status.HTTP_303_SEE_OTHER
         )
-    notice = f"{len(stored)} image(s) uploaded, {len(rejected)} rejected"
     return _group(
         request,
         platform,
         session,
         group_id,
         page=last_page,
-        notice=notice,
+        notice=_uploaded_notice(new, duplicates, len(rejected)),
         rejected=rejected,
         status_code=status.HTTP_201_CREATED,
     )
