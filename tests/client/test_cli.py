@@ -81,6 +81,8 @@ def test_generate_json_output(stack: Stack, tmp_path: Path) -> None:
         "wet dogs",
         "--aspect-ratio",
         "16:9",
+        "--outputs-per-image",
+        "2",
         "--json",
         api_url=api_url(stack),
         cwd=tmp_path,
@@ -89,7 +91,7 @@ def test_generate_json_output(stack: Stack, tmp_path: Path) -> None:
     answer = json.loads(result.stdout)
     assert answer["group"]["name"] == "wet dogs" and answer["exit_code"] == 1
     [job] = answer["jobs"]
-    assert (job["status"], job["total"], job["succeeded"], job["failed"]) == ("completed", 2, 2, 0)
+    assert (job["status"], job["total"], job["succeeded"], job["failed"]) == ("completed", 4, 4, 0)
     assert answer["uploads"]["uploaded"] == 2
     assert [r["file"].endswith("broken.jpg") for r in answer["uploads"]["rejected"]] == [True]
     assert answer["zip"]["path"] == "wet-dogs.zip"
