@@ -211,8 +211,13 @@ def display_name(filename: str | None) -> str:
 
 def safe_stem(filename: str, limit: int = 60) -> str:
     """A filename stem reduced to [A-Za-z0-9._-], for ZIP entry names."""
-    stem = os.path.splitext(filename)[0]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:limit]
+    return safe_name(os.path.splitext(filename)[0], limit)
+
+
+def safe_name(text: str, limit: int = 60) -> str:
+    """`text` reduced to [A-Za-z0-9._-], never starting or ending with '-' or '.' (so never
+    '..'), for names in ZIPs; may be empty."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:limit]
 
 
 def _size_problem(size: int, limit: int) -> str | None:

@@ -115,7 +115,7 @@ def test_submit_follow_and_download_one_jobs_zip(client: Client, tmp_path: Path)
     assert list(target.parent.iterdir()) == [target]  # no partial file left behind
     with zipfile.ZipFile(target) as archive:
         images = [name for name in archive.namelist() if not name.endswith(".jsonl")]
-    assert len(images) in (3, 4)  # 3 once the server filters by job_id (issue 9), else 4
+    assert len(images) == 3 and all(name.startswith(f"{first.id}/") for name in images)
 
 
 def test_api_errors_carry_status_detail_and_errors(client: Client) -> None:

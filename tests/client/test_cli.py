@@ -65,8 +65,9 @@ def test_generate_turns_a_folder_into_a_zip_and_resumes(stack: Stack, tmp_path: 
     [group] = stack.http.get("/api/groups").json()["data"]
     counts = stack.http.get(f"/api/groups/{group['id']}").json()["counts"]
     assert counts["uploads"] == 4 and counts["jobs"] == 2
-    # the second ZIP holds the second job's images only (once the server filters by job)
-    assert len(zip_images(tmp_path / "cats.zip")) in (4, 8)
+    second_job = again.stderr.split("submitted 1 job(s): ")[1].split()[0]
+    names = zip_images(tmp_path / "cats.zip")  # the second job's images only
+    assert len(names) == 4 and all(name.startswith(f"{second_job}/") for name in names)
 
 
 def test_generate_json_output(stack: Stack, tmp_path: Path) -> None:
@@ -218,7 +219,9 @@ def test_jobs_ls_show_cancel_retry_watch_and_download(settings: Settings, tmp_pa
         )  # fmt: skip
         assert downloaded.returncode == 0, downloaded.stderr
         assert f"saved group 'e2e dataset' to {out}" in downloaded.stdout
-        assert len([name for name in zip_images(out) if not name.startswith("inputs/")]) == 12
+        names = zip_images(out)
+        assert len([name for name in names if name.startswith(f"{job_id}/")]) == 12
+        assert len([name for name in names if name.startswith("inputs/")]) == 12
         missing = pixelfleet("download", "no such group", api_url=url, cwd=tmp_path)
         assert missing.returncode == 2 and "no group is named 'no such group'" in missing.stderr
 
@@ -271,7 +274,8 @@ def test_generate_from_a_catalog_by_tag_and_count(stack: Stack, tmp_path: Path) 
     answer = json.loads(first.stdout)
     assert answer["group"]["name"] == "model-prompts"
     assert [(job["mode"], job["succeeded"]) for job in answer["jobs"]] == [("catalog", 2)] * 2
-    assert len(zip_images(tmp_path / "models.zip")) == 4
+    names = zip_images(tmp_path / "models.zip")
+    assert len(names) == 4 and {name.split("/")[1] for name in names} == {"male", "female"}
     assert "created catalog 'Model photos'" in first.stderr
 
     again = pixelfleet(*args, "--count", "1", api_url=api_url(stack), cwd=tmp_path)

@@ -86,7 +86,7 @@ def _submit(stack: Stack, body: dict[str, Any]) -> list[str]:
 
 
 def _manifest(stack: Stack, group_id: str) -> tuple[zipfile.ZipFile, list[dict[str, Any]]]:
-    response = stack.http.get(f"/api/download/{group_id}/zip")
+    response = stack.http.get(f"/api/download/{group_id}/zip", params={"status": "all"})
     assert response.status_code == 200
     archive = zipfile.ZipFile(io.BytesIO(response.content))
     lines = archive.read("manifest.jsonl").decode().splitlines()
@@ -238,7 +238,7 @@ def test_mixed_outcomes_end_to_end(gemini_stack: Stack, fake: ScriptedGemini) ->
     archive, manifest = _manifest(stack, group_id)
     assert len(manifest) == len(prompts) + 3
     all_images = {image["id"]: image for job in jobs for image in job["images"]}
-    files = set(archive.namelist()) - {"manifest.jsonl"}
+    files = set(archive.namelist()) - {"manifest.jsonl", "metadata.jsonl"}
     assert files == {line["file"] for line in manifest if line["file"]}
     for line in manifest:
         image = all_images[line["image_id"]]

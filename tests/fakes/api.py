@@ -4,8 +4,9 @@
 TestClient on the `settings` database, with every `POST /run` answered IN_QUEUE and its
 body kept in `run_bodies`. The services' timers are off: they run when a commit wakes them,
 and `drain()` waits until they are idle. `submit_one_dispatch`, `hook` and `completed_body`
-take one job through a dispatch and RunPod's webhook; `poison_finalising` makes applying one
-dispatch's results raise.
+take one job through a dispatch and RunPod's webhook; `finish_job` reports each image of a
+job as succeeded, failed or blocked; `poison_finalising` makes applying one dispatch's
+results raise.
 """
 
 import json
@@ -177,9 +178,44 @@ def succeeded_result(api: Api, output: Output) -> dict[str, object]:
         "model": "m",
         "output_uri": api.platform.storage.uri(key),
         "content_type": "image/png",
+        "width": 64,
+        "height": 48,
         "bytes": stored.size,
         "sha256": stored.sha256,
     }
+
+
+def finish_job(api: Api, job_id: str, statuses: list[str]) -> None:
+    """Send the job's dispatches to (mocked) RunPod and report its images, in position
+    order, as `statuses` say: succeeded (a file stored), failed or blocked."""
+    api.drain()
+    with api.session() as session:
+        outputs = session.exec(
+            select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
+        ).all()
+        dispatches = {
+            d.id: d for d in session.exec(select(Dispatch).where(Dispatch.job_id == job_id))
+        }
+    assert len(outputs) == len(statuses)
+    reports: dict[str, list[dict[str, object]]] = {}
+    for output, status in zip(outputs, statuses, strict=True):
+        result = (
+            succeeded_result(api, output)
+            if status == "succeeded"
+            else {
+                "output_id": output.id,
+                "status": status,
+                "provider": "offline",
+                "model": "m",
+                "error": f"{status} on purpose",
+            }
+        )
+        reports.setdefault(output.dispatch_id or "", []).append(result)
+    for dispatch_id, results in reports.items():
+        dispatch = dispatches[dispatch_id]
+        body = {"version": 1, "dispatch_id": dispatch.id, "results": results}
+        answer = hook(api, dispatch, {"status": "COMPLETED", "output": body})
+        assert answer.status_code == 200, answer.text
 
 
 def dispatch_failed_events(api: Api, job_id: str) -> list[Event]:

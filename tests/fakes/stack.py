@@ -6,7 +6,9 @@ database and storage.
 `contextlib.contextmanager`); keyword arguments override the worker's settings; its `endpoint`
 can be stopped and started again, losing its RunPod jobs as a restart does. The `stack`
 fixture (registered for every test by tests/conftest.py) is `run_stack(settings)`.
-`read_zip` downloads a group's ZIP, `check_zip_against_manifest` checks every file in it.
+`read_zip` downloads a group's ZIP (with a query), `check_zip_against_manifest` checks every
+file in it and its metadata.jsonl, `read_jsonl` reads one of its JSON-lines files,
+`load_imagefolder` unzips one and loads it with Hugging Face `datasets`.
 """
 
 import hashlib
@@ -16,6 +18,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,21 +97,40 @@ def stack(settings: Settings) -> Iterator[Stack]:
     yield from run_stack(settings)
 
 
-def read_zip(stack: Stack, group_id: str) -> tuple[bytes, zipfile.ZipFile, list[dict[str, Any]]]:
-    response = stack.http.get(f"/api/download/{group_id}/zip")
-    assert response.status_code == 200
+def read_zip(
+    client: Stack | httpx.Client, group_id: str, **params: str | list[str]
+) -> tuple[bytes, zipfile.ZipFile, list[dict[str, Any]]]:
+    """The group's ZIP (`params`: its query) from a stack or a client (e.g. `api.client`),
+    checked whole: its bytes, itself, its manifest."""
+    http = client.http if isinstance(client, Stack) else client
+    response = http.get(f"/api/download/{group_id}/zip", params=params)
+    assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/zip"
     assert int(response.headers["content-length"]) == len(response.content)
     archive = zipfile.ZipFile(io.BytesIO(response.content))
     assert archive.testzip() is None
-    manifest = [json.loads(line) for line in archive.read("manifest.jsonl").decode().splitlines()]
-    return response.content, archive, manifest
+    return response.content, archive, read_jsonl(archive, "manifest.jsonl")
+
+
+def read_jsonl(archive: zipfile.ZipFile, name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in archive.read(name).decode().splitlines()]
 
 
 def check_zip_against_manifest(archive: zipfile.ZipFile, manifest: list[dict[str, Any]]) -> None:
-    names = set(archive.namelist()) - {"manifest.jsonl"}
+    """Every file in the ZIP is an image of the manifest or a reference one of its lines
+    names (each once), every image's bytes are the ones described, and metadata.jsonl has
+    one row per image file, agreeing with the manifest."""
+    names = archive.namelist()
+    assert len(names) == len(set(names))
+    assert names[:2] == ["manifest.jsonl", "metadata.jsonl"]
     listed = {line["file"] for line in manifest if line["file"]}
-    assert names == listed
+    inputs = {
+        path  # without inputs, reference_files are the references' ids
+        for line in manifest
+        for path in line["reference_files"]
+        if path.startswith("inputs/")
+    }
+    assert set(names[2:]) == listed | inputs
     for line in manifest:
         if line["status"] != "succeeded":
             assert line["file"] is None and line["error"]
@@ -119,3 +141,38 @@ def check_zip_against_manifest(archive: zipfile.ZipFile, manifest: list[dict[str
         assert Image.open(io.BytesIO(data)).size == (line["width"], line["height"])
         assert line["provider"] == "offline" and line["model"] and line["seed"] is not None
         assert ".." not in line["file"] and not line["file"].startswith("/")
+    for path in inputs:
+        Image.open(io.BytesIO(archive.read(path))).verify()
+    check_metadata_against_manifest(read_jsonl(archive, "metadata.jsonl"), manifest)
+
+
+def check_metadata_against_manifest(
+    metadata: list[dict[str, Any]], manifest: list[dict[str, Any]]
+) -> None:
+    """One metadata row per image in the ZIP, in ZIP order, with the manifest's facts."""
+    with_files = [line for line in manifest if line["file"]]
+    assert [row["file_name"] for row in metadata] == [line["file"] for line in with_files]
+    for row, line in zip(metadata, with_files, strict=True):
+        assert row == {
+            "file_name": line["file"],
+            "prompt": line["prompt"],
+            "negative_prompt": line["params"].get("negative_prompt"),
+            "seed": line["seed"],
+            "model": line["model"],
+            "tags": line["tags"],
+            "prompt_id": line["prompt_id"],
+            "job_id": line["job_id"],
+            "image_id": line["image_id"],
+            "reference_files": line["reference_files"],
+        }
+
+
+def load_imagefolder(content: bytes, folder: Path) -> Any:
+    """A downloaded ZIP unzipped into `folder` and loaded as its users will: with Hugging
+    Face's `datasets.load_dataset("imagefolder", data_dir=folder, split="train")`."""
+    datasets = pytest.importorskip("datasets", reason="datasets (in the dev extra) is missing")
+    zipfile.ZipFile(io.BytesIO(content)).extractall(folder)
+    cache = folder.with_name(folder.name + "-cache")  # not inside: it would be loaded too
+    return datasets.load_dataset(
+        "imagefolder", data_dir=str(folder), split="train", cache_dir=str(cache)
+    )

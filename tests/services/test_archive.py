@@ -10,20 +10,33 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from google.api_core.exceptions import NotFound
+from sqlmodel import select
 
+from control_plane import lifecycle
 from control_plane.app import create_app
+from control_plane.models import Job, JobMode, JobStatus, Output, OutputStatus, Upload
 from control_plane.settings import Settings
 from shared import layout
+from shared.ids import new_id
 from shared.layout import ObjectKind
 from shared.storage import Storage, open_storage
+from tests.conftest import png_bytes
+from tests.fakes.api import Api, finish_job
 from tests.fakes.gcs_emulator import GCSEmulator
 from tests.fakes.servers import run_server
-from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
+from tests.fakes.stack import (
+    Stack,
+    check_zip_against_manifest,
+    load_imagefolder,
+    read_zip,
+    run_stack,
+)
 
 IMAGES = 6
 NOT_AN_IMAGE = b"overwritten: not the image the row describes"
@@ -108,7 +121,8 @@ def test_missing_and_resized_objects_are_failed_lines_in_an_otherwise_whole_zip(
     }
     kept = [line for line in manifest if line["status"] == "succeeded"]
     assert len(kept) == IMAGES - 2
-    assert archive.namelist() == ["manifest.jsonl"] + [line["file"] for line in kept]
+    files_in_order = [line["file"] for line in kept]
+    assert archive.namelist() == ["manifest.jsonl", "metadata.jsonl", *files_in_order]
     assert all(archive.read(line["file"]) == files[line["image_id"]] for line in kept)
     check_zip_against_manifest(archive, manifest)
 
@@ -185,3 +199,298 @@ def test_storage_that_cannot_list_the_group_answers_503(
         reply = stack.http.get(f"/api/download/{group_id}/zip")
     assert reply.status_code == 503
     assert reply.json()["detail"].startswith("could not list the group's files in storage")
+
+
+# -- what a download selects, and how it names things (in-process app, RunPod mocked) ------
+
+MODEL = "gemini-3.1-flash-image"
+
+
+def submit(api: Api, body: dict[str, Any]) -> list[str]:
+    """Submit through the API; the new jobs' ids."""
+    answer = api.client.post("/api/jobs/submit", json={"config": {"model": MODEL}, **body})
+    assert answer.status_code == 201, answer.text
+    return [job["id"] for job in answer.json()["jobs"]]
+
+
+def add_job(
+    api: Api, group_id: str, mode: JobMode, images: list[dict[str, Any]], **job: Any
+) -> str:
+    """A job of a mode whose submissions land elsewhere (catalog, import), written as they
+    will write it: `lifecycle.add_job`, outputs carrying prompt ids and tags."""
+    row = Job(group_id=group_id, batch_id=new_id("bat"), mode=mode, prompt="p", **job)
+    outputs = [
+        Output(
+            job_id=row.id,
+            group_id=group_id,
+            position=position,
+            prompt=image.get("prompt", "a portrait"),
+            reference_ids=image.get("references", []),
+            prompt_id=image.get("prompt_id"),
+            tags=image.get("tags"),
+            seed=100 + position,
+            params={"model": MODEL, "negative_prompt": image.get("negative_prompt")},
+            model=MODEL,
+        )
+        for position, image in enumerate(images)
+    ]
+    with api.platform.session_scope() as session:
+        lifecycle.add_job(session, row, outputs, chunk_size=len(outputs))
+    return row.id
+
+
+def made_from_images(api: Api, group_id: str, references: list[str]) -> str:
+    """A finished job of one image made from generated images (output ids as references), as
+    a mode still to come will leave it; the sender cannot send such references yet, so the
+    rows are written finished. Its job's id."""
+    job = Job(
+        group_id=group_id,
+        batch_id=new_id("bat"),
+        mode=JobMode.IMPORT,
+        prompt="p",
+        status=JobStatus.COMPLETED,
+        total=1,
+        succeeded=1,
+    )
+    output = Output(
+        job_id=job.id,
+        group_id=group_id,
+        position=0,
+        prompt="p",
+        seed=1,
+        reference_ids=references,
+        status=OutputStatus.SUCCEEDED,
+        provider="offline",
+        model=MODEL,
+        params={"model": MODEL},
+    )
+    key = layout.output_key(layout.output_stem(group_id, job.id, output.id), "image/png")
+    stored = api.platform.storage.put_bytes(key, png_bytes(), content_type="image/png")
+    output.storage_key, output.content_type, output.bytes = key, "image/png", stored.size
+    output.sha256, output.width, output.height = stored.sha256, 64, 48
+    with api.platform.session_scope() as session:
+        session.add(job)
+        session.flush()
+        session.add(output)
+    return job.id
+
+
+def uploads(api: Api, group_id: str, names: list[str]) -> list[str]:
+    files = [(name, png_bytes(40 + i, 30, (i * 40 % 256, 90, 120))) for i, name in enumerate(names)]
+    answer = api.upload(group_id, files)
+    assert answer.status_code == 201, answer.text
+    return [image["id"] for image in answer.json()["images"]]
+
+
+def statuses(manifest: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+    return [(line["job_id"], line["position"], line["status"]) for line in manifest]
+
+
+def test_status_and_job_filters_choose_the_lines_and_the_files(api: Api) -> None:
+    group_id = api.group()
+    images = uploads(api, group_id, ["a.png", "b.png", "c.png"])
+    [auto] = submit(
+        api, {"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images}
+    )
+    finish_job(api, auto, ["succeeded", "failed", "blocked"])
+    [semi] = submit(
+        api,
+        {
+            "group_id": group_id,
+            "mode": "semi-automatic",
+            "items": [{"images": images[:1], "prompt": "q"}],
+            "config": {"model": MODEL, "total_images": 2, "images_per_set": 2},
+        },
+    )
+    finish_job(api, semi, ["succeeded", "succeeded"])
+    first, second = sorted([auto, semi])  # the ZIP's order: job creation
+    every = {
+        auto: [(auto, 0, "succeeded"), (auto, 1, "failed"), (auto, 2, "blocked")],
+        semi: [(semi, 0, "succeeded"), (semi, 1, "succeeded")],
+    }
+    expected = every[first] + every[second]
+
+    def lines(**query: str | list[str]) -> list[tuple[str, int, str]]:
+        _, archive, manifest = read_zip(api.client, group_id, **query)
+        check_zip_against_manifest(archive, manifest)
+        return statuses(manifest)
+
+    succeeded = [line for line in expected if line[2] == "succeeded"]
+    assert lines() == lines(status="succeeded") == succeeded
+    assert lines(status="all") == lines(status="succeeded,failed,blocked") == expected
+    assert lines(status=["failed", "blocked"]) == [(auto, 1, "failed"), (auto, 2, "blocked")]
+    assert lines(status="blocked,all") == expected
+    assert lines(job_id=semi) == every[semi]
+    assert lines(job_id=auto, status="all") == every[auto]
+    assert lines(job_id=[auto, semi]) == lines(job_id=f"{semi},{auto}") == succeeded
+    _, archive, _ = read_zip(api.client, group_id, status="failed")
+    assert archive.namelist() == ["manifest.jsonl", "metadata.jsonl"]
+    assert archive.read("metadata.jsonl") == b""
+
+
+def test_a_selection_that_names_nothing_real_is_refused_by_name(api: Api) -> None:
+    group_id, other_group = api.group(), api.group("other")
+    [theirs] = submit(
+        api,
+        {
+            "group_id": other_group,
+            "mode": "automatic",
+            "prompt": "p",
+            "images": uploads(api, other_group, ["x.png"]),
+        },
+    )
+    unknown_job = "job_" + "0" * 26
+
+    def refusal(query: str) -> str:
+        answer = api.client.get(f"/api/download/{group_id}/zip?{query}")
+        assert answer.status_code == 422, answer.text
+        detail: str = answer.json()["detail"]
+        return detail
+
+    assert refusal(f"job_id={theirs}") == f"job_id {theirs}: not a job of group {group_id}"
+    assert refusal(f"job_id={unknown_job}&job_id={theirs}") == (
+        f"job_id {unknown_job}, {theirs}: not a job of group {group_id}"
+    )
+    assert refusal("job_id=JOB_1").startswith("job_id JOB_1: not shaped like a job id")
+    assert refusal("status=done") == (
+        "unknown status 'done'; choose from: succeeded, failed, blocked, all"
+    )
+    assert refusal("status=succeeded,pending") == (
+        "unknown status 'pending'; choose from: succeeded, failed, blocked, all"
+    )
+    assert refusal("include=outputs") == "unknown include 'outputs'; choose from: inputs"
+    assert refusal("jobs=x") == (
+        "unknown query parameter 'jobs'; the ZIP takes: job_id, status, include"
+    )
+    many = "&".join(f"job_id={new_id('job')}" for _ in range(1001))
+    assert refusal(many) == "1001 job_id values; at most 1000 at once"
+    blank = api.client.get(f"/api/download/{group_id}/zip?status=&include=&job_id=")
+    assert blank.status_code == 200  # empty values are no values: the defaults
+
+
+def test_inputs_go_in_once_each_and_a_missing_one_is_named(api: Api) -> None:
+    group_id = api.group()
+    shared, own, lost = uploads(api, group_id, ["shared one.png", "own.png", "lost.png"])
+    [semi] = submit(
+        api,
+        {
+            "group_id": group_id,
+            "mode": "semi-automatic",
+            "items": [{"images": [shared, own], "prompt": "both"}],
+            "config": {"model": MODEL, "total_images": 2, "images_per_set": 2},
+        },
+    )
+    finish_job(api, semi, ["succeeded", "succeeded"])
+    [auto] = submit(
+        api, {"group_id": group_id, "mode": "automatic", "prompt": "p", "images": [shared, lost]}
+    )
+    finish_job(api, auto, ["succeeded", "failed"])
+    with api.session() as session:
+        made = session.exec(select(Output).where(Output.job_id == semi)).first()
+        lost_key = session.get(Upload, lost).storage_key  # type: ignore[union-attr]
+    assert made is not None
+    derived = made_from_images(api, group_id, [made.id, "out_" + "0" * 26])
+    api.platform.storage.delete(lost_key)
+
+    _, archive, manifest = read_zip(api.client, group_id, include="inputs", status="all")
+    check_zip_against_manifest(archive, manifest)
+    inputs = [name for name in archive.namelist() if name.startswith("inputs/")]
+    assert inputs == [
+        f"inputs/{shared}_shared-one.png",
+        f"inputs/{own}_own.png",
+        f"inputs/{made.id}.png",
+    ]  # in order of first use, once each
+    for upload_id, name in zip([shared, own], inputs, strict=False):
+        original = api.client.get(f"/api/uploads/{upload_id}/file").content
+        assert archive.read(name) == original
+    assert archive.read(inputs[2]) == api.platform.storage.get_bytes(made.storage_key or "")
+    by_image = {(line["job_id"], line["position"]): line for line in manifest}
+    assert by_image[semi, 0]["reference_files"] == inputs[:2]
+    assert by_image[semi, 0]["reference_errors"] == {}
+    assert by_image[auto, 1]["status"] == "failed"  # its references are in the ZIP too
+    assert by_image[auto, 1]["reference_files"] == []
+    assert by_image[auto, 1]["reference_errors"] == {lost: "file missing from storage"}
+    assert by_image[derived, 0]["reference_files"] == [inputs[2]]
+    assert by_image[derived, 0]["reference_errors"] == {
+        "out_" + "0" * 26: "no upload or image has this id"
+    }
+
+    _, without, manifest = read_zip(api.client, group_id)
+    check_zip_against_manifest(without, manifest)
+    assert not [name for name in without.namelist() if name.startswith("inputs/")]
+    assert all(line["reference_files"] == line["reference_ids"] for line in manifest)
+    assert all(line["reference_errors"] == {} for line in manifest)
+
+
+def test_each_mode_names_its_files_and_no_name_escapes_or_splits(api: Api, tmp_path: Path) -> None:
+    """Split words (test, dev, …) anywhere in a path would make `datasets` see a test or
+    validation split and no train split: they are capitalised, and the folder still loads."""
+    group_id = api.group()
+    [source] = uploads(api, group_id, ["../../test.png"])
+    [auto] = submit(
+        api, {"group_id": group_id, "mode": "automatic", "prompt": "p", "images": [source]}
+    )
+    [semi] = submit(
+        api,
+        {
+            "group_id": group_id,
+            "mode": "semi-automatic",
+            "items": [{"images": [source], "prompt": "q"}],
+            "config": {"model": MODEL, "total_images": 1, "images_per_set": 1},
+        },
+    )
+    catalog = add_job(
+        api,
+        group_id,
+        JobMode.CATALOG,
+        [
+            {"prompt_id": "m-01", "tags": ["male", "studio"], "negative_prompt": "blur"},
+            {"prompt_id": "../../etc/passwd", "tags": ["male"]},
+            {"prompt_id": None, "tags": ["male"]},
+        ],
+        config={"tag": "male"},
+    )
+    odd_tag = add_job(
+        api,
+        group_id,
+        JobMode.CATALOG,
+        [{"prompt_id": "dev.1", "tags": ["a/b"]}],
+        config={"tag": "../test"},
+        id="job_0000000000000000000003dev5",
+    )
+    imported = add_job(
+        api,
+        group_id,
+        JobMode.IMPORT,
+        [{"prompt_id": "row-12"}, {"prompt_id": "my id: ü"}, {"prompt_id": ".."}],
+    )
+    for job_id in (auto, semi, catalog, odd_tag, imported):
+        with api.session() as session:
+            total = session.get(Job, job_id).total  # type: ignore[union-attr]
+        finish_job(api, job_id, ["succeeded"] * total)
+
+    content, archive, manifest = read_zip(api.client, group_id, include="inputs")
+    check_zip_against_manifest(archive, manifest)
+    names = {line["image_id"]: line["file"] for line in manifest}
+    expected = {
+        f"{auto}/00000_Test.png",
+        f"{semi}/00000.png",
+        f"{catalog}/male/m-01_00000.png",
+        f"{catalog}/male/etc-passwd_00001.png",
+        f"{catalog}/male/00002.png",
+        "job_0000000000000000000003Dev5/Test/Dev.1_00000.png",
+        f"{imported}/row-12_00000.png",
+        f"{imported}/my-id_00001.png",
+        f"{imported}/00002.png",
+    }
+    assert set(names.values()) == expected
+    assert [name for name in archive.namelist() if name.startswith("inputs/")] == [
+        f"inputs/{source}_Test.png"
+    ]
+    dataset = load_imagefolder(content, tmp_path / "dataset")
+    assert dataset.num_rows == len(expected)
+    rows = {row["image_id"]: row for row in dataset}
+    first = next(line for line in manifest if line["prompt_id"] == "m-01")
+    assert rows[first["image_id"]]["tags"] == ["male", "studio"]
+    assert rows[first["image_id"]]["negative_prompt"] == "blur"
+    assert rows[first["image_id"]]["image"].size == (64, 48)

@@ -2,6 +2,7 @@
 and without a template; every bad row named with nothing written; files that cannot be read."""
 
 import json
+import zlib
 from typing import Any
 
 import httpx
@@ -50,7 +51,11 @@ def _outputs(api: Api, job_id: str) -> list[Output]:
 
 
 def _uploads(api: Api, group_id: str, names: list[str]) -> list[str]:
-    files = [(name, png_bytes(40 + i, 30, (i * 40 % 256, 90, 90))) for i, name in enumerate(names)]
+    # distinct bytes for every file (the group would answer a duplicate with its first upload)
+    files = [
+        (name, png_bytes(40 + i, 30, (i * 40 % 256, 90, zlib.crc32(name.encode()) % 256)))
+        for i, name in enumerate(names)
+    ]
     answer = api.upload(group_id, files)
     assert answer.status_code == 201, answer.text
     return [image["id"] for image in answer.json()["images"]]

@@ -142,6 +142,10 @@ def test_a_dataset_from_the_browser(stack: Stack) -> None:
     assert len(manifest) == 5 and all(line["status"] == "succeeded" for line in manifest)
     assert {line["seed"] for line in manifest} >= {7}
     check_zip_against_manifest(archive, manifest)
+    assert f"{zip_link}?include=inputs" in group_page.links
+    _, archive, manifest = read_zip(stack, group_id, include="inputs")
+    check_zip_against_manifest(archive, manifest)
+    assert len([name for name in archive.namelist() if name.startswith("inputs/")]) == 5
 
 
 def test_a_clean_upload_redirects_and_duplicates_are_counted(stack: Stack) -> None:

@@ -1,13 +1,15 @@
 import logging
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from control_plane.errors import InvalidRequest
 from control_plane.schemas import DownloadItem
 from control_plane.services import archive, groups
-from control_plane.services.uploads import safe_stem
+from control_plane.services.uploads import safe_name
 from control_plane.web.deps import GroupId, PlatformDep, SessionDep
 from control_plane.web.present import download_item
 
@@ -27,15 +29,42 @@ def list_downloads(
     ]
 
 
+ZIP_PARAMETERS = ("job_id", "status", "include")
+JobFilter = Annotated[
+    list[str] | None,
+    Query(description="only these jobs of the group (repeat it, or separate ids with commas)"),
+]
+StatusFilter = Annotated[
+    list[str] | None,
+    Query(description="images of these statuses: succeeded (default), failed, blocked, all"),
+]
+Include = Annotated[
+    list[str] | None,
+    Query(description="inputs: also the reference images, under inputs/"),
+]
+
+
 @router.get("/{group_id}/zip", response_class=StreamingResponse)
 async def download_zip(
-    group_id: GroupId, platform: PlatformDep, session: SessionDep
+    group_id: GroupId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    job_id: JobFilter = None,
+    status: StatusFilter = None,
+    include: Include = None,
 ) -> StreamingResponse:
-    """The group as a ZIP (streamed): every finished image plus manifest.jsonl."""
+    """The group as a ZIP (streamed): the selected images, manifest.jsonl (every selected
+    image) and metadata.jsonl (Hugging Face imagefolder), with the reference images under
+    inputs/ when asked."""
+    _refuse_unknown_parameters(request)
     group = await run_in_threadpool(groups.get_group, session, group_id)
-    manifest, entries = await run_in_threadpool(archive.plan, session, platform.storage, group.id)
-    stream = archive.stream(platform.storage, manifest, entries)
-    filename = f"{safe_stem(group.name + '.x') or 'group'}-{group.id}.zip"
+    chosen = await run_in_threadpool(
+        archive.selection, session, group.id, job_id or [], status or [], include or []
+    )
+    planned = await run_in_threadpool(archive.plan, session, platform.storage, group.id, chosen)
+    stream = archive.stream(platform.storage, planned)
+    filename = f"{safe_name(group.name) or 'group'}-{group.id}.zip"
     headers = {
         "Content-Disposition": f'attachment; filename="{filename}"',
         "Content-Length": str(len(stream)),
@@ -43,6 +72,16 @@ async def download_zip(
     return StreamingResponse(
         _closing(stream, group.id), media_type="application/zip", headers=headers
     )
+
+
+def _refuse_unknown_parameters(request: Request) -> None:
+    """A misspelt filter would otherwise download the whole group without a word."""
+    unknown = sorted(set(request.query_params) - set(ZIP_PARAMETERS))
+    if unknown:
+        raise InvalidRequest(
+            f"unknown query parameter {', '.join(repr(name[:40]) for name in unknown[:10])}; "
+            f"the ZIP takes: {', '.join(ZIP_PARAMETERS)}"
+        )
 
 
 async def _closing(stream: archive.Archive, group_id: str) -> AsyncIterator[bytes]:
