@@ -452,3 +452,14 @@ def test_concurrent_examples_never_pick_the_same_reference(api: Api) -> None:
         assert sorted(reserved) == sorted(every)
         jobs = session.exec(select(func.count()).select_from(Job)).one()
     assert jobs == 5
+
+
+def test_creating_a_preset_twice_with_one_key_makes_one(api: Api) -> None:
+    body = {"name": "headshot", "prompt": "studio headshot"}
+    headers = {"Idempotency-Key": "preset-1"}
+    first = api.client.post("/api/presets", json=body, headers=headers)
+    again = api.client.post("/api/presets", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert api.client.get("/api/presets").json()["total"] == 1
