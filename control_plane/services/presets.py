@@ -409,8 +409,12 @@ def follow_event(session: Session, event: Event) -> None:
     job = session.get(Job, event.job_id) if event.job_id else None
     if job is None or job.mode != JobMode.PRESET or job.source_id is None:
         return
+    # The preset's lock first, as every writer of its usage takes it (so none deadlocks).
+    preset = lock_preset(session, job.source_id)
+    if preset is None:
+        return  # deleted, with its usage and gallery
     if event.kind == EventKind.OUTPUT_SUCCEEDED and event.output_id:
-        _add_example(session, job.source_id, job.id, event.output_id, event.id or 0)
+        _add_example(session, preset, job.id, event.output_id, event.id or 0)
     elif event.kind == EventKind.JOB_FINISHED:
         session.exec(
             delete(PresetUsage).where(
@@ -420,12 +424,11 @@ def follow_event(session: Session, event: Event) -> None:
         )
 
 
-def _add_example(session: Session, preset_id: str, job_id: str, output_id: str, added: int) -> None:
+def _add_example(session: Session, preset: Preset, job_id: str, output_id: str, added: int) -> None:
     """Add the output to the preset's gallery and mark its reference used (once)."""
-    preset = lock_preset(session, preset_id)
     output = session.get(Output, output_id)
-    if preset is None or output is None or not output.reference_ids:
-        return  # the preset or the job was deleted meanwhile
+    if output is None or not output.reference_ids:
+        return  # the job was deleted meanwhile
     if session.get(PresetExample, (preset.id, output.id)) is not None:
         return
     upload_id = output.reference_ids[0]

@@ -15,6 +15,7 @@ from sqlmodel import col, func, select
 from control_plane.errors import Conflict
 from control_plane.models import (
     Dispatch,
+    EventCursor,
     Job,
     JobMode,
     Output,
@@ -463,3 +464,24 @@ def test_creating_a_preset_twice_with_one_key_makes_one(api: Api) -> None:
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
     assert api.client.get("/api/presets").json()["total"] == 1
+
+
+def test_events_handled_again_change_nothing(api: Api) -> None:
+    """Were the consumer to see the events again (its cursor moved back), the gallery and
+    the usage stay as they are, even after a reset."""
+    group_id = api.group("pool")
+    pool(api, group_id, female=2)
+    made = preset(api)
+    answer = examples(api, made["id"], pool_group_id=group_id, count=2)
+    finish_job(api, answer["jobs"][0]["id"], ["succeeded", "failed"])
+    api.drain()
+    assert api.client.delete(f"/api/presets/{made['id']}/usage").json()["released"] == 1
+    with api.session() as session:
+        cursor = session.get(EventCursor, presets.CONSUMER)
+        assert cursor is not None and cursor.position > 0
+        cursor.position = 0
+        session.add(cursor)
+        session.commit()
+    assert api.platform.relay.run_pass() > 0
+    assert usage(api, made["id"]) == {}
+    assert api.client.get(f"/api/presets/{made['id']}").json()["examples"] == 1
