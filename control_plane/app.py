@@ -28,6 +28,7 @@ from control_plane.web.api import (
     groups,
     imports,
     jobs,
+    outputs,
     presets,
     prompts,
     uploads,
@@ -124,7 +125,19 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    routers = (groups, uploads, jobs, imports, prompts, catalogs, presets, webhook, download, files)
+    routers = (
+        groups,
+        uploads,
+        jobs,
+        imports,
+        prompts,
+        catalogs,
+        presets,
+        outputs,
+        webhook,
+        download,
+        files,
+    )
     for module in (*routers, ui):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth

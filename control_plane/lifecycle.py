@@ -67,6 +67,7 @@ from shared.storage import Storage
 log = logging.getLogger(__name__)
 UNFINISHED = (OutputStatus.PENDING, OutputStatus.RUNNING)
 ENDED_JOB = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+SET_MODES = (JobMode.SEMI_AUTOMATIC, JobMode.VARIATION)  # sent as one dispatch, retries too
 CANCELLED_BY_USER = "cancelled by user"
 NO_RESULT = "the worker returned no result for this image"
 RESULT_REJECTED = "worker result rejected"
@@ -586,8 +587,8 @@ def retry_job(session: Session, settings: Settings, job_id: str) -> None:
         output.status, output.error, output.completed_at = OutputStatus.PENDING, None, None
         output.updated_at = now
         emit(session, EventKind.OUTPUT_RETRIED, job_id=job_id, output_id=output.id)
-    # a semi-automatic set stays one RunPod job; other modes are chunked as at submit
-    chunk = len(failed) if job.mode == JobMode.SEMI_AUTOMATIC else settings.dispatch_chunk_size
+    # a set stays one RunPod job; other modes are chunked as at submit
+    chunk = len(failed) if job.mode in SET_MODES else settings.dispatch_chunk_size
     _queue(session, job_id, failed, chunk)
     job.status, job.completed_at, job.error = JobStatus.PROCESSING, None, None
     session.add(job)

@@ -297,6 +297,9 @@ class JobPublic(BaseModel):
     created_at: UtcDatetime
     updated_at: UtcDatetime
     completed_at: UtcDatetime | None
+    parent_output_id: str | None = None  # a variation set: the image it was made from
+    rerun_of: str | None = None  # a rerun: the job it repeats
+    reruns: list[str] = []  # the jobs that rerun this one, oldest first
 
 
 class OutputPublic(BaseModel):
@@ -321,6 +324,7 @@ class OutputPublic(BaseModel):
     attempts: int
     latency_ms: int | None
     cost_usd: float | None
+    variations: list[str] = []  # variation sets (jobs) made from this image, oldest first
 
 
 class JobDetail(JobPublic):
@@ -459,3 +463,21 @@ class PresetExamplesResponse(SubmitResponse):
 class PresetUsageReset(BaseModel):
     released: int  # usage records deleted: those references may be picked again
     kept_reserved: int  # references of examples jobs still running (released when they end)
+
+
+# Variations and reruns ----------------------------------------------------------------
+class VariationCreate(_Body):
+    """A variation set of a succeeded image: `count` new images that use it as their only
+    reference, with its prompt unless `prompt` is given; `strength` says how far they may
+    stray from it (services/variations.py words it for the model)."""
+
+    count: Annotated[int, Field(ge=1, le=16)] = 4
+    prompt: Prompt | None = None
+    strength: Literal["subtle", "strong"] = "strong"
+
+
+class OutputDetail(OutputPublic):
+    """One image on its own: where it belongs, with its links."""
+
+    job_id: str
+    group_id: str

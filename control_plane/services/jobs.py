@@ -1,6 +1,8 @@
-"""Jobs and their images: reading them, and a user's cancel and retry."""
+"""Jobs and their images: reading them (with their links: reruns and variation sets), and
+a user's cancel and retry."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlmodel import Session, col, func, select
 
@@ -31,6 +33,64 @@ def outputs_of(session: Session, job_id: str) -> list[Output]:
             select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
         ).all()
     )
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job with its images and links: the reruns of the job, and per image the variation
+    sets made from it (only images that have some are keys)."""
+
+    job: Job
+    images: list[Output]
+    reruns: list[str] = field(default_factory=list)
+    variations: dict[str, list[str]] = field(default_factory=dict)
+
+
+def job_view(session: Session, job_id: str) -> JobView:
+    job = get_job(session, job_id)
+    return JobView(
+        job,
+        outputs_of(session, job.id),
+        reruns_of(session, [job.id]).get(job.id, []),
+        variations_in_job(session, job.id),
+    )
+
+
+def reruns_of(session: Session, job_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The jobs that rerun each of `job_ids` (a page of them at most), oldest first."""
+    links: dict[str, list[str]] = {}
+    if job_ids:
+        rows = session.exec(
+            select(Job.rerun_of, Job.id)
+            .where(col(Job.rerun_of).in_(list(job_ids)))
+            .order_by(col(Job.id))
+        ).all()
+        for original, rerun in rows:
+            links.setdefault(original or "", []).append(rerun)
+    return links
+
+
+def variations_of(session: Session, output_id: str) -> list[str]:
+    """The variation sets (jobs) made from the image, oldest first."""
+    return list(
+        session.exec(
+            select(Job.id).where(Job.parent_output_id == output_id).order_by(col(Job.id))
+        ).all()
+    )
+
+
+def variations_in_job(session: Session, job_id: str) -> dict[str, list[str]]:
+    """The variation sets made from each image of the job (one query, whatever its size)."""
+    rows = session.exec(
+        select(Job.parent_output_id, Job.id)
+        .join(Output, col(Output.id) == col(Job.parent_output_id))
+        .where(Output.job_id == job_id)
+        .order_by(col(Job.id))
+    ).all()
+    links: dict[str, list[str]] = {}
+    for output_id, variation in rows:
+        links.setdefault(output_id or "", []).append(variation)
+    return links
 
 
 def page_of_jobs(

@@ -1,6 +1,8 @@
 """Rows → public schemas, with URLs a browser can fetch."""
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Request
 
@@ -9,6 +11,7 @@ from control_plane.schemas import (
     DownloadItem,
     JobDetail,
     JobPublic,
+    OutputDetail,
     OutputPublic,
     PresetExamplePublic,
     PresetPublic,
@@ -16,6 +19,7 @@ from control_plane.schemas import (
     Progress,
     UploadPublic,
 )
+from control_plane.services.jobs import JobView
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -50,7 +54,7 @@ def upload_public(
     )
 
 
-def job_public(job: Job) -> JobPublic:
+def job_public(job: Job, reruns: Sequence[str] = ()) -> JobPublic:
     done = job.succeeded + job.failed + job.blocked
     progress = Progress(
         total=job.total,
@@ -59,13 +63,28 @@ def job_public(job: Job) -> JobPublic:
         blocked=job.blocked,
         pending=job.total - done,
     )
-    return JobPublic(**job.model_dump(), progress=progress)
+    return JobPublic(**job.model_dump(), progress=progress, reruns=list(reruns))
 
 
-def output_public(request: Request, storage: Storage, output: Output) -> OutputPublic:
+def output_public(
+    request: Request, storage: Storage, output: Output, variations: Sequence[str] = ()
+) -> OutputPublic:
+    return OutputPublic(**_output_fields(request, storage, output, variations))
+
+
+def output_detail(
+    request: Request, storage: Storage, output: Output, variations: Sequence[str]
+) -> OutputDetail:
+    return OutputDetail(**_output_fields(request, storage, output, variations))
+
+
+def _output_fields(
+    request: Request, storage: Storage, output: Output, variations: Sequence[str]
+) -> dict[str, Any]:
     succeeded = output.status == OutputStatus.SUCCEEDED
-    return OutputPublic(
+    return dict(
         **output.model_dump(),
+        variations=list(variations),
         url=file_url(request, storage, "output_file", output.storage_key, output_id=output.id)
         if succeeded
         else None,
@@ -77,10 +96,13 @@ def output_public(request: Request, storage: Storage, output: Output) -> OutputP
     )
 
 
-def job_detail(request: Request, storage: Storage, job: Job, outputs: list[Output]) -> JobDetail:
+def job_detail(request: Request, storage: Storage, view: JobView) -> JobDetail:
     return JobDetail(
-        **job_public(job).model_dump(),
-        images=[output_public(request, storage, output) for output in outputs],
+        **job_public(view.job, view.reruns).model_dump(),
+        images=[
+            output_public(request, storage, output, view.variations.get(output.id, ()))
+            for output in view.images
+        ],
     )
 
 

@@ -3,7 +3,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from control_plane.models import JobMode, JobStatus
 from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
-from control_plane.services import cleanup, jobs, submissions
+from control_plane.services import cleanup, jobs, reruns, submissions
 from control_plane.web.deps import (
     JobId,
     PageLimit,
@@ -40,15 +40,17 @@ def list_jobs(
     total, rows = jobs.page_of_jobs(
         session, page, limit, status=status_, group_id=group_id, mode=mode
     )
-    return Page(data=[job_public(job) for job in rows], total=total, page=page, limit=limit)
+    reruns = jobs.reruns_of(session, [job.id for job in rows])
+    data = [job_public(job, reruns.get(job.id, ())) for job in rows]
+    return Page(data=data, total=total, page=page, limit=limit)
 
 
 @router.get("/{job_id}")
 def get_job(
     job_id: JobId, request: Request, platform: PlatformDep, session: SessionDep
 ) -> JobDetail:
-    job = jobs.get_job(session, job_id)
-    return job_detail(request, platform.storage, job, jobs.outputs_of(session, job.id))
+    """The job, its progress, its images (each with its variation sets) and its reruns."""
+    return job_detail(request, platform.storage, jobs.job_view(session, job_id))
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -61,11 +63,24 @@ async def delete_job(job_id: JobId, platform: PlatformDep, session: SessionDep) 
 async def cancel_job(job_id: JobId, session: SessionDep) -> JobPublic:
     """Cancel a job: its unfinished images fail as "cancelled"; RunPod jobs are cancelled too."""
     await run_in_threadpool(jobs.cancel, session, job_id)
-    return job_public(jobs.get_job(session, job_id))
+    return _job_answer(session, job_id)
 
 
 @router.post("/{job_id}/retry")
 async def retry_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -> JobPublic:
     """Queue the job's failed images again."""
     await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
-    return job_public(jobs.get_job(session, job_id))
+    return _job_answer(session, job_id)
+
+
+@router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED)
+async def rerun_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -> JobPublic:
+    """A new job with the same prompts, references and settings, and new seeds."""
+    job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id)
+    return job_public(job)
+
+
+def _job_answer(session: SessionDep, job_id: str) -> JobPublic:
+    return job_public(
+        jobs.get_job(session, job_id), jobs.reruns_of(session, [job_id]).get(job_id, ())
+    )

@@ -271,9 +271,9 @@ def _submission(session: SessionDep, group_id: str, form: FormData) -> dict[str,
 def job_page(
     job_id: JobId, request: Request, platform: PlatformDep, session: SessionDep
 ) -> HTMLResponse:
-    job = jobs.get_job(session, job_id)
-    detail = job_detail(request, platform.storage, job, jobs.outputs_of(session, job_id))
-    context = {"job": detail, "running": job.status in ACTIVE_JOB}
+    view = jobs.job_view(session, job_id)
+    detail = job_detail(request, platform.storage, view)
+    context = {"job": detail, "running": view.job.status in ACTIVE_JOB}
     return _page(request, "job.html", context)
 
 
