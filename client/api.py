@@ -37,6 +37,7 @@ from control_plane.schemas import (
     GroupPublic,
     JobDetail,
     JobPublic,
+    OutputDetail,
     Page,
     PresetDetail,
     PresetExamplesResponse,
@@ -338,6 +339,28 @@ class Client:
     def retry(self, job_id: str) -> JobPublic:
         """Queue the job's failed images again."""
         return self._post(JobPublic, f"/api/jobs/{job_id}/retry", creates=False)
+
+    def rerun(self, job_id: str) -> JobPublic:
+        """The job made again (same prompts, references, settings; new seeds)."""
+        return self._post(JobPublic, f"/api/jobs/{job_id}/rerun")
+
+    # Images and their variations --------------------------------------------------------
+    def output(self, output_id: str) -> OutputDetail:
+        """One image: its job, group, status, file and variation sets."""
+        return self._get(OutputDetail, f"/api/outputs/{output_id}")
+
+    def vary(
+        self,
+        output_id: str,
+        *,
+        count: int = 4,
+        prompt: str | None = None,
+        strength: str | None = None,
+    ) -> SubmitResponse:
+        """A variation set of a succeeded image: `count` new images that use it as their
+        reference (its prompt unless `prompt`; strength "subtle" or "strong")."""
+        body = _present({"count": count, "prompt": prompt, "strength": strength})
+        return self._post(SubmitResponse, f"/api/outputs/{output_id}/variations", json=body)
 
     def follow(self, job_ids: Sequence[str], interval_s: float = 1.0) -> Iterator[list[JobDetail]]:
         """The jobs as they are now, again and again, until none is queued or processing.

@@ -1,6 +1,7 @@
 """The client commands of `pixelfleet` (a client of a running control plane): `generate`,
 `jobs ls|show|watch|cancel|retry`, `download`, `upload` (a folder with attributes, e.g. a
-reference pool) and `preset create|examples|show|reset`. `register(app)` adds them.
+reference pool), `preset create|examples|show|reset`, `vary` and `rerun`. `register(app)`
+adds them.
 
 Exit codes: 0 every image succeeded; 1 some image failed or was blocked (or an input file was
 rejected); 2 bad usage or an error from the API (its message, no traceback); 130 Ctrl-C (a
@@ -12,6 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,10 +31,17 @@ from control_plane.schemas import (
     CatalogPublic,
     GroupPublic,
     JobDetail,
+    JobPublic,
     PresetDetail,
     PresetExamplesResponse,
     SubmitResponse,
 )
+
+
+class Strength(StrEnum):
+    subtle = "subtle"
+    strong = "strong"
+
 
 ApiUrl = Annotated[
     str,
@@ -63,6 +72,8 @@ def register(app: typer.Typer) -> None:
     app.command()(download)
     app.command()(upload)
     app.add_typer(preset_app, name="preset")
+    app.command()(vary)
+    app.command()(rerun)
 
 
 @contextmanager
@@ -734,3 +745,64 @@ def preset_reset(
             f"released {reset.released} reference(s); {reset.kept_reserved} still reserved "
             "by running jobs"
         )
+
+
+# variations and reruns --------------------------------------------------------------------
+def vary(
+    output_id: Annotated[str, typer.Argument(metavar="OUTPUT_ID", help="a succeeded image")],
+    count: Annotated[int, typer.Option(min=1, max=16, help="images in the new set")] = 4,
+    prompt: Annotated[str | None, typer.Option(help="instead of the image's prompt")] = None,
+    strength: Annotated[
+        Strength, typer.Option(help="how far the new images may stray from it")
+    ] = Strength.strong,
+    watch: Annotated[bool, typer.Option(help="follow the new set until it ends")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="save the new images as a ZIP here (implies --watch)")
+    ] = None,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """A variation set of a generated image (Midjourney's V1-V4): COUNT new images made from
+    it, with its prompt and settings and new seeds. With --watch (or --out), exit 0 only if
+    every image succeeded.
+
+    \b
+    pixelfleet vary out_... --count 4 --strength subtle --out variations.zip
+    """
+    with _session(api, as_json) as run:
+        answer = run.client.vary(output_id, count=count, prompt=prompt, strength=strength.value)
+        [job] = answer.jobs
+        _new_job(run, job, f"variation set {job.id} of {output_id}", watch or out is not None, out)
+
+
+def rerun(
+    job_id: Annotated[str, typer.Argument(metavar="JOB_ID")],
+    watch: Annotated[bool, typer.Option(help="follow the new job until it ends")] = False,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Make a job again (Midjourney's reroll): the same prompts, references and settings,
+    with new seeds. With --watch, exit 0 only if every image succeeded."""
+    with _session(api, as_json) as run:
+        job = run.client.rerun(job_id)
+        _new_job(run, job, f"rerun {job.id} of {job_id}", watch, None)
+
+
+def _new_job(run: Run, job: JobPublic, what: str, watch: bool, out: Path | None) -> None:
+    """Say what was created; with `watch`, follow it, save its ZIP to `out` and report."""
+    line = f"{what}: {job.progress.total} image(s)"
+    if not watch:
+        if run.as_json:
+            _print_json(job.model_dump(mode="json"))
+        else:
+            typer.echo(line)
+            typer.echo(f"watch it with: pixelfleet jobs watch {job.id}", err=True)
+        return
+    _note(run, line)
+    jobs = _watch(run, [job.id])
+    if out is None:
+        _report(run, Outcome(jobs=jobs))
+        return
+    with run.display.downloading(f"downloading {out.name}") as bar:
+        size = run.client.download_zip(job.group_id, out, job_ids=[job.id], on_progress=bar.chunk)
+    _report(run, Outcome(jobs=jobs, zip_path=str(out), zip_bytes=size))

@@ -44,11 +44,19 @@ T = TypeVar("T")
 IDEMPOTENT_ROUTES = frozenset(
     {"/api/groups", "/api/uploads", "/api/jobs/submit", "/api/jobs/import", "/api/presets"}
 )
+# and those under an id (the key is per id: the path is part of its scope)
+IDEMPOTENT_ROUTES_UNDER_IDS = re.compile(
+    r"/api/outputs/out_[0-9a-z]{26}/variations|/api/jobs/job_[0-9a-z]{26}/rerun"
+)
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
 RETRY_LATER = frozenset({408, 409, 425, 429})  # 4xx that say "try again": not final
 RETRY_AFTER_S = "1"
 REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+def _takes_a_key(path: str) -> bool:
+    return path in IDEMPOTENT_ROUTES or IDEMPOTENT_ROUTES_UNDER_IDS.fullmatch(path) is not None
 
 
 def request_scope(scope: Scope) -> str:
@@ -73,11 +81,7 @@ class IdempotencyMiddleware:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or scope["path"] not in IDEMPOTENT_ROUTES
-        ):
+        if scope["type"] != "http" or scope["method"] != "POST" or not _takes_a_key(scope["path"]):
             await self.app(scope, receive, send)
             return
         sent = [value for name, value in scope["headers"] if name == HEADER]

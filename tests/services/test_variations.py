@@ -289,3 +289,20 @@ def test_a_personas_stages_are_not_rerun(api: Api, mode: str) -> None:
         session.commit()
     answer = api.client.post(f"/api/jobs/{job['id']}/rerun")
     assert answer.status_code == 409 and "create a new persona" in answer.json()["detail"]
+
+
+def test_variations_and_reruns_take_an_idempotency_key(api: Api) -> None:
+    group_id = api.group()
+    parent = semi_automatic_set(api, group_id, ["succeeded"])
+    image = parent["images"][0]["id"]
+    for path, body in (
+        (f"/api/outputs/{image}/variations", {"count": 2}),
+        (f"/api/jobs/{parent['id']}/rerun", None),
+    ):
+        before = job_count(api)
+        headers = {"Idempotency-Key": f"key for {path}"}
+        first = api.client.post(path, json=body, headers=headers)
+        again = api.client.post(path, json=body, headers=headers)
+        assert first.status_code == again.status_code == 201, again.text
+        assert again.headers["Idempotent-Replayed"] == "true" and again.json() == first.json()
+        assert job_count(api) == before + 1
