@@ -338,3 +338,43 @@ def test_pages_allow_no_scripts_no_frames_and_send_no_address_elsewhere(api: Api
     assert failed_form.headers["content-security-policy"] == expected
     # The API's own docs page loads Swagger UI's scripts: not a page of the UI.
     assert "content-security-policy" not in api.client.get("/docs").headers
+
+
+def test_variation_and_rerun_buttons(stack: Stack) -> None:
+    http = stack.http
+    group_id = _new_group(http, "boats")
+    [upload] = stack.upload(group_id, 1)
+    submitted = http.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "semi-automatic",
+            "items": [{"images": [upload], "prompt": "a paper boat"}],
+        },
+    ).json()
+    parent_id = submitted["jobs"][0]["id"]
+    set_path = f"/jobs/{parent_id}"
+    parent = _wait_for_job_page(http, set_path)
+    images = [i["id"] for i in http.get(f"/api/jobs/{parent_id}").json()["images"]]
+    assert [f"/outputs/{image}/variations" for image in images] == [
+        form for form in parent.forms if form.startswith("/outputs/")
+    ]
+    assert "V2" in parent.all_text and f"{set_path}/rerun" in parent.forms
+
+    varied = http.post(f"/outputs/{images[1]}/variations")
+    assert varied.status_code == 303, varied.text
+    variation_path = varied.headers["location"]
+    variation = _wait_for_job_page(http, variation_path)
+    assert "variations of image" in variation.all_text and set_path in variation.links
+    assert "4 succeeded" in variation.all_text
+    assert "V1" in variation.all_text  # a variation set can be varied again
+    assert variation_path in Page(http.get(set_path).text).links
+
+    rerun = http.post(f"{set_path}/rerun", follow_redirects=True)
+    assert rerun.status_code == 200 and "rerun of" in Page(rerun.text).all_text
+    [rerun_id] = http.get(f"/api/jobs/{parent_id}").json()["reruns"]
+    assert str(rerun.url).endswith(f"/jobs/{rerun_id}")
+    assert f"/jobs/{rerun_id}" in Page(http.get(set_path).text).links
+
+    unknown = http.post(f"/outputs/out_{'0' * 26}/variations")
+    assert unknown.status_code == 404 and "does not exist" in Page(unknown.text).all_text

@@ -18,10 +18,17 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData
 
 from control_plane.errors import DomainError, InvalidRequest, NotFound, describe_validation
-from control_plane.models import ACTIVE_JOB
-from control_plane.schemas import GroupCreate, SubmitRequest
-from control_plane.services import groups, jobs, submissions, uploads
-from control_plane.web.deps import GroupId, JobId, PageNumber, PlatformDep, SessionDep
+from control_plane.models import ACTIVE_JOB, JobMode, Output
+from control_plane.schemas import GroupCreate, SubmitRequest, VariationCreate
+from control_plane.services import groups, jobs, reruns, submissions, uploads, variations
+from control_plane.web.deps import (
+    GroupId,
+    JobId,
+    OutputId,
+    PageNumber,
+    PlatformDep,
+    SessionDep,
+)
 from control_plane.web.forms import chosen_files, incoming_files, read_form
 from control_plane.web.present import job_detail, job_public, upload_public
 from shared.model_table import model_table
@@ -273,7 +280,13 @@ def job_page(
 ) -> HTMLResponse:
     view = jobs.job_view(session, job_id)
     detail = job_detail(request, platform.storage, view)
-    context = {"job": detail, "running": view.job.status in ACTIVE_JOB}
+    parent = view.job.parent_output_id and session.get(Output, view.job.parent_output_id)
+    context = {
+        "job": detail,
+        "running": view.job.status in ACTIVE_JOB,
+        "parent_job_id": parent.job_id if parent else None,
+        "varies": view.job.mode in (JobMode.SEMI_AUTOMATIC, JobMode.VARIATION),
+    }
     return _page(request, "job.html", context)
 
 
@@ -287,6 +300,21 @@ async def cancel(job_id: JobId, session: SessionDep) -> Response:
 async def retry(job_id: JobId, platform: PlatformDep, session: SessionDep) -> Response:
     await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/jobs/{job_id}/rerun")
+async def rerun(job_id: JobId, platform: PlatformDep, session: SessionDep) -> Response:
+    job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id)
+    return RedirectResponse(f"/jobs/{job.id}", status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/outputs/{output_id}/variations")
+async def vary(output_id: OutputId, platform: PlatformDep, session: SessionDep) -> Response:
+    """A variation set of the image with the API's defaults (4 images, strong)."""
+    job = await run_in_threadpool(
+        variations.vary, session, platform.settings, output_id, VariationCreate()
+    )
+    return RedirectResponse(f"/jobs/{job.id}", status.HTTP_303_SEE_OTHER)
 
 
 def error_page(
