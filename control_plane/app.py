@@ -22,6 +22,7 @@ from control_plane.runpod.sender import send_due
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
+    characters,
     download,
     files,
     groups,
@@ -121,7 +122,19 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    for module in (groups, uploads, jobs, imports, prompts, catalogs, webhook, download, files, ui):
+    for module in (
+        groups,
+        uploads,
+        jobs,
+        imports,
+        prompts,
+        catalogs,
+        characters,
+        webhook,
+        download,
+        files,
+        ui,
+    ):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)

@@ -60,3 +60,10 @@ JobId = Annotated[str, Depends(job_id_of)]
 UploadId = Annotated[str, Depends(upload_id_of)]
 OutputId = Annotated[str, Depends(output_id_of)]
 CatalogId = Annotated[str, Depends(catalog_id_of)]
+
+
+def character_id_of(character_id: str) -> str:
+    return _known_shape(character_id, "chr", "character")
+
+
+CharacterId = Annotated[str, Depends(character_id_of)]
