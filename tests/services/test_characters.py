@@ -237,3 +237,18 @@ def test_a_character_lists_only_its_own_packs(api: Api) -> None:
     ]
     with api.session() as session:
         assert session.exec(select(func.count()).where(col(Job.source_id) == mina["id"])).one() == 1
+
+
+def test_a_character_and_a_pack_sent_twice_with_one_key_are_made_once(api: Api) -> None:
+    body = {"name": "Mina", "references": api.upload_ids(api.group(), 1)}
+    key = {"Idempotency-Key": "character-1"}
+    first = api.client.post("/api/characters", json=body, headers=key)
+    again = api.client.post("/api/characters", json=body, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    path = f"/api/characters/{first.json()['id']}/packs"
+    packs = [api.client.post(path, json={"size": 5}, headers=key) for _ in range(2)]
+    assert [p.status_code for p in packs] == [201, 201] and packs[0].json() == packs[1].json()
+    changed = api.client.post(path, json={"size": 6}, headers=key)
+    assert changed.status_code == 422 and "Idempotency-Key" in changed.json()["detail"]
+    assert (rows(api, Character), rows(api, Job)) == (1, 1)
