@@ -14,7 +14,7 @@ from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
 from control_plane.errors import Conflict, InvalidRequest, NotFound
-from control_plane.models import Character, Group, Job, JobMode, Upload
+from control_plane.models import Character, Group, Job, JobMode, Output, Upload
 from control_plane.schemas import CharacterCreate, CharacterStyle, GenerationConfig, PackCreate
 from control_plane.services import submissions
 from control_plane.settings import Settings
@@ -159,8 +159,10 @@ def create_pack(session: Session, settings: Settings, character_id: str, body: P
 
 
 def _first_reference_group(session: Session, character: Character) -> str:
+    """The group of the character's first reference: the upload's, or the output's."""
     first = character.reference_ids[0]
-    group_id = session.exec(select(Upload.group_id).where(Upload.id == first)).first()
+    table = Output if is_id("out", first) else Upload
+    group_id = session.exec(select(table.group_id).where(table.id == first)).first()
     if group_id is None:
         raise Conflict(
             f"character {character.id}'s first reference {first} no longer exists, so it has "
