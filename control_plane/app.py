@@ -19,6 +19,7 @@ from control_plane.runpod.canceller import canceller
 from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
+from control_plane.services.presets import gallery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
@@ -28,6 +29,7 @@ from control_plane.web.api import (
     groups,
     imports,
     jobs,
+    presets,
     prompts,
     uploads,
     webhook,
@@ -90,6 +92,7 @@ def add_services(platform: Platform, *, timers: bool) -> None:
     if timers:
         platform.add_loop(Service.POLLER, poll_quiet, interval)
     platform.relay.subscribe(canceller(platform))
+    platform.relay.subscribe(gallery_consumer())
 
 
 async def _relay_pass(platform: Platform) -> int:
@@ -122,19 +125,8 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    for module in (
-        groups,
-        uploads,
-        jobs,
-        imports,
-        prompts,
-        catalogs,
-        characters,
-        webhook,
-        download,
-        files,
-        ui,
-    ):
+    routers = [groups, uploads, jobs, imports, prompts, catalogs, presets, characters]
+    for module in (*routers, webhook, download, files, ui):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)

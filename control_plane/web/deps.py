@@ -54,12 +54,17 @@ def catalog_id_of(catalog_id: str) -> str:
     return _known_shape(catalog_id, "cat", "catalog")
 
 
+def preset_id_of(preset_id: str) -> str:
+    return _known_shape(preset_id, "pre", "preset")
+
+
 # Ids in paths, checked at the edge: a malformed one is a 404 before any query runs.
 GroupId = Annotated[str, Depends(group_id_of)]
 JobId = Annotated[str, Depends(job_id_of)]
 UploadId = Annotated[str, Depends(upload_id_of)]
 OutputId = Annotated[str, Depends(output_id_of)]
 CatalogId = Annotated[str, Depends(catalog_id_of)]
+PresetId = Annotated[str, Depends(preset_id_of)]
 
 
 def character_id_of(character_id: str) -> str:

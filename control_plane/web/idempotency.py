@@ -42,7 +42,14 @@ T = TypeVar("T")
 
 # The routes that take a key (POST): a key sent elsewhere is ignored.
 IDEMPOTENT_ROUTES = frozenset(
-    {"/api/groups", "/api/uploads", "/api/jobs/submit", "/api/jobs/import", "/api/characters"}
+    {
+        "/api/groups",
+        "/api/uploads",
+        "/api/jobs/submit",
+        "/api/jobs/import",
+        "/api/presets",
+        "/api/characters",
+    }
 )
 # Routes with an id in their path: only well-shaped ids, so a stored scope stays short.
 IDEMPOTENT_PATHS = re.compile(r"/api/characters/chr_[0-9a-hjkmnp-tv-z]{26}/packs")

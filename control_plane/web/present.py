@@ -4,7 +4,15 @@ import logging
 
 from fastapi import Request
 
-from control_plane.models import Character, Job, Output, OutputStatus, Upload
+from control_plane.models import (
+    Character,
+    Job,
+    Output,
+    OutputStatus,
+    Preset,
+    PresetExample,
+    Upload,
+)
 from control_plane.schemas import (
     CharacterDetail,
     CharacterPublic,
@@ -13,6 +21,9 @@ from control_plane.schemas import (
     JobPublic,
     OutputPublic,
     PackPublic,
+    PresetExamplePublic,
+    PresetPublic,
+    PresetUsageCounts,
     Progress,
     UploadPublic,
 )
@@ -92,6 +103,23 @@ def download_item(request: Request, storage: Storage, output: Output) -> Downloa
         thumbnail_url=file_url(
             request, storage, "output_thumbnail", output.thumbnail_key, output_id=output.id
         ),
+    )
+
+
+def preset_public(preset: Preset, usage: PresetUsageCounts, examples: int) -> PresetPublic:
+    return PresetPublic(**preset.model_dump(), usage=usage, examples=examples)
+
+
+def preset_example_public(
+    request: Request, storage: Storage, example: PresetExample, output: Output
+) -> PresetExamplePublic:
+    shown = output_public(request, storage, output)
+    return PresetExamplePublic(
+        **shown.model_dump(include={"prompt", "seed", "url", "thumbnail_url", "width", "height"}),
+        output_id=output.id,
+        job_id=output.job_id,
+        upload_id=example.upload_id,
+        added_at=example.created_at,
     )
 
 
