@@ -304,13 +304,11 @@ class Client:
         yield from self._pages(PresetPublic, "/api/presets")
 
     def preset_examples(self, preset_id: str, body: Body) -> PresetExamplesResponse:
-        """Pick references from a pool and submit the preset's examples over them. Not
-        retried after a timeout (the route takes no Idempotency-Key): a retry could pick
-        and submit twice."""
+        """Pick references from a pool and submit the preset's examples over them."""
         return self._post(
             PresetExamplesResponse,
             f"/api/presets/{preset_id}/examples",
-            creates=False,
+            creates=True,
             json=_jsonable(body),
         )
 

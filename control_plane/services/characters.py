@@ -7,7 +7,6 @@ Everything is checked before anything is written: an invalid request changes not
 
 import itertools
 import random
-from collections.abc import Sequence
 from typing import Any
 
 from sqlmodel import Session, col, func, select
@@ -16,10 +15,9 @@ from control_plane import lifecycle
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.models import Character, Group, Job, JobMode, Output, Upload
 from control_plane.schemas import CharacterCreate, CharacterStyle, GenerationConfig, PackCreate
-from control_plane.services import submissions
+from control_plane.services import references, submissions
 from control_plane.settings import Settings
 from shared.ids import is_id, new_id
-from shared.model_table import model_table
 
 # Every image of a pack is asked for with this prompt; `{style}` is STYLE_PART or nothing.
 PACK_PROMPT = (
@@ -63,7 +61,7 @@ def create_character(session: Session, settings: Settings, body: CharacterCreate
     """Check and store a character (committed): its style resolved against the model table
     (defaults filled in, so the look stays locked), its references existing."""
     params = submissions.resolve_params(_generation_config(body.style), settings)
-    _check_references(session, body.references, params["model"])
+    references.check(session, None, [body.references], params["model"])
     style = {**params, "style_prompt": body.style.style_prompt}
     character = Character(
         name=body.name,
@@ -84,30 +82,6 @@ def _generation_config(style: CharacterStyle | dict[str, Any]) -> GenerationConf
         image_size=fields.get("image_size"),
         negative_prompt=fields.get("negative_prompt"),
     )
-
-
-def _check_references(session: Session, reference_ids: Sequence[str], model: str | None) -> None:
-    """Within the model's limit, and every id an upload (of any group): malformed ids are
-    refused before any query."""
-    limit = model_table()[model or ""].max_reference_images
-    if len(reference_ids) > limit:
-        raise InvalidRequest(
-            f"{model} takes at most {limit} reference images; got {len(reference_ids)}"
-        )
-    malformed = [ref for ref in reference_ids if not is_id("img", ref)]
-    if malformed:
-        raise InvalidRequest(
-            f"{len(malformed)} reference(s) are not shaped like an upload id (img_ and 26 "
-            f"characters of lower-case Crockford base32): {_few(malformed)}"
-        )
-    found = set(session.exec(select(Upload.id).where(col(Upload.id).in_(reference_ids))).all())
-    missing = [ref for ref in reference_ids if ref not in found]
-    if missing:
-        raise InvalidRequest(f"{len(missing)} reference(s) do not exist: {_few(missing)}")
-
-
-def _few(ids: Sequence[str], chars: int = 40) -> str:
-    return ", ".join(i if len(i) <= chars else i[:chars] + "…" for i in ids)
 
 
 def get_character(session: Session, character_id: str) -> Character:
@@ -212,8 +186,9 @@ def _plan_pack(
 
 
 def _check_stored_references(session: Session, character: Character, model: str | None) -> None:
-    """The character's references still exist (a deleted group takes its uploads along)."""
+    """The character's references are still usable (a deleted job or group takes its images
+    along)."""
     try:
-        _check_references(session, character.reference_ids, model)
+        references.check(session, None, [character.reference_ids], model)
     except InvalidRequest as exc:
         raise Conflict(f"character {character.id} cannot make a pack: {exc.message}") from exc

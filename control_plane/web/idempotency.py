@@ -40,29 +40,14 @@ from control_plane.web.errors import error_response
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The routes that take a key (POST): a key sent elsewhere is ignored.
-IDEMPOTENT_ROUTES = frozenset(
-    {
-        "/api/groups",
-        "/api/uploads",
-        "/api/jobs/submit",
-        "/api/jobs/import",
-        "/api/presets",
-        "/api/characters",
-    }
-)
-# Routes with an id in their path: only well-shaped ids, so a stored scope stays short.
-IDEMPOTENT_PATHS = re.compile(r"/api/characters/chr_[0-9a-hjkmnp-tv-z]{26}/packs")
+# The routes that take a key: every POST of the API but RunPod's webhook (it has its own
+# exactly-once rules); a key sent elsewhere is ignored.
+IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/)[^?#]+")
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
 RETRY_LATER = frozenset({408, 409, 425, 429})  # 4xx that say "try again": not final
 RETRY_AFTER_S = "1"
 REPLAYED = {"Idempotent-Replayed": "true"}
-
-
-def takes_key(path: str) -> bool:
-    """Whether a POST to `path` honours an `Idempotency-Key`."""
-    return path in IDEMPOTENT_ROUTES or IDEMPOTENT_PATHS.fullmatch(path) is not None
 
 
 def request_scope(scope: Scope) -> str:
@@ -87,7 +72,11 @@ class IdempotencyMiddleware:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not takes_key(scope["path"]):
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not IDEMPOTENT_ROUTES.fullmatch(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         sent = [value for name, value in scope["headers"] if name == HEADER]

@@ -80,7 +80,10 @@ def test_a_pack_without_watch_is_queued_and_named(stack: Stack, tmp_path: Path) 
             "404: character chr_00000000000000000000000000 does not exist",
         ),
         (["pack", "CHARACTER", "--size", "11"], "size: Input should be less than or equal to 10"),
-        (["create", "--name", "Mina", "--ref", "img_" + "0" * 26], "1 reference(s) do not exist"),
+        (
+            ["create", "--name", "Mina", "--ref", "img_" + "0" * 26],
+            "cannot be used as references: no upload img_0",
+        ),
         (["create", "--name", "Mina"], "Missing option '--ref'"),
     ],
 )

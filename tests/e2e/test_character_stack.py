@@ -37,3 +37,16 @@ def test_a_pack_of_eight_keeps_the_characters_references_and_seed(stack: Stack) 
     check_zip_against_manifest(archive, manifest)
     assert len([line for line in manifest if line["file"]]) == 8
     assert all(len(line["reference_files"]) == 2 for line in manifest)
+
+    # a generated image of the pack is a reference too: a character made from it and an upload
+    second = stack.http.post(
+        "/api/characters",
+        json={"name": "Mina again", "references": [images[3]["id"], references[0]], "seed": 7},
+    )
+    assert second.status_code == 201, second.text
+    answer = stack.http.post(f"/api/characters/{second.json()['id']}/packs", json={"size": 5})
+    assert answer.status_code == 201, answer.text
+    [again] = stack.wait_for([answer.json()["jobs"][0]["id"]])
+    assert again["status"] == "completed" and again["progress"]["succeeded"] == 5
+    assert all(i["reference_ids"] == [images[3]["id"], references[0]] for i in again["images"])
+    assert [i["seed"] for i in again["images"]] == [7, 8, 9, 10, 11]

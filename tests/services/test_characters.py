@@ -79,9 +79,12 @@ def test_references_from_several_groups_make_one_character(api: Api) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"references": ["img_" + "0" * 26]}, "1 reference(s) do not exist: img_000"),
+        ({"references": ["img_" + "0" * 26]}, "cannot be used as references: no upload img_000"),
         ({"references": ["img_nope"]}, "not shaped like an upload id"),
-        ({"references": "FOUR"}, "gemini-2.5-flash-image takes at most 3 reference images; got 4"),
+        (
+            {"references": "FOUR"},
+            "gemini-2.5-flash-image takes at most 3 reference images per prompt; got 4",
+        ),
         ({"references": []}, "references: List should have at least 1 item"),
         ({"references": "TWICE"}, "references: must each be given once; repeated"),
         ({"style": {"aspect_ratio": "7:3"}}, "does not support aspect_ratio '7:3'; allowed: 1:1"),
@@ -192,7 +195,10 @@ def test_a_character_whose_references_were_deleted_makes_no_pack(api: Api) -> No
     assert no_group.status_code == 409 and "give group_id" in no_group.json()["detail"]
     answer = api.client.post(f"/api/characters/{character['id']}/packs", json={"group_id": kept})
     assert answer.status_code == 409
-    assert "cannot make a pack: 1 reference(s) do not exist" in answer.json()["detail"]
+    assert (
+        "cannot make a pack: 1 image id(s) cannot be used as references: no upload img_"
+        in (answer.json()["detail"])
+    )
     assert rows(api, Job) == 0
 
 
@@ -252,3 +258,30 @@ def test_a_character_and_a_pack_sent_twice_with_one_key_are_made_once(api: Api) 
     changed = api.client.post(path, json={"size": 6}, headers=key)
     assert changed.status_code == 422 and "Idempotency-Key" in changed.json()["detail"]
     assert (rows(api, Character), rows(api, Job)) == (1, 1)
+
+
+def test_a_succeeded_image_is_a_reference_of_a_character(api: Api) -> None:
+    """An output of another group's pack, and an upload: the pack goes to the output's group
+    (the first reference's) and sends the output's file."""
+    first_group = api.group("first")
+    upload = api.upload_ids(first_group, 1)
+    [made] = pack(api, character_of(api, upload)["id"], size=5)["jobs"]
+    finish_job(api, made["id"], ["succeeded"] * 4 + ["failed"])
+    images = job_detail(api, made["id"])["images"]
+    failed, succeeded = images[4]["id"], images[0]["id"]
+
+    refused = api.client.post("/api/characters", json={"name": "Ana", "references": [failed]})
+    assert refused.status_code == 422
+    assert f"{failed} has not succeeded (status failed)" in refused.json()["detail"]
+    other_upload = api.upload_ids(api.group("second"), 1)
+    character = create(api, name="Ana", references=[succeeded, *other_upload], seed=3)
+    [job] = pack(api, character["id"], size=5)["jobs"]
+    assert job["group_id"] == first_group
+    assert {tuple(image["reference_ids"]) for image in job_detail(api, job["id"])["images"]} == {
+        (succeeded, *other_upload)
+    }
+    api.drain()
+    [output] = [o for o in api.outputs(made["id"]) if o.id == succeeded]
+    sent = [body for body in api.run_bodies if body["input"]["job_id"] == job["id"]]
+    [uri, _] = sent[0]["input"]["items"][0]["reference_uris"]
+    assert uri == api.platform.storage.uri(output.storage_key or "")
