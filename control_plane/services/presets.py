@@ -47,10 +47,9 @@ from control_plane.schemas import (
     PresetUsageCounts,
     PresetUsageReset,
 )
-from control_plane.services import prompts
+from control_plane.services import prompts, references
 from control_plane.services.submissions import (
     _base_seed,
-    _check_references,
     _output,
     check_job_size,
     resolve_params,
@@ -319,7 +318,7 @@ def _plan_examples(
         seed,
         pool.id,
     )
-    _check_references(session, pool.id, [[ref] for ref in picks.reference_ids], params["model"])
+    references.check(session, pool.id, [[ref] for ref in picks.reference_ids], params["model"])
     job, outputs = _examples_job(preset, target.id, pool.id, request, picks, seed, params)
     lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
     session.add_all(
