@@ -23,6 +23,7 @@ from control_plane.services.presets import gallery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
+    characters,
     download,
     files,
     groups,
@@ -125,20 +126,8 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    routers = (
-        groups,
-        uploads,
-        jobs,
-        imports,
-        prompts,
-        catalogs,
-        presets,
-        outputs,
-        webhook,
-        download,
-        files,
-    )
-    for module in (*routers, ui):
+    routers = [groups, uploads, jobs, imports, prompts, catalogs, presets, characters, outputs]
+    for module in (*routers, webhook, download, files, ui):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)

@@ -40,23 +40,16 @@ from control_plane.web.errors import error_response
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The routes that take a key (POST): a key sent elsewhere is ignored.
-IDEMPOTENT_ROUTES = frozenset(
-    {"/api/groups", "/api/uploads", "/api/jobs/submit", "/api/jobs/import", "/api/presets"}
-)
-# and those under an id (the key is per id: the path is part of its scope)
-IDEMPOTENT_ROUTES_UNDER_IDS = re.compile(
-    r"/api/outputs/out_[0-9a-z]{26}/variations|/api/jobs/job_[0-9a-z]{26}/rerun"
-)
+# The routes that take a key: every POST of the API but RunPod's webhook (it has its own
+# exactly-once rules); a key sent elsewhere is ignored.
+# Paths longer than the stored scope holds (`IdempotentRequest.scope`) are no route's (ids
+# are 30 characters): they are answered as without a key.
+IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/)[^?#]{1,80}")
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
 RETRY_LATER = frozenset({408, 409, 425, 429})  # 4xx that say "try again": not final
 RETRY_AFTER_S = "1"
 REPLAYED = {"Idempotent-Replayed": "true"}
-
-
-def _takes_a_key(path: str) -> bool:
-    return path in IDEMPOTENT_ROUTES or IDEMPOTENT_ROUTES_UNDER_IDS.fullmatch(path) is not None
 
 
 def request_scope(scope: Scope) -> str:
@@ -81,7 +74,11 @@ class IdempotencyMiddleware:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not _takes_a_key(scope["path"]):
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not IDEMPOTENT_ROUTES.fullmatch(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         sent = [value for name, value in scope["headers"] if name == HEADER]

@@ -466,6 +466,20 @@ def test_creating_a_preset_twice_with_one_key_makes_one(api: Api) -> None:
     assert api.client.get("/api/presets").json()["total"] == 1
 
 
+def test_examples_retried_with_one_key_pick_and_submit_once(api: Api) -> None:
+    group_id = api.group()
+    pool(api, group_id, female=2, male=2)
+    preset_id = preset(api)["id"]
+    body = {"pool_group_id": group_id, "count": 2}
+    headers = {"Idempotency-Key": "examples-1"}
+    url = f"/api/presets/{preset_id}/examples"
+    first = api.client.post(url, json=body, headers=headers)
+    again = api.client.post(url, json=body, headers=headers)
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert counts(api)[0] == 1 and len(usage(api, preset_id)) == 2
+
+
 def test_events_handled_again_change_nothing(api: Api) -> None:
     """Were the consumer to see the events again (its cursor moved back), the gallery and
     the usage stay as they are, even after a reset."""
