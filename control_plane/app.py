@@ -19,6 +19,7 @@ from control_plane.runpod.canceller import canceller
 from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
+from control_plane.services import personas as persona_stages
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
@@ -27,6 +28,7 @@ from control_plane.web.api import (
     groups,
     imports,
     jobs,
+    personas,
     prompts,
     uploads,
     webhook,
@@ -89,6 +91,7 @@ def add_services(platform: Platform, *, timers: bool) -> None:
     if timers:
         platform.add_loop(Service.POLLER, poll_quiet, interval)
     platform.relay.subscribe(canceller(platform))
+    platform.relay.subscribe(persona_stages.pipeline(platform.settings))
 
 
 async def _relay_pass(platform: Platform) -> int:
@@ -123,6 +126,7 @@ def create_app(
     )
     for module in (groups, uploads, jobs, imports, prompts, catalogs, webhook, download, files, ui):
         app.include_router(module.router)
+    app.include_router(personas.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)

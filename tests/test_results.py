@@ -39,7 +39,7 @@ def test_text_no_column_holds_fails_only_its_image(
     state = {
         "id": dispatch.runpod_job_id,
         "status": "COMPLETED",
-        "output": {"version": 1, "dispatch_id": dispatch.id, "results": results},
+        "output": {"version": 2, "dispatch_id": dispatch.id, "results": results},
     }
     api.runpod.get(f"{RUNPOD}/status/{dispatch.runpod_job_id}").mock(
         return_value=httpx.Response(200, content=json.dumps(state).encode())

@@ -54,9 +54,14 @@ def catalog_id_of(catalog_id: str) -> str:
     return _known_shape(catalog_id, "cat", "catalog")
 
 
+def persona_id_of(persona_id: str) -> str:
+    return _known_shape(persona_id, "per", "persona")
+
+
 # Ids in paths, checked at the edge: a malformed one is a 404 before any query runs.
 GroupId = Annotated[str, Depends(group_id_of)]
 JobId = Annotated[str, Depends(job_id_of)]
 UploadId = Annotated[str, Depends(upload_id_of)]
 OutputId = Annotated[str, Depends(output_id_of)]
 CatalogId = Annotated[str, Depends(catalog_id_of)]
+PersonaId = Annotated[str, Depends(persona_id_of)]

@@ -4,15 +4,19 @@ import logging
 
 from fastapi import Request
 
-from control_plane.models import Job, Output, OutputStatus, Upload
+from control_plane.models import Job, Output, OutputStatus, Persona, Upload
 from control_plane.schemas import (
     DownloadItem,
     JobDetail,
     JobPublic,
     OutputPublic,
+    PersonaDetail,
+    PersonaImages,
+    PersonaPublic,
     Progress,
     UploadPublic,
 )
+from control_plane.services import personas
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -90,3 +94,25 @@ def download_item(request: Request, storage: Storage, output: Output) -> Downloa
             request, storage, "output_thumbnail", output.thumbnail_key, output_id=output.id
         ),
     )
+
+
+def persona_public(persona: Persona) -> PersonaPublic:
+    return PersonaPublic(
+        **persona.model_dump(),
+        stage=personas.stage_of(persona),
+        name=personas.name_of(persona),
+    )
+
+
+def persona_detail(
+    request: Request,
+    storage: Storage,
+    persona: Persona,
+    base: Output | None,
+    variations: list[Output],
+) -> PersonaDetail:
+    images = PersonaImages(
+        base=output_public(request, storage, base) if base else None,
+        variations=[output_public(request, storage, output) for output in variations],
+    )
+    return PersonaDetail(**persona_public(persona).model_dump(), images=images)
