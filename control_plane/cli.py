@@ -18,6 +18,7 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from client.cli import register as register_client_commands
 from control_plane.db import migrate as run_migrations
 from control_plane.settings import Settings
 from shared.hosts import WILDCARD_HOSTS
@@ -302,6 +303,8 @@ def _stop_or_kill(child: subprocess.Popen[bytes]) -> None:
         child.kill()
         child.wait()
 
+
+register_client_commands(app)  # generate, jobs, download: a client of a running control plane
 
 if __name__ == "__main__":
     app()

@@ -246,7 +246,7 @@ def _imports(path: Path) -> set[str]:
 def _code() -> dict[str, set[str]]:
     return {
         _module_name(path): _imports(path)
-        for package in ("control_plane", "worker", "shared")
+        for package in ("control_plane", "worker", "shared", "client")
         for path in (ROOT / package).rglob("*.py")
     }
 
@@ -263,8 +263,9 @@ IMPORT_RULES = [
     ("control_plane.services", ("control_plane.runpod",), "RunPod stays in its package"),
     ("control_plane.web.ui", ("control_plane.web.api",), "front ends are siblings"),
     ("control_plane.web.api", ("control_plane.web.ui",), "front ends are siblings"),
-    ("shared", ("control_plane", "worker"), "shared depends on neither side"),
-    ("worker", ("control_plane",), "the worker knows only the contract"),
+    ("shared", ("control_plane", "worker", "client"), "shared depends on neither side"),
+    ("worker", ("control_plane", "client"), "the worker knows only the contract"),
+    ("client", ("worker",), "the client talks to the API only"),
 ]
 
 
@@ -278,6 +279,31 @@ def test_import_rules(scope: str, forbidden: tuple[str, ...], why: str) -> None:
         if any(_within(name, rule) for rule in forbidden)
     )
     assert not broken, f"{why}: {broken}"
+
+
+def test_the_client_and_the_control_plane_meet_only_at_the_api() -> None:
+    """The client knows the API's bodies (control_plane.schemas) and nothing else of the
+    control plane; the control plane imports the client only to register its commands."""
+    code = _code()
+    broken = sorted(
+        f"{module} imports {name}"
+        for module, names in code.items()
+        for name in names
+        if _crosses_the_api(module, name)
+    )
+    assert not broken, broken
+    assert "client.cli.register" in code["control_plane.cli"]
+    assert "control_plane.schemas" in code["client.api"]
+
+
+def _crosses_the_api(module: str, name: str) -> bool:
+    if _within(module, "client"):
+        return _within(name, "control_plane") and not _within(name, "control_plane.schemas")
+    return (
+        _within(module, "control_plane")
+        and module != "control_plane.cli"
+        and (_within(name, "client"))
+    )
 
 
 def test_only_the_runpod_package_knows_runpods_wire_format() -> None:

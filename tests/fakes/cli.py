@@ -59,3 +59,42 @@ def answers(url: str) -> bool:
     except httpx.HTTPError:
         return False
     return True
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def client_env(api_url: str, **env: str) -> dict[str, str]:
+    """The environment of a client command: this checkout's code, the API at `api_url`, no
+    password unless `env` sets one, and a wide terminal (messages are not wrapped)."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    environment.pop("PIXELFLEET_API_PASSWORD", None)
+    return {**environment, "PIXELFLEET_API_URL": api_url, **env}
+
+
+def pixelfleet(
+    *args: str, api_url: str, cwd: Path, timeout: float = 180, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`pixelfleet ARGS` (a client command) run to its end, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "control_plane.cli", *args],
+        cwd=cwd,
+        env=client_env(api_url, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_pixelfleet(
+    *args: str, api_url: str, cwd: Path, log: Path, **env: str
+) -> subprocess.Popen[bytes]:
+    """`pixelfleet ARGS` started in the background, stdout into `log`, stderr into `log`.err."""
+    with log.open("wb") as out, log.with_suffix(".err").open("wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "control_plane.cli", *args],
+            cwd=cwd,
+            env=client_env(api_url, **env),
+            stdout=out,
+            stderr=err,
+        )

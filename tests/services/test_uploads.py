@@ -160,6 +160,18 @@ def test_upload_limits_and_missing_group(api: Api) -> None:
     assert list(api.platform.storage.list()) == []
 
 
+def test_a_groups_uploads_are_listed_page_by_page(api: Api) -> None:
+    group_id, other = api.group(), api.group("other")
+    stored = api.upload_ids(group_id, 3)
+    api.upload_ids(other, 1)
+    first = api.client.get(f"/api/groups/{group_id}/uploads", params={"limit": 2}).json()
+    second = api.client.get(f"/api/groups/{group_id}/uploads", params={"page": 2, "limit": 2})
+    listed = first["data"] + second.json()["data"]
+    assert first["total"] == 3 and sorted(upload["id"] for upload in listed) == sorted(stored)
+    assert all(len(upload["sha256"]) == 64 and upload["url"] for upload in listed)
+    assert api.client.get("/api/groups/grp_missing/uploads").status_code == 404
+
+
 def _rotated_jpeg() -> bytes:
     image = Image.new("RGB", (40, 20), "red")
     exif = image.getexif()

@@ -1,9 +1,10 @@
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from control_plane.schemas import GroupCounts, GroupCreate, GroupPublic, Page
-from control_plane.services import cleanup, groups
+from control_plane.schemas import GroupCounts, GroupCreate, GroupPublic, Page, UploadPublic
+from control_plane.services import cleanup, groups, uploads
 from control_plane.web.deps import GroupId, PageLimit, PageNumber, PlatformDep, SessionDep
+from control_plane.web.present import upload_public
 
 router = APIRouter(prefix="/api/groups", tags=["groups"])
 
@@ -33,3 +34,19 @@ async def delete_group(group_id: GroupId, platform: PlatformDep, session: Sessio
 def get_group(group_id: GroupId, session: SessionDep) -> GroupPublic:
     group = groups.get_group(session, group_id)
     return GroupPublic(**group.model_dump(), counts=groups.group_counts(session, group.id))
+
+
+@router.get("/{group_id}/uploads")
+def list_uploads(
+    group_id: GroupId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    page: PageNumber = 1,
+    limit: PageLimit = 20,
+) -> Page[UploadPublic]:
+    """The group's uploads, oldest first (their sha256 tells a client what is already here)."""
+    group = groups.get_group(session, group_id)
+    total, rows = uploads.page_of_uploads(session, group.id, page, limit)
+    data = [upload_public(request, platform.storage, upload) for upload in rows]
+    return Page(data=data, total=total, page=page, limit=limit)

@@ -1,0 +1,505 @@
+"""A typed client of the pixelfleet API (what the `pixelfleet generate|jobs|download` commands
+use, and what scripts can import):
+
+    from client import Client
+
+    with Client("http://127.0.0.1:8000") as api:
+        group = api.find_group("cats") or api.create_group("cats")
+        uploaded = api.upload_folder(group.id, Path("photos"))
+        ...
+
+Every creating POST carries an `Idempotency-Key` (a fresh one per call, the same one on the
+client's own retries), so a call retried after a timeout is answered once. Calls that are
+safe to repeat (reads, keyed POSTs) are retried on connection errors and timeouts with a
+growing pause; others only when the connection was refused (nothing was sent).
+"""
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from client.errors import ApiError, ApiUnreachable, ClientError
+from client.files import LocalFile, batches, images_in, local_file, wire_name
+from control_plane.schemas import (
+    CatalogDetail,
+    CatalogPublic,
+    GroupPublic,
+    JobDetail,
+    JobPublic,
+    Page,
+    SubmitResponse,
+    UploadPublic,
+    UploadRejected,
+)
+from shared.ids import is_id
+
+log = logging.getLogger(__name__)
+ModelT = TypeVar("ModelT", bound=BaseModel)
+ResultT = TypeVar("ResultT")
+ItemT = TypeVar("ItemT")
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+API_URL_ENV = "PIXELFLEET_API_URL"
+PASSWORD_ENV = "PIXELFLEET_API_PASSWORD"
+PAGE_LIMIT = 200  # the API's largest page
+# One upload request's size. The server's limit (control_plane/web/limits.py) is room for
+# its most files at full size unless PIXELFLEET_UPLOAD_MAX_REQUEST_BYTES lowers it; a batch
+# answered 413 is split in halves and sent again, so any limit of at least one file works.
+UPLOAD_BATCH_BYTES = 16 * 1024 * 1024
+UPLOAD_BATCH_FILES = 32
+UPLOAD_WORKERS = 4
+RETRY_LATER_S = 120.0  # most time spent waiting as servers' Retry-After headers ask
+ACTIVE_JOB_STATUSES = frozenset({"queued", "processing"})
+Body = Mapping[str, Any] | BaseModel
+
+
+class UploadedImage(UploadPublic):
+    duplicate: bool = False  # the group already had this file: this is the existing upload
+
+
+class UploadAnswer(BaseModel):
+    images: list[UploadedImage]
+    rejected: list[UploadRejected]
+
+
+@dataclass(frozen=True)
+class FileUpload:
+    """What became of one local file: uploaded now; skipped (the group had it, or another
+    local file with the same content); a duplicate the server recognised; or rejected."""
+
+    file: LocalFile
+    state: Literal["uploaded", "skipped", "duplicate", "rejected"]
+    upload_id: str | None
+    reason: str | None = None
+
+
+class Client:
+    """The pixelfleet API over one `httpx.Client` (use it as a context manager, or `close()`).
+
+    `api_url` and `password` default to PIXELFLEET_API_URL (else http://127.0.0.1:8000) and
+    PIXELFLEET_API_PASSWORD (sent as `Authorization: Bearer`, as the server expects).
+    Failed calls raise `ApiError` (the server's status and message) or `ApiUnreachable`.
+    """
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        password: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.api_url = (api_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+        password = password if password is not None else os.environ.get(PASSWORD_ENV)
+        headers = {"Authorization": f"Bearer {password}"} if password else {}
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._http = httpx.Client(
+            base_url=self.api_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport,
+        )
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # Groups ---------------------------------------------------------------------------
+    def create_group(self, name: str) -> GroupPublic:
+        return self._post(GroupPublic, "/api/groups", json={"name": name})
+
+    def group(self, group_id: str) -> GroupPublic:
+        return self._get(GroupPublic, f"/api/groups/{group_id}")
+
+    def groups(self) -> Iterator[GroupPublic]:
+        """Every group, newest first."""
+        yield from self._pages(GroupPublic, "/api/groups")
+
+    def find_group(self, name_or_id: str) -> GroupPublic | None:
+        """The group with this id, or the one group with this name (None if there is none;
+        `ClientError` if several groups have the name)."""
+        if is_id("grp", name_or_id):
+            try:
+                return self.group(name_or_id)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return None
+                raise
+        named = [group for group in self.groups() if group.name == name_or_id]
+        if len(named) > 1:
+            ids = ", ".join(group.id for group in named)
+            raise ClientError(f"{len(named)} groups are named {name_or_id!r} ({ids}): name one")
+        return named[0] if named else None
+
+    # Uploads --------------------------------------------------------------------------
+    def uploads(self, group_id: str) -> Iterator[UploadPublic]:
+        """Every upload of the group, oldest first."""
+        yield from self._pages(UploadPublic, f"/api/groups/{group_id}/uploads")
+
+    def upload(self, group_id: str, files: Sequence[LocalFile]) -> UploadAnswer:
+        """One upload request with these files (see `upload_files` for any number)."""
+        parts = [
+            ("files", (wire_name(file.path), file.path.read_bytes(), "application/octet-stream"))
+            for file in files
+        ]
+        return self._post(UploadAnswer, "/api/uploads", data={"group_id": group_id}, files=parts)
+
+    def upload_files(
+        self,
+        group_id: str,
+        files: Sequence[LocalFile],
+        *,
+        workers: int = UPLOAD_WORKERS,
+        on_batch: Callable[[list[FileUpload]], None] | None = None,
+    ) -> list[FileUpload]:
+        """Upload `files` in batches, `workers` requests at once; what became of each file,
+        in order. `on_batch` hears of each finished batch (from a worker thread)."""
+
+        def send(batch: list[LocalFile]) -> list[FileUpload]:
+            outcome = self._upload_batch(group_id, batch)
+            if on_batch is not None:
+                on_batch(outcome)
+            return outcome
+
+        planned = list(batches(files, UPLOAD_BATCH_BYTES, UPLOAD_BATCH_FILES))
+        return [upload for outcome in _in_parallel(send, planned, workers) for upload in outcome]
+
+    def upload_folder(
+        self,
+        group_id: str,
+        paths: Iterable[Path] | Path,
+        *,
+        workers: int = UPLOAD_WORKERS,
+        on_hashed: Callable[[LocalFile], None] | None = None,
+        on_plan: Callable[[Sequence[LocalFile]], None] | None = None,
+        on_batch: Callable[[list[FileUpload]], None] | None = None,
+    ) -> list[FileUpload]:
+        """Upload a folder's images (or these paths) that the group does not have yet, by
+        sha256; files with the content of an upload of the group are skipped, so running it
+        again after an interruption sends only what is missing. `on_hashed` hears of each
+        file read, `on_plan` of the files about to be sent, `on_batch` of each batch sent."""
+        listed = images_in(paths) if isinstance(paths, Path) else list(paths)
+        local = _in_parallel(_hashed(on_hashed), listed, workers)
+        have = {upload.sha256: upload.id for upload in self.uploads(group_id)}
+        first: dict[str, LocalFile] = {}
+        for file in local:
+            if file.sha256 not in have:
+                first.setdefault(file.sha256, file)
+        to_send = list(first.values())
+        if on_plan is not None:
+            on_plan(to_send)
+        sending = self.upload_files(group_id, to_send, workers=workers, on_batch=on_batch)
+        sent = {upload.file.sha256: upload for upload in sending}
+        return [_outcome_of(file, have, first, sent) for file in local]
+
+    def _upload_batch(self, group_id: str, batch: list[LocalFile]) -> list[FileUpload]:
+        try:
+            answer = self.upload(group_id, batch)
+        except ApiError as exc:
+            if exc.status not in (413, 422):
+                raise
+            if len(batch) == 1:  # the server's reason, without its "no image was accepted"
+                said = f"no image was accepted: {wire_name(batch[0].path)}: "
+                return [FileUpload(batch[0], "rejected", None, exc.detail.removeprefix(said))]
+            half = len(batch) // 2  # too large, or one bad file among them: halves, again
+            return self._upload_batch(group_id, batch[:half]) + self._upload_batch(
+                group_id, batch[half:]
+            )
+        return _matched(batch, answer)
+
+    # Jobs -----------------------------------------------------------------------------
+    def submit(self, body: Body) -> SubmitResponse:
+        """Any submission (automatic, semi-automatic, catalog): `POST /api/jobs/submit`."""
+        return self._post(SubmitResponse, "/api/jobs/submit", json=_jsonable(body))
+
+    def import_rows(
+        self,
+        group_id: str,
+        rows: Path,
+        *,
+        template: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> SubmitResponse:
+        """A CSV (with a header row) or JSONL file of rows as one job: `POST /api/jobs/import`."""
+        fields = {"group_id": group_id}
+        if template is not None:
+            fields["template"] = template
+        if config:
+            fields["config"] = json.dumps(dict(config))
+        kind = "application/x-ndjson" if rows.suffix.lower() == ".jsonl" else "text/csv"
+        upload = {"file": (wire_name(rows), rows.read_bytes(), kind)}
+        return self._post(SubmitResponse, "/api/jobs/import", data=fields, files=upload)
+
+    # Catalogs -------------------------------------------------------------------------
+    def create_catalog(self, body: Body) -> CatalogPublic:
+        """A prompt catalog, `{name, prompts: [{id, tags, prompt, ...}]}`: `POST /api/catalogs`."""
+        return self._post(CatalogPublic, "/api/catalogs", json=_jsonable(body))
+
+    def catalogs(self) -> Iterator[CatalogPublic]:
+        """Every catalog (without its prompts), newest first."""
+        yield from self._pages(CatalogPublic, "/api/catalogs")
+
+    def catalog(self, catalog_id: str) -> CatalogDetail:
+        return self._get(CatalogDetail, f"/api/catalogs/{catalog_id}")
+
+    def job(self, job_id: str) -> JobDetail:
+        return self._get(JobDetail, f"/api/jobs/{job_id}")
+
+    def jobs(
+        self,
+        *,
+        group_id: str | None = None,
+        status: str | None = None,
+        page: int = 1,
+        limit: int = 20,
+    ) -> Page[JobPublic]:
+        """A page of jobs, newest first."""
+        params = {"group_id": group_id, "status": status, "page": page, "limit": limit}
+        return _parsed(Page[JobPublic], self._call("GET", "/api/jobs", params=_present(params)))
+
+    def cancel(self, job_id: str) -> JobPublic:
+        return self._post(JobPublic, f"/api/jobs/{job_id}/cancel", creates=False)
+
+    def retry(self, job_id: str) -> JobPublic:
+        """Queue the job's failed images again."""
+        return self._post(JobPublic, f"/api/jobs/{job_id}/retry", creates=False)
+
+    def follow(self, job_ids: Sequence[str], interval_s: float = 1.0) -> Iterator[list[JobDetail]]:
+        """The jobs as they are now, again and again, until none is queued or processing.
+        Polls no faster than every `interval_s` (slower when the answers take long)."""
+        while True:
+            started = time.monotonic()
+            jobs = [self.job(job_id) for job_id in job_ids]
+            yield jobs
+            if not any(job.status in ACTIVE_JOB_STATUSES for job in jobs):
+                return
+            took = time.monotonic() - started
+            time.sleep(max(interval_s, 4 * took) - took)
+
+    # Downloads ------------------------------------------------------------------------
+    def download_zip(
+        self,
+        group_id: str,
+        destination: Path,
+        *,
+        job_ids: Sequence[str] = (),
+        include_inputs: bool = False,
+        on_progress: Callable[[int, int | None], None] | None = None,
+    ) -> int:
+        """Stream the group's ZIP (only these jobs, with their reference images under
+        `inputs/` if asked) to `destination`; returns its size. `on_progress(chunk bytes,
+        total or None)` hears of each chunk. A cut-off download is started over."""
+        params = httpx.QueryParams([("job_id", job_id) for job_id in job_ids])
+        if include_inputs:
+            params = params.add("include", "inputs")
+        partial = destination.with_name(destination.name + ".part")
+        try:
+            size = self._retrying(
+                lambda: self._stream_to(
+                    f"/api/download/{group_id}/zip", params, partial, on_progress
+                ),
+                idempotent=True,
+            )
+            partial.replace(destination)
+        finally:
+            partial.unlink(missing_ok=True)
+        return size
+
+    def _stream_to(
+        self,
+        path: str,
+        params: httpx.QueryParams,
+        destination: Path,
+        on_progress: Callable[[int, int | None], None] | None,
+    ) -> int:
+        with self._http.stream("GET", path, params=params) as response:
+            if response.is_error:
+                response.read()
+                raise _api_error(response)
+            declared = response.headers.get("content-length")
+            total = int(declared) if declared and declared.isdigit() else None
+            written = 0
+            with destination.open("wb") as sink:
+                for chunk in response.iter_bytes():
+                    sink.write(chunk)
+                    written += len(chunk)
+                    if on_progress is not None:
+                        on_progress(len(chunk), total)
+        return written
+
+    # Transport ------------------------------------------------------------------------
+    def _get(self, model: type[ModelT], path: str) -> ModelT:
+        return _parsed(model, self._call("GET", path))
+
+    def _post(
+        self, model: type[ModelT], path: str, *, creates: bool = True, **request: Any
+    ) -> ModelT:
+        headers = {"Idempotency-Key": str(uuid.uuid4())} if creates else {}
+        answer = self._call("POST", path, headers=headers, idempotent=creates, **request)
+        return _parsed(model, answer)
+
+    def _pages(self, model: type[ModelT], path: str) -> Iterator[ModelT]:
+        page = 1
+        while True:
+            answer = self._call("GET", path, params={"page": page, "limit": PAGE_LIMIT})
+            listed = _parsed(Page[model], answer)  # type: ignore[valid-type]
+            yield from listed.data
+            if not listed.data or page * PAGE_LIMIT >= listed.total:
+                return
+            page += 1
+
+    def _call(
+        self, method: str, path: str, *, idempotent: bool | None = None, **request: Any
+    ) -> httpx.Response:
+        safe = method == "GET" if idempotent is None else idempotent
+
+        def send() -> httpx.Response:
+            answer = self._http.request(method, path, **request)
+            if answer.is_error:
+                raise _api_error(answer)
+            return answer
+
+        return self._retrying(send, idempotent=safe)
+
+    def _retrying(self, send: Callable[[], ResultT], *, idempotent: bool) -> ResultT:
+        """`send()`, again after a pause when the connection failed (any transport error if
+        the call is idempotent, else only when nothing was sent), and, if it is idempotent,
+        when the server says to try again later (`Retry-After`, e.g. a 409 for the same
+        Idempotency-Key still being answered), for up to RETRY_LATER_S in all."""
+        failures, waited = 0, 0.0
+        while True:
+            try:
+                return send()
+            except httpx.TransportError as exc:
+                refused = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if failures == self.retries or not (idempotent or refused):
+                    raise ApiUnreachable(self.api_url, _reason(exc), refused=refused) from exc
+                pause = self.backoff_s * 2**failures
+                failures += 1
+                log.info("no answer from %s (%s); again in %.1f s", self.api_url, exc, pause)
+            except ApiError as exc:
+                if not idempotent or exc.retry_after is None or waited >= RETRY_LATER_S:
+                    raise
+                pause = min(exc.retry_after, RETRY_LATER_S - waited)
+                waited += pause
+                log.info("%s; again in %.1f s", exc, pause)
+            time.sleep(pause)
+
+
+def _in_parallel(
+    work: Callable[[ItemT], ResultT], items: Sequence[ItemT], workers: int
+) -> list[ResultT]:
+    """`work` on each item, `workers` at once, results in order. When one raises (or Ctrl-C
+    interrupts), the items not yet started are dropped rather than waited for."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        return list(pool.map(work, items))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _hashed(on_hashed: Callable[[LocalFile], None] | None) -> Callable[[Path], LocalFile]:
+    def hash_one(path: Path) -> LocalFile:
+        file = local_file(path)
+        if on_hashed is not None:
+            on_hashed(file)
+        return file
+
+    return hash_one
+
+
+def _outcome_of(
+    file: LocalFile,
+    have: Mapping[str, str],
+    first: Mapping[str, LocalFile],
+    sent: Mapping[str, FileUpload],
+) -> FileUpload:
+    if file.sha256 in have:
+        return FileUpload(file, "skipped", have[file.sha256], "already in the group")
+    uploaded = sent[file.sha256]
+    if first[file.sha256] is file:
+        return uploaded
+    if uploaded.upload_id is None:
+        return FileUpload(file, "rejected", None, uploaded.reason)
+    return FileUpload(file, "skipped", uploaded.upload_id, f"same as {first[file.sha256].path}")
+
+
+def _matched(batch: Sequence[LocalFile], answer: UploadAnswer) -> list[FileUpload]:
+    """Each file of the batch with its part of the answer (both keep the files' order)."""
+    images, rejected = deque(answer.images), deque(answer.rejected)
+    outcome: list[FileUpload] = []
+    for file in batch:
+        if rejected and rejected[0].filename == wire_name(file.path):
+            outcome.append(FileUpload(file, "rejected", None, rejected.popleft().reason))
+        elif images:
+            image = images.popleft()
+            state: Literal["uploaded", "duplicate"] = "duplicate" if image.duplicate else "uploaded"
+            outcome.append(FileUpload(file, state, image.id))
+        else:
+            raise ClientError("the API's answer to an upload does not match the files sent")
+    if images or rejected:
+        raise ClientError("the API's answer to an upload names more files than were sent")
+    return outcome
+
+
+def _parsed(model: type[ModelT], response: httpx.Response) -> ModelT:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise ClientError(
+            f"unexpected answer from {response.request.method} {response.request.url.path}: "
+            f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+        ) from exc
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "detail" in body:
+        said, listed = body["detail"], body.get("errors")
+        detail = said if isinstance(said, str) else json.dumps(said)
+        errors = listed if isinstance(listed, list) else None
+    else:
+        detail, errors = response.text.strip()[:500] or response.reason_phrase, None
+    return ApiError(response.status_code, detail, errors, retry_after=_retry_after(response))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds a 409, 429 or 503 asks to wait before trying again, if it says."""
+    value = response.headers.get("retry-after", "")
+    if response.status_code in (409, 429, 503) and value.isdigit():
+        return float(value)
+    return None
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _jsonable(body: Body) -> Any:
+    return body.model_dump(mode="json", exclude_none=True) if isinstance(body, BaseModel) else body
+
+
+def _present(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in params.items() if value is not None}

@@ -1,0 +1,516 @@
+"""The client commands of `pixelfleet` (a client of a running control plane): `generate`,
+`jobs ls|show|watch|cancel|retry` and `download`. `register(app)` adds them to the app.
+
+Exit codes: 0 every image succeeded; 1 some image failed or was blocked (or an input file was
+rejected); 2 bad usage or an error from the API (its message, no traceback); 130 Ctrl-C (a
+job being watched keeps running).
+"""
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.filesize import decimal
+
+from client.api import API_URL_ENV, DEFAULT_API_URL, Client, FileUpload
+from client.errors import ApiError, ClientError
+from client.files import images_in
+from client.outcome import EXIT_INTERRUPTED, EXIT_USAGE, Outcome, cost_of
+from client.progress import Display
+from control_plane.schemas import (
+    CatalogCreate,
+    CatalogPublic,
+    GroupPublic,
+    JobDetail,
+    SubmitResponse,
+)
+
+ApiUrl = Annotated[
+    str,
+    typer.Option("--api", envvar=API_URL_ENV, help="the control plane's URL", show_envvar=True),
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="print machine-readable JSON instead of progress bars")
+]
+GroupOption = Annotated[
+    str | None, typer.Option("--group", help="group name or id (created when no group has it)")
+]
+
+
+@dataclass
+class Run:
+    """One command's connection to the API and its way of showing things."""
+
+    client: Client
+    display: Display
+    as_json: bool
+    api_url: str
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client commands to the `pixelfleet` app."""
+    app.command()(generate)
+    app.add_typer(jobs_app, name="jobs")
+    app.command()(download)
+
+
+@contextmanager
+def _session(api_url: str, as_json: bool, on_interrupt: str = "interrupted") -> Iterator[Run]:
+    """A run against the API; its errors are a message and exit code 2, Ctrl-C is 130."""
+    try:
+        with Client(api_url) as client:
+            yield Run(client, Display(not as_json), as_json, api_url)
+    except ClientError as exc:
+        _say_error(exc, as_json)
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        typer.echo(on_interrupt, err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _usage(message: str) -> typer.Exit:
+    """Say what is wrong with the command line; the caller raises the returned exit (code 2)."""
+    typer.echo(f"usage error: {message} (see --help)", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _say_error(exc: ClientError, as_json: bool) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    errors = exc.errors if isinstance(exc, ApiError) and exc.errors else []
+    for error in errors:
+        typer.echo(f"  {_describe(error)}", err=True)
+    if as_json:
+        problem: dict[str, Any] = {"message": str(exc)}
+        if isinstance(exc, ApiError):
+            problem |= {"status": exc.status, "detail": exc.detail, "errors": exc.errors}
+        _print_json({"error": problem})
+
+
+def _describe(error: Any) -> str:
+    """One entry of a 422's `errors`: a field of a body, or a row of an imported file."""
+    if isinstance(error, dict) and "msg" in error:
+        where = ".".join(str(part) for part in error.get("loc", []))
+        return f"{where}: {error['msg']}" if where else str(error["msg"])
+    if isinstance(error, dict) and "row" in error and "message" in error:
+        column = f", column {error['column']}" if error.get("column") else ""
+        return f"row {error['row']}{column}: {error['message']}"
+    return json.dumps(error)
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+# generate ---------------------------------------------------------------------------------
+def generate(
+    folder: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="DIR",
+            help="a folder of images: one automatic job over them",
+            show_default=False,
+        ),
+    ] = None,
+    prompt: Annotated[str | None, typer.Option(help="the prompt (with a folder)")] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="a prompt catalog (JSON): one job per --tag")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="catalog tag (repeat for more)")] = None,
+    count: Annotated[str | None, typer.Option(help="prompts per tag: a number or 'all'")] = None,
+    csv: Annotated[Path | None, typer.Option(help="a CSV or JSONL file of rows: one job")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="with --csv: upload this folder's images first")
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option(help="with --csv: a Jinja2 template rendered per row")
+    ] = None,
+    group: GroupOption = None,
+    model: Annotated[str | None, typer.Option(help="image model")] = None,
+    aspect_ratio: Annotated[str | None, typer.Option(help="e.g. 1:1, 16:9")] = None,
+    image_size: Annotated[str | None, typer.Option(help="e.g. 1K, 2K")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the first image")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="what to avoid")] = None,
+    outputs_per_image: Annotated[
+        int | None, typer.Option(help="images generated per input image (1-8)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="where to save the ZIP (default: <group name>.zip)")
+    ] = None,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Generate a dataset: upload, submit, watch the job(s) with progress, download the ZIP.
+
+    \b
+    pixelfleet generate ./photos --prompt "a watercolour painting" --out cats.zip
+    pixelfleet generate --catalog prompts.json --tag male --tag female --count 5
+    pixelfleet generate --csv rows.csv --images ./photos --template "a {{ colour }} bird"
+    """
+    _check_one_source(folder, catalog, csv)
+    config = _config(
+        model=model,
+        aspect_ratio=aspect_ratio,
+        image_size=image_size,
+        seed=seed,
+        negative_prompt=negative_prompt,
+        outputs_per_image=outputs_per_image,
+    )
+    hint = "interrupted; run the same command again to go on (uploaded files are skipped)"
+    with _session(api, as_json, on_interrupt=hint) as run:
+        if folder is not None:
+            found, uploads, submitted = _generate_from_folder(run, folder, prompt, group, config)
+        elif catalog is not None:
+            found, uploads, submitted = _generate_from_catalog(
+                run, catalog, tag or [], _count(count), group, config
+            )
+        else:
+            assert csv is not None
+            found, uploads, submitted = _generate_from_rows(
+                run, csv, images, template, group, config
+            )
+        _finish(run, found, uploads, submitted, out)
+
+
+def _check_one_source(folder: Path | None, catalog: Path | None, csv: Path | None) -> None:
+    given = [
+        name
+        for name, value in (("DIR", folder), ("--catalog", catalog), ("--csv", csv))
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise _usage(
+            "give one source: a folder (DIR --prompt ...), --catalog FILE.json or --csv FILE"
+            + (f" (not {' and '.join(given)})" if given else "")
+        )
+
+
+def _config(**settings: object) -> dict[str, object]:
+    return {name: value for name, value in settings.items() if value is not None}
+
+
+def _count(count: str | None) -> int | str:
+    if count is None:
+        raise _usage("--catalog needs --count N (prompts per tag) or --count all")
+    if count == "all":
+        return count
+    if count.isdigit() and int(count) > 0:
+        return int(count)
+    raise _usage(f"--count must be a positive number or 'all', not {count!r}")
+
+
+def _generate_from_folder(
+    run: Run, folder: Path, prompt: str | None, group: str | None, config: dict[str, object]
+) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
+    if not prompt:
+        raise _usage("a folder needs --prompt")
+    paths = _images_of(folder)
+    found = _group(run, group or folder.resolve().name)
+    uploads = _upload(run, found, paths)
+    image_ids = list(dict.fromkeys(u.upload_id for u in uploads if u.upload_id is not None))
+    if not image_ids:
+        raise ClientError(f"no image of {folder} was accepted: {_rejections(uploads)}")
+    body = {
+        "group_id": found.id,
+        "mode": "automatic",
+        "prompt": prompt,
+        "images": image_ids,
+        "config": config,
+    }
+    return found, uploads, run.client.submit(body)
+
+
+def _generate_from_catalog(
+    run: Run,
+    catalog: Path,
+    tags: list[str],
+    count: int | str,
+    group: str | None,
+    config: dict[str, object],
+) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
+    if not tags:
+        raise _usage("--catalog needs at least one --tag")
+    body = _json_file(catalog)
+    found = _group(run, group or catalog.stem)
+    catalog_id = _catalog(run, body)
+    submitted = run.client.submit(
+        {
+            "group_id": found.id,
+            "mode": "catalog",
+            "catalog_id": catalog_id,
+            "tags": tags,
+            "count": count,
+            "config": config,
+        }
+    )
+    return found, [], submitted
+
+
+def _catalog(run: Run, body: Any) -> str:
+    """The id of a catalog with exactly these prompts: one made by an earlier run, or new."""
+    try:
+        wanted = CatalogCreate.model_validate(body)
+    except ValidationError:  # sent as it is: the server names each entry at fault
+        wanted = None
+    for existing in run.client.catalogs() if wanted else ():
+        if _same_catalog(run, existing, wanted):
+            _note(run, f"catalog {existing.name!r} ({existing.id}): the same prompts, reused")
+            return existing.id
+    created = run.client.create_catalog(body)
+    _note(run, f"created catalog {created.name!r} ({created.id}): {created.tag_counts}")
+    return created.id
+
+
+def _same_catalog(run: Run, existing: CatalogPublic, wanted: CatalogCreate | None) -> bool:
+    return (
+        wanted is not None
+        and existing.name == wanted.name
+        and run.client.catalog(existing.id).prompts == wanted.prompts
+    )
+
+
+def _generate_from_rows(
+    run: Run,
+    rows: Path,
+    folder: Path | None,
+    template: str | None,
+    group: str | None,
+    config: dict[str, object],
+) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
+    if not rows.is_file():
+        raise _usage(f"--csv {rows}: no such file")
+    paths = _images_of(folder) if folder is not None else []
+    found = _group(run, group or (folder.resolve().name if folder is not None else rows.stem))
+    uploads = _upload(run, found, paths) if paths else []
+    submitted = run.client.import_rows(found.id, rows, template=template, config=config)
+    return found, uploads, submitted
+
+
+def _images_of(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise _usage(f"{folder} is not a folder")
+    paths = images_in(folder)
+    if not paths:
+        raise _usage(f"no images (.png, .jpg, .jpeg, .webp) in {folder}")
+    return paths
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise _usage(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise _usage(f"{path} is not JSON: {exc}") from None
+
+
+def _group(run: Run, name_or_id: str) -> GroupPublic:
+    found = run.client.find_group(name_or_id)
+    if found is None:
+        found = run.client.create_group(name_or_id)
+        _note(run, f"created group {found.name!r} ({found.id})")
+    else:
+        _note(run, f"group {found.name!r} ({found.id})")
+    return found
+
+
+def _upload(run: Run, group: GroupPublic, paths: list[Path]) -> list[FileUpload]:
+    with run.display.uploading(len(paths)) as bars:
+        uploads = run.client.upload_folder(
+            group.id, paths, on_hashed=bars.hashed, on_plan=bars.planned, on_batch=bars.sent
+        )
+    skipped = sum(upload.state in ("skipped", "duplicate") for upload in uploads)
+    if skipped:
+        _note(run, f"{skipped} of {len(uploads)} file(s) already in the group: skipped")
+    return uploads
+
+
+def _rejections(uploads: Sequence[FileUpload]) -> str:
+    return "; ".join(f"{u.file.path.name}: {u.reason}" for u in uploads if u.state == "rejected")
+
+
+def _finish(
+    run: Run,
+    group: GroupPublic,
+    uploads: list[FileUpload],
+    submitted: SubmitResponse,
+    out: Path | None,
+) -> None:
+    """Watch the submitted jobs, download their ZIP, summarise; exit with the outcome's code."""
+    job_ids = [job.id for job in submitted.jobs]
+    _note(run, f"submitted {len(job_ids)} job(s): {', '.join(job_ids)}")
+    jobs = _watch(run, job_ids)
+    destination = out or Path(f"{_file_stem(group)}.zip")
+    with run.display.downloading(f"downloading {destination.name}") as bar:
+        size = run.client.download_zip(
+            group.id, destination, job_ids=job_ids, on_progress=bar.chunk
+        )
+    outcome = Outcome(jobs=jobs, uploads=uploads, zip_path=str(destination), zip_bytes=size)
+    _report(run, outcome, group)
+
+
+def _watch(run: Run, job_ids: list[str]) -> list[JobDetail]:
+    """Follow the jobs with progress bars until they end; Ctrl-C leaves them running."""
+    jobs: list[JobDetail] = []
+    try:
+        with run.display.watching() as bars:
+            for jobs in run.client.follow(job_ids):
+                bars.update(jobs)
+    except KeyboardInterrupt:
+        again = "pixelfleet jobs watch " + " ".join(job_ids)
+        if run.api_url.rstrip("/") != DEFAULT_API_URL:
+            again += f" --api {run.api_url}"
+        typer.echo(
+            f"stopped watching; the job(s) keep running on the server. Watch again with: {again}",
+            err=True,
+        )
+        if run.as_json:
+            _print_json({"interrupted": True, "jobs": job_ids, "watch": again})
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    return jobs
+
+
+def _report(run: Run, outcome: Outcome, group: GroupPublic | None = None) -> None:
+    if run.as_json:
+        found = {"group": {"id": group.id, "name": group.name}} if group else {}
+        _print_json({**found, **outcome.as_json()})
+    else:
+        for line in outcome.lines():
+            typer.echo(line)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _note(run: Run, message: str) -> None:
+    """A step worth telling a person (stderr, so stdout keeps the results)."""
+    typer.echo(message, err=True)
+
+
+def _file_stem(group: GroupPublic) -> str:
+    return re.sub(r"[^\w.-]+", "-", group.name).strip("-.") or group.id
+
+
+# jobs -------------------------------------------------------------------------------------
+jobs_app = typer.Typer(help="List, inspect, watch, cancel and retry jobs.", no_args_is_help=True)
+
+
+@jobs_app.command("ls")
+def jobs_ls(
+    group: Annotated[str | None, typer.Option(help="only this group (name or id)")] = None,
+    status: Annotated[str | None, typer.Option(help="queued, processing, completed...")] = None,
+    page: Annotated[int, typer.Option(min=1)] = 1,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Jobs, newest first."""
+    with _session(api, as_json) as run:
+        group_id = _existing_group(run, group).id if group else None
+        listed = run.client.jobs(group_id=group_id, status=status, page=page, limit=limit)
+    if as_json:
+        _print_json(listed.model_dump(mode="json"))
+        return
+    for job in listed.data:
+        done = job.progress.total - job.progress.pending
+        typer.echo(
+            f"{job.id}  {job.status:<10} {job.mode:<14} {done}/{job.progress.total}  "
+            f"{job.created_at:%Y-%m-%d %H:%M}  {job.group_id}"
+        )
+    typer.echo(f"{len(listed.data)} of {listed.total} job(s)", err=True)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, api: ApiUrl = DEFAULT_API_URL, as_json: AsJson = False) -> None:
+    """One job: its settings, progress, cost and why images failed."""
+    with _session(api, as_json) as run:
+        job = run.client.job(job_id)
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+        return
+    typer.echo(f"job {job.id} in group {job.group_id}: {job.mode}, {job.status}")
+    typer.echo(f"prompt: {job.prompt}")
+    typer.echo(f"config: {json.dumps(job.config)}")
+    for line in Outcome(jobs=[job]).lines():
+        typer.echo(line)
+    typer.echo(f"cost so far: ${cost_of(job):.4f}")
+
+
+@jobs_app.command("watch")
+def jobs_watch(
+    job_ids: Annotated[list[str], typer.Argument(help="one or more job ids")],
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Follow jobs with a progress bar until they end; exit 0 if every image succeeded."""
+    with _session(api, as_json) as run:
+        jobs = _watch(run, job_ids)
+        _report(run, Outcome(jobs=jobs))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, api: ApiUrl = DEFAULT_API_URL, as_json: AsJson = False) -> None:
+    """Cancel a job: its unfinished images fail as "cancelled"."""
+    with _session(api, as_json) as run:
+        job = run.client.cancel(job_id)
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+    else:
+        typer.echo(f"job {job.id}: {job.status}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: str, api: ApiUrl = DEFAULT_API_URL, as_json: AsJson = False) -> None:
+    """Queue a job's failed images again (watch it with `pixelfleet jobs watch ID`)."""
+    with _session(api, as_json) as run:
+        job = run.client.retry(job_id)
+    if as_json:
+        _print_json(job.model_dump(mode="json"))
+    else:
+        typer.echo(f"job {job.id}: {job.status}, {job.progress.pending} image(s) queued again")
+
+
+# download ---------------------------------------------------------------------------------
+def download(
+    group: Annotated[str, typer.Argument(help="group name or id")],
+    job: Annotated[list[str] | None, typer.Option(help="only this job (repeat for more)")] = None,
+    include_inputs: Annotated[
+        bool, typer.Option(help="add the reference images under inputs/")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="where to save it (default: <group name>.zip)")
+    ] = None,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Download a group's images as a ZIP (with manifest.jsonl)."""
+    with _session(api, as_json) as run:
+        found = _existing_group(run, group)
+        destination = out or Path(f"{_file_stem(found)}.zip")
+        with run.display.downloading(f"downloading {destination.name}") as bar:
+            size = run.client.download_zip(
+                found.id,
+                destination,
+                job_ids=job or [],
+                include_inputs=include_inputs,
+                on_progress=bar.chunk,
+            )
+    if as_json:
+        _print_json(
+            {
+                "group": {"id": found.id, "name": found.name},
+                "zip": {"path": str(destination), "bytes": size},
+            }
+        )
+    else:
+        typer.echo(f"saved group {found.name!r} to {destination} ({decimal(size)})")
+
+
+def _existing_group(run: Run, name_or_id: str) -> GroupPublic:
+    found = run.client.find_group(name_or_id)
+    if found is None:
+        raise ClientError(f"no group is named {name_or_id!r} or has that id")
+    return found
