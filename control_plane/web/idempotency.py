@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 # The routes that take a key (POST): a key sent elsewhere is ignored.
 IDEMPOTENT_ROUTES = frozenset(
-    {"/api/groups", "/api/uploads", "/api/jobs/submit", "/api/jobs/import"}
+    {"/api/groups", "/api/uploads", "/api/jobs/submit", "/api/jobs/import", "/api/personas"}
 )
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
