@@ -64,6 +64,15 @@ class Api:
     def session(self) -> Session:
         return Session(self.platform.engine)
 
+    def outputs(self, job_id: str) -> list[Output]:
+        """The job's output rows, by position."""
+        with self.session() as session:
+            return list(
+                session.exec(
+                    select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
+                ).all()
+            )
+
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlmodel import col, func, select
+from sqlmodel import func, select
 
 from control_plane.models import Dispatch, Job, Output
 from tests.conftest import png_bytes
@@ -38,15 +38,6 @@ def _rows(api: Api) -> tuple[int, int, int]:
         return tuple(  # type: ignore[return-value]
             session.exec(select(func.count()).select_from(table)).one()
             for table in (Job, Output, Dispatch)
-        )
-
-
-def _outputs(api: Api, job_id: str) -> list[Output]:
-    with api.session() as session:
-        return list(
-            session.exec(
-                select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
-            ).all()
         )
 
 
@@ -83,7 +74,7 @@ def test_a_csv_with_a_template_becomes_one_job_with_per_row_settings(api: Api) -
     assert job["mode"] == "import" and job["prompt"] == template
     assert job["progress"]["total"] == 2 + 3 + 1
     assert job["config"]["outputs_per_image"] == 3 and job["config"]["rows"] == 3
-    outputs = _outputs(api, job["id"])
+    outputs = api.outputs(job["id"])
     assert [(o.prompt, o.prompt_id, o.reference_ids, o.seed) for o in outputs] == [
         ("a red cat, from the photo", "first", [cat], 500),
         ("a red cat, from the photo", "first", [cat], 501),
@@ -124,7 +115,7 @@ def test_jsonl_with_a_template_and_permutations(api: Api) -> None:
     template = "{{ subject }} in {% raw %}{{% endraw %}{{ styles | join(', ') }}} style"
     answer = _import(api, group_id, jsonl + "\n\n", filename="rows.jsonl", template=template)
     assert answer.status_code == 201, answer.text
-    outputs = _outputs(api, answer.json()["jobs"][0]["id"])
+    outputs = api.outputs(answer.json()["jobs"][0]["id"])
     assert [(o.prompt, o.prompt_id, o.reference_ids) for o in outputs] == [
         ("cat in oil style", "7", [cat]),
         ("cat in ink style", "7", [cat]),
@@ -141,18 +132,18 @@ def test_a_prompt_column_without_a_template_and_the_format_by_content(api: Api) 
     assert csv_answer.status_code == 201, csv_answer.text
     [job] = csv_answer.json()["jobs"]
     assert job["prompt"] == "import of data (2 rows)"
-    assert [(o.prompt, o.seed) for o in _outputs(api, job["id"])] == [
+    assert [(o.prompt, o.seed) for o in api.outputs(job["id"])] == [
         ("a red bird", 0),
         ("a blue bird", 1),
         ("plain", 2),
     ]
     jsonl_answer = _import(api, group_id, '{"prompt": "p", "id": "x"}\n', filename="upload")
     assert jsonl_answer.status_code == 201, jsonl_answer.text
-    [output] = _outputs(api, jsonl_answer.json()["jobs"][0]["id"])
+    [output] = api.outputs(jsonl_answer.json()["jobs"][0]["id"])
     assert (output.prompt, output.prompt_id) == ("p", "x")
     excel = _import(api, group_id, "\ufeffprompt\r\nfrom Excel\r\n".encode())  # BOM, CRLF
     assert excel.status_code == 201, excel.text
-    assert [o.prompt for o in _outputs(api, excel.json()["jobs"][0]["id"])] == ["from Excel"]
+    assert [o.prompt for o in api.outputs(excel.json()["jobs"][0]["id"])] == ["from Excel"]
 
 
 def test_every_bad_row_is_named_and_nothing_is_written(api: Api) -> None:
@@ -255,7 +246,7 @@ def test_a_filename_several_uploads_share_needs_the_id(api: Api) -> None:
     [unique] = _uploads(api, group_id, ["unique.png"])
     by_id = _import(api, group_id, f"prompt,image\np,{second}\np,photos/unique.png\n")
     assert by_id.status_code == 201, by_id.text
-    outputs = _outputs(api, by_id.json()["jobs"][0]["id"])
+    outputs = api.outputs(by_id.json()["jobs"][0]["id"])
     assert [o.reference_ids for o in outputs] == [[second], [unique]]  # as uploads keep names
 
 
@@ -338,7 +329,7 @@ def test_template_and_config_may_come_as_file_parts(api: Api) -> None:
         ],
     )
     assert answer.status_code == 201, answer.text
-    assert [o.prompt for o in _outputs(api, answer.json()["jobs"][0]["id"])] == ["a cat"] * 2
+    assert [o.prompt for o in api.outputs(answer.json()["jobs"][0]["id"])] == ["a cat"] * 2
 
 
 def test_more_than_20000_rows_or_outputs_are_refused(api: Api) -> None:

@@ -3,7 +3,7 @@ through the HTTP API: what is planned, and what is refused without writing anyth
 
 from typing import Any
 
-from sqlmodel import col, func, select
+from sqlmodel import func, select
 
 from control_plane.models import Job, Output
 from tests.fakes.api import Api
@@ -14,15 +14,6 @@ def _rows(api: Api) -> tuple[int, int]:
         jobs = session.exec(select(func.count()).select_from(Job)).one()
         outputs = session.exec(select(func.count()).select_from(Output)).one()
     return jobs, outputs
-
-
-def _outputs(api: Api, job_id: str) -> list[Output]:
-    with api.session() as session:
-        return list(
-            session.exec(
-                select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
-            ).all()
-        )
 
 
 def _automatic(api: Api, group_id: str, images: list[str], prompt: str, **config: Any) -> Any:
@@ -47,7 +38,7 @@ def test_automatic_makes_outputs_per_image_per_prompt_image_major(api: Api) -> N
     assert job["progress"]["total"] == 2 * 2 * 3
     assert job["prompt"] == "a {red, blue} bird"  # the job keeps what was asked
     assert job["config"]["outputs_per_image"] == 3
-    outputs = _outputs(api, job["id"])
+    outputs = api.outputs(job["id"])
     assert [(o.reference_ids[0], o.prompt) for o in outputs] == [
         (image, prompt)
         for image in images
@@ -143,7 +134,7 @@ def test_semi_automatic_items_expand_into_sets_of_their_own(api: Api) -> None:
         "walking",
     ] * 2
     for job in jobs:
-        outputs = _outputs(api, job["id"])
+        outputs = api.outputs(job["id"])
         assert {o.prompt for o in outputs} == {job["prompt"]}
         assert [o.seed for o in outputs] == [5 + 2 * job["set_index"], 6 + 2 * job["set_index"]]
     assert jobs[0]["config"]["total_images"] == 12
