@@ -306,6 +306,8 @@ class OutputPublic(BaseModel):
     reference_ids: list[str]
     prompt_id: str | None = None  # catalog jobs: the entry's id and tags
     tags: list[str] | None = None
+    kind: str = "image"  # or "text": a text task's answer is in `text` (and it has no file)
+    text: str | None = None
     provider: str | None
     model: str | None
     url: str | None

@@ -307,3 +307,21 @@ def test_the_offline_writer_answers_the_persona_schema_within_the_attributes() -
     assert len({answer["name"] for answer in answers}) > 5
     assert offline_text.write("persona 1", 1, schema) == offline_text.write("persona 1", 1, schema)
     assert offline_text.write("persona 1", 1, schema) != offline_text.write("persona 1", 2, schema)
+
+
+def test_the_data_jobs_answer_shows_as_its_text_and_a_key_answers_once(api: Api) -> None:
+    group_id = api.group()
+    body = {"group_id": group_id, "count": 2}
+    key = {"Idempotency-Key": "personas-once"}
+    first = api.client.post("/api/personas", json=body, headers=key)
+    again = api.client.post("/api/personas", json=body, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    assert api.client.get("/api/personas").json()["total"] == 2
+    data_job_id = first.json()["personas"][0]["data_job_id"]
+    answer_text_job(api, data_job_id, persona_json())
+    job = api.client.get(f"/api/jobs/{data_job_id}").json()
+    assert job["mode"] == "persona-data" and job["status"] == "completed"
+    [answer] = job["images"]
+    assert answer["kind"] == "text" and json.loads(answer["text"])["name"] == "Amara Mensah"
+    assert answer["url"] is None and answer["model"] == "gemini-2.5-flash"
