@@ -41,6 +41,10 @@ from control_plane.schemas import (
     PersonaBatch,
     PersonaDetail,
     PersonaPublic,
+    PresetDetail,
+    PresetExamplesResponse,
+    PresetPublic,
+    PresetUsageReset,
     SubmitResponse,
     UploadPublic,
     UploadRejected,
@@ -159,13 +163,28 @@ class Client:
         """Every upload of the group, oldest first."""
         yield from self._pages(UploadPublic, f"/api/groups/{group_id}/uploads")
 
-    def upload(self, group_id: str, files: Sequence[LocalFile]) -> UploadAnswer:
-        """One upload request with these files (see `upload_files` for any number)."""
+    def upload(
+        self,
+        group_id: str,
+        files: Sequence[LocalFile],
+        attributes: Mapping[str, Any] | None = None,
+    ) -> UploadAnswer:
+        """One upload request with these files (see `upload_files` for any number), each new
+        one given `attributes` (files the group already has keep theirs)."""
         parts = [
             ("files", (wire_name(file.path), file.path.read_bytes(), "application/octet-stream"))
             for file in files
         ]
-        return self._post(UploadAnswer, "/api/uploads", data={"group_id": group_id}, files=parts)
+        fields = {"group_id": group_id}
+        if attributes:
+            fields["attributes"] = json.dumps(dict(attributes))
+        return self._post(UploadAnswer, "/api/uploads", data=fields, files=parts)
+
+    def set_attributes(self, upload_id: str, changes: Mapping[str, Any] | None) -> UploadPublic:
+        """Merge `changes` into an upload's attributes (None values delete keys; None
+        deletes them all): `PATCH /api/uploads/{id}`."""
+        body = {"attributes": None if changes is None else dict(changes)}
+        return _parsed(UploadPublic, self._call("PATCH", f"/api/uploads/{upload_id}", json=body))
 
     def upload_files(
         self,
@@ -174,12 +193,13 @@ class Client:
         *,
         workers: int = UPLOAD_WORKERS,
         on_batch: Callable[[list[FileUpload]], None] | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> list[FileUpload]:
         """Upload `files` in batches, `workers` requests at once; what became of each file,
         in order. `on_batch` hears of each finished batch (from a worker thread)."""
 
         def send(batch: list[LocalFile]) -> list[FileUpload]:
-            outcome = self._upload_batch(group_id, batch)
+            outcome = self._upload_batch(group_id, batch, attributes)
             if on_batch is not None:
                 on_batch(outcome)
             return outcome
@@ -196,11 +216,13 @@ class Client:
         on_hashed: Callable[[LocalFile], None] | None = None,
         on_plan: Callable[[Sequence[LocalFile]], None] | None = None,
         on_batch: Callable[[list[FileUpload]], None] | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> list[FileUpload]:
         """Upload a folder's images (or these paths) that the group does not have yet, by
         sha256; files with the content of an upload of the group are skipped, so running it
         again after an interruption sends only what is missing. `on_hashed` hears of each
-        file read, `on_plan` of the files about to be sent, `on_batch` of each batch sent."""
+        file read, `on_plan` of the files about to be sent, `on_batch` of each batch sent;
+        new uploads get `attributes` (skipped ones keep theirs)."""
         listed = images_in(paths) if isinstance(paths, Path) else list(paths)
         local = _in_parallel(_hashed(on_hashed), listed, workers)
         have = {upload.sha256: upload.id for upload in self.uploads(group_id)}
@@ -211,13 +233,17 @@ class Client:
         to_send = list(first.values())
         if on_plan is not None:
             on_plan(to_send)
-        sending = self.upload_files(group_id, to_send, workers=workers, on_batch=on_batch)
+        sending = self.upload_files(
+            group_id, to_send, workers=workers, on_batch=on_batch, attributes=attributes
+        )
         sent = {upload.file.sha256: upload for upload in sending}
         return [_outcome_of(file, have, first, sent) for file in local]
 
-    def _upload_batch(self, group_id: str, batch: list[LocalFile]) -> list[FileUpload]:
+    def _upload_batch(
+        self, group_id: str, batch: list[LocalFile], attributes: Mapping[str, Any] | None
+    ) -> list[FileUpload]:
         try:
-            answer = self.upload(group_id, batch)
+            answer = self.upload(group_id, batch, attributes)
         except ApiError as exc:
             if exc.status not in (413, 422):
                 raise
@@ -225,8 +251,8 @@ class Client:
                 said = f"no image was accepted: {wire_name(batch[0].path)}: "
                 return [FileUpload(batch[0], "rejected", None, exc.detail.removeprefix(said))]
             half = len(batch) // 2  # too large, or one bad file among them: halves, again
-            return self._upload_batch(group_id, batch[:half]) + self._upload_batch(
-                group_id, batch[half:]
+            return self._upload_batch(group_id, batch[:half], attributes) + self._upload_batch(
+                group_id, batch[half:], attributes
             )
         return _matched(batch, answer)
 
@@ -264,6 +290,34 @@ class Client:
 
     def catalog(self, catalog_id: str) -> CatalogDetail:
         return self._get(CatalogDetail, f"/api/catalogs/{catalog_id}")
+
+    # Presets --------------------------------------------------------------------------
+    def create_preset(self, body: Body) -> PresetPublic:
+        """`{name, prompt, config?, examples_per_reference?}`: `POST /api/presets`."""
+        return self._post(PresetPublic, "/api/presets", json=_jsonable(body))
+
+    def preset(self, preset_id: str, *, page: int = 1, limit: int = 20) -> PresetDetail:
+        """A preset with a page of its gallery, newest first."""
+        params = {"page": page, "limit": limit}
+        return _parsed(PresetDetail, self._call("GET", f"/api/presets/{preset_id}", params=params))
+
+    def presets(self) -> Iterator[PresetPublic]:
+        """Every preset, newest first."""
+        yield from self._pages(PresetPublic, "/api/presets")
+
+    def preset_examples(self, preset_id: str, body: Body) -> PresetExamplesResponse:
+        """Pick references from a pool and submit the preset's examples over them."""
+        return self._post(
+            PresetExamplesResponse,
+            f"/api/presets/{preset_id}/examples",
+            creates=True,
+            json=_jsonable(body),
+        )
+
+    def reset_preset_usage(self, preset_id: str) -> PresetUsageReset:
+        """Let the preset pick its pool's references again: `DELETE /api/presets/{id}/usage`."""
+        answer = self._call("DELETE", f"/api/presets/{preset_id}/usage", idempotent=True)
+        return _parsed(PresetUsageReset, answer)
 
     def job(self, job_id: str) -> JobDetail:
         return self._get(JobDetail, f"/api/jobs/{job_id}")

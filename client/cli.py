@@ -1,6 +1,7 @@
 """The client commands of `pixelfleet` (a client of a running control plane): `generate`,
-`jobs ls|show|watch|cancel|retry`, `download` and `persona create|watch|show`.
-`register(app)` adds them to the app.
+`jobs ls|show|watch|cancel|retry`, `download`, `upload` (a folder with attributes, e.g. a
+reference pool), `preset create|examples|show|reset` and `persona create|watch|show`.
+`register(app)` adds them.
 
 Exit codes: 0 every image succeeded (every persona completed); 1 some image failed or was
 blocked, an input file was rejected, or a persona failed; 2 bad usage or an error from the
@@ -38,6 +39,8 @@ from control_plane.schemas import (
     JobDetail,
     PersonaDetail,
     PersonaPublic,
+    PresetDetail,
+    PresetExamplesResponse,
     SubmitResponse,
 )
 
@@ -69,6 +72,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(jobs_app, name="jobs")
     app.command()(download)
     app.add_typer(persona_app, name="persona")
+    app.command()(upload)
+    app.add_typer(preset_app, name="preset")
 
 
 @contextmanager
@@ -600,18 +605,6 @@ def persona_show(persona_id: str, api: ApiUrl = DEFAULT_API_URL, as_json: AsJson
         typer.echo(line)
 
 
-def _attributes(pairs: list[str]) -> dict[str, object]:
-    """`KEY=VALUE` options as a flat object (whole numbers as numbers)."""
-    attributes: dict[str, object] = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key.strip():
-            raise _usage(f"--attribute takes KEY=VALUE, not {pair!r}")
-        value = value.strip()
-        attributes[key.strip()] = int(value) if re.fullmatch(r"-?\d{1,9}", value) else value
-    return attributes
-
-
 def _watch_personas(run: Run, batch_id: str) -> list[PersonaPublic]:
     """Follow the batch with a bar per persona until each ends; Ctrl-C leaves them going."""
     personas: list[PersonaPublic] = []
@@ -676,3 +669,218 @@ def _persona_detail_lines(persona: PersonaDetail) -> list[str]:
         lines.append(f"  {name}: {image.status} {image.url or image.error or ''}".rstrip())
     lines += [f"  error: {entry}" for entry in persona.error_log]
     return lines
+
+
+# upload -----------------------------------------------------------------------------------
+AttributeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--attribute",
+        help="key=value given to every new upload, e.g. gender=female (repeat for more); "
+        "true, false and numbers are read as such",
+    ),
+]
+
+
+def upload(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="a folder of images")],
+    group: GroupOption = None,
+    attribute: AttributeOption = None,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Upload a folder's images into a group (e.g. a reference pool for presets), giving each
+    new one the --attribute pairs; files the group already has are skipped and keep theirs.
+
+    \b
+    pixelfleet upload ./women --group models --attribute gender=female
+    pixelfleet upload ./men --group models --attribute gender=male
+    """
+    attributes = _attributes(attribute or [])
+    paths = _images_of(folder)
+    with _session(api, as_json) as run:
+        found = _group(run, group or folder.resolve().name)
+        with run.display.uploading(len(paths)) as bars:
+            uploads = run.client.upload_folder(
+                found.id,
+                paths,
+                on_hashed=bars.hashed,
+                on_plan=bars.planned,
+                on_batch=bars.sent,
+                attributes=attributes,
+            )
+        _report(run, Outcome(uploads=uploads), found)
+
+
+def _attributes(pairs: Sequence[str]) -> dict[str, Any]:
+    """`key=value` pairs as attributes: JSON scalars (true, 28, 1.5) as such, else strings."""
+    attributes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise _usage(f"--attribute takes key=value, not {pair!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        attributes[key.strip()] = value if isinstance(value, bool | int | float) else text
+    return attributes
+
+
+# preset -----------------------------------------------------------------------------------
+preset_app = typer.Typer(
+    help="Presets: a prompt and settings whose examples are made over references picked from "
+    "a pool (a group of uploads with attributes, see `pixelfleet upload --attribute`).",
+    no_args_is_help=True,
+)
+
+
+@preset_app.command("create")
+def preset_create(
+    name: Annotated[str, typer.Option(help="the preset's name")],
+    prompt: Annotated[str, typer.Option(help="the prompt of every example")],
+    examples_per_reference: Annotated[
+        int, typer.Option(min=1, max=8, help="images per picked reference")
+    ] = 1,
+    model: Annotated[str | None, typer.Option(help="image model")] = None,
+    aspect_ratio: Annotated[str | None, typer.Option(help="e.g. 1:1, 3:4")] = None,
+    image_size: Annotated[str | None, typer.Option(help="e.g. 1K, 2K")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of every job's first image")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="what to avoid")] = None,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Create a preset; prints its id."""
+    config = _config(
+        model=model,
+        aspect_ratio=aspect_ratio,
+        image_size=image_size,
+        seed=seed,
+        negative_prompt=negative_prompt,
+    )
+    body = {
+        "name": name,
+        "prompt": prompt,
+        "config": config,
+        "examples_per_reference": examples_per_reference,
+    }
+    with _session(api, as_json) as run:
+        created = run.client.create_preset(body)
+    if as_json:
+        _print_json(created.model_dump(mode="json"))
+    else:
+        typer.echo(f"created preset {created.name!r} ({created.id}): {json.dumps(created.config)}")
+
+
+@preset_app.command("examples")
+def preset_examples(
+    preset_id: Annotated[str, typer.Argument(metavar="PRESET_ID")],
+    pool: Annotated[str, typer.Option(help="the pool: a group's name or id")],
+    count: Annotated[int, typer.Option(min=1, max=1000, help="references to pick")] = 20,
+    balance_by: Annotated[
+        str | None, typer.Option(help="an attribute to balance over, e.g. gender")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="picks the same references again")] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="where the examples go (name or id; default: the pool's group)"),
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="follow the job until it ends")] = False,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Pick COUNT unused references of the pool (balanced over --balance-by) and submit one
+    job of the preset's examples. With --watch, exit 0 only if every image succeeded.
+
+    \b
+    pixelfleet preset examples pre_... --pool models --count 20 --balance-by gender --watch
+    """
+    with _session(api, as_json) as run:
+        pool_group = _existing_group(run, pool)
+        body = {
+            "pool_group_id": pool_group.id,
+            "count": count,
+            "balance_by": balance_by,
+            "seed": seed,
+            "group_id": _group(run, group).id if group else None,
+        }
+        answer = run.client.preset_examples(preset_id, _config(**body))
+        [job] = answer.jobs
+        if not watch:
+            _say_examples(run, answer)
+            return
+        _note(run, _examples_line(answer))
+        _report(run, Outcome(jobs=_watch(run, [job.id])))
+
+
+def _examples_line(answer: PresetExamplesResponse) -> str:
+    [job] = answer.jobs
+    split = answer.split and ", ".join(f"{value} {n}" for value, n in answer.split.items())
+    return (
+        f"job {job.id}: {len(answer.reference_ids)} reference(s)"
+        + (f" ({split})" if split else "")
+        + f", {job.progress.total} image(s)"
+    )
+
+
+def _say_examples(run: Run, answer: PresetExamplesResponse) -> None:
+    if run.as_json:
+        _print_json(answer.model_dump(mode="json"))
+        return
+    [job] = answer.jobs
+    typer.echo(_examples_line(answer))
+    typer.echo(f"watch it with: pixelfleet jobs watch {job.id}", err=True)
+
+
+@preset_app.command("show")
+def preset_show(
+    preset_id: Annotated[str, typer.Argument(metavar="PRESET_ID")],
+    page: Annotated[int, typer.Option(min=1, help="page of the gallery")] = 1,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="examples per page")] = 20,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """A preset: its settings, usage and a page of its gallery (newest first)."""
+    with _session(api, as_json) as run:
+        preset = run.client.preset(preset_id, page=page, limit=limit)
+    if as_json:
+        _print_json(preset.model_dump(mode="json"))
+        return
+    for line in _preset_lines(preset):
+        typer.echo(line)
+
+
+def _preset_lines(preset: PresetDetail) -> list[str]:
+    gallery = preset.gallery
+    lines = [
+        f"preset {preset.id}: {preset.name!r}, {preset.examples_per_reference} example(s) "
+        "per reference",
+        f"prompt: {preset.prompt}",
+        f"config: {json.dumps(preset.config)}",
+        f"references: {preset.usage.used} used, {preset.usage.reserved} reserved by running jobs",
+        f"gallery: {gallery.total} example(s); page {gallery.page}, newest first:",
+    ]
+    lines += [
+        f"  {example.output_id}  from {example.upload_id}  {example.url}"
+        for example in gallery.data
+    ]
+    return lines
+
+
+@preset_app.command("reset")
+def preset_reset(
+    preset_id: Annotated[str, typer.Argument(metavar="PRESET_ID")],
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Let the preset pick every reference again (those of jobs still running stay reserved
+    until they end)."""
+    with _session(api, as_json) as run:
+        reset = run.client.reset_preset_usage(preset_id)
+    if as_json:
+        _print_json(reset.model_dump(mode="json"))
+    else:
+        typer.echo(
+            f"released {reset.released} reference(s); {reset.kept_reserved} still reserved "
+            "by running jobs"
+        )

@@ -20,6 +20,7 @@ from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
 from control_plane.services import personas as persona_stages
+from control_plane.services.presets import gallery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
@@ -29,6 +30,7 @@ from control_plane.web.api import (
     imports,
     jobs,
     personas,
+    presets,
     prompts,
     uploads,
     webhook,
@@ -92,6 +94,7 @@ def add_services(platform: Platform, *, timers: bool) -> None:
         platform.add_loop(Service.POLLER, poll_quiet, interval)
     platform.relay.subscribe(canceller(platform))
     platform.relay.subscribe(persona_stages.pipeline(platform.settings))
+    platform.relay.subscribe(gallery_consumer())
 
 
 async def _relay_pass(platform: Platform) -> int:
@@ -124,9 +127,9 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    for module in (groups, uploads, jobs, imports, prompts, catalogs, webhook, download, files, ui):
+    routers = (groups, uploads, jobs, imports, prompts, catalogs, presets, webhook, download, files)
+    for module in (*routers, personas, ui):
         app.include_router(module.router)
-    app.include_router(personas.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)

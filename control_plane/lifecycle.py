@@ -272,6 +272,54 @@ def release_claim(
     session.add(dispatch)
 
 
+def drop_unsendable(session: Session, dispatch_id: str, reasons: dict[str, str]) -> None:
+    """Images of a claimed dispatch that cannot be sent (output id → why: a reference image
+    deleted since they were asked for) fail with their reason; the claim is released
+    without spending a send, so the rest of the chunk goes at the next pass; a chunk left
+    with nothing to send ends failed."""
+    dispatch = lock_dispatch(session, dispatch_id)
+    if dispatch is None or dispatch.status != DispatchStatus.SUBMITTING:
+        return
+    now = utcnow()
+    for output_id, reason in reasons.items():
+        _fail_outputs(
+            session,
+            (
+                col(Output.id) == output_id,
+                col(Output.dispatch_id) == dispatch_id,
+                col(Output.status).in_(UNFINISHED),
+            ),
+            clip(reason) or "failed",
+            now,
+        )
+    left = session.exec(
+        select(func.count())
+        .select_from(Output)
+        .where(col(Output.dispatch_id) == dispatch_id, col(Output.status).in_(UNFINISHED))
+    ).one()
+    if left:
+        dispatch.status, dispatch.updated_at = DispatchStatus.PENDING, now
+        dispatch.submit_attempts = max(dispatch.submit_attempts - 1, 0)
+        session.add(dispatch)
+        wake_after_commit(session, Service.SENDER)
+    else:
+        reason = "nothing left to send: " + next(iter(reasons.values()), "")
+        dispatch.status, dispatch.error = DispatchStatus.FAILED, clip(reason)
+        dispatch.finished_at = dispatch.updated_at = now
+        session.add(dispatch)
+        emit(
+            session,
+            EventKind.DISPATCH_FAILED,
+            job_id=dispatch.job_id,
+            dispatch_id=dispatch.id,
+            reason=dispatch.error,
+            retry=False,
+            lost=False,
+            runpod_job_id=None,
+        )
+    refresh_job(session, dispatch.job_id)
+
+
 def note_polled(session: Session, dispatch_id: str, runpod_status: str | None) -> None:
     """Remember that RunPod was asked about the dispatch and what it said (still running)."""
     dispatch = session.get(Dispatch, dispatch_id)

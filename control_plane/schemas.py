@@ -1,5 +1,6 @@
 """Request and response bodies: one family per entity (Create / Public)."""
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -81,6 +82,7 @@ class UploadPublic(BaseModel):
     created_at: UtcDatetime
     # already in the group (this upload, or an earlier file of the same request): not stored again
     duplicate: bool = False
+    attributes: dict[str, Any] | None = None  # e.g. {"gender": "female"}: pools pick by these
 
 
 class UploadRejected(BaseModel):
@@ -398,3 +400,110 @@ class PersonaDetail(PersonaPublic):
 class PersonaBatch(BaseModel):
     batch_id: str
     personas: list[PersonaPublic]
+
+
+# Reference pools and presets ----------------------------------------------------------
+MAX_UPLOAD_ATTRIBUTES = 32
+MAX_ATTRIBUTE_KEY = 64
+AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_KEY)]
+
+
+def _attribute_value(key: str, value: Any, nullable: bool) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, str) and len(value) > 1_000:
+        raise ValueError(f"{_clipped(key)} is longer than 1,000 characters")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{_clipped(key)} is not a finite number")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"{_clipped(key)} is too large a number")
+    if not isinstance(value, str | int | float):  # bool is an int
+        kind = {dict: "an object", list: "a list", type(None): "null"}.get(type(value), "?")
+        raise ValueError(
+            f"{_clipped(key)} is {kind}: each value must be a string, a number, true or false"
+            + (" (null deletes the key)" if nullable else "")
+        )
+
+
+def _attribute_map(nullable: bool) -> Any:
+    def check(attributes: dict[str, Any]) -> dict[str, Any]:
+        if len(attributes) > MAX_UPLOAD_ATTRIBUTES:
+            raise ValueError(f"at most {MAX_UPLOAD_ATTRIBUTES} attributes; got {len(attributes)}")
+        for key, value in attributes.items():
+            if not 1 <= len(key) <= MAX_ATTRIBUTE_KEY:
+                raise ValueError(
+                    f"attribute names are 1 to {MAX_ATTRIBUTE_KEY} characters; got {_clipped(key)}"
+                )
+            _attribute_value(key, value, nullable)
+        return attributes
+
+    return AfterValidator(check)
+
+
+# An upload's attributes: a flat object of strings, numbers and booleans, e.g. {"gender": "f"}.
+UploadAttributes = Annotated[dict[str, Any], _attribute_map(nullable=False)]
+
+
+class UploadPatch(_Body):
+    """Merged into the upload's attributes (RFC 7396): a key given is set, a key given null
+    is deleted, keys not given stay; `"attributes": null` deletes them all."""
+
+    attributes: Annotated[dict[str, Any], _attribute_map(nullable=True)] | None
+
+
+class PresetCreate(_Body):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    prompt: Prompt
+    config: GenerationConfig = GenerationConfig()
+    examples_per_reference: Annotated[int, Field(ge=1, le=8)] = 1
+
+
+class PresetUsageCounts(BaseModel):
+    used: int  # references with at least one succeeded example
+    reserved: int  # references picked by examples jobs still running
+
+
+class PresetPublic(BaseModel):
+    id: str
+    name: str
+    prompt: str
+    config: dict[str, Any]
+    examples_per_reference: int
+    usage: PresetUsageCounts
+    examples: int  # in the gallery
+    created_at: UtcDatetime
+
+
+class PresetExamplePublic(BaseModel):
+    output_id: str
+    job_id: str
+    upload_id: str  # the reference it was made from
+    prompt: str
+    seed: int
+    url: str | None
+    thumbnail_url: str | None
+    width: int | None
+    height: int | None
+    added_at: UtcDatetime
+
+
+class PresetDetail(PresetPublic):
+    gallery: Page[PresetExamplePublic]  # newest first
+
+
+class PresetExamplesRequest(_Body):
+    pool_group_id: str
+    count: Annotated[int, Field(ge=1, le=1_000)] = 20
+    balance_by: AttributeKey | None = None  # an attribute of the pool's uploads
+    seed: Annotated[int, Field(ge=0, lt=2**31)] | None = None
+    group_id: str | None = None  # where the examples go; the pool's group by default
+
+
+class PresetExamplesResponse(SubmitResponse):
+    reference_ids: list[str]  # the picked references, in output order
+    split: dict[str, int] | None  # references per value of `balance_by`
+
+
+class PresetUsageReset(BaseModel):
+    released: int  # usage records deleted: those references may be picked again
+    kept_reserved: int  # references of examples jobs still running (released when they end)

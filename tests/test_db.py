@@ -51,7 +51,10 @@ def test_ids_match_exactly_on_every_database(api: Api) -> None:
             "images": [images[0].upper()],
         },
     )
-    assert wrong_case.status_code == 422 and "not uploads of group" in wrong_case.json()["detail"]
+    assert (
+        wrong_case.status_code == 422
+        and "not uploads or images of group" in wrong_case.json()["detail"]
+    )
 
 
 def test_the_migrations_make_exactly_the_tables_the_models_describe(database_url: str) -> None:

@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from control_plane import lifecycle
-from control_plane.models import Dispatch, Output, OutputKind, OutputStatus, Upload, utcnow
+from control_plane.models import Dispatch, Output, OutputKind, utcnow
 from control_plane.platform import Platform
 from control_plane.runpod.client import RunPodError
 from control_plane.runpod.wire import run_body
+from control_plane.services import references
 from shared import layout
 from shared.contract import DispatchInput, ImageParams, Task, WorkItem
 from shared.storage import Storage
@@ -101,11 +102,37 @@ async def cancel_quietly(platform: Platform, runpod_job_id: str) -> None:
 
 
 def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
+    """Claim the dispatch and build its `/run` body; None if there is nothing to send now.
+
+    Images whose reference images no longer exist (deleted since they were asked for) are
+    failed with the reason, the claim is given back, and the rest go at the next pass.
+    """
     with platform.session_scope() as session:
         dispatch = lifecycle.claim(session, platform.settings, dispatch_id, stale_claim(platform))
         if dispatch is None:
             return None
-        return run_body(platform.settings, dispatch, _input_of(session, platform.storage, dispatch))
+        outputs = _unsent(session, dispatch)
+        keys = references.storage_keys(session, {r for o in outputs for r in o.reference_ids})
+        gone = {
+            output.id: _gone(missing)
+            for output in outputs
+            if (missing := [ref for ref in output.reference_ids if ref not in keys])
+        }
+        if not gone:
+            return run_body(
+                platform.settings, dispatch, _input_of(platform.storage, dispatch, outputs, keys)
+            )
+    log.warning("dispatch %s: %d image(s) lost their references", dispatch_id, len(gone))
+    with platform.session_scope() as session:
+        lifecycle.drop_unsendable(session, dispatch_id, gone)
+    return None
+
+
+def _gone(missing: list[str]) -> str:
+    return (
+        f"reference image(s) {', '.join(missing)} no longer exist (deleted after this image "
+        "was asked for)"
+    )
 
 
 def _record(platform: Platform, dispatch_id: str, runpod_job_id: str) -> bool:
@@ -118,21 +145,27 @@ def _release(platform: Platform, dispatch_id: str, error: str, lost: bool) -> No
         lifecycle.release_claim(session, platform.settings, dispatch_id, error, lost=lost)
 
 
-def _input_of(session: Session, storage: Storage, dispatch: Dispatch) -> DispatchInput:
-    """The worker's input: the dispatch's unfinished images, references as storage URIs."""
-    outputs = session.exec(
-        select(Output).where(Output.dispatch_id == dispatch.id).order_by(col(Output.position))
-    ).all()
-    reference_ids = {ref for output in outputs for ref in output.reference_ids}
-    keys = dict(
+def _unsent(session: Session, dispatch: Dispatch) -> list[Output]:
+    """The dispatch's images still to make, in order."""
+    return list(
         session.exec(
-            select(Upload.id, Upload.storage_key).where(col(Upload.id).in_(reference_ids))
+            select(Output)
+            .where(
+                Output.dispatch_id == dispatch.id,
+                col(Output.status).in_(lifecycle.UNFINISHED),
+            )
+            .order_by(col(Output.position))
         ).all()
     )
+
+
+def _input_of(
+    storage: Storage, dispatch: Dispatch, outputs: list[Output], keys: dict[str, str]
+) -> DispatchInput:
+    """The worker's input: the dispatch's unfinished images, references as storage URIs."""
     items = [
         _work_item(output, [storage.uri(keys[ref]) for ref in output.reference_ids])
         for output in outputs
-        if output.status not in (OutputStatus.SUCCEEDED, OutputStatus.BLOCKED)
     ]
     return DispatchInput(dispatch_id=dispatch.id, job_id=dispatch.job_id, items=items)
 

@@ -1,11 +1,12 @@
 """Tabular import: a CSV or JSONL file of rows becomes one job, each row one prompt.
 
 A row names its prompt (column `prompt`, or a Jinja2 template rendered with the row's
-columns), optionally a reference image (`image`: an upload id or filename of the group),
-its own `id`, `negative_prompt`, `seed`, `count` (outputs; by default the config's
-`outputs_per_image`), `aspect_ratio` and `image_size`. Each prompt's permutations are
-expanded (`services/prompts.py`). Every row is checked before anything is written: bad rows
-are one InvalidRows (422) naming each row and column, and nothing is imported.
+columns), optionally a reference image (`image`: an upload id or filename of the group, or
+the id of a succeeded image of the group), its own `id`, `negative_prompt`, `seed`, `count`
+(outputs; by default the config's `outputs_per_image`), `aspect_ratio` and `image_size`.
+Each prompt's permutations are expanded (`services/prompts.py`). Every row is checked
+before anything is written: bad rows are one InvalidRows (422) naming each row and column,
+and nothing is imported.
 """
 
 import itertools
@@ -27,7 +28,7 @@ from control_plane.errors import (
 )
 from control_plane.models import Group, Job, JobMode, Output, Upload
 from control_plane.schemas import AutomaticConfig
-from control_plane.services import prompts
+from control_plane.services import prompts, references
 from control_plane.services.submissions import (
     _base_seed,
     _batches,
@@ -39,7 +40,7 @@ from control_plane.services.submissions import (
 from control_plane.services.tables import Table, json_type, read_table, shown
 from control_plane.services.uploads import display_name
 from control_plane.settings import Settings
-from shared.ids import is_id, new_id
+from shared.ids import new_id
 
 MAX_PROMPT_CHARS = 10_000  # as a submission's prompt
 MAX_NEGATIVE_PROMPT_CHARS = 2_000  # as GenerationConfig's
@@ -360,21 +361,16 @@ class _RowChecker:
 
 
 def _find_images(
-    session: Session, group_id: str, references: set[str | None]
+    session: Session, group_id: str, wanted_references: set[str | None]
 ) -> dict[str, str | _Unusable]:
-    """Each reference (an upload id or a filename of the group) → its upload id, or the
-    problem with it. A filename is taken as uploads keep theirs (`display_name`: no
-    directories, NFC), then compared exactly here: MySQL's collations would match `CAT.PNG`
-    and `cat.png ` to `cat.png`."""
-    wanted = {reference for reference in references if reference is not None}
-    ids = sorted(reference for reference in wanted if is_id("img", reference))
-    found: set[str] = set()
-    for batch in _batches(ids, 1000):
-        found.update(
-            session.exec(
-                select(Upload.id).where(col(Upload.id).in_(batch), Upload.group_id == group_id)
-            ).all()
-        )
+    """Each reference (an upload id, the id of a succeeded image, or a filename of the
+    group) → its id, or the problem with it. A filename is taken as uploads keep theirs
+    (`display_name`: no directories, NFC), then compared exactly here: MySQL's collations
+    would match `CAT.PNG` and `cat.png ` to `cat.png`."""
+    wanted = {reference for reference in wanted_references if reference is not None}
+    ids = [reference for reference in wanted if references.well_formed(reference)]
+    problems = references.problems(session, group_id, ids)
+    found = {reference for reference in ids if reference not in problems}
     names = {reference: display_name(reference) for reference in wanted - found}
     uploads_named: dict[str, list[str]] = {}
     for batch in _batches(sorted(set(names.values())), 1000):
@@ -387,17 +383,23 @@ def _find_images(
     return {
         reference: reference
         if reference in found
-        else _by_name(group_id, reference, sorted(uploads_named.get(names[reference], [])))
+        else _by_name(
+            group_id,
+            reference,
+            sorted(uploads_named.get(names[reference], [])),
+            problems.get(reference),
+        )
         for reference in wanted
     }
 
 
-def _by_name(group_id: str, name: str, matches: list[str]) -> str | _Unusable:
+def _by_name(group_id: str, name: str, matches: list[str], problem: str | None) -> str | _Unusable:
+    """The upload named `name`; else why not (`problem`: what is wrong with it as an id)."""
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        what = "no upload" if is_id("img", name) else "no upload named"
-        return _Unusable("image", f"{what} {shown(name, 80)} in group {group_id}")
+        missing = f"no upload named {shown(name, 80)} in group {group_id}"
+        return _Unusable("image", problem or missing)
     return _Unusable(
         "image",
         f"{len(matches)} uploads of group {group_id} are named {shown(name, 80)}; use the id "

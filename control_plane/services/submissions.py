@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from control_plane import lifecycle
 from control_plane.errors import Conflict, InvalidRequest, NotFound
-from control_plane.models import Catalog, Group, Job, JobMode, Output, Upload
+from control_plane.models import Catalog, Group, Job, JobMode, Output
 from control_plane.schemas import (
     AutomaticSubmit,
     CatalogSubmit,
@@ -21,9 +21,9 @@ from control_plane.schemas import (
     SemiAutomaticItem,
     SemiAutomaticSubmit,
 )
-from control_plane.services import catalogs, prompts
+from control_plane.services import catalogs, prompts, references
 from control_plane.settings import Settings
-from shared.ids import is_id, new_id
+from shared.ids import new_id
 from shared.model_table import model_table
 
 
@@ -72,10 +72,10 @@ def _plan(
             f"{len(request.images):,} images x {permutations.count:,} prompts x "
             f"{request.config.outputs_per_image} outputs per image",
         )
-        _check_references(session, request.group_id, [[i] for i in request.images], params["model"])
+        references.check(session, request.group_id, [[i] for i in request.images], params["model"])
         return _plan_automatic(session, settings, request, permutations.prompts(), params)
     items = _expanded_items(request)
-    _check_references(session, request.group_id, [i.images for i in items], params["model"])
+    references.check(session, request.group_id, [i.images for i in items], params["model"])
     return _plan_semi_automatic(session, request, items, params)
 
 
@@ -113,46 +113,6 @@ def resolve_params(config: GenerationConfig, settings: Settings) -> dict[str, st
         "image_size": image_size,
         "negative_prompt": config.negative_prompt,
     }
-
-
-def _check_references(
-    session: Session, group_id: str, id_lists: Sequence[Sequence[str]], model: str | None
-) -> None:
-    """Each prompt within the model's limit, and every id an upload of the group: malformed
-    ids are refused before any query, so only upload-shaped ids, in bounded lists, reach
-    the database."""
-    limit = model_table()[model or ""].max_reference_images
-    longest = max((len(ids) for ids in id_lists), default=0)
-    if longest > limit:
-        raise InvalidRequest(
-            f"{model} takes at most {limit} reference images per prompt; got {longest}"
-        )
-    wanted = {image_id for ids in id_lists for image_id in ids}
-    malformed = sorted(image_id for image_id in wanted if not is_id("img", image_id))
-    if malformed:
-        raise InvalidRequest(
-            f"{len(malformed)} image id(s) are not uploads of group {group_id}: not shaped "
-            "like an upload id (img_ and 26 characters of lower-case Crockford base32): "
-            f"{_few(malformed)}"
-        )
-    found: set[str] = set()
-    for batch in _batches(sorted(wanted), 1000):
-        found.update(
-            session.exec(
-                select(Upload.id).where(col(Upload.id).in_(batch), Upload.group_id == group_id)
-            ).all()
-        )
-    missing = sorted(wanted - found)
-    if missing:
-        raise InvalidRequest(
-            f"{len(missing)} image id(s) are not uploads of group {group_id}: {_few(missing)}"
-        )
-
-
-def _few(image_ids: list[str], shown: int = 10, chars: int = 40) -> str:
-    """The first few ids, each cut short: a message names them without echoing a body."""
-    cut = [i if len(i) <= chars else i[:chars] + "…" for i in image_ids[:shown]]
-    return ", ".join(cut) + (" …" if len(image_ids) > shown else "")
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:
@@ -326,7 +286,7 @@ def _pick_entries(
         raise InvalidRequest(
             f"catalog {catalog.id} ({catalog.name!r}) has no prompt tagged "
             f"{', '.join(map(repr, unknown))}; "
-            f"its tags are: {_few(list(catalog.tag_counts), shown=50)}"
+            f"its tags are: {references.few(list(catalog.tag_counts), 50)}"
         )
     picked = {}
     for tag in tags:

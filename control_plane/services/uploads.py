@@ -6,9 +6,10 @@ deleted again, so a failed request leaves nothing behind.
 
 A group holds each image once: a file whose sha256 (of the bytes stored) is already an
 upload of the group, or an earlier file of the same request, is answered with that upload,
-marked a duplicate, and stores nothing. Two requests bringing the same new file at once are
-settled under the group's row lock when the rows are written (`record`): the later one finds
-the earlier's row, answers with it and deletes the copy it stored.
+marked a duplicate, and stores nothing (nor changes it: attributes sent with it are not
+applied; `update_attributes` changes an upload's). Two requests bringing the same new file
+at once are settled under the group's row lock when the rows are written (`record`): the
+later one finds the earlier's row, answers with it and deletes the copy it stored.
 """
 
 import functools
@@ -22,14 +23,27 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
+import pydantic
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select, update
 
-from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound, PayloadTooLarge
+from control_plane.errors import (
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    describe_validation,
+)
 from control_plane.models import Group, Upload, utcnow
-from control_plane.schemas import UploadRejected
+from control_plane.schemas import (
+    MAX_UPLOAD_ATTRIBUTES,
+    UploadAttributes,
+    UploadPatch,
+    UploadRejected,
+)
 from control_plane.settings import Settings
 from shared import layout
 from shared.ids import new_id
@@ -70,10 +84,11 @@ def accept(
     settings: Settings,
     group_id: str,
     files: Sequence[IncomingFile],
+    attributes: dict[str, Any] | None = None,
 ) -> tuple[list[Accepted], list[UploadRejected]]:
-    """Store every acceptable new file, answer files the group already has with their
-    upload, reject the rest with a reason, then record the stored (committed). Nothing is
-    left behind when this fails part-way: stored objects are removed.
+    """Store every acceptable new file (with `attributes`), answer files the group already
+    has with their upload (unchanged), reject the rest with a reason, then record the stored
+    (committed). Nothing is left behind when this fails part-way: stored objects are removed.
     """
     group = session.get(Group, group_id)
     if group is None:
@@ -96,6 +111,8 @@ def accept(
         raise
     if not stored:
         return accepted, rejected
+    for upload in stored.values():
+        upload.attributes = attributes or None
     recorded_meanwhile = record(session, storage, group_id, list(stored.values()))
     return [_settled(item, recorded_meanwhile) for item in accepted], rejected
 
@@ -171,6 +188,48 @@ def get_upload(session: Session, upload_id: str) -> Upload:
     upload = session.get(Upload, upload_id)
     if upload is None:
         raise NotFound(f"upload {upload_id} does not exist")
+    return upload
+
+
+ATTRIBUTES = pydantic.TypeAdapter(UploadAttributes)
+
+
+def parse_attributes(text: str) -> dict[str, Any] | None:
+    """The form field `attributes` (a JSON object of strings, numbers and booleans) read and
+    checked; None when blank or empty. InvalidRequest says what is wrong."""
+    if not text.strip():
+        return None
+    try:
+        return ATTRIBUTES.validate_json(text) or None
+    except pydantic.ValidationError as exc:
+        problems = describe_validation(exc.errors())
+        raise InvalidRequest(
+            f"form field attributes: {problems} (send a JSON object of strings, numbers and "
+            f'booleans, e.g. {{"gender": "female"}})'
+        ) from exc
+
+
+def update_attributes(session: Session, upload_id: str, patch: UploadPatch) -> Upload:
+    """Merge `patch` into the upload's attributes (a null value deletes its key; null
+    attributes delete them all) and commit."""
+    upload = session.get(Upload, upload_id, with_for_update=True, populate_existing=True)
+    if upload is None:
+        raise NotFound(f"upload {upload_id} does not exist")
+    merged = dict(upload.attributes or {}) if patch.attributes is not None else {}
+    for key, value in (patch.attributes or {}).items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    if len(merged) > MAX_UPLOAD_ATTRIBUTES:
+        session.rollback()
+        raise InvalidRequest(
+            f"upload {upload_id} would have {len(merged)} attributes; "
+            f"the limit is {MAX_UPLOAD_ATTRIBUTES} (send null for a key to delete it)"
+        )
+    upload.attributes = merged or None
+    session.add(upload)
+    session.commit()
     return upload
 
 

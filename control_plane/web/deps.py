@@ -58,6 +58,10 @@ def persona_id_of(persona_id: str) -> str:
     return _known_shape(persona_id, "per", "persona")
 
 
+def preset_id_of(preset_id: str) -> str:
+    return _known_shape(preset_id, "pre", "preset")
+
+
 # Ids in paths, checked at the edge: a malformed one is a 404 before any query runs.
 GroupId = Annotated[str, Depends(group_id_of)]
 JobId = Annotated[str, Depends(job_id_of)]
@@ -65,3 +69,4 @@ UploadId = Annotated[str, Depends(upload_id_of)]
 OutputId = Annotated[str, Depends(output_id_of)]
 CatalogId = Annotated[str, Depends(catalog_id_of)]
 PersonaId = Annotated[str, Depends(persona_id_of)]
+PresetId = Annotated[str, Depends(preset_id_of)]

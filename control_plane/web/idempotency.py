@@ -40,10 +40,9 @@ from control_plane.web.errors import error_response
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The routes that take a key (POST): a key sent elsewhere is ignored.
-IDEMPOTENT_ROUTES = frozenset(
-    {"/api/groups", "/api/uploads", "/api/jobs/submit", "/api/jobs/import", "/api/personas"}
-)
+# The routes that take a key: every POST of the API but RunPod's webhook (it has its own
+# exactly-once rules); a key sent elsewhere is ignored.
+IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/)[^?#]+")
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
 RETRY_LATER = frozenset({408, 409, 425, 429})  # 4xx that say "try again": not final
@@ -76,7 +75,7 @@ class IdempotencyMiddleware:
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
-            or scope["path"] not in IDEMPOTENT_ROUTES
+            or not IDEMPOTENT_ROUTES.fullmatch(scope["path"])
         ):
             await self.app(scope, receive, send)
             return

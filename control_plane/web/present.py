@@ -4,7 +4,7 @@ import logging
 
 from fastapi import Request
 
-from control_plane.models import Job, Output, OutputStatus, Persona, Upload
+from control_plane.models import Job, Output, OutputStatus, Persona, Preset, PresetExample, Upload
 from control_plane.schemas import (
     DownloadItem,
     JobDetail,
@@ -13,6 +13,9 @@ from control_plane.schemas import (
     PersonaDetail,
     PersonaImages,
     PersonaPublic,
+    PresetExamplePublic,
+    PresetPublic,
+    PresetUsageCounts,
     Progress,
     UploadPublic,
 )
@@ -116,3 +119,20 @@ def persona_detail(
         variations=[output_public(request, storage, output) for output in variations],
     )
     return PersonaDetail(**persona_public(persona).model_dump(), images=images)
+
+
+def preset_public(preset: Preset, usage: PresetUsageCounts, examples: int) -> PresetPublic:
+    return PresetPublic(**preset.model_dump(), usage=usage, examples=examples)
+
+
+def preset_example_public(
+    request: Request, storage: Storage, example: PresetExample, output: Output
+) -> PresetExamplePublic:
+    shown = output_public(request, storage, output)
+    return PresetExamplePublic(
+        **shown.model_dump(include={"prompt", "seed", "url", "thumbnail_url", "width", "height"}),
+        output_id=output.id,
+        job_id=output.job_id,
+        upload_id=example.upload_id,
+        added_at=example.created_at,
+    )

@@ -39,7 +39,7 @@ def test_persona_create_watch_show(stack: Stack, tmp_path: Path) -> None:
     assert {p["status"] for p in answer["personas"]} == {"completed"}
 
     bad = pixelfleet("persona", "create", "--attribute", "female", api_url=api_url, cwd=tmp_path)
-    assert bad.returncode == 2 and "--attribute takes KEY=VALUE" in bad.stderr
+    assert bad.returncode == 2 and "--attribute takes key=value" in bad.stderr
     refused = pixelfleet(
         "persona", "create", "--attribute", "age_range=40-20", api_url=api_url, cwd=tmp_path
     )

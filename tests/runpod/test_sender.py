@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
-from control_plane.models import Dispatch, Output, utcnow
+from control_plane.models import Dispatch, Output, Upload, utcnow
 from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import reconcile_once
 from control_plane.runpod.sender import send_due
@@ -19,6 +19,7 @@ from tests.fakes.api import (
     RUNPOD,
     Api,
     dispatch_failed_events,
+    finish_job,
     submit_one_dispatch,
     succeeded_result,
 )
@@ -292,3 +293,88 @@ def test_a_stale_claim_on_the_last_send_fails_the_dispatch_instead_of_sending_it
         for i in job["images"]
     )
     assert [event.data["lost"] for event in dispatch_failed_events(api, job_id)] == [False]
+
+
+def _succeeded_image(api: Api, group_id: str) -> tuple[str, str]:
+    """A finished automatic job of the group with one succeeded image: (job id, image id)."""
+    [upload] = api.upload_ids(group_id, 1)
+    job_id = api.client.post(
+        "/api/jobs/submit",
+        json={"group_id": group_id, "mode": "automatic", "prompt": "base", "images": [upload]},
+    ).json()["jobs"][0]["id"]
+    finish_job(api, job_id, ["succeeded"])
+    [image] = api.client.get(f"/api/jobs/{job_id}").json()["images"]
+    return job_id, image["id"]
+
+
+def test_an_image_as_reference_is_sent_as_its_storage_uri(api: Api) -> None:
+    group_id = api.group()
+    _, image_id = _succeeded_image(api, group_id)
+    answer = api.client.post(
+        "/api/jobs/submit",
+        json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": [image_id]},
+    )
+    assert answer.status_code == 201, answer.text
+    api.drain()
+    with api.session() as session:
+        output = session.get(Output, image_id)
+        assert output is not None and output.storage_key
+    [item] = api.run_bodies[-1]["input"]["items"]
+    assert item["reference_uris"] == [api.platform.storage.uri(output.storage_key)]
+
+
+def test_a_reference_deleted_before_its_send_fails_only_the_images_needing_it(api: Api) -> None:
+    """The sender neither crashes nor loops on a reference deleted after the images were asked
+    for: those images fail naming it; the rest of the dispatch is sent, without spending a
+    send of its budget; a dispatch left with nothing to send ends failed."""
+    settings = api.platform.settings
+    api.platform.runpod = RunPodClient(settings.runpod_endpoint_url, "rp-key", backoff_s=0.001)
+    group_id = api.group()
+    parent_job, image_id = _succeeded_image(api, group_id)
+    [upload] = api.upload_ids(group_id, 1)
+    healthy = api.run_route.side_effect
+    api.run_route.mock(return_value=httpx.Response(503, text="busy"))
+    submitted = [
+        api.client.post(
+            "/api/jobs/submit",
+            json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images},
+        ).json()["jobs"][0]["id"]
+        for images in ([image_id, upload], [image_id])
+    ]
+    api.drain()
+    attempts = _dispatch_of(api, submitted[0]).submit_attempts  # the outage's
+    assert api.client.delete(f"/api/jobs/{parent_job}").status_code == 204
+    api.run_route.mock(side_effect=healthy)
+    sent_before = len(api.run_bodies)
+    api.client.portal.call(reconcile_once, api.platform)  # type: ignore[union-attr]
+    api.drain()
+    assert len(api.run_bodies) == sent_before + 1
+    [item] = api.run_bodies[-1]["input"]["items"]
+    assert item["reference_uris"] == [api.platform.storage.uri(_upload_key(api, upload))]
+    mixed, alone = (api.client.get(f"/api/jobs/{job_id}").json() for job_id in submitted)
+    gone = f"reference image(s) {image_id} no longer exist (deleted after this image was asked for)"
+    assert [(i["status"], i["error"]) for i in mixed["images"]] == [
+        ("failed", gone),
+        ("running", None),
+    ]
+    assert mixed["status"] == "processing"
+    assert alone["status"] == "failed" and alone["images"][0]["error"] == gone
+    sent = _dispatch_of(api, mixed["id"])
+    assert sent.status == "submitted" and sent.submit_attempts == attempts + 1
+    ended = _dispatch_of(api, alone["id"])
+    assert ended.status == "failed" and gone in (ended.error or "")
+    assert [e.data["reason"] for e in dispatch_failed_events(api, alone["id"])] == [
+        f"nothing left to send: {gone}"
+    ]
+
+
+def _dispatch_of(api: Api, job_id: str) -> Dispatch:
+    with api.session() as session:
+        return session.exec(select(Dispatch).where(Dispatch.job_id == job_id)).one()
+
+
+def _upload_key(api: Api, upload_id: str) -> str:
+    with api.session() as session:
+        upload = session.get(Upload, upload_id)
+        assert upload is not None
+        return upload.storage_key

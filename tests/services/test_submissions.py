@@ -80,7 +80,7 @@ def test_submit_semi_automatic_spreads_sets_over_items(api: Api) -> None:
         ({"config": {"aspect_ratio": "7:3"}}, 422, "aspect_ratio"),
         ({"config": {"model": "dall-e"}}, 422, "unknown model"),
         ({"config": {"image_size": "4K"}}, 422, "image_size"),
-        ({"images": ["img_missing"]}, 422, "not uploads of group"),
+        ({"images": ["img_missing"]}, 422, "not uploads or images of group"),
         ({"prompt": ""}, 422, "prompt"),
         ({"group_id": "grp_missing"}, 404, "does not exist"),
         ({"mode": "manual"}, 422, "mode"),

@@ -252,7 +252,9 @@ def test_malformed_image_ids_are_refused_before_any_query(api: Api) -> None:
         )
         assert answer.status_code == 422, answer.text[:300]
         detail = answer.json()["detail"]
-        assert detail.startswith(f"{count} are not uploads of group {group_id}: not shaped like")
+        assert detail.startswith(
+            f"{count} are not uploads or images of group {group_id}: not shaped"
+        )
         assert len(detail) < 1_000 and detail.endswith("…") == (len(images) > 10)
         assert time.monotonic() - started < 5
     many_items = [{"images": ["x"] * 50, "prompt": "p"} for _ in range(1_000)]  # 50,000 ids
