@@ -34,6 +34,8 @@ from client.files import LocalFile, batches, images_in, local_file, wire_name
 from control_plane.schemas import (
     CatalogDetail,
     CatalogPublic,
+    CharacterDetail,
+    CharacterPublic,
     GroupPublic,
     JobDetail,
     JobPublic,
@@ -319,6 +321,25 @@ class Client:
         answer = self._call("DELETE", f"/api/presets/{preset_id}/usage", idempotent=True)
         return _parsed(PresetUsageReset, answer)
 
+    # Characters -----------------------------------------------------------------------
+    def create_character(self, body: Body) -> CharacterPublic:
+        """`{name, references, seed?, style?}`: `POST /api/characters`."""
+        return self._post(CharacterPublic, "/api/characters", json=_jsonable(body))
+
+    def characters(self) -> Iterator[CharacterPublic]:
+        """Every character, newest first."""
+        yield from self._pages(CharacterPublic, "/api/characters")
+
+    def character(self, character_id: str) -> CharacterDetail:
+        """A character with its packs (newest first, each with its progress)."""
+        return self._get(CharacterDetail, f"/api/characters/{character_id}")
+
+    def create_pack(self, character_id: str, body: Body) -> SubmitResponse:
+        """A pack of the character, `{size?, scenes?, group_id?}`: one job."""
+        path = f"/api/characters/{character_id}/packs"
+        return self._post(SubmitResponse, path, json=_jsonable(body))
+
+    # Jobs (reading and following) -----------------------------------------------------
     def job(self, job_id: str) -> JobDetail:
         return self._get(JobDetail, f"/api/jobs/{job_id}")
 

@@ -1,6 +1,7 @@
 """The client commands of `pixelfleet` (a client of a running control plane): `generate`,
 `jobs ls|show|watch|cancel|retry`, `download`, `upload` (a folder with attributes, e.g. a
-reference pool), `preset create|examples|show|reset` and `persona create|watch|show`.
+reference pool), `preset create|examples|show|reset`, `character create|pack|show` and
+`persona create|watch|show`.
 `register(app)` adds them.
 
 Exit codes: 0 every image succeeded (every persona completed); 1 some image failed or was
@@ -41,6 +42,7 @@ from control_plane.schemas import (
     PersonaPublic,
     PresetDetail,
     PresetExamplesResponse,
+    Progress,
     SubmitResponse,
 )
 
@@ -74,6 +76,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(persona_app, name="persona")
     app.command()(upload)
     app.add_typer(preset_app, name="preset")
+    app.add_typer(character_app, name="character")
 
 
 @contextmanager
@@ -884,3 +887,147 @@ def preset_reset(
             f"released {reset.released} reference(s); {reset.kept_reserved} still reserved "
             "by running jobs"
         )
+
+
+# character --------------------------------------------------------------------------------
+character_app = typer.Typer(
+    help="Characters (references, a locked seed, a style) and their packs of images.",
+    no_args_is_help=True,
+)
+
+
+@character_app.command("create")
+def character_create(
+    name: Annotated[str, typer.Option(help="the character's name (it is in every prompt)")],
+    ref: Annotated[
+        list[str],
+        typer.Option("--ref", help="a reference: an upload or image id (repeat for more)"),
+    ],
+    seed: Annotated[
+        int | None, typer.Option(help="the locked seed (random when not given)")
+    ] = None,
+    style_prompt: Annotated[
+        str | None, typer.Option(help="the look, e.g. 'film photo, muted colours'")
+    ] = None,
+    aspect_ratio: Annotated[str | None, typer.Option(help="e.g. 1:1, 3:4")] = None,
+    image_size: Annotated[str | None, typer.Option(help="e.g. 1K, 2K")] = None,
+    model: Annotated[str | None, typer.Option(help="image model")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="what to avoid")] = None,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Create a character from reference images (uploads or generated images).
+
+    \b
+    pixelfleet character create --name Mina --ref img_... --ref img_... --seed 42
+    """
+    style = _config(
+        model=model,
+        aspect_ratio=aspect_ratio,
+        image_size=image_size,
+        style_prompt=style_prompt,
+        negative_prompt=negative_prompt,
+    )
+    body = _config(name=name, references=ref, seed=seed, style=style)
+    with _session(api, as_json) as run:
+        created = run.client.create_character(body)
+    if as_json:
+        _print_json(created.model_dump(mode="json"))
+        return
+    typer.echo(
+        f"character {created.id} ({created.name!r}): {len(created.references)} reference(s), "
+        f"seed {created.seed}, style {json.dumps(created.style)}"
+    )
+    typer.echo(f"make a pack with: pixelfleet character pack {created.id}", err=True)
+
+
+@character_app.command("pack")
+def character_pack(
+    character_id: Annotated[str, typer.Argument(help="the character's id (chr_...)")],
+    size: Annotated[int, typer.Option(help="images in the pack (5-10)")] = 8,
+    scene: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a scene (repeat; fewer than --size are used in turn); "
+            "default: built-in poses and settings"
+        ),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="group (name or id) for the images; default: the first reference's"),
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="follow the pack until it ends")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="save the pack's ZIP here once it ends (implies --watch)")
+    ] = None,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Make a pack: SIZE images of the character, one scene each, its references and seed
+    on every one. With --watch, exit 0 if every image succeeded, 1 if some did not.
+
+    \b
+    pixelfleet character pack chr_... --size 8 --watch
+    pixelfleet character pack chr_... --scene "on a boat" --scene "in a library" --out mina.zip
+    """
+    with _session(api, as_json) as run:
+        group_id = _existing_group(run, group).id if group else None
+        body = _config(size=size, scenes=scene, group_id=group_id)
+        [job] = run.client.create_pack(character_id, body).jobs
+        if not (watch or out):
+            _say_queued(run, job.id, job.progress.total)
+            return
+        _note(run, f"pack {job.id}: {job.progress.total} image(s) queued")
+        jobs = _watch(run, [job.id])
+        outcome = Outcome(jobs=jobs)
+        if out is not None:
+            with run.display.downloading(f"downloading {out.name}") as bar:
+                size_saved = run.client.download_zip(
+                    job.group_id, out, job_ids=[job.id], on_progress=bar.chunk
+                )
+            outcome = Outcome(jobs=jobs, zip_path=str(out), zip_bytes=size_saved)
+        _report_pack(run, outcome)
+
+
+def _say_queued(run: Run, job_id: str, total: int) -> None:
+    if run.as_json:
+        _print_json({"pack": {"id": job_id, "total": total}})
+        return
+    typer.echo(f"pack {job_id}: {total} image(s) queued")
+    typer.echo(f"watch it with: pixelfleet jobs watch {job_id}", err=True)
+
+
+def _report_pack(run: Run, outcome: Outcome) -> None:
+    """The outcome, ending with `7 of 8 images succeeded`; exit 1 unless all did."""
+    [job] = outcome.jobs
+    summary = _pack_summary(job.progress)
+    if run.as_json:
+        _print_json({**outcome.as_json(), "summary": summary})
+    else:
+        for line in [*outcome.lines(), summary]:
+            typer.echo(line)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _pack_summary(progress: Progress) -> str:
+    return f"{progress.succeeded} of {progress.total} images succeeded"
+
+
+@character_app.command("show")
+def character_show(
+    character_id: Annotated[str, typer.Argument(help="the character's id (chr_...)")],
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """A character: its references, seed, style and packs (newest first, with progress)."""
+    with _session(api, as_json) as run:
+        character = run.client.character(character_id)
+    if as_json:
+        _print_json(character.model_dump(mode="json"))
+        return
+    typer.echo(f"character {character.id} ({character.name!r}), seed {character.seed}")
+    typer.echo(f"references: {' '.join(character.references)}")
+    typer.echo(f"style: {json.dumps(character.style)}")
+    for pack in character.packs:
+        typer.echo(f"{pack.id}  {pack.status:<10} {pack.summary}  {pack.created_at:%Y-%m-%d %H:%M}")
+    typer.echo(f"{len(character.packs)} pack(s)", err=True)

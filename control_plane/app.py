@@ -24,6 +24,7 @@ from control_plane.services.presets import gallery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
+    characters,
     download,
     files,
     groups,
@@ -127,8 +128,8 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    routers = (groups, uploads, jobs, imports, prompts, catalogs, presets, webhook, download, files)
-    for module in (*routers, personas, ui):
+    routers = [groups, uploads, jobs, imports, prompts, catalogs, presets, characters, personas]
+    for module in (*routers, webhook, download, files, ui):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)

@@ -507,3 +507,77 @@ class PresetExamplesResponse(SubmitResponse):
 class PresetUsageReset(BaseModel):
     released: int  # usage records deleted: those references may be picked again
     kept_reserved: int  # references of examples jobs still running (released when they end)
+
+
+# Characters ---------------------------------------------------------------------------
+CharacterName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+]
+Scene = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+StylePrompt = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2_000)]
+PACK_SIZES = (5, 10)  # a pack has this many images, at least and at most
+
+
+class CharacterStyle(_Body):
+    """A character's look, locked at creation (model, ratio and size checked against the
+    model table, defaults filled in)."""
+
+    model: str | None = None
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    style_prompt: StylePrompt | None = None
+    negative_prompt: NegativePrompt | None = None
+
+
+class CharacterCreate(_Body):
+    name: CharacterName
+    # uploads or succeeded image outputs, of any group; at most the model's limit
+    references: Annotated[
+        list[Annotated[str, StringConstraints(max_length=100)]],
+        Field(min_length=1, max_length=100),
+        AfterValidator(_each_once),
+    ]
+    seed: Annotated[int, Field(ge=0, lt=2**31)] | None = None  # random when absent
+    style: CharacterStyle = CharacterStyle()
+
+
+class CharacterPublic(BaseModel):
+    id: str
+    name: str
+    references: list[str]
+    seed: int
+    style: dict[str, Any]
+    created_at: UtcDatetime
+
+
+class PackPublic(BaseModel):
+    """One pack of a character: its job's status and progress, and `summary` in words
+    (`7 of 8 images succeeded, 1 failed`)."""
+
+    id: str  # the pack's job
+    group_id: str
+    status: str
+    progress: Progress
+    summary: str
+    created_at: UtcDatetime
+    completed_at: UtcDatetime | None
+
+
+class CharacterDetail(CharacterPublic):
+    packs: list[PackPublic]  # newest first
+
+
+class PackCreate(_Body):
+    size: Annotated[int, Field(ge=PACK_SIZES[0], le=PACK_SIZES[1])] = 8
+    # one per image, in order; fewer than `size` are used in turn
+    scenes: Annotated[list[Scene], Field(min_length=1, max_length=PACK_SIZES[1])] | None = None
+    group_id: str | None = None  # by default the group of the character's first reference
+
+    @model_validator(mode="after")
+    def _scenes_fit(self) -> "PackCreate":
+        if self.scenes is not None and len(self.scenes) > self.size:
+            raise ValueError(
+                f"{len(self.scenes)} scenes for a pack of {self.size} images: give at most "
+                f"{self.size} scenes, or a larger size (up to {PACK_SIZES[1]})"
+            )
+        return self

@@ -70,3 +70,10 @@ OutputId = Annotated[str, Depends(output_id_of)]
 CatalogId = Annotated[str, Depends(catalog_id_of)]
 PersonaId = Annotated[str, Depends(persona_id_of)]
 PresetId = Annotated[str, Depends(preset_id_of)]
+
+
+def character_id_of(character_id: str) -> str:
+    return _known_shape(character_id, "chr", "character")
+
+
+CharacterId = Annotated[str, Depends(character_id_of)]

@@ -42,7 +42,9 @@ T = TypeVar("T")
 
 # The routes that take a key: every POST of the API but RunPod's webhook (it has its own
 # exactly-once rules); a key sent elsewhere is ignored.
-IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/)[^?#]+")
+# Paths longer than the stored scope holds (`IdempotentRequest.scope`) are no route's (ids
+# are 30 characters): they are answered as without a key.
+IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/)[^?#]{1,80}")
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
 RETRY_LATER = frozenset({408, 409, 425, 429})  # 4xx that say "try again": not final

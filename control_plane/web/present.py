@@ -4,12 +4,24 @@ import logging
 
 from fastapi import Request
 
-from control_plane.models import Job, Output, OutputStatus, Persona, Preset, PresetExample, Upload
+from control_plane.models import (
+    Character,
+    Job,
+    Output,
+    OutputStatus,
+    Persona,
+    Preset,
+    PresetExample,
+    Upload,
+)
 from control_plane.schemas import (
+    CharacterDetail,
+    CharacterPublic,
     DownloadItem,
     JobDetail,
     JobPublic,
     OutputPublic,
+    PackPublic,
     PersonaDetail,
     PersonaImages,
     PersonaPublic,
@@ -135,4 +147,31 @@ def preset_example_public(
         job_id=output.job_id,
         upload_id=example.upload_id,
         added_at=example.created_at,
+    )
+
+
+def character_public(character: Character) -> CharacterPublic:
+    return CharacterPublic(**character.model_dump(), references=character.reference_ids)
+
+
+def pack_public(job: Job) -> PackPublic:
+    """A character's pack: its job's progress, and in words (`7 of 8 images succeeded, 1
+    failed`)."""
+    progress = job_public(job).progress
+    others = [
+        f"{count} {what}"
+        for count, what in (
+            (progress.failed, "failed"),
+            (progress.blocked, "blocked"),
+            (progress.pending, "pending"),
+        )
+        if count
+    ]
+    summary = ", ".join([f"{progress.succeeded} of {progress.total} images succeeded", *others])
+    return PackPublic(**job.model_dump(), progress=progress, summary=summary)
+
+
+def character_detail(character: Character, packs: list[Job]) -> CharacterDetail:
+    return CharacterDetail(
+        **character_public(character).model_dump(), packs=[pack_public(job) for job in packs]
     )

@@ -433,3 +433,11 @@ def test_a_request_that_outlived_its_claim_neither_stores_nor_frees_the_next_cla
     assert _submit(api, "k", body).json() == answered.json()
     api.drain()
     assert (_count(api, Job), len(api.run_bodies)) == (1, 1)
+
+
+def test_a_key_on_a_path_longer_than_a_scope_holds_is_ignored(api: Api) -> None:
+    """No route has such a path (ids are 30 characters); MariaDB refused the stored scope."""
+    for length in (60, 80, 300):
+        path = "/api/characters/" + "é" * length + "/packs"
+        answer = api.client.post(path, json={}, headers={"Idempotency-Key": "long-path"})
+        assert answer.status_code == 404, answer.text[:300]
