@@ -41,6 +41,9 @@ from control_plane.schemas import (
     JobPublic,
     OutputDetail,
     Page,
+    PersonaBatch,
+    PersonaDetail,
+    PersonaPublic,
     PresetDetail,
     PresetExamplesResponse,
     PresetPublic,
@@ -68,6 +71,7 @@ UPLOAD_BATCH_FILES = 32
 UPLOAD_WORKERS = 4
 RETRY_LATER_S = 120.0  # most time spent waiting as servers' Retry-After headers ask
 ACTIVE_JOB_STATUSES = frozenset({"queued", "processing"})
+ENDED_PERSONA_STATUSES = frozenset({"completed", "failed"})
 Body = Mapping[str, Any] | BaseModel
 
 
@@ -393,6 +397,35 @@ class Client:
             took = time.monotonic() - started
             time.sleep(max(interval_s, 4 * took) - took)
 
+    # Personas -------------------------------------------------------------------------
+    def create_personas(self, body: Body) -> PersonaBatch:
+        """`{group_id, count, brief?, attributes?, config?}`: `POST /api/personas`."""
+        return self._post(PersonaBatch, "/api/personas", json=_jsonable(body))
+
+    def persona(self, persona_id: str) -> PersonaDetail:
+        return self._get(PersonaDetail, f"/api/personas/{persona_id}")
+
+    def personas(
+        self, *, batch_id: str | None = None, group_id: str | None = None
+    ) -> Iterator[PersonaPublic]:
+        """Every persona of the batch and/or group, oldest first."""
+        params = _present({"batch_id": batch_id, "group_id": group_id})
+        yield from self._pages(PersonaPublic, "/api/personas", params)
+
+    def follow_personas(
+        self, batch_id: str, interval_s: float = 1.0
+    ) -> Iterator[list[PersonaPublic]]:
+        """The batch's personas as they are now, again and again, until each is completed or
+        failed. Polls no faster than every `interval_s` (slower when the answers take long)."""
+        while True:
+            started = time.monotonic()
+            personas = list(self.personas(batch_id=batch_id))
+            yield personas
+            if all(persona.status in ENDED_PERSONA_STATUSES for persona in personas):
+                return
+            took = time.monotonic() - started
+            time.sleep(max(interval_s, 4 * took) - took)
+
     # Downloads ------------------------------------------------------------------------
     def download_zip(
         self,
@@ -455,10 +488,13 @@ class Client:
         answer = self._call("POST", path, headers=headers, idempotent=creates, **request)
         return _parsed(model, answer)
 
-    def _pages(self, model: type[ModelT], path: str) -> Iterator[ModelT]:
+    def _pages(
+        self, model: type[ModelT], path: str, params: Mapping[str, Any] | None = None
+    ) -> Iterator[ModelT]:
         page = 1
         while True:
-            answer = self._call("GET", path, params={"page": page, "limit": PAGE_LIMIT})
+            query = {**(params or {}), "page": page, "limit": PAGE_LIMIT}
+            answer = self._call("GET", path, params=query)
             listed = _parsed(Page[model], answer)  # type: ignore[valid-type]
             yield from listed.data
             if not listed.data or page * PAGE_LIMIT >= listed.total:

@@ -1,11 +1,11 @@
 """The client commands of `pixelfleet` (a client of a running control plane): `generate`,
 `jobs ls|show|watch|cancel|retry`, `download`, `upload` (a folder with attributes, e.g. a
-reference pool), `preset create|examples|show|reset`, `character create|pack|show`, `vary`
-and `rerun`. `register(app)` adds them.
+reference pool), `preset create|examples|show|reset`, `character create|pack|show`,
+`persona create|watch|show`, `vary` and `rerun`. `register(app)` adds them.
 
-Exit codes: 0 every image succeeded; 1 some image failed or was blocked (or an input file was
-rejected); 2 bad usage or an error from the API (its message, no traceback); 130 Ctrl-C (a
-job being watched keeps running).
+Exit codes: 0 every image succeeded (every persona completed); 1 some image failed or was
+blocked, an input file was rejected, or a persona failed; 2 bad usage or an error from the
+API (its message, no traceback); 130 Ctrl-C (a job being watched keeps running).
 """
 
 import json
@@ -24,7 +24,14 @@ from rich.filesize import decimal
 from client.api import API_URL_ENV, DEFAULT_API_URL, Client, FileUpload
 from client.errors import ApiError, ClientError
 from client.files import images_in
-from client.outcome import EXIT_INTERRUPTED, EXIT_USAGE, Outcome, cost_of
+from client.outcome import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    Outcome,
+    cost_of,
+)
 from client.progress import Display
 from control_plane.schemas import (
     CatalogCreate,
@@ -32,6 +39,8 @@ from control_plane.schemas import (
     GroupPublic,
     JobDetail,
     JobPublic,
+    PersonaDetail,
+    PersonaPublic,
     PresetDetail,
     PresetExamplesResponse,
     Progress,
@@ -71,6 +80,7 @@ def register(app: typer.Typer) -> None:
     app.command()(generate)
     app.add_typer(jobs_app, name="jobs")
     app.command()(download)
+    app.add_typer(persona_app, name="persona")
     app.command()(upload)
     app.add_typer(preset_app, name="preset")
     app.add_typer(character_app, name="character")
@@ -532,6 +542,145 @@ def _existing_group(run: Run, name_or_id: str) -> GroupPublic:
     if found is None:
         raise ClientError(f"no group is named {name_or_id!r} or has that id")
     return found
+
+
+# persona ----------------------------------------------------------------------------------
+persona_app = typer.Typer(
+    help="Create personas (data, a base portrait, 4 variations) and follow them.",
+    no_args_is_help=True,
+)
+DEFAULT_PERSONA_GROUP = "personas"
+
+
+@persona_app.command("create")
+def persona_create(
+    group: GroupOption = None,
+    count: Annotated[int, typer.Option(min=1, max=20, help="personas to create (1-20)")] = 1,
+    brief: Annotated[str | None, typer.Option(help="what the personas should be like")] = None,
+    attribute: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=VALUE every persona has, e.g. gender=female (repeat for more)"),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="image model")] = None,
+    aspect_ratio: Annotated[str | None, typer.Option(help="e.g. 3:4")] = None,
+    image_size: Annotated[str | None, typer.Option(help="e.g. 1K")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the first persona")] = None,
+    text_model: Annotated[str | None, typer.Option(help="the model writing their data")] = None,
+    watch: Annotated[bool, typer.Option(help="follow them until each ends")] = False,
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Create personas in a group (default: "personas", created if missing).
+
+    \b
+    pixelfleet persona create --group cast --count 3 --attribute gender=female --watch
+    """
+    body = {
+        "count": count,
+        "brief": brief,
+        "attributes": _attributes(attribute or []) or None,
+        "config": _config(model=model, aspect_ratio=aspect_ratio, image_size=image_size, seed=seed),
+        "text_model": text_model,
+    }
+    with _session(api, as_json) as run:
+        found = _group(run, group or DEFAULT_PERSONA_GROUP)
+        created = run.client.create_personas(_config(group_id=found.id, **body))
+        ids = ", ".join(persona.id for persona in created.personas)
+        _note(run, f"created {len(created.personas)} persona(s) in batch {created.batch_id}: {ids}")
+        personas = _watch_personas(run, created.batch_id) if watch else created.personas
+        _report_personas(run, created.batch_id, personas, ended=watch)
+
+
+@persona_app.command("watch")
+def persona_watch(
+    batch_id: Annotated[str, typer.Argument(help="the batch id `persona create` printed")],
+    api: ApiUrl = DEFAULT_API_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Follow a batch of personas until each is completed or failed."""
+    with _session(api, as_json) as run:
+        personas = _watch_personas(run, batch_id)
+        if not personas:
+            raise ClientError(f"batch {batch_id} has no personas")
+        _report_personas(run, batch_id, personas, ended=True)
+
+
+@persona_app.command("show")
+def persona_show(persona_id: str, api: ApiUrl = DEFAULT_API_URL, as_json: AsJson = False) -> None:
+    """One persona: its data, status, error log and images."""
+    with _session(api, as_json) as run:
+        persona = run.client.persona(persona_id)
+    if as_json:
+        _print_json(persona.model_dump(mode="json"))
+        return
+    for line in _persona_detail_lines(persona):
+        typer.echo(line)
+
+
+def _watch_personas(run: Run, batch_id: str) -> list[PersonaPublic]:
+    """Follow the batch with a bar per persona until each ends; Ctrl-C leaves them going."""
+    personas: list[PersonaPublic] = []
+    try:
+        with run.display.watching_personas() as bars:
+            for personas in run.client.follow_personas(batch_id):
+                bars.update(personas)
+    except KeyboardInterrupt:
+        again = f"pixelfleet persona watch {batch_id}"
+        if run.api_url.rstrip("/") != DEFAULT_API_URL:
+            again += f" --api {run.api_url}"
+        typer.echo(
+            f"stopped watching; the personas keep going on the server. Watch again with: {again}",
+            err=True,
+        )
+        if run.as_json:
+            _print_json({"interrupted": True, "batch_id": batch_id, "watch": again})
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    return personas
+
+
+def _report_personas(
+    run: Run, batch_id: str, personas: Sequence[PersonaPublic], *, ended: bool
+) -> None:
+    """Each persona's status and error log; exit 1 if one failed (else 0)."""
+    failed = any(persona.status == "failed" for persona in personas)
+    code = EXIT_SOME_FAILED if failed else EXIT_OK
+    if run.as_json:
+        listed = [
+            persona.model_dump(
+                mode="json",
+                include={"id", "name", "status", "stage", "error_log", "base_output_id"},
+            )
+            for persona in personas
+        ]
+        _print_json({"batch_id": batch_id, "personas": listed, "exit_code": code})
+        raise typer.Exit(code)
+    for persona in personas:
+        typer.echo(f"persona {persona.id} ({persona.name or 'unnamed'}): {persona.status}")
+        for entry in persona.error_log:
+            typer.echo(f"  {entry}")
+    if ended:
+        done = sum(persona.status == "completed" for persona in personas)
+        typer.echo(f"{done} of {len(personas)} persona(s) completed (batch {batch_id})")
+    raise typer.Exit(code)
+
+
+def _persona_detail_lines(persona: PersonaDetail) -> list[str]:
+    lines = [
+        f"persona {persona.id} ({persona.name or 'unnamed'}) in group {persona.group_id}: "
+        f"{persona.status}, stage {persona.stage}"
+    ]
+    for key, value in (persona.data or {}).items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        lines.append(f"  {key}: {shown}")
+    images = [persona.images.base] if persona.images.base else []
+    for name, image in zip(
+        ["base"] + [f"variation {n}" for n in range(1, 5)],
+        images + persona.images.variations,
+        strict=False,
+    ):
+        lines.append(f"  {name}: {image.status} {image.url or image.error or ''}".rstrip())
+    lines += [f"  error: {entry}" for entry in persona.error_log]
+    return lines
 
 
 # upload -----------------------------------------------------------------------------------

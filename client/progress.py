@@ -22,7 +22,7 @@ from rich.progress import (
 from client.api import FileUpload
 from client.files import LocalFile
 from client.outcome import cost_of
-from control_plane.schemas import JobDetail
+from control_plane.schemas import JobDetail, PersonaPublic
 
 
 class UploadBars:
@@ -105,6 +105,47 @@ class JobBars:
             )
 
 
+PERSONA_STEPS = 5  # data asked, data written, base asked, variations asked, ended
+
+
+def persona_step(persona: PersonaPublic) -> int:
+    """How far along its pipeline a persona is, 0 to PERSONA_STEPS."""
+    if persona.status in ("completed", "failed"):
+        return PERSONA_STEPS
+    if persona.status == "generating-images":
+        return 4 if persona.stage == "variations" else 3
+    return {"pending": 0, "generating-data": 1, "data-generated": 2}.get(persona.status, 0)
+
+
+class PersonaBars:
+    """One bar per persona: its step along the pipeline, its status and stage."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def update(self, personas: Sequence[PersonaPublic]) -> None:
+        if self.progress is None:
+            return
+        for persona in personas:
+            if persona.id not in self.tasks:
+                self.tasks[persona.id] = self.progress.add_task(
+                    f"persona ..{persona.id[-6:]}", total=PERSONA_STEPS, state=""
+                )
+            label = persona.name or f"persona ..{persona.id[-6:]}"
+            state = (
+                persona.status
+                if persona.status in ("completed", "failed")
+                else (f"{persona.status} ({persona.stage})")
+            )
+            self.progress.update(
+                self.tasks[persona.id],
+                description=label[:24],
+                completed=persona_step(persona),
+                state=state,
+            )
+
+
 class DownloadBar:
     def __init__(self, progress: Progress | None, what: str) -> None:
         self.progress = progress
@@ -141,6 +182,11 @@ class Display:
         )
         with self._progress(*columns) as bars:
             yield JobBars(bars)
+
+    @contextmanager
+    def watching_personas(self) -> Iterator[PersonaBars]:
+        with self._progress(TextColumn("{task.fields[state]}")) as bars:
+            yield PersonaBars(bars)
 
     @contextmanager
     def downloading(self, what: str) -> Iterator[DownloadBar]:

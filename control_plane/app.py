@@ -19,6 +19,7 @@ from control_plane.runpod.canceller import canceller
 from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
+from control_plane.services import personas as persona_stages
 from control_plane.services.presets import gallery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
@@ -30,6 +31,7 @@ from control_plane.web.api import (
     imports,
     jobs,
     outputs,
+    personas,
     presets,
     prompts,
     uploads,
@@ -93,6 +95,7 @@ def add_services(platform: Platform, *, timers: bool) -> None:
     if timers:
         platform.add_loop(Service.POLLER, poll_quiet, interval)
     platform.relay.subscribe(canceller(platform))
+    platform.relay.subscribe(persona_stages.pipeline(platform.settings))
     platform.relay.subscribe(gallery_consumer())
 
 
@@ -126,7 +129,18 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    routers = [groups, uploads, jobs, imports, prompts, catalogs, presets, characters, outputs]
+    routers = [
+        groups,
+        uploads,
+        jobs,
+        imports,
+        prompts,
+        catalogs,
+        presets,
+        characters,
+        outputs,
+        personas,
+    ]
     for module in (*routers, webhook, download, files, ui):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth

@@ -57,7 +57,7 @@ from control_plane.models import (
     clip,
     utcnow,
 )
-from control_plane.results import ResultRejected
+from control_plane.results import ResultRejected, TextAnswer
 from control_plane.results import check as check_result
 from control_plane.settings import Settings
 from shared.contract import ItemResult
@@ -399,6 +399,9 @@ def _apply_result(storage: Storage, output: Output, result: ItemResult | Unreada
         output.seed = result.seed
     if files is None:
         output.status, output.error = OutputStatus(result.status), result.error or result.status
+        return
+    if isinstance(files, TextAnswer):
+        output.text, output.status, output.error = files.text, OutputStatus.SUCCEEDED, None
         return
     output.storage_key, output.thumbnail_key = files.storage_key, files.thumbnail_key
     output.content_type = result.content_type

@@ -4,6 +4,7 @@ The worker is trusted with nothing: it holds a dispatch's token, not the right t
 image at another group's files, to have its file served as a page that runs scripts, or to
 send numbers the columns cannot hold. `check` reads one result against the output row it
 names; `control_plane/lifecycle.py` fails that image alone with the reason when it refuses.
+A text task's output (kind text) gets its answer checked instead of files.
 """
 
 import json
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.models import BIGINT_LIMIT, INT_LIMIT, Output
+from control_plane.models import BIGINT_LIMIT, INT_LIMIT, Output, OutputKind
 from shared import layout
 from shared.contract import ItemResult, ResultStatus
 from shared.images import extension_for
@@ -23,6 +24,7 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
 MAX_COST_USD = 1_000_000.0  # no image costs this much: a larger number is a broken worker
 MAX_USAGE_CHARS = 16_000  # the provider's token counts are a few hundred characters
 MAX_USAGE_DEPTH = 16
+MAX_TEXT_BYTES = 64 * 1024  # a text task's answer: a persona's data is a few KB
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -38,17 +40,70 @@ class OutputFiles:
     thumbnail_key: str | None
 
 
-def check(result: ItemResult, output: Output, storage: Storage) -> OutputFiles | None:
+@dataclass(frozen=True)
+class TextAnswer:
+    """A succeeded text task's answer, checked (JSON matching its schema when it had one)."""
+
+    text: str
+
+
+def check(result: ItemResult, output: Output, storage: Storage) -> OutputFiles | TextAnswer | None:
     """Raise ResultRejected unless every field of `result` fits `output` and its columns;
-    the image's files when the result says it succeeded."""
+    the image's files (or a text task's answer) when the result says it succeeded."""
     _check_numbers(result, output)
     _check_text(result)
     _check_usage(result.usage)
     if result.sha256 is not None and not SHA256.fullmatch(result.sha256):
         raise ResultRejected("sha256 is not 64 lowercase hexadecimal digits")
+    if output.kind == OutputKind.TEXT:
+        return _check_answer(result, output)
+    if result.text is not None:
+        raise ResultRejected("text is for text tasks; this output is an image")
     if result.status != ResultStatus.SUCCEEDED:
         return None
     return _check_files(result, output, storage)
+
+
+def _check_answer(result: ItemResult, output: Output) -> TextAnswer | None:
+    """A text task's result: no file; when it succeeded, a bounded UTF-8 answer, and JSON
+    whose object has every key the schema requires when the task had a schema."""
+    for field in ("output_uri", "thumbnail_uri", "content_type"):
+        if getattr(result, field) is not None:
+            raise ResultRejected(f"{field} is for images; this output is a text task")
+    if result.status != ResultStatus.SUCCEEDED:
+        return None
+    text = result.text
+    if text is None:
+        raise ResultRejected("a succeeded text task has no text")
+    if len(text.encode()) > MAX_TEXT_BYTES:
+        raise ResultRejected(f"text is over {MAX_TEXT_BYTES:,} bytes")
+    schema = output.params.get("response_schema")
+    if isinstance(schema, dict):
+        _check_json_answer(text, schema)
+    return TextAnswer(text)
+
+
+def _check_json_answer(text: str, schema: dict[str, Any]) -> None:
+    try:
+        answer = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ResultRejected("text is JSON nested too deeply") from None
+    except ValueError as exc:
+        raise ResultRejected(f"text is not valid JSON: {exc}") from None
+    _check_json_value(answer, depth=0, name="text")
+    if schema.get("type") == "object" and not isinstance(answer, dict):
+        raise ResultRejected("text is not a JSON object, as the response schema asks")
+    required = [key for key in schema.get("required") or [] if isinstance(key, str)]
+    missing = [key for key in required if not isinstance(answer, dict) or key not in answer]
+    if missing:
+        raise ResultRejected(
+            f"text lacks {len(missing)} required key(s) of the response schema: "
+            + ", ".join(missing[:20])
+        )
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_numbers(result: ItemResult, output: Output) -> None:
@@ -78,6 +133,7 @@ TEXT_FIELDS = (
     "output_uri",
     "thumbnail_uri",
     "sha256",
+    "text",
 )
 
 
@@ -102,26 +158,27 @@ def _check_usage(usage: dict[str, Any] | None) -> None:
     """JSON columns hold finite numbers only, and a bounded document."""
     if usage is None:
         return
-    _check_json_value(usage, depth=0)
+    _check_json_value(usage, depth=0, name="usage")
     if len(json.dumps(usage)) > MAX_USAGE_CHARS:
         raise ResultRejected(f"usage is over {MAX_USAGE_CHARS:,} characters")
 
 
-def _check_json_value(value: Any, depth: int) -> None:
+def _check_json_value(value: Any, depth: int, name: str) -> None:
+    """A JSON value (`name` says which) a JSON column can hold."""
     if depth > MAX_USAGE_DEPTH:
-        raise ResultRejected(f"usage is nested over {MAX_USAGE_DEPTH} levels deep")
+        raise ResultRejected(f"{name} is nested over {MAX_USAGE_DEPTH} levels deep")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ResultRejected("usage holds a number that is not finite (NaN or Infinity)")
+        raise ResultRejected(f"{name} holds a number that is not finite (NaN or Infinity)")
     if isinstance(value, int) and not -BIGINT_LIMIT <= value < BIGINT_LIMIT:
-        raise ResultRejected("usage holds a number out of range")
+        raise ResultRejected(f"{name} holds a number out of range")
     texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
     if not all(_is_utf8(text) for text in texts):
-        raise ResultRejected("usage holds text that is not valid UTF-8")
+        raise ResultRejected(f"{name} holds text that is not valid UTF-8")
     children = (
         value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     )
     for child in children:
-        _check_json_value(child, depth + 1)
+        _check_json_value(child, depth + 1, name)
 
 
 def _check_files(result: ItemResult, output: Output, storage: Storage) -> OutputFiles:

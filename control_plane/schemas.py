@@ -311,6 +311,8 @@ class OutputPublic(BaseModel):
     reference_ids: list[str]
     prompt_id: str | None = None  # catalog jobs: the entry's id and tags
     tags: list[str] | None = None
+    kind: str = "image"  # or "text": a text task's answer is in `text` (and it has no file)
+    text: str | None = None
     provider: str | None
     model: str | None
     url: str | None
@@ -356,6 +358,52 @@ class DownloadItem(BaseModel):
     content_type: str | None
     bytes: int | None
     sha256: str | None
+
+
+# Personas -----------------------------------------------------------------------------
+class PersonaCreate(_Body):
+    """`count` personas in `group_id`: each one's data by a text model (following `brief` and
+    `attributes`), then a base portrait and four variations of it."""
+
+    group_id: str
+    count: Annotated[int, Field(ge=1, le=20)]
+    brief: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2_000)] | None = None
+    attributes: Attributes | None = None  # e.g. {"gender": "female", "age_range": "25-35"}
+    config: GenerationConfig = GenerationConfig()  # the portraits' model, ratio, size, seed
+    text_model: Annotated[str, StringConstraints(min_length=1, max_length=80)] | None = None
+
+
+class PersonaPublic(BaseModel):
+    id: str
+    batch_id: str
+    group_id: str
+    status: str
+    stage: Literal["data", "base", "variations"]  # the stage it is in, or ended in
+    name: str | None
+    brief: str | None
+    attributes: dict[str, Any]
+    data: dict[str, Any] | None
+    error_log: list[str]
+    data_job_id: str | None
+    base_job_id: str | None
+    variations_job_id: str | None
+    base_output_id: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class PersonaImages(BaseModel):
+    base: OutputPublic | None
+    variations: list[OutputPublic]
+
+
+class PersonaDetail(PersonaPublic):
+    images: PersonaImages
+
+
+class PersonaBatch(BaseModel):
+    batch_id: str
+    personas: list[PersonaPublic]
 
 
 # Reference pools and presets ----------------------------------------------------------

@@ -55,6 +55,7 @@ class Settings(CommonSettings):
     submit_max_images: int = Field(20_000, gt=0)
     idempotency_ttl_s: float = Field(86_400, gt=0)  # answers to Idempotency-Key requests kept
     default_model: str = "gemini-2.5-flash-image"
+    text_model: str = Field("gemini-2.5-flash", min_length=1, max_length=80)  # text tasks
 
     @model_validator(mode="after")
     def _defaults_and_safety(self) -> "Settings":

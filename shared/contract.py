@@ -3,18 +3,29 @@
 Inputs carry storage URIs, never image bytes: RunPod caps `/run` bodies at 10 MB and echoes
 the whole input back in its webhook. Bump CONTRACT_VERSION on any incompatible change; the
 worker refuses versions it does not know.
+
+Version 2 added text tasks: a WorkItem with `task: "text"` asks a text model (`text_model`)
+for an answer, as JSON matching `response_schema` when one is given; its ItemResult carries
+the answer in `text` and no file. Image items and results are as in version 1.
 """
 
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CONTRACT_VERSION: Final = 1
+CONTRACT_VERSION: Final = 2
+
+
+class Task(StrEnum):
+    """What a work item asks for."""
+
+    IMAGE = "image"  # an image file, written to storage at `output_key`
+    TEXT = "text"  # a text model's answer, returned in the result's `text`
 
 
 class ResultStatus(StrEnum):
-    """How one requested image ended on the worker."""
+    """How one requested image (or text) ended on the worker."""
 
     SUCCEEDED = "succeeded"  # an output file was written
     FAILED = "failed"  # an error; `error` says which
@@ -34,9 +45,10 @@ class ImageParams(_Strict):
 
 
 class WorkItem(_Strict):
-    """One image to generate."""
+    """One image (or, with `task` text, one text answer) to generate."""
 
     output_id: str
+    task: Task = Task.IMAGE
     prompt: str
     reference_uris: list[str] = Field(default_factory=list)
     params: ImageParams
@@ -44,12 +56,24 @@ class WorkItem(_Strict):
         description="storage key without extension; the worker adds a tag of its run and the "
         "extension"
     )
+    text_model: str | None = Field(None, description="text tasks: the model that answers")
+    response_schema: dict[str, Any] | None = Field(
+        None, description="text tasks: the JSON schema the answer must match (JSON mode)"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_task(self) -> "WorkItem":
+        if self.task == Task.TEXT and not self.text_model:
+            raise ValueError("a text task needs text_model")
+        if self.task == Task.IMAGE and (self.text_model or self.response_schema is not None):
+            raise ValueError("text_model and response_schema are for text tasks only")
+        return self
 
 
 class DispatchInput(_Strict):
     """The `input` of one RunPod job: a chunk of a pixelfleet job."""
 
-    version: Literal[1] = CONTRACT_VERSION
+    version: Literal[2] = CONTRACT_VERSION
     dispatch_id: str
     job_id: str
     items: list[WorkItem] = Field(min_length=1)
@@ -69,6 +93,7 @@ class ItemResult(_Strict):
     bytes: int | None = None
     sha256: str | None = None
     error: str | None = None
+    text: str | None = None  # a text task's answer (JSON text when it had a response_schema)
     attempts: int = 1
     latency_ms: int = 0
     model_version: str | None = None
@@ -79,6 +104,6 @@ class ItemResult(_Strict):
 class DispatchOutput(_Strict):
     """The `output` of one RunPod job: one result per work item."""
 
-    version: Literal[1] = CONTRACT_VERSION
+    version: Literal[2] = CONTRACT_VERSION
     dispatch_id: str
     results: list[ItemResult]

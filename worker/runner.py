@@ -1,5 +1,8 @@
 """Run one dispatch: every item to a provider, every output to storage, one result per item.
 
+Text tasks (`task: "text"`) take an in-flight slot like images and return the provider's
+answer in the result's `text`; nothing is stored.
+
 Nothing raises out of `run_dispatch` for a single image's trouble: each item ends
 succeeded, failed or blocked with a reason, so one bad image never sinks its neighbours.
 A dispatch has a deadline (`dispatch_deadline_s`, kept under RunPod's executionTimeout): an
@@ -12,9 +15,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from shared import layout
-from shared.contract import DispatchInput, DispatchOutput, ItemResult, ResultStatus, WorkItem
+from shared.contract import (
+    DispatchInput,
+    DispatchOutput,
+    ItemResult,
+    ResultStatus,
+    Task,
+    WorkItem,
+)
 from shared.images import THUMBNAIL_TYPE, dimensions, make_thumbnail
 from shared.storage import Storage, StorageError
 from worker.providers import (
@@ -24,9 +35,11 @@ from worker.providers import (
     GenerationRequest,
     Provider,
     Reference,
+    TextRequest,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 ProgressCallback = Callable[[ItemResult], Awaitable[None]]
 MAX_ERROR_TEXT = 200
 NOT_STARTED = "gave up: the dispatch deadline passed before the image could start"
@@ -126,6 +139,11 @@ class Runner:
         `deadline` is on `self.clock`; past it, the item fails without being generated.
         """
         started = time.monotonic()
+        if item.task == Task.TEXT:
+            async with self.slots:
+                answer = await self._write_text(item, deadline)
+            answer.latency_ms = int((time.monotonic() - started) * 1000)
+            return answer
         async with self.slots:
             outcome = await self._generate(item, deadline)
             if isinstance(outcome, GeneratedImage):
@@ -143,7 +161,7 @@ class Runner:
             output_id=item.output_id,
             status=status,
             provider=self.provider.name,
-            model=item.params.model,
+            model=item.text_model or item.params.model,
             seed=item.params.seed,
             **fields,
         )
@@ -163,8 +181,37 @@ class Runner:
         request = GenerationRequest(
             prompt=item.prompt, params=item.params, references=references, time_budget_s=budget
         )
+        return await self._provided(item, self.provider.generate(request))
+
+    async def _write_text(self, item: WorkItem, deadline: float | None) -> ItemResult:
+        budget = None if deadline is None else deadline - self.clock()
+        if budget is not None and budget <= 0:
+            return self._result(item, ResultStatus.FAILED, error=NOT_STARTED, attempts=0)
+        assert item.text_model is not None  # the contract requires it of text tasks
+        request = TextRequest(
+            prompt=item.prompt,
+            model=item.text_model,
+            seed=item.params.seed,
+            response_schema=item.response_schema,
+            time_budget_s=budget,
+        )
+        outcome = await self._provided(item, self.provider.generate_text(request))
+        if isinstance(outcome, ItemResult):
+            return outcome
+        return self._result(
+            item,
+            ResultStatus.SUCCEEDED,
+            text=outcome.text,
+            attempts=outcome.attempts,
+            model_version=outcome.model_version,
+            usage=outcome.usage,
+            cost_usd=outcome.cost_usd,
+        )
+
+    async def _provided(self, item: WorkItem, call: Awaitable[T]) -> T | ItemResult:
+        """What the provider made, or a blocked or failed result saying why not."""
         try:
-            return await self.provider.generate(request)
+            return await call
         except GenerationBlocked as exc:
             return self._result(item, ResultStatus.BLOCKED, error=exc.reason, attempts=exc.attempts)
         except GenerationFailed as exc:

@@ -15,13 +15,13 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, col, select
 
 from control_plane import lifecycle
-from control_plane.models import Dispatch, Output, utcnow
+from control_plane.models import Dispatch, Output, OutputKind, utcnow
 from control_plane.platform import Platform
 from control_plane.runpod.client import RunPodError
 from control_plane.runpod.wire import run_body
 from control_plane.services import references
 from shared import layout
-from shared.contract import DispatchInput, ImageParams, WorkItem
+from shared.contract import DispatchInput, ImageParams, Task, WorkItem
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,31 @@ def _input_of(
 ) -> DispatchInput:
     """The worker's input: the dispatch's unfinished images, references as storage URIs."""
     items = [
-        WorkItem(
-            output_id=output.id,
-            prompt=output.prompt,
-            reference_uris=[storage.uri(keys[ref]) for ref in output.reference_ids],
-            params=ImageParams(seed=output.seed, **output.params),
-            output_key=layout.output_stem(output.group_id, output.job_id, output.id),
-        )
+        _work_item(output, [storage.uri(keys[ref]) for ref in output.reference_ids])
         for output in outputs
     ]
     return DispatchInput(dispatch_id=dispatch.id, job_id=dispatch.job_id, items=items)
+
+
+def _work_item(output: Output, reference_uris: list[str]) -> WorkItem:
+    """One output as the worker's work item: an image, or a text task (its model and
+    response schema are in the output's params)."""
+    output_key = layout.output_stem(output.group_id, output.job_id, output.id)
+    if output.kind == OutputKind.TEXT:
+        model = str(output.params["model"])
+        return WorkItem(
+            output_id=output.id,
+            task=Task.TEXT,
+            prompt=output.prompt,
+            params=ImageParams(model=model, seed=output.seed),
+            output_key=output_key,
+            text_model=model,
+            response_schema=output.params.get("response_schema"),
+        )
+    return WorkItem(
+        output_id=output.id,
+        prompt=output.prompt,
+        reference_uris=reference_uris,
+        params=ImageParams(seed=output.seed, **output.params),
+        output_key=output_key,
+    )

@@ -88,7 +88,8 @@ class _ResultsUnread(BaseModel):
     so that one result that does not match fails its image, not its neighbours."""
 
     model_config = ConfigDict(extra="forbid")
-    version: Literal[1] = CONTRACT_VERSION
+    # A version 1 output is a version 2 output without text results: both read the same.
+    version: Literal[1, 2] = CONTRACT_VERSION
     dispatch_id: str
     results: list[Any]
 

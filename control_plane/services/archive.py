@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 from zipstream import ZIP_STORED, ZipStream
 
 from control_plane.errors import InvalidRequest, Unavailable
-from control_plane.models import Job, JobMode, Output, OutputStatus, Upload
+from control_plane.models import Job, JobMode, Output, OutputKind, OutputStatus, Upload
 from control_plane.services.uploads import safe_name, safe_stem
 from shared import layout
 from shared.ids import is_id
@@ -98,11 +98,15 @@ class Plan:
 
 
 def finished_outputs(session: Session, group_id: str) -> list[Output]:
-    """The group's succeeded images, by job and position."""
+    """The group's succeeded images (not text answers), by job and position."""
     return list(
         session.exec(
             select(Output)
-            .where(Output.group_id == group_id, Output.status == OutputStatus.SUCCEEDED)
+            .where(
+                Output.group_id == group_id,
+                Output.status == OutputStatus.SUCCEEDED,
+                Output.kind == OutputKind.IMAGE,
+            )
             .order_by(col(Output.job_id), col(Output.position))
         ).all()
     )
@@ -213,7 +217,7 @@ def _rows(session: Session, group_id: str, chosen: Selection) -> list[tuple[Outp
     query = (
         select(Output, Job)
         .join(Job, col(Job.id) == col(Output.job_id))
-        .where(Output.group_id == group_id)
+        .where(Output.group_id == group_id, Output.kind == OutputKind.IMAGE)
     )
     if chosen.job_ids:
         query = query.where(col(Output.job_id).in_(chosen.job_ids))
@@ -348,13 +352,16 @@ def _reference_files(output: Output, inputs: dict[str, Entry | str], included: b
 
 def _arcname(output: Output, job: Job, references: dict[str, Reference]) -> str:
     """`{job}/{position}[_{source name}]` (automatic), `{job}/{position}` (semi-automatic),
-    `{job}/{tag}/{prompt id}_{position}` (catalog), `{job}/{prompt id}_{position}` (import)."""
+    `{job}/{tag}/{prompt id}_{position}` (catalog), `{job}/{prompt id}_{position}` (import),
+    `{persona}/base`, `{persona}/variation_{n}` (persona images)."""
     position = f"{output.position:05d}"
     if job.mode == JobMode.CATALOG:
         tag = safe_name(str(job.config.get("tag") or "")) or "untagged"
         parts = [job.id, tag, _labelled(output.prompt_id, position)]
     elif job.mode == JobMode.IMPORT:
         parts = [job.id, _labelled(output.prompt_id, position)]
+    elif job.mode == JobMode.PERSONA_IMAGES:
+        parts = _persona_parts(output, job)
     elif job.mode == JobMode.AUTOMATIC and output.reference_ids:
         source = references.get(output.reference_ids[0])
         stem = safe_stem(source.filename or "") if source else ""
@@ -363,6 +370,15 @@ def _arcname(output: Output, job: Job, references: dict[str, Reference]) -> str:
         parts = [job.id, position]
     parts[-1] += extension_for(output.content_type or "")
     return _zip_path(parts)
+
+
+def _persona_parts(output: Output, job: Job) -> list[str]:
+    """`{persona}/base`, `{persona}/variation_{n}`: the folder is the persona's name, made
+    unique in its group when its images were first asked for (`services/personas.py`)."""
+    folder = safe_name(str(job.config.get("folder") or "")) or safe_name(job.source_id or job.id)
+    if job.config.get("stage") == "base":
+        return [folder, "base"]
+    return [folder, f"variation_{output.position + 1}"]
 
 
 def _labelled(label: str | None, position: str) -> str:

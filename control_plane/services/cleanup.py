@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, delete, select
 
 from control_plane.errors import Conflict, NotFound
-from control_plane.models import ACTIVE_JOB, Dispatch, Group, Job, Output, Upload
+from control_plane.models import ACTIVE_JOB, Dispatch, Group, Job, Output, Persona, Upload
 from shared import layout
 from shared.storage import ObjectInfo, Storage, StorageError
 
@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def delete_group(session: Session, storage: Storage, group_id: str) -> int:
-    """Delete a group, its uploads, jobs and images; returns the number of objects removed."""
+    """Delete a group, its uploads, jobs, images and personas; returns the number of objects
+    removed."""
     group = session.get(Group, group_id, with_for_update=True)
     if group is None:
         raise NotFound(f"group {group_id} does not exist")
@@ -33,6 +34,7 @@ def delete_group(session: Session, storage: Storage, group_id: str) -> int:
     session.exec(delete(Output).where(col(Output.group_id) == group_id))
     session.exec(delete(Job).where(col(Job.group_id) == group_id))
     session.exec(delete(Upload).where(col(Upload.group_id) == group_id))
+    session.exec(delete(Persona).where(col(Persona.group_id) == group_id))
     session.delete(group)
     session.commit()
     return _delete_prefix(storage, layout.group_prefix(group_id))

@@ -54,6 +54,10 @@ def catalog_id_of(catalog_id: str) -> str:
     return _known_shape(catalog_id, "cat", "catalog")
 
 
+def persona_id_of(persona_id: str) -> str:
+    return _known_shape(persona_id, "per", "persona")
+
+
 def preset_id_of(preset_id: str) -> str:
     return _known_shape(preset_id, "pre", "preset")
 
@@ -64,6 +68,7 @@ JobId = Annotated[str, Depends(job_id_of)]
 UploadId = Annotated[str, Depends(upload_id_of)]
 OutputId = Annotated[str, Depends(output_id_of)]
 CatalogId = Annotated[str, Depends(catalog_id_of)]
+PersonaId = Annotated[str, Depends(persona_id_of)]
 PresetId = Annotated[str, Depends(preset_id_of)]
 
 

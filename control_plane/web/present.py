@@ -11,6 +11,7 @@ from control_plane.models import (
     Job,
     Output,
     OutputStatus,
+    Persona,
     Preset,
     PresetExample,
     Upload,
@@ -24,12 +25,16 @@ from control_plane.schemas import (
     OutputDetail,
     OutputPublic,
     PackPublic,
+    PersonaDetail,
+    PersonaImages,
+    PersonaPublic,
     PresetExamplePublic,
     PresetPublic,
     PresetUsageCounts,
     Progress,
     UploadPublic,
 )
+from control_plane.services import personas
 from control_plane.services.jobs import JobView
 from shared.storage import Storage, StorageError
 
@@ -126,6 +131,28 @@ def download_item(request: Request, storage: Storage, output: Output) -> Downloa
             request, storage, "output_thumbnail", output.thumbnail_key, output_id=output.id
         ),
     )
+
+
+def persona_public(persona: Persona) -> PersonaPublic:
+    return PersonaPublic(
+        **persona.model_dump(),
+        stage=personas.stage_of(persona),
+        name=personas.name_of(persona),
+    )
+
+
+def persona_detail(
+    request: Request,
+    storage: Storage,
+    persona: Persona,
+    base: Output | None,
+    variations: list[Output],
+) -> PersonaDetail:
+    images = PersonaImages(
+        base=output_public(request, storage, base) if base else None,
+        variations=[output_public(request, storage, output) for output in variations],
+    )
+    return PersonaDetail(**persona_public(persona).model_dump(), images=images)
 
 
 def preset_public(preset: Preset, usage: PresetUsageCounts, examples: int) -> PresetPublic:

@@ -148,7 +148,7 @@ def completed_body(api: Api, dispatch: Dispatch) -> dict:
         )
     return {
         "status": "COMPLETED",
-        "output": {"version": 1, "dispatch_id": dispatch.id, "results": results},
+        "output": {"version": 2, "dispatch_id": dispatch.id, "results": results},
     }
 
 
@@ -222,7 +222,7 @@ def finish_job(api: Api, job_id: str, statuses: list[str]) -> None:
         reports.setdefault(output.dispatch_id or "", []).append(result)
     for dispatch_id, results in reports.items():
         dispatch = dispatches[dispatch_id]
-        body = {"version": 1, "dispatch_id": dispatch.id, "results": results}
+        body = {"version": 2, "dispatch_id": dispatch.id, "results": results}
         answer = hook(api, dispatch, {"status": "COMPLETED", "output": body})
         assert answer.status_code == 200, answer.text
 
@@ -237,3 +237,23 @@ def dispatch_failed_events(api: Api, job_id: str) -> list[Event]:
                 .order_by(col(Event.id))
             ).all()
         )
+
+
+def answer_text_job(api: Api, job_id: str, text: str | None, status: str = "succeeded") -> None:
+    """Send a text job's dispatch to (mocked) RunPod and report its one text task: `text` as
+    its answer (succeeded), or failed / blocked with a reason."""
+    api.drain()
+    with api.session() as session:
+        output = session.exec(select(Output).where(Output.job_id == job_id)).one()
+        dispatch = session.get(Dispatch, output.dispatch_id)
+    assert dispatch is not None
+    result: dict[str, object] = {
+        "output_id": output.id,
+        "status": status,
+        "provider": "offline",
+        "model": output.model,
+    }
+    result.update({"text": text} if status == "succeeded" else {"error": f"{status} on purpose"})
+    body = {"version": 2, "dispatch_id": dispatch.id, "results": [result]}
+    answer = hook(api, dispatch, {"status": "COMPLETED", "output": body})
+    assert answer.status_code == 200, answer.text

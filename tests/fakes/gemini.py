@@ -11,6 +11,13 @@ the prompt text:
     QUOTA       -> 429 RESOURCE_EXHAUSTED with RetryInfo `retry_delay` once per prompt, then OK
     anything else -> a PNG (plus a text part; Gemini 3 models also send a thought image first)
 
+Text requests (no `responseModalities` IMAGE) go to a text model (`TEXT_MODELS`) and are
+answered with text: JSON matching `responseSchema` in JSON mode (written by the worker's
+offline text writer from the prompt and seed), else a sentence. UNSAFE blocks them (finish
+reason SAFETY), FLAKY and QUOTA work as for images, and
+
+    BADJSON     -> a JSON-mode answer that is not JSON, every time
+
 It checks the API key (400 API_KEY_INVALID like the real service), the model (404), the
 aspect ratio / image size / number of references against `shared.model_table`, and records
 every call in `calls`. Images are real PNGs whose shape follows the requested aspect ratio
@@ -37,12 +44,15 @@ from PIL import Image
 from shared.images import output_size
 from shared.model_table import model_table
 from tests.fakes.servers import reserve_socket, run_server
+from worker.providers import offline_text
 
 KEYWORD_BLOCK_PROMPT = "BLOCKPROMPT"
 KEYWORD_UNSAFE = "UNSAFE"
 KEYWORD_TEXT_ONLY = "TEXTONLY"
 KEYWORD_FLAKY = "FLAKY"
 KEYWORD_QUOTA = "QUOTA"
+KEYWORD_BAD_JSON = "BADJSON"
+TEXT_MODELS = frozenset({"gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite"})
 
 
 class FakeClock:
@@ -192,6 +202,8 @@ class FakeGemini:
         if KEYWORD_BLOCK_PROMPT in prompt:
             body = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": _usage(0)}
             return Answer(200, body, "prompt-blocked")
+        if is_text_request(call.body):
+            return self._text_answer(call)
         if KEYWORD_UNSAFE in prompt:
             return Answer(200, self._response(call, [], "IMAGE_SAFETY"), "image-safety")
         if KEYWORD_TEXT_ONLY in prompt:
@@ -213,9 +225,10 @@ class FakeGemini:
             )
             return Answer(400, body, "bad-key")
         spec = model_table().get(call.model)
+        if is_text_request(call.body) and call.model in TEXT_MODELS:
+            return None if action == "generateContent" else self._not_found(call)
         if spec is None or action != "generateContent":
-            missing = f"models/{call.model} is not found for API version {call.api_version}"
-            return Answer(404, google_error(404, "NOT_FOUND", missing), "not-found")
+            return self._not_found(call)
         config = call.body.get("generationConfig", {}).get("imageConfig", {})
         references = [
             p
@@ -233,6 +246,23 @@ class FakeGemini:
         if message is None:
             return None
         return Answer(400, google_error(400, "INVALID_ARGUMENT", message), "invalid")
+
+    def _not_found(self, call: RecordedCall) -> Answer:
+        missing = f"models/{call.model} is not found for API version {call.api_version}"
+        return Answer(404, google_error(404, "NOT_FOUND", missing), "not-found")
+
+    def _text_answer(self, call: RecordedCall) -> Answer:
+        config = call.body.get("generationConfig", {})
+        if KEYWORD_UNSAFE in call.prompt:
+            return Answer(200, self._response(call, [], "SAFETY"), "text-safety")
+        if config.get("responseMimeType") != "application/json":
+            text = f"A short answer to: {call.prompt[:40]}"
+        elif KEYWORD_BAD_JSON in call.prompt:
+            text = 'Sure! Here is the persona: {"name": "Ana'
+        else:
+            text = offline_text.write(call.prompt, config.get("seed", 0), config["responseSchema"])
+        parts = [{"text": "Planning the answer.", "thought": True}, {"text": text}]
+        return Answer(200, self._response(call, parts, "STOP"), "text")
 
     def _quota(self) -> Answer:
         body = google_error(
@@ -274,6 +304,10 @@ class FakeGemini:
             "modelVersion": call.model,
             "responseId": f"fake-{len(self.calls)}",
         }
+
+
+def is_text_request(body: dict[str, Any]) -> bool:
+    return "IMAGE" not in body.get("generationConfig", {}).get("responseModalities", [])
 
 
 def _usage(images: int) -> dict[str, Any]:

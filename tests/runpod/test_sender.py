@@ -108,7 +108,7 @@ def test_a_status_answer_with_values_no_column_holds_finishes_the_dispatch(api: 
         "id": dispatch.runpod_job_id,
         "status": "COMPLETED",
         "delayTime": 2**40,
-        "output": {"version": 1, "dispatch_id": dispatch.id, "results": results},
+        "output": {"version": 2, "dispatch_id": dispatch.id, "results": results},
     }
     status_route = api.runpod.get(f"{RUNPOD}/status/{dispatch.runpod_job_id}").mock(
         return_value=httpx.Response(200, content=json.dumps(state).encode())

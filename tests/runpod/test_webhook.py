@@ -323,7 +323,7 @@ def test_output_that_is_no_list_of_results_still_fails_the_dispatch(api: Api) ->
     job_id, dispatch = submit_one_dispatch(api, n=1)
     body = {
         "status": "COMPLETED",
-        "output": {"version": 1, "dispatch_id": dispatch.id, "results": 7},
+        "output": {"version": 2, "dispatch_id": dispatch.id, "results": 7},
     }
     assert hook(api, dispatch, body).status_code == 200
     [image] = _images(api, job_id).values()

@@ -58,10 +58,11 @@ def test_handler_validates_input_and_returns_the_contract(tmp_path: Path) -> Non
     settings = WorkerSettings(storage_url=str(tmp_path), provider="offline", worker_max_jobs=5)
     handler, concurrency_modifier, runner = make_handler(settings)
     assert 1 <= concurrency_modifier(1) <= 5
-    bad = asyncio.run(handler({"id": "rp-1", "input": {"version": 1, "items": []}}))
+    bad = asyncio.run(handler({"id": "rp-1", "input": {"version": 2, "items": []}}))
     assert "invalid input" in bad["error"]
-    future = asyncio.run(handler({"id": "rp-2", "input": {"version": 99}}))
-    assert "unsupported contract version" in future["error"]
+    for unknown in (1, 99):  # version 1 had no text tasks: a worker of 2 refuses it too
+        future = asyncio.run(handler({"id": "rp-2", "input": {"version": unknown}}))
+        assert future["error"] == f"unsupported contract version {unknown}"
     good = asyncio.run(
         handler(
             {"id": "rp-3", "input": json.loads(make_dispatch(runner.storage, 2).model_dump_json())}

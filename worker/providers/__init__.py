@@ -1,22 +1,26 @@
-"""Image providers behind one interface; `build_provider` picks one from settings."""
+"""Image (and text) providers behind one interface; `build_provider` picks one from settings."""
 
 from worker.providers.base import (
     GeneratedImage,
+    GeneratedText,
     GenerationBlocked,
     GenerationFailed,
     GenerationRequest,
     Provider,
     Reference,
+    TextRequest,
 )
 from worker.settings import WorkerSettings
 
 __all__ = [
     "GeneratedImage",
+    "GeneratedText",
     "GenerationBlocked",
     "GenerationFailed",
     "GenerationRequest",
     "Provider",
     "Reference",
+    "TextRequest",
     "build_provider",
 ]
 

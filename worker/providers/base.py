@@ -1,4 +1,5 @@
-"""What every provider takes and returns, and the two ways an image can end without one."""
+"""What every provider takes and returns, and the two ways an image (or a text answer) can
+end without one."""
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -34,6 +35,26 @@ class GeneratedImage:
     seed: int | None = None  # the seed sent; differs from the request's after a reseed
 
 
+@dataclass(frozen=True)
+class TextRequest:
+    """A text task: `prompt` to `model`, answered as JSON matching `response_schema` if any."""
+
+    prompt: str
+    model: str
+    seed: int
+    response_schema: dict[str, Any] | None = None
+    time_budget_s: float | None = None  # as GenerationRequest's
+
+
+@dataclass(frozen=True)
+class GeneratedText:
+    text: str
+    model_version: str | None = None
+    usage: dict[str, Any] | None = None
+    attempts: int = 1
+    cost_usd: float | None = None
+
+
 class GenerationBlocked(Exception):
     """The provider refused on safety grounds. Not retried blindly."""
 
@@ -57,6 +78,10 @@ class Provider(ABC):
 
     @abstractmethod
     async def generate(self, request: GenerationRequest) -> GeneratedImage: ...
+
+    async def generate_text(self, request: TextRequest) -> GeneratedText:
+        """Answer a text task; providers that write no text fail it."""
+        raise GenerationFailed(f"the {self.name} provider does not answer text tasks", 0)
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called when the worker shuts down."""

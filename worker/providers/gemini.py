@@ -1,4 +1,6 @@
-"""The Gemini provider: one image per `generateContent` call, through google-genai.
+"""The Gemini provider: one image (or one text answer) per `generateContent` call, through
+google-genai. Text tasks use JSON mode (`response_mime_type="application/json"` with the
+task's `response_schema`) and share everything below with images.
 
 What it adds on top of the SDK (which has no timeout and no retries by default):
 - an explicit deadline per request, retries with backoff for 429 / 5xx / network trouble,
@@ -22,14 +24,15 @@ which bypass respx and ignore our connection limits.
 """
 
 import asyncio
+import copy
 import json
 import logging
 import random
 import re
 import time
 import traceback
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from google import genai
@@ -38,13 +41,16 @@ from google.genai import errors, types
 from shared.model_table import model_table
 from worker.providers.base import (
     GeneratedImage,
+    GeneratedText,
     GenerationBlocked,
     GenerationFailed,
     GenerationRequest,
     Provider,
+    TextRequest,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BLOCK_FINISH_REASONS = frozenset(
     {
@@ -227,10 +233,22 @@ class GeminiProvider(Provider):
             )
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        budget = request.time_budget_s
-        tally = _Tally(None if budget is None else self._clock.monotonic() + budget)
+        tally = self._tally(request.time_budget_s)
+        return await self._guarded(self._generate(request, tally), tally)
+
+    async def generate_text(self, request: TextRequest) -> GeneratedText:
+        """A text model's answer, JSON matching `response_schema` when one is given (JSON
+        mode); retried, blocked and failed like images."""
+        tally = self._tally(request.time_budget_s)
+        return await self._guarded(self._generate_text(request, tally), tally)
+
+    def _tally(self, budget: float | None) -> _Tally:
+        return _Tally(None if budget is None else self._clock.monotonic() + budget)
+
+    async def _guarded(self, call: Awaitable[T], tally: _Tally) -> T:
+        """`call`, with the key scrubbed from its reasons and any unexpected error failed."""
         try:
-            return await self._generate(request, tally)
+            return await call
         except (GenerationBlocked, GenerationFailed) as exc:
             exc.reason = self._scrub(exc.reason)
             exc.args = (exc.reason,)
@@ -267,19 +285,35 @@ class GeminiProvider(Provider):
         model = request.params.model
         contents = build_contents(request)
         config = build_config(request, seed)
-        response, data, content_type = await self._call_with_retries(model, contents, config, tally)
-        usage = response.usage_metadata
-        usage_dict = (
-            usage.model_dump(mode="json", exclude_none=True, by_alias=True) if usage else None
+        response, (data, content_type) = await self._call_with_retries(
+            model, contents, config, tally, extract_image
         )
         return GeneratedImage(
             data=data,
             content_type=content_type,
             model_version=response.model_version,
-            usage=usage_dict,
+            usage=usage_of(response),
             attempts=tally.count,
             cost_usd=price_of(model, request.params.image_size),
             seed=seed,  # differs from the request's after a reseed
+        )
+
+    async def _generate_text(self, request: TextRequest, tally: _Tally) -> GeneratedText:
+        self._check_auth(tally)
+        config = build_text_config(request)
+        structured = request.response_schema is not None
+
+        def extract(response: types.GenerateContentResponse, attempts: int) -> str:
+            return extract_text(response, attempts, structured=structured)
+
+        response, text = await self._call_with_retries(
+            request.model, [request.prompt], config, tally, extract
+        )
+        return GeneratedText(
+            text=text,
+            model_version=response.model_version,
+            usage=usage_of(response),
+            attempts=tally.count,
         )
 
     async def _call_with_retries(
@@ -288,13 +322,14 @@ class GeminiProvider(Provider):
         contents: list[types.PartUnion],
         config: types.GenerateContentConfig,
         tally: _Tally,
-    ) -> tuple[types.GenerateContentResponse, bytes, str]:
-        """The response and its image, retrying transient trouble (and answers without one)."""
+        extract: Callable[[types.GenerateContentResponse, int], T],
+    ) -> tuple[types.GenerateContentResponse, T]:
+        """The response and what `extract` reads from it (an image, a text), retrying
+        transient trouble (and answers `extract` finds nothing usable in)."""
         for attempt in range(1, self._max_attempts + 1):
             try:
                 response = await self._send(model, contents, config, tally)
-                data, content_type = extract_image(response, tally.count)
-                return response, data, content_type
+                return response, extract(response, tally.count)
             except _Retry as retry:
                 if attempt == self._max_attempts:
                     raise GenerationFailed(
@@ -453,6 +488,23 @@ def build_config(request: GenerationRequest, seed: int) -> types.GenerateContent
     )
 
 
+def usage_of(response: types.GenerateContentResponse) -> dict[str, Any] | None:
+    """The response's token counts as Google names them."""
+    usage = response.usage_metadata
+    return usage.model_dump(mode="json", exclude_none=True, by_alias=True) if usage else None
+
+
+def build_text_config(request: TextRequest) -> types.GenerateContentConfig:
+    """Plain text, or JSON mode with the schema (a copy: the SDK rewrites it in place)."""
+    if request.response_schema is None:
+        return types.GenerateContentConfig(seed=request.seed)
+    return types.GenerateContentConfig(
+        response_mime_type="application/json",
+        response_schema=copy.deepcopy(request.response_schema),
+        seed=request.seed,
+    )
+
+
 def price_of(model: str, image_size: str | None = None) -> float | None:
     """The standard price of one image from the model table (by size where it varies)."""
     spec = model_table().get(model)
@@ -514,6 +566,33 @@ def extract_image(response: types.GenerateContentResponse, attempts: int) -> tup
     if text and finish == "STOP":
         raise GenerationBlocked(reason, attempts)  # the model chose to answer in words
     raise _Retry(reason)
+
+
+def extract_text(
+    response: types.GenerateContentResponse, attempts: int, *, structured: bool
+) -> str:
+    """The first candidate's text (thoughts left out), else why not: blocks as for images;
+    `_Retry` for no candidates, an empty or cut-off answer (MAX_TOKENS), or, in JSON mode,
+    an answer that is not JSON."""
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        raise PromptBlocked(f"prompt blocked: {_name(feedback.block_reason)}", attempts)
+    if not response.candidates:
+        raise _Retry("no text returned: the response has no candidates")
+    candidate = response.candidates[0]
+    finish = _name(candidate.finish_reason)
+    if finish in BLOCK_FINISH_REASONS:
+        raise GenerationBlocked(f"answer blocked: {finish}", attempts)
+    parts = (candidate.content.parts if candidate.content else None) or []
+    text = "".join(part.text for part in parts if part.text and not part.thought).strip()
+    if not text or finish == "MAX_TOKENS":
+        raise _Retry(f"no complete text returned (finish reason {finish or 'none'})")
+    if structured:
+        try:
+            json.loads(text)
+        except ValueError:
+            raise _Retry("the answer is not valid JSON") from None
+    return text
 
 
 def _error_details(details: Any) -> list[Mapping[str, Any]]:

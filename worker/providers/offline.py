@@ -4,7 +4,8 @@ Same references, prompt, params and seed give the same bytes. The output has the
 aspect ratio and size, is derived from the reference image(s) when there are any, and
 visibly changes with the prompt and negative prompt (tint, label) and the seed (shapes).
 It answers JPEG, a MIME type Gemini also chooses at times, which keeps its CPU cost per
-image low.
+image low. Text tasks are answered by `offline_text.write`: JSON matching the schema,
+deterministic from the prompt and seed.
 """
 
 import asyncio
@@ -15,7 +16,14 @@ import random
 from PIL import Image, ImageDraw, ImageOps
 
 from shared.images import encode, output_size
-from worker.providers.base import GeneratedImage, GenerationRequest, Provider
+from worker.providers import offline_text
+from worker.providers.base import (
+    GeneratedImage,
+    GeneratedText,
+    GenerationRequest,
+    Provider,
+    TextRequest,
+)
 
 MODEL_VERSION = "offline-1"
 
@@ -31,6 +39,12 @@ class OfflineProvider(Provider):
             await asyncio.sleep(self.latency_s)
         data = await asyncio.to_thread(render, request)
         return GeneratedImage(data=data, content_type="image/jpeg", model_version=MODEL_VERSION)
+
+    async def generate_text(self, request: TextRequest) -> GeneratedText:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        text = offline_text.write(request.prompt, request.seed, request.response_schema)
+        return GeneratedText(text=text, model_version=MODEL_VERSION)
 
 
 def prompt_text(request: GenerationRequest) -> str:
