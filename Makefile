@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 up: setup
 	$(BIN)/pixelfleet up
 
+# Two test processes (each with its own MariaDB database): the tests mostly wait on sockets.
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --durations=15
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,7 +10,7 @@ API (its message, no traceback); 130 Ctrl-C (a job being watched keeps running).
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -391,16 +391,18 @@ def _watch(run: Run, job_ids: list[str]) -> list[JobDetail]:
                 bars.update(jobs)
     except KeyboardInterrupt:
         again = "pixelfleet jobs watch " + " ".join(job_ids)
-        if run.api_url.rstrip("/") != DEFAULT_API_URL:
-            again += f" --api {run.api_url}"
-        typer.echo(
-            f"stopped watching; the job(s) keep running on the server. Watch again with: {again}",
-            err=True,
-        )
-        if run.as_json:
-            _print_json({"interrupted": True, "jobs": job_ids, "watch": again})
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise _stopped_watching(run, "the job(s) keep running", again, {"jobs": job_ids}) from None
     return jobs
+
+
+def _stopped_watching(run: Run, going_on: str, again: str, ids: Mapping[str, object]) -> typer.Exit:
+    """Say that what was watched goes on, and how to watch it again; the Ctrl-C exit."""
+    if run.api_url.rstrip("/") != DEFAULT_API_URL:
+        again += f" --api {run.api_url}"
+    typer.echo(f"stopped watching; {going_on} on the server. Watch again with: {again}", err=True)
+    if run.as_json:
+        _print_json({"interrupted": True, **ids, "watch": again})
+    return typer.Exit(EXIT_INTERRUPTED)
 
 
 def _report(run: Run, outcome: Outcome, group: GroupPublic | None = None) -> None:
@@ -626,15 +628,8 @@ def _watch_personas(run: Run, batch_id: str) -> list[PersonaPublic]:
                 bars.update(personas)
     except KeyboardInterrupt:
         again = f"pixelfleet persona watch {batch_id}"
-        if run.api_url.rstrip("/") != DEFAULT_API_URL:
-            again += f" --api {run.api_url}"
-        typer.echo(
-            f"stopped watching; the personas keep going on the server. Watch again with: {again}",
-            err=True,
-        )
-        if run.as_json:
-            _print_json({"interrupted": True, "batch_id": batch_id, "watch": again})
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        ids = {"batch_id": batch_id}
+        raise _stopped_watching(run, "the personas keep going", again, ids) from None
     return personas
 
 

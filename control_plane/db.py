@@ -6,7 +6,7 @@ with the service's name. Sessions without it simply wake nothing; the services' 
 """
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -131,3 +131,11 @@ def is_transient(exc: BaseException) -> bool:
         return "locked" in str(orig) or "busy" in str(orig)
     code = next(iter(getattr(orig, "args", ())), None)  # pymysql: (code, message)
     return isinstance(code, int) and code in TRANSIENT_MYSQL_CODES
+
+
+IN_LIST_SIZE = 1000  # ids per IN (…) list: bounded statements on every database
+
+
+def in_batches(ids: Sequence[str], size: int = IN_LIST_SIZE) -> list[list[str]]:
+    """`ids` in lists of at most `size`, for `col(...).in_(batch)` queries."""
+    return [list(ids[start : start + size]) for start in range(0, len(ids), size)]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 from zipstream import ZIP_STORED, ZipStream
 
+from control_plane.db import in_batches
 from control_plane.errors import InvalidRequest, Unavailable
 from control_plane.models import Job, JobMode, Output, OutputKind, OutputStatus, Upload
 from control_plane.services.uploads import safe_name, safe_stem
@@ -46,7 +47,6 @@ STATUSES: dict[str, frozenset[str] | None] = {  # None: every status
     "all": None,
 }
 INCLUDES = ("inputs",)
-_QUERY_BATCH = 1000
 # Words `datasets` reads as split names in a file's path (train, validation, test) when they
 # stand between separators ("-", ".", "_", " ", digits) or at either end of a name: one such
 # name would turn the folder into a "test" split and leave no "train" split to load. Its
@@ -248,22 +248,18 @@ def _references(session: Session, ids: Iterable[str]) -> dict[str, Reference]:
     (`out_…`)."""
     wanted = sorted(set(ids))
     found: dict[str, Reference] = {}
-    for batch in _batches([i for i in wanted if is_id("img", i)]):
+    for batch in in_batches([i for i in wanted if is_id("img", i)]):
         for upload in session.exec(select(Upload).where(col(Upload.id).in_(batch))).all():
             found[upload.id] = Reference(
                 upload.id, upload.storage_key, upload.bytes, upload.content_type, upload.filename
             )
-    for batch in _batches([i for i in wanted if is_id("out", i)]):
+    for batch in in_batches([i for i in wanted if is_id("out", i)]):
         for output in session.exec(select(Output).where(col(Output.id).in_(batch))).all():
             key = output.storage_key if _expects_file(output) else None
             found[output.id] = Reference(
                 output.id, key, output.bytes, output.content_type, filename=None
             )
     return found
-
-
-def _batches(ids: list[str]) -> list[list[str]]:
-    return [ids[start : start + _QUERY_BATCH] for start in range(0, len(ids), _QUERY_BATCH)]
 
 
 def _wanted_keys(rows: list[tuple[Output, Job]], references: dict[str, Reference]) -> set[str]:

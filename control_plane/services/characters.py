@@ -171,7 +171,7 @@ def _plan_pack(
     )
     style_prompt = character.style.get("style_prompt")
     outputs = [
-        submissions._output(
+        submissions.new_output(
             job,
             position,
             pack_prompt(character.name, scene, style_prompt),

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from control_plane import lifecycle
+from control_plane.db import in_batches
 from control_plane.errors import (
     InvalidRequest,
     InvalidRows,
@@ -30,10 +31,9 @@ from control_plane.models import Group, Job, JobMode, Output, Upload
 from control_plane.schemas import AutomaticConfig
 from control_plane.services import prompts, references
 from control_plane.services.submissions import (
-    _base_seed,
-    _batches,
-    _output,
     check_job_size,
+    draw_seed,
+    new_output,
     resolve_params,
     write_jobs,
 )
@@ -122,7 +122,7 @@ def _plan(session: Session, settings: Settings, request: ImportFile) -> list[Job
         config={
             **config.model_dump(exclude_none=True),
             **job_params,
-            "seed": _base_seed(config),
+            "seed": draw_seed(config),
             "file": name,
             "rows": len(rows),
         },
@@ -141,7 +141,7 @@ def _outputs(job: Job, rows: list[_Row]) -> list[Output]:
         for index, (prompt, _) in enumerate(copies):
             position = next(positions)
             seed = row.seed + index if row.seed is not None else job.config["seed"] + position
-            output = _output(job, position, prompt, row.reference_ids, seed, row.params)
+            output = new_output(job, position, prompt, row.reference_ids, seed, row.params)
             output.prompt_id = row.prompt_id
             outputs.append(output)
     return outputs
@@ -373,7 +373,7 @@ def _find_images(
     found = {reference for reference in ids if reference not in problems}
     names = {reference: display_name(reference) for reference in wanted - found}
     uploads_named: dict[str, list[str]] = {}
-    for batch in _batches(sorted(set(names.values())), 1000):
+    for batch in in_batches(sorted(set(names.values()))):
         for filename, upload_id in session.exec(
             select(Upload.filename, Upload.id).where(
                 col(Upload.filename).in_(batch), Upload.group_id == group_id

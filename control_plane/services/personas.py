@@ -344,7 +344,7 @@ def _data_done(session: Session, settings: Settings, persona: Persona, job: Job)
     persona.status = PersonaStatus.DATA_GENERATED
     base = _base_job(session, persona, job)
     seed, params = job.config["seed"], job.config["image_params"]
-    portrait = submissions._output(base, 0, base.prompt, [], seed, params)
+    portrait = submissions.new_output(base, 0, base.prompt, [], seed, params)
     lifecycle.add_job(session, base, [portrait], settings.dispatch_chunk_size)
     persona.base_job_id = base.id
 
@@ -358,7 +358,7 @@ def _base_done(session: Session, settings: Settings, persona: Persona, job: Job)
     persona.base_output_id = output.id
     variations = _variations_job(persona, job)
     outputs = [
-        submissions._output(
+        submissions.new_output(
             variations,
             position,
             variation_prompt(persona.data or {}, expression, setting),

@@ -49,9 +49,9 @@ from control_plane.schemas import (
 )
 from control_plane.services import prompts, references
 from control_plane.services.submissions import (
-    _base_seed,
-    _output,
     check_job_size,
+    draw_seed,
+    new_output,
     resolve_params,
     write_jobs,
 )
@@ -309,7 +309,7 @@ def _plan_examples(
         request.count * preset.examples_per_reference,
         f"{request.count} references x {preset.examples_per_reference} examples per reference",
     )
-    seed = _base_seed(GenerationConfig(seed=request.seed))
+    seed = draw_seed(GenerationConfig(seed=request.seed))
     picks = pick(
         _pool_of(session, pool.id),
         _unavailable(session, preset.id),
@@ -362,7 +362,7 @@ def _examples_job(
     prompt = prompt_of(preset.prompt)
     pairs = itertools.product(picks.reference_ids, range(preset.examples_per_reference))
     outputs = [
-        _output(job, position, prompt, [reference], base_seed + position, params)
+        new_output(job, position, prompt, [reference], base_seed + position, params)
         for position, (reference, _) in enumerate(pairs)
     ]
     return job, outputs

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Sequence
 
 from sqlmodel import Session, col, select
 
+from control_plane.db import in_batches
 from control_plane.errors import InvalidRequest
 from control_plane.models import Output, OutputKind, OutputStatus, Upload
 from shared.ids import is_id
 from shared.model_table import model_table
 
-QUERY_BATCH = 1000  # ids per IN (…) list
 SHOWN = 10  # ids or problems a message names before "…"
 SHAPES = (
     "not shaped like an upload id (img_ and 26 characters of lower-case Crockford base32) "
@@ -86,13 +86,13 @@ def storage_keys(session: Session, ids: Iterable[str]) -> dict[str, str]:
     that are not, such as images deleted meanwhile, are left out)."""
     wanted = sorted(set(ids))
     keys: dict[str, str] = {}
-    for batch in _batches([i for i in wanted if is_id("img", i)]):
+    for batch in in_batches([i for i in wanted if is_id("img", i)]):
         keys.update(
             session.exec(
                 select(Upload.id, Upload.storage_key).where(col(Upload.id).in_(batch))
             ).all()
         )
-    for batch in _batches([i for i in wanted if is_id("out", i)]):
+    for batch in in_batches([i for i in wanted if is_id("out", i)]):
         for image_id, key in session.exec(
             select(Output.id, Output.storage_key).where(col(Output.id).in_(batch), *_USABLE)
         ).all():
@@ -106,7 +106,7 @@ _USABLE = (col(Output.status) == OutputStatus.SUCCEEDED, col(Output.kind) == Out
 
 def _usable_uploads(session: Session, group_id: str | None, ids: list[str]) -> set[str]:
     found: set[str] = set()
-    for batch in _batches(ids):
+    for batch in in_batches(ids):
         query = select(Upload.id).where(col(Upload.id).in_(batch))
         if group_id is not None:
             query = query.where(Upload.group_id == group_id)
@@ -119,7 +119,7 @@ def _outputs(
 ) -> dict[str, tuple[str, str, str | None]]:
     """Each output among `ids` (of the group, unless None): its status, kind and key."""
     found: dict[str, tuple[str, str, str | None]] = {}
-    for batch in _batches(ids):
+    for batch in in_batches(ids):
         query = select(Output.id, Output.status, Output.kind, Output.storage_key).where(
             col(Output.id).in_(batch)
         )
@@ -160,7 +160,3 @@ def _of(group_id: str | None) -> str:
 
 def _in(group_id: str | None) -> str:
     return f" in group {group_id}" if group_id is not None else ""
-
-
-def _batches(items: list[str]) -> list[list[str]]:
-    return [items[i : i + QUERY_BATCH] for i in range(0, len(items), QUERY_BATCH)]

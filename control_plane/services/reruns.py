@@ -16,7 +16,7 @@ from control_plane.models import Job, JobMode, Output
 from control_plane.schemas import GenerationConfig
 from control_plane.services import references
 from control_plane.services.jobs import get_job, outputs_of
-from control_plane.services.submissions import _base_seed, _output, write_jobs
+from control_plane.services.submissions import draw_seed, new_output, write_jobs
 from control_plane.settings import Settings
 from shared.ids import new_id
 
@@ -40,7 +40,7 @@ def add_rerun(session: Session, settings: Settings, original: Job) -> Job:
         )
     images = outputs_of(session, original.id)
     _check_references(session, original.id, images)
-    seed = _base_seed(GenerationConfig())
+    seed = draw_seed(GenerationConfig())
     job = Job(
         group_id=original.group_id,
         batch_id=new_id("bat"),
@@ -59,7 +59,7 @@ def add_rerun(session: Session, settings: Settings, original: Job) -> Job:
 
 def _copy(job: Job, image: Output, seed: int) -> Output:
     """`image` asked for again in `job`: same prompt, references and parameters."""
-    copy = _output(job, image.position, image.prompt, image.reference_ids, seed, image.params)
+    copy = new_output(job, image.position, image.prompt, image.reference_ids, seed, image.params)
     copy.kind, copy.prompt_id = image.kind, image.prompt_id
     copy.tags = list(image.tags) if image.tags is not None else None
     return copy

@@ -115,11 +115,8 @@ def resolve_params(config: GenerationConfig, settings: Settings) -> dict[str, st
     }
 
 
-def _batches(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _base_seed(config: GenerationConfig) -> int:
+def draw_seed(config: GenerationConfig) -> int:
+    """The submission's base seed: the one asked for, else a random one (stored in the job)."""
     return config.seed if config.seed is not None else random.randrange(2**31)
 
 
@@ -132,7 +129,7 @@ def _plan_automatic(
 ) -> list[Job]:
     """Per image, per prompt of its permutations, `outputs_per_image` outputs: positions
     (and seeds: the base seed plus the position) go image by image."""
-    base_seed = _base_seed(request.config)
+    base_seed = draw_seed(request.config)
     job = Job(
         group_id=request.group_id,
         batch_id=new_id("bat"),
@@ -142,7 +139,7 @@ def _plan_automatic(
     )
     per_image = [prompt for prompt in expanded for _ in range(request.config.outputs_per_image)]
     outputs = [
-        _output(job, position, prompt, [image_id], base_seed + position, params)
+        new_output(job, position, prompt, [image_id], base_seed + position, params)
         for position, (image_id, prompt) in enumerate(itertools.product(request.images, per_image))
     ]
     lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
@@ -189,7 +186,7 @@ def _plan_semi_automatic(
 ) -> list[Job]:
     config = request.config
     batch_id = new_id("bat")
-    base_seed = _base_seed(config)
+    base_seed = draw_seed(config)
     jobs = []
     for set_index in range(config.total_images // config.images_per_set):
         item = items[set_index % len(items)]
@@ -204,7 +201,9 @@ def _plan_semi_automatic(
         )
         first = set_index * config.images_per_set
         outputs = [
-            _output(job, position, item.prompt, item.images, base_seed + first + position, params)
+            new_output(
+                job, position, item.prompt, item.images, base_seed + first + position, params
+            )
             for position in range(config.images_per_set)
         ]
         lifecycle.add_job(session, job, outputs, chunk_size=config.images_per_set)
@@ -212,7 +211,7 @@ def _plan_semi_automatic(
     return jobs
 
 
-def _output(
+def new_output(
     job: Job,
     position: int,
     prompt: str,
@@ -240,7 +239,7 @@ def _plan_catalog(
 ) -> list[Job]:
     """One text-to-image job per tag, of `count` entries of that tag picked at random."""
     catalog = catalogs.get_catalog(session, request.catalog_id)
-    base_seed = _base_seed(request.config)
+    base_seed = draw_seed(request.config)
     picked = {
         tag: _expanded_entries(entries)
         for tag, entries in _pick_entries(catalog, request.tags, request.count, base_seed).items()
@@ -324,7 +323,7 @@ def _catalog_output(
 ) -> Output:
     """An entry's output: its own negative prompt, if any, replaces the config's."""
     negative_prompt = entry.get("negative_prompt") or params["negative_prompt"]
-    output = _output(
+    output = new_output(
         job, position, prompt, [], seed, {**params, "negative_prompt": negative_prompt}
     )
     output.prompt_id = entry["id"]

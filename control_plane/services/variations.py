@@ -18,8 +18,8 @@ from control_plane.schemas import GenerationConfig, VariationCreate
 from control_plane.services import references
 from control_plane.services.jobs import get_output
 from control_plane.services.submissions import (
-    _base_seed,
-    _output,
+    draw_seed,
+    new_output,
     resolve_params,
     write_jobs,
 )
@@ -79,7 +79,7 @@ def add_variation_set(
     params = _params_of(output, settings)
     references.check(session, output.group_id, [[output.id]], params["model"])
     base_prompt = prompt or _base_prompt(session, output)
-    seed = _base_seed(GenerationConfig())
+    seed = draw_seed(GenerationConfig())
     job = Job(
         group_id=output.group_id,
         batch_id=batch_id or new_id("bat"),
@@ -90,7 +90,7 @@ def add_variation_set(
     )
     sent = variation_prompt(base_prompt, strength)
     outputs = [
-        _output(job, position, sent, [output.id], seed + position, params)
+        new_output(job, position, sent, [output.id], seed + position, params)
         for position in range(count)
     ]
     lifecycle.add_job(session, job, outputs, chunk_size=count)
