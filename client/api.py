@@ -38,8 +38,10 @@ from control_plane.schemas import (
     CharacterPublic,
     GroupPublic,
     JobDetail,
+    JobImages,
     JobPublic,
     OutputDetail,
+    OutputPublic,
     Page,
     PersonaBatch,
     PersonaDetail,
@@ -63,6 +65,7 @@ DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "PIXELFLEET_API_URL"
 PASSWORD_ENV = "PIXELFLEET_API_PASSWORD"
 PAGE_LIMIT = 200  # the API's largest page
+IMAGE_PAGE_LIMIT = 1_000  # the API's largest page of a job's images
 # One upload request's size. The server's limit (control_plane/web/limits.py) is room for
 # its most files at full size unless PIXELFLEET_UPLOAD_MAX_REQUEST_BYTES lowers it; a batch
 # answered 413 is split in halves and sent again, so any limit of at least one file works.
@@ -112,12 +115,14 @@ class Client:
         retries: int = 3,
         backoff_s: float = 0.5,
         transport: httpx.BaseTransport | None = None,
+        image_page: int = IMAGE_PAGE_LIMIT,
     ) -> None:
         self.api_url = (api_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
         password = password if password is not None else os.environ.get(PASSWORD_ENV)
         headers = {"Authorization": f"Bearer {password}"} if password else {}
         self.retries = retries
         self.backoff_s = backoff_s
+        self.image_page = image_page
         self._http = httpx.Client(
             base_url=self.api_url,
             headers=headers,
@@ -341,8 +346,28 @@ class Client:
         return self._post(SubmitResponse, path, json=_jsonable(body))
 
     # Jobs (reading and following) -----------------------------------------------------
-    def job(self, job_id: str) -> JobDetail:
-        return self._get(JobDetail, f"/api/jobs/{job_id}")
+    def job(self, job_id: str, *, images: bool = True) -> JobDetail:
+        """The job with all its images (read a page at a time), or with none of them."""
+        params = {"image_limit": self.image_page if images else 0}
+        job = _parsed(JobDetail, self._call("GET", f"/api/jobs/{job_id}", params=params))
+        if job.images_next is None:
+            return job
+        rest = self.job_images(job_id, cursor=job.images_next)
+        return job.model_copy(update={"images": [*job.images, *rest], "images_next": None})
+
+    def job_images(
+        self, job_id: str, *, status: str | None = None, cursor: str | None = None
+    ) -> Iterator[OutputPublic]:
+        """The job's images by position (of one status if asked; after `cursor` if given),
+        read a page at a time."""
+        while True:
+            params = _present({"status": status, "cursor": cursor, "limit": self.image_page})
+            answer = self._call("GET", f"/api/jobs/{job_id}/images", params=params)
+            page = _parsed(JobImages, answer)
+            yield from page.images
+            if page.next is None:
+                return
+            cursor = page.next
 
     def jobs(
         self,
@@ -387,13 +412,15 @@ class Client:
 
     def follow(self, job_ids: Sequence[str], interval_s: float = 1.0) -> Iterator[list[JobDetail]]:
         """The jobs as they are now, again and again, until none is queued or processing.
-        Polls no faster than every `interval_s` (slower when the answers take long)."""
+        Polls no faster than every `interval_s` (slower when the answers take long). While
+        a job runs it comes without its images; the last answer has all of them."""
         while True:
             started = time.monotonic()
-            jobs = [self.job(job_id) for job_id in job_ids]
-            yield jobs
+            jobs = [self.job(job_id, images=False) for job_id in job_ids]
             if not any(job.status in ACTIVE_JOB_STATUSES for job in jobs):
+                yield [self.job(job_id) for job_id in job_ids]
                 return
+            yield jobs
             took = time.monotonic() - started
             time.sleep(max(interval_s, 4 * took) - took)
 

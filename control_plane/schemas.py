@@ -330,7 +330,16 @@ class OutputPublic(BaseModel):
 
 
 class JobDetail(JobPublic):
+    images: list[OutputPublic]  # the first `image_limit` of them, by position
+    images_next: str | None = None  # cursor to the rest (GET /api/jobs/{id}/images); None: all
+
+
+class JobImages(BaseModel):
+    """A page of a job's images, by position, and the cursor to the next page (None: the
+    last one)."""
+
     images: list[OutputPublic]
+    next: str | None
 
 
 class SubmitResponse(BaseModel):

@@ -1,15 +1,21 @@
 """Jobs and their images: reading them (with their links: reruns and variation sets), and
 a user's cancel and retry."""
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
-from control_plane.errors import NotFound
-from control_plane.models import Job, JobStatus, Output
+from control_plane.errors import InvalidRequest, NotFound
+from control_plane.models import Job, JobStatus, Output, OutputStatus
 from control_plane.settings import Settings
+
+IMAGE_PAGE_DEFAULT = 500  # images in one answer unless asked otherwise
+IMAGE_PAGE_MAX = 1_000
+_CURSOR_PREFIX = "pos:"
 
 
 def get_job(session: Session, job_id: str) -> Job:
@@ -36,24 +42,81 @@ def outputs_of(session: Session, job_id: str) -> list[Output]:
 
 
 @dataclass(frozen=True)
-class JobView:
-    """A job with its images and links: the reruns of the job, and per image the variation
-    sets made from it (only images that have some are keys)."""
+class ImagePage:
+    """Some of a job's images in position order, the variation sets made from each (only
+    images that have some are keys), and the cursor to the images after them (None at the
+    end)."""
 
-    job: Job
     images: list[Output]
-    reruns: list[str] = field(default_factory=list)
+    next_cursor: str | None = None
     variations: dict[str, list[str]] = field(default_factory=dict)
 
 
-def job_view(session: Session, job_id: str) -> JobView:
+@dataclass(frozen=True)
+class JobView:
+    """A job with its first page of images and its reruns."""
+
+    job: Job
+    page: ImagePage
+    reruns: list[str] = field(default_factory=list)
+
+
+def job_view(session: Session, job_id: str, image_limit: int = IMAGE_PAGE_DEFAULT) -> JobView:
     job = get_job(session, job_id)
     return JobView(
         job,
-        outputs_of(session, job.id),
+        page_of_images(session, job.id, limit=image_limit),
         reruns_of(session, [job.id]).get(job.id, []),
-        variations_in_job(session, job.id),
     )
+
+
+def page_of_images(
+    session: Session,
+    job_id: str,
+    *,
+    cursor: str | None = None,
+    limit: int = IMAGE_PAGE_DEFAULT,
+    status: OutputStatus | None = None,
+) -> ImagePage:
+    """Up to `limit` images of the job after `cursor` (from the start without one), by
+    position. The cursor is a position, so a page never repeats or skips an image whatever
+    happens to the statuses in between."""
+    after = position_after(cursor) if cursor else -1
+    filters = [col(Output.job_id) == job_id, col(Output.position) > after]
+    if status is not None:
+        filters.append(col(Output.status) == status)
+    rows = list(
+        session.exec(
+            select(Output).where(*filters).order_by(col(Output.position)).limit(limit + 1)
+        ).all()
+    )
+    images = rows[:limit]
+    more = len(rows) > limit and images
+    return ImagePage(
+        images,
+        image_cursor(images[-1].position) if more else None,
+        variations_of_images(session, [image.id for image in images]),
+    )
+
+
+def image_cursor(position: int) -> str:
+    """The opaque cursor to the images after `position`."""
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{position}".encode()).decode().rstrip("=")
+
+
+def position_after(cursor: str) -> int:
+    """The position a cursor from `image_cursor` stands for; InvalidRequest if it is none."""
+    try:
+        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = ""
+    number = decoded.removeprefix(_CURSOR_PREFIX)
+    if not decoded.startswith(_CURSOR_PREFIX) or not number.isdigit() or len(number) > 9:
+        raise InvalidRequest(
+            f"cursor {cursor[:40]!r} is not one this API gave out: "
+            "pass the images_next (or next) value of an earlier answer unchanged"
+        )
+    return int(number)
 
 
 def reruns_of(session: Session, job_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -79,12 +142,13 @@ def variations_of(session: Session, output_id: str) -> list[str]:
     )
 
 
-def variations_in_job(session: Session, job_id: str) -> dict[str, list[str]]:
-    """The variation sets made from each image of the job (one query, whatever its size)."""
+def variations_of_images(session: Session, output_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The variation sets made from each of the images (a page of them: one query)."""
+    if not output_ids:
+        return {}
     rows = session.exec(
         select(Job.parent_output_id, Job.id)
-        .join(Output, col(Output.id) == col(Job.parent_output_id))
-        .where(Output.job_id == job_id)
+        .where(col(Job.parent_output_id).in_(list(output_ids)))
         .order_by(col(Job.id))
     ).all()
     links: dict[str, list[str]] = {}

@@ -21,6 +21,7 @@ from control_plane.schemas import (
     CharacterPublic,
     DownloadItem,
     JobDetail,
+    JobImages,
     JobPublic,
     OutputDetail,
     OutputPublic,
@@ -35,10 +36,11 @@ from control_plane.schemas import (
     UploadPublic,
 )
 from control_plane.services import personas
-from control_plane.services.jobs import JobView
+from control_plane.services.jobs import ImagePage, JobView
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
+_ID_SLOT = "pixelfleet-id-slot"  # stands for the id while a route's URL is looked up
 
 
 def file_url(
@@ -53,7 +55,18 @@ def file_url(
     except StorageError as exc:  # e.g. IAM signBlob briefly unavailable: never fail the answer
         log.warning("no signed URL for %s: %s", key, exc)
         signed = None
-    return signed or str(request.url_for(route, **ids))
+    return signed or route_url(request, route, **ids)
+
+
+def route_url(request: Request, route: str, **ids: str) -> str:
+    """`request.url_for(route, **ids)` for a route with one id, with the route looked up
+    once per request: a lookup costs far more than the rest of an image's answer."""
+    ((name, value),) = ids.items()
+    found: dict[str, str] = request.state.__dict__.setdefault("route_urls", {})
+    key = f"{route}:{name}"
+    if key not in found:
+        found[key] = str(request.url_for(route, **{name: _ID_SLOT}))
+    return found[key].replace(_ID_SLOT, value)
 
 
 def upload_public(
@@ -113,12 +126,21 @@ def _output_fields(
 
 
 def job_detail(request: Request, storage: Storage, view: JobView) -> JobDetail:
+    shown = job_images(request, storage, view.page)
     return JobDetail(
         **job_public(view.job, view.reruns).model_dump(),
+        images=shown.images,
+        images_next=shown.next,
+    )
+
+
+def job_images(request: Request, storage: Storage, page: ImagePage) -> JobImages:
+    return JobImages(
         images=[
-            output_public(request, storage, output, view.variations.get(output.id, ()))
-            for output in view.images
+            output_public(request, storage, output, page.variations.get(output.id, ()))
+            for output in page.images
         ],
+        next=page.next_cursor,
     )
 
 

@@ -118,6 +118,26 @@ def test_submit_follow_and_download_one_jobs_zip(client: Client, tmp_path: Path)
     assert len(images) == 3 and all(name.startswith(f"{first.id}/") for name in images)
 
 
+def test_jobs_are_read_with_all_their_images_a_page_at_a_time(stack: Stack, tmp_path: Path) -> None:
+    with Client(str(stack.http.base_url), backoff_s=0.01, image_page=2) as client:
+        group = client.create_group("pages")
+        uploads = client.upload_folder(group.id, photos(tmp_path / "pages", 5))
+        ids = [upload.upload_id for upload in uploads if upload.upload_id]
+        body = {"group_id": group.id, "mode": "automatic", "prompt": "p", "images": ids}
+        job_id = client.submit(body).jobs[0].id
+        snapshots = list(client.follow([job_id], interval_s=0.1))
+        assert all(not job.images for [job] in snapshots[:-1])  # polls skip the images
+        [last] = snapshots[-1]
+        assert [image.position for image in last.images] == [0, 1, 2, 3, 4]
+        assert last.images_next is None
+        whole = client.job(job_id)
+        assert [image.id for image in whole.images] == [image.id for image in last.images]
+        assert client.job(job_id, images=False).images == []
+        succeeded = list(client.job_images(job_id, status="succeeded"))
+        assert [image.position for image in succeeded] == [0, 1, 2, 3, 4]
+        assert list(client.job_images(job_id, status="failed")) == []
+
+
 def test_api_errors_carry_status_detail_and_errors(client: Client) -> None:
     with pytest.raises(ApiError) as missing:
         client.job("job_01J0000000000000000000000Z")

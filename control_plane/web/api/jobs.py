@@ -1,8 +1,17 @@
+from typing import Annotated
+
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from control_plane.models import JobMode, JobStatus
-from control_plane.schemas import JobDetail, JobPublic, Page, SubmitRequest, SubmitResponse
+from control_plane.models import JobMode, JobStatus, OutputStatus
+from control_plane.schemas import (
+    JobDetail,
+    JobImages,
+    JobPublic,
+    Page,
+    SubmitRequest,
+    SubmitResponse,
+)
 from control_plane.services import cleanup, jobs, reruns, submissions
 from control_plane.web.deps import (
     JobId,
@@ -12,9 +21,12 @@ from control_plane.web.deps import (
     SessionDep,
     group_id_of,
 )
-from control_plane.web.present import job_detail, job_public
+from control_plane.web.present import job_detail, job_images, job_public
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+ImageLimit = Annotated[
+    int, Query(ge=0, le=jobs.IMAGE_PAGE_MAX, description="most images in the answer")
+]
 
 
 @router.post("/submit", status_code=status.HTTP_201_CREATED)
@@ -47,10 +59,34 @@ def list_jobs(
 
 @router.get("/{job_id}")
 def get_job(
-    job_id: JobId, request: Request, platform: PlatformDep, session: SessionDep
+    job_id: JobId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    image_limit: ImageLimit = jobs.IMAGE_PAGE_DEFAULT,
 ) -> JobDetail:
-    """The job, its progress, its images (each with its variation sets) and its reruns."""
-    return job_detail(request, platform.storage, jobs.job_view(session, job_id))
+    """The job, its progress, its reruns and its first `image_limit` images (each with its
+    variation sets); `images_next` is the cursor to the rest (`GET /api/jobs/{id}/images`)."""
+    return job_detail(request, platform.storage, jobs.job_view(session, job_id, image_limit))
+
+
+@router.get("/{job_id}/images")
+def get_job_images(
+    job_id: JobId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    status_: OutputStatus | None = Query(None, alias="status"),
+    cursor: str | None = Query(None, max_length=100, description="`next` of the page before"),
+    limit: Annotated[
+        int, Query(ge=1, le=jobs.IMAGE_PAGE_MAX, description="most images in the answer")
+    ] = jobs.IMAGE_PAGE_DEFAULT,
+) -> JobImages:
+    """A page of the job's images by position (of one status if asked), and the cursor to
+    the next page (`next`, None on the last)."""
+    job = jobs.get_job(session, job_id)
+    page = jobs.page_of_images(session, job.id, cursor=cursor, limit=limit, status=status_)
+    return job_images(request, platform.storage, page)
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
