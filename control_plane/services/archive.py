@@ -20,7 +20,7 @@ is named in `reference_errors`). The rest of the archive stays valid.
 
 import json
 import re
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
@@ -97,19 +97,42 @@ class Plan:
     entries: list[Entry]
 
 
-def finished_outputs(session: Session, group_id: str) -> list[Output]:
-    """The group's succeeded images (not text answers), by job and position."""
-    return list(
-        session.exec(
-            select(Output)
-            .where(
-                Output.group_id == group_id,
-                Output.status == OutputStatus.SUCCEEDED,
-                Output.kind == OutputKind.IMAGE,
-            )
-            .order_by(col(Output.job_id), col(Output.position))
-        ).all()
-    )
+FINISHED_BATCH = 1_000  # images read per query when listing a group's finished images
+
+
+def finished_outputs(
+    open_session: Callable[[], Session], group_id: str, batch: int | None = None
+) -> Iterator[list[Output]]:
+    """The group's succeeded images (not text answers) by job and position, `batch` at a
+    time: each batch is one short query on outputs(job_id, position) in a session of its own,
+    so a group of any size is listed in bounded memory without holding a connection."""
+    batch = batch or FINISHED_BATCH
+    with open_session() as session:
+        job_ids = list(
+            session.exec(select(Job.id).where(Job.group_id == group_id).order_by(col(Job.id)))
+        )
+    for job_id in job_ids:
+        after = -1
+        while True:
+            with open_session() as session:
+                rows = list(
+                    session.exec(
+                        select(Output)
+                        .where(
+                            col(Output.job_id) == job_id,
+                            col(Output.position) > after,
+                            col(Output.status) == OutputStatus.SUCCEEDED,
+                            col(Output.kind) == OutputKind.IMAGE,
+                        )
+                        .order_by(col(Output.position))
+                        .limit(batch)
+                    )
+                )
+            if rows:
+                yield rows
+            if len(rows) < batch:
+                break
+            after = rows[-1].position
 
 
 # -- what a download asks for --------------------------------------------------------------

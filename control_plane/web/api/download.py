@@ -1,5 +1,5 @@
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from control_plane.errors import InvalidRequest
+from control_plane.platform import Platform
 from control_plane.schemas import DownloadItem
 from control_plane.services import archive, groups
 from control_plane.services.uploads import safe_name
@@ -15,18 +16,40 @@ from control_plane.web.present import download_item
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/download", tags=["download"])
+NDJSON = "application/x-ndjson"
 
 
-@router.get("/{group_id}")
+@router.get(
+    "/{group_id}",
+    response_model=list[DownloadItem],
+    responses={200: {"content": {NDJSON: {}}}},
+)
 def list_downloads(
     group_id: GroupId, request: Request, platform: PlatformDep, session: SessionDep
-) -> list[DownloadItem]:
-    """The group's finished images with URLs."""
+) -> StreamingResponse:
+    """The group's finished images with URLs, by job and position, streamed: a JSON array,
+    or JSON lines (one image a line) with `Accept: application/x-ndjson`."""
     group = groups.get_group(session, group_id)
-    return [
-        download_item(request, platform.storage, output)
-        for output in archive.finished_outputs(session, group.id)
-    ]
+    batches = _item_batches(request, platform, group.id)
+    if NDJSON in request.headers.get("accept", ""):
+        lines = ("".join(item + "\n" for item in batch) for batch in batches)
+        return StreamingResponse(lines, media_type=NDJSON)
+    return StreamingResponse(_json_array(batches), media_type="application/json")
+
+
+def _item_batches(request: Request, platform: Platform, group_id: str) -> Iterator[list[str]]:
+    """The items in JSON, a batch of images at a time (one chunk of the answer each)."""
+    for batch in archive.finished_outputs(platform.session, group_id):
+        yield [
+            download_item(request, platform.storage, output).model_dump_json() for output in batch
+        ]
+
+
+def _json_array(batches: Iterator[list[str]]) -> Iterator[str]:
+    yield "["
+    for index, batch in enumerate(batches):
+        yield ("," if index else "") + ",".join(batch)
+    yield "]"
 
 
 ZIP_PARAMETERS = ("job_id", "status", "include")
