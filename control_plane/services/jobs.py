@@ -99,6 +99,19 @@ def page_of_images(
     )
 
 
+def cursor_before(session: Session, job_id: str, position: int, limit: int) -> str | None:
+    """The cursor of the page of `limit` images that ends just before `position`; None when
+    that page is the first one (it needs no cursor)."""
+    earlier = session.exec(
+        select(Output.position)
+        .where(col(Output.job_id) == job_id, col(Output.position) < position)
+        .order_by(col(Output.position).desc())
+        .limit(limit)
+    ).all()
+    first = min(earlier, default=0)
+    return image_cursor(first - 1) if first > 0 else None
+
+
 def image_cursor(position: int) -> str:
     """The opaque cursor to the images after `position`."""
     return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{position}".encode()).decode().rstrip("=")

@@ -9,10 +9,12 @@ from contextlib import contextmanager
 from html.parser import HTMLParser
 
 import httpx
+import pytest
 from sqlmodel import Session, create_engine, func, select
 
 from control_plane.models import Group, Job, Upload
 from control_plane.settings import Settings
+from control_plane.web.ui import routes as ui_routes
 from tests.conftest import png_bytes
 from tests.fakes.api import Api, submit_one_dispatch
 from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
@@ -378,3 +380,48 @@ def test_variation_and_rerun_buttons(stack: Stack) -> None:
 
     unknown = http.post(f"/outputs/out_{'0' * 26}/variations")
     assert unknown.status_code == 404 and "does not exist" in Page(unknown.text).all_text
+
+
+def test_the_job_page_shows_a_page_of_images_with_links_to_the_others(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ui_routes, "IMAGES_ON_JOB_PAGE", 3)
+    group_id = api.group()
+    [image] = api.upload_ids(group_id, 1)
+    body = {
+        "group_id": group_id,
+        "mode": "automatic",
+        "prompt": "p",
+        "images": [image],
+        "config": {"outputs_per_image": 8},
+    }
+    job_id = api.client.post("/api/jobs/submit", json=body).json()["jobs"][0]["id"]
+
+    def shown(path: str) -> tuple[list[int], list[str], list[str]]:
+        answer = api.client.get(path)
+        assert answer.status_code == 200, answer.text
+        page = Page(answer.text)
+        positions = [int(found) for found in re.findall(r"#(\d+) · seed", page.all_text)]
+        nexts = [link for link in page.links if "next images" in _link_text(answer.text, link)]
+        previous = [link for link in page.links if "previous" in _link_text(answer.text, link)]
+        return positions, sorted(set(nexts)), sorted(set(previous))
+
+    path: str | None = f"/jobs/{job_id}"
+    visited: list[str] = []
+    seen: list[int] = []
+    while path:
+        positions, nexts, previous = shown(path)
+        assert (previous == []) == (not visited)  # only the first page has no "previous"
+        if visited:
+            assert previous == [visited[-1]]  # back to the page it came from
+        visited.append(path)
+        seen += positions
+        path = nexts[0] if nexts else None
+    assert seen == list(range(8)) and len(visited) == 3
+    bad = api.client.get(f"/jobs/{job_id}", params={"cursor": "nonsense"})
+    assert bad.status_code == 422 and "is not one this API gave out" in bad.text
+
+
+def _link_text(html: str, href: str) -> str:
+    found = re.search(rf'<a href="{re.escape(href)}">([^<]*)</a>', html)
+    return found.group(1) if found else ""
