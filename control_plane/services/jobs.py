@@ -6,6 +6,7 @@ import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
@@ -16,6 +17,8 @@ from control_plane.settings import Settings
 IMAGE_PAGE_DEFAULT = 500  # images in one answer unless asked otherwise
 IMAGE_PAGE_MAX = 1_000
 _CURSOR_PREFIX = "pos:"
+# What an image's public view leaves out: a page of images does not read it (JSON to parse).
+UNSHOWN_OUTPUT_COLUMNS = ("params", "usage")
 
 
 def get_job(session: Session, job_id: str) -> Job:
@@ -87,7 +90,11 @@ def page_of_images(
         filters.append(col(Output.status) == status)
     rows = list(
         session.exec(
-            select(Output).where(*filters).order_by(col(Output.position)).limit(limit + 1)
+            select(Output)
+            .options(*(defer(getattr(Output, name)) for name in UNSHOWN_OUTPUT_COLUMNS))
+            .where(*filters)
+            .order_by(col(Output.position))
+            .limit(limit + 1)
         ).all()
     )
     images = rows[:limit]

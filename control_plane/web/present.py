@@ -36,10 +36,11 @@ from control_plane.schemas import (
     UploadPublic,
 )
 from control_plane.services import personas
-from control_plane.services.jobs import ImagePage, JobView
+from control_plane.services.jobs import UNSHOWN_OUTPUT_COLUMNS, ImagePage, JobView
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
+UNSHOWN = set(UNSHOWN_OUTPUT_COLUMNS)
 _ID_SLOT = "pixelfleet-id-slot"  # stands for the id while a route's URL is looked up
 
 
@@ -112,7 +113,7 @@ def _output_fields(
 ) -> dict[str, Any]:
     succeeded = output.status == OutputStatus.SUCCEEDED
     return dict(
-        **output.model_dump(),
+        **output.model_dump(exclude=UNSHOWN),
         variations=list(variations),
         url=file_url(request, storage, "output_file", output.storage_key, output_id=output.id)
         if succeeded
