@@ -150,6 +150,7 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_group_id_id", "group_id", "id"),
         sa.Index("ix_jobs_mode_id", "mode", "id"),
         sa.Index("ix_jobs_source_id_id", "source_id", "id"),
+        sa.Index("ix_jobs_group_id_status_id", "group_id", "status", "id"),  # counts by group
     )
     id: str = _id("job")
     group_id: str = Field(foreign_key="groups.id", max_length=40)
@@ -178,7 +179,12 @@ class Output(SQLModel, table=True):
     """One requested output image, from request to file."""
 
     __tablename__ = "outputs"
-    __table_args__ = (sa.Index("ix_outputs_job_id_position", "job_id", "position"),)
+    __table_args__ = (
+        sa.Index("ix_outputs_job_id_position", "job_id", "position"),
+        # counts by status read these indexes alone, never the rows
+        sa.Index("ix_outputs_group_id_status", "group_id", "status"),
+        sa.Index("ix_outputs_job_id_status", "job_id", "status"),
+    )
     id: str = _id("out")
     job_id: str = Field(foreign_key="jobs.id", max_length=40)
     group_id: str = Field(foreign_key="groups.id", index=True, max_length=40)

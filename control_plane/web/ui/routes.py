@@ -86,7 +86,8 @@ def _index(
     request: Request, session: SessionDep, page: int = 1, error: str | None = None
 ) -> HTMLResponse:
     total, page_groups = groups.page_of_groups(session, page, GROUPS_PER_PAGE)
-    rows = [(group, groups.group_counts(session, group.id)) for group in page_groups]
+    counts = groups.counts_of_groups(session, [group.id for group in page_groups])
+    rows = [(group, counts[group.id]) for group in page_groups]
     context = {"rows": rows, "page": page, "pages": _pages(total, GROUPS_PER_PAGE), "error": error}
     return _page(request, "index.html", context, 422 if error else 200)
 

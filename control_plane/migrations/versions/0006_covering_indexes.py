@@ -1,0 +1,33 @@
+"""covering indexes for counts: outputs by group and by job with their status, jobs by group
+with their status
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-06 00:20:00
+
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | Sequence[str] | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+INDEXES = (
+    ("ix_outputs_group_id_status", "outputs", ["group_id", "status"]),
+    ("ix_outputs_job_id_status", "outputs", ["job_id", "status"]),
+    ("ix_jobs_group_id_status_id", "jobs", ["group_id", "status", "id"]),
+)
+
+
+def upgrade() -> None:
+    for name, table, columns in INDEXES:
+        op.create_index(name, table, columns)
+
+
+def downgrade() -> None:
+    for name, table, _ in reversed(INDEXES):
+        op.drop_index(name, table_name=table)
