@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest clean
+.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest bench-lists clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-e2e bench-zip bench-worker bench-ingest
+bench: bench-e2e bench-zip bench-worker bench-ingest bench-lists
 
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
@@ -38,6 +38,9 @@ bench-worker: setup
 
 bench-ingest: setup
 	$(BIN)/python -m bench.ingest
+
+bench-lists: setup
+	$(BIN)/python -m bench.lists
 
 clean:
 	rm -rf $(VENV) pixelfleet-data .pytest_cache .mypy_cache .ruff_cache

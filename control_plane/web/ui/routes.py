@@ -141,7 +141,9 @@ def _group(
     group = groups.get_group(session, group_id)
     counts = groups.group_counts(session, group.id)
     _, page_uploads = uploads.page_of_uploads(session, group.id, page, UPLOADS_PER_PAGE)
-    _, group_jobs = jobs.page_of_jobs(session, 1, JOBS_ON_GROUP_PAGE, group_id=group.id)
+    group_jobs = jobs.jobs_after(
+        session, JOBS_ON_GROUP_PAGE, filters=jobs.JobFilters(group_id=group.id)
+    ).rows
     context = {
         "group": group,
         "counts": counts,
