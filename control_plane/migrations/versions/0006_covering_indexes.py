@@ -1,5 +1,5 @@
 """covering indexes for counts: outputs by group and by job with their status, jobs by group
-with their status
+with their status, and with their counters
 
 Revision ID: 0006
 Revises: 0005
@@ -20,6 +20,12 @@ INDEXES = (
     ("ix_outputs_group_id_status", "outputs", ["group_id", "status"]),
     ("ix_outputs_job_id_status", "outputs", ["job_id", "status"]),
     ("ix_jobs_group_id_status_id", "jobs", ["group_id", "status", "id"]),
+    # a group's counts are its jobs' counters summed: read from this index alone
+    (
+        "ix_jobs_group_id_counters",
+        "jobs",
+        ["group_id", "total", "succeeded", "failed", "blocked"],
+    ),
 )
 
 
