@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest bench-pages clean
+.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-e2e bench-zip bench-worker bench-ingest bench-pages
+bench: bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists
 
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
@@ -41,6 +41,9 @@ bench-ingest: setup
 
 bench-pages: setup
 	$(BIN)/python -m bench.pages
+
+bench-lists: setup
+	$(BIN)/python -m bench.lists
 
 clean:
 	rm -rf $(VENV) pixelfleet-data .pytest_cache .mypy_cache .ruff_cache

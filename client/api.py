@@ -36,6 +36,7 @@ from control_plane.schemas import (
     CatalogPublic,
     CharacterDetail,
     CharacterPublic,
+    CursorPage,
     GroupPublic,
     JobDetail,
     JobImages,
@@ -374,12 +375,23 @@ class Client:
         *,
         group_id: str | None = None,
         status: str | None = None,
-        page: int = 1,
+        cursor: str | None = None,
+        page: int | None = None,
         limit: int = 20,
-    ) -> Page[JobPublic]:
-        """A page of jobs, newest first."""
-        params = {"group_id": group_id, "status": status, "page": page, "limit": limit}
-        return _parsed(Page[JobPublic], self._call("GET", "/api/jobs", params=_present(params)))
+        with_total: bool = False,
+    ) -> CursorPage[JobPublic]:
+        """A page of jobs, newest first: the first, the one after `cursor` (a page's `next`),
+        or page number `page`; with their total when `with_total` (or by page number)."""
+        params = {
+            "group_id": group_id,
+            "status": status,
+            "cursor": cursor,
+            "page": page,
+            "limit": limit,
+            "with_total": with_total or None,
+        }
+        answer = self._call("GET", "/api/jobs", params=_present(params))
+        return _parsed(CursorPage[JobPublic], answer)
 
     def cancel(self, job_id: str) -> JobPublic:
         return self._post(JobPublic, f"/api/jobs/{job_id}/cancel", creates=False)

@@ -432,15 +432,25 @@ jobs_app = typer.Typer(help="List, inspect, watch, cancel and retry jobs.", no_a
 def jobs_ls(
     group: Annotated[str | None, typer.Option(help="only this group (name or id)")] = None,
     status: Annotated[str | None, typer.Option(help="queued, processing, completed...")] = None,
-    page: Annotated[int, typer.Option(min=1)] = 1,
+    cursor: Annotated[
+        str | None, typer.Option(help="the page after this one (printed under each page)")
+    ] = None,
+    page: Annotated[int | None, typer.Option(min=1, help="a page by number instead")] = None,
     limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
-    """Jobs, newest first."""
+    """Jobs, newest first, a page at a time (`--cursor` from the line under a page)."""
     with _session(api, as_json) as run:
         group_id = _existing_group(run, group).id if group else None
-        listed = run.client.jobs(group_id=group_id, status=status, page=page, limit=limit)
+        listed = run.client.jobs(
+            group_id=group_id,
+            status=status,
+            cursor=cursor,
+            page=page,
+            limit=limit,
+            with_total=True,
+        )
     if as_json:
         _print_json(listed.model_dump(mode="json"))
         return
@@ -450,7 +460,8 @@ def jobs_ls(
             f"{job.id}  {job.status:<10} {job.mode:<14} {done}/{job.progress.total}  "
             f"{job.created_at:%Y-%m-%d %H:%M}  {job.group_id}"
         )
-    typer.echo(f"{len(listed.data)} of {listed.total} job(s)", err=True)
+    more = f"; next page: --cursor {listed.next}" if listed.next else ""
+    typer.echo(f"{len(listed.data)} of {listed.total} job(s){more}", err=True)
 
 
 @jobs_app.command("show")

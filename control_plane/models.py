@@ -150,6 +150,10 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_group_id_id", "group_id", "id"),
         sa.Index("ix_jobs_mode_id", "mode", "id"),
         sa.Index("ix_jobs_source_id_id", "source_id", "id"),
+        # a group's counts, summed from its jobs' counters without reading the rows
+        sa.Index(
+            "ix_jobs_group_id_counters", "group_id", "total", "succeeded", "failed", "blocked"
+        ),
     )
     id: str = _id("job")
     group_id: str = Field(foreign_key="groups.id", max_length=40)

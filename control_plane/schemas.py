@@ -44,6 +44,19 @@ class Page(BaseModel, Generic[T]):
     limit: int
 
 
+class CursorPage(BaseModel, Generic[T]):
+    """A page of a list read by cursor: `next` (None on the last page) is the `cursor` of the
+    page after it. `page` is set when the page was asked for by number, and `total` when it
+    was asked for (`with_total=true`) or the page by number: counting costs a pass over
+    every matching row, so a list does not count unless told to."""
+
+    data: list[T]
+    total: int | None = None
+    page: int | None = None
+    limit: int
+    next: str | None = None
+
+
 # Groups -------------------------------------------------------------------------------
 class GroupCreate(_Body):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]

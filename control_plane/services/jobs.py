@@ -5,13 +5,14 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
 from control_plane.errors import InvalidRequest, NotFound
-from control_plane.models import Job, JobStatus, Output, OutputStatus
+from control_plane.models import Job, Output, OutputStatus
 from control_plane.settings import Settings
 
 IMAGE_PAGE_DEFAULT = 500  # images in one answer unless asked otherwise
@@ -177,34 +178,59 @@ def variations_of_images(session: Session, output_ids: Sequence[str]) -> dict[st
     return links
 
 
-def page_of_jobs(
-    session: Session,
-    page: int,
-    limit: int,
-    *,
-    status: JobStatus | None = None,
-    group_id: str | None = None,
-    mode: str | None = None,
-) -> tuple[int, Sequence[Job]]:
-    """The number of jobs matching the filters, and page `page` (1-based), newest first."""
-    filters = [
-        clause
-        for wanted, clause in (
-            (status, Job.status == status),
-            (group_id, Job.group_id == group_id),
-            (mode, Job.mode == mode),
+@dataclass(frozen=True)
+class JobFilters:
+    """What a job list keeps: each filter matches an index led by its column (ix_jobs_status_id,
+    ix_jobs_group_id_id, ix_jobs_mode_id), so a page reads about `limit` index entries; with
+    group and status together, the group's index is read until `limit` jobs match."""
+
+    status: str | None = None
+    group_id: str | None = None
+    mode: str | None = None
+
+    def clauses(self) -> list[Any]:
+        wanted = (
+            (self.status, col(Job.status)),
+            (self.group_id, col(Job.group_id)),
+            (self.mode, col(Job.mode)),
         )
-        if wanted
-    ]
-    total = session.exec(select(func.count()).select_from(Job).where(*filters)).one()
-    rows = session.exec(
-        select(Job)
-        .where(*filters)
-        .order_by(col(Job.id).desc())
-        .offset((page - 1) * limit)
-        .limit(limit)
-    ).all()
-    return total, rows
+        return [column == value for value, column in wanted if value]
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    """A page of jobs, newest first; `next` is the cursor of the page after it (None on the
+    last page)."""
+
+    rows: list[Job]
+    next: str | None
+
+
+def jobs_after(
+    session: Session, limit: int, cursor: str | None = None, filters: JobFilters = JobFilters()
+) -> JobsPage:
+    """The `limit` newest jobs older than `cursor` (the last job of the page before; ids sort
+    by creation time), or the first page without one: keyset pagination, whatever the depth."""
+    query = select(Job).where(*filters.clauses())
+    if cursor is not None:
+        query = query.where(col(Job.id) < cursor)
+    return _page(session, query, limit)
+
+
+def page_of_jobs(session: Session, page: int, limit: int, filters: JobFilters) -> JobsPage:
+    """Page `page` (1-based) by OFFSET: kept for clients that number pages."""
+    return _page(session, select(Job).where(*filters.clauses()).offset((page - 1) * limit), limit)
+
+
+def count_jobs(session: Session, filters: JobFilters) -> int:
+    """How many jobs match (a count over the matching index entries: only when asked)."""
+    return session.exec(select(func.count()).select_from(Job).where(*filters.clauses())).one()
+
+
+def _page(session: Session, query: Any, limit: int) -> JobsPage:
+    rows = list(session.exec(query.order_by(col(Job.id).desc()).limit(limit + 1)).all())
+    more = len(rows) > limit
+    return JobsPage(rows[:limit], rows[limit - 1].id if more else None)
 
 
 def cancel(session: Session, job_id: str) -> list[str]:

@@ -102,8 +102,9 @@ def test_submit_follow_and_download_one_jobs_zip(client: Client, tmp_path: Path)
     snapshots = list(client.follow([first.id, other.id], interval_s=0.1))
     assert all(job.status == "completed" for job in snapshots[-1])
     assert [job.progress.succeeded for job in snapshots[-1]] == [3, 1]
-    listed = client.jobs(group_id=group.id)
+    listed = client.jobs(group_id=group.id, with_total=True)
     assert listed.total == 2 and {job.id for job in listed.data} == {first.id, other.id}
+    assert listed.next is None
 
     target = tmp_path / "out" / "first.zip"
     target.parent.mkdir()

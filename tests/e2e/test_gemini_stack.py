@@ -365,4 +365,4 @@ def test_submit_rejects_what_the_model_cannot_do(
     assert response.status_code == 422, response.text
     assert response.json()["detail"].startswith(message)
     listed = gemini_stack.http.get("/api/jobs", params={"group_id": group_id}).json()
-    assert listed["total"] == 0 and fake.calls == []
+    assert listed["data"] == [] and fake.calls == []

@@ -47,5 +47,5 @@ def test_a_retried_upload_and_submission_create_nothing_twice(stack: Stack) -> N
 
     [job] = stack.wait_for([submitted.json()["jobs"][0]["id"]])
     assert job["status"] == "completed" and job["progress"]["succeeded"] == 4
-    assert http.get("/api/jobs", params={"group_id": group_id}).json()["total"] == 1
+    assert len(http.get("/api/jobs", params={"group_id": group_id}).json()["data"]) == 1
     assert http.get(f"/api/groups/{group_id}").json()["counts"]["uploads"] == 4

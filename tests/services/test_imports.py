@@ -358,4 +358,4 @@ def test_an_import_is_chunked_into_dispatches(api: Api) -> None:
     assert answer.status_code == 201, answer.text
     assert _rows(api) == (1, 40, 3)  # chunks of 16: 16 + 16 + 8
     jobs = api.client.get("/api/jobs", params={"mode": "import"}).json()
-    assert jobs["total"] == 1 and jobs["data"][0]["mode"] == "import"
+    assert [job["mode"] for job in jobs["data"]] == ["import"]

@@ -116,7 +116,7 @@ def test_a_group_deleted_during_upload_or_submit_is_409_and_leaves_nothing(api: 
             json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images},
         )
     assert submitted.status_code == 409, submitted.text
-    assert api.client.get("/api/jobs").json()["total"] == 0
+    assert api.client.get("/api/jobs").json()["data"] == []
     assert api.run_bodies == []
 
 

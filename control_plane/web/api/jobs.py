@@ -3,12 +3,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
+from control_plane.errors import InvalidRequest
 from control_plane.models import JobMode, JobStatus, OutputStatus
 from control_plane.schemas import (
+    CursorPage,
     JobDetail,
     JobImages,
     JobPublic,
-    Page,
     SubmitRequest,
     SubmitResponse,
 )
@@ -22,6 +23,7 @@ from control_plane.web.deps import (
     group_id_of,
 )
 from control_plane.web.present import job_detail, job_images, job_public
+from shared.ids import is_id
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 ImageLimit = Annotated[
@@ -45,16 +47,34 @@ def list_jobs(
     status_: JobStatus | None = Query(None, alias="status"),
     group_id: str | None = None,
     mode: JobMode | None = None,
-    page: PageNumber = 1,
+    cursor: str | None = Query(None, description="`next` of the page before"),
+    page: PageNumber | None = None,
     limit: PageLimit = 20,
-) -> Page[JobPublic]:
-    """Jobs, newest first, filtered by status, group and mode."""
-    total, rows = jobs.page_of_jobs(
-        session, page, limit, status=status_, group_id=group_id, mode=mode
-    )
-    reruns = jobs.reruns_of(session, [job.id for job in rows])
-    data = [job_public(job, reruns.get(job.id, ())) for job in rows]
-    return Page(data=data, total=total, page=page, limit=limit)
+    with_total: bool = Query(False, description="count the matching jobs too"),
+) -> CursorPage[JobPublic]:
+    """Jobs, newest first, filtered by status, group and mode: the first page, then each
+    page after `cursor` (the answer's `next`). `page` numbers still work (by offset, with
+    their total); `total` otherwise only with `with_total=true`."""
+    filters = jobs.JobFilters(status=status_, group_id=group_id, mode=mode)
+    listed = _jobs_page(session, filters, cursor, page, limit)
+    total = jobs.count_jobs(session, filters) if with_total or page is not None else None
+    reruns = jobs.reruns_of(session, [job.id for job in listed.rows])
+    data = [job_public(job, reruns.get(job.id, ())) for job in listed.rows]
+    return CursorPage(data=data, total=total, page=page, limit=limit, next=listed.next)
+
+
+def _jobs_page(
+    session: SessionDep, filters: jobs.JobFilters, cursor: str | None, page: int | None, limit: int
+) -> jobs.JobsPage:
+    if cursor is None:
+        if page is not None:
+            return jobs.page_of_jobs(session, page, limit, filters)
+        return jobs.jobs_after(session, limit, None, filters)
+    if page is not None:
+        raise InvalidRequest("give either cursor or page, not both")
+    if not is_id("job", cursor):
+        raise InvalidRequest(f"cursor {cursor!r} is not one this list gave (its `next`)")
+    return jobs.jobs_after(session, limit, cursor, filters)
 
 
 @router.get("/{job_id}")

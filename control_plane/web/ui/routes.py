@@ -87,7 +87,8 @@ def _index(
     request: Request, session: SessionDep, page: int = 1, error: str | None = None
 ) -> HTMLResponse:
     total, page_groups = groups.page_of_groups(session, page, GROUPS_PER_PAGE)
-    rows = [(group, groups.group_counts(session, group.id)) for group in page_groups]
+    counts = groups.counts_of_groups(session, [group.id for group in page_groups])
+    rows = [(group, counts[group.id]) for group in page_groups]
     context = {"rows": rows, "page": page, "pages": _pages(total, GROUPS_PER_PAGE), "error": error}
     return _page(request, "index.html", context, 422 if error else 200)
 
@@ -141,7 +142,9 @@ def _group(
     group = groups.get_group(session, group_id)
     counts = groups.group_counts(session, group.id)
     _, page_uploads = uploads.page_of_uploads(session, group.id, page, UPLOADS_PER_PAGE)
-    _, group_jobs = jobs.page_of_jobs(session, 1, JOBS_ON_GROUP_PAGE, group_id=group.id)
+    group_jobs = jobs.jobs_after(
+        session, JOBS_ON_GROUP_PAGE, filters=jobs.JobFilters(group_id=group.id)
+    ).rows
     context = {
         "group": group,
         "counts": counts,
