@@ -16,7 +16,10 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 from PIL import Image
+
+from control_plane.db import make_engine
 
 
 def free_port() -> int:
@@ -114,3 +117,14 @@ def _serve_gcs_emulator(ports: "Queue[int]") -> None:
     httpd.socket.listen(128)
     ports.put(int(httpd.server_address[1]))
     threading.Event().wait()  # serve until terminated
+
+
+def recreate_mysql_database(database_url: str) -> None:
+    """Drop the MySQL/MariaDB database of `database_url` and create it empty (a benchmark's
+    fresh start, whatever migrations made the tables there before)."""
+    url = sa.engine.make_url(database_url)
+    server = make_engine(url.set(database="mysql").render_as_string(hide_password=False))
+    with server.begin() as connection:
+        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{url.database}`")
+        connection.exec_driver_sql(f"CREATE DATABASE `{url.database}`")
+    server.dispose()

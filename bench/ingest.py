@@ -28,7 +28,14 @@ import uvicorn
 from fastapi import FastAPI
 from sqlmodel import Session, col, func, select
 
-from bench.common import cpu_seconds, free_port, peak_rss_mb, png, process
+from bench.common import (
+    cpu_seconds,
+    free_port,
+    peak_rss_mb,
+    png,
+    process,
+    recreate_mysql_database,
+)
 from control_plane.db import make_engine
 from control_plane.models import Dispatch, DispatchStatus, Output
 from shared import layout
@@ -54,7 +61,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     runpod_port, api_port = free_port(), free_port()
     database_url = args.database_url or f"sqlite:///{tmp / 'pixelfleet.db'}"
     if args.database_url:
-        _reset(database_url)
+        recreate_mysql_database(database_url)
     env = {
         "PIXELFLEET_DATA_DIR": str(tmp),
         "PIXELFLEET_DATABASE_URL": database_url,
@@ -89,18 +96,6 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         rss = peak_rss_mb(pid)
     stub.should_exit = True
     _report(rows, args.connections, database_url, rss)
-
-
-def _reset(database_url: str) -> None:
-    engine = make_engine(database_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS=0")
-        for table in ("event_cursors", "events", "dispatches", "outputs", "uploads", "jobs"):
-            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-        connection.exec_driver_sql("DROP TABLE IF EXISTS `groups`")
-        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-        connection.exec_driver_sql("SET FOREIGN_KEY_CHECKS=1")
-    engine.dispose()
 
 
 def _stub_runpod(port: int) -> uvicorn.Server:

@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from bench.common import recreate_mysql_database
 from control_plane.app import create_app
 from control_plane.db import make_engine, migrate
 from control_plane.models import Group, Job, JobMode, JobStatus, Output, OutputStatus, utcnow
@@ -68,7 +69,7 @@ def main() -> None:
 def run(tmp: Path, args: argparse.Namespace) -> None:
     database_url = args.database_url or f"sqlite:///{tmp / 'pixelfleet.db'}"
     if args.database_url:
-        _recreate(database_url)
+        recreate_mysql_database(database_url)
     migrate(database_url)
     engine = make_engine(database_url)
     started = time.monotonic()
@@ -90,15 +91,6 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     with TestClient(create_app(settings, reconcile=False)) as client:
         _measure(client, args, big_group, job_ids[len(job_ids) // 2])
     engine.dispose()
-
-
-def _recreate(database_url: str) -> None:
-    url = sa.engine.make_url(database_url)
-    server = make_engine(url.set(database="mysql").render_as_string(hide_password=False))
-    with server.begin() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{url.database}`")
-        connection.exec_driver_sql(f"CREATE DATABASE `{url.database}`")
-    server.dispose()
 
 
 def _fill(engine: sa.Engine, args: argparse.Namespace) -> tuple[str, list[str]]:
