@@ -63,6 +63,11 @@ AsJson = Annotated[
 GroupOption = Annotated[
     str | None, typer.Option("--group", help="group name or id (created when no group has it)")
 ]
+# Generation settings, the same on every command that makes images
+ModelOption = Annotated[str | None, typer.Option(help="image model")]
+AspectRatioOption = Annotated[str | None, typer.Option(help="e.g. 1:1, 16:9, 3:4")]
+ImageSizeOption = Annotated[str | None, typer.Option(help="e.g. 1K, 2K")]
+NegativePromptOption = Annotated[str | None, typer.Option(help="what to avoid")]
 
 
 @dataclass
@@ -159,11 +164,11 @@ def generate(
         str | None, typer.Option(help="with --csv: a Jinja2 template rendered per row")
     ] = None,
     group: GroupOption = None,
-    model: Annotated[str | None, typer.Option(help="image model")] = None,
-    aspect_ratio: Annotated[str | None, typer.Option(help="e.g. 1:1, 16:9")] = None,
-    image_size: Annotated[str | None, typer.Option(help="e.g. 1K, 2K")] = None,
+    model: ModelOption = None,
+    aspect_ratio: AspectRatioOption = None,
+    image_size: ImageSizeOption = None,
     seed: Annotated[int | None, typer.Option(help="seed of the first image")] = None,
-    negative_prompt: Annotated[str | None, typer.Option(help="what to avoid")] = None,
+    negative_prompt: NegativePromptOption = None,
     outputs_per_image: Annotated[
         int | None, typer.Option(help="images generated per input image (1-8)")
     ] = None,
@@ -574,9 +579,9 @@ def persona_create(
         list[str] | None,
         typer.Option(help="KEY=VALUE every persona has, e.g. gender=female (repeat for more)"),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="image model")] = None,
-    aspect_ratio: Annotated[str | None, typer.Option(help="e.g. 3:4")] = None,
-    image_size: Annotated[str | None, typer.Option(help="e.g. 1K")] = None,
+    model: ModelOption = None,
+    aspect_ratio: AspectRatioOption = None,
+    image_size: ImageSizeOption = None,
     seed: Annotated[int | None, typer.Option(help="seed of the first persona")] = None,
     text_model: Annotated[str | None, typer.Option(help="the model writing their data")] = None,
     watch: Annotated[bool, typer.Option(help="follow them until each ends")] = False,
@@ -760,11 +765,11 @@ def preset_create(
     examples_per_reference: Annotated[
         int, typer.Option(min=1, max=8, help="images per picked reference")
     ] = 1,
-    model: Annotated[str | None, typer.Option(help="image model")] = None,
-    aspect_ratio: Annotated[str | None, typer.Option(help="e.g. 1:1, 3:4")] = None,
-    image_size: Annotated[str | None, typer.Option(help="e.g. 1K, 2K")] = None,
+    model: ModelOption = None,
+    aspect_ratio: AspectRatioOption = None,
+    image_size: ImageSizeOption = None,
     seed: Annotated[int | None, typer.Option(help="seed of every job's first image")] = None,
-    negative_prompt: Annotated[str | None, typer.Option(help="what to avoid")] = None,
+    negative_prompt: NegativePromptOption = None,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -924,10 +929,10 @@ def character_create(
     style_prompt: Annotated[
         str | None, typer.Option(help="the look, e.g. 'film photo, muted colours'")
     ] = None,
-    aspect_ratio: Annotated[str | None, typer.Option(help="e.g. 1:1, 3:4")] = None,
-    image_size: Annotated[str | None, typer.Option(help="e.g. 1K, 2K")] = None,
-    model: Annotated[str | None, typer.Option(help="image model")] = None,
-    negative_prompt: Annotated[str | None, typer.Option(help="what to avoid")] = None,
+    aspect_ratio: AspectRatioOption = None,
+    image_size: ImageSizeOption = None,
+    model: ModelOption = None,
+    negative_prompt: NegativePromptOption = None,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:

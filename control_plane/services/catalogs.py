@@ -11,10 +11,10 @@ from pydantic_core import ErrorDetails
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
-from control_plane.errors import InvalidRequest, NotFound, PayloadTooLarge
+from control_plane.errors import InvalidRequest, PayloadTooLarge
 from control_plane.models import Catalog
 from control_plane.schemas import CatalogCreate, CatalogDetail, CatalogPrompt, CatalogPublic
-from shared.ids import is_id
+from control_plane.services.rows import fetch
 
 SHAPE = '{"name": "…", "prompts": [{"id": "…", "tags": ["…"], "prompt": "…"}, …]}'
 MAX_PROBLEMS = 20  # listed in one 422; the rest are counted
@@ -133,10 +133,7 @@ def create_catalog(session: Session, body: CatalogCreate) -> Catalog:
 
 def get_catalog(session: Session, catalog_id: str) -> Catalog:
     """The catalog, or NotFound (also for an id not shaped like a catalog's)."""
-    catalog = session.get(Catalog, catalog_id) if is_id("cat", catalog_id) else None
-    if catalog is None:
-        raise NotFound(f"catalog {catalog_id} does not exist")
-    return catalog
+    return fetch(session, Catalog, catalog_id, "catalog", "cat")
 
 
 def delete_catalog(session: Session, catalog_id: str) -> None:

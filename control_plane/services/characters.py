@@ -16,6 +16,7 @@ from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.models import Character, Group, Job, JobMode, Output, Upload
 from control_plane.schemas import CharacterCreate, CharacterStyle, GenerationConfig, PackCreate
 from control_plane.services import references, submissions
+from control_plane.services.rows import fetch
 from control_plane.settings import Settings
 from shared.ids import is_id, new_id
 
@@ -86,10 +87,7 @@ def _generation_config(style: CharacterStyle | dict[str, Any]) -> GenerationConf
 
 def get_character(session: Session, character_id: str) -> Character:
     """The character, or NotFound (also for an id not shaped like a character's)."""
-    character = session.get(Character, character_id) if is_id("chr", character_id) else None
-    if character is None:
-        raise NotFound(f"character {character_id} does not exist")
-    return character
+    return fetch(session, Character, character_id, "character", "chr")
 
 
 def delete_character(session: Session, character_id: str) -> None:

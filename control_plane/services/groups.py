@@ -5,9 +5,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
-from control_plane.errors import NotFound
 from control_plane.models import Group, Job, Upload
 from control_plane.schemas import GroupCounts
+from control_plane.services.rows import fetch
 
 
 def create_group(session: Session, name: str) -> Group:
@@ -19,10 +19,7 @@ def create_group(session: Session, name: str) -> Group:
 
 
 def get_group(session: Session, group_id: str) -> Group:
-    group = session.get(Group, group_id)
-    if group is None:
-        raise NotFound(f"group {group_id} does not exist")
-    return group
+    return fetch(session, Group, group_id, "group")
 
 
 def page_of_groups(session: Session, page: int, limit: int) -> tuple[int, Sequence[Group]]:

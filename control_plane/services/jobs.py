@@ -11,8 +11,9 @@ from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
-from control_plane.errors import InvalidRequest, NotFound
+from control_plane.errors import InvalidRequest
 from control_plane.models import Job, Output, OutputStatus
+from control_plane.services.rows import fetch
 from control_plane.settings import Settings
 
 IMAGE_PAGE_DEFAULT = 500  # images in one answer unless asked otherwise
@@ -23,17 +24,11 @@ UNSHOWN_OUTPUT_COLUMNS = ("params", "usage")
 
 
 def get_job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist")
-    return job
+    return fetch(session, Job, job_id, "job")
 
 
 def get_output(session: Session, output_id: str) -> Output:
-    output = session.get(Output, output_id)
-    if output is None:
-        raise NotFound(f"image {output_id} does not exist")
-    return output
+    return fetch(session, Output, output_id, "image")
 
 
 def outputs_of(session: Session, job_id: str) -> list[Output]:

@@ -50,6 +50,7 @@ from control_plane.models import (
 )
 from control_plane.schemas import PersonaCreate
 from control_plane.services import submissions
+from control_plane.services.rows import fetch
 from control_plane.services.uploads import safe_name
 from control_plane.settings import Settings
 from shared.ids import new_id
@@ -209,10 +210,7 @@ def data_prompt(brief: str | None, attributes: dict[str, Any], index: int, count
 
 
 def get_persona(session: Session, persona_id: str) -> Persona:
-    persona = session.get(Persona, persona_id)
-    if persona is None:
-        raise NotFound(f"persona {persona_id} does not exist")
-    return persona
+    return fetch(session, Persona, persona_id, "persona")
 
 
 def page_of_personas(

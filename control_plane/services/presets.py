@@ -48,6 +48,7 @@ from control_plane.schemas import (
     PresetUsageReset,
 )
 from control_plane.services import prompts, references
+from control_plane.services.rows import fetch
 from control_plane.services.submissions import (
     check_job_size,
     draw_seed,
@@ -92,10 +93,7 @@ def prompt_of(prompt: str) -> str:
 
 
 def get_preset(session: Session, preset_id: str) -> Preset:
-    preset = session.get(Preset, preset_id)
-    if preset is None:
-        raise NotFound(f"preset {preset_id} does not exist")
-    return preset
+    return fetch(session, Preset, preset_id, "preset")
 
 
 def page_of_presets(session: Session, page: int, limit: int) -> tuple[int, Sequence[Preset]]:

@@ -44,6 +44,7 @@ from control_plane.schemas import (
     UploadPatch,
     UploadRejected,
 )
+from control_plane.services.rows import fetch
 from control_plane.settings import Settings
 from shared import layout
 from shared.ids import new_id
@@ -185,10 +186,7 @@ def nothing_accepted(rejected: Sequence[UploadRejected]) -> DomainError:
 
 
 def get_upload(session: Session, upload_id: str) -> Upload:
-    upload = session.get(Upload, upload_id)
-    if upload is None:
-        raise NotFound(f"upload {upload_id} does not exist")
-    return upload
+    return fetch(session, Upload, upload_id, "upload")
 
 
 ATTRIBUTES = pydantic.TypeAdapter(UploadAttributes)
