@@ -64,6 +64,7 @@ ItemT = TypeVar("ItemT")
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 API_URL_ENV = "PIXELFLEET_API_URL"
+KEY_ENV = "PIXELFLEET_API_KEY"
 PASSWORD_ENV = "PIXELFLEET_API_PASSWORD"
 PAGE_LIMIT = 200  # the API's largest page
 IMAGE_PAGE_LIMIT = 1_000  # the API's largest page of a job's images
@@ -102,8 +103,9 @@ class FileUpload:
 class Client:
     """The pixelfleet API over one `httpx.Client` (use it as a context manager, or `close()`).
 
-    `api_url` and `password` default to PIXELFLEET_API_URL (else http://127.0.0.1:8000) and
-    PIXELFLEET_API_PASSWORD (sent as `Authorization: Bearer`, as the server expects).
+    `api_url` and `password` (an API key, or the admin password) default to PIXELFLEET_API_URL
+    (else http://127.0.0.1:8000) and PIXELFLEET_API_KEY (else PIXELFLEET_API_PASSWORD), sent
+    as `Authorization: Bearer`.
     Failed calls raise `ApiError` (the server's status and message) or `ApiUnreachable`.
     """
 
@@ -119,7 +121,8 @@ class Client:
         image_page: int = IMAGE_PAGE_LIMIT,
     ) -> None:
         self.api_url = (api_url or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
-        password = password if password is not None else os.environ.get(PASSWORD_ENV)
+        if password is None:
+            password = os.environ.get(KEY_ENV) or os.environ.get(PASSWORD_ENV)
         headers = {"Authorization": f"Bearer {password}"} if password else {}
         self.retries = retries
         self.backoff_s = backoff_s

@@ -21,6 +21,7 @@ from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
 from control_plane.services import personas as persona_stages
+from control_plane.services import users
 from control_plane.services.presets import gallery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
@@ -39,8 +40,8 @@ from control_plane.web.api import (
     webhook,
 )
 from control_plane.web.auth import (
+    AuthMiddleware,
     HostCheckMiddleware,
-    PasswordMiddleware,
     SameOriginMiddleware,
     expected_hosts,
 )
@@ -48,6 +49,7 @@ from control_plane.web.errors import install_error_handlers
 from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.ui import routes as ui
+from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,19 @@ def add_services(platform: Platform, *, timers: bool) -> None:
     platform.relay.subscribe(gallery_consumer())
 
 
+def access_mode(platform: Platform, settings: Settings) -> str:
+    """Which access mode start-up is in, in words (logged)."""
+    with platform.session() as session:
+        has_users = users.any_users(session)
+    local = settings.environment == "development" and not settings.api_password
+    if has_users or not local or not is_loopback(settings.listen_host):
+        return "API keys required (pixelfleet users add NAME, then pixelfleet keys create NAME)"
+    return (
+        "open to the implicit local user on loopback, without keys, until the first user is "
+        "created (pixelfleet users add NAME)"
+    )
+
+
 async def _relay_pass(platform: Platform) -> int:
     return await asyncio.to_thread(platform.relay.run_pass)
 
@@ -119,6 +134,7 @@ def create_app(
         app.state.platform = platform
         app.state.page_headers = ui.page_headers(platform.storage)
         platform.start()
+        log.info("access: %s", access_mode(platform, settings))
         # What start-up made lives as long as the app: out of the collector's sight, its
         # full passes stay short (a job page's p95 halves) instead of rescanning it all.
         gc.collect()
@@ -152,9 +168,8 @@ def create_app(
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)
-    if settings.api_password:
-        app.add_middleware(PasswordMiddleware, password=settings.api_password)
-    else:
+    app.add_middleware(AuthMiddleware, settings=settings)
+    if settings.environment == "development" and not settings.api_password:
         hosts = expected_hosts(settings.public_url, settings.allowed_host_names)
         app.add_middleware(HostCheckMiddleware, hosts=hosts)
     install_error_handlers(app)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
 from client.cli import register as register_client_commands
+from control_plane.admin_cli import register as register_admin_commands
 from control_plane.db import migrate as run_migrations
 from control_plane.settings import Settings
 from shared.hosts import WILDCARD_HOSTS
@@ -111,6 +112,7 @@ def api(
         raise _configuration_error(exc) from None
     if migrate_first:
         run_migrations(settings.database_url)
+    settings = settings.model_copy(update={"listen_host": host})
     uvicorn.run(
         create_app(settings, storage=storage),
         host=host,
@@ -305,6 +307,7 @@ def _stop_or_kill(child: subprocess.Popen[bytes]) -> None:
 
 
 register_client_commands(app)  # generate, jobs, download: a client of a running control plane
+register_admin_commands(app)  # users, keys: on the control plane's own database
 
 if __name__ == "__main__":
     app()

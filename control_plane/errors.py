@@ -37,6 +37,22 @@ class Unavailable(DomainError):
     status_code = 503
 
 
+class PaymentRequired(DomainError):
+    """Refused because it would take the user's spend over their cap (402)."""
+
+    status_code = 402
+
+
+class RateLimited(DomainError):
+    """Too many requests (429): `retry_after_s` says when the next may come."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 def describe_validation(errors: Iterable[Mapping[str, Any]]) -> str:
     """Pydantic's errors as one line a person reads: `field.path: problem; …`."""
     parts = []

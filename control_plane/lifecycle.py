@@ -49,6 +49,7 @@ from control_plane.models import (
     Dispatch,
     DispatchStatus,
     EventKind,
+    Group,
     Job,
     JobMode,
     JobStatus,
@@ -124,7 +125,12 @@ def lock_dispatch(session: Session, dispatch_id: str) -> Dispatch | None:
 
 
 def add_job(session: Session, job: Job, outputs: Sequence[Output], chunk_size: int) -> None:
-    """Write a new job and its outputs, queued in dispatches of `chunk_size` outputs."""
+    """Write a new job and its outputs, queued in dispatches of `chunk_size` outputs; the job
+    belongs to its group's owner."""
+    group = session.get(Group, job.group_id)
+    if group is None:
+        raise NotFound(f"group {job.group_id} does not exist")
+    job.user_id = group.user_id
     job.total, job.succeeded, job.failed, job.blocked = len(outputs), 0, 0, 0
     session.add(job)
     session.flush()  # the rows below reference it; no ORM relationships order the inserts

@@ -115,7 +115,10 @@ TERMINAL_DISPATCH = (DispatchStatus.COMPLETED, DispatchStatus.FAILED)
 
 class Group(SQLModel, table=True):
     __tablename__ = "groups"
+    __table_args__ = (sa.Index("ix_groups_user_id_id", "user_id", "id"),)
     id: str = _id("grp")
+    # the user who made it (None: the implicit local user of the embedded default)
+    user_id: str | None = Field(default=None, max_length=40)
     name: str = Field(max_length=200)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
@@ -128,6 +131,7 @@ class Upload(SQLModel, table=True):
     __table_args__ = (sa.Index("ix_uploads_group_id_sha256", "group_id", "sha256"),)
     id: str = _id("img")
     group_id: str = Field(foreign_key="groups.id", index=True, max_length=40)
+    user_id: str | None = Field(default=None, max_length=40)  # its group's
     filename: str = Field(max_length=255)
     storage_key: str = Field(max_length=512)
     thumbnail_key: str | None = Field(default=None, max_length=512)
@@ -150,6 +154,7 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_group_id_id", "group_id", "id"),
         sa.Index("ix_jobs_mode_id", "mode", "id"),
         sa.Index("ix_jobs_source_id_id", "source_id", "id"),
+        sa.Index("ix_jobs_user_id_id", "user_id", "id"),
         # a group's counts, summed from its jobs' counters without reading the rows
         sa.Index(
             "ix_jobs_group_id_counters", "group_id", "total", "succeeded", "failed", "blocked"
@@ -157,6 +162,7 @@ class Job(SQLModel, table=True):
     )
     id: str = _id("job")
     group_id: str = Field(foreign_key="groups.id", max_length=40)
+    user_id: str | None = Field(default=None, max_length=40)  # its group's
     batch_id: str = Field(max_length=40, index=True)  # the submission this job came from
     mode: str = Field(max_length=20)
     status: str = Field(default=JobStatus.QUEUED, max_length=20)
@@ -173,6 +179,12 @@ class Job(SQLModel, table=True):
     failed: int = 0
     blocked: int = 0
     error: str | None = Field(default=None, sa_type=sa.Text)
+    # USD: the price of every image at submit, and the sum of the ended images' actual costs
+    estimate_usd: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    cost_usd: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    first_image_at: datetime | None = Field(default=None, sa_type=Timestamp)  # first stored image
+    # the user's own webhook for this job: {"url": …, "events": [...]}
+    webhook: dict[str, Any] | None = Field(default=None, sa_column=Column(sa.JSON, nullable=True))
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     completed_at: datetime | None = Field(default=None, sa_type=Timestamp)
@@ -252,7 +264,10 @@ class Catalog(SQLModel, table=True):
     """A named list of prompts, each with an id unique in the catalog and its tags."""
 
     __tablename__ = "catalogs"
+    __table_args__ = (sa.Index("ix_catalogs_user_id_id", "user_id", "id"),)
     id: str = _id("cat")
+    # the user who made it (None: the implicit local user of the embedded default)
+    user_id: str | None = Field(default=None, max_length=40)
     name: str = Field(max_length=200)
     # [{id, tags, prompt, negative_prompt?, attributes?}, …] as checked at creation:
     prompts: list[dict[str, Any]] = Field(
@@ -268,7 +283,7 @@ class IdempotentRequest(SQLModel, table=True):
     answer replayed to a retry with the same key and body."""
 
     __tablename__ = "idempotent_requests"
-    scope: str = Field(primary_key=True, max_length=100)  # method and route
+    scope: str = Field(primary_key=True, max_length=100)  # SHA-256 of user, method, route
     key: str = Field(primary_key=True, max_length=255)
     body_sha256: str = Field(max_length=64)
     status_code: int | None = None  # None while the first request is still being answered
@@ -281,7 +296,10 @@ class Preset(SQLModel, table=True):
     """A prompt and settings whose examples are made over references picked from a pool."""
 
     __tablename__ = "presets"
+    __table_args__ = (sa.Index("ix_presets_user_id_id", "user_id", "id"),)
     id: str = _id("pre")
+    # the user who made it (None: the implicit local user of the embedded default)
+    user_id: str | None = Field(default=None, max_length=40)
     name: str = Field(max_length=200)
     prompt: str = Field(sa_type=sa.Text)
     config: dict[str, Any] = _json()
@@ -324,7 +342,10 @@ class Character(SQLModel, table=True):
     """A character: references, a locked seed and a style, for packs of consistent images."""
 
     __tablename__ = "characters"
+    __table_args__ = (sa.Index("ix_characters_user_id_id", "user_id", "id"),)
     id: str = _id("chr")
+    # the user who made it (None: the implicit local user of the embedded default)
+    user_id: str | None = Field(default=None, max_length=40)
     name: str = Field(max_length=200)
     reference_ids: list[str] = Field(
         default_factory=list, sa_column=Column(sa.JSON, nullable=False)
@@ -352,6 +373,7 @@ class Persona(SQLModel, table=True):
     id: str = _id("per")
     batch_id: str = Field(max_length=40, index=True)
     group_id: str = Field(foreign_key="groups.id", index=True, max_length=40)
+    user_id: str | None = Field(default=None, max_length=40, index=True)  # its group's
     status: str = Field(default=PersonaStatus.PENDING, max_length=20)
     brief: str | None = Field(default=None, sa_type=sa.Text)
     attributes: dict[str, Any] = _json()
@@ -408,3 +430,87 @@ class EventCursor(SQLModel, table=True):
     failures: int = 0  # consecutive failures on the event after `position`
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     updated_at: datetime = _ts()
+
+
+class UserTier(StrEnum):
+    """What a user pays for: paid users' dispatches are sent before free users'."""
+
+    FREE = "free"
+    PAID = "paid"
+
+
+class User(SQLModel, table=True):
+    """Someone with API keys, who owns what they make and pays for what they generate."""
+
+    __tablename__ = "users"
+    id: str = _id("usr")
+    name: str = Field(max_length=100, unique=True)
+    tier: str = Field(default=UserTier.FREE, max_length=10)
+    is_admin: bool = False  # sees and may do everything
+    monthly_cap_usd: float | None = None  # None: no cap
+    # signs the user's own webhooks (Standard Webhooks: `whsec_` + base64); None: none yet
+    webhook_secret: str | None = Field(default=None, max_length=100)
+    created_at: datetime = _ts()
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key (`pf_…`), stored as its SHA-256: the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+    id: str = _id("key")
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=40)
+    key_sha256: str = Field(max_length=64, unique=True)
+    prefix: str = Field(max_length=16)  # the key's first characters, to tell keys apart
+    created_at: datetime = _ts()
+    last_used_at: datetime | None = Field(default=None, sa_type=Timestamp)
+    revoked_at: datetime | None = Field(default=None, sa_type=Timestamp)
+
+
+class AnalyticsEvent(SQLModel, table=True):
+    """The analytics event log (`generation_queued`, `image_stored`, …), read by users through
+    `GET /api/events`; written from the domain events by a consumer."""
+
+    __tablename__ = "analytics_events"
+    __table_args__ = (
+        sa.Index("ix_analytics_events_user_id_id", "user_id", "id"),
+        sa.Index("ix_analytics_events_job_id_id", "job_id", "id"),
+        sa.Index("ix_analytics_events_type_id", "type", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True, sa_type=EventId)
+    type: str = Field(max_length=40)
+    user_id: str | None = Field(default=None, max_length=40)
+    job_id: str | None = Field(default=None, max_length=40)
+    output_id: str | None = Field(default=None, max_length=40)
+    data: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook to a user's URL: pending → delivered | failed (gave up after its window)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One message to a user's webhook URL (a durable outbox); its id is the `webhook-id`
+    receivers de-duplicate by."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+    id: str = _id("msg")
+    user_id: str | None = Field(default=None, max_length=40, index=True)
+    job_id: str = Field(max_length=40, index=True)
+    event_type: str = Field(max_length=40)  # e.g. "job.completed", "image.succeeded"
+    url: str = Field(sa_type=sa.Text)
+    payload: dict[str, Any] = _json()
+    status: str = Field(default=DeliveryStatus.PENDING, max_length=20)
+    attempts: int = 0
+    next_attempt_at: datetime = _ts()
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = Field(default=None, sa_type=Timestamp)

@@ -28,7 +28,8 @@ class Settings(CommonSettings):
     runpod_endpoint_id: str = "local"
     runpod_api_key: str = DEV_RUNPOD_API_KEY
     runpod_timeout_s: float = Field(30.0, gt=0)
-    api_password: str = ""  # empty: the API and UI are open (development)
+    api_password: str = ""  # an admin credential besides API keys; empty: none
+    listen_host: str = "127.0.0.1"  # the address the API listens on (`pixelfleet api` sets it)
     allowed_hosts: str = ""  # open API: Host names answered beyond loopback and public_url's
 
     dispatch_chunk_size: int = Field(16, ge=1, le=500)
@@ -85,9 +86,9 @@ class Settings(CommonSettings):
                         "PIXELFLEET_RUNPOD_ENDPOINT_ID unset",
                     ),
                     (
-                        len(self.api_password) < MIN_PASSWORD_CHARS,
-                        f"PIXELFLEET_API_PASSWORD unset or under {MIN_PASSWORD_CHARS} characters "
-                        "(anyone reaching the API could spend your Gemini budget)",
+                        0 < len(self.api_password) < MIN_PASSWORD_CHARS,
+                        f"PIXELFLEET_API_PASSWORD is under {MIN_PASSWORD_CHARS} characters "
+                        "(anyone guessing it could spend your Gemini budget)",
                     ),
                 )
                 if bad

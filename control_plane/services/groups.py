@@ -10,9 +10,9 @@ from control_plane.schemas import GroupCounts
 from control_plane.services.rows import fetch
 
 
-def create_group(session: Session, name: str) -> Group:
-    """A new, empty group (committed)."""
-    group = Group(name=name)
+def create_group(session: Session, name: str, user_id: str | None) -> Group:
+    """A new, empty group of user `user_id` (committed)."""
+    group = Group(name=name, user_id=user_id)
     session.add(group)
     session.commit()
     return group

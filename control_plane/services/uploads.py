@@ -385,8 +385,10 @@ def record(
     deleted, and the uploads recorded meanwhile are returned, by sha256. On failure every
     object of `uploads` is deleted and the error re-raised."""
     try:
-        _lock_group(session, group_id)
+        owner = _lock_group(session, group_id)
         meanwhile = _uploads_by_sha256(session, group_id, [upload.sha256 for upload in uploads])
+        for upload in uploads:
+            upload.user_id = owner
         session.add_all([upload for upload in uploads if upload.sha256 not in meanwhile])
         session.commit()
     except sa.exc.IntegrityError as exc:  # the group was deleted meanwhile
@@ -401,14 +403,16 @@ def record(
     return meanwhile
 
 
-def _lock_group(session: Session, group_id: str) -> None:
+def _lock_group(session: Session, group_id: str) -> str | None:
     """Lock the group's row until commit (an update: on SQLite it takes the write lock), so
-    concurrent uploads into the group record one at a time; Conflict if it was deleted."""
+    concurrent uploads into the group record one at a time; Conflict if it was deleted.
+    Returns the group's owner."""
     touched = session.exec(
         update(Group).where(col(Group.id) == group_id).values(updated_at=utcnow())
     )
     if not touched.rowcount:
         raise Conflict(f"group {group_id} was deleted meanwhile; nothing was saved")
+    return session.exec(select(Group.user_id).where(col(Group.id) == group_id)).one()
 
 
 SHA256_BATCH = 500  # values in one IN (…) list

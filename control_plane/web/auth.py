@@ -1,60 +1,130 @@
-"""Access to the control plane: one shared password, when one is configured; without one,
-only the expected Host names (DNS rebinding); and no state-changing request from another
-site's page (cross-site request forgery).
+"""Access to the control plane: who a request acts for (an API key, the admin password, a
+session cookie, or the implicit local user), the expected Host names while the API is open
+(DNS rebinding), and no state-changing request from another site's page (cross-site request
+forgery).
 
-Every route asks for it (HTTP Basic with any user name, which browsers prompt for by
-themselves, or `Authorization: Bearer <password>`), except the two that must stay open:
-RunPod's webhook (it cannot send headers; each dispatch's URL carries its own token) and
-`/healthz` (load balancers). Without a password (the development default) all is open.
+Every route asks for it (`Authorization: Bearer pf_…`, HTTP Basic with the key or password as
+its password, or the UI's session cookie), except those that must stay open: RunPod's webhook
+(it cannot send headers; each dispatch's URL carries its own token), `/healthz` (load
+balancers) and the UI's sign-in page. Without credentials a request acts for the implicit
+local user, but only in development, on a loopback address, without an admin password, and
+until the first user exists.
 """
 
 import base64
 import binascii
 import hmac
 import json
-from urllib.parse import urlsplit
+import logging
+from urllib.parse import quote, urlsplit
 
+import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from control_plane.access import LOCAL, PASSWORD_ADMIN, Viewer
+from control_plane.platform import Platform
+from control_plane.services import users
+from control_plane.settings import Settings
 from shared.hosts import is_loopback
 
-OPEN_PATHS = ("/api/webhook/runpod", "/healthz")
+log = logging.getLogger(__name__)
+OPEN_PATHS = ("/api/webhook/runpod", "/healthz", "/login")
+SESSION_COOKIE = "pixelfleet_session"
+API_PREFIXES = ("/api/", "/docs", "/redoc", "/openapi.json", "/metrics")
 CHALLENGE = [
     (b"content-type", b"application/json"),
-    (b"www-authenticate", b'Basic realm="pixelfleet", charset="UTF-8"'),
+    (b"www-authenticate", b'Bearer realm="pixelfleet"'),
 ]
 
 
-class PasswordMiddleware:
-    """Answer 401 to any request without the password (pure ASGI: streams pass untouched)."""
+class AuthMiddleware:
+    """Find who each request acts for (`scope["state"]["viewer"]`), or answer 401 (API) or
+    send a person to the sign-in page (UI). Pure ASGI: streams pass untouched."""
 
-    def __init__(self, app: ASGIApp, password: str) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.password = password.encode()
+        self.settings = settings
+        self.password = settings.api_password.encode()
+        self._users_exist = False  # once a user exists, the local user is gone for good
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 401, "headers": CHALLENGE})
-        body = (
-            b'{"detail": "authentication required: the pixelfleet password (HTTP Basic or Bearer)"}'
-        )
-        await send({"type": "http.response.body", "body": body})
+        viewer = await self._viewer(scope)
+        if viewer is None and scope["path"] not in OPEN_PATHS:
+            await _refuse(scope, send, _offered(scope) is not None)
+            return
+        if viewer is not None:
+            scope.setdefault("state", {})["viewer"] = viewer
+        await self.app(scope, receive, send)
 
-    def _allowed(self, scope: Scope) -> bool:
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, credentials = header.partition(b" ")
-        if scheme.lower() == b"bearer":
-            offered = credentials.strip()
-        elif scheme.lower() == b"basic":
-            try:
-                offered = base64.b64decode(credentials.strip(), validate=True).partition(b":")[2]
-            except (binascii.Error, ValueError):
-                return False
-        else:
+    async def _viewer(self, scope: Scope) -> Viewer | None:
+        offered = _offered(scope)
+        if offered is None:
+            return LOCAL if await self.local_mode(scope) else None
+        if self.password and hmac.compare_digest(offered, self.password):
+            return PASSWORD_ADMIN
+        platform: Platform = scope["app"].state.platform
+        return await anyio.to_thread.run_sync(_viewer_for_key, platform, offered)
+
+    async def local_mode(self, scope: Scope) -> bool:
+        """Whether requests without credentials act for the implicit local user."""
+        if self.settings.environment != "development" or self.password:
             return False
-        return hmac.compare_digest(offered, self.password)
+        if not is_loopback(self.settings.listen_host) or self._users_exist:
+            return False
+        platform: Platform = scope["app"].state.platform
+        self._users_exist = await anyio.to_thread.run_sync(_users_exist, platform)
+        return not self._users_exist
+
+
+def _viewer_for_key(platform: Platform, offered: bytes) -> Viewer | None:
+    with platform.session_scope() as session:
+        return users.viewer_for_key(session, offered.decode("utf-8", "replace"))
+
+
+def _users_exist(platform: Platform) -> bool:
+    with platform.session() as session:
+        return users.any_users(session)
+
+
+def _offered(scope: Scope) -> bytes | None:
+    """The key or password the request carries (header first, then the session cookie)."""
+    headers = dict(scope["headers"])
+    scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+    if scheme.lower() == b"bearer":
+        return credentials.strip()
+    if scheme.lower() == b"basic":
+        try:
+            return base64.b64decode(credentials.strip(), validate=True).partition(b":")[2]
+        except (binascii.Error, ValueError):
+            return b""
+    for part in headers.get(b"cookie", b"").split(b";"):
+        name, _, value = part.strip().partition(b"=")
+        if name == SESSION_COOKIE.encode() and value:
+            return value
+    return None
+
+
+async def _refuse(scope: Scope, send: Send, offered: bool) -> None:
+    if scope["method"] == "GET" and not scope["path"].startswith(API_PREFIXES):
+        target = scope["path"] + (
+            f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
+        )
+        location = f"/login?next={quote(target, safe='')}".encode()
+        await send(
+            {"type": "http.response.start", "status": 303, "headers": [(b"location", location)]}
+        )
+        await send({"type": "http.response.body", "body": b""})
+        return
+    detail = (
+        "this API key is unknown or revoked"
+        if offered
+        else "authentication required: an API key (Authorization: Bearer pf_…)"
+    )
+    await send({"type": "http.response.start", "status": 401, "headers": CHALLENGE})
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 from sqlmodel import Session
 
+from control_plane.access import Viewer
 from control_plane.errors import NotFound
 from control_plane.platform import Platform
 from shared.ids import is_id
@@ -21,7 +22,14 @@ def get_session(platform: Annotated[Platform, Depends(get_platform)]) -> Iterato
         yield session
 
 
+def get_viewer(request: Request) -> Viewer:
+    """Who the request acts for (found by `control_plane/web/auth.py`)."""
+    viewer: Viewer = request.state.viewer
+    return viewer
+
+
 PlatformDep = Annotated[Platform, Depends(get_platform)]
+ViewerDep = Annotated[Viewer, Depends(get_viewer)]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000, description="1-based page number")]
 PageLimit = Annotated[int, Query(ge=1, le=200, description="items per page")]
 SessionDep = Annotated[Session, Depends(get_session)]

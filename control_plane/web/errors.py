@@ -1,5 +1,6 @@
 """Errors as answers: JSON for the API, an HTML page for people (the UI's pages)."""
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict
 
@@ -8,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from control_plane.errors import DomainError, InvalidRows, describe_validation
+from control_plane.errors import DomainError, InvalidRows, RateLimited, describe_validation
 from control_plane.web.ui.routes import error_page
 
 
@@ -16,6 +17,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:
         return error_response(request, exc.status_code, exc.message)
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited) -> Response:
+        retry_after = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+        return error_response(request, exc.status_code, exc.message, retry_after)
 
     @app.exception_handler(InvalidRows)
     async def invalid_rows(request: Request, exc: InvalidRows) -> Response:

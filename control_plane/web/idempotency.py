@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from control_plane.access import Viewer
 from control_plane.errors import DomainError
 from control_plane.platform import Platform
 from control_plane.services import idempotency
@@ -42,9 +43,7 @@ T = TypeVar("T")
 
 # The routes that take a key: every POST of the API but RunPod's webhook (it has its own
 # exactly-once rules); a key sent elsewhere is ignored.
-# Paths longer than the stored scope holds (`IdempotentRequest.scope`) are no route's (ids
-# are 30 characters): they are answered as without a key.
-IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/)[^?#]{1,80}")
+IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/)[^?#]+")
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
 RETRY_LATER = frozenset({408, 409, 425, 429})  # 4xx that say "try again": not final
@@ -53,10 +52,11 @@ REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 def request_scope(scope: Scope) -> str:
-    """What a key is unique within: the method and the route. When pixelfleet has users, the
-    user goes here too (say `f"{user_id} {method} {path}"`), so that one user's key never
-    replays another's answer."""
-    return f"{scope['method']} {scope['path']}"
+    """What a key is unique within: the user, the method and the route (so one user's key
+    never replays another's answer), as a SHA-256 that the stored scope always holds."""
+    viewer: Viewer = scope["state"]["viewer"]
+    where = f"{viewer.user_id or ''} {scope['method']} {scope['path']}"
+    return hashlib.sha256(where.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

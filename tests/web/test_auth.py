@@ -1,10 +1,12 @@
-"""The shared password: every route asks for it, except RunPod's webhook and /healthz; a
-whole job still runs end to end behind it (webhooks arrive, files and ZIP are served).
-Without it, only the expected Host names are answered (DNS rebinding)."""
+"""The admin password: with one set, every route asks for credentials, except RunPod's webhook,
+/healthz and the sign-in page; a whole job still runs end to end behind it (webhooks arrive,
+files and ZIP are served). Without it, only the expected Host names are answered (DNS
+rebinding). API keys and users: tests/web/test_users.py."""
 
 import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -30,21 +32,33 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.mark.parametrize("path", ["/api/groups", "/", "/docs", "/openapi.json", "/groups/grp_x"])
-def test_every_route_asks_for_the_password(client: TestClient, path: str) -> None:
-    for headers in (
-        {},
-        basic("anyone", "wrong password"),
-        {"Authorization": "Bearer wrong"},
-        {"Authorization": "Basic !!not-base64!!"},
-        {"Authorization": f"Token {PASSWORD}"},
-    ):
+WRONG_CREDENTIALS = (
+    {},
+    basic("anyone", "wrong password"),
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": "Basic !!not-base64!!"},
+    {"Authorization": f"Token {PASSWORD}"},
+)
+
+
+@pytest.mark.parametrize("path", ["/api/groups", "/docs", "/openapi.json", "/metrics"])
+def test_every_api_route_asks_for_credentials(client: TestClient, path: str) -> None:
+    for headers in WRONG_CREDENTIALS:
         refused = client.get(path, headers=headers)
         assert refused.status_code == 401, (path, headers)
-        assert refused.headers["www-authenticate"].startswith('Basic realm="pixelfleet"')
-        assert "password" in refused.json()["detail"]
+        assert refused.headers["www-authenticate"] == 'Bearer realm="pixelfleet"'
+        assert "API key" in refused.json()["detail"]
     assert client.post("/api/groups", json={"name": "x"}).status_code == 401
     assert client.get("/api/groups").status_code == 401  # nothing was created either
+
+
+@pytest.mark.parametrize("path", ["/", "/groups/grp_x?page=2"])
+def test_every_page_sends_people_to_sign_in(client: TestClient, path: str) -> None:
+    for headers in WRONG_CREDENTIALS:
+        refused = client.get(path, headers=headers, follow_redirects=False)
+        assert refused.status_code == 303, (path, headers)
+        assert refused.headers["location"] == "/login?next=" + quote(path, safe="")
+    assert client.post("/groups", data={"name": "x"}).status_code == 401
 
 
 def test_basic_with_any_user_or_bearer_gets_in(client: TestClient) -> None:

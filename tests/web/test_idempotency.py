@@ -143,7 +143,8 @@ def test_keys_of_255_printable_characters_and_other_routes_are_fine(api: Api) ->
     )
     assert answer.status_code == 201, answer.text
     [record] = _records(api)
-    assert record.key == longest and record.scope == "POST /api/groups"
+    scope = hashlib.sha256(b" POST /api/groups").hexdigest()  # the local user has no id
+    assert record.key == longest and record.scope == scope
     group_id = answer.json()["id"]
     listed = api.client.get(f"/api/groups/{group_id}", headers={"Idempotency-Key": "\x01"})
     assert listed.status_code == 200  # routes that create nothing ignore the header

@@ -3,15 +3,22 @@ from fastapi.concurrency import run_in_threadpool
 
 from control_plane.schemas import GroupCounts, GroupCreate, GroupPublic, Page, UploadPublic
 from control_plane.services import cleanup, groups, uploads
-from control_plane.web.deps import GroupId, PageLimit, PageNumber, PlatformDep, SessionDep
+from control_plane.web.deps import (
+    GroupId,
+    PageLimit,
+    PageNumber,
+    PlatformDep,
+    SessionDep,
+    ViewerDep,
+)
 from control_plane.web.present import upload_public
 
 router = APIRouter(prefix="/api/groups", tags=["groups"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_group(body: GroupCreate, session: SessionDep) -> GroupPublic:
-    group = groups.create_group(session, body.name)
+def create_group(body: GroupCreate, session: SessionDep, viewer: ViewerDep) -> GroupPublic:
+    group = groups.create_group(session, body.name, viewer.user_id)
     return GroupPublic(**group.model_dump(), counts=GroupCounts())
 
 

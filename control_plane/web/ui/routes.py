@@ -28,6 +28,7 @@ from control_plane.web.deps import (
     PageNumber,
     PlatformDep,
     SessionDep,
+    ViewerDep,
 )
 from control_plane.web.forms import chosen_files, incoming_files, read_form
 from control_plane.web.present import job_detail, job_public, upload_public
@@ -94,13 +95,13 @@ def _index(
 
 
 @router.post("/groups", response_class=HTMLResponse)
-async def create_group(request: Request, session: SessionDep) -> Response:
+async def create_group(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
     form = await request.form()
     try:
         body = GroupCreate(name=str(form.get("name") or ""))
     except ValidationError as exc:
         return _index(request, session, error=describe_validation(exc.errors()))
-    group = await run_in_threadpool(groups.create_group, session, body.name)
+    group = await run_in_threadpool(groups.create_group, session, body.name, viewer.user_id)
     return RedirectResponse(f"/groups/{group.id}", status.HTTP_303_SEE_OTHER)
 
 
