@@ -22,12 +22,14 @@ from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
 from control_plane.services import personas as persona_stages
 from control_plane.services import users
+from control_plane.services.analytics import analytics_consumer
 from control_plane.services.presets import gallery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
     characters,
     download,
+    events,
     files,
     groups,
     imports,
@@ -100,6 +102,7 @@ def add_services(platform: Platform, *, timers: bool) -> None:
     platform.relay.subscribe(canceller(platform))
     platform.relay.subscribe(persona_stages.pipeline(platform.settings))
     platform.relay.subscribe(gallery_consumer())
+    platform.relay.subscribe(analytics_consumer())
 
 
 def access_mode(platform: Platform, settings: Settings) -> str:
@@ -162,6 +165,7 @@ def create_app(
         characters,
         outputs,
         personas,
+        events,
     ]
     for module in (*routers, webhook, download, files, ui):
         app.include_router(module.router)
