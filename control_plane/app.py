@@ -34,6 +34,7 @@ from control_plane.web.api import (
     groups,
     imports,
     jobs,
+    metrics,
     outputs,
     personas,
     presets,
@@ -167,7 +168,7 @@ def create_app(
         personas,
         events,
     ]
-    for module in (*routers, webhook, download, files, ui):
+    for module in (*routers, webhook, download, files, metrics, ui):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)

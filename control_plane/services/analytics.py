@@ -84,7 +84,8 @@ def record(session: Session, event: Event) -> None:
                 user_id=job.user_id,
                 job_id=job.id,
                 output_id=output_id,
-                data=data,
+                # what is not known is left out (SQL reads a missing key as NULL)
+                data={name: value for name, value in data.items() if value is not None},
                 created_at=event.created_at,
             )
         )
@@ -93,16 +94,16 @@ def record(session: Session, event: Event) -> None:
 def _rows_of(session: Session, event: Event, job: Job) -> list[Row]:
     common = {"mode": job.mode, **_character(job)}
     if event.kind == EventKind.JOB_QUEUED:
-        queued = {**common, "model": model_of(job), "image_count": job.total}
+        queued = {**common, "model": model_of(job.config), "image_count": job.total}
         return [(AnalyticsType.GENERATION_QUEUED, None, queued)]
     if event.kind == EventKind.JOB_REOPENED:
         count = event.data.get("retried", 0)
-        retried = {**common, "model": model_of(job), "image_count": count, "retry": True}
+        retried = {**common, "model": model_of(job.config), "image_count": count, "retry": True}
         return [(AnalyticsType.GENERATION_QUEUED, None, retried)]
     if event.kind == EventKind.DISPATCH_STARTED:
         started = {
             **common,
-            "model": model_of(job),
+            "model": model_of(job.config),
             "image_count": event.data.get("images"),
             "dispatch_id": event.dispatch_id,
         }
@@ -116,10 +117,15 @@ def _rows_of(session: Session, event: Event, job: Job) -> list[Row]:
 
 
 def _output_rows(event: Event, job: Job, output: Output, common: dict[str, Any]) -> list[Row]:
-    data = {**common, "model": output.model or model_of(job)}
+    data = {**common, "model": output.model or model_of(job.config)}
     if event.kind != EventKind.OUTPUT_SUCCEEDED:
         error = clip(event.data.get("error"), ERROR_CHARS)
-        failed = {**data, "error_type": error_type(event), "error": error}
+        failed = {
+            **data,
+            "error_type": error_type(event),
+            "error": error,
+            "cost_usd": output.cost_usd,
+        }
         return [(AnalyticsType.GENERATION_FAILED, output.id, failed)]
     completed = {**data, "duration_ms": output.latency_ms, "cost_usd": output.cost_usd}
     if event.data.get("first_image") and job.first_image_at is not None:
@@ -172,8 +178,9 @@ def _character(job: Job) -> dict[str, Any]:
     return {"character_id": job.source_id} if job.mode == JobMode.CHARACTER_PACK else {}
 
 
-def model_of(job: Job) -> str | None:
-    model = job.config.get("model") or job.config.get("text_model")
+def model_of(config: dict[str, Any]) -> str | None:
+    """The model a job's config asks for."""
+    model = config.get("model") or config.get("text_model")
     return str(model) if model else None
 
 
