@@ -51,6 +51,7 @@ from control_plane.web.auth import (
 from control_plane.web.errors import install_error_handlers
 from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
+from control_plane.web.requestlog import RequestLogMiddleware
 from control_plane.web.ui import routes as ui
 from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
@@ -177,6 +178,7 @@ def create_app(
     if settings.environment == "development" and not settings.api_password:
         hosts = expected_hosts(settings.public_url, settings.allowed_host_names)
         app.add_middleware(HostCheckMiddleware, hosts=hosts)
+    app.add_middleware(RequestLogMiddleware)  # outermost: sees every answer, 401s included
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
