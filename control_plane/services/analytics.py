@@ -220,7 +220,7 @@ def parse_type(value: str | None) -> AnalyticsType | None:
 def parse_cursor(value: str | None) -> int:
     if not value:
         return 0
-    if not value.isdigit() or len(value) > 19:
+    if not value.isdigit() or len(value) > 18:
         raise InvalidRequest(f"after: {value!r} is not a cursor (the `next` of a page)")
     return int(value)
 
