@@ -27,6 +27,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",  # uvicorn's own lines carry a coloured copy of their message
 }
 # Secrets shorter than this are not searched for by value (they would mask ordinary words).
 MIN_SECRET_CHARS = 4
@@ -34,6 +35,7 @@ MIN_SECRET_CHARS = 4
 _SECRET_PARAMETER = re.compile(
     r"(?i)\b([\w.-]*(?:token|key|password|passwd|secret))=[^&\s\"'#,;)\]]+"
 )
+_SECRET_FIELD = re.compile(r"(?i)(token|key|password|passwd|secret|authorization)$")
 # `Authorization: x`, `authorization=x`, `{'authorization': 'x'}` and ASGI's header pairs
 # `(b'authorization', b'x')`; a scheme (Bearer, Basic) is kept, its credentials masked.
 _AUTHORIZATION = re.compile(
@@ -123,10 +125,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(self._redacted(line), default=str, ensure_ascii=False)
 
     def _redacted(self, value: Any) -> Any:
+        """`value` with its texts redacted, and whole values of fields named like secrets."""
         if isinstance(value, str):
             return self.redact(value)
         if isinstance(value, dict):
-            return {name: self._redacted(item) for name, item in value.items()}
+            return {
+                name: MASK
+                if _SECRET_FIELD.search(str(name)) and isinstance(item, str | bytes)
+                else self._redacted(item)
+                for name, item in value.items()
+            }
         if isinstance(value, list | tuple):
             return [self._redacted(item) for item in value]
         return value

@@ -140,3 +140,19 @@ def test_json_lines_mask_their_fields_too() -> None:
     assert TOKEN not in stream.getvalue() and KEY not in stream.getvalue()
     assert line["message"] == "using ***" and line["query"] == "dispatch=dsp_1&token=***"
     assert line["nested"]["n"] == 3 and line["level"] == "INFO" and line["logger"] == "x"
+
+
+def test_configure_logging_writes_json_when_told() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", [KEY], "json")
+        [handler] = root.handlers
+        stream = io.StringIO()
+        handler.setStream(stream)  # type: ignore[attr-defined]
+        logging.getLogger("uvicorn.error").info("key %s", KEY, extra={"color_message": "x"})
+        line = json.loads(stream.getvalue())
+        assert line["message"] == "key ***" and "color_message" not in line
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
