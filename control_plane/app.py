@@ -22,16 +22,19 @@ from control_plane.runpod.poller import poll_quiet
 from control_plane.runpod.sender import send_due
 from control_plane.services import personas as persona_stages
 from control_plane.services import users
+from control_plane.services.analytics import analytics_consumer
 from control_plane.services.presets import gallery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
     characters,
     download,
+    events,
     files,
     groups,
     imports,
     jobs,
+    metrics,
     outputs,
     personas,
     presets,
@@ -48,6 +51,7 @@ from control_plane.web.auth import (
 from control_plane.web.errors import install_error_handlers
 from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
+from control_plane.web.requestlog import RequestLogMiddleware
 from control_plane.web.ui import routes as ui
 from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
@@ -100,6 +104,7 @@ def add_services(platform: Platform, *, timers: bool) -> None:
     platform.relay.subscribe(canceller(platform))
     platform.relay.subscribe(persona_stages.pipeline(platform.settings))
     platform.relay.subscribe(gallery_consumer())
+    platform.relay.subscribe(analytics_consumer())
 
 
 def access_mode(platform: Platform, settings: Settings) -> str:
@@ -162,8 +167,9 @@ def create_app(
         characters,
         outputs,
         personas,
+        events,
     ]
-    for module in (*routers, webhook, download, files, ui):
+    for module in (*routers, webhook, download, files, metrics, ui):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)
@@ -172,6 +178,7 @@ def create_app(
     if settings.environment == "development" and not settings.api_password:
         hosts = expected_hosts(settings.public_url, settings.allowed_host_names)
         app.add_middleware(HostCheckMiddleware, hosts=hosts)
+    app.add_middleware(RequestLogMiddleware)  # outermost: sees every answer, 401s included
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])

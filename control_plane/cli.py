@@ -102,7 +102,7 @@ def api(
     """Run the control plane (HTTP API, webhook, reconciler)."""
     settings = _settings(Settings)
     _check_port_free(host, port)
-    configure_logging(settings.log_level, _secrets(settings))
+    configure_logging(settings.log_level, _secrets(settings), settings.log_format)
     storage = _storage(settings.storage_url, settings.signed_url_expiry_s)
     from control_plane.app import check_signing, create_app
 
@@ -120,6 +120,7 @@ def api(
         proxy_headers=True,  # trusted from FORWARDED_ALLOW_IPS (default: loopback only)
         log_level=settings.log_level.lower(),
         log_config=None,
+        access_log=False,  # control_plane/web/requestlog.py writes one line per request
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
@@ -132,7 +133,7 @@ def endpoint(host: str = "127.0.0.1", port: int = 8001) -> None:
 
     settings = _settings(WorkerSettings)
     _check_port_free(host, port)
-    configure_logging(settings.log_level, settings.secrets())
+    configure_logging(settings.log_level, settings.secrets(), settings.log_format)
     try:  # the handler opens (and checks) its storage here
         endpoint_app = build_endpoint_app_from_settings(settings)
     except StorageError as exc:

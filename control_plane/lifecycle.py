@@ -101,6 +101,23 @@ class DispatchReport:
     execution_ms: int | None = None
 
 
+def _transition(dispatch: Dispatch, before: str | None, after: DispatchStatus) -> None:
+    """Log one dispatch transition (one structured line with `PIXELFLEET_LOG_FORMAT=json`)."""
+    log.info(
+        "dispatch %s of job %s: %s → %s",
+        dispatch.id,
+        dispatch.job_id,
+        before or "new",
+        after,
+        extra={
+            "job_id": dispatch.job_id,
+            "dispatch_id": dispatch.id,
+            "from_status": before,
+            "to_status": str(after),
+        },
+    )
+
+
 # -- locks --------------------------------------------------------------------------------
 
 
@@ -149,6 +166,7 @@ def _queue(session: Session, job_id: str, outputs: Sequence[Output], chunk_size:
 def _new_dispatch(session: Session, job_id: str, attempt: int = 1, losses: int = 0) -> Dispatch:
     dispatch = Dispatch(job_id=job_id, attempt=attempt, losses=losses, webhook_token=new_token())
     session.add(dispatch)
+    _transition(dispatch, None, DispatchStatus.PENDING)
     data: dict[str, Any] = {"attempt": attempt, **({"losses": losses} if losses else {})}
     emit(session, EventKind.DISPATCH_QUEUED, job_id=job_id, dispatch_id=dispatch.id, **data)
     wake_after_commit(session, Service.SENDER)
@@ -189,7 +207,10 @@ def claim(
     )
     if not result.rowcount:
         return None
-    return session.get(Dispatch, dispatch_id, populate_existing=True)
+    dispatch = session.get(Dispatch, dispatch_id, populate_existing=True)
+    if dispatch is not None:
+        _transition(dispatch, DispatchStatus.PENDING, DispatchStatus.SUBMITTING)
+    return dispatch
 
 
 def _fail_spent_claim(
@@ -233,9 +254,10 @@ def mark_submitted(session: Session, dispatch_id: str, runpod_job_id: str) -> bo
     if dispatch.status != DispatchStatus.SUBMITTING:  # the webhook may have finalised it
         return True
     now = utcnow()
+    _transition(dispatch, dispatch.status, DispatchStatus.SUBMITTED)
     dispatch.status = DispatchStatus.SUBMITTED
     dispatch.submitted_at = dispatch.updated_at = now
-    session.exec(
+    running = session.exec(
         update(Output)
         .where(col(Output.dispatch_id) == dispatch_id, col(Output.status) == OutputStatus.PENDING)
         .values(status=OutputStatus.RUNNING, updated_at=now)
@@ -246,6 +268,7 @@ def mark_submitted(session: Session, dispatch_id: str, runpod_job_id: str) -> bo
         job_id=dispatch.job_id,
         dispatch_id=dispatch.id,
         runpod_job_id=dispatch.runpod_job_id,
+        images=running.rowcount,
     )
     started = session.exec(
         update(Job)
@@ -273,6 +296,7 @@ def release_claim(
         reason = f"could not submit to RunPod: {error}"
         _fail_dispatch(session, settings, dispatch, reason, lost=lost)
         return
+    _transition(dispatch, dispatch.status, DispatchStatus.PENDING)
     dispatch.status = DispatchStatus.PENDING
     dispatch.error = clip(error)
     dispatch.updated_at = utcnow()
@@ -298,6 +322,7 @@ def drop_unsendable(session: Session, dispatch_id: str, reasons: dict[str, str])
             ),
             clip(reason) or "failed",
             now,
+            "unsendable",
         )
     left = session.exec(
         select(func.count())
@@ -305,12 +330,14 @@ def drop_unsendable(session: Session, dispatch_id: str, reasons: dict[str, str])
         .where(col(Output.dispatch_id) == dispatch_id, col(Output.status).in_(UNFINISHED))
     ).one()
     if left:
+        _transition(dispatch, dispatch.status, DispatchStatus.PENDING)
         dispatch.status, dispatch.updated_at = DispatchStatus.PENDING, now
         dispatch.submit_attempts = max(dispatch.submit_attempts - 1, 0)
         session.add(dispatch)
         wake_after_commit(session, Service.SENDER)
     else:
         reason = "nothing left to send: " + next(iter(reasons.values()), "")
+        _transition(dispatch, dispatch.status, DispatchStatus.FAILED)
         dispatch.status, dispatch.error = DispatchStatus.FAILED, clip(reason)
         dispatch.finished_at = dispatch.updated_at = now
         session.add(dispatch)
@@ -353,6 +380,7 @@ def finish_dispatch(
         _fail_dispatch(session, settings, dispatch, report.failure, lost=report.lost)
         return
     _apply_results(session, storage, dispatch, report.results)
+    _transition(dispatch, dispatch.status, DispatchStatus.COMPLETED)
     dispatch.status = DispatchStatus.COMPLETED
     dispatch.finished_at = dispatch.updated_at = utcnow()
     session.add(dispatch)
@@ -417,12 +445,15 @@ def _apply_result(storage: Storage, output: Output, result: ItemResult | Unreada
 
 
 def _end_output(session: Session, output: Output, now: datetime) -> None:
-    """Stamp an unfinished output whose final status is set, count it, and write its event."""
+    """Stamp an unfinished output whose final status is set, count it, and write its event;
+    the job's first success stamps its `first_image_at`."""
     _count(session, output.job_id, OutputStatus(output.status), 1)
     output.error = clip(output.error)
     output.completed_at = output.updated_at = now
     session.add(output)
-    data = {"error": output.error} if output.error else {}
+    data: dict[str, Any] = {"error": output.error} if output.error else {}
+    if output.status == OutputStatus.SUCCEEDED and _first_image(session, output.job_id, now):
+        data["first_image"] = True
     emit(
         session,
         OUTPUT_EVENT[OutputStatus(output.status)],
@@ -470,6 +501,7 @@ def _fail_dispatch(
     if lost and not within_budget:
         reason = f"lost {losses} times (more than PIXELFLEET_DISPATCH_MAX_LOSSES): {reason}"
     reason = clip(reason) or "failed"
+    _transition(dispatch, dispatch.status, DispatchStatus.FAILED)
     dispatch.status, dispatch.error = DispatchStatus.FAILED, reason
     dispatch.finished_at = dispatch.updated_at = now
     session.add(dispatch)
@@ -504,7 +536,7 @@ def _fail_dispatch(
         )
     else:
         log.warning("dispatch %s failed for good: %s", dispatch.id, reason)
-        _fail_outputs(session, unfinished, reason, now)
+        _fail_outputs(session, unfinished, reason, now, "lost" if lost else "dispatch_failed")
     refresh_job(session, dispatch.job_id)
 
 
@@ -518,8 +550,11 @@ def _next_try(settings: Settings, dispatch: Dispatch, lost: bool) -> tuple[int, 
     return attempt, dispatch.losses, attempt <= settings.dispatch_max_attempts
 
 
-def _fail_outputs(session: Session, condition: Sequence[Any], reason: str, now: datetime) -> None:
-    """Fail every output matching `condition`, with one event each."""
+def _fail_outputs(
+    session: Session, condition: Sequence[Any], reason: str, now: datetime, cause: str
+) -> None:
+    """Fail every output matching `condition`, with one event each (`cause`: what failed
+    them, in one word: unsendable, lost, dispatch_failed, cancelled)."""
     ids = session.exec(select(Output.id, Output.job_id, Output.dispatch_id).where(*condition)).all()
     session.exec(
         update(Output)
@@ -535,6 +570,7 @@ def _fail_outputs(session: Session, condition: Sequence[Any], reason: str, now: 
             dispatch_id=dispatch_id,
             output_id=output_id,
             error=reason,
+            cause=cause,
         )
 
 
@@ -554,6 +590,7 @@ def cancel_job(session: Session, job_id: str) -> list[str]:
         )
     ).all()
     for dispatch in live:
+        _transition(dispatch, dispatch.status, DispatchStatus.FAILED)
         dispatch.status, dispatch.error = DispatchStatus.FAILED, CANCELLED_BY_USER
         dispatch.finished_at = dispatch.updated_at = now
         session.add(dispatch)
@@ -572,11 +609,20 @@ def cancel_job(session: Session, job_id: str) -> list[str]:
         (col(Output.job_id) == job_id, col(Output.status).in_(UNFINISHED)),
         CANCELLED_BY_USER,
         now,
+        "cancelled",
     )
     job.status, job.completed_at, job.error = JobStatus.CANCELLED, now, CANCELLED_BY_USER
     session.add(job)
     refresh_job(session, job_id)
-    emit(session, EventKind.JOB_FINISHED, job_id=job_id, status=JobStatus.CANCELLED)
+    emit(
+        session,
+        EventKind.JOB_FINISHED,
+        job_id=job_id,
+        status=JobStatus.CANCELLED,
+        succeeded=job.succeeded,
+        failed=job.failed,
+        blocked=job.blocked,
+    )
     return [d.runpod_job_id for d in live if d.runpod_job_id]
 
 
@@ -627,6 +673,17 @@ def _count(session: Session, job_id: str, status: OutputStatus, change: int) -> 
         job.failed += change
     elif status == OutputStatus.BLOCKED:
         job.blocked += change
+
+
+def _first_image(session: Session, job_id: str, now: datetime) -> bool:
+    """Stamp the job's `first_image_at` unless it has one (the caller holds the job's lock);
+    True when this was its first."""
+    job = session.get(Job, job_id)
+    if job is None or job.first_image_at is not None:
+        return False
+    job.first_image_at = now
+    session.add(job)
+    return True
 
 
 def refresh_job(session: Session, job_id: str) -> None:

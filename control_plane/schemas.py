@@ -313,6 +313,8 @@ class JobPublic(BaseModel):
     parent_output_id: str | None = None  # a variation set: the image it was made from
     rerun_of: str | None = None  # a rerun: the job it repeats
     reruns: list[str] = []  # the jobs that rerun this one, oldest first
+    success_rate: float | None = None  # succeeded / ended images; None before any ended
+    first_image_s: float | None = None  # seconds from submit to the first stored image
 
 
 class OutputPublic(BaseModel):
@@ -625,3 +627,18 @@ class OutputDetail(OutputPublic):
 
     job_id: str
     group_id: str
+
+
+# Analytics events ---------------------------------------------------------------------
+
+
+class AnalyticsEventPublic(BaseModel):
+    """One entry of the analytics log (`GET /api/events`)."""
+
+    id: int
+    type: str
+    user_id: str | None
+    job_id: str | None
+    output_id: str | None
+    data: dict[str, Any]
+    created_at: UtcDatetime

@@ -42,6 +42,7 @@ class Settings(CommonSettings):
     dispatch_ttl_s: int = Field(86_400, ge=10)
     reconcile_interval_s: float = Field(10.0, gt=0)
     webhook_grace_s: float = Field(60.0, ge=0)
+    metrics_window_s: float = Field(3600.0, ge=60, le=7 * 86_400)  # /metrics' windowed figures
 
     signed_url_expiry_s: int = Field(3600, ge=60, le=7 * 86_400)
     storage_gc_grace_s: int = Field(86_400, ge=0)

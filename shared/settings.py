@@ -1,6 +1,7 @@
 """Settings both processes read. Every variable is prefixed PIXELFLEET_ (see the README)."""
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +13,7 @@ class CommonSettings(BaseSettings):
     data_dir: Path = Path("pixelfleet-data")
     storage_url: str = ""  # default: {data_dir}/storage
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object a line
 
     @model_validator(mode="after")
     def _default_storage(self) -> "CommonSettings":

@@ -44,6 +44,7 @@ def test_a_jobs_path_writes_each_transition_once(api: Api) -> None:
         "job_finished",
     ]
     assert finished[0].output_id == first["output_id"]
+    assert finished[0].data == {"first_image": True}  # the job's first image
     assert finished[1].data == {"error": "IMAGE_SAFETY"}
     assert "no result" in finished[2].data["error"]
     assert finished[-1].data == {"status": "completed", "succeeded": 1, "failed": 1, "blocked": 1}
@@ -65,7 +66,7 @@ def test_a_jobs_path_writes_each_transition_once(api: Api) -> None:
     assert cancelled[0].data["reason"] == "cancelled by user" and not cancelled[0].data["retry"]
     assert cancelled[0].data["lost"] is False
     assert cancelled[0].data["runpod_job_id"] == retried[-1].data["runpod_job_id"]
-    assert cancelled[-1].data == {"status": "cancelled"}
+    assert cancelled[-1].data == {"status": "cancelled", "succeeded": 1, "failed": 1, "blocked": 1}
 
 
 def test_a_failed_dispatch_is_retried_as_a_new_queued_dispatch(api: Api) -> None:

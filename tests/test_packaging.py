@@ -70,9 +70,10 @@ def test_api_image_entry_point_imports() -> None:
 
 
 def test_the_api_images_command_masks_webhook_tokens(tmp_path: Path) -> None:
-    """The CMD as the image's shell runs it (on SQLite, in development mode): uvicorn's access
-    line for a webhook shows `token=***`, never the token, and the client a trusted proxy
-    (loopback by default) forwarded."""
+    """The CMD as the image's shell runs it (on SQLite, in development mode): the access
+    line for a webhook (control_plane/web/requestlog.py, in place of uvicorn's) shows
+    `token=***`, never the token, and the client a trusted proxy (loopback by default)
+    forwarded."""
     port, token = free_port(), "Zq3-webhook-token-0123456789abcdef"
     venv_bin = str(Path(sys.executable).parent)  # where the `pixelfleet` script is installed
     env = {
@@ -111,7 +112,7 @@ def test_the_api_images_command_masks_webhook_tokens(tmp_path: Path) -> None:
     assert token not in written
     access = [line for line in written.splitlines() if "/api/webhook/runpod" in line]
     assert any(
-        "uvicorn.access" in line and "203.0.113.7" in line and "token=***" in line
+        "control_plane.access" in line and "203.0.113.7" in line and "token=***" in line
         for line in access
     ), written
 

@@ -671,7 +671,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
     settings = WorkerSettings()  # fields come from the environment
-    configure_logging(settings.log_level, settings.secrets())
+    configure_logging(settings.log_level, settings.secrets(), settings.log_format)
     uvicorn.run(
         build_endpoint_app_from_settings(settings),
         host=args.host,

@@ -19,7 +19,7 @@ from worker.settings import WorkerSettings
 def main() -> None:
     try:
         settings = WorkerSettings()
-        configure_logging(settings.log_level, settings.secrets())
+        configure_logging(settings.log_level, settings.secrets(), settings.log_format)
         handler, concurrency_modifier, _ = make_handler(settings)
     except (ValidationError, StorageError) as exc:
         problem = describe_settings_error(exc) if isinstance(exc, ValidationError) else exc

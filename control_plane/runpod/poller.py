@@ -18,6 +18,7 @@ from sqlmodel import col, select
 from control_plane import lifecycle
 from control_plane.errors import describe_validation
 from control_plane.lifecycle import DispatchReport
+from control_plane.metrics import RECONCILE_POLLS
 from control_plane.models import Dispatch, DispatchStatus, utcnow
 from control_plane.platform import Platform
 from control_plane.runpod.client import RunPodError, UnreadableAnswer
@@ -65,20 +66,25 @@ async def poll(platform: Platform, dispatch_id: str, runpod_job_id: str) -> None
     try:
         reply = await platform.runpod.status(runpod_job_id)
     except UnreadableAnswer as exc:
+        RECONCILE_POLLS.labels("unreadable").inc()
         await asyncio.to_thread(_unreadable, platform, dispatch_id, str(exc))
         return
     except RunPodError as exc:
+        RECONCILE_POLLS.labels("unavailable").inc()
         log.warning("status of %s unavailable: %s", runpod_job_id, exc)
         return
     if reply is None:
+        RECONCILE_POLLS.labels("lost").inc()
         await asyncio.to_thread(_finish, platform, dispatch_id, lambda: lost(runpod_job_id))
         return
     try:
         state = RunPodJobState.model_validate(reply)
     except ValidationError as exc:
         problems = describe_validation(exc.errors(include_url=False, include_input=False))
+        RECONCILE_POLLS.labels("unreadable").inc()
         await asyncio.to_thread(_unreadable, platform, dispatch_id, problems)
         return
+    RECONCILE_POLLS.labels("final" if state.final else "running").inc()
     if state.final:
         await asyncio.to_thread(_finish, platform, dispatch_id, lambda: report_of(state))
     else:

@@ -35,7 +35,7 @@ from control_plane.schemas import (
     Progress,
     UploadPublic,
 )
-from control_plane.services import personas
+from control_plane.services import analytics, personas
 from control_plane.services.jobs import UNSHOWN_OUTPUT_COLUMNS, ImagePage, JobView
 from shared.storage import Storage, StorageError
 
@@ -93,7 +93,13 @@ def job_public(job: Job, reruns: Sequence[str] = ()) -> JobPublic:
         blocked=job.blocked,
         pending=job.total - done,
     )
-    return JobPublic(**job.model_dump(), progress=progress, reruns=list(reruns))
+    return JobPublic(
+        **job.model_dump(),
+        progress=progress,
+        reruns=list(reruns),
+        success_rate=analytics.success_rate(job),
+        first_image_s=analytics.first_image_s(job),
+    )
 
 
 def output_public(

@@ -3,13 +3,14 @@ secrets (uvicorn's access log, httpx's request log, exceptions, headers, configu
 The whole stack's logs are checked in tests/e2e/test_cli_up.py."""
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from shared.logs import configure_logging
+from shared.logs import configure_logging, log_handler
 
 TOKEN = "Zq3_token-value-0123456789abcdef"
 KEY = "AIza-configured-gemini-key"
@@ -126,3 +127,32 @@ def test_a_lone_dict_of_headers_is_masked(written: io.StringIO) -> None:
     text = written.getvalue()
     assert TOKEN not in text and "{'authorization': 'Bearer ***'}" in text
     assert "any: x sent 3" in text
+
+
+def test_json_lines_mask_their_fields_too() -> None:
+    stream = io.StringIO()
+    handler = log_handler([KEY], "json", stream)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "using %s", (KEY,), None)
+    record.query = f"dispatch=dsp_1&token={TOKEN}"
+    record.nested = {"authorization": f"Bearer {TOKEN}", "n": 3}
+    handler.handle(record)
+    line = json.loads(stream.getvalue())
+    assert TOKEN not in stream.getvalue() and KEY not in stream.getvalue()
+    assert line["message"] == "using ***" and line["query"] == "dispatch=dsp_1&token=***"
+    assert line["nested"]["n"] == 3 and line["level"] == "INFO" and line["logger"] == "x"
+
+
+def test_configure_logging_writes_json_when_told() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", [KEY], "json")
+        [handler] = root.handlers
+        stream = io.StringIO()
+        handler.setStream(stream)  # type: ignore[attr-defined]
+        logging.getLogger("uvicorn.error").info("key %s", KEY, extra={"color_message": "x"})
+        line = json.loads(stream.getvalue())
+        assert line["message"] == "key ***" and "color_message" not in line
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)

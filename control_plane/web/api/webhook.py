@@ -1,6 +1,8 @@
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from control_plane.errors import DomainError
+from control_plane.metrics import RUNPOD_WEBHOOKS
 from control_plane.runpod import webhook
 from control_plane.web.deps import PlatformDep, SessionDep
 
@@ -31,8 +33,14 @@ async def runpod_webhook(
 ) -> dict[str, str]:
     """RunPod's completion callback: authenticated by the dispatch's token in the URL (before
     the body is read); idempotent, so RunPod's re-sends change nothing."""
-    await run_in_threadpool(webhook.authenticate, session, dispatch_id, token)
-    body = await request.body()
-    return await run_in_threadpool(
-        webhook.receive, session, platform.settings, platform.storage, dispatch_id, body
-    )
+    try:
+        await run_in_threadpool(webhook.authenticate, session, dispatch_id, token)
+        body = await request.body()
+        answer = await run_in_threadpool(
+            webhook.receive, session, platform.settings, platform.storage, dispatch_id, body
+        )
+    except DomainError as exc:
+        RUNPOD_WEBHOOKS.labels(type(exc).__name__.lower()).inc()
+        raise
+    RUNPOD_WEBHOOKS.labels(answer["status"]).inc()
+    return answer
