@@ -1,0 +1,321 @@
+"""Webhooks to users' own URLs (services/webhooks.py, control_plane/deliveries.py) through the
+API: every kind of submission stores its webhook; bad URLs, production's rules and missing
+secrets refused with nothing written; each event kind delivered signed to a real local
+receiver, filtered by `events`; the deliveries listed to the job's owner only."""
+
+import base64
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlmodel import func, select
+
+from control_plane.models import Job, WebhookDelivery
+from control_plane.services import users
+from control_plane.settings import Settings
+from tests.conftest import png_bytes
+from tests.fakes.api import Api, finish_job
+from tests.fakes.receiver import Receiver, run_receiver, verify
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+EVERYTHING = ["job.completed", "job.failed", "job.cancelled"] + [
+    f"image.{status}" for status in ("succeeded", "failed", "blocked")
+]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"webhook_secret": SECRET, "webhook_retry_delays_s": "0.2"})
+
+
+@pytest.fixture
+def receiver(api: Api) -> Iterator[Receiver]:
+    with run_receiver() as receiver:
+        api.runpod.route(host="127.0.0.1").pass_through()  # RunPod stays mocked
+        yield receiver
+
+
+def submit(api: Api, group_id: str, n: int = 1, **extra: Any) -> Any:
+    body = {
+        "group_id": group_id,
+        "mode": "automatic",
+        "prompt": "a watercolour",
+        "images": api.upload_ids(group_id, n),
+        **extra,
+    }
+    return api.client.post("/api/jobs/submit", json=body)
+
+
+def job_id_of(response: Any) -> str:
+    assert response.status_code == 201, response.text
+    return response.json()["jobs"][0]["id"]
+
+
+def count_rows(api: Api, table: type) -> int:
+    with api.session() as session:
+        return session.exec(select(func.count()).select_from(table)).one()
+
+
+def test_every_kind_of_submission_stores_its_webhook(api: Api) -> None:
+    hook = {"url": "http://127.0.0.1:9/hook", "events": ["image.failed", "job.failed"]}
+    group_id = api.group()
+    images = api.upload_ids(group_id, 2)
+    answers = {
+        "automatic": api.client.post(
+            "/api/jobs/submit",
+            json={"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images}
+            | {"webhook": hook},
+        ),
+        "semi-automatic": api.client.post(
+            "/api/jobs/submit",
+            json={
+                "group_id": group_id,
+                "mode": "semi-automatic",
+                "items": [{"images": images, "prompt": "p"}],
+                "config": {"total_images": 2, "images_per_set": 2},
+                "webhook": hook,
+            },
+        ),
+        "import": api.client.post(
+            "/api/jobs/import",
+            data={"group_id": group_id, "webhook": json.dumps(hook)},
+            files={"file": ("rows.csv", b"prompt\na cat\n", "text/csv")},
+        ),
+        "persona": api.client.post(
+            "/api/personas", json={"group_id": group_id, "count": 1, "webhook": hook}
+        ),
+    }
+    catalog = api.client.post(
+        "/api/catalogs",
+        json={"name": "c", "prompts": [{"id": "a", "tags": ["t"], "prompt": "a dog"}]},
+    ).json()
+    answers["catalog"] = api.client.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "catalog",
+            "catalog_id": catalog["id"],
+            "tags": ["t"],
+            "count": 1,
+            "webhook": hook,
+        },
+    )
+    source = job_id_of(submit(api, group_id))
+    finish_job(api, source, ["succeeded"])
+    output_id = api.outputs(source)[0].id
+    answers["variations"] = api.client.post(
+        f"/api/outputs/{output_id}/variations", json={"count": 2, "webhook": hook}
+    )
+    answers["rerun"] = api.client.post(f"/api/jobs/{source}/rerun", json={"webhook": hook})
+    character = api.client.post(
+        "/api/characters", json={"name": "Mina", "references": images[:1]}
+    ).json()
+    answers["pack"] = api.client.post(
+        f"/api/characters/{character['id']}/packs", json={"size": 5, "webhook": hook}
+    )
+    preset = api.client.post("/api/presets", json={"name": "h", "prompt": "headshot"}).json()
+    answers["preset"] = api.client.post(
+        f"/api/presets/{preset['id']}/examples",
+        json={"pool_group_id": group_id, "count": 2, "webhook": hook},
+    )
+    for kind, answer in answers.items():
+        assert answer.status_code == 201, (kind, answer.text)
+        body = answer.json()
+        job_ids = (
+            [body["personas"][0]["data_job_id"]]
+            if kind == "persona"
+            else [body["id"]]
+            if kind == "rerun"
+            else [job["id"] for job in body["jobs"]]
+        )
+        for job_id in job_ids:
+            assert api.client.get(f"/api/jobs/{job_id}").json()["webhook"] == hook, kind
+    plain = api.client.post(f"/api/jobs/{source}/rerun")  # no body: no webhook
+    assert plain.status_code == 201 and plain.json()["webhook"] is None
+    url_only = api.client.post(
+        "/api/jobs/import",
+        data={"group_id": group_id, "webhook": "https://example.com/h"},
+        files={"file": ("rows.csv", b"prompt\na cat\n", "text/csv")},
+    )
+    assert url_only.json()["jobs"][0]["webhook"] == {
+        "url": "https://example.com/h",
+        "events": ["job.completed", "job.failed", "job.cancelled"],
+    }
+
+
+def test_bad_webhooks_are_refused_with_nothing_written(api: Api) -> None:
+    group_id = api.group()
+    cases = [
+        ({"url": "ftp://example.com/x"}, "not an http(s) URL"),
+        ({"url": "example.com/hook"}, "not an http(s) URL"),
+        ({"url": "http://"}, "not an http(s) URL"),
+        ({"url": "http://example.com:99999/"}, "webhook.url"),
+        ({"url": "http://example.com/", "events": ["job.exploded"]}, "job.completed"),
+        ({"url": "http://example.com/", "events": []}, "webhook.events"),
+        ({"url": "http://example.com/", "secret": "x"}, "secret"),
+    ]
+    for hook, words in cases:
+        answer = submit(api, group_id, webhook=hook)
+        assert answer.status_code == 422, (hook, answer.text)
+        assert words in answer.text, (hook, answer.text)
+    bad_form = api.client.post(
+        "/api/jobs/import",
+        data={"group_id": group_id, "webhook": '{"url": "gopher://x"}'},
+        files={"file": ("rows.csv", b"prompt\na cat\n", "text/csv")},
+    )
+    assert bad_form.status_code == 422 and "webhook" in bad_form.text
+    assert count_rows(api, Job) == 0
+
+
+def test_production_takes_only_https_to_public_addresses(api: Api) -> None:
+    api.platform.settings = api.platform.settings.model_copy(update={"environment": "production"})
+    group_id = api.group()
+    refused = {
+        "http://93.184.215.14/hook": "not https",
+        "https://127.0.0.1/hook": "127.0.0.1, not a public address",
+        "https://localhost:8443/hook": "not a public address",
+        "https://10.1.2.3/hook": "10.1.2.3, not a public address",
+        "https://192.168.0.7/hook": "not a public address",
+        "https://169.254.169.254/latest/meta-data": "not a public address",
+        "https://100.64.0.1/": "not a public address",
+        "https://0.0.0.0/": "not a public address",
+        "https://[::1]/hook": "::1, not a public address",
+        "https://[::ffff:127.0.0.1]/hook": "not a public address",
+        "https://[fd00::1]/hook": "not a public address",
+        "https://no-such-host.invalid/hook": "does not resolve",
+    }
+    for url, words in refused.items():
+        answer = submit(api, group_id, webhook={"url": url})
+        assert answer.status_code == 422, (url, answer.text)
+        assert words in answer.json()["detail"], (url, answer.text)
+    assert count_rows(api, Job) == 0
+    accepted = submit(api, group_id, webhook={"url": "https://93.184.215.14/hook"})
+    assert accepted.status_code == 201, accepted.text
+
+
+def test_a_signing_secret_is_needed(api: Api) -> None:
+    """The local user's webhooks need PIXELFLEET_WEBHOOK_SECRET; a user's, their own secret
+    (made by `pixelfleet users webhook-secret`); nothing is written without one."""
+    group_id = api.group()
+    api.platform.settings = api.platform.settings.model_copy(update={"webhook_secret": ""})
+    answer = submit(api, group_id, webhook={"url": "http://127.0.0.1:9/"})
+    assert answer.status_code == 422 and "PIXELFLEET_WEBHOOK_SECRET" in answer.json()["detail"]
+
+    with api.platform.session_scope() as session:
+        mina = users.add_user(session, "mina", users.UserTier.FREE)
+        _, key = users.create_key(session, mina)
+    auth = {"Authorization": f"Bearer {key}"}
+    own_group = api.client.post("/api/groups", json={"name": "mine"}, headers=auth).json()["id"]
+    images = api.client.post(
+        "/api/uploads",
+        data={"group_id": own_group},
+        files=[("files", ("a.png", png_bytes(), "image/png"))],
+        headers=auth,
+    ).json()["images"]
+    body = {
+        "group_id": own_group,
+        "mode": "automatic",
+        "prompt": "p",
+        "images": [images[0]["id"]],
+        "webhook": {"url": "http://127.0.0.1:9/"},
+    }
+    refused = api.client.post("/api/jobs/submit", json=body, headers=auth)
+    assert refused.status_code == 422, refused.text
+    assert "pixelfleet users webhook-secret mina" in refused.json()["detail"]
+    assert count_rows(api, Job) == 0
+    with api.platform.session_scope() as session:
+        users.new_webhook_secret(session, users.find_user(session, "mina"))
+    accepted = api.client.post("/api/jobs/submit", json=body, headers=auth)
+    assert accepted.status_code == 201, accepted.text
+
+
+def test_each_event_is_delivered_signed_as_asked(api: Api, receiver: Receiver) -> None:
+    group_id = api.group()
+    everything = job_id_of(
+        submit(api, group_id, 3, webhook={"url": f"{receiver.url}/all", "events": EVERYTHING})
+    )
+    only_images = job_id_of(
+        submit(
+            api,
+            group_id,
+            3,
+            webhook={"url": f"{receiver.url}/images", "events": ["image.failed", "image.blocked"]},
+        )
+    )
+    default = job_id_of(submit(api, group_id, 2, webhook={"url": f"{receiver.url}/default"}))
+    unwatched = job_id_of(submit(api, group_id, 1))
+    for job_id in (everything, only_images):
+        finish_job(api, job_id, ["succeeded", "failed", "blocked"])
+    finish_job(api, unwatched, ["succeeded"])
+    assert api.client.post(f"/api/jobs/{default}/cancel").status_code == 200
+
+    received = receiver.wait_for("/all", 4)
+    for request in receiver.received:
+        verify(SECRET, request.headers, request.body)
+    by_type = {request.json["type"]: request.json for request in received}
+    assert sorted(by_type) == sorted(
+        ["image.succeeded", "image.failed", "image.blocked", "job.completed"]
+    )
+    outputs = api.outputs(everything)
+    job = by_type["job.completed"]["data"]["job"]
+    assert job["id"] == everything and job["status"] == "completed"
+    assert (job["total"], job["succeeded"], job["failed"], job["blocked"]) == (3, 1, 1, 1)
+    image = by_type["image.succeeded"]["data"]["image"]
+    assert image["id"] == outputs[0].id and image["status"] == "succeeded"
+    assert image["url"] == f"{api.platform.settings.public_url}/api/outputs/{outputs[0].id}/file"
+    failed = by_type["image.failed"]["data"]["image"]
+    assert failed == {
+        "id": outputs[1].id,
+        "position": 1,
+        "status": "failed",
+        "error": "failed on purpose",
+        "url": None,
+    }
+    assert by_type["image.failed"]["timestamp"].endswith("Z")
+    assert sorted(r.json["type"] for r in receiver.wait_for("/images", 2)) == [
+        "image.blocked",
+        "image.failed",
+    ]
+    [cancelled] = receiver.wait_for("/default", 1)
+    assert cancelled.json["type"] == "job.cancelled"
+    assert cancelled.json["data"]["job"]["status"] == "cancelled"
+    assert len({request.id for request in receiver.received}) == len(receiver.received) == 7
+
+    listed = api.client.get(f"/api/jobs/{everything}/webhooks").json()
+    assert [d["event_type"] for d in listed] == [r.json["type"] for r in received]
+    assert {(d["status"], d["attempts"], d["last_status_code"]) for d in listed} == {
+        ("delivered", 1, 204)
+    }
+    assert {d["id"] for d in listed} == {r.id for r in received}
+    assert api.client.get(f"/api/jobs/{unwatched}/webhooks").json() == []
+    assert count_rows(api, WebhookDelivery) == 7
+
+
+def test_deliveries_are_shown_to_the_jobs_owner_only(api: Api) -> None:
+    with api.platform.session_scope() as session:
+        keys = {}
+        for name in ("mina", "otto"):
+            user = users.add_user(session, name, users.UserTier.FREE)
+            users.new_webhook_secret(session, user)
+            keys[name] = {"Authorization": f"Bearer {users.create_key(session, user)[1]}"}
+    group_id = api.client.post("/api/groups", json={"name": "g"}, headers=keys["mina"]).json()["id"]
+    images = api.client.post(
+        "/api/uploads",
+        data={"group_id": group_id},
+        files=[("files", ("a.png", png_bytes(), "image/png"))],
+        headers=keys["mina"],
+    ).json()["images"]
+    body = {
+        "group_id": group_id,
+        "mode": "automatic",
+        "prompt": "p",
+        "images": [images[0]["id"]],
+        "webhook": {"url": "http://127.0.0.1:9/"},
+    }
+    job_id = job_id_of(api.client.post("/api/jobs/submit", json=body, headers=keys["mina"]))
+    mine = api.client.get(f"/api/jobs/{job_id}/webhooks", headers=keys["mina"])
+    assert mine.status_code == 200 and mine.json() == []
+    theirs = api.client.get(f"/api/jobs/{job_id}/webhooks", headers=keys["otto"])
+    assert theirs.status_code == 404 and job_id in theirs.text
