@@ -3,8 +3,9 @@ Webhooks signatures (https://www.standardwebhooks.com), written from the specifi
 rather than from `control_plane/deliveries.py`.
 
 `Receiver` serves every path; `script(path, ...)` says how its next requests are answered
-(a status code, or `HANG` to hold the request for `hang_s` seconds), then 204. Every
-request is kept in `received` (in arrival order, with when it arrived and was answered).
+(a status code, or `HANG` to hold the request until `release()` or for `hang_s` seconds, then
+answer 204), then 204. Every request is kept in `received` (in arrival order, with when it
+arrived and was answered).
 """
 
 import asyncio
@@ -50,6 +51,11 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     _scripts: dict[str, list[int | str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        """Answer the requests held by `HANG`."""
+        self._released.set()
 
     def script(self, path: str, *answers: int | str) -> None:
         with self._lock:
@@ -81,7 +87,9 @@ class Receiver:
                 answers = self._scripts.get(entry.path) or []
                 answer = answers.pop(0) if answers else 204
             if answer == HANG:
-                await asyncio.sleep(self.hang_s)
+                deadline = time.monotonic() + self.hang_s
+                while not self._released.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
                 answer = 204
             entry.status, entry.answered = int(answer), time.monotonic()
             return Response(status_code=int(answer))
@@ -94,7 +102,10 @@ def run_receiver(hang_s: float = 5.0) -> Iterator[Receiver]:
     receiver = Receiver(hang_s=hang_s)
     with run_server(receiver.app()) as url:
         receiver.url = url
-        yield receiver
+        try:
+            yield receiver
+        finally:
+            receiver.release()
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, tolerance_s: float = 300) -> None:

@@ -6,6 +6,7 @@ receiver, filtered by `events`; the deliveries listed to the job's owner only.""
 import base64
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -319,3 +320,47 @@ def test_deliveries_are_shown_to_the_jobs_owner_only(api: Api) -> None:
     assert mine.status_code == 200 and mine.json() == []
     theirs = api.client.get(f"/api/jobs/{job_id}/webhooks", headers=keys["otto"])
     assert theirs.status_code == 404 and job_id in theirs.text
+
+
+def test_a_refusing_receiver_is_retried_until_it_takes_the_message(
+    api: Api, receiver: Receiver
+) -> None:
+    """Two 500s, then a 2xx: three attempts of one message (one `webhook-id`, each signed
+    afresh), delivered once; a redirect is not followed (it counts as a refusal)."""
+    receiver.script("/flaky", 500, 302)
+    job_id = job_id_of(submit(api, api.group(), webhook={"url": f"{receiver.url}/flaky"}))
+    finish_job(api, job_id, ["succeeded"])
+    attempts = receiver.wait_for("/flaky", 3)
+    assert [request.status for request in attempts] == [500, 302, 204]
+    assert len({request.id for request in attempts}) == 1
+    assert len({request.body for request in attempts}) == 1
+    for request in attempts:
+        verify(SECRET, request.headers, request.body)
+    assert attempts[1].arrived - attempts[0].answered >= 0.2  # PIXELFLEET_WEBHOOK_RETRY_DELAYS_S
+    [delivery] = api.client.get(f"/api/jobs/{job_id}/webhooks").json()
+    assert delivery["status"] == "delivered" and delivery["attempts"] == 3
+    assert delivery["last_status_code"] == 204 and delivery["last_error"] is None
+    assert delivery["next_attempt_at"] is None and delivery["delivered_at"]
+    assert len(receiver.at("/flaky")) == 3
+
+
+def test_a_message_no_one_takes_fails_after_the_retry_window(api: Api, receiver: Receiver) -> None:
+    api.platform.settings = api.platform.settings.model_copy(
+        update={"webhook_retry_window_s": 1.0, "webhook_retry_delays_s": "0.1,0.3"}
+    )
+    receiver.script("/down", *[503] * 100)
+    job_id = job_id_of(submit(api, api.group(), webhook={"url": f"{receiver.url}/down"}))
+    finish_job(api, job_id, ["failed"])
+    deadline = time.monotonic() + 30
+    while True:
+        deliveries = api.client.get(f"/api/jobs/{job_id}/webhooks").json()
+        if deliveries and deliveries[0]["status"] != "pending":
+            break
+        assert time.monotonic() < deadline, deliveries
+        time.sleep(0.1)
+    [delivery] = deliveries
+    assert delivery["status"] == "failed" and delivery["event_type"] == "job.failed"
+    assert delivery["last_status_code"] == 503 and delivery["last_error"].startswith("HTTP 503")
+    assert delivery["attempts"] == len(receiver.at("/down")) >= 3
+    requests = receiver.at("/down")
+    assert requests[-1].arrived - requests[0].arrived >= 1.0 - 0.3  # tried through the window
