@@ -209,10 +209,12 @@ def _iso(moment: datetime) -> str:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def deliveries(session: Session, job_id: str) -> Sequence[WebhookDelivery]:
-    """A job's deliveries, oldest first."""
-    return session.exec(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.job_id == job_id)
-        .order_by(col(WebhookDelivery.created_at), col(WebhookDelivery.id))
-    ).all()
+def deliveries(
+    session: Session, job_id: str, limit: int, after: str | None = None
+) -> Sequence[WebhookDelivery]:
+    """Up to `limit` of a job's deliveries after the one `after` (ids sort by creation), oldest
+    first."""
+    query = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+    if after:
+        query = query.where(col(WebhookDelivery.id) > after)
+    return session.exec(query.order_by(col(WebhookDelivery.id)).limit(limit)).all()

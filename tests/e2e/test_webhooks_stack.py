@@ -55,7 +55,7 @@ def deliveries(http: httpx.Client, job_id: str, *, until: Any, timeout: float = 
     """The job's deliveries once `until(deliveries)` holds."""
     deadline = time.monotonic() + timeout
     while True:
-        found = http.get(f"/api/jobs/{job_id}/webhooks").json()
+        found = http.get(f"/api/jobs/{job_id}/webhooks").json()["data"]
         if until(found):
             return list(found)
         assert time.monotonic() < deadline, found
@@ -179,7 +179,7 @@ def test_a_hanging_receiver_holds_up_nothing_else(stack: Stack, receiver: Receiv
     [hanging] = receiver.at("/hang")
     assert hanging.answered is None  # still held while the other job ran and was told
     assert all(request.status == 204 for request in delivered)
-    [pending] = stack.http.get(f"/api/jobs/{stuck}/webhooks").json()
+    [pending] = stack.http.get(f"/api/jobs/{stuck}/webhooks").json()["data"]
     assert pending["status"] == "pending" and pending["attempts"] == 0
 
     receiver.release()

@@ -284,13 +284,20 @@ def test_each_event_is_delivered_signed_as_asked(api: Api, receiver: Receiver) -
     assert cancelled.json["data"]["job"]["status"] == "cancelled"
     assert len({request.id for request in receiver.received}) == len(receiver.received) == 7
 
-    listed = api.client.get(f"/api/jobs/{everything}/webhooks").json()
-    assert [d["event_type"] for d in listed] == [r.json["type"] for r in received]
+    listed = api.client.get(f"/api/jobs/{everything}/webhooks").json()["data"]
+    assert sorted(d["event_type"] for d in listed) == sorted(by_type)
     assert {(d["status"], d["attempts"], d["last_status_code"]) for d in listed} == {
         ("delivered", 1, 204)
     }
     assert {d["id"] for d in listed} == {r.id for r in received}
-    assert api.client.get(f"/api/jobs/{unwatched}/webhooks").json() == []
+    first = api.client.get(f"/api/jobs/{everything}/webhooks", params={"limit": 3}).json()
+    rest = api.client.get(
+        f"/api/jobs/{everything}/webhooks", params={"limit": 3, "cursor": first["next"]}
+    ).json()
+    assert first["data"] + rest["data"] == listed and rest["next"] is None
+    assert api.client.get(f"/api/jobs/{unwatched}/webhooks").json()["data"] == []
+    bad = api.client.get(f"/api/jobs/{everything}/webhooks", params={"cursor": "nope"})
+    assert bad.status_code == 422 and "cursor" in bad.text
     assert count_rows(api, WebhookDelivery) == 7
 
 
@@ -317,7 +324,7 @@ def test_deliveries_are_shown_to_the_jobs_owner_only(api: Api) -> None:
     }
     job_id = job_id_of(api.client.post("/api/jobs/submit", json=body, headers=keys["mina"]))
     mine = api.client.get(f"/api/jobs/{job_id}/webhooks", headers=keys["mina"])
-    assert mine.status_code == 200 and mine.json() == []
+    assert mine.status_code == 200 and mine.json()["data"] == []
     theirs = api.client.get(f"/api/jobs/{job_id}/webhooks", headers=keys["otto"])
     assert theirs.status_code == 404 and job_id in theirs.text
 
@@ -337,7 +344,7 @@ def test_a_refusing_receiver_is_retried_until_it_takes_the_message(
     for request in attempts:
         verify(SECRET, request.headers, request.body)
     assert attempts[1].arrived - attempts[0].answered >= 0.2  # PIXELFLEET_WEBHOOK_RETRY_DELAYS_S
-    [delivery] = api.client.get(f"/api/jobs/{job_id}/webhooks").json()
+    [delivery] = api.client.get(f"/api/jobs/{job_id}/webhooks").json()["data"]
     assert delivery["status"] == "delivered" and delivery["attempts"] == 3
     assert delivery["last_status_code"] == 204 and delivery["last_error"] is None
     assert delivery["next_attempt_at"] is None and delivery["delivered_at"]
@@ -353,7 +360,7 @@ def test_a_message_no_one_takes_fails_after_the_retry_window(api: Api, receiver:
     finish_job(api, job_id, ["failed"])
     deadline = time.monotonic() + 30
     while True:
-        deliveries = api.client.get(f"/api/jobs/{job_id}/webhooks").json()
+        deliveries = api.client.get(f"/api/jobs/{job_id}/webhooks").json()["data"]
         if deliveries and deliveries[0]["status"] != "pending":
             break
         assert time.monotonic() < deadline, deliveries

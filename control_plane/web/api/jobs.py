@@ -148,13 +148,22 @@ async def rerun_job(
 
 @router.get("/{job_id}/webhooks")
 def list_webhook_deliveries(
-    job_id: JobId, session: SessionDep, viewer: ViewerDep
-) -> list[WebhookDeliveryPublic]:
+    job_id: JobId,
+    session: SessionDep,
+    viewer: ViewerDep,
+    cursor: str | None = Query(None, max_length=100, description="`next` of the page before"),
+    limit: PageLimit = 100,
+) -> CursorPage[WebhookDeliveryPublic]:
     """The messages sent (or being sent) to the job's webhook, oldest first: each one's
     event, status, attempts and the last answer or error."""
     job = jobs.get_job(session, job_id)
     viewer.check(job.user_id, "job", job.id)
-    return [delivery_public(delivery) for delivery in webhooks.deliveries(session, job.id)]
+    if cursor is not None and not is_id("msg", cursor):
+        raise InvalidRequest(f"cursor {cursor[:40]!r} is not one this API gave out")
+    found = webhooks.deliveries(session, job.id, limit + 1, after=cursor)
+    page = [delivery_public(delivery) for delivery in found[:limit]]
+    more = len(found) > limit
+    return CursorPage(data=page, limit=limit, next=page[-1].id if more else None)
 
 
 def _job_answer(session: SessionDep, job_id: str) -> JobPublic:
