@@ -17,7 +17,7 @@ from control_plane.models import Job, WebhookDelivery
 from control_plane.services import users
 from control_plane.settings import Settings
 from tests.conftest import png_bytes
-from tests.fakes.api import Api, finish_job
+from tests.fakes.api import Api, answer_text_job, finish_job
 from tests.fakes.receiver import Receiver, run_receiver, verify
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -371,3 +371,31 @@ def test_a_message_no_one_takes_fails_after_the_retry_window(api: Api, receiver:
     assert delivery["attempts"] == len(receiver.at("/down")) >= 3
     requests = receiver.at("/down")
     assert requests[-1].arrived - requests[0].arrived >= 1.0 - 0.3  # tried through the window
+
+
+def test_a_personas_later_stages_keep_its_webhook(api: Api) -> None:
+    hook = {"url": "http://127.0.0.1:9/hook", "events": ["job.failed"]}
+    group_id = api.group()
+    answer = api.client.post(
+        "/api/personas", json={"group_id": group_id, "count": 1, "webhook": hook}
+    )
+    assert answer.status_code == 201, answer.text
+    [created] = answer.json()["personas"]
+    data = {
+        "name": "Amara Mensah",
+        "age": 29,
+        "gender": "female",
+        "ethnicity": "Black",
+        "bio": "Amara is a nurse from Accra.",
+        "appearance": "short curly black hair",
+        "style": "sporty",
+        "tags": ["nurse", "running", "sporty"],
+    }
+    answer_text_job(api, created["data_job_id"], json.dumps(data))
+    api.drain()
+    base_job = api.client.get(f"/api/personas/{created['id']}").json()["base_job_id"]
+    assert api.client.get(f"/api/jobs/{base_job}").json()["webhook"] == hook
+    finish_job(api, base_job, ["succeeded"])
+    api.drain()
+    variations = api.client.get(f"/api/personas/{created['id']}").json()["variations_job_id"]
+    assert api.client.get(f"/api/jobs/{variations}").json()["webhook"] == hook
