@@ -87,7 +87,10 @@ class Deliverer:
         for claim in claims:
             self.in_flight.add(claim.id)
             platform.spawn(self._attempt(platform, claim))
-        self._wake_when_due(platform, await asyncio.to_thread(_next_due, platform))
+        if len(self.in_flight) >= platform.settings.webhook_concurrency:
+            self._wake_when_due(platform, None)  # the next attempt to end wakes the service
+        else:
+            self._wake_when_due(platform, await asyncio.to_thread(_next_due, platform))
         return len(claims)
 
     async def _attempt(self, platform: Platform, claim: Claim) -> None:

@@ -18,7 +18,7 @@ from control_plane.services import users
 from control_plane.settings import Settings
 from tests.conftest import png_bytes
 from tests.fakes.api import Api, answer_text_job, finish_job
-from tests.fakes.receiver import Receiver, run_receiver, verify
+from tests.fakes.receiver import HANG, Receiver, run_receiver, verify
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 EVERYTHING = ["job.completed", "job.failed", "job.cancelled"] + [
@@ -399,3 +399,39 @@ def test_a_personas_later_stages_keep_its_webhook(api: Api) -> None:
     api.drain()
     variations = api.client.get(f"/api/personas/{created['id']}").json()["variations_job_id"]
     assert api.client.get(f"/api/jobs/{variations}").json()["webhook"] == hook
+
+
+def test_attempts_in_flight_are_bounded(api: Api, receiver: Receiver) -> None:
+    """With one slot, a hanging receiver holds the next message back until it answers (the
+    service does not spin meanwhile: it is woken when the attempt ends)."""
+    api.platform.settings = api.platform.settings.model_copy(update={"webhook_concurrency": 1})
+    receiver.script("/hang", HANG)
+    group_id = api.group()
+    held = job_id_of(submit(api, group_id, webhook={"url": f"{receiver.url}/hang"}))
+    finish_job(api, held, ["succeeded"])
+    deadline = time.monotonic() + 30
+    while not receiver.at("/hang"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    later = job_id_of(submit(api, group_id, webhook={"url": f"{receiver.url}/later"}))
+    finish_job(api, later, ["succeeded"])
+    passes = count_passes(api)
+    time.sleep(1.0)
+    assert receiver.at("/later") == [] and len(passes) < 10
+    receiver.release()
+    [told] = receiver.wait_for("/later", 1)
+    [hung] = receiver.wait_for("/hang", 1)
+    assert hung.answered is not None and told.arrived > hung.answered - 0.01
+
+
+def count_passes(api: Api) -> list[float]:
+    """From now on, when each pass of the webhooks service began."""
+    loop = api.platform.loops["webhooks"]
+    step, passes = loop.step, []
+
+    async def counted() -> Any:
+        passes.append(time.monotonic())
+        return await step()
+
+    loop.step = counted
+    return passes
