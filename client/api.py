@@ -280,13 +280,17 @@ class Client:
         *,
         template: str | None = None,
         config: Mapping[str, Any] | None = None,
+        webhook: Mapping[str, Any] | None = None,
     ) -> SubmitResponse:
-        """A CSV (with a header row) or JSONL file of rows as one job: `POST /api/jobs/import`."""
+        """A CSV (with a header row) or JSONL file of rows as one job: `POST /api/jobs/import`
+        (`webhook`: `{url, events}`, told of the job's events)."""
         fields = {"group_id": group_id}
         if template is not None:
             fields["template"] = template
         if config:
             fields["config"] = json.dumps(dict(config))
+        if webhook:
+            fields["webhook"] = json.dumps(dict(webhook))
         kind = "application/x-ndjson" if rows.suffix.lower() == ".jsonl" else "text/csv"
         upload = {"file": (wire_name(rows), rows.read_bytes(), kind)}
         return self._post(SubmitResponse, "/api/jobs/import", data=fields, files=upload)

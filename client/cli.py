@@ -175,6 +175,13 @@ def generate(
     out: Annotated[
         Path | None, typer.Option(help="where to save the ZIP (default: <group name>.zip)")
     ] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="your URL, POSTed a signed message when each job ends (see the README)",
+        ),
+    ] = None,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -195,17 +202,20 @@ def generate(
         outputs_per_image=outputs_per_image,
     )
     hint = "interrupted; run the same command again to go on (uploaded files are skipped)"
+    extra: dict[str, Any] = {"webhook": {"url": webhook}} if webhook else {}
     with _session(api, as_json, on_interrupt=hint) as run:
         if folder is not None:
-            found, uploads, submitted = _generate_from_folder(run, folder, prompt, group, config)
+            found, uploads, submitted = _generate_from_folder(
+                run, folder, prompt, group, config, extra
+            )
         elif catalog is not None:
             found, uploads, submitted = _generate_from_catalog(
-                run, catalog, tag or [], _count(count), group, config
+                run, catalog, tag or [], _count(count), group, config, extra
             )
         else:
             assert csv is not None
             found, uploads, submitted = _generate_from_rows(
-                run, csv, images, template, group, config
+                run, csv, images, template, group, config, extra
             )
         _finish(run, found, uploads, submitted, out)
 
@@ -238,7 +248,12 @@ def _count(count: str | None) -> int | str:
 
 
 def _generate_from_folder(
-    run: Run, folder: Path, prompt: str | None, group: str | None, config: dict[str, object]
+    run: Run,
+    folder: Path,
+    prompt: str | None,
+    group: str | None,
+    config: dict[str, object],
+    extra: dict[str, Any],
 ) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
     if not prompt:
         raise _usage("a folder needs --prompt")
@@ -254,6 +269,7 @@ def _generate_from_folder(
         "prompt": prompt,
         "images": image_ids,
         "config": config,
+        **extra,
     }
     return found, uploads, run.client.submit(body)
 
@@ -265,6 +281,7 @@ def _generate_from_catalog(
     count: int | str,
     group: str | None,
     config: dict[str, object],
+    extra: dict[str, Any],
 ) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
     if not tags:
         raise _usage("--catalog needs at least one --tag")
@@ -279,6 +296,7 @@ def _generate_from_catalog(
             "tags": tags,
             "count": count,
             "config": config,
+            **extra,
         }
     )
     return found, [], submitted
@@ -314,13 +332,16 @@ def _generate_from_rows(
     template: str | None,
     group: str | None,
     config: dict[str, object],
+    extra: dict[str, Any],
 ) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
     if not rows.is_file():
         raise _usage(f"--csv {rows}: no such file")
     paths = _images_of(folder) if folder is not None else []
     found = _group(run, group or (folder.resolve().name if folder is not None else rows.stem))
     uploads = _upload(run, found, paths) if paths else []
-    submitted = run.client.import_rows(found.id, rows, template=template, config=config)
+    submitted = run.client.import_rows(
+        found.id, rows, template=template, config=config, webhook=extra.get("webhook")
+    )
     return found, uploads, submitted
 
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from control_plane.background import Service
 from control_plane.db import make_engine
+from control_plane.deliveries import Deliverer
 from control_plane.platform import Platform
 from control_plane.runpod.canceller import canceller
 from control_plane.runpod.client import RunPodClient
@@ -24,6 +25,7 @@ from control_plane.services import personas as persona_stages
 from control_plane.services import users
 from control_plane.services.analytics import analytics_consumer
 from control_plane.services.presets import gallery_consumer
+from control_plane.services.webhooks import delivery_consumer
 from control_plane.settings import Settings
 from control_plane.web.api import (
     catalogs,
@@ -99,12 +101,14 @@ def add_services(platform: Platform, *, timers: bool) -> None:
     interval = platform.settings.reconcile_interval_s if timers else None
     platform.add_loop(Service.SENDER, send_due, interval)
     platform.add_loop(Service.RELAY, _relay_pass, interval)
+    platform.add_loop(Service.WEBHOOKS, Deliverer(), interval)
     if timers:
         platform.add_loop(Service.POLLER, poll_quiet, interval)
     platform.relay.subscribe(canceller(platform))
     platform.relay.subscribe(persona_stages.pipeline(platform.settings))
     platform.relay.subscribe(gallery_consumer())
     platform.relay.subscribe(analytics_consumer())
+    platform.relay.subscribe(delivery_consumer(platform.settings))
 
 
 def access_mode(platform: Platform, settings: Settings) -> str:

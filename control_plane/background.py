@@ -18,6 +18,7 @@ class Service(StrEnum):
     SENDER = "sender"  # hands pending dispatches to RunPod (`control_plane/runpod/sender.py`)
     POLLER = "poller"  # asks RunPod about dispatches that never reported back
     RELAY = "relay"  # feeds committed events to their consumers (`control_plane/events.py`)
+    WEBHOOKS = "webhooks"  # sends webhooks to users' own URLs (`control_plane/deliveries.py`)
 
 
 class Loop:

@@ -82,7 +82,12 @@ def _storage(storage_url: str, signed_url_expiry_s: int = 3600) -> Storage:
 def _secrets(settings: Settings) -> list[str | None]:
     """What the control plane's logs must never show (see shared/logs.py)."""
     database_password = sa.engine.make_url(settings.database_url).password
-    return [settings.api_password, settings.runpod_api_key, database_password]
+    return [
+        settings.api_password,
+        settings.runpod_api_key,
+        database_password,
+        settings.webhook_secret,
+    ]
 
 
 @app.command()

@@ -3,7 +3,9 @@
 import math
 import re
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -32,6 +34,53 @@ UtcDatetime = Annotated[datetime, PlainSerializer(_utc_iso, return_type=str, whe
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class WebhookEvent(StrEnum):
+    """What a user's webhook may be sent about (`Job.webhook["events"]` lists the wanted ones):
+    `job.*` once a job ends (again if a retry reopened it), `image.*` as each image ends."""
+
+    JOB_COMPLETED = "job.completed"  # every image ended, at least one succeeded
+    JOB_FAILED = "job.failed"  # every image ended, none succeeded
+    JOB_CANCELLED = "job.cancelled"  # stopped by a user
+    IMAGE_SUCCEEDED = "image.succeeded"
+    IMAGE_FAILED = "image.failed"
+    IMAGE_BLOCKED = "image.blocked"  # refused by the provider's safety filter
+
+
+DEFAULT_WEBHOOK_EVENTS = (
+    WebhookEvent.JOB_COMPLETED,
+    WebhookEvent.JOB_FAILED,
+    WebhookEvent.JOB_CANCELLED,
+)
+
+
+def _webhook_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL with a host")
+    parts.port  # noqa: B018  (raises ValueError for a port that is not one)
+    return url
+
+
+class WebhookRequest(_Body):
+    """The submitter's own URL, POSTed a signed message (Standard Webhooks) on each of
+    `events` of the submission's jobs (services/webhooks.py checks the URL further)."""
+
+    url: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=2_000),
+        AfterValidator(_webhook_url),
+    ]
+    events: Annotated[list[WebhookEvent], Field(min_length=1, max_length=len(WebhookEvent))] = list(
+        DEFAULT_WEBHOOK_EVENTS
+    )
+
+
+class _Submission(_Body):
+    """Every body that makes jobs: each may carry a webhook."""
+
+    webhook: WebhookRequest | None = None
 
 
 T = TypeVar("T")
@@ -149,7 +198,7 @@ class SemiAutomaticConfig(GenerationConfig):
         return data
 
 
-class AutomaticSubmit(_Body):
+class AutomaticSubmit(_Submission):
     group_id: str
     mode: Literal["automatic"]
     prompt: Prompt
@@ -162,7 +211,7 @@ class SemiAutomaticItem(_Body):
     prompt: Prompt
 
 
-class SemiAutomaticSubmit(_Body):
+class SemiAutomaticSubmit(_Submission):
     group_id: str
     mode: Literal["semi-automatic"]
     items: Annotated[list[SemiAutomaticItem], Field(min_length=1, max_length=1_000)]
@@ -267,7 +316,7 @@ CatalogCount = Annotated[
 ]
 
 
-class CatalogSubmit(_Body):
+class CatalogSubmit(_Submission):
     """Text to image from a catalog: one job per tag, `count` of its prompts picked at random
     (reproducibly with `config.seed`), or all of them."""
 
@@ -315,6 +364,7 @@ class JobPublic(BaseModel):
     reruns: list[str] = []  # the jobs that rerun this one, oldest first
     success_rate: float | None = None  # succeeded / ended images; None before any ended
     first_image_s: float | None = None  # seconds from submit to the first stored image
+    webhook: dict[str, Any] | None = None  # the submitter's webhook: {url, events}
 
 
 class OutputPublic(BaseModel):
@@ -385,7 +435,7 @@ class DownloadItem(BaseModel):
 
 
 # Personas -----------------------------------------------------------------------------
-class PersonaCreate(_Body):
+class PersonaCreate(_Submission):
     """`count` personas in `group_id`: each one's data by a text model (following `brief` and
     `attributes`), then a base portrait and four variations of it."""
 
@@ -519,7 +569,7 @@ class PresetDetail(PresetPublic):
     gallery: Page[PresetExamplePublic]  # newest first
 
 
-class PresetExamplesRequest(_Body):
+class PresetExamplesRequest(_Submission):
     pool_group_id: str
     count: Annotated[int, Field(ge=1, le=1_000)] = 20
     balance_by: AttributeKey | None = None  # an attribute of the pool's uploads
@@ -595,7 +645,7 @@ class CharacterDetail(CharacterPublic):
     packs: list[PackPublic]  # newest first
 
 
-class PackCreate(_Body):
+class PackCreate(_Submission):
     size: Annotated[int, Field(ge=PACK_SIZES[0], le=PACK_SIZES[1])] = 8
     # one per image, in order; fewer than `size` are used in turn
     scenes: Annotated[list[Scene], Field(min_length=1, max_length=PACK_SIZES[1])] | None = None
@@ -612,7 +662,7 @@ class PackCreate(_Body):
 
 
 # Variations and reruns ----------------------------------------------------------------
-class VariationCreate(_Body):
+class VariationCreate(_Submission):
     """A variation set of a succeeded image: `count` new images that use it as their only
     reference, with its prompt unless `prompt` is given; `strength` says how far they may
     stray from it (services/variations.py words it for the model)."""
@@ -620,6 +670,10 @@ class VariationCreate(_Body):
     count: Annotated[int, Field(ge=1, le=16)] = 4
     prompt: Prompt | None = None
     strength: Literal["subtle", "strong"] = "strong"
+
+
+class RerunCreate(_Submission):
+    """A rerun's body (optional): only its webhook; the rest is the job's."""
 
 
 class OutputDetail(OutputPublic):
@@ -642,3 +696,19 @@ class AnalyticsEventPublic(BaseModel):
     output_id: str | None
     data: dict[str, Any]
     created_at: UtcDatetime
+
+
+# Webhooks to users' URLs --------------------------------------------------------------
+class WebhookDeliveryPublic(BaseModel):
+    """One message to a job's webhook: `id` is its `webhook-id` header."""
+
+    id: str
+    event_type: str
+    url: str
+    status: str  # pending | delivered | failed (gave up after the retry window)
+    attempts: int
+    next_attempt_at: UtcDatetime | None  # pending: when it is tried next
+    last_status_code: int | None
+    last_error: str | None
+    created_at: UtcDatetime
+    delivered_at: UtcDatetime | None

@@ -5,10 +5,12 @@ loopback or plain-http URL, an open API) are refused at start-up rather than dis
 production.
 """
 
+import base64
+import binascii
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.hosts import host_list, is_local
 from shared.settings import CommonSettings
@@ -56,6 +58,13 @@ class Settings(CommonSettings):
     webhook_max_body_bytes: int = Field(12 * 2**20, gt=0)  # RunPod echoes /run's ≤ 10 MB input
     submit_max_images: int = Field(20_000, gt=0)
     idempotency_ttl_s: float = Field(86_400, gt=0)  # answers to Idempotency-Key requests kept
+    # webhooks to users' own URLs (services/webhooks.py, control_plane/deliveries.py)
+    webhook_secret: str = ""  # `whsec_…`: signs the webhooks of jobs without a user
+    webhook_timeout_s: float = Field(10.0, gt=0, le=300)
+    webhook_retry_window_s: float = Field(86_400, ge=0)  # retried this long after creation
+    # waits after the 1st, 2nd, … failed attempt; the last one repeats
+    webhook_retry_delays_s: str = "5,300,1800,7200,18000,36000"
+    webhook_concurrency: int = Field(8, ge=1, le=256)  # deliveries in flight per process
     default_model: str = "gemini-2.5-flash-image"
     text_model: str = Field("gemini-2.5-flash", min_length=1, max_length=80)  # text tasks
 
@@ -98,6 +107,31 @@ class Settings(CommonSettings):
                 raise ValueError("refusing to start in production: " + "; ".join(problems))
         return self
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _signing_secret(cls, value: str) -> str:
+        if value and not _is_webhook_secret(value):
+            raise ValueError(
+                "must be whsec_ followed by base64 (e.g. from `pixelfleet users webhook-secret`)"
+            )
+        return value
+
+    @field_validator("webhook_retry_delays_s")
+    @classmethod
+    def _retry_delays(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",")]
+        except ValueError:
+            delays = []
+        if not delays or any(not 0 <= delay < 10**7 for delay in delays):
+            raise ValueError("must be seconds (0 or more) separated by commas, e.g. 5,300,1800")
+        return value
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        """PIXELFLEET_WEBHOOK_RETRY_DELAYS_S as numbers: the wait after each failed attempt."""
+        return [float(part) for part in self.webhook_retry_delays_s.split(",")]
+
     @property
     def upload_request_limit(self) -> int:
         """PIXELFLEET_UPLOAD_MAX_REQUEST_BYTES, or room for the most files at full size."""
@@ -118,3 +152,13 @@ class Settings(CommonSettings):
 
 def _is_local(url: str) -> bool:
     return is_local(urlsplit(url).hostname or "")
+
+
+def _is_webhook_secret(value: str) -> bool:
+    """`whsec_` and base64 of at least 16 bytes (Standard Webhooks' secret format)."""
+    if not value.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(value.removeprefix("whsec_"), validate=True)) >= 16
+    except binascii.Error:
+        return False

@@ -22,3 +22,16 @@ def is_local(host: str) -> bool:
 def host_list(text: str) -> list[str]:
     """A comma-separated list of host names, as a setting holds it, lower case."""
     return [host.strip().lower() for host in text.split(",") if host.strip()]
+
+
+def is_public_address(address: str) -> bool:
+    """Whether `address` (an IP address) is reachable on the public internet: not private,
+    loopback, link-local, multicast, reserved or shared (an IPv4-mapped IPv6 address is
+    judged by its IPv4 address)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope (`%eth0`) aside
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast

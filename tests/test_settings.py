@@ -4,6 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from control_plane.settings import Settings
+from shared.settings import describe_settings_error
 
 PRODUCTION = {
     "environment": "production",
@@ -70,3 +71,25 @@ def test_the_upload_request_limit_has_room_for_the_most_files_at_full_size() -> 
     derived = Settings(upload_max_files=3, upload_max_file_bytes=1_000)
     assert derived.upload_request_limit == 3 * (1_000 + 4_096) + 65_536
     assert Settings(upload_max_request_bytes=5_000).upload_request_limit == 5_000
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"webhook_secret": "not-a-secret"}, "PIXELFLEET_WEBHOOK_SECRET: must be whsec_"),
+        ({"webhook_secret": "whsec_@@@"}, "PIXELFLEET_WEBHOOK_SECRET: must be whsec_"),
+        ({"webhook_secret": "whsec_c2hvcnQ="}, "PIXELFLEET_WEBHOOK_SECRET: must be whsec_"),
+        ({"webhook_retry_delays_s": "5,soon"}, "PIXELFLEET_WEBHOOK_RETRY_DELAYS_S: must be"),
+        ({"webhook_retry_delays_s": "-1"}, "PIXELFLEET_WEBHOOK_RETRY_DELAYS_S: must be"),
+        ({"webhook_retry_delays_s": ""}, "PIXELFLEET_WEBHOOK_RETRY_DELAYS_S: must be"),
+    ],
+)
+def test_user_webhook_settings_are_checked(change: dict[str, str], named: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(**change)
+    assert named in describe_settings_error(caught.value)
+
+
+def test_user_webhook_retry_delays_are_numbers() -> None:
+    settings = Settings(webhook_retry_delays_s="0.5, 2,60", webhook_secret="whsec_" + "A" * 32)
+    assert settings.webhook_retry_delays == [0.5, 2.0, 60.0]

@@ -15,7 +15,7 @@ from control_plane import lifecycle
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.models import Character, Group, Job, JobMode, Output, Upload
 from control_plane.schemas import CharacterCreate, CharacterStyle, GenerationConfig, PackCreate
-from control_plane.services import references, submissions
+from control_plane.services import references, submissions, webhooks
 from control_plane.services.rows import fetch
 from control_plane.settings import Settings
 from shared.ids import is_id, new_id
@@ -126,7 +126,10 @@ def create_pack(session: Session, settings: Settings, character_id: str, body: P
     character = get_character(session, character_id)
     group_id = body.group_id or _first_reference_group(session, character)
     return submissions.write_jobs(
-        session, group_id, lambda: [_plan_pack(session, settings, character, body, group_id)]
+        session,
+        group_id,
+        lambda: [_plan_pack(session, settings, character, body, group_id)],
+        webhooks.check(settings, body.webhook),
     )[0]
 
 

@@ -28,8 +28,8 @@ from control_plane.errors import (
     describe_validation,
 )
 from control_plane.models import Group, Job, JobMode, Output, Upload
-from control_plane.schemas import AutomaticConfig
-from control_plane.services import prompts, references
+from control_plane.schemas import AutomaticConfig, WebhookRequest
+from control_plane.services import prompts, references, webhooks
 from control_plane.services.submissions import (
     check_job_size,
     draw_seed,
@@ -58,6 +58,7 @@ class ImportFile:
     data: bytes
     template: str | None = None
     config: str | None = None
+    webhook: str | None = None  # JSON text of WebhookRequest
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,12 @@ class _Row:
 
 def import_file(session: Session, settings: Settings, request: ImportFile) -> Job:
     """Check every row, then write and commit the import's job, outputs and dispatches."""
-    [job] = write_jobs(session, request.group_id, lambda: _plan(session, settings, request))
+    [job] = write_jobs(
+        session,
+        request.group_id,
+        lambda: _plan(session, settings, request),
+        webhooks.check(settings, parse_webhook(request.webhook)),
+    )
     return job
 
 
@@ -155,6 +161,19 @@ def parse_config(text: str | None) -> AutomaticConfig:
         return AutomaticConfig.model_validate_json(text)
     except ValidationError as exc:
         raise InvalidRequest(f"config: {describe_validation(exc.errors())}") from exc
+
+
+def parse_webhook(text: str | None) -> WebhookRequest | None:
+    """The form's `webhook`: JSON of WebhookRequest ({url, events}), or just its URL."""
+    if not text or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        if text.startswith("{"):
+            return WebhookRequest.model_validate_json(text)
+        return WebhookRequest(url=text)
+    except ValidationError as exc:
+        raise InvalidRequest(f"webhook: {describe_validation(exc.errors())}") from exc
 
 
 def compile_template(text: str | None) -> jinja2.Template | None:

@@ -49,7 +49,7 @@ from control_plane.models import (
     utcnow,
 )
 from control_plane.schemas import PersonaCreate
-from control_plane.services import submissions
+from control_plane.services import submissions, webhooks
 from control_plane.services.rows import fetch
 from control_plane.services.uploads import safe_name
 from control_plane.settings import Settings
@@ -104,7 +104,8 @@ def create_personas(
         personas.extend(persona for persona, _ in planned)
         return [job for _, job in planned]
 
-    jobs = submissions.write_jobs(session, request.group_id, plan)
+    webhook = webhooks.check(settings, request.webhook)
+    jobs = submissions.write_jobs(session, request.group_id, plan, webhook)
     for persona in personas:
         session.refresh(persona)
     return jobs[0].batch_id, personas
@@ -467,6 +468,7 @@ def _base_job(session: Session, persona: Persona, data_job: Job) -> Job:
         mode=JobMode.PERSONA_IMAGES,
         prompt=base_prompt(data),
         source_id=persona.id,
+        webhook=data_job.webhook,  # each stage tells the persona's submitter
         config={
             **params,
             "seed": data_job.config["seed"],
@@ -484,6 +486,7 @@ def _variations_job(persona: Persona, base_job: Job) -> Job:
         prompt=f"{len(VARIATION_SCENES)} variations of {name_of(persona) or persona.id}",
         source_id=persona.id,
         parent_output_id=persona.base_output_id,
+        webhook=base_job.webhook,
         config={**base_job.config, "stage": VARIATIONS},
     )
 

@@ -47,7 +47,7 @@ from control_plane.schemas import (
     PresetUsageCounts,
     PresetUsageReset,
 )
-from control_plane.services import prompts, references
+from control_plane.services import prompts, references, webhooks
 from control_plane.services.rows import fetch
 from control_plane.services.submissions import (
     check_job_size,
@@ -285,7 +285,8 @@ def request_examples(
         return [job]
 
     try:
-        [job] = write_jobs(session, request.group_id or request.pool_group_id, plan)
+        webhook = webhooks.check(settings, request.webhook)
+        [job] = write_jobs(session, request.group_id or request.pool_group_id, plan, webhook)
     except BaseException:
         session.rollback()
         raise

@@ -13,8 +13,8 @@ from sqlmodel import Session
 from control_plane import lifecycle
 from control_plane.errors import Conflict
 from control_plane.models import Job, JobMode, Output
-from control_plane.schemas import GenerationConfig
-from control_plane.services import references
+from control_plane.schemas import GenerationConfig, WebhookRequest
+from control_plane.services import references, webhooks
 from control_plane.services.jobs import get_job, outputs_of
 from control_plane.services.submissions import draw_seed, new_output, write_jobs
 from control_plane.settings import Settings
@@ -23,11 +23,19 @@ from shared.ids import new_id
 PIPELINE_MODES = (JobMode.PERSONA_DATA, JobMode.PERSONA_IMAGES)
 
 
-def rerun(session: Session, settings: Settings, job_id: str) -> Job:
-    """Write and commit a rerun of job `job_id`; returns the new job (404 unknown, 409 when
-    it cannot be rerun: a persona's stage, or references deleted since)."""
+def rerun(
+    session: Session, settings: Settings, job_id: str, webhook: WebhookRequest | None = None
+) -> Job:
+    """Write and commit a rerun of job `job_id` (telling `webhook`, if given; the original's
+    is not copied); returns the new job (404 unknown, 409 when it cannot be rerun: a
+    persona's stage, or references deleted since)."""
     original = get_job(session, job_id)
-    [job] = write_jobs(session, original.group_id, lambda: [add_rerun(session, settings, original)])
+    [job] = write_jobs(
+        session,
+        original.group_id,
+        lambda: [add_rerun(session, settings, original)],
+        webhooks.check(settings, webhook),
+    )
     return job
 
 

@@ -21,7 +21,7 @@ from control_plane.schemas import (
     SemiAutomaticItem,
     SemiAutomaticSubmit,
 )
-from control_plane.services import catalogs, prompts, references
+from control_plane.services import catalogs, prompts, references, webhooks
 from control_plane.settings import Settings
 from shared.ids import new_id
 from shared.model_table import model_table
@@ -36,14 +36,27 @@ def submit(
 
     A group deleted between the check and the insert is a Conflict, with nothing written.
     """
-    return write_jobs(session, request.group_id, lambda: _plan(session, settings, request))
+    return write_jobs(
+        session,
+        request.group_id,
+        lambda: _plan(session, settings, request),
+        webhooks.check(settings, request.webhook),
+    )
 
 
-def write_jobs(session: Session, group_id: str, plan: Callable[[], list[Job]]) -> list[Job]:
-    """Run `plan` (which adds a submission's rows to `session`) and commit; a group deleted
-    between its check and the insert is a Conflict, with nothing written."""
+def write_jobs(
+    session: Session,
+    group_id: str,
+    plan: Callable[[], list[Job]],
+    webhook: webhooks.Checked | None = None,
+) -> list[Job]:
+    """Run `plan` (which adds a submission's rows to `session`), give its jobs the
+    submission's `webhook`, and commit; a group deleted between its check and the insert is
+    a Conflict, with nothing written."""
     try:
         jobs = plan()
+        if webhook is not None:
+            webhook.attach(session, jobs)
         session.commit()
     except sa.exc.IntegrityError as exc:  # the foreign key refused the rows
         session.rollback()

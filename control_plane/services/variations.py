@@ -15,7 +15,7 @@ from control_plane import lifecycle
 from control_plane.errors import Conflict
 from control_plane.models import Job, JobMode, Output, OutputKind, OutputStatus
 from control_plane.schemas import GenerationConfig, VariationCreate
-from control_plane.services import references
+from control_plane.services import references, webhooks
 from control_plane.services.jobs import get_output
 from control_plane.services.submissions import (
     draw_seed,
@@ -53,6 +53,7 @@ def vary(session: Session, settings: Settings, output_id: str, request: Variatio
                 session, settings, output, request.count, request.strength, request.prompt
             )
         ],
+        webhooks.check(settings, request.webhook),
     )
     return job
 

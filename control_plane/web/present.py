@@ -8,6 +8,7 @@ from fastapi import Request
 
 from control_plane.models import (
     Character,
+    DeliveryStatus,
     Job,
     Output,
     OutputStatus,
@@ -15,6 +16,7 @@ from control_plane.models import (
     Preset,
     PresetExample,
     Upload,
+    WebhookDelivery,
 )
 from control_plane.schemas import (
     CharacterDetail,
@@ -34,6 +36,7 @@ from control_plane.schemas import (
     PresetUsageCounts,
     Progress,
     UploadPublic,
+    WebhookDeliveryPublic,
 )
 from control_plane.services import analytics, personas
 from control_plane.services.jobs import UNSHOWN_OUTPUT_COLUMNS, ImagePage, JobView
@@ -225,4 +228,12 @@ def pack_public(job: Job) -> PackPublic:
 def character_detail(character: Character, packs: list[Job]) -> CharacterDetail:
     return CharacterDetail(
         **character_public(character).model_dump(), packs=[pack_public(job) for job in packs]
+    )
+
+
+def delivery_public(delivery: WebhookDelivery) -> WebhookDeliveryPublic:
+    pending = delivery.status == DeliveryStatus.PENDING
+    return WebhookDeliveryPublic(
+        **delivery.model_dump(exclude={"next_attempt_at"}),
+        next_attempt_at=delivery.next_attempt_at if pending else None,
     )

@@ -36,13 +36,17 @@ IMPORT_DOC = {
                             "description": "JSON: model, aspect_ratio, image_size, seed, "
                             "negative_prompt, outputs_per_image",
                         },
+                        "webhook": {
+                            "type": "string",
+                            "description": 'JSON: {"url": …, "events": [...]}, or just the URL',
+                        },
                     },
                 }
             }
         },
     }
 }
-TEXT_FIELDS = ("template", "config")  # a field, or a file part (curl -F template=@t.j2)
+TEXT_FIELDS = ("template", "config", "webhook")  # a field, or a file part (curl -F template=@t.j2)
 
 
 @router.post("/import", status_code=status.HTTP_201_CREATED, openapi_extra=IMPORT_DOC)
@@ -66,6 +70,7 @@ async def import_rows(
             data=await file.read(),
             template=await _text(form, "template"),
             config=await _text(form, "config"),
+            webhook=await _text(form, "webhook"),
         )
     finally:
         await form.close()

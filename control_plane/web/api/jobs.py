@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from control_plane.errors import InvalidRequest
@@ -10,19 +10,22 @@ from control_plane.schemas import (
     JobDetail,
     JobImages,
     JobPublic,
+    RerunCreate,
     SubmitRequest,
     SubmitResponse,
+    WebhookDeliveryPublic,
 )
-from control_plane.services import cleanup, jobs, reruns, submissions
+from control_plane.services import cleanup, jobs, reruns, submissions, webhooks
 from control_plane.web.deps import (
     JobId,
     PageLimit,
     PageNumber,
     PlatformDep,
     SessionDep,
+    ViewerDep,
     group_id_of,
 )
-from control_plane.web.present import job_detail, job_images, job_public
+from control_plane.web.present import delivery_public, job_detail, job_images, job_public
 from shared.ids import is_id
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -130,10 +133,37 @@ async def retry_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -
 
 
 @router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED)
-async def rerun_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -> JobPublic:
-    """A new job with the same prompts, references and settings, and new seeds."""
-    job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id)
+async def rerun_job(
+    job_id: JobId,
+    platform: PlatformDep,
+    session: SessionDep,
+    body: Annotated[RerunCreate | None, Body()] = None,
+) -> JobPublic:
+    """A new job with the same prompts, references and settings, and new seeds; the body
+    (optional) may give it a webhook."""
+    webhook = body.webhook if body is not None else None
+    job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id, webhook)
     return job_public(job)
+
+
+@router.get("/{job_id}/webhooks")
+def list_webhook_deliveries(
+    job_id: JobId,
+    session: SessionDep,
+    viewer: ViewerDep,
+    cursor: str | None = Query(None, max_length=100, description="`next` of the page before"),
+    limit: PageLimit = 100,
+) -> CursorPage[WebhookDeliveryPublic]:
+    """The messages sent (or being sent) to the job's webhook, oldest first: each one's
+    event, status, attempts and the last answer or error."""
+    job = jobs.get_job(session, job_id)
+    viewer.check(job.user_id, "job", job.id)
+    if cursor is not None and not is_id("msg", cursor):
+        raise InvalidRequest(f"cursor {cursor[:40]!r} is not one this API gave out")
+    found = webhooks.deliveries(session, job.id, limit + 1, after=cursor)
+    page = [delivery_public(delivery) for delivery in found[:limit]]
+    more = len(found) > limit
+    return CursorPage(data=page, limit=limit, next=page[-1].id if more else None)
 
 
 def _job_answer(session: SessionDep, job_id: str) -> JobPublic:
