@@ -37,6 +37,7 @@ from control_plane.web.api import (
     presets,
     prompts,
     uploads,
+    usage,
     webhook,
 )
 from control_plane.web.auth import (
@@ -162,6 +163,7 @@ def create_app(
         characters,
         outputs,
         personas,
+        usage,
     ]
     for module in (*routers, webhook, download, files, ui):
         app.include_router(module.router)
