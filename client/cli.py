@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +27,7 @@ from client.errors import ApiError, ClientError
 from client.files import images_in
 from client.outcome import (
     EXIT_INTERRUPTED,
+    EXIT_NOT_SUBMITTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
@@ -36,6 +38,7 @@ from client.progress import Display
 from control_plane.schemas import (
     CatalogCreate,
     CatalogPublic,
+    Estimate,
     GroupPublic,
     JobDetail,
     JobPublic,
@@ -68,6 +71,11 @@ ModelOption = Annotated[str | None, typer.Option(help="image model")]
 AspectRatioOption = Annotated[str | None, typer.Option(help="e.g. 1:1, 16:9, 3:4")]
 ImageSizeOption = Annotated[str | None, typer.Option(help="e.g. 1K, 2K")]
 NegativePromptOption = Annotated[str | None, typer.Option(help="what to avoid")]
+ConfirmAbove = Annotated[
+    float | None,
+    typer.Option(min=0, metavar="USD", help="ask before submitting when the estimate is above"),
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="never ask (see --confirm-above)")]
 
 
 @dataclass
@@ -99,6 +107,14 @@ def _session(api_url: str, as_json: bool, on_interrupt: str = "interrupted") -> 
     try:
         with Client(api_url) as client:
             yield Run(client, Display(not as_json), as_json, api_url)
+    except ApiError as exc:
+        if exc.status != HTTPStatus.PAYMENT_REQUIRED:
+            _say_error(exc, as_json)
+            raise typer.Exit(EXIT_USAGE) from None
+        typer.echo(f"not submitted: {exc.detail}", err=True)  # over the spend cap
+        if as_json:
+            _print_json({"error": {"status": exc.status, "detail": exc.detail}})
+        raise typer.Exit(EXIT_NOT_SUBMITTED) from None
     except ClientError as exc:
         _say_error(exc, as_json)
         raise typer.Exit(EXIT_USAGE) from None
@@ -175,10 +191,13 @@ def generate(
     out: Annotated[
         Path | None, typer.Option(help="where to save the ZIP (default: <group name>.zip)")
     ] = None,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
     """Generate a dataset: upload, submit, watch the job(s) with progress, download the ZIP.
+    The estimate is shown before submitting; above --confirm-above USD you are asked first.
 
     \b
     pixelfleet generate ./photos --prompt "a watercolour painting" --out cats.zip
@@ -196,16 +215,19 @@ def generate(
     )
     hint = "interrupted; run the same command again to go on (uploaded files are skipped)"
     with _session(api, as_json, on_interrupt=hint) as run:
+        gate = CostGate(run, confirm_above, yes)
         if folder is not None:
-            found, uploads, submitted = _generate_from_folder(run, folder, prompt, group, config)
+            found, uploads, submitted = _generate_from_folder(
+                run, gate, folder, prompt, group, config
+            )
         elif catalog is not None:
             found, uploads, submitted = _generate_from_catalog(
-                run, catalog, tag or [], _count(count), group, config
+                run, gate, catalog, tag or [], _count(count), group, config
             )
         else:
             assert csv is not None
             found, uploads, submitted = _generate_from_rows(
-                run, csv, images, template, group, config
+                run, gate, csv, images, template, group, config
             )
         _finish(run, found, uploads, submitted, out)
 
@@ -238,7 +260,12 @@ def _count(count: str | None) -> int | str:
 
 
 def _generate_from_folder(
-    run: Run, folder: Path, prompt: str | None, group: str | None, config: dict[str, object]
+    run: Run,
+    gate: "CostGate",
+    folder: Path,
+    prompt: str | None,
+    group: str | None,
+    config: dict[str, object],
 ) -> tuple[GroupPublic, list[FileUpload], SubmitResponse]:
     if not prompt:
         raise _usage("a folder needs --prompt")
@@ -255,11 +282,13 @@ def _generate_from_folder(
         "images": image_ids,
         "config": config,
     }
+    gate.check(run.client.estimate(body))
     return found, uploads, run.client.submit(body)
 
 
 def _generate_from_catalog(
     run: Run,
+    gate: "CostGate",
     catalog: Path,
     tags: list[str],
     count: int | str,
@@ -271,17 +300,16 @@ def _generate_from_catalog(
     body = _json_file(catalog)
     found = _group(run, group or catalog.stem)
     catalog_id = _catalog(run, body)
-    submitted = run.client.submit(
-        {
-            "group_id": found.id,
-            "mode": "catalog",
-            "catalog_id": catalog_id,
-            "tags": tags,
-            "count": count,
-            "config": config,
-        }
-    )
-    return found, [], submitted
+    submission = {
+        "group_id": found.id,
+        "mode": "catalog",
+        "catalog_id": catalog_id,
+        "tags": tags,
+        "count": count,
+        "config": config,
+    }
+    gate.check(run.client.estimate(submission))
+    return found, [], run.client.submit(submission)
 
 
 def _catalog(run: Run, body: Any) -> str:
@@ -309,6 +337,7 @@ def _same_catalog(run: Run, existing: CatalogPublic, wanted: CatalogCreate | Non
 
 def _generate_from_rows(
     run: Run,
+    gate: "CostGate",
     rows: Path,
     folder: Path | None,
     template: str | None,
@@ -320,8 +349,42 @@ def _generate_from_rows(
     paths = _images_of(folder) if folder is not None else []
     found = _group(run, group or (folder.resolve().name if folder is not None else rows.stem))
     uploads = _upload(run, found, paths) if paths else []
+    gate.check(run.client.estimate_import(found.id, rows, template=template, config=config))
     submitted = run.client.import_rows(found.id, rows, template=template, config=config)
     return found, uploads, submitted
+
+
+@dataclass
+class CostGate:
+    """Shows a submission's estimate before it is sent, and above `confirm_above` USD asks
+    whether to go on (unless `yes`); declining exits with code 1, nothing submitted."""
+
+    run: Run
+    confirm_above: float | None
+    yes: bool
+
+    def check(self, estimate: Estimate) -> None:
+        _note(self.run, f"estimate: {describe_estimate(estimate)}")
+        if self.yes or self.confirm_above is None or estimate.cost_usd <= self.confirm_above:
+            return
+        question = f"submit for about ${estimate.cost_usd:,.2f} (above ${self.confirm_above:,.2f})?"
+        try:
+            go_on = typer.confirm(question, err=True)
+        except typer.Abort:  # no answer (stdin closed): not a yes
+            go_on = False
+        if not go_on:
+            _note(self.run, "nothing submitted")
+            raise typer.Exit(EXIT_NOT_SUBMITTED)
+
+
+def describe_estimate(estimate: Estimate) -> str:
+    """`12 images, about $1.21 (gemini-3.1-flash-image: 12 x $0.1010)`."""
+    parts = [
+        f"{model}: {share.images:,} x ${share.cost_usd / share.images:,.4f}"
+        for model, share in estimate.by_model.items()
+        if share.images
+    ]
+    return f"{estimate.images:,} images, about ${estimate.cost_usd:,.2f} ({'; '.join(parts)})"
 
 
 def _images_of(folder: Path) -> list[Path]:
