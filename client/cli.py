@@ -4,7 +4,8 @@ reference pool), `preset create|examples|show|reset`, `character create|pack|sho
 `persona create|watch|show`, `vary` and `rerun`. `register(app)` adds them.
 
 Exit codes: 0 every image succeeded (every persona completed); 1 some image failed or was
-blocked, an input file was rejected, or a persona failed; 2 bad usage or an error from the
+blocked, an input file was rejected, or a persona failed, or nothing was submitted (over the
+spend cap, or the estimate not confirmed); 2 bad usage or an error from the
 API (its message, no traceback); 130 Ctrl-C (a job being watched keeps running).
 """
 

@@ -1,17 +1,33 @@
 """`pixelfleet generate` and money: the estimate shown before submitting, the confirmation
 above --confirm-above (--yes skips it), and a spend cap's 402 said plainly with exit code 1."""
 
+import subprocess
 from pathlib import Path
 
 from control_plane.db import make_engine, session_scope
 from control_plane.models import UserTier
 from control_plane.services import users
 from shared.model_table import DEFAULT_MODEL, model_table
-from tests.client.test_cli import api_url, check_no_traceback, photos
+from tests.conftest import png_bytes
 from tests.fakes.cli import pixelfleet
 from tests.fakes.stack import Stack
 
 PRICE = model_table()[DEFAULT_MODEL].price_for(None)
+
+
+def photos(folder: Path, n: int) -> Path:
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        (folder / f"cat {i}.png").write_bytes(png_bytes(40 + i, 30))
+    return folder
+
+
+def api_url(stack: Stack) -> str:
+    return str(stack.http.base_url)
+
+
+def check_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
 
 
 def jobs_of(stack: Stack) -> int:

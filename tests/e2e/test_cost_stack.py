@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from control_plane.settings import Settings
-from tests.e2e.test_gemini_stack import KEY, _gemini_stack
 from tests.fakes.gemini import FakeGemini
-from tests.fakes.stack import Stack
+from tests.fakes.stack import Stack, run_stack
+
+KEY = "e2e-cost-gemini-key"
 
 PRO = "gemini-3-pro-image"
 FLASH_31 = "gemini-3.1-flash-image"
@@ -25,8 +26,12 @@ def _post(stack: Stack, path: str, body: dict[str, Any], status: int) -> Any:
 @pytest.fixture
 def gemini_stack(settings: Settings) -> Iterator[Stack]:
     with FakeGemini(api_key=KEY) as fake:
-        yield from _gemini_stack(
-            settings, gemini_api_key=KEY, gemini_base_url=fake.base_url, gemini_rpm=60_000
+        yield from run_stack(
+            settings,
+            provider="gemini",
+            gemini_api_key=KEY,
+            gemini_base_url=fake.base_url,
+            gemini_rpm=60_000,
         )
 
 

@@ -30,12 +30,18 @@ from control_plane.schemas import AutomaticSubmit
 from control_plane.services import groups, spending, submissions, users
 from shared.model_table import DEFAULT_MODEL, model_table
 from tests.fakes.api import Api, hook, succeeded_result
-from tests.services.test_catalogs import small_catalog
 
 FLASH = "gemini-2.5-flash-image"
 PRO = "gemini-3-pro-image"
 FLASH_31 = "gemini-3.1-flash-image"
 COUNTED = (Job, Output, Dispatch, Event, Persona, PresetUsage, IdempotentRequest, Catalog)
+
+
+def small_catalog() -> dict[str, Any]:
+    """5 prompts tagged male, 4 tagged female."""
+    tags = [["male"]] * 5 + [["female"]] * 4
+    prompts = [{"id": f"p-{n}", "tags": t, "prompt": f"portrait {n}"} for n, t in enumerate(tags)]
+    return {"name": "models", "prompts": prompts}
 
 
 def price(model: str, size: str | None = None) -> float:
