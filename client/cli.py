@@ -649,6 +649,8 @@ def persona_create(
     seed: Annotated[int | None, typer.Option(help="seed of the first persona")] = None,
     text_model: Annotated[str | None, typer.Option(help="the model writing their data")] = None,
     watch: Annotated[bool, typer.Option(help="follow them until each ends")] = False,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -666,7 +668,9 @@ def persona_create(
     }
     with _session(api, as_json) as run:
         found = _group(run, group or DEFAULT_PERSONA_GROUP)
-        created = run.client.create_personas(_config(group_id=found.id, **body))
+        request = _config(group_id=found.id, **body)
+        CostGate(run, confirm_above, yes).check(run.client.estimate({"mode": "persona", **request}))
+        created = run.client.create_personas(request)
         ids = ", ".join(persona.id for persona in created.personas)
         _note(run, f"created {len(created.personas)} persona(s) in batch {created.batch_id}: {ids}")
         personas = _watch_personas(run, created.batch_id) if watch else created.personas
@@ -873,6 +877,8 @@ def preset_examples(
         typer.Option(help="where the examples go (name or id; default: the pool's group)"),
     ] = None,
     watch: Annotated[bool, typer.Option(help="follow the job until it ends")] = False,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -891,7 +897,10 @@ def preset_examples(
             "seed": seed,
             "group_id": _group(run, group).id if group else None,
         }
-        answer = run.client.preset_examples(preset_id, _config(**body))
+        request = _config(**body)
+        estimate = run.client.estimate({"mode": "preset", "preset_id": preset_id, **request})
+        CostGate(run, confirm_above, yes).check(estimate)
+        answer = run.client.preset_examples(preset_id, request)
         [job] = answer.jobs
         if not watch:
             _say_examples(run, answer)
@@ -1044,6 +1053,8 @@ def character_pack(
     out: Annotated[
         Path | None, typer.Option(help="save the pack's ZIP here once it ends (implies --watch)")
     ] = None,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -1057,6 +1068,10 @@ def character_pack(
     with _session(api, as_json) as run:
         group_id = _existing_group(run, group).id if group else None
         body = _config(size=size, scenes=scene, group_id=group_id)
+        estimate = run.client.estimate(
+            {"mode": "character-pack", "character_id": character_id, **body}
+        )
+        CostGate(run, confirm_above, yes).check(estimate)
         [job] = run.client.create_pack(character_id, body).jobs
         if not (watch or out):
             _say_queued(run, job.id, job.progress.total)
@@ -1129,6 +1144,8 @@ def vary(
     out: Annotated[
         Path | None, typer.Option(help="save the new images as a ZIP here (implies --watch)")
     ] = None,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -1140,6 +1157,9 @@ def vary(
     pixelfleet vary out_... --count 4 --strength subtle --out variations.zip
     """
     with _session(api, as_json) as run:
+        fields = _config(count=count, prompt=prompt, strength=strength.value)
+        estimate = run.client.estimate({"mode": "variation", "output_id": output_id, **fields})
+        CostGate(run, confirm_above, yes).check(estimate)
         answer = run.client.vary(output_id, count=count, prompt=prompt, strength=strength.value)
         [job] = answer.jobs
         _new_job(run, job, f"variation set {job.id} of {output_id}", watch or out is not None, out)
@@ -1148,12 +1168,16 @@ def vary(
 def rerun(
     job_id: Annotated[str, typer.Argument(metavar="JOB_ID")],
     watch: Annotated[bool, typer.Option(help="follow the new job until it ends")] = False,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
     """Make a job again (Midjourney's reroll): the same prompts, references and settings,
     with new seeds. With --watch, exit 0 only if every image succeeded."""
     with _session(api, as_json) as run:
+        estimate = run.client.estimate({"mode": "rerun", "job_id": job_id})
+        CostGate(run, confirm_above, yes).check(estimate)
         job = run.client.rerun(job_id)
         _new_job(run, job, f"rerun {job.id} of {job_id}", watch, None)
 

@@ -87,3 +87,20 @@ def test_a_submission_over_the_cap_is_said_plainly_and_exits_1(
         "your $0.05 monthly cap, $0.00 of it in flight; nothing was submitted"
     ) in result.stderr
     assert "the API answered" not in result.stderr
+
+
+def test_rerun_asks_too(stack: Stack, tmp_path: Path) -> None:
+    folder = photos(tmp_path / "dogs", 1)
+    made = pixelfleet(
+        "generate", str(folder), "--prompt", "ink", api_url=api_url(stack), cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    [job] = stack.http.get("/api/jobs").json()["data"]
+    args = ["rerun", job["id"], "--confirm-above", "0"]
+    declined = pixelfleet(*args, api_url=api_url(stack), cwd=tmp_path, stdin_text="n\n")
+    assert declined.returncode == 1, declined.stderr
+    assert f"estimate: 1 images, about ${PRICE:.2f}" in declined.stderr
+    assert jobs_of(stack) == 1
+    accepted = pixelfleet(*args, "--yes", api_url=api_url(stack), cwd=tmp_path)
+    assert accepted.returncode == 0, accepted.stderr
+    assert jobs_of(stack) == 2

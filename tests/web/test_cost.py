@@ -263,6 +263,7 @@ def test_a_job_adds_up_the_actual_costs_its_images_report(api: Api) -> None:
     answer = api.client.get(f"/api/jobs/{job_id}?image_limit=0").json()
     assert answer["cost_usd"] == pytest.approx(0.07)
     assert answer["estimate_usd"] == pytest.approx(3 * price(DEFAULT_MODEL))
+    assert "cost $0.07 of an estimated $0.12" in api.client.get(f"/jobs/{job_id}").text
     assert [job["cost_usd"] for job in api.client.get("/api/jobs").json()["data"]] == [
         pytest.approx(0.07)
     ]
