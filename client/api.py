@@ -37,10 +37,12 @@ from control_plane.schemas import (
     CharacterDetail,
     CharacterPublic,
     CursorPage,
+    Estimate,
     GroupPublic,
     JobDetail,
     JobImages,
     JobPublic,
+    ModelTable,
     OutputDetail,
     OutputPublic,
     Page,
@@ -54,6 +56,7 @@ from control_plane.schemas import (
     SubmitResponse,
     UploadPublic,
     UploadRejected,
+    Usage,
 )
 from shared.ids import is_id
 
@@ -284,16 +287,39 @@ class Client:
     ) -> SubmitResponse:
         """A CSV (with a header row) or JSONL file of rows as one job: `POST /api/jobs/import`
         (`webhook`: `{url, events}`, told of the job's events)."""
-        fields = {"group_id": group_id}
-        if template is not None:
-            fields["template"] = template
-        if config:
-            fields["config"] = json.dumps(dict(config))
-        if webhook:
-            fields["webhook"] = json.dumps(dict(webhook))
-        kind = "application/x-ndjson" if rows.suffix.lower() == ".jsonl" else "text/csv"
-        upload = {"file": (wire_name(rows), rows.read_bytes(), kind)}
-        return self._post(SubmitResponse, "/api/jobs/import", data=fields, files=upload)
+        form = _import_form(group_id, rows, template, config, webhook)
+        return self._post(SubmitResponse, "/api/jobs/import", **form)
+
+    def estimate(self, body: Body) -> Estimate:
+        """What a submission would cost, nothing written: any body of `submit`, or a
+        workflow's with its `mode` and id (`POST /api/jobs/estimate`)."""
+        answer = self._call("POST", "/api/jobs/estimate", idempotent=True, json=_jsonable(body))
+        return _parsed(Estimate, answer)
+
+    def estimate_import(
+        self,
+        group_id: str,
+        rows: Path,
+        *,
+        template: str | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> Estimate:
+        """What `import_rows` with the same arguments would cost, nothing written."""
+        form = _import_form(group_id, rows, template, config)
+        answer = self._call("POST", "/api/jobs/import/estimate", idempotent=True, **form)
+        return _parsed(Estimate, answer)
+
+    def models(self) -> ModelTable:
+        """The model table: limits and prices per image (`GET /api/models`)."""
+        return self._get(ModelTable, "/api/models")
+
+    def usage(
+        self, *, start: str | None = None, end: str | None = None, group_by: str = "day"
+    ) -> Usage:
+        """Images and cost per bucket of outputs that ended from `start` to `end` (days)."""
+        query = {"from": start, "to": end, "group_by": group_by}
+        params = {key: value for key, value in query.items() if value is not None}
+        return _parsed(Usage, self._call("GET", "/api/usage", params=params))
 
     # Catalogs -------------------------------------------------------------------------
     def create_catalog(self, body: Body) -> CatalogPublic:
@@ -639,6 +665,24 @@ def _matched(batch: Sequence[LocalFile], answer: UploadAnswer) -> list[FileUploa
     if images or rejected:
         raise ClientError("the API's answer to an upload names more files than were sent")
     return outcome
+
+
+def _import_form(
+    group_id: str,
+    rows: Path,
+    template: str | None,
+    config: Mapping[str, Any] | None,
+    webhook: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    fields = {"group_id": group_id}
+    if template is not None:
+        fields["template"] = template
+    if config:
+        fields["config"] = json.dumps(dict(config))
+    if webhook:
+        fields["webhook"] = json.dumps(dict(webhook))
+    kind = "application/x-ndjson" if rows.suffix.lower() == ".jsonl" else "text/csv"
+    return {"data": fields, "files": {"file": (wire_name(rows), rows.read_bytes(), kind)}}
 
 
 def _parsed(model: type[ModelT], response: httpx.Response) -> ModelT:

@@ -4,7 +4,8 @@ reference pool), `preset create|examples|show|reset`, `character create|pack|sho
 `persona create|watch|show`, `vary` and `rerun`. `register(app)` adds them.
 
 Exit codes: 0 every image succeeded (every persona completed); 1 some image failed or was
-blocked, an input file was rejected, or a persona failed; 2 bad usage or an error from the
+blocked, an input file was rejected, or a persona failed, or nothing was submitted (over the
+spend cap, or the estimate not confirmed); 2 bad usage or an error from the
 API (its message, no traceback); 130 Ctrl-C (a job being watched keeps running).
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +28,7 @@ from client.errors import ApiError, ClientError
 from client.files import images_in
 from client.outcome import (
     EXIT_INTERRUPTED,
+    EXIT_NOT_SUBMITTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
@@ -36,6 +39,7 @@ from client.progress import Display
 from control_plane.schemas import (
     CatalogCreate,
     CatalogPublic,
+    Estimate,
     GroupPublic,
     JobDetail,
     JobPublic,
@@ -68,6 +72,11 @@ ModelOption = Annotated[str | None, typer.Option(help="image model")]
 AspectRatioOption = Annotated[str | None, typer.Option(help="e.g. 1:1, 16:9, 3:4")]
 ImageSizeOption = Annotated[str | None, typer.Option(help="e.g. 1K, 2K")]
 NegativePromptOption = Annotated[str | None, typer.Option(help="what to avoid")]
+ConfirmAbove = Annotated[
+    float | None,
+    typer.Option(min=0, metavar="USD", help="ask before submitting when the estimate is above"),
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="never ask (see --confirm-above)")]
 
 
 @dataclass
@@ -99,6 +108,14 @@ def _session(api_url: str, as_json: bool, on_interrupt: str = "interrupted") -> 
     try:
         with Client(api_url) as client:
             yield Run(client, Display(not as_json), as_json, api_url)
+    except ApiError as exc:
+        if exc.status != HTTPStatus.PAYMENT_REQUIRED:
+            _say_error(exc, as_json)
+            raise typer.Exit(EXIT_USAGE) from None
+        typer.echo(f"not submitted: {exc.detail}", err=True)  # over the spend cap
+        if as_json:
+            _print_json({"error": {"status": exc.status, "detail": exc.detail}})
+        raise typer.Exit(EXIT_NOT_SUBMITTED) from None
     except ClientError as exc:
         _say_error(exc, as_json)
         raise typer.Exit(EXIT_USAGE) from None
@@ -182,10 +199,13 @@ def generate(
             help="your URL, POSTed a signed message when each job ends (see the README)",
         ),
     ] = None,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
     """Generate a dataset: upload, submit, watch the job(s) with progress, download the ZIP.
+    The estimate is shown before submitting; above --confirm-above USD you are asked first.
 
     \b
     pixelfleet generate ./photos --prompt "a watercolour painting" --out cats.zip
@@ -204,18 +224,19 @@ def generate(
     hint = "interrupted; run the same command again to go on (uploaded files are skipped)"
     extra: dict[str, Any] = {"webhook": {"url": webhook}} if webhook else {}
     with _session(api, as_json, on_interrupt=hint) as run:
+        gate = CostGate(run, confirm_above, yes)
         if folder is not None:
             found, uploads, submitted = _generate_from_folder(
-                run, folder, prompt, group, config, extra
+                run, gate, folder, prompt, group, config, extra
             )
         elif catalog is not None:
             found, uploads, submitted = _generate_from_catalog(
-                run, catalog, tag or [], _count(count), group, config, extra
+                run, gate, catalog, tag or [], _count(count), group, config, extra
             )
         else:
             assert csv is not None
             found, uploads, submitted = _generate_from_rows(
-                run, csv, images, template, group, config, extra
+                run, gate, csv, images, template, group, config, extra
             )
         _finish(run, found, uploads, submitted, out)
 
@@ -249,6 +270,7 @@ def _count(count: str | None) -> int | str:
 
 def _generate_from_folder(
     run: Run,
+    gate: "CostGate",
     folder: Path,
     prompt: str | None,
     group: str | None,
@@ -271,11 +293,13 @@ def _generate_from_folder(
         "config": config,
         **extra,
     }
+    gate.check(run.client.estimate(body))
     return found, uploads, run.client.submit(body)
 
 
 def _generate_from_catalog(
     run: Run,
+    gate: "CostGate",
     catalog: Path,
     tags: list[str],
     count: int | str,
@@ -288,18 +312,16 @@ def _generate_from_catalog(
     body = _json_file(catalog)
     found = _group(run, group or catalog.stem)
     catalog_id = _catalog(run, body)
-    submitted = run.client.submit(
-        {
-            "group_id": found.id,
-            "mode": "catalog",
-            "catalog_id": catalog_id,
-            "tags": tags,
-            "count": count,
-            "config": config,
-            **extra,
-        }
-    )
-    return found, [], submitted
+    submission = {
+        "group_id": found.id,
+        "mode": "catalog",
+        "catalog_id": catalog_id,
+        "tags": tags,
+        "count": count,
+        "config": config,
+    }
+    gate.check(run.client.estimate(submission))
+    return found, [], run.client.submit({**submission, **extra})
 
 
 def _catalog(run: Run, body: Any) -> str:
@@ -327,6 +349,7 @@ def _same_catalog(run: Run, existing: CatalogPublic, wanted: CatalogCreate | Non
 
 def _generate_from_rows(
     run: Run,
+    gate: "CostGate",
     rows: Path,
     folder: Path | None,
     template: str | None,
@@ -339,10 +362,44 @@ def _generate_from_rows(
     paths = _images_of(folder) if folder is not None else []
     found = _group(run, group or (folder.resolve().name if folder is not None else rows.stem))
     uploads = _upload(run, found, paths) if paths else []
+    gate.check(run.client.estimate_import(found.id, rows, template=template, config=config))
     submitted = run.client.import_rows(
         found.id, rows, template=template, config=config, webhook=extra.get("webhook")
     )
     return found, uploads, submitted
+
+
+@dataclass
+class CostGate:
+    """Shows a submission's estimate before it is sent, and above `confirm_above` USD asks
+    whether to go on (unless `yes`); declining exits with code 1, nothing submitted."""
+
+    run: Run
+    confirm_above: float | None
+    yes: bool
+
+    def check(self, estimate: Estimate) -> None:
+        _note(self.run, f"estimate: {describe_estimate(estimate)}")
+        if self.yes or self.confirm_above is None or estimate.cost_usd <= self.confirm_above:
+            return
+        question = f"submit for about ${estimate.cost_usd:,.2f} (above ${self.confirm_above:,.2f})?"
+        try:
+            go_on = typer.confirm(question, err=True)
+        except typer.Abort:  # no answer (stdin closed): not a yes
+            go_on = False
+        if not go_on:
+            _note(self.run, "nothing submitted")
+            raise typer.Exit(EXIT_NOT_SUBMITTED)
+
+
+def describe_estimate(estimate: Estimate) -> str:
+    """`12 images, about $1.21 (gemini-3.1-flash-image: 12 x $0.1010)`."""
+    parts = [
+        f"{model}: {share.images:,} x ${share.cost_usd / share.images:,.4f}"
+        for model, share in estimate.by_model.items()
+        if share.images
+    ]
+    return f"{estimate.images:,} images, about ${estimate.cost_usd:,.2f} ({'; '.join(parts)})"
 
 
 def _images_of(folder: Path) -> list[Path]:
@@ -606,6 +663,8 @@ def persona_create(
     seed: Annotated[int | None, typer.Option(help="seed of the first persona")] = None,
     text_model: Annotated[str | None, typer.Option(help="the model writing their data")] = None,
     watch: Annotated[bool, typer.Option(help="follow them until each ends")] = False,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -623,7 +682,9 @@ def persona_create(
     }
     with _session(api, as_json) as run:
         found = _group(run, group or DEFAULT_PERSONA_GROUP)
-        created = run.client.create_personas(_config(group_id=found.id, **body))
+        request = _config(group_id=found.id, **body)
+        CostGate(run, confirm_above, yes).check(run.client.estimate({"mode": "persona", **request}))
+        created = run.client.create_personas(request)
         ids = ", ".join(persona.id for persona in created.personas)
         _note(run, f"created {len(created.personas)} persona(s) in batch {created.batch_id}: {ids}")
         personas = _watch_personas(run, created.batch_id) if watch else created.personas
@@ -830,6 +891,8 @@ def preset_examples(
         typer.Option(help="where the examples go (name or id; default: the pool's group)"),
     ] = None,
     watch: Annotated[bool, typer.Option(help="follow the job until it ends")] = False,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -848,7 +911,10 @@ def preset_examples(
             "seed": seed,
             "group_id": _group(run, group).id if group else None,
         }
-        answer = run.client.preset_examples(preset_id, _config(**body))
+        request = _config(**body)
+        estimate = run.client.estimate({"mode": "preset", "preset_id": preset_id, **request})
+        CostGate(run, confirm_above, yes).check(estimate)
+        answer = run.client.preset_examples(preset_id, request)
         [job] = answer.jobs
         if not watch:
             _say_examples(run, answer)
@@ -1001,6 +1067,8 @@ def character_pack(
     out: Annotated[
         Path | None, typer.Option(help="save the pack's ZIP here once it ends (implies --watch)")
     ] = None,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -1014,6 +1082,10 @@ def character_pack(
     with _session(api, as_json) as run:
         group_id = _existing_group(run, group).id if group else None
         body = _config(size=size, scenes=scene, group_id=group_id)
+        estimate = run.client.estimate(
+            {"mode": "character-pack", "character_id": character_id, **body}
+        )
+        CostGate(run, confirm_above, yes).check(estimate)
         [job] = run.client.create_pack(character_id, body).jobs
         if not (watch or out):
             _say_queued(run, job.id, job.progress.total)
@@ -1086,6 +1158,8 @@ def vary(
     out: Annotated[
         Path | None, typer.Option(help="save the new images as a ZIP here (implies --watch)")
     ] = None,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
@@ -1097,6 +1171,9 @@ def vary(
     pixelfleet vary out_... --count 4 --strength subtle --out variations.zip
     """
     with _session(api, as_json) as run:
+        fields = _config(count=count, prompt=prompt, strength=strength.value)
+        estimate = run.client.estimate({"mode": "variation", "output_id": output_id, **fields})
+        CostGate(run, confirm_above, yes).check(estimate)
         answer = run.client.vary(output_id, count=count, prompt=prompt, strength=strength.value)
         [job] = answer.jobs
         _new_job(run, job, f"variation set {job.id} of {output_id}", watch or out is not None, out)
@@ -1105,12 +1182,16 @@ def vary(
 def rerun(
     job_id: Annotated[str, typer.Argument(metavar="JOB_ID")],
     watch: Annotated[bool, typer.Option(help="follow the new job until it ends")] = False,
+    confirm_above: ConfirmAbove = None,
+    yes: Yes = False,
     api: ApiUrl = DEFAULT_API_URL,
     as_json: AsJson = False,
 ) -> None:
     """Make a job again (Midjourney's reroll): the same prompts, references and settings,
     with new seeds. With --watch, exit 0 only if every image succeeded."""
     with _session(api, as_json) as run:
+        estimate = run.client.estimate({"mode": "rerun", "job_id": job_id})
+        CostGate(run, confirm_above, yes).check(estimate)
         job = run.client.rerun(job_id)
         _new_job(run, job, f"rerun {job.id} of {job_id}", watch, None)
 

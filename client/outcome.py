@@ -12,6 +12,7 @@ from control_plane.schemas import JobDetail
 
 EXIT_OK = 0  # every image succeeded
 EXIT_SOME_FAILED = 1  # some image failed or was blocked (or an input was rejected)
+EXIT_NOT_SUBMITTED = 1  # over the spend cap (402), or the estimate was not confirmed
 EXIT_USAGE = 2  # bad usage, or the API refused or could not be reached
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 NO_REASON = "no reason given"

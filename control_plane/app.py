@@ -42,6 +42,7 @@ from control_plane.web.api import (
     presets,
     prompts,
     uploads,
+    usage,
     webhook,
 )
 from control_plane.web.auth import (
@@ -172,6 +173,7 @@ def create_app(
         outputs,
         personas,
         events,
+        usage,
     ]
     for module in (*routers, webhook, download, files, metrics, ui):
         app.include_router(module.router)

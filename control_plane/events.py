@@ -19,6 +19,7 @@ path of your own into `control_plane/lifecycle.py` or to RunPod.
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 BATCH = 500
 MAX_FAILURES = 5
 GAP_SETTLE = timedelta(seconds=10)
+HELD = "events_held"
 
 
 def emit(
@@ -45,11 +47,36 @@ def emit(
     output_id: str | None = None,
     **data: Any,
 ) -> None:
-    """Record that `kind` happened, as part of the caller's transaction."""
-    session.add(
-        Event(kind=kind, job_id=job_id, dispatch_id=dispatch_id, output_id=output_id, data=data)
-    )
+    """Record that `kind` happened, as part of the caller's transaction (or keep it back
+    while `held`)."""
+    event = Event(kind=kind, job_id=job_id, dispatch_id=dispatch_id, output_id=output_id, data=data)
+    kept: list[Event] | None = session.info.get(HELD)
+    if kept is not None:
+        kept.append(event)
+        return
+    session.add(event)
     wake_after_commit(session, Service.RELAY)
+
+
+@contextmanager
+def held(session: Session) -> Iterator[list[Event]]:
+    """Events emitted inside are kept back in the list yielded, in order, for the caller to
+    `release` once it knows the transaction will commit: a transaction that may yet be
+    rolled back (a submission planned before its cost is checked) hands out no event ids,
+    so it leaves the relay no gap to wait for (MySQL's ids are not given back)."""
+    kept: list[Event] = []
+    session.info[HELD] = kept
+    try:
+        yield kept
+    finally:
+        session.info.pop(HELD, None)
+
+
+def release(session: Session, events: Sequence[Event]) -> None:
+    """Write events kept back by `held` in the caller's transaction."""
+    session.add_all(events)
+    if events:
+        wake_after_commit(session, Service.RELAY)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ from control_plane.models import (
 )
 from control_plane.results import ResultRejected, TextAnswer
 from control_plane.results import check as check_result
+from control_plane.services import pricing
 from control_plane.settings import Settings
 from shared.contract import ItemResult
 from shared.ids import new_token
@@ -149,6 +150,7 @@ def add_job(session: Session, job: Job, outputs: Sequence[Output], chunk_size: i
         raise NotFound(f"group {job.group_id} does not exist")
     job.user_id = group.user_id
     job.total, job.succeeded, job.failed, job.blocked = len(outputs), 0, 0, 0
+    job.estimate_usd, job.cost_usd = pricing.price_of_outputs(outputs), 0.0
     session.add(job)
     session.flush()  # the rows below reference it; no ORM relationships order the inserts
     emit(session, EventKind.JOB_QUEUED, job_id=job.id, total=len(outputs))
@@ -445,9 +447,9 @@ def _apply_result(storage: Storage, output: Output, result: ItemResult | Unreada
 
 
 def _end_output(session: Session, output: Output, now: datetime) -> None:
-    """Stamp an unfinished output whose final status is set, count it, and write its event;
-    the job's first success stamps its `first_image_at`."""
-    _count(session, output.job_id, OutputStatus(output.status), 1)
+    """Stamp an unfinished output whose final status is set, count it and its cost, and
+    write its event; the job's first success stamps its `first_image_at`."""
+    _count(session, output.job_id, OutputStatus(output.status), 1, output.cost_usd)
     output.error = clip(output.error)
     output.completed_at = output.updated_at = now
     session.add(output)
@@ -662,11 +664,16 @@ def output_counts(session: Session, condition: Any) -> dict[str, int]:
     return dict(rows)
 
 
-def _count(session: Session, job_id: str, status: OutputStatus, change: int) -> None:
-    """Move the job's counter of `status` by `change` (the caller holds the job's lock)."""
+def _count(
+    session: Session, job_id: str, status: OutputStatus, change: int, cost_usd: float | None = None
+) -> None:
+    """Move the job's counter of `status` by `change`, and add an ended output's actual cost
+    to the job's (the caller holds the job's lock)."""
     job = session.get(Job, job_id)
     if job is None:
         return
+    if cost_usd:
+        job.cost_usd = round((job.cost_usd or 0.0) + cost_usd, 6)
     if status == OutputStatus.SUCCEEDED:
         job.succeeded += change
     elif status == OutputStatus.FAILED:

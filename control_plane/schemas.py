@@ -119,6 +119,7 @@ class GroupCounts(BaseModel):
     failed: int = 0
     blocked: int = 0
     pending: int = 0
+    cost_usd: float = 0.0  # its jobs' actual costs
 
 
 class GroupPublic(BaseModel):
@@ -365,6 +366,8 @@ class JobPublic(BaseModel):
     success_rate: float | None = None  # succeeded / ended images; None before any ended
     first_image_s: float | None = None  # seconds from submit to the first stored image
     webhook: dict[str, Any] | None = None  # the submitter's webhook: {url, events}
+    estimate_usd: float = 0.0  # every image at its model's price, at submit
+    cost_usd: float = 0.0  # the actual costs of its ended images, so far
 
 
 class OutputPublic(BaseModel):
@@ -407,9 +410,35 @@ class JobImages(BaseModel):
     next: str | None
 
 
+class ModelEstimate(BaseModel):
+    images: int
+    cost_usd: float
+
+
+class Estimate(BaseModel):
+    """What a submission costs at the model table's prices: its outputs (text tasks
+    included), in all and by model."""
+
+    images: int
+    cost_usd: float
+    by_model: dict[str, ModelEstimate]
+
+    @classmethod
+    def of(cls, model: str, images: int, cost_usd: float) -> "Estimate":
+        share = ModelEstimate(images=images, cost_usd=round(cost_usd, 6))
+        return cls(images=images, cost_usd=share.cost_usd, by_model={model: share})
+
+
 class SubmitResponse(BaseModel):
     batch_id: str
     jobs: list[JobPublic]
+    estimate: Estimate | None = None  # set by every submission's answer
+
+
+class RerunPublic(JobPublic):
+    """A rerun's new job, with what it is estimated to cost."""
+
+    estimate: Estimate | None = None
 
 
 # Prompt permutations -----------------------------------------------------------------
@@ -478,6 +507,7 @@ class PersonaDetail(PersonaPublic):
 class PersonaBatch(BaseModel):
     batch_id: str
     personas: list[PersonaPublic]
+    estimate: Estimate | None = None  # every stage: data, base portrait and variations
 
 
 # Reference pools and presets ----------------------------------------------------------
@@ -712,3 +742,92 @@ class WebhookDeliveryPublic(BaseModel):
     last_error: str | None
     created_at: UtcDatetime
     delivered_at: UtcDatetime | None
+
+
+# Cost ---------------------------------------------------------------------------------
+
+
+class ModelPublic(BaseModel):
+    """A model of the model table: what it accepts and what an image costs (USD), online
+    (`price_usd`, by image size where it varies: `size_prices_usd`) and by batch."""
+
+    id: str
+    default: bool
+    max_reference_images: int
+    aspect_ratios: list[str]
+    image_sizes: list[str]
+    default_image_size: str
+    price_usd: float
+    size_prices_usd: dict[str, float]  # the online price of each image size
+    batch_price_usd: float
+
+
+class ModelTable(BaseModel):
+    default_model: str
+    models: list[ModelPublic]
+
+
+class VariationEstimate(VariationCreate):
+    """`POST /api/outputs/{output_id}/variations`'s body, with the image's id."""
+
+    mode: Literal["variation"]
+    output_id: str
+
+
+class RerunEstimate(_Body):
+    """`POST /api/jobs/{job_id}/rerun`."""
+
+    mode: Literal["rerun"]
+    job_id: str
+
+
+class PresetExamplesEstimate(PresetExamplesRequest):
+    """`POST /api/presets/{preset_id}/examples`'s body, with the preset's id."""
+
+    mode: Literal["preset"]
+    preset_id: str
+
+
+class PackEstimate(PackCreate):
+    """`POST /api/characters/{character_id}/packs`'s body, with the character's id."""
+
+    mode: Literal["character-pack"]
+    character_id: str
+
+
+class PersonasEstimate(PersonaCreate):
+    """`POST /api/personas`'s body."""
+
+    mode: Literal["persona"]
+
+
+EstimateRequest = Annotated[
+    AutomaticSubmit
+    | SemiAutomaticSubmit
+    | CatalogSubmit
+    | VariationEstimate
+    | RerunEstimate
+    | PresetExamplesEstimate
+    | PackEstimate
+    | PersonasEstimate,
+    Field(discriminator="mode"),
+]
+
+
+class UsageBucket(BaseModel):
+    """Outputs that ended in the range, of one day, model, user or group."""
+
+    key: str | None  # the day (YYYY-MM-DD), model, user id or group id
+    name: str | None = None  # the user's or group's name
+    images: int  # outputs that ended (text tasks included)
+    succeeded: int
+    cost_usd: float
+
+
+class Usage(BaseModel):
+    start: str  # YYYY-MM-DD, inclusive
+    end: str  # YYYY-MM-DD, inclusive
+    group_by: Literal["day", "model", "user", "group"]
+    images: int
+    cost_usd: float
+    buckets: list[UsageBucket]

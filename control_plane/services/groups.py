@@ -40,18 +40,19 @@ def counts_of_groups(session: Session, group_ids: Sequence[str]) -> dict[str, Gr
     number. Outputs by status are the sums of the group's jobs' counters (kept in the same
     transaction as each transition, see lifecycle), so a group of 400k outputs costs what a
     group of its jobs' number does. `outputs` counts every kind of output, text answers
-    (personas' data) included, as a job's `total` does."""
+    (personas' data) included, as a job's `total` does; `cost_usd` sums the jobs' actual
+    costs."""
     ids = list(group_ids)
-    tallies = {group_id: [0] * len(_COLUMNS) for group_id in ids}
+    tallies: dict[str, list[float]] = {group_id: [0] * len(_COLUMNS) for group_id in ids}
     if ids:
         for group_id, *numbers in session.execute(counts_statement(ids)).all():
             tallies[group_id] = [
-                a + int(b or 0) for a, b in zip(tallies[group_id], numbers, strict=True)
+                a + float(b or 0) for a, b in zip(tallies[group_id], numbers, strict=True)
             ]
     return {group_id: _group_counts(*tally) for group_id, tally in tallies.items()}
 
 
-_COLUMNS = ("jobs", "outputs", "succeeded", "failed", "blocked", "uploads")
+_COLUMNS = ("jobs", "outputs", "succeeded", "failed", "blocked", "uploads", "cost_usd")
 
 
 def counts_statement(ids: list[str]) -> sa.CompoundSelect:
@@ -65,8 +66,11 @@ def counts_statement(ids: list[str]) -> sa.CompoundSelect:
         sa.func.sum(col(Job.failed)),
         sa.func.sum(col(Job.blocked)),
         zero,
+        sa.func.sum(col(Job.cost_usd)),
     ).where(col(Job.group_id).in_(ids))
-    from_uploads = sa.select(col(Upload.group_id), zero, zero, zero, zero, zero, sa.func.count())
+    from_uploads = sa.select(
+        col(Upload.group_id), zero, zero, zero, zero, zero, sa.func.count(), sa.literal(0.0)
+    )
     return sa.union_all(
         from_jobs.group_by(col(Job.group_id)),
         from_uploads.where(col(Upload.group_id).in_(ids)).group_by(col(Upload.group_id)),
@@ -74,14 +78,21 @@ def counts_statement(ids: list[str]) -> sa.CompoundSelect:
 
 
 def _group_counts(
-    jobs: int, outputs: int, succeeded: int, failed: int, blocked: int, uploads: int
+    jobs: float,
+    outputs: float,
+    succeeded: float,
+    failed: float,
+    blocked: float,
+    uploads: float,
+    cost_usd: float,
 ) -> GroupCounts:
     return GroupCounts(
-        uploads=uploads,
-        jobs=jobs,
-        outputs=outputs,
-        succeeded=succeeded,
-        failed=failed,
-        blocked=blocked,
-        pending=outputs - succeeded - failed - blocked,  # pending and running
+        uploads=int(uploads),
+        jobs=int(jobs),
+        outputs=int(outputs),
+        succeeded=int(succeeded),
+        failed=int(failed),
+        blocked=int(blocked),
+        pending=int(outputs - succeeded - failed - blocked),  # pending and running
+        cost_usd=round(cost_usd, 6),
     )

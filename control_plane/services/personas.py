@@ -48,8 +48,8 @@ from control_plane.models import (
     clip,
     utcnow,
 )
-from control_plane.schemas import PersonaCreate
-from control_plane.services import submissions, webhooks
+from control_plane.schemas import Estimate, PersonaCreate
+from control_plane.services import pricing, submissions, webhooks
 from control_plane.services.rows import fetch
 from control_plane.services.uploads import safe_name
 from control_plane.settings import Settings
@@ -95,8 +95,9 @@ VARIATION_SCENES = (
 
 def create_personas(
     session: Session, settings: Settings, request: PersonaCreate
-) -> tuple[str, list[Persona]]:
-    """Write and commit `count` personas and their data jobs; returns the batch id and them."""
+) -> tuple[str, list[Persona], Estimate]:
+    """Write and commit `count` personas and their data jobs; returns the batch id, them, and
+    the estimate of every stage (the images are priced now, though written later)."""
     personas: list[Persona] = []
 
     def plan() -> list[Job]:
@@ -105,10 +106,18 @@ def create_personas(
         return [job for _, job in planned]
 
     webhook = webhooks.check(settings, request.webhook)
-    jobs = submissions.write_jobs(session, request.group_id, plan, webhook)
+    later = later_stages(settings, request)
+    jobs = submissions.write_jobs(session, request.group_id, plan, webhook, later=later)
     for persona in personas:
         session.refresh(persona)
-    return jobs[0].batch_id, personas
+    return jobs[0].batch_id, personas, pricing.combine([pricing.of_jobs(jobs), later])
+
+
+def later_stages(settings: Settings, request: PersonaCreate) -> Estimate:
+    """The images the personas' later stages will ask for: a base portrait and its
+    variations each."""
+    params = submissions.resolve_params(request.config, settings)
+    return pricing.of_images(params, request.count * (1 + len(VARIATION_SCENES)))
 
 
 def _plan(

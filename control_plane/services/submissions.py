@@ -11,17 +11,18 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from control_plane import lifecycle
+from control_plane import events, lifecycle
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.models import Catalog, Group, Job, JobMode, Output
 from control_plane.schemas import (
     AutomaticSubmit,
     CatalogSubmit,
+    Estimate,
     GenerationConfig,
     SemiAutomaticItem,
     SemiAutomaticSubmit,
 )
-from control_plane.services import catalogs, prompts, references, webhooks
+from control_plane.services import catalogs, pricing, prompts, references, spending, webhooks
 from control_plane.settings import Settings
 from shared.ids import new_id
 from shared.model_table import model_table
@@ -49,18 +50,40 @@ def write_jobs(
     group_id: str,
     plan: Callable[[], list[Job]],
     webhook: webhooks.Checked | None = None,
+    *,
+    later: Estimate | None = None,
 ) -> list[Job]:
     """Run `plan` (which adds a submission's rows to `session`), give its jobs the
     submission's `webhook`, and commit; a group deleted between its check and the insert is
-    a Conflict, with nothing written."""
+    a Conflict, with nothing written.
+
+    The submission's estimate (its jobs', plus `later`: stages written after it) is checked
+    against the spend cap of the group's owner, whose row stays locked from before the
+    month's spend is read until the commit, so two submissions cannot both pass a cap that
+    has room for one; over the cap is a 402 and nothing is written or sent. In a dry run
+    (`pricing.estimate`) the rows are rolled back and the estimate raised as `Priced`.
+    """
+    dry_run = pricing.is_dry_run(session)
     try:
-        jobs = plan()
+        owner = None if dry_run else spending.lock_capped_owner(session, group_id)
+        spent = spending.month_spend(session, owner.id) if owner is not None else None
+        with events.held(session) as kept:
+            jobs = plan()
+        estimate = pricing.combine([pricing.of_jobs(jobs), *([later] if later else [])])
+        if dry_run:
+            raise pricing.Priced(estimate)
+        if owner is not None and spent is not None:
+            spending.check_cap(owner, spent, estimate)
         if webhook is not None:
             webhook.attach(session, jobs)
+        events.release(session, kept)
         session.commit()
     except sa.exc.IntegrityError as exc:  # the foreign key refused the rows
         session.rollback()
         raise Conflict(f"group {group_id} was deleted meanwhile; nothing was saved") from exc
+    except BaseException:
+        session.rollback()
+        raise
     return jobs
 
 

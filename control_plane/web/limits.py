@@ -18,7 +18,7 @@ from control_plane.settings import Settings
 from control_plane.web.errors import error_response
 
 UPLOAD_PATHS = re.compile(r"/api/uploads|/groups/[^/]+/uploads")
-SUBMIT_PATHS = re.compile(r"/api/jobs/submit|/groups/[^/]+/submit")
+SUBMIT_PATHS = re.compile(r"/api/jobs/(submit|estimate)|/groups/[^/]+/submit")
 WEBHOOK_PATH = "/api/webhook/runpod"
 CATALOG_PATH = "/api/catalogs"
 # A submission's schema allows 1,000 items with 10,000-character prompts (or 20,000 image ids):
@@ -73,7 +73,7 @@ class BodyLimitMiddleware:
         if path == CATALOG_PATH:
             limit = max(CATALOG_MAX_BODY_BYTES, settings.request_max_body_bytes)
             return limit, f"a catalog is {_size(limit)}; split it into several catalogs"
-        if path == IMPORT_PATH:
+        if path in (IMPORT_PATH, f"{IMPORT_PATH}/estimate"):
             limit = max(IMPORT_MAX_BODY_BYTES, settings.request_max_body_bytes)
             return limit, f"an import is {_size(limit)}; split the file into several imports"
         limit = settings.request_max_body_bytes

@@ -73,9 +73,15 @@ def client_env(api_url: str, **env: str) -> dict[str, str]:
 
 
 def pixelfleet(
-    *args: str, api_url: str, cwd: Path, timeout: float = 180, **env: str
+    *args: str,
+    api_url: str,
+    cwd: Path,
+    timeout: float = 180,
+    stdin_text: str | None = None,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """`pixelfleet ARGS` (a client command) run to its end, its output captured."""
+    """`pixelfleet ARGS` (a client command) run to its end, its output captured; `stdin_text`
+    is typed in (else stdin is empty)."""
     return subprocess.run(
         [sys.executable, "-m", "control_plane.cli", *args],
         cwd=cwd,
@@ -83,6 +89,7 @@ def pixelfleet(
         capture_output=True,
         text=True,
         timeout=timeout,
+        input=stdin_text,
     )
 
 

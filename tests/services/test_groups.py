@@ -30,10 +30,13 @@ def test_group_errors_are_clear(api: Api) -> None:
     assert blank.status_code == 422 and "name" in blank.json()["detail"]
 
 
-def _recount(api: Api, group_id: str) -> dict[str, int]:
+def _recount(api: Api, group_id: str) -> dict[str, float]:
     """The group's counts the slow way: every row read back."""
     with api.session() as session:
-        statuses = session.exec(select(Output.status).where(Output.group_id == group_id)).all()
+        rows = session.exec(
+            select(Output.status, Output.cost_usd).where(Output.group_id == group_id)
+        ).all()
+        statuses = [status for status, _ in rows]
         jobs = session.exec(select(Job.id).where(Job.group_id == group_id)).all()
         uploads = session.exec(select(Upload.id).where(Upload.group_id == group_id)).all()
     by_status = Counter(statuses)
@@ -45,6 +48,7 @@ def _recount(api: Api, group_id: str) -> dict[str, int]:
         "failed": by_status["failed"],
         "blocked": by_status["blocked"],
         "pending": by_status["pending"] + by_status["running"],
+        "cost_usd": round(sum(cost or 0.0 for _, cost in rows), 6),
     }
 
 

@@ -9,7 +9,7 @@ from control_plane.schemas import (
     Page,
     SubmitResponse,
 )
-from control_plane.services import characters
+from control_plane.services import characters, pricing
 from control_plane.web.deps import (
     CharacterId,
     PageLimit,
@@ -68,4 +68,6 @@ async def create_pack(
     job = await run_in_threadpool(
         characters.create_pack, session, platform.settings, character_id, body
     )
-    return SubmitResponse(batch_id=job.batch_id, jobs=[job_public(job)])
+    return SubmitResponse(
+        batch_id=job.batch_id, jobs=[job_public(job)], estimate=pricing.of_jobs([job])
+    )

@@ -3,8 +3,8 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from control_plane.errors import InvalidRequest
-from control_plane.schemas import SubmitResponse
-from control_plane.services import imports
+from control_plane.schemas import Estimate, SubmitResponse
+from control_plane.services import estimates, imports, pricing
 from control_plane.web.deps import PlatformDep, SessionDep, group_id_of
 from control_plane.web.forms import read_form
 from control_plane.web.limits import IMPORT_MAX_BODY_BYTES
@@ -54,6 +54,23 @@ async def import_rows(
     request: Request, platform: PlatformDep, session: SessionDep
 ) -> SubmitResponse:
     """One job from a CSV or JSONL file, a prompt per row; every row is checked first."""
+    upload = await _import_file(request, platform)
+    job = await run_in_threadpool(imports.import_file, session, platform.settings, upload)
+    return SubmitResponse(
+        batch_id=job.batch_id, jobs=[job_public(job)], estimate=pricing.of_jobs([job])
+    )
+
+
+@router.post("/import/estimate", openapi_extra=IMPORT_DOC)
+async def estimate_import(request: Request, platform: PlatformDep, session: SessionDep) -> Estimate:
+    """What `POST /api/jobs/import` with the same form would cost, without writing or
+    sending anything; refused as the import would be."""
+    upload = await _import_file(request, platform)
+    return await run_in_threadpool(estimates.estimate_import, session, platform.settings, upload)
+
+
+async def _import_file(request: Request, platform: PlatformDep) -> imports.ImportFile:
+    """The import's form: its file, template and config."""
     form = await read_form(
         request, platform, max_file_bytes=IMPORT_MAX_BODY_BYTES, max_files=1 + len(TEXT_FIELDS)
     )
@@ -64,7 +81,7 @@ async def import_rows(
         file = form.get("file")
         if not isinstance(file, UploadFile):
             raise InvalidRequest("form field file is required: a CSV or JSONL file of rows")
-        upload = imports.ImportFile(
+        return imports.ImportFile(
             group_id=group_id_of(group_id),
             filename=file.filename or "",
             data=await file.read(),
@@ -74,8 +91,6 @@ async def import_rows(
         )
     finally:
         await form.close()
-    job = await run_in_threadpool(imports.import_file, session, platform.settings, upload)
-    return SubmitResponse(batch_id=job.batch_id, jobs=[job_public(job)])
 
 
 async def _text(form: FormData, name: str) -> str | None:

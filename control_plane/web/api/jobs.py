@@ -7,15 +7,30 @@ from control_plane.errors import InvalidRequest
 from control_plane.models import JobMode, JobStatus, OutputStatus
 from control_plane.schemas import (
     CursorPage,
+    Estimate,
+    EstimateRequest,
     JobDetail,
     JobImages,
     JobPublic,
+    PackEstimate,
+    PresetExamplesEstimate,
     RerunCreate,
+    RerunEstimate,
+    RerunPublic,
     SubmitRequest,
     SubmitResponse,
+    VariationEstimate,
     WebhookDeliveryPublic,
 )
-from control_plane.services import cleanup, jobs, reruns, submissions, webhooks
+from control_plane.services import (
+    cleanup,
+    estimates,
+    jobs,
+    pricing,
+    reruns,
+    submissions,
+    webhooks,
+)
 from control_plane.web.deps import (
     JobId,
     PageLimit,
@@ -23,7 +38,11 @@ from control_plane.web.deps import (
     PlatformDep,
     SessionDep,
     ViewerDep,
+    character_id_of,
     group_id_of,
+    job_id_of,
+    output_id_of,
+    preset_id_of,
 )
 from control_plane.web.present import delivery_public, job_detail, job_images, job_public
 from shared.ids import is_id
@@ -41,7 +60,40 @@ async def submit_jobs(
     """Plan and queue a submission; its dispatches go to RunPod in the background."""
     group_id_of(body.group_id)
     created = await run_in_threadpool(submissions.submit, session, platform.settings, body)
-    return SubmitResponse(batch_id=created[0].batch_id, jobs=[job_public(job) for job in created])
+    return SubmitResponse(
+        batch_id=created[0].batch_id,
+        jobs=[job_public(job) for job in created],
+        estimate=pricing.of_jobs(created),
+    )
+
+
+@router.post("/estimate")
+async def estimate_jobs(
+    body: EstimateRequest, platform: PlatformDep, session: SessionDep
+) -> Estimate:
+    """What a submission would cost, without writing or sending anything: the body of
+    `POST /api/jobs/submit` (any mode), or of a workflow's request with its `mode` and the
+    id from its path (`variation` + `output_id`, `rerun` + `job_id`, `preset` + `preset_id`,
+    `character-pack` + `character_id`, `persona`). Imports: `POST /api/jobs/import/estimate`.
+    Refused as the submission would be (422, 404, 409)."""
+    _check_ids(body)
+    return await run_in_threadpool(estimates.estimate, session, platform.settings, body)
+
+
+def _check_ids(body: estimates.EstimateBody) -> None:
+    """404 for ids of the wrong shape, as the routes that submit say."""
+    if isinstance(body, VariationEstimate):
+        output_id_of(body.output_id)
+    elif isinstance(body, RerunEstimate):
+        job_id_of(body.job_id)
+    elif isinstance(body, PresetExamplesEstimate):
+        preset_id_of(body.preset_id)
+        group_id_of(body.pool_group_id)
+    elif isinstance(body, PackEstimate):
+        character_id_of(body.character_id)
+    group_id = getattr(body, "group_id", None)
+    if group_id is not None:
+        group_id_of(group_id)
 
 
 @router.get("")
@@ -138,12 +190,12 @@ async def rerun_job(
     platform: PlatformDep,
     session: SessionDep,
     body: Annotated[RerunCreate | None, Body()] = None,
-) -> JobPublic:
+) -> RerunPublic:
     """A new job with the same prompts, references and settings, and new seeds; the body
     (optional) may give it a webhook."""
     webhook = body.webhook if body is not None else None
     job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id, webhook)
-    return job_public(job)
+    return RerunPublic(**job_public(job).model_dump(), estimate=pricing.of_jobs([job]))
 
 
 @router.get("/{job_id}/webhooks")

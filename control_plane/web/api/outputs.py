@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from control_plane.schemas import OutputDetail, SubmitResponse, VariationCreate
-from control_plane.services import jobs, variations
+from control_plane.services import jobs, pricing, variations
 from control_plane.web.deps import OutputId, PlatformDep, SessionDep
 from control_plane.web.present import job_public, output_detail
 
@@ -26,4 +26,6 @@ async def create_variations(
 ) -> SubmitResponse:
     """A variation set of a succeeded image (409 otherwise): `count` new images from it."""
     job = await run_in_threadpool(variations.vary, session, platform.settings, output_id, body)
-    return SubmitResponse(batch_id=job.batch_id, jobs=[job_public(job)])
+    return SubmitResponse(
+        batch_id=job.batch_id, jobs=[job_public(job)], estimate=pricing.of_jobs([job])
+    )

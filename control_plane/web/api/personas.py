@@ -22,10 +22,12 @@ async def create_personas(
 ) -> PersonaBatch:
     """Create `count` personas: each one's data, then a base portrait, then 4 variations."""
     group_id_of(body.group_id)
-    batch_id, created = await run_in_threadpool(
+    batch_id, created, estimate = await run_in_threadpool(
         personas.create_personas, session, platform.settings, body
     )
-    return PersonaBatch(batch_id=batch_id, personas=[persona_public(p) for p in created])
+    return PersonaBatch(
+        batch_id=batch_id, personas=[persona_public(p) for p in created], estimate=estimate
+    )
 
 
 @router.get("")

@@ -12,7 +12,7 @@ from control_plane.schemas import (
     PresetPublic,
     PresetUsageReset,
 )
-from control_plane.services import presets
+from control_plane.services import presets, pricing
 from control_plane.web.deps import (
     PageLimit,
     PageNumber,
@@ -86,6 +86,7 @@ async def request_examples(
         jobs=[job_public(job)],
         reference_ids=picks.reference_ids,
         split=picks.split,
+        estimate=pricing.of_jobs([job]),
     )
 
 

@@ -1,0 +1,61 @@
+"""`POST /api/jobs/estimate`: what any submission would cost, planned by its own service
+and rolled back (`pricing.estimate`)."""
+
+from sqlmodel import Session
+
+from control_plane.schemas import (
+    AutomaticSubmit,
+    CatalogSubmit,
+    Estimate,
+    PackEstimate,
+    PersonasEstimate,
+    PresetExamplesEstimate,
+    RerunEstimate,
+    SemiAutomaticSubmit,
+    VariationEstimate,
+)
+from control_plane.services import (
+    characters,
+    imports,
+    personas,
+    presets,
+    pricing,
+    reruns,
+    submissions,
+    variations,
+)
+from control_plane.settings import Settings
+
+EstimateBody = (
+    AutomaticSubmit
+    | SemiAutomaticSubmit
+    | CatalogSubmit
+    | VariationEstimate
+    | RerunEstimate
+    | PresetExamplesEstimate
+    | PackEstimate
+    | PersonasEstimate
+)
+
+
+def estimate(session: Session, settings: Settings, body: EstimateBody) -> Estimate:
+    """The estimate of the submission `body` describes; the same errors as submitting it."""
+    return pricing.estimate(session, lambda: _submit(session, settings, body))
+
+
+def estimate_import(session: Session, settings: Settings, request: imports.ImportFile) -> Estimate:
+    return pricing.estimate(session, lambda: imports.import_file(session, settings, request))
+
+
+def _submit(session: Session, settings: Settings, body: EstimateBody) -> object:
+    if isinstance(body, VariationEstimate):
+        return variations.vary(session, settings, body.output_id, body)
+    if isinstance(body, RerunEstimate):
+        return reruns.rerun(session, settings, body.job_id)
+    if isinstance(body, PresetExamplesEstimate):
+        return presets.request_examples(session, settings, body.preset_id, body)
+    if isinstance(body, PackEstimate):
+        return characters.create_pack(session, settings, body.character_id, body)
+    if isinstance(body, PersonasEstimate):
+        return personas.create_personas(session, settings, body)
+    return submissions.submit(session, settings, body)

@@ -1,0 +1,97 @@
+"""What a submission will cost, before it runs: each output at its model's price for its
+image size (the model table, `ModelSpec.price_for`); a text task (a persona's data) at 0
+unless its model is in the model table.
+
+An estimate is made by the submission's own planning (`submissions.write_jobs`), run with
+the session marked as a dry run (`estimate`): the rows are planned as for the real thing,
+then rolled back, and no event is written, so nothing is sent and nothing stays.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from sqlmodel import Session
+
+from control_plane.models import Job, Output, OutputKind
+from control_plane.schemas import Estimate, ModelEstimate
+from shared.model_table import model_table
+
+DRY_RUN = "pricing_dry_run"
+
+
+def price_of(kind: str, model: str | None, image_size: str | None) -> float:
+    """One output's price in USD: its model's price for its size; 0 for a model the table
+    does not have (text models, unless configured there)."""
+    spec = model_table().get(model or "")
+    if spec is None:
+        return 0.0
+    if kind == OutputKind.TEXT:
+        return spec.price_usd
+    return spec.price_for(image_size)
+
+
+def price_of_outputs(outputs: Sequence[Output]) -> float:
+    return round(sum(price_of(o.kind, o.model, o.params.get("image_size")) for o in outputs), 6)
+
+
+def of_jobs(jobs: Iterable[Job]) -> Estimate:
+    """The estimate of planned jobs (their `estimate_usd`, set by `lifecycle.add_job`), by
+    model."""
+    parts = [
+        Estimate.of(
+            job.config.get("model") or job.config.get("text_model") or "",
+            job.total,
+            job.estimate_usd,
+        )
+        for job in jobs
+    ]
+    return combine(parts)
+
+
+def of_images(params: dict[str, Any], count: int) -> Estimate:
+    """`count` images with `params` (model, image_size): for stages written later."""
+    model = params.get("model") or ""
+    price = price_of(OutputKind.IMAGE, model, params.get("image_size"))
+    return Estimate.of(model, count, count * price)
+
+
+def combine(parts: Iterable[Estimate]) -> Estimate:
+    by_model: dict[str, ModelEstimate] = {}
+    for part in parts:
+        for model, share in part.by_model.items():
+            seen = by_model.get(model, ModelEstimate(images=0, cost_usd=0.0))
+            by_model[model] = ModelEstimate(
+                images=seen.images + share.images,
+                cost_usd=round(seen.cost_usd + share.cost_usd, 6),
+            )
+    return Estimate(
+        images=sum(share.images for share in by_model.values()),
+        cost_usd=round(sum(share.cost_usd for share in by_model.values()), 6),
+        by_model=by_model,
+    )
+
+
+class Priced(Exception):
+    """A dry run's planning is done: its estimate (the rows were rolled back)."""
+
+    def __init__(self, estimate: Estimate) -> None:
+        super().__init__("priced")
+        self.estimate = estimate
+
+
+def is_dry_run(session: Session) -> bool:
+    return bool(session.info.get(DRY_RUN))
+
+
+def estimate(session: Session, submit: Callable[[], object]) -> Estimate:
+    """What `submit` (a submission's service call on `session`) would cost: its planning
+    runs as for the real thing, and is rolled back (`submissions.write_jobs`)."""
+    session.info[DRY_RUN] = True
+    try:
+        submit()
+    except Priced as priced:
+        return priced.estimate
+    finally:
+        session.info.pop(DRY_RUN, None)
+        session.rollback()
+    raise RuntimeError("the submission was not planned through submissions.write_jobs")
