@@ -36,6 +36,7 @@ from control_plane.web.api import (
     personas,
     presets,
     prompts,
+    queue,
     uploads,
     webhook,
 )
@@ -162,6 +163,7 @@ def create_app(
         characters,
         outputs,
         personas,
+        queue,
     ]
     for module in (*routers, webhook, download, files, ui):
         app.include_router(module.router)

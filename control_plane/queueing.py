@@ -6,7 +6,8 @@ keeps, and where a job stands in that order.
 - Within a tier users take turns, one dispatch per user per turn: a user's n-th queued
   dispatch has turn `in flight + n`, so a user holding many dispatches at RunPod waits while
   one holding none is served (a 4-image set is not stuck behind 1,250 dispatches of another
-  user's 20,000 images). Within a turn, the user who has waited longest goes first.
+  user's 20,000 images). Within a turn, the user served least recently goes first (their
+  last send, over their unfinished jobs), so turns rotate even when nobody holds anything.
 - Caps on dispatches in flight at RunPod (claimed or submitted): per user by tier, and for
   the whole endpoint. A user at their cap is skipped; their work waits for a dispatch of
   theirs to end (ending a dispatch wakes the sender).
@@ -64,14 +65,14 @@ class UserQueue:
     tier: UserTier
     queued: int = 0
     in_flight: int = 0
-    first_queued_at: datetime | None = None  # their oldest queued dispatch
+    last_sent_at: datetime | None = None  # their latest send (unfinished jobs); None: none
 
     def order(self, turn: int) -> tuple[int, int, datetime, str]:
         """Where this user's dispatch of `turn` (1: their next) stands in the send order."""
         return (
             TIER_ORDER[self.tier],
             self.in_flight + turn,
-            self.first_queued_at or datetime.max,
+            self.last_sent_at or datetime.min,
             self.user_id or "",
         )
 
@@ -127,24 +128,40 @@ def in_flight_by_user(session: Session, window: Window) -> dict[str | None, int]
     return dict(rows)
 
 
+def last_sent(session: Session) -> dict[str | None, datetime]:
+    """Each user's latest send to RunPod, over their unfinished jobs (the jobs' status index,
+    then their dispatches)."""
+    rows = session.exec(
+        select(Job.user_id, func.max(Dispatch.submitted_at))
+        .select_from(Job)
+        .join(Dispatch, col(Dispatch.job_id) == col(Job.id))
+        .where(col(Job.status).in_(ACTIVE_JOB), col(Dispatch.submitted_at).is_not(None))
+        .group_by(col(Job.user_id))
+    ).all()
+    return {user_id: at for user_id, at in rows if at is not None}
+
+
 def user_queues(session: Session, window: Window) -> dict[str | None, UserQueue]:
     """Every user with dispatches queued or in flight."""
     queued = session.exec(
-        select(Job.user_id, func.count(), func.min(Dispatch.created_at))
+        select(Job.user_id, func.count())
         .select_from(Dispatch)
         .join(Job, col(Job.id) == col(Dispatch.job_id))
         .where(window.queued)
         .group_by(col(Job.user_id))
     ).all()
     in_flight = in_flight_by_user(session, window)
+    sent = last_sent(session)
     tier_of = tiers(session, [*in_flight, *(row[0] for row in queued)])
     queues = {
-        user_id: UserQueue(user_id, tier_of[user_id], in_flight=count)
+        user_id: UserQueue(user_id, tier_of[user_id], 0, count, sent.get(user_id))
         for user_id, count in in_flight.items()
     }
-    for user_id, count, first in queued:
-        queue = queues.setdefault(user_id, UserQueue(user_id, tier_of[user_id]))
-        queue.queued, queue.first_queued_at = count, first
+    for user_id, count in queued:
+        queue = queues.setdefault(
+            user_id, UserQueue(user_id, tier_of[user_id], last_sent_at=sent.get(user_id))
+        )
+        queue.queued = count
     return queues
 
 
@@ -185,9 +202,9 @@ def _turn_column() -> Any:
 def plan(
     session: Session, settings: Settings, window: Window, before: datetime, limit: int
 ) -> list[str]:
-    """The next at most `limit` dispatches to send, in the fair order, within the caps: queued
-    ones last changed at or before `before` (a send that failed in this pass waits for the
-    next)."""
+    """The next at most `limit` dispatches to send, in the fair order, within the caps, but
+    none released since `before` (the pass's start: a send that failed in this pass waits for
+    the next one; work queued during the pass takes its turn in the pass's next round)."""
     caps = Caps.of(settings)
     in_flight = in_flight_by_user(session, window)
     if caps.in_flight:
@@ -197,28 +214,31 @@ def plan(
     ranked = (
         select(
             col(Dispatch.id).label("id"),
-            col(Dispatch.created_at).label("created_at"),
             col(Job.user_id).label("user_id"),
             _turn_column(),
         )
         .join(Job, col(Job.id) == col(Dispatch.job_id))
-        .where(window.queued, col(Dispatch.updated_at) <= before)
+        .where(
+            window.queued,
+            sa.or_(col(Dispatch.updated_at) <= before, col(Dispatch.created_at) > before),
+        )
         .subquery()
     )
     rows = session.exec(
-        select(ranked.c.id, ranked.c.user_id, ranked.c.created_at, ranked.c.turn).where(
-            ranked.c.turn <= limit
-        )
+        select(ranked.c.id, ranked.c.user_id, ranked.c.turn).where(ranked.c.turn <= limit)
     ).all()
-    tier_of = tiers(session, {user_id for _, user_id, _, _ in rows})
+    tier_of = tiers(session, {user_id for _, user_id, _ in rows})
+    sent = last_sent(session)
     queues = {
-        user_id: UserQueue(user_id, tier_of[user_id], 0, in_flight.get(user_id, 0), created_at)
-        for _, user_id, created_at, turn in rows
+        user_id: UserQueue(
+            user_id, tier_of[user_id], 0, in_flight.get(user_id, 0), sent.get(user_id)
+        )
+        for _, user_id, turn in rows
         if turn == 1
     }
     chosen = sorted(
         (queues[user_id].order(turn), dispatch_id)
-        for dispatch_id, user_id, _, turn in rows
+        for dispatch_id, user_id, turn in rows
         if user_id in queues
         and _within(caps.room(queues[user_id].tier, queues[user_id].in_flight), turn)
     )
@@ -347,3 +367,21 @@ ALL_USERS = object()
 
 def _owner(column: Any, user_id: str | None) -> Any:
     return column.is_(None) if user_id is None else column == user_id
+
+
+def queue_state(
+    session: Session, window: Window, user_id: Any = ALL_USERS
+) -> tuple[dict[str | None, UserQueue], list[UserQueue], list[JobQueue]]:
+    """Every user's queue (positions count everyone's work), the users shown (`user_id`
+    only, unless `ALL_USERS`) in send order, and their jobs in the queue."""
+    queues = user_queues(session, window)
+    shown = [q for q in queues.values() if user_id is ALL_USERS or q.user_id == user_id]
+    shown.sort(key=lambda q: q.order(1))
+    return queues, shown, jobs_in_queue(session, window, queues, user_id)
+
+
+def names(session: Session, user_ids: Iterable[str | None]) -> dict[str | None, str]:
+    """Users' names; no user is "local" (the implicit local user or the admin password)."""
+    wanted = {user_id for user_id in user_ids if user_id is not None}
+    rows = session.exec(select(User.id, User.name).where(col(User.id).in_(wanted))).all()
+    return {None: "local", **dict(rows)} if wanted else {None: "local"}

@@ -313,6 +313,8 @@ class JobPublic(BaseModel):
     parent_output_id: str | None = None  # a variation set: the image it was made from
     rerun_of: str | None = None  # a rerun: the job it repeats
     reruns: list[str] = []  # the jobs that rerun this one, oldest first
+    # dispatches the sender sends before this job's next one (None: nothing of it queued)
+    queue_position: int | None = None
 
 
 class OutputPublic(BaseModel):
@@ -625,3 +627,38 @@ class OutputDetail(OutputPublic):
 
     job_id: str
     group_id: str
+
+
+# Queue ----------------------------------------------------------------------------------
+
+
+class QueueCaps(BaseModel):
+    """The sender's caps (0: none)."""
+
+    max_inflight_dispatches: int
+    max_inflight_per_user: dict[str, int]  # by tier
+    run_rate_per_s: float  # `/run` calls a second, per control-plane process
+
+
+class UserInQueue(BaseModel):
+    user_id: str | None  # None: the local user / admin password
+    name: str
+    tier: str
+    queued: int  # dispatches waiting to be sent
+    in_flight: int  # dispatches claimed or at RunPod
+
+
+class JobInQueue(BaseModel):
+    job_id: str
+    user_id: str | None
+    queued: int
+    in_flight: int
+    queue_position: int | None  # dispatches sent before its next one; None: none queued
+
+
+class QueueView(BaseModel):
+    caps: QueueCaps
+    queued: int
+    in_flight: int
+    users: list[UserInQueue]  # paid first, then by who waited longest
+    jobs: list[JobInQueue]  # next to be sent first
