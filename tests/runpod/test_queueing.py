@@ -282,6 +282,10 @@ def test_every_job_making_route_is_limited(api: Api) -> None:
         (f"/api/presets/{new_id('pre')}/examples", {"json": {}}),
         (f"/api/characters/{new_id('chr')}/packs", {"json": {}}),
         ("/api/personas", {"json": {}}),
+        (f"/groups/{group_id}/submit", {"data": {}}),  # the web UI's forms
+        (f"/jobs/{job_id}/retry", {}),
+        (f"/jobs/{job_id}/rerun", {}),
+        (f"/outputs/{api.outputs(job_id)[0].id}/variations", {}),
     ]
     for path, body in routes:
         answer = api.client.post(path, headers=headers, **body)  # type: ignore[arg-type]
