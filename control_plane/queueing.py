@@ -227,6 +227,8 @@ def plan(
     rows = session.exec(
         select(ranked.c.id, ranked.c.user_id, ranked.c.turn).where(ranked.c.turn <= limit)
     ).all()
+    if not rows:
+        return []
     tier_of = tiers(session, {user_id for _, user_id, _ in rows})
     sent = last_sent(session)
     queues = {
