@@ -41,6 +41,7 @@ from control_plane.web.api import (
     personas,
     presets,
     prompts,
+    queue,
     uploads,
     usage,
     webhook,
@@ -174,6 +175,7 @@ def create_app(
         personas,
         events,
         usage,
+        queue,
     ]
     for module in (*routers, webhook, download, files, metrics, ui):
         app.include_router(module.router)

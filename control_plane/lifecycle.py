@@ -22,7 +22,8 @@ Rules kept here and nowhere else:
   dispatch fails instead. A claim whose sender stopped on the dispatch's last send fails it
   rather than sending once more (`claim`).
 - New dispatches are only ever left `pending`; the sender is woken when the transaction that
-  made them commits (`control_plane/runpod/sender.py` is the only caller of RunPod's `/run`).
+  made them commits (`control_plane/runpod/sender.py` is the only caller of RunPod's `/run`),
+  and when a dispatch ends: that frees room under the in-flight caps for waiting work.
 - Each transition writes its event (`control_plane/events.py`) in the same transaction.
   Outputs write events when they end or are retried; their pending ↔ running moves follow
   their dispatch's events.
@@ -387,6 +388,7 @@ def finish_dispatch(
     dispatch.finished_at = dispatch.updated_at = utcnow()
     session.add(dispatch)
     emit(session, EventKind.DISPATCH_COMPLETED, job_id=dispatch.job_id, dispatch_id=dispatch.id)
+    wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
     refresh_job(session, dispatch.job_id)
 
 
@@ -507,6 +509,7 @@ def _fail_dispatch(
     dispatch.status, dispatch.error = DispatchStatus.FAILED, reason
     dispatch.finished_at = dispatch.updated_at = now
     session.add(dispatch)
+    wake_after_commit(session, Service.SENDER)  # its retry, or room under the in-flight caps
     job = session.get(Job, dispatch.job_id)
     retry = within_budget and job is not None and job.status != JobStatus.CANCELLED
     emit(
@@ -615,6 +618,7 @@ def cancel_job(session: Session, job_id: str) -> list[str]:
     )
     job.status, job.completed_at, job.error = JobStatus.CANCELLED, now, CANCELLED_BY_USER
     session.add(job)
+    wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
     refresh_job(session, job_id)
     emit(
         session,

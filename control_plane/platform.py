@@ -15,6 +15,7 @@ from control_plane.background import Loop, Service
 from control_plane.db import new_session, session_scope
 from control_plane.events import Relay
 from control_plane.runpod.client import RunPodClient
+from control_plane.runpod.rate import TokenBucket
 from control_plane.settings import Settings
 from shared.storage import Storage
 
@@ -29,12 +30,14 @@ class Platform:
     storage: Storage
     runpod: RunPodClient
     relay: Relay = field(init=False)
+    run_bucket: TokenBucket = field(init=False)  # paces this process's `/run` calls
     loops: dict[str, Loop] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.relay = Relay(self.engine, self.wake)
+        self.run_bucket = TokenBucket(self.settings.run_rate_per_s)
 
     # -- sessions ---------------------------------------------------------------------------
 

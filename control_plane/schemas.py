@@ -368,6 +368,8 @@ class JobPublic(BaseModel):
     webhook: dict[str, Any] | None = None  # the submitter's webhook: {url, events}
     estimate_usd: float = 0.0  # every image at its model's price, at submit
     cost_usd: float = 0.0  # the actual costs of its ended images, so far
+    # dispatches the sender sends before this job's next one (None: nothing of it queued)
+    queue_position: int | None = None
 
 
 class OutputPublic(BaseModel):
@@ -831,3 +833,38 @@ class Usage(BaseModel):
     images: int
     cost_usd: float
     buckets: list[UsageBucket]
+
+
+# Queue ----------------------------------------------------------------------------------
+
+
+class QueueCaps(BaseModel):
+    """The sender's caps (0: none)."""
+
+    max_inflight_dispatches: int
+    max_inflight_per_user: dict[str, int]  # by tier
+    run_rate_per_s: float  # `/run` calls a second, per control-plane process
+
+
+class UserInQueue(BaseModel):
+    user_id: str | None  # None: the local user / admin password
+    name: str
+    tier: str
+    queued: int  # dispatches waiting to be sent
+    in_flight: int  # dispatches claimed or at RunPod
+
+
+class JobInQueue(BaseModel):
+    job_id: str
+    user_id: str | None
+    queued: int
+    in_flight: int
+    queue_position: int | None  # dispatches sent before its next one; None: none queued
+
+
+class QueueView(BaseModel):
+    caps: QueueCaps
+    queued: int
+    in_flight: int
+    users: list[UserInQueue]  # paid first, then by who waited longest
+    jobs: list[JobInQueue]  # next to be sent first

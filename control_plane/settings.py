@@ -45,6 +45,13 @@ class Settings(CommonSettings):
     reconcile_interval_s: float = Field(10.0, gt=0)
     webhook_grace_s: float = Field(60.0, ge=0)
     metrics_window_s: float = Field(3600.0, ge=60, le=7 * 86_400)  # /metrics' windowed figures
+    # fair queueing (`control_plane/queueing.py`); 0: no cap
+    max_inflight_dispatches: int = Field(0, ge=0)  # the endpoint's capacity
+    max_inflight_per_user_free: int = Field(0, ge=0)
+    max_inflight_per_user_paid: int = Field(0, ge=0)
+    run_rate_per_s: float = Field(100.0, ge=0)  # RunPod: 1000 /run per 10 s; 0: no limit
+    submit_rate_per_min_free: int = Field(30, ge=0)  # submissions per user per minute; 0: none
+    submit_rate_per_min_paid: int = Field(120, ge=0)
 
     signed_url_expiry_s: int = Field(3600, ge=60, le=7 * 86_400)
     storage_gc_grace_s: int = Field(86_400, ge=0)

@@ -39,3 +39,9 @@ def is_id(prefix: str, value: str) -> bool:
 def new_token() -> str:
     """An unguessable URL-safe secret (256 bits)."""
     return secrets.token_urlsafe(32)
+
+
+def first_id_at(prefix: str, millis: int) -> str:
+    """The smallest id `new_id(prefix)` makes at or after `millis` (ms since the epoch): ids
+    made since a moment are those `>=` this one."""
+    return f"{prefix}_{_base32(millis, 10)}{'0' * 16}"

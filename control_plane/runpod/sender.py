@@ -6,6 +6,12 @@ time; a claim older than `stale_claim` is taken over, so a crash between claim a
 strands a chunk (unless that was its last send: then the dispatch fails, see `lifecycle.claim`).
 RunPod's webhook may arrive before `/run` has returned: it is routed by the dispatch id in its
 URL, so the order does not matter.
+
+Each pass sends in rounds of at most BATCH, each planned afresh in the fair order and within
+the caps of `control_plane/queueing.py` (work queued meanwhile takes its turn in the next
+round); the caps are checked again as each dispatch is claimed, since other processes send
+too. `/run` calls are paced by this process's token bucket (`Platform.run_bucket`), a token
+taken before the claim, so a claim never waits for one.
 """
 
 import asyncio
@@ -14,7 +20,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from control_plane import lifecycle
+from control_plane import lifecycle, queueing
 from control_plane.models import Dispatch, Output, OutputKind, utcnow
 from control_plane.platform import Platform
 from control_plane.runpod.client import RunPodError
@@ -55,14 +61,12 @@ async def send_due(platform: Platform) -> int:
 
 def _due(platform: Platform, started: datetime) -> list[str]:
     with platform.session() as session:
-        waiting = lifecycle.claimable(utcnow(), stale_claim(platform))
-        ids = session.exec(
-            select(Dispatch.id)
-            .where(waiting, col(Dispatch.updated_at) <= started)
-            .order_by(col(Dispatch.created_at))
-            .limit(BATCH)
-        ).all()
-    return list(ids)
+        return queueing.plan(session, platform.settings, window(platform), started, BATCH)
+
+
+def window(platform: Platform) -> queueing.Window:
+    """What counts as queued or in flight now (claims older than `stale_claim` are queued)."""
+    return queueing.Window(utcnow(), stale_claim(platform))
 
 
 async def _send_all(platform: Platform, dispatch_ids: list[str]) -> None:
@@ -70,6 +74,7 @@ async def _send_all(platform: Platform, dispatch_ids: list[str]) -> None:
 
     async def send_one(dispatch_id: str) -> None:
         async with limit:
+            await platform.run_bucket.take()
             await send(platform, dispatch_id)
 
     await asyncio.gather(*(send_one(dispatch_id) for dispatch_id in dispatch_ids))
@@ -108,6 +113,8 @@ def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
     failed with the reason, the claim is given back, and the rest go at the next pass.
     """
     with platform.session_scope() as session:
+        if not queueing.has_room(session, platform.settings, window(platform), dispatch_id):
+            return None
         dispatch = lifecycle.claim(session, platform.settings, dispatch_id, stale_claim(platform))
         if dispatch is None:
             return None

@@ -9,6 +9,7 @@ from sqlmodel import Session
 from control_plane.access import Viewer
 from control_plane.errors import NotFound
 from control_plane.platform import Platform
+from control_plane.services import rate_limits
 from shared.ids import is_id
 
 
@@ -85,3 +86,12 @@ def character_id_of(character_id: str) -> str:
 
 
 CharacterId = Annotated[str, Depends(character_id_of)]
+
+
+def limit_submissions(platform: PlatformDep, session: SessionDep, viewer: ViewerDep) -> None:
+    """429 with Retry-After once the viewer has made their submissions of the last minute."""
+    rate_limits.check_submission_rate(session, platform.settings, viewer)
+
+
+# On every route that makes jobs (or queues images again): `dependencies=SUBMISSION`.
+SUBMISSION = [Depends(limit_submissions)]

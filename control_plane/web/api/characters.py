@@ -11,6 +11,7 @@ from control_plane.schemas import (
 )
 from control_plane.services import characters, pricing
 from control_plane.web.deps import (
+    SUBMISSION,
     CharacterId,
     PageLimit,
     PageNumber,
@@ -57,7 +58,7 @@ def delete_character(character_id: CharacterId, session: SessionDep) -> None:
     characters.delete_character(session, character_id)
 
 
-@router.post("/{character_id}/packs", status_code=status.HTTP_201_CREATED)
+@router.post("/{character_id}/packs", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
 async def create_pack(
     character_id: CharacterId, body: PackCreate, platform: PlatformDep, session: SessionDep
 ) -> SubmitResponse:

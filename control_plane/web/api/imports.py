@@ -5,7 +5,7 @@ from starlette.datastructures import FormData, UploadFile
 from control_plane.errors import InvalidRequest
 from control_plane.schemas import Estimate, SubmitResponse
 from control_plane.services import estimates, imports, pricing
-from control_plane.web.deps import PlatformDep, SessionDep, group_id_of
+from control_plane.web.deps import SUBMISSION, PlatformDep, SessionDep, group_id_of
 from control_plane.web.forms import read_form
 from control_plane.web.limits import IMPORT_MAX_BODY_BYTES
 from control_plane.web.present import job_public
@@ -49,7 +49,12 @@ IMPORT_DOC = {
 TEXT_FIELDS = ("template", "config", "webhook")  # a field, or a file part (curl -F template=@t.j2)
 
 
-@router.post("/import", status_code=status.HTTP_201_CREATED, openapi_extra=IMPORT_DOC)
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=IMPORT_DOC,
+    dependencies=SUBMISSION,
+)
 async def import_rows(
     request: Request, platform: PlatformDep, session: SessionDep
 ) -> SubmitResponse:

@@ -3,8 +3,10 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
+from control_plane import queueing
 from control_plane.errors import InvalidRequest
 from control_plane.models import JobMode, JobStatus, OutputStatus
+from control_plane.runpod.sender import window
 from control_plane.schemas import (
     CursorPage,
     Estimate,
@@ -32,6 +34,7 @@ from control_plane.services import (
     webhooks,
 )
 from control_plane.web.deps import (
+    SUBMISSION,
     JobId,
     PageLimit,
     PageNumber,
@@ -53,7 +56,7 @@ ImageLimit = Annotated[
 ]
 
 
-@router.post("/submit", status_code=status.HTTP_201_CREATED)
+@router.post("/submit", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
 async def submit_jobs(
     body: SubmitRequest, platform: PlatformDep, session: SessionDep
 ) -> SubmitResponse:
@@ -99,6 +102,7 @@ def _check_ids(body: estimates.EstimateBody) -> None:
 @router.get("")
 def list_jobs(
     session: SessionDep,
+    platform: PlatformDep,
     status_: JobStatus | None = Query(None, alias="status"),
     group_id: str | None = None,
     mode: JobMode | None = None,
@@ -115,6 +119,9 @@ def list_jobs(
     total = jobs.count_jobs(session, filters) if with_total or page is not None else None
     reruns = jobs.reruns_of(session, [job.id for job in listed.rows])
     data = [job_public(job, reruns.get(job.id, ())) for job in listed.rows]
+    positions = queueing.job_positions(session, window(platform), listed.rows)
+    for job in data:
+        job.queue_position = positions.get(job.id)
     return CursorPage(data=data, total=total, page=page, limit=limit, next=listed.next)
 
 
@@ -142,7 +149,11 @@ def get_job(
 ) -> JobDetail:
     """The job, its progress, its reruns and its first `image_limit` images (each with its
     variation sets); `images_next` is the cursor to the rest (`GET /api/jobs/{id}/images`)."""
-    return job_detail(request, platform.storage, jobs.job_view(session, job_id, image_limit))
+    view = jobs.job_view(session, job_id, image_limit)
+    detail = job_detail(request, platform.storage, view)
+    positions = queueing.job_positions(session, window(platform), [view.job])
+    detail.queue_position = positions.get(job_id)
+    return detail
 
 
 @router.get("/{job_id}/images")
@@ -177,14 +188,14 @@ async def cancel_job(job_id: JobId, session: SessionDep) -> JobPublic:
     return _job_answer(session, job_id)
 
 
-@router.post("/{job_id}/retry")
+@router.post("/{job_id}/retry", dependencies=SUBMISSION)
 async def retry_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -> JobPublic:
     """Queue the job's failed images again."""
     await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
     return _job_answer(session, job_id)
 
 
-@router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED)
+@router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
 async def rerun_job(
     job_id: JobId,
     platform: PlatformDep,

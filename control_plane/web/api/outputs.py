@@ -5,7 +5,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from control_plane.schemas import OutputDetail, SubmitResponse, VariationCreate
 from control_plane.services import jobs, pricing, variations
-from control_plane.web.deps import OutputId, PlatformDep, SessionDep
+from control_plane.web.deps import SUBMISSION, OutputId, PlatformDep, SessionDep
 from control_plane.web.present import job_public, output_detail
 
 router = APIRouter(prefix="/api/outputs", tags=["outputs"])
@@ -20,7 +20,9 @@ def get_output(
     return output_detail(request, platform.storage, output, jobs.variations_of(session, output.id))
 
 
-@router.post("/{output_id}/variations", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{output_id}/variations", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION
+)
 async def create_variations(
     output_id: OutputId, platform: PlatformDep, session: SessionDep, body: VariationCreate
 ) -> SubmitResponse:

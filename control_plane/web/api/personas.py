@@ -4,6 +4,7 @@ from fastapi.concurrency import run_in_threadpool
 from control_plane.schemas import Page, PersonaBatch, PersonaCreate, PersonaDetail, PersonaPublic
 from control_plane.services import personas
 from control_plane.web.deps import (
+    SUBMISSION,
     PageLimit,
     PageNumber,
     PersonaId,
@@ -16,7 +17,7 @@ from control_plane.web.present import persona_detail, persona_public
 router = APIRouter(prefix="/api/personas", tags=["personas"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
 async def create_personas(
     body: PersonaCreate, platform: PlatformDep, session: SessionDep
 ) -> PersonaBatch:

@@ -14,6 +14,7 @@ from control_plane.schemas import (
 )
 from control_plane.services import presets, pricing
 from control_plane.web.deps import (
+    SUBMISSION,
     PageLimit,
     PageNumber,
     PlatformDep,
@@ -68,7 +69,7 @@ def delete_preset(preset_id: PresetId, session: SessionDep) -> None:
     presets.delete_preset(session, preset_id)
 
 
-@router.post("/{preset_id}/examples", status_code=status.HTTP_201_CREATED)
+@router.post("/{preset_id}/examples", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
 async def request_examples(
     preset_id: PresetId, body: PresetExamplesRequest, platform: PlatformDep, session: SessionDep
 ) -> PresetExamplesResponse:

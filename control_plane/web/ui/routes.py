@@ -22,6 +22,7 @@ from control_plane.models import ACTIVE_JOB, JobMode, Output
 from control_plane.schemas import GroupCreate, SubmitRequest, VariationCreate
 from control_plane.services import groups, jobs, reruns, submissions, uploads, variations
 from control_plane.web.deps import (
+    SUBMISSION,
     GroupId,
     JobId,
     OutputId,
@@ -212,7 +213,7 @@ async def upload(
     )
 
 
-@router.post("/groups/{group_id}/submit", response_class=HTMLResponse)
+@router.post("/groups/{group_id}/submit", response_class=HTMLResponse, dependencies=SUBMISSION)
 async def submit(
     group_id: GroupId, request: Request, platform: PlatformDep, session: SessionDep
 ) -> Response:
@@ -317,19 +318,19 @@ async def cancel(job_id: JobId, session: SessionDep) -> Response:
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
 
-@router.post("/jobs/{job_id}/retry")
+@router.post("/jobs/{job_id}/retry", dependencies=SUBMISSION)
 async def retry(job_id: JobId, platform: PlatformDep, session: SessionDep) -> Response:
     await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
 
-@router.post("/jobs/{job_id}/rerun")
+@router.post("/jobs/{job_id}/rerun", dependencies=SUBMISSION)
 async def rerun(job_id: JobId, platform: PlatformDep, session: SessionDep) -> Response:
     job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id)
     return RedirectResponse(f"/jobs/{job.id}", status.HTTP_303_SEE_OTHER)
 
 
-@router.post("/outputs/{output_id}/variations")
+@router.post("/outputs/{output_id}/variations", dependencies=SUBMISSION)
 async def vary(output_id: OutputId, platform: PlatformDep, session: SessionDep) -> Response:
     """A variation set of the image with the API's defaults (4 images, strong)."""
     job = await run_in_threadpool(
