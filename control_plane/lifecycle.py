@@ -620,15 +620,7 @@ def cancel_job(session: Session, job_id: str) -> list[str]:
     session.add(job)
     wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
     refresh_job(session, job_id)
-    emit(
-        session,
-        EventKind.JOB_FINISHED,
-        job_id=job_id,
-        status=JobStatus.CANCELLED,
-        succeeded=job.succeeded,
-        failed=job.failed,
-        blocked=job.blocked,
-    )
+    _emit_finished(session, job)
     return [d.runpod_job_id for d in live if d.runpod_job_id]
 
 
@@ -708,19 +700,23 @@ def refresh_job(session: Session, job_id: str) -> None:
         job.status = JobStatus.COMPLETED if job.succeeded else JobStatus.FAILED
         job.completed_at = job.completed_at or now
         job.error = None if job.succeeded else _first_error(session, job_id)
-        emit(
-            session,
-            EventKind.JOB_FINISHED,
-            job_id=job_id,
-            status=job.status,
-            succeeded=job.succeeded,
-            failed=job.failed,
-            blocked=job.blocked,
-        )
+        _emit_finished(session, job)
     elif not finished and job.status in (JobStatus.COMPLETED, JobStatus.FAILED):
         job.status, job.completed_at = JobStatus.PROCESSING, None  # a retry reopened it
     job.updated_at = now
     session.add(job)
+
+
+def _emit_finished(session: Session, job: Job) -> None:
+    emit(
+        session,
+        EventKind.JOB_FINISHED,
+        job_id=job.id,
+        status=job.status,
+        succeeded=job.succeeded,
+        failed=job.failed,
+        blocked=job.blocked,
+    )
 
 
 def _first_error(session: Session, job_id: str) -> str | None:

@@ -803,7 +803,7 @@ class PersonasEstimate(PersonaCreate):
     mode: Literal["persona"]
 
 
-EstimateRequest = Annotated[
+EstimateBody = (
     AutomaticSubmit
     | SemiAutomaticSubmit
     | CatalogSubmit
@@ -811,9 +811,9 @@ EstimateRequest = Annotated[
     | RerunEstimate
     | PresetExamplesEstimate
     | PackEstimate
-    | PersonasEstimate,
-    Field(discriminator="mode"),
-]
+    | PersonasEstimate
+)
+EstimateRequest = Annotated[EstimateBody, Field(discriminator="mode")]
 
 
 class UsageBucket(BaseModel):

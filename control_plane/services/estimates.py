@@ -4,14 +4,12 @@ and rolled back (`pricing.estimate`)."""
 from sqlmodel import Session
 
 from control_plane.schemas import (
-    AutomaticSubmit,
-    CatalogSubmit,
     Estimate,
+    EstimateBody,
     PackEstimate,
     PersonasEstimate,
     PresetExamplesEstimate,
     RerunEstimate,
-    SemiAutomaticSubmit,
     VariationEstimate,
 )
 from control_plane.services import (
@@ -25,17 +23,6 @@ from control_plane.services import (
     variations,
 )
 from control_plane.settings import Settings
-
-EstimateBody = (
-    AutomaticSubmit
-    | SemiAutomaticSubmit
-    | CatalogSubmit
-    | VariationEstimate
-    | RerunEstimate
-    | PresetExamplesEstimate
-    | PackEstimate
-    | PersonasEstimate
-)
 
 
 def estimate(session: Session, settings: Settings, body: EstimateBody) -> Estimate:
