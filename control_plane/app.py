@@ -49,6 +49,7 @@ from control_plane.web.errors import install_error_handlers
 from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.ui import routes as ui
+from control_plane.web.ui import signin
 from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
 
@@ -163,7 +164,7 @@ def create_app(
         outputs,
         personas,
     ]
-    for module in (*routers, webhook, download, files, ui):
+    for module in (*routers, webhook, download, files, ui, signin):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)

@@ -28,7 +28,7 @@ from control_plane.settings import Settings
 from shared.hosts import is_loopback
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = ("/api/webhook/runpod", "/healthz", "/login")
+OPEN_PATHS = ("/api/webhook/runpod", "/healthz", "/login", "/logout")
 SESSION_COOKIE = "pixelfleet_session"
 API_PREFIXES = ("/api/", "/docs", "/redoc", "/openapi.json", "/metrics")
 CHALLENGE = [

@@ -5,7 +5,7 @@ from starlette.datastructures import FormData, UploadFile
 from control_plane.errors import InvalidRequest
 from control_plane.schemas import SubmitResponse
 from control_plane.services import imports
-from control_plane.web.deps import PlatformDep, SessionDep, group_id_of
+from control_plane.web.deps import PlatformDep, SessionDep, ViewerDep, group_id_of
 from control_plane.web.forms import read_form
 from control_plane.web.limits import IMPORT_MAX_BODY_BYTES
 from control_plane.web.present import job_public
@@ -47,7 +47,7 @@ TEXT_FIELDS = ("template", "config")  # a field, or a file part (curl -F templat
 
 @router.post("/import", status_code=status.HTTP_201_CREATED, openapi_extra=IMPORT_DOC)
 async def import_rows(
-    request: Request, platform: PlatformDep, session: SessionDep
+    request: Request, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
 ) -> SubmitResponse:
     """One job from a CSV or JSONL file, a prompt per row; every row is checked first."""
     form = await read_form(
@@ -69,7 +69,7 @@ async def import_rows(
         )
     finally:
         await form.close()
-    job = await run_in_threadpool(imports.import_file, session, platform.settings, upload)
+    job = await run_in_threadpool(imports.import_file, session, platform.settings, upload, viewer)
     return SubmitResponse(batch_id=job.batch_id, jobs=[job_public(job)])
 
 
