@@ -96,6 +96,9 @@ def test_the_admin_password_is_an_admin_besides_keys(settings: Settings) -> None
         # the admin's rows are nobody's: the user does not see them
         assert client.get(f"/api/groups/{admins['id']}", headers=bearer(key)).status_code == 404
         assert client.get("/api/groups", headers=bearer(key)).json()["total"] == 1
+        signed_in = client.post("/login", data={"key": PASSWORD}, follow_redirects=False)
+        assert signed_in.status_code == 303  # the cookie keeps the password, quoted
+        assert client.get("/api/groups").json()["total"] == 2
 
 
 def test_an_admin_user_sees_everyone_s_rows(client: TestClient) -> None:
@@ -116,7 +119,8 @@ def test_signing_in_keeps_the_key_in_a_session_cookie(client: TestClient) -> Non
     assert cookie.startswith(f"{SESSION_COOKIE}={key};")
     assert "HttpOnly" in cookie and "SameSite=lax" in cookie and "Secure" not in cookie
     page = client.get("/")  # the TestClient keeps the cookie
-    assert page.status_code == 200 and "ann" in page.text and 'action="/logout"' in page.text
+    assert page.status_code == 200 and 'action="/logout"' in page.text
+    assert '<span class="muted">ann</span>' in page.text
     created = client.post("/groups", data={"name": "from the UI"}, follow_redirects=False)
     assert created.status_code == 303
     assert client.get("/api/groups").json()["data"][0]["name"] == "from the UI"
