@@ -5,6 +5,7 @@ open; and its logs keep secrets out."""
 import contextlib
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -72,18 +73,32 @@ def test_up_starts_everything_from_an_empty_folder(tmp_path: Path) -> None:
 
 
 def test_up_on_every_interface_runs_a_job(tmp_path: Path) -> None:
-    """`--host 0.0.0.0`: the local endpoint posts its webhooks to loopback, which it allows."""
+    """`--host 0.0.0.0`: the local endpoint posts its webhooks to loopback, which it allows;
+    off loopback every request needs a key (no implicit local user)."""
     api_port, endpoint_port = free_port(), free_port()
     log = tmp_path / "up.log"
     child = start_up(tmp_path, api_port, endpoint_port, log, "--host", "0.0.0.0")
     try:
         wait_until_up(child, api_port, endpoint_port, log)
-        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as http:
+        base_url = f"http://127.0.0.1:{api_port}"
+        assert httpx.get(f"{base_url}/api/groups").status_code == 401
+        headers = {"Authorization": f"Bearer {make_key(tmp_path, 'ann')}"}
+        with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
             _, job = run_a_job(http, time.monotonic() + 120)
         assert job["progress"]["succeeded"] == 2, (job, log.read_text())
     finally:
         stop(child)
     assert child.returncode == 0, log.read_text()
+
+
+def make_key(cwd: Path, name: str) -> str:
+    """A user and a key made with the admin commands in `cwd` (its data dir)."""
+    command = [sys.executable, "-m", "control_plane.cli"]
+    subprocess.run([*command, "users", "add", name, "--tier", "free"], cwd=cwd, check=True)
+    made = subprocess.run(
+        [*command, "keys", "create", name], cwd=cwd, check=True, capture_output=True, text=True
+    )
+    return made.stdout.strip()
 
 
 def trickle_upload(url: str, done: threading.Event) -> None:
