@@ -57,6 +57,7 @@ from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.requestlog import RequestLogMiddleware
 from control_plane.web.ui import routes as ui
+from control_plane.web.ui import signin
 from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
 
@@ -177,7 +178,7 @@ def create_app(
         usage,
         queue,
     ]
-    for module in (*routers, webhook, download, files, metrics, ui):
+    for module in (*routers, webhook, download, files, metrics, ui, signin):
         app.include_router(module.router)
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)

@@ -11,6 +11,7 @@ from pydantic_core import ErrorDetails
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
+from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest, PayloadTooLarge
 from control_plane.models import Catalog
 from control_plane.schemas import CatalogCreate, CatalogDetail, CatalogPrompt, CatalogPublic
@@ -109,8 +110,8 @@ def _check_unique_ids(prompts: Sequence[CatalogPrompt]) -> None:
         )
 
 
-def create_catalog(session: Session, body: CatalogCreate) -> Catalog:
-    """Store a checked catalog (committed)."""
+def create_catalog(session: Session, body: CatalogCreate, viewer: Viewer) -> Catalog:
+    """Store a checked catalog of the viewer (committed)."""
     prompts = [entry.model_dump(exclude_none=True) for entry in body.prompts]
     stored = len(json.dumps(prompts))  # as the JSON column will serialise it
     if stored > MAX_STORED_BYTES:
@@ -119,6 +120,7 @@ def create_catalog(session: Session, body: CatalogCreate) -> Catalog:
             f"{MAX_STORED_BYTES:,} bytes: split it into several catalogs"
         )
     catalog = Catalog(
+        user_id=viewer.user_id,
         name=body.name,
         prompts=prompts,
         prompt_count=len(prompts),
@@ -131,23 +133,27 @@ def create_catalog(session: Session, body: CatalogCreate) -> Catalog:
     return catalog
 
 
-def get_catalog(session: Session, catalog_id: str) -> Catalog:
-    """The catalog, or NotFound (also for an id not shaped like a catalog's)."""
-    return fetch(session, Catalog, catalog_id, "catalog", "cat")
+def get_catalog(session: Session, catalog_id: str, viewer: Viewer) -> Catalog:
+    """The viewer's catalog, or NotFound (also for an id not shaped like a catalog's)."""
+    return fetch(session, Catalog, catalog_id, "catalog", "cat", viewer=viewer)
 
 
-def delete_catalog(session: Session, catalog_id: str) -> None:
+def delete_catalog(session: Session, catalog_id: str, viewer: Viewer) -> None:
     """Delete the catalog; jobs made from it keep their prompts (their outputs carry them)."""
-    session.delete(get_catalog(session, catalog_id))
+    session.delete(get_catalog(session, catalog_id, viewer))
     session.commit()
 
 
-def page_of_catalogs(session: Session, page: int, limit: int) -> tuple[int, list[CatalogPublic]]:
-    """The number of catalogs, and page `page` (1-based) of them, newest first (their
-    prompts are not read)."""
-    total = session.exec(select(func.count()).select_from(Catalog)).one()
+def page_of_catalogs(
+    session: Session, page: int, limit: int, viewer: Viewer
+) -> tuple[int, list[CatalogPublic]]:
+    """The number of the viewer's catalogs, and page `page` (1-based) of them, newest first
+    (their prompts are not read)."""
+    owned = viewer.owned(col(Catalog.user_id))
+    total = session.exec(select(func.count()).select_from(Catalog).where(*owned)).one()
     rows = session.exec(
         select(Catalog)
+        .where(*owned)
         .options(defer(Catalog.prompts))  # type: ignore[arg-type]
         .order_by(col(Catalog.id).desc())
         .offset((page - 1) * limit)

@@ -12,10 +12,12 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
-from control_plane.errors import Conflict, InvalidRequest, NotFound
-from control_plane.models import Character, Group, Job, JobMode, Output, Upload
+from control_plane.access import Viewer
+from control_plane.errors import Conflict, InvalidRequest
+from control_plane.models import Character, Job, JobMode, Output, Upload
 from control_plane.schemas import CharacterCreate, CharacterStyle, GenerationConfig, PackCreate
 from control_plane.services import references, submissions, webhooks
+from control_plane.services.groups import get_group
 from control_plane.services.rows import fetch
 from control_plane.settings import Settings
 from shared.ids import is_id, new_id
@@ -58,13 +60,17 @@ def pack_prompt(name: str, scene: str, style_prompt: str | None) -> str:
 # -- characters ----------------------------------------------------------------------------
 
 
-def create_character(session: Session, settings: Settings, body: CharacterCreate) -> Character:
-    """Check and store a character (committed): its style resolved against the model table
-    (defaults filled in, so the look stays locked), its references existing."""
+def create_character(
+    session: Session, settings: Settings, body: CharacterCreate, viewer: Viewer
+) -> Character:
+    """Check and store a character of the viewer (committed): its style resolved against the
+    model table (defaults filled in, so the look stays locked), its references existing and
+    the viewer's."""
     params = submissions.resolve_params(_generation_config(body.style), settings)
-    references.check(session, None, [body.references], params["model"])
+    references.check(session, None, [body.references], params["model"], viewer)
     style = {**params, "style_prompt": body.style.style_prompt}
     character = Character(
+        user_id=viewer.user_id,
         name=body.name,
         reference_ids=list(body.references),
         seed=body.seed if body.seed is not None else random.randrange(2**31),
@@ -85,22 +91,30 @@ def _generation_config(style: CharacterStyle | dict[str, Any]) -> GenerationConf
     )
 
 
-def get_character(session: Session, character_id: str) -> Character:
-    """The character, or NotFound (also for an id not shaped like a character's)."""
-    return fetch(session, Character, character_id, "character", "chr")
+def get_character(session: Session, character_id: str, viewer: Viewer) -> Character:
+    """The viewer's character, or NotFound (also for an id not shaped like a character's)."""
+    return fetch(session, Character, character_id, "character", "chr", viewer=viewer)
 
 
-def delete_character(session: Session, character_id: str) -> None:
+def delete_character(session: Session, character_id: str, viewer: Viewer) -> None:
     """Delete the character; its packs stay, with their images."""
-    session.delete(get_character(session, character_id))
+    session.delete(get_character(session, character_id, viewer))
     session.commit()
 
 
-def page_of_characters(session: Session, page: int, limit: int) -> tuple[int, list[Character]]:
-    """The number of characters, and page `page` (1-based) of them, newest first."""
-    total = session.exec(select(func.count()).select_from(Character)).one()
+def page_of_characters(
+    session: Session, page: int, limit: int, viewer: Viewer
+) -> tuple[int, list[Character]]:
+    """The number of the viewer's characters, and page `page` (1-based) of them, newest
+    first."""
+    owned = viewer.owned(col(Character.user_id))
+    total = session.exec(select(func.count()).select_from(Character).where(*owned)).one()
     rows = session.exec(
-        select(Character).order_by(col(Character.id).desc()).offset((page - 1) * limit).limit(limit)
+        select(Character)
+        .where(*owned)
+        .order_by(col(Character.id).desc())
+        .offset((page - 1) * limit)
+        .limit(limit)
     ).all()
     return total, list(rows)
 
@@ -120,15 +134,18 @@ def packs_of(session: Session, character_id: str) -> list[Job]:
 # -- packs ---------------------------------------------------------------------------------
 
 
-def create_pack(session: Session, settings: Settings, character_id: str, body: PackCreate) -> Job:
+def create_pack(
+    session: Session, settings: Settings, character_id: str, body: PackCreate, viewer: Viewer
+) -> Job:
     """Write and commit a pack: one job of `body.size` images in `body.group_id` (by default
-    the group of the character's first reference)."""
-    character = get_character(session, character_id)
+    the group of the character's first reference); the character and group are the
+    viewer's."""
+    character = get_character(session, character_id, viewer)
     group_id = body.group_id or _first_reference_group(session, character)
     return submissions.write_jobs(
         session,
         group_id,
-        lambda: [_plan_pack(session, settings, character, body, group_id)],
+        lambda: [_plan_pack(session, settings, character, body, group_id, viewer)],
         webhooks.check(settings, body.webhook),
     )[0]
 
@@ -147,13 +164,16 @@ def _first_reference_group(session: Session, character: Character) -> str:
 
 
 def _plan_pack(
-    session: Session, settings: Settings, character: Character, body: PackCreate, group_id: str
+    session: Session,
+    settings: Settings,
+    character: Character,
+    body: PackCreate,
+    group_id: str,
+    viewer: Viewer,
 ) -> Job:
-    group = session.get(Group, group_id) if is_id("grp", group_id) else None
-    if group is None:
-        raise NotFound(f"group {group_id} does not exist")
+    group = get_group(session, group_id, viewer)
     params = submissions.resolve_params(_generation_config(character.style), settings)
-    _check_stored_references(session, character, params["model"])
+    _check_stored_references(session, character, params["model"], viewer)
     scenes = list(itertools.islice(itertools.cycle(body.scenes or DEFAULT_SCENES), body.size))
     job = Job(
         group_id=group.id,
@@ -186,10 +206,12 @@ def _plan_pack(
     return job
 
 
-def _check_stored_references(session: Session, character: Character, model: str | None) -> None:
+def _check_stored_references(
+    session: Session, character: Character, model: str | None, viewer: Viewer
+) -> None:
     """The character's references are still usable (a deleted job or group takes its images
     along)."""
     try:
-        references.check(session, None, [character.reference_ids], model)
+        references.check(session, None, [character.reference_ids], model, viewer)
     except InvalidRequest as exc:
         raise Conflict(f"character {character.id} cannot make a pack: {exc.message}") from exc

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, col, delete, select
 
+from control_plane.access import Viewer
 from control_plane.errors import Conflict, NotFound
 from control_plane.models import ACTIVE_JOB, Dispatch, Group, Job, Output, Persona, Upload
 from shared import layout
@@ -21,11 +22,11 @@ from shared.storage import ObjectInfo, Storage, StorageError
 log = logging.getLogger(__name__)
 
 
-def delete_group(session: Session, storage: Storage, group_id: str) -> int:
+def delete_group(session: Session, storage: Storage, group_id: str, viewer: Viewer) -> int:
     """Delete a group, its uploads, jobs, images and personas; returns the number of objects
     removed."""
     group = session.get(Group, group_id, with_for_update=True)
-    if group is None:
+    if group is None or not viewer.sees(group.user_id):
         raise NotFound(f"group {group_id} does not exist")
     group_id = group.id  # as stored: MySQL matches trailing spaces, and keys come from it
     _refuse_active(session, Job.group_id == group_id, f"group {group_id}")
@@ -40,10 +41,10 @@ def delete_group(session: Session, storage: Storage, group_id: str) -> int:
     return _delete_prefix(storage, layout.group_prefix(group_id))
 
 
-def delete_job(session: Session, storage: Storage, job_id: str) -> int:
+def delete_job(session: Session, storage: Storage, job_id: str, viewer: Viewer) -> int:
     """Delete a finished job and its images; returns the number of objects removed."""
     job = session.get(Job, job_id, with_for_update=True)
-    if job is None:
+    if job is None or not viewer.sees(job.user_id):
         raise NotFound(f"job {job_id} does not exist")
     job_id = job.id
     _refuse_active(session, Job.id == job_id, f"job {job_id}")

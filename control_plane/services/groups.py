@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from control_plane.access import Viewer
 from control_plane.models import Group, Job, Upload
 from control_plane.schemas import GroupCounts
 from control_plane.services.rows import fetch
@@ -18,15 +19,23 @@ def create_group(session: Session, name: str, user_id: str | None) -> Group:
     return group
 
 
-def get_group(session: Session, group_id: str) -> Group:
-    return fetch(session, Group, group_id, "group")
+def get_group(session: Session, group_id: str, viewer: Viewer) -> Group:
+    return fetch(session, Group, group_id, "group", "grp", viewer=viewer)
 
 
-def page_of_groups(session: Session, page: int, limit: int) -> tuple[int, Sequence[Group]]:
-    """The total number of groups, and page `page` (1-based) of them, newest first."""
-    total = session.exec(select(func.count()).select_from(Group)).one()
+def page_of_groups(
+    session: Session, page: int, limit: int, viewer: Viewer
+) -> tuple[int, Sequence[Group]]:
+    """The number of the viewer's groups (every group for an admin), and page `page`
+    (1-based) of them, newest first."""
+    owned = viewer.owned(col(Group.user_id))
+    total = session.exec(select(func.count()).select_from(Group).where(*owned)).one()
     groups = session.exec(
-        select(Group).order_by(col(Group.id).desc()).offset((page - 1) * limit).limit(limit)
+        select(Group)
+        .where(*owned)
+        .order_by(col(Group.id).desc())
+        .offset((page - 1) * limit)
+        .limit(limit)
     ).all()
     return total, groups
 

@@ -19,17 +19,18 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from control_plane import lifecycle
+from control_plane.access import Viewer
 from control_plane.db import in_batches
 from control_plane.errors import (
     InvalidRequest,
     InvalidRows,
-    NotFound,
     RowProblem,
     describe_validation,
 )
-from control_plane.models import Group, Job, JobMode, Output, Upload
+from control_plane.models import Job, JobMode, Output, Upload
 from control_plane.schemas import AutomaticConfig, WebhookRequest
 from control_plane.services import prompts, references, webhooks
+from control_plane.services.groups import get_group
 from control_plane.services.submissions import (
     check_job_size,
     draw_seed,
@@ -86,21 +87,19 @@ class _Row:
         return self.permutations.count * self.count
 
 
-def import_file(session: Session, settings: Settings, request: ImportFile) -> Job:
+def import_file(session: Session, settings: Settings, request: ImportFile, viewer: Viewer) -> Job:
     """Check every row, then write and commit the import's job, outputs and dispatches."""
     [job] = write_jobs(
         session,
         request.group_id,
-        lambda: _plan(session, settings, request),
+        lambda: _plan(session, settings, request, viewer),
         webhooks.check(settings, parse_webhook(request.webhook)),
     )
     return job
 
 
-def _plan(session: Session, settings: Settings, request: ImportFile) -> list[Job]:
-    group = session.get(Group, request.group_id)
-    if group is None:
-        raise NotFound(f"group {request.group_id} does not exist")
+def _plan(session: Session, settings: Settings, request: ImportFile, viewer: Viewer) -> list[Job]:
+    group = get_group(session, request.group_id, viewer)
     config = parse_config(request.config)
     job_params = resolve_params(config, settings)
     template = compile_template(request.template)
@@ -113,7 +112,7 @@ def _plan(session: Session, settings: Settings, request: ImportFile) -> list[Job
             "row naming its columns, one of them prompt; or give a template that makes each "
             "row's prompt"
         )
-    rows = _RowChecker(session, settings, group.id, config, template).check(table)
+    rows = _RowChecker(session, settings, group.id, config, template, viewer).check(table)
     check_job_size(
         settings,
         sum(row.outputs for row in rows),
@@ -205,7 +204,9 @@ class _RowChecker:
         group_id: str,
         config: AutomaticConfig,
         template: jinja2.Template | None,
+        viewer: Viewer,
     ) -> None:
+        self.viewer = viewer
         self.session = session
         self.settings = settings
         self.group_id = group_id
@@ -218,7 +219,10 @@ class _RowChecker:
     def check(self, table: Table) -> list[_Row]:
         self.problems = list(table.problems)
         self.images = _find_images(
-            self.session, self.group_id, {_text(values.get("image")) for _, values in table.rows}
+            self.session,
+            self.group_id,
+            self.viewer,
+            {_text(values.get("image")) for _, values in table.rows},
         )
         rows = [self._row(number, values) for number, values in table.rows]
         if self.problems:
@@ -380,7 +384,7 @@ class _RowChecker:
 
 
 def _find_images(
-    session: Session, group_id: str, wanted_references: set[str | None]
+    session: Session, group_id: str, viewer: Viewer, wanted_references: set[str | None]
 ) -> dict[str, str | _Unusable]:
     """Each reference (an upload id, the id of a succeeded image, or a filename of the
     group) → its id, or the problem with it. A filename is taken as uploads keep theirs
@@ -388,7 +392,7 @@ def _find_images(
     would match `CAT.PNG` and `cat.png ` to `cat.png`."""
     wanted = {reference for reference in wanted_references if reference is not None}
     ids = [reference for reference in wanted if references.well_formed(reference)]
-    problems = references.problems(session, group_id, ids)
+    problems = references.problems(session, group_id, ids, viewer)
     found = {reference for reference in ids if reference not in problems}
     names = {reference: display_name(reference) for reference in wanted - found}
     uploads_named: dict[str, list[str]] = {}

@@ -11,6 +11,7 @@ from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
+from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest
 from control_plane.models import Job, Output, OutputStatus
 from control_plane.services.rows import fetch
@@ -23,12 +24,12 @@ _CURSOR_PREFIX = "pos:"
 UNSHOWN_OUTPUT_COLUMNS = ("params", "usage")
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    return fetch(session, Job, job_id, "job")
+def get_job(session: Session, job_id: str, viewer: Viewer) -> Job:
+    return fetch(session, Job, job_id, "job", viewer=viewer)
 
 
-def get_output(session: Session, output_id: str) -> Output:
-    return fetch(session, Output, output_id, "image")
+def get_output(session: Session, output_id: str, viewer: Viewer) -> Output:
+    return fetch(session, Output, output_id, "image", viewer=viewer)
 
 
 def outputs_of(session: Session, job_id: str) -> list[Output]:
@@ -60,8 +61,10 @@ class JobView:
     reruns: list[str] = field(default_factory=list)
 
 
-def job_view(session: Session, job_id: str, image_limit: int = IMAGE_PAGE_DEFAULT) -> JobView:
-    job = get_job(session, job_id)
+def job_view(
+    session: Session, job_id: str, viewer: Viewer, image_limit: int = IMAGE_PAGE_DEFAULT
+) -> JobView:
+    job = get_job(session, job_id, viewer)
     return JobView(
         job,
         page_of_images(session, job.id, limit=image_limit),
@@ -175,10 +178,12 @@ def variations_of_images(session: Session, output_ids: Sequence[str]) -> dict[st
 
 @dataclass(frozen=True)
 class JobFilters:
-    """What a job list keeps: each filter matches an index led by its column (ix_jobs_status_id,
-    ix_jobs_group_id_id, ix_jobs_mode_id), so a page reads about `limit` index entries; with
-    group and status together, the group's index is read until `limit` jobs match."""
+    """What a job list keeps: the viewer's jobs (all of them for an admin) and each filter
+    matches an index led by its column (ix_jobs_status_id, ix_jobs_group_id_id,
+    ix_jobs_mode_id, ix_jobs_user_id_id), so a page reads about `limit` index entries; with
+    two filters together, one index is read until `limit` jobs match."""
 
+    viewer: Viewer
     status: str | None = None
     group_id: str | None = None
     mode: str | None = None
@@ -189,7 +194,8 @@ class JobFilters:
             (self.group_id, col(Job.group_id)),
             (self.mode, col(Job.mode)),
         )
-        return [column == value for value, column in wanted if value]
+        owned = self.viewer.owned(col(Job.user_id))
+        return [*owned, *(column == value for value, column in wanted if value)]
 
 
 @dataclass(frozen=True)
@@ -201,9 +207,7 @@ class JobsPage:
     next: str | None
 
 
-def jobs_after(
-    session: Session, limit: int, cursor: str | None = None, filters: JobFilters = JobFilters()
-) -> JobsPage:
+def jobs_after(session: Session, limit: int, cursor: str | None, filters: JobFilters) -> JobsPage:
     """The `limit` newest jobs older than `cursor` (the last job of the page before; ids sort
     by creation time), or the first page without one: keyset pagination, whatever the depth."""
     query = select(Job).where(*filters.clauses())
@@ -228,15 +232,17 @@ def _page(session: Session, query: Any, limit: int) -> JobsPage:
     return JobsPage(rows[:limit], rows[limit - 1].id if more else None)
 
 
-def cancel(session: Session, job_id: str) -> list[str]:
+def cancel(session: Session, job_id: str, viewer: Viewer) -> list[str]:
     """Cancel a job and commit: its unfinished images fail as "cancelled", and its RunPod jobs
     (returned) are cancelled after the commit."""
+    job_id = get_job(session, job_id, viewer).id
     runpod_job_ids = lifecycle.cancel_job(session, job_id)
     session.commit()
     return runpod_job_ids
 
 
-def retry(session: Session, settings: Settings, job_id: str) -> None:
+def retry(session: Session, settings: Settings, job_id: str, viewer: Viewer) -> None:
     """Queue the job's failed images again and commit (blocked ones stay blocked)."""
+    job_id = get_job(session, job_id, viewer).id
     lifecycle.retry_job(session, settings, job_id)
     session.commit()

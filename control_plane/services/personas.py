@@ -32,7 +32,8 @@ from typing import Any, Literal
 from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
-from control_plane.errors import InvalidRequest, NotFound
+from control_plane.access import Viewer
+from control_plane.errors import InvalidRequest
 from control_plane.events import Consumer
 from control_plane.models import (
     Event,
@@ -94,14 +95,15 @@ VARIATION_SCENES = (
 
 
 def create_personas(
-    session: Session, settings: Settings, request: PersonaCreate
+    session: Session, settings: Settings, request: PersonaCreate, viewer: Viewer
 ) -> tuple[str, list[Persona], Estimate]:
-    """Write and commit `count` personas and their data jobs; returns the batch id, them, and
-    the estimate of every stage (the images are priced now, though written later)."""
+    """Write and commit `count` personas and their data jobs in a group of the viewer; they
+    belong to the group's owner. Returns the batch id, them, and the estimate of every stage
+    (the images are priced now, though written later)."""
     personas: list[Persona] = []
 
     def plan() -> list[Job]:
-        planned = _plan(session, settings, request)
+        planned = _plan(session, settings, request, viewer)
         personas.extend(persona for persona, _ in planned)
         return [job for _, job in planned]
 
@@ -121,11 +123,9 @@ def later_stages(settings: Settings, request: PersonaCreate) -> Estimate:
 
 
 def _plan(
-    session: Session, settings: Settings, request: PersonaCreate
+    session: Session, settings: Settings, request: PersonaCreate, viewer: Viewer
 ) -> list[tuple[Persona, Job]]:
-    group = session.get(Group, request.group_id)
-    if group is None:
-        raise NotFound(f"group {request.group_id} does not exist")
+    group = fetch(session, Group, request.group_id, "group", "grp", viewer=viewer)
     attributes = request.attributes or {}
     schema = persona_schema(attributes)
     image_params = submissions.resolve_params(request.config, settings)
@@ -135,7 +135,11 @@ def _plan(
     planned = []
     for index in range(request.count):
         persona = Persona(
-            batch_id=batch_id, group_id=group.id, brief=request.brief, attributes=attributes
+            batch_id=batch_id,
+            group_id=group.id,
+            user_id=group.user_id,
+            brief=request.brief,
+            attributes=attributes,
         )
         persona_seed = (seed + index * (len(VARIATION_SCENES) + 2)) % 2**31
         prompt = data_prompt(request.brief, attributes, index, request.count)
@@ -219,21 +223,22 @@ def data_prompt(brief: str | None, attributes: dict[str, Any], index: int, count
 # -- reading -------------------------------------------------------------------------------
 
 
-def get_persona(session: Session, persona_id: str) -> Persona:
-    return fetch(session, Persona, persona_id, "persona")
+def get_persona(session: Session, persona_id: str, viewer: Viewer) -> Persona:
+    return fetch(session, Persona, persona_id, "persona", "per", viewer=viewer)
 
 
 def page_of_personas(
     session: Session,
     page: int,
     limit: int,
+    viewer: Viewer,
     *,
     batch_id: str | None = None,
     group_id: str | None = None,
 ) -> tuple[int, Sequence[Persona]]:
-    """The number of personas matching the filters, and page `page` (1-based), oldest first
-    (a batch reads in the order it was asked for)."""
-    filters = [
+    """The number of the viewer's personas matching the filters, and page `page` (1-based),
+    oldest first (a batch reads in the order it was asked for)."""
+    filters = viewer.owned(col(Persona.user_id)) + [
         clause
         for wanted, clause in (
             (batch_id, Persona.batch_id == batch_id),

@@ -23,6 +23,7 @@ from typing import Any
 from sqlmodel import Session, col, delete, func, select, update
 
 from control_plane import lifecycle
+from control_plane.access import Viewer
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.events import Consumer
 from control_plane.models import (
@@ -65,12 +66,15 @@ CONSUMER = "preset-gallery"
 # -- presets ------------------------------------------------------------------------------
 
 
-def create_preset(session: Session, settings: Settings, body: PresetCreate) -> Preset:
-    """A new preset (committed); its config checked against the model table and stored with
-    its defaults filled, its prompt one prompt (no permutations)."""
+def create_preset(
+    session: Session, settings: Settings, body: PresetCreate, viewer: Viewer
+) -> Preset:
+    """A new preset of the viewer (committed); its config checked against the model table
+    and stored with its defaults filled, its prompt one prompt (no permutations)."""
     params = resolve_params(body.config, settings)
     prompt_of(body.prompt)
     preset = Preset(
+        user_id=viewer.user_id,
         name=body.name,
         prompt=body.prompt,
         config={**body.config.model_dump(exclude_none=True), **params},
@@ -92,15 +96,22 @@ def prompt_of(prompt: str) -> str:
     return expanded[0]
 
 
-def get_preset(session: Session, preset_id: str) -> Preset:
-    return fetch(session, Preset, preset_id, "preset")
+def get_preset(session: Session, preset_id: str, viewer: Viewer) -> Preset:
+    return fetch(session, Preset, preset_id, "preset", "pre", viewer=viewer)
 
 
-def page_of_presets(session: Session, page: int, limit: int) -> tuple[int, Sequence[Preset]]:
-    """The number of presets, and page `page` (1-based) of them, newest first."""
-    total = session.exec(select(func.count()).select_from(Preset)).one()
+def page_of_presets(
+    session: Session, page: int, limit: int, viewer: Viewer
+) -> tuple[int, Sequence[Preset]]:
+    """The number of the viewer's presets, and page `page` (1-based) of them, newest first."""
+    owned = viewer.owned(col(Preset.user_id))
+    total = session.exec(select(func.count()).select_from(Preset).where(*owned)).one()
     rows = session.exec(
-        select(Preset).order_by(col(Preset.id).desc()).offset((page - 1) * limit).limit(limit)
+        select(Preset)
+        .where(*owned)
+        .order_by(col(Preset.id).desc())
+        .offset((page - 1) * limit)
+        .limit(limit)
     ).all()
     return total, rows
 
@@ -146,11 +157,11 @@ def page_of_gallery(
     return total, [(example, output) for example, output in rows]
 
 
-def delete_preset(session: Session, preset_id: str) -> None:
+def delete_preset(session: Session, preset_id: str, viewer: Viewer) -> None:
     """Delete a preset with its usage and gallery records (committed); its jobs and their
     images stay."""
     preset = lock_preset(session, preset_id)
-    if preset is None:
+    if preset is None or not viewer.sees(preset.user_id):
         raise NotFound(f"preset {preset_id} does not exist")
     session.exec(delete(PresetUsage).where(col(PresetUsage.preset_id) == preset.id))
     session.exec(delete(PresetExample).where(col(PresetExample.preset_id) == preset.id))
@@ -171,11 +182,11 @@ def lock_preset(session: Session, preset_id: str) -> Preset | None:
     return session.get(Preset, preset_id, with_for_update=True, populate_existing=True)
 
 
-def reset_usage(session: Session, preset_id: str) -> PresetUsageReset:
+def reset_usage(session: Session, preset_id: str, viewer: Viewer) -> PresetUsageReset:
     """Release the preset's references (committed): every usage record but those reserved by
     examples jobs still running, which are released when their jobs end."""
     preset = lock_preset(session, preset_id)
-    if preset is None:
+    if preset is None or not viewer.sees(preset.user_id):
         raise NotFound(f"preset {preset_id} does not exist")
     running = set(
         session.exec(
@@ -273,14 +284,19 @@ def pick(
 
 
 def request_examples(
-    session: Session, settings: Settings, preset_id: str, request: PresetExamplesRequest
+    session: Session,
+    settings: Settings,
+    preset_id: str,
+    request: PresetExamplesRequest,
+    viewer: Viewer,
 ) -> tuple[Job, Picks]:
     """Pick references for the preset, reserve them and submit one job of its examples
-    (committed); nothing is written when anything is refused."""
+    (committed); nothing is written when anything is refused. The preset and the groups are
+    the viewer's."""
     planned: list[Picks] = []
 
     def plan() -> list[Job]:
-        job, picks = _plan_examples(session, settings, preset_id, request)
+        job, picks = _plan_examples(session, settings, preset_id, request, viewer)
         planned.append(picks)
         return [job]
 
@@ -294,14 +310,18 @@ def request_examples(
 
 
 def _plan_examples(
-    session: Session, settings: Settings, preset_id: str, request: PresetExamplesRequest
+    session: Session,
+    settings: Settings,
+    preset_id: str,
+    request: PresetExamplesRequest,
+    viewer: Viewer,
 ) -> tuple[Job, Picks]:
     """The job and its reservations, added to the session under the preset's lock."""
     preset = lock_preset(session, preset_id)  # held until commit: picks never overlap
-    if preset is None:
+    if preset is None or not viewer.sees(preset.user_id):
         raise NotFound(f"preset {preset_id} does not exist")
-    pool = _group(session, request.pool_group_id, "pool group")
-    target = _group(session, request.group_id, "group") if request.group_id else pool
+    pool = _group(session, request.pool_group_id, "pool group", viewer)
+    target = _group(session, request.group_id, "group", viewer) if request.group_id else pool
     params = resolve_params(GenerationConfig.model_validate(_config_fields(preset)), settings)
     check_job_size(
         settings,
@@ -317,7 +337,9 @@ def _plan_examples(
         seed,
         pool.id,
     )
-    references.check(session, pool.id, [[ref] for ref in picks.reference_ids], params["model"])
+    references.check(
+        session, pool.id, [[ref] for ref in picks.reference_ids], params["model"], viewer
+    )
     job, outputs = _examples_job(preset, target.id, pool.id, request, picks, seed, params)
     lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
     session.add_all(
@@ -372,11 +394,8 @@ def _config_fields(preset: Preset) -> dict[str, Any]:
     return {key: value for key, value in preset.config.items() if key in fields}
 
 
-def _group(session: Session, group_id: str, what: str) -> Group:
-    group = session.get(Group, group_id)
-    if group is None:
-        raise NotFound(f"{what} {group_id} does not exist")
-    return group
+def _group(session: Session, group_id: str, what: str, viewer: Viewer) -> Group:
+    return fetch(session, Group, group_id, what, "grp", viewer=viewer)
 
 
 def _pool_of(session: Session, group_id: str) -> list[tuple[str, dict[str, Any] | None]]:

@@ -5,6 +5,9 @@ image): a variation set, a character or a persona's variations are made from out
 a submission references belong to its group (the group's uploads, or the images of its jobs);
 callers that work across groups (characters) pass `group_id=None`.
 
+Only the viewer's images are references: another user's upload or image is answered as one
+that does not exist (an admin may use anyone's).
+
 Ids are checked by shape before any query, so only well-formed ids, in bounded batches,
 reach the database. What a reference points to is resolved once more when its dispatch is
 sent (`storage_keys`): an image deleted meanwhile is then missing, and the sender fails the
@@ -15,9 +18,10 @@ from collections.abc import Iterable, Sequence
 
 from sqlmodel import Session, col, select
 
+from control_plane.access import Viewer
 from control_plane.db import in_batches
 from control_plane.errors import InvalidRequest
-from control_plane.models import Output, OutputKind, OutputStatus, Upload
+from control_plane.models import Job, Output, OutputKind, OutputStatus, Upload
 from shared.ids import is_id
 from shared.model_table import model_table
 
@@ -29,11 +33,15 @@ SHAPES = (
 
 
 def check(
-    session: Session, group_id: str | None, id_lists: Sequence[Sequence[str]], model: str | None
+    session: Session,
+    group_id: str | None,
+    id_lists: Sequence[Sequence[str]],
+    model: str | None,
+    viewer: Viewer,
 ) -> None:
     """422 unless every prompt's references are within the model's limit and every id is a
-    usable reference (of `group_id`, unless it is None); the message names the bad ids and
-    why."""
+    usable reference of `viewer` (of `group_id`, unless it is None); the message names the bad
+    ids and why."""
     limit = model_table()[model or ""].max_reference_images
     longest = max((len(ids) for ids in id_lists), default=0)
     if longest > limit:
@@ -47,7 +55,7 @@ def check(
             f"{len(malformed)} image id(s) are not uploads or images{_of(group_id)}: "
             f"{SHAPES}: {few(malformed)}"
         )
-    found = problems(session, group_id, wanted)
+    found = problems(session, group_id, wanted, viewer)
     if found:
         reasons = [found[image_id] for image_id in sorted(found)]
         raise InvalidRequest(
@@ -62,12 +70,14 @@ def well_formed(image_id: str) -> bool:
     return is_id("img", image_id) or is_id("out", image_id)
 
 
-def problems(session: Session, group_id: str | None, ids: Iterable[str]) -> dict[str, str]:
-    """Each of `ids` that is not a usable reference (of `group_id` unless None), with a
-    sentence naming it and saying why; usable ids are left out."""
+def problems(
+    session: Session, group_id: str | None, ids: Iterable[str], viewer: Viewer
+) -> dict[str, str]:
+    """Each of `ids` that is not a usable reference of `viewer` (of `group_id` unless None),
+    with a sentence naming it and saying why; usable ids are left out."""
     wanted = sorted(set(ids))
-    uploads = _usable_uploads(session, group_id, [i for i in wanted if is_id("img", i)])
-    outputs = _outputs(session, group_id, [i for i in wanted if is_id("out", i)])
+    uploads = _usable_uploads(session, group_id, [i for i in wanted if is_id("img", i)], viewer)
+    outputs = _outputs(session, group_id, [i for i in wanted if is_id("out", i)], viewer)
     found = {}
     for image_id in wanted:
         if is_id("img", image_id):
@@ -104,10 +114,14 @@ def storage_keys(session: Session, ids: Iterable[str]) -> dict[str, str]:
 _USABLE = (col(Output.status) == OutputStatus.SUCCEEDED, col(Output.kind) == OutputKind.IMAGE)
 
 
-def _usable_uploads(session: Session, group_id: str | None, ids: list[str]) -> set[str]:
+def _usable_uploads(
+    session: Session, group_id: str | None, ids: list[str], viewer: Viewer
+) -> set[str]:
     found: set[str] = set()
     for batch in in_batches(ids):
-        query = select(Upload.id).where(col(Upload.id).in_(batch))
+        query = select(Upload.id).where(
+            col(Upload.id).in_(batch), *viewer.owned(col(Upload.user_id))
+        )
         if group_id is not None:
             query = query.where(Upload.group_id == group_id)
         found.update(session.exec(query).all())
@@ -115,14 +129,19 @@ def _usable_uploads(session: Session, group_id: str | None, ids: list[str]) -> s
 
 
 def _outputs(
-    session: Session, group_id: str | None, ids: list[str]
+    session: Session, group_id: str | None, ids: list[str], viewer: Viewer
 ) -> dict[str, tuple[str, str, str | None]]:
-    """Each output among `ids` (of the group, unless None): its status, kind and key."""
+    """Each output among `ids` (of the group, unless None) that `viewer` sees: its status,
+    kind and key."""
     found: dict[str, tuple[str, str, str | None]] = {}
     for batch in in_batches(ids):
         query = select(Output.id, Output.status, Output.kind, Output.storage_key).where(
             col(Output.id).in_(batch)
         )
+        if not viewer.is_admin:  # an image is its job's owner's
+            query = query.join(Job, col(Job.id) == col(Output.job_id)).where(
+                *viewer.owned(col(Job.user_id))
+            )
         if group_id is not None:
             query = query.where(Output.group_id == group_id)
         for image_id, status, kind, key in session.exec(query).all():

@@ -11,6 +11,7 @@ worked for, and a persona's stages are not rerun (its pipeline runs them).
 from sqlmodel import Session
 
 from control_plane import lifecycle
+from control_plane.access import Viewer
 from control_plane.errors import Conflict
 from control_plane.models import Job, JobMode, Output
 from control_plane.schemas import GenerationConfig, WebhookRequest
@@ -24,22 +25,26 @@ PIPELINE_MODES = (JobMode.PERSONA_DATA, JobMode.PERSONA_IMAGES)
 
 
 def rerun(
-    session: Session, settings: Settings, job_id: str, webhook: WebhookRequest | None = None
+    session: Session,
+    settings: Settings,
+    job_id: str,
+    viewer: Viewer,
+    webhook: WebhookRequest | None = None,
 ) -> Job:
-    """Write and commit a rerun of job `job_id` (telling `webhook`, if given; the original's
-    is not copied); returns the new job (404 unknown, 409 when it cannot be rerun: a
-    persona's stage, or references deleted since)."""
-    original = get_job(session, job_id)
+    """Write and commit a rerun of the viewer's job `job_id` (telling `webhook`, if given;
+    the original's is not copied); returns the new job (404 unknown or another user's, 409
+    when it cannot be rerun: a persona's stage, or references deleted since)."""
+    original = get_job(session, job_id, viewer)
     [job] = write_jobs(
         session,
         original.group_id,
-        lambda: [add_rerun(session, settings, original)],
+        lambda: [add_rerun(session, settings, original, viewer)],
         webhooks.check(settings, webhook),
     )
     return job
 
 
-def add_rerun(session: Session, settings: Settings, original: Job) -> Job:
+def add_rerun(session: Session, settings: Settings, original: Job, viewer: Viewer) -> Job:
     """Add (without committing) a rerun of `original` to the session."""
     if original.mode in PIPELINE_MODES:
         raise Conflict(
@@ -47,7 +52,7 @@ def add_rerun(session: Session, settings: Settings, original: Job) -> Job:
             "its stages: create a new persona instead"
         )
     images = outputs_of(session, original.id)
-    _check_references(session, original.id, images)
+    _check_references(session, original.id, images, viewer)
     seed = draw_seed(GenerationConfig())
     job = Job(
         group_id=original.group_id,
@@ -73,11 +78,11 @@ def _copy(job: Job, image: Output, seed: int) -> Output:
     return copy
 
 
-def _check_references(session: Session, job_id: str, images: list[Output]) -> None:
+def _check_references(session: Session, job_id: str, images: list[Output], viewer: Viewer) -> None:
     """409 naming the references of the job's images that are gone (deleted since): they
     were checked when the job was made, in its group (or across groups, for characters)."""
     gone = references.problems(
-        session, None, {ref for image in images for ref in image.reference_ids}
+        session, None, {ref for image in images for ref in image.reference_ids}, viewer
     )
     if gone:
         reasons = [gone[image_id] for image_id in sorted(gone)]

@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from control_plane import events, lifecycle
-from control_plane.errors import Conflict, InvalidRequest, NotFound
-from control_plane.models import Catalog, Group, Job, JobMode, Output
+from control_plane.access import Viewer
+from control_plane.errors import Conflict, InvalidRequest
+from control_plane.models import Catalog, Job, JobMode, Output
 from control_plane.schemas import (
     AutomaticSubmit,
     CatalogSubmit,
@@ -23,6 +24,7 @@ from control_plane.schemas import (
     SemiAutomaticSubmit,
 )
 from control_plane.services import catalogs, pricing, prompts, references, spending, webhooks
+from control_plane.services.groups import get_group
 from control_plane.settings import Settings
 from shared.ids import new_id
 from shared.model_table import model_table
@@ -32,15 +34,18 @@ def submit(
     session: Session,
     settings: Settings,
     request: AutomaticSubmit | SemiAutomaticSubmit | CatalogSubmit,
+    viewer: Viewer,
 ) -> list[Job]:
     """Write and commit the jobs, outputs and dispatches of a submission; returns the jobs.
 
-    A group deleted between the check and the insert is a Conflict, with nothing written.
+    The group, its references and the catalog must be the viewer's (NotFound or 422 as for
+    ones that do not exist). A group deleted between the check and the insert is a Conflict,
+    with nothing written.
     """
     return write_jobs(
         session,
         request.group_id,
-        lambda: _plan(session, settings, request),
+        lambda: _plan(session, settings, request, viewer),
         webhooks.check(settings, request.webhook),
     )
 
@@ -91,15 +96,14 @@ def _plan(
     session: Session,
     settings: Settings,
     request: AutomaticSubmit | SemiAutomaticSubmit | CatalogSubmit,
+    viewer: Viewer,
 ) -> list[Job]:
-    group = session.get(Group, request.group_id)
-    if group is None:
-        raise NotFound(f"group {request.group_id} does not exist")
+    group = get_group(session, request.group_id, viewer)
     # As stored: MySQL matches "grp_x " to grp_x, and storage keys are built from the id.
     request = request.model_copy(update={"group_id": group.id})
     params = resolve_params(request.config, settings)
     if isinstance(request, CatalogSubmit):
-        return _plan_catalog(session, settings, request, params)
+        return _plan_catalog(session, settings, request, params, viewer)
     if isinstance(request, AutomaticSubmit):
         permutations = prompts.parse(request.prompt)
         check_job_size(
@@ -108,10 +112,12 @@ def _plan(
             f"{len(request.images):,} images x {permutations.count:,} prompts x "
             f"{request.config.outputs_per_image} outputs per image",
         )
-        references.check(session, request.group_id, [[i] for i in request.images], params["model"])
+        references.check(
+            session, request.group_id, [[i] for i in request.images], params["model"], viewer
+        )
         return _plan_automatic(session, settings, request, permutations.prompts(), params)
     items = _expanded_items(request)
-    references.check(session, request.group_id, [i.images for i in items], params["model"])
+    references.check(session, request.group_id, [i.images for i in items], params["model"], viewer)
     return _plan_semi_automatic(session, request, items, params)
 
 
@@ -271,10 +277,14 @@ def new_output(
 
 
 def _plan_catalog(
-    session: Session, settings: Settings, request: CatalogSubmit, params: dict[str, str | None]
+    session: Session,
+    settings: Settings,
+    request: CatalogSubmit,
+    params: dict[str, str | None],
+    viewer: Viewer,
 ) -> list[Job]:
     """One text-to-image job per tag, of `count` entries of that tag picked at random."""
-    catalog = catalogs.get_catalog(session, request.catalog_id)
+    catalog = catalogs.get_catalog(session, request.catalog_id, viewer)
     base_seed = draw_seed(request.config)
     picked = {
         tag: _expanded_entries(entries)

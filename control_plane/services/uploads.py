@@ -29,6 +29,7 @@ import pydantic
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select, update
 
+from control_plane.access import Viewer
 from control_plane.errors import (
     Conflict,
     DomainError,
@@ -85,15 +86,14 @@ def accept(
     settings: Settings,
     group_id: str,
     files: Sequence[IncomingFile],
+    viewer: Viewer,
     attributes: dict[str, Any] | None = None,
 ) -> tuple[list[Accepted], list[UploadRejected]]:
     """Store every acceptable new file (with `attributes`), answer files the group already
     has with their upload (unchanged), reject the rest with a reason, then record the stored
     (committed). Nothing is left behind when this fails part-way: stored objects are removed.
     """
-    group = session.get(Group, group_id)
-    if group is None:
-        raise NotFound(f"group {group_id} does not exist")
+    group = fetch(session, Group, group_id, "group", viewer=viewer)
     group_id = group.id  # as stored (MySQL pads trailing spaces): storage keys are built from it
     if not files:
         raise InvalidRequest("no files: send one or more images in the form field `files`")
@@ -185,8 +185,8 @@ def nothing_accepted(rejected: Sequence[UploadRejected]) -> DomainError:
     )
 
 
-def get_upload(session: Session, upload_id: str) -> Upload:
-    return fetch(session, Upload, upload_id, "upload")
+def get_upload(session: Session, upload_id: str, viewer: Viewer) -> Upload:
+    return fetch(session, Upload, upload_id, "upload", viewer=viewer)
 
 
 ATTRIBUTES = pydantic.TypeAdapter(UploadAttributes)
@@ -207,11 +207,13 @@ def parse_attributes(text: str) -> dict[str, Any] | None:
         ) from exc
 
 
-def update_attributes(session: Session, upload_id: str, patch: UploadPatch) -> Upload:
+def update_attributes(
+    session: Session, upload_id: str, patch: UploadPatch, viewer: Viewer
+) -> Upload:
     """Merge `patch` into the upload's attributes (a null value deletes its key; null
     attributes delete them all) and commit."""
     upload = session.get(Upload, upload_id, with_for_update=True, populate_existing=True)
-    if upload is None:
+    if upload is None or not viewer.sees(upload.user_id):
         raise NotFound(f"upload {upload_id} does not exist")
     merged = dict(upload.attributes or {}) if patch.attributes is not None else {}
     for key, value in (patch.attributes or {}).items():

@@ -12,6 +12,7 @@ from typing import Literal
 from sqlmodel import Session
 
 from control_plane import lifecycle
+from control_plane.access import Viewer
 from control_plane.errors import Conflict
 from control_plane.models import Job, JobMode, Output, OutputKind, OutputStatus
 from control_plane.schemas import GenerationConfig, VariationCreate
@@ -39,18 +40,30 @@ STRENGTH_WORDING: dict[Strength, str] = {
 }
 
 
-def vary(session: Session, settings: Settings, output_id: str, request: VariationCreate) -> Job:
-    """Write and commit a variation set of the image `output_id`; returns its job.
+def vary(
+    session: Session,
+    settings: Settings,
+    output_id: str,
+    request: VariationCreate,
+    viewer: Viewer,
+) -> Job:
+    """Write and commit a variation set of the viewer's image `output_id`; returns its job.
 
-    404 for an unknown image, 409 for one that is not a succeeded image.
+    404 for an unknown image (or another user's), 409 for one that is not a succeeded image.
     """
-    output = get_output(session, output_id)
+    output = get_output(session, output_id, viewer)
     [job] = write_jobs(
         session,
         output.group_id,
         lambda: [
             add_variation_set(
-                session, settings, output, request.count, request.strength, request.prompt
+                session,
+                settings,
+                output,
+                request.count,
+                request.strength,
+                request.prompt,
+                viewer=viewer,
             )
         ],
         webhooks.check(settings, request.webhook),
@@ -66,6 +79,7 @@ def add_variation_set(
     strength: Strength,
     prompt: str | None = None,
     *,
+    viewer: Viewer,
     batch_id: str | None = None,
 ) -> Job:
     """Add (without committing) a variation set of `output` to the session: for workflows
@@ -78,7 +92,7 @@ def add_variation_set(
             "image can be varied"
         )
     params = _params_of(output, settings)
-    references.check(session, output.group_id, [[output.id]], params["model"])
+    references.check(session, output.group_id, [[output.id]], params["model"], viewer)
     base_prompt = prompt or _base_prompt(session, output)
     seed = draw_seed(GenerationConfig())
     job = Job(

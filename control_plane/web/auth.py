@@ -19,6 +19,7 @@ import logging
 from urllib.parse import quote, urlsplit
 
 import anyio
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control_plane.access import LOCAL, PASSWORD_ADMIN, Viewer
@@ -28,7 +29,7 @@ from control_plane.settings import Settings
 from shared.hosts import is_loopback
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = ("/api/webhook/runpod", "/healthz", "/login")
+OPEN_PATHS = ("/api/webhook/runpod", "/healthz", "/login", "/logout")
 SESSION_COOKIE = "pixelfleet_session"
 API_PREFIXES = ("/api/", "/docs", "/redoc", "/openapi.json", "/metrics")
 CHALLENGE = [
@@ -100,11 +101,9 @@ def _offered(scope: Scope) -> bytes | None:
             return base64.b64decode(credentials.strip(), validate=True).partition(b":")[2]
         except (binascii.Error, ValueError):
             return b""
-    for part in headers.get(b"cookie", b"").split(b";"):
-        name, _, value = part.strip().partition(b"=")
-        if name == SESSION_COOKIE.encode() and value:
-            return value
-    return None
+    # as the sign-in page set it: a value with spaces (a password) arrives quoted
+    session = cookie_parser(headers.get(b"cookie", b"").decode("latin-1")).get(SESSION_COOKIE)
+    return session.encode() if session else None
 
 
 async def _refuse(scope: Scope, send: Send, offered: bool) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
+from control_plane.access import LOCAL
 from control_plane.models import Dispatch, Output, Upload, utcnow
 from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.poller import reconcile_once
@@ -37,7 +38,7 @@ def test_cancel_while_run_is_in_flight_cancels_that_runpod_job(api: Api) -> None
     def run_while_cancelled(request: httpx.Request) -> httpx.Response:
         job_id = json.loads(request.content)["input"]["job_id"]
         with api.session() as session:  # the user's cancel lands while /run is in flight
-            assert jobs.cancel(session, job_id) == []  # nothing known to RunPod yet
+            assert jobs.cancel(session, job_id, LOCAL) == []  # nothing known to RunPod yet
             session.commit()
         return httpx.Response(200, json={"id": "rp-orphan", "status": "IN_QUEUE"})
 

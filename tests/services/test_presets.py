@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import col, func, select
 
+from control_plane.access import LOCAL
 from control_plane.errors import Conflict
 from control_plane.models import (
     Dispatch,
@@ -432,7 +433,7 @@ def test_concurrent_examples_never_pick_the_same_reference(api: Api) -> None:
         with api.platform.session() as session:
             try:
                 _, picks = presets.request_examples(
-                    session, api.platform.settings, made["id"], request
+                    session, api.platform.settings, made["id"], request, LOCAL
                 )
             except Conflict as exc:
                 return exc.message

@@ -8,7 +8,14 @@ from control_plane.errors import InvalidRequest, PayloadTooLarge
 from control_plane.platform import Platform
 from control_plane.schemas import CatalogCreate, CatalogDetail, CatalogPublic, Page
 from control_plane.services import catalogs
-from control_plane.web.deps import CatalogId, PageLimit, PageNumber, PlatformDep, SessionDep
+from control_plane.web.deps import (
+    CatalogId,
+    PageLimit,
+    PageNumber,
+    PlatformDep,
+    SessionDep,
+    ViewerDep,
+)
 from control_plane.web.forms import read_form
 
 router = APIRouter(prefix="/api/catalogs", tags=["catalogs"])
@@ -35,11 +42,11 @@ BODY_DOC: dict[str, Any] = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=BODY_DOC)
 async def create_catalog(
-    request: Request, platform: PlatformDep, session: SessionDep
+    request: Request, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
 ) -> CatalogPublic:
     """Create a catalog from a JSON body, or from a JSON file in the multipart field `file`."""
     body = await _catalog_body(request, platform)
-    catalog = await run_in_threadpool(catalogs.create_catalog, session, body)
+    catalog = await run_in_threadpool(catalogs.create_catalog, session, body, viewer)
     return catalogs.catalog_public(catalog)
 
 
@@ -64,20 +71,21 @@ async def _catalog_body(request: Request, platform: Platform) -> CatalogCreate:
 
 @router.get("")
 def list_catalogs(
-    session: SessionDep, page: PageNumber = 1, limit: PageLimit = 20
+    session: SessionDep, viewer: ViewerDep, page: PageNumber = 1, limit: PageLimit = 20
 ) -> Page[CatalogPublic]:
-    """Catalogs, newest first, with their tags and prompts per tag (not the prompts)."""
-    total, rows = catalogs.page_of_catalogs(session, page, limit)
+    """The viewer's catalogs, newest first, with their tags and prompts per tag (not the
+    prompts)."""
+    total, rows = catalogs.page_of_catalogs(session, page, limit, viewer)
     return Page(data=rows, total=total, page=page, limit=limit)
 
 
 @router.get("/{catalog_id}")
-def get_catalog(catalog_id: CatalogId, session: SessionDep) -> CatalogDetail:
+def get_catalog(catalog_id: CatalogId, session: SessionDep, viewer: ViewerDep) -> CatalogDetail:
     """A catalog with its prompts."""
-    return catalogs.catalog_detail(catalogs.get_catalog(session, catalog_id))
+    return catalogs.catalog_detail(catalogs.get_catalog(session, catalog_id, viewer))
 
 
 @router.delete("/{catalog_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_catalog(catalog_id: CatalogId, session: SessionDep) -> None:
+def delete_catalog(catalog_id: CatalogId, session: SessionDep, viewer: ViewerDep) -> None:
     """Delete a catalog; jobs made from it keep their images and prompts."""
-    catalogs.delete_catalog(session, catalog_id)
+    catalogs.delete_catalog(session, catalog_id, viewer)

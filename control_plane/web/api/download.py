@@ -11,7 +11,7 @@ from control_plane.platform import Platform
 from control_plane.schemas import DownloadItem
 from control_plane.services import archive, groups
 from control_plane.services.uploads import safe_name
-from control_plane.web.deps import GroupId, PlatformDep, SessionDep
+from control_plane.web.deps import GroupId, PlatformDep, SessionDep, ViewerDep
 from control_plane.web.present import download_item
 
 log = logging.getLogger(__name__)
@@ -25,11 +25,15 @@ NDJSON = "application/x-ndjson"
     responses={200: {"content": {NDJSON: {}}}},
 )
 def list_downloads(
-    group_id: GroupId, request: Request, platform: PlatformDep, session: SessionDep
+    group_id: GroupId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: ViewerDep,
 ) -> StreamingResponse:
     """The group's finished images with URLs, by job and position, streamed: a JSON array,
     or JSON lines (one image a line) with `Accept: application/x-ndjson`."""
-    group = groups.get_group(session, group_id)
+    group = groups.get_group(session, group_id, viewer)
     batches = _item_batches(request, platform, group.id)
     if NDJSON in request.headers.get("accept", ""):
         lines = ("".join(item + "\n" for item in batch) for batch in batches)
@@ -73,6 +77,7 @@ async def download_zip(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
     job_id: JobFilter = None,
     status: StatusFilter = None,
     include: Include = None,
@@ -81,7 +86,7 @@ async def download_zip(
     image) and metadata.jsonl (Hugging Face imagefolder), with the reference images under
     inputs/ when asked."""
     _refuse_unknown_parameters(request)
-    group = await run_in_threadpool(groups.get_group, session, group_id)
+    group = await run_in_threadpool(groups.get_group, session, group_id, viewer)
     chosen = await run_in_threadpool(
         archive.selection, session, group.id, job_id or [], status or [], include or []
     )

@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response, Streamin
 from control_plane.errors import NotFound, Unavailable
 from control_plane.services.jobs import get_output
 from control_plane.services.uploads import get_upload
-from control_plane.web.deps import OutputId, PlatformDep, SessionDep, UploadId
+from control_plane.web.deps import OutputId, PlatformDep, SessionDep, UploadId, ViewerDep
 from shared.storage import StorageError
 
 router = APIRouter(prefix="/api", tags=["files"])
@@ -38,22 +38,30 @@ def _serve(platform: PlatformDep, key: str | None, media_type: str | None) -> Re
 
 
 @router.get("/uploads/{upload_id}/file", name="upload_file")
-def upload_file(upload_id: UploadId, platform: PlatformDep, session: SessionDep) -> Response:
-    upload = get_upload(session, upload_id)
+def upload_file(
+    upload_id: UploadId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    upload = get_upload(session, upload_id, viewer)
     return _serve(platform, upload.storage_key, upload.content_type)
 
 
 @router.get("/uploads/{upload_id}/thumbnail", name="upload_thumbnail")
-def upload_thumbnail(upload_id: UploadId, platform: PlatformDep, session: SessionDep) -> Response:
-    return _serve(platform, get_upload(session, upload_id).thumbnail_key, "image/webp")
+def upload_thumbnail(
+    upload_id: UploadId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    return _serve(platform, get_upload(session, upload_id, viewer).thumbnail_key, "image/webp")
 
 
 @router.get("/outputs/{output_id}/file", name="output_file")
-def output_file(output_id: OutputId, platform: PlatformDep, session: SessionDep) -> Response:
-    output = get_output(session, output_id)
+def output_file(
+    output_id: OutputId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    output = get_output(session, output_id, viewer)
     return _serve(platform, output.storage_key, output.content_type)
 
 
 @router.get("/outputs/{output_id}/thumbnail", name="output_thumbnail")
-def output_thumbnail(output_id: OutputId, platform: PlatformDep, session: SessionDep) -> Response:
-    return _serve(platform, get_output(session, output_id).thumbnail_key, "image/webp")
+def output_thumbnail(
+    output_id: OutputId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    return _serve(platform, get_output(session, output_id, viewer).thumbnail_key, "image/webp")

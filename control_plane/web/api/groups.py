@@ -24,22 +24,25 @@ def create_group(body: GroupCreate, session: SessionDep, viewer: ViewerDep) -> G
 
 @router.get("")
 def list_groups(
-    session: SessionDep, page: PageNumber = 1, limit: PageLimit = 20
+    session: SessionDep, viewer: ViewerDep, page: PageNumber = 1, limit: PageLimit = 20
 ) -> Page[GroupPublic]:
-    total, rows = groups.page_of_groups(session, page, limit)
+    """The viewer's groups (everyone's for an admin), newest first."""
+    total, rows = groups.page_of_groups(session, page, limit, viewer)
     data = [GroupPublic(**group.model_dump()) for group in rows]
     return Page(data=data, total=total, page=page, limit=limit)
 
 
 @router.delete("/{group_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_group(group_id: GroupId, platform: PlatformDep, session: SessionDep) -> None:
+async def delete_group(
+    group_id: GroupId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> None:
     """Delete the group, its uploads, jobs and images (409 while a job is running)."""
-    await run_in_threadpool(cleanup.delete_group, session, platform.storage, group_id)
+    await run_in_threadpool(cleanup.delete_group, session, platform.storage, group_id, viewer)
 
 
 @router.get("/{group_id}")
-def get_group(group_id: GroupId, session: SessionDep) -> GroupPublic:
-    group = groups.get_group(session, group_id)
+def get_group(group_id: GroupId, session: SessionDep, viewer: ViewerDep) -> GroupPublic:
+    group = groups.get_group(session, group_id, viewer)
     return GroupPublic(**group.model_dump(), counts=groups.group_counts(session, group.id))
 
 
@@ -49,11 +52,12 @@ def list_uploads(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
     page: PageNumber = 1,
     limit: PageLimit = 20,
 ) -> Page[UploadPublic]:
     """The group's uploads, oldest first (their sha256 tells a client what is already here)."""
-    group = groups.get_group(session, group_id)
+    group = groups.get_group(session, group_id, viewer)
     total, rows = uploads.page_of_uploads(session, group.id, page, limit)
     data = [upload_public(request, platform.storage, upload) for upload in rows]
     return Page(data=data, total=total, page=page, limit=limit)

@@ -5,7 +5,7 @@ from starlette.datastructures import FormData, UploadFile
 from control_plane.errors import InvalidRequest
 from control_plane.schemas import Estimate, SubmitResponse
 from control_plane.services import estimates, imports, pricing
-from control_plane.web.deps import SUBMISSION, PlatformDep, SessionDep, group_id_of
+from control_plane.web.deps import SUBMISSION, PlatformDep, SessionDep, ViewerDep, group_id_of
 from control_plane.web.forms import read_form
 from control_plane.web.limits import IMPORT_MAX_BODY_BYTES
 from control_plane.web.present import job_public
@@ -56,22 +56,26 @@ TEXT_FIELDS = ("template", "config", "webhook")  # a field, or a file part (curl
     dependencies=SUBMISSION,
 )
 async def import_rows(
-    request: Request, platform: PlatformDep, session: SessionDep
+    request: Request, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
 ) -> SubmitResponse:
     """One job from a CSV or JSONL file, a prompt per row; every row is checked first."""
     upload = await _import_file(request, platform)
-    job = await run_in_threadpool(imports.import_file, session, platform.settings, upload)
+    job = await run_in_threadpool(imports.import_file, session, platform.settings, upload, viewer)
     return SubmitResponse(
         batch_id=job.batch_id, jobs=[job_public(job)], estimate=pricing.of_jobs([job])
     )
 
 
 @router.post("/import/estimate", openapi_extra=IMPORT_DOC)
-async def estimate_import(request: Request, platform: PlatformDep, session: SessionDep) -> Estimate:
+async def estimate_import(
+    request: Request, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> Estimate:
     """What `POST /api/jobs/import` with the same form would cost, without writing or
     sending anything; refused as the import would be."""
     upload = await _import_file(request, platform)
-    return await run_in_threadpool(estimates.estimate_import, session, platform.settings, upload)
+    return await run_in_threadpool(
+        estimates.estimate_import, session, platform.settings, upload, viewer
+    )
 
 
 async def _import_file(request: Request, platform: PlatformDep) -> imports.ImportFile:

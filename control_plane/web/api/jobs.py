@@ -4,6 +4,7 @@ from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from control_plane import queueing
+from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest
 from control_plane.models import JobMode, JobStatus, OutputStatus
 from control_plane.runpod.sender import window
@@ -58,11 +59,11 @@ ImageLimit = Annotated[
 
 @router.post("/submit", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
 async def submit_jobs(
-    body: SubmitRequest, platform: PlatformDep, session: SessionDep
+    body: SubmitRequest, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
 ) -> SubmitResponse:
     """Plan and queue a submission; its dispatches go to RunPod in the background."""
     group_id_of(body.group_id)
-    created = await run_in_threadpool(submissions.submit, session, platform.settings, body)
+    created = await run_in_threadpool(submissions.submit, session, platform.settings, body, viewer)
     return SubmitResponse(
         batch_id=created[0].batch_id,
         jobs=[job_public(job) for job in created],
@@ -72,7 +73,7 @@ async def submit_jobs(
 
 @router.post("/estimate")
 async def estimate_jobs(
-    body: EstimateRequest, platform: PlatformDep, session: SessionDep
+    body: EstimateRequest, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
 ) -> Estimate:
     """What a submission would cost, without writing or sending anything: the body of
     `POST /api/jobs/submit` (any mode), or of a workflow's request with its `mode` and the
@@ -80,7 +81,7 @@ async def estimate_jobs(
     `character-pack` + `character_id`, `persona`). Imports: `POST /api/jobs/import/estimate`.
     Refused as the submission would be (422, 404, 409)."""
     _check_ids(body)
-    return await run_in_threadpool(estimates.estimate, session, platform.settings, body)
+    return await run_in_threadpool(estimates.estimate, session, platform.settings, body, viewer)
 
 
 def _check_ids(body: estimates.EstimateBody) -> None:
@@ -103,6 +104,7 @@ def _check_ids(body: estimates.EstimateBody) -> None:
 def list_jobs(
     session: SessionDep,
     platform: PlatformDep,
+    viewer: ViewerDep,
     status_: JobStatus | None = Query(None, alias="status"),
     group_id: str | None = None,
     mode: JobMode | None = None,
@@ -111,10 +113,11 @@ def list_jobs(
     limit: PageLimit = 20,
     with_total: bool = Query(False, description="count the matching jobs too"),
 ) -> CursorPage[JobPublic]:
-    """Jobs, newest first, filtered by status, group and mode: the first page, then each
-    page after `cursor` (the answer's `next`). `page` numbers still work (by offset, with
-    their total); `total` otherwise only with `with_total=true`."""
-    filters = jobs.JobFilters(status=status_, group_id=group_id, mode=mode)
+    """The viewer's jobs (everyone's for an admin), newest first, filtered by status, group
+    and mode: the first page, then each page after `cursor` (the answer's `next`). `page`
+    numbers still work (by offset, with their total); `total` otherwise only with
+    `with_total=true`."""
+    filters = jobs.JobFilters(viewer, status=status_, group_id=group_id, mode=mode)
     listed = _jobs_page(session, filters, cursor, page, limit)
     total = jobs.count_jobs(session, filters) if with_total or page is not None else None
     reruns = jobs.reruns_of(session, [job.id for job in listed.rows])
@@ -145,11 +148,12 @@ def get_job(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
     image_limit: ImageLimit = jobs.IMAGE_PAGE_DEFAULT,
 ) -> JobDetail:
     """The job, its progress, its reruns and its first `image_limit` images (each with its
     variation sets); `images_next` is the cursor to the rest (`GET /api/jobs/{id}/images`)."""
-    view = jobs.job_view(session, job_id, image_limit)
+    view = jobs.job_view(session, job_id, viewer, image_limit)
     detail = job_detail(request, platform.storage, view)
     positions = queueing.job_positions(session, window(platform), [view.job])
     detail.queue_position = positions.get(job_id)
@@ -162,6 +166,7 @@ def get_job_images(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
     status_: OutputStatus | None = Query(None, alias="status"),
     cursor: str | None = Query(None, max_length=100, description="`next` of the page before"),
     limit: Annotated[
@@ -170,29 +175,33 @@ def get_job_images(
 ) -> JobImages:
     """A page of the job's images by position (of one status if asked), and the cursor to
     the next page (`next`, None on the last)."""
-    job = jobs.get_job(session, job_id)
+    job = jobs.get_job(session, job_id, viewer)
     page = jobs.page_of_images(session, job.id, cursor=cursor, limit=limit, status=status_)
     return job_images(request, platform.storage, page)
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -> None:
+async def delete_job(
+    job_id: JobId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> None:
     """Delete a finished job and its images (409 while it is running)."""
-    await run_in_threadpool(cleanup.delete_job, session, platform.storage, job_id)
+    await run_in_threadpool(cleanup.delete_job, session, platform.storage, job_id, viewer)
 
 
 @router.post("/{job_id}/cancel")
-async def cancel_job(job_id: JobId, session: SessionDep) -> JobPublic:
+async def cancel_job(job_id: JobId, session: SessionDep, viewer: ViewerDep) -> JobPublic:
     """Cancel a job: its unfinished images fail as "cancelled"; RunPod jobs are cancelled too."""
-    await run_in_threadpool(jobs.cancel, session, job_id)
-    return _job_answer(session, job_id)
+    await run_in_threadpool(jobs.cancel, session, job_id, viewer)
+    return _job_answer(session, job_id, viewer)
 
 
 @router.post("/{job_id}/retry", dependencies=SUBMISSION)
-async def retry_job(job_id: JobId, platform: PlatformDep, session: SessionDep) -> JobPublic:
+async def retry_job(
+    job_id: JobId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> JobPublic:
     """Queue the job's failed images again."""
-    await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
-    return _job_answer(session, job_id)
+    await run_in_threadpool(jobs.retry, session, platform.settings, job_id, viewer)
+    return _job_answer(session, job_id, viewer)
 
 
 @router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
@@ -200,12 +209,13 @@ async def rerun_job(
     job_id: JobId,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
     body: Annotated[RerunCreate | None, Body()] = None,
 ) -> RerunPublic:
     """A new job with the same prompts, references and settings, and new seeds; the body
     (optional) may give it a webhook."""
     webhook = body.webhook if body is not None else None
-    job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id, webhook)
+    job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id, viewer, webhook)
     return RerunPublic(**job_public(job).model_dump(), estimate=pricing.of_jobs([job]))
 
 
@@ -219,8 +229,7 @@ def list_webhook_deliveries(
 ) -> CursorPage[WebhookDeliveryPublic]:
     """The messages sent (or being sent) to the job's webhook, oldest first: each one's
     event, status, attempts and the last answer or error."""
-    job = jobs.get_job(session, job_id)
-    viewer.check(job.user_id, "job", job.id)
+    job = jobs.get_job(session, job_id, viewer)
     if cursor is not None and not is_id("msg", cursor):
         raise InvalidRequest(f"cursor {cursor[:40]!r} is not one this API gave out")
     found = webhooks.deliveries(session, job.id, limit + 1, after=cursor)
@@ -229,7 +238,7 @@ def list_webhook_deliveries(
     return CursorPage(data=page, limit=limit, next=page[-1].id if more else None)
 
 
-def _job_answer(session: SessionDep, job_id: str) -> JobPublic:
+def _job_answer(session: SessionDep, job_id: str, viewer: Viewer) -> JobPublic:
     return job_public(
-        jobs.get_job(session, job_id), jobs.reruns_of(session, [job_id]).get(job_id, ())
+        jobs.get_job(session, job_id, viewer), jobs.reruns_of(session, [job_id]).get(job_id, ())
     )

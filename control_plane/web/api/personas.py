@@ -10,6 +10,7 @@ from control_plane.web.deps import (
     PersonaId,
     PlatformDep,
     SessionDep,
+    ViewerDep,
     group_id_of,
 )
 from control_plane.web.present import persona_detail, persona_public
@@ -19,12 +20,12 @@ router = APIRouter(prefix="/api/personas", tags=["personas"])
 
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
 async def create_personas(
-    body: PersonaCreate, platform: PlatformDep, session: SessionDep
+    body: PersonaCreate, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
 ) -> PersonaBatch:
     """Create `count` personas: each one's data, then a base portrait, then 4 variations."""
     group_id_of(body.group_id)
     batch_id, created, estimate = await run_in_threadpool(
-        personas.create_personas, session, platform.settings, body
+        personas.create_personas, session, platform.settings, body, viewer
     )
     return PersonaBatch(
         batch_id=batch_id, personas=[persona_public(p) for p in created], estimate=estimate
@@ -34,14 +35,15 @@ async def create_personas(
 @router.get("")
 def list_personas(
     session: SessionDep,
+    viewer: ViewerDep,
     batch_id: str | None = None,
     group_id: str | None = None,
     page: PageNumber = 1,
     limit: PageLimit = 20,
 ) -> Page[PersonaPublic]:
-    """Personas, oldest first, filtered by batch and group."""
+    """The viewer's personas, oldest first, filtered by batch and group."""
     total, rows = personas.page_of_personas(
-        session, page, limit, batch_id=batch_id, group_id=group_id
+        session, page, limit, viewer, batch_id=batch_id, group_id=group_id
     )
     data = [persona_public(persona) for persona in rows]
     return Page(data=data, total=total, page=page, limit=limit)
@@ -49,9 +51,13 @@ def list_personas(
 
 @router.get("/{persona_id}")
 def get_persona(
-    persona_id: PersonaId, request: Request, platform: PlatformDep, session: SessionDep
+    persona_id: PersonaId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: ViewerDep,
 ) -> PersonaDetail:
     """A persona: its data, status, stage, error log and images (base and variations)."""
-    persona = personas.get_persona(session, persona_id)
+    persona = personas.get_persona(session, persona_id, viewer)
     base, variations = personas.images_of(session, persona)
     return persona_detail(request, platform.storage, persona, base, variations)

@@ -20,6 +20,7 @@ from control_plane.web.deps import (
     PlatformDep,
     PresetId,
     SessionDep,
+    ViewerDep,
     group_id_of,
 )
 from control_plane.web.present import job_public, preset_example_public, preset_public
@@ -28,18 +29,20 @@ router = APIRouter(prefix="/api/presets", tags=["presets"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_preset(body: PresetCreate, platform: PlatformDep, session: SessionDep) -> PresetPublic:
+def create_preset(
+    body: PresetCreate, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> PresetPublic:
     """A prompt and settings whose examples are made over references picked from a pool."""
-    preset = presets.create_preset(session, platform.settings, body)
+    preset = presets.create_preset(session, platform.settings, body, viewer)
     return _public(session, preset)
 
 
 @router.get("")
 def list_presets(
-    session: SessionDep, page: PageNumber = 1, limit: PageLimit = 20
+    session: SessionDep, viewer: ViewerDep, page: PageNumber = 1, limit: PageLimit = 20
 ) -> Page[PresetPublic]:
-    """Presets, newest first."""
-    total, rows = presets.page_of_presets(session, page, limit)
+    """The viewer's presets, newest first."""
+    total, rows = presets.page_of_presets(session, page, limit, viewer)
     data = [_public(session, preset) for preset in rows]
     return Page(data=data, total=total, page=page, limit=limit)
 
@@ -50,11 +53,12 @@ def get_preset(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
     page: PageNumber = 1,
     limit: PageLimit = 20,
 ) -> PresetDetail:
     """A preset with a page of its gallery (every example made, newest first)."""
-    preset = presets.get_preset(session, preset_id)
+    preset = presets.get_preset(session, preset_id, viewer)
     total, rows = presets.page_of_gallery(session, preset.id, page, limit)
     gallery = [preset_example_public(request, platform.storage, *row) for row in rows]
     return PresetDetail(
@@ -64,14 +68,18 @@ def get_preset(
 
 
 @router.delete("/{preset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_preset(preset_id: PresetId, session: SessionDep) -> None:
+def delete_preset(preset_id: PresetId, session: SessionDep, viewer: ViewerDep) -> None:
     """Delete a preset, its usage records and gallery; its jobs and their images stay."""
-    presets.delete_preset(session, preset_id)
+    presets.delete_preset(session, preset_id, viewer)
 
 
 @router.post("/{preset_id}/examples", status_code=status.HTTP_201_CREATED, dependencies=SUBMISSION)
 async def request_examples(
-    preset_id: PresetId, body: PresetExamplesRequest, platform: PlatformDep, session: SessionDep
+    preset_id: PresetId,
+    body: PresetExamplesRequest,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: ViewerDep,
 ) -> PresetExamplesResponse:
     """Pick `count` unused references of the pool (balanced over `balance_by`'s values) and
     submit one job of the preset's examples over them; 409 naming what remains per value
@@ -80,7 +88,7 @@ async def request_examples(
     if body.group_id is not None:
         group_id_of(body.group_id)
     job, picks = await run_in_threadpool(
-        presets.request_examples, session, platform.settings, preset_id, body
+        presets.request_examples, session, platform.settings, preset_id, body, viewer
     )
     return PresetExamplesResponse(
         batch_id=job.batch_id,
@@ -92,10 +100,10 @@ async def request_examples(
 
 
 @router.delete("/{preset_id}/usage")
-def reset_usage(preset_id: PresetId, session: SessionDep) -> PresetUsageReset:
+def reset_usage(preset_id: PresetId, session: SessionDep, viewer: ViewerDep) -> PresetUsageReset:
     """Release the preset's references so they can be picked again; those reserved by
     examples jobs still running stay reserved until their jobs end."""
-    return presets.reset_usage(session, preset_id)
+    return presets.reset_usage(session, preset_id, viewer)
 
 
 def _public(session: Session, preset: Preset) -> PresetPublic:

@@ -4,7 +4,7 @@ from fastapi.concurrency import run_in_threadpool
 from control_plane.errors import InvalidRequest
 from control_plane.schemas import UploadPatch, UploadPublic, UploadResult
 from control_plane.services import uploads
-from control_plane.web.deps import PlatformDep, SessionDep, UploadId, group_id_of
+from control_plane.web.deps import PlatformDep, SessionDep, UploadId, ViewerDep, group_id_of
 from control_plane.web.forms import incoming_files, read_form
 from control_plane.web.present import upload_public
 
@@ -41,7 +41,7 @@ MULTIPART_DOC = {
     responses={413: {"description": "every file was over the size limit"}},
 )
 async def upload_images(
-    request: Request, platform: PlatformDep, session: SessionDep
+    request: Request, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
 ) -> UploadResult:
     """Upload many images at once (field `files`, repeated) into a group (field `group_id`).
 
@@ -65,6 +65,7 @@ async def upload_images(
             platform.settings,
             group_id,
             incoming_files(form),
+            viewer,
             parsed,
         )
     finally:
@@ -85,8 +86,9 @@ def update_upload(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
 ) -> UploadPublic:
     """Change an upload's attributes: merged in (RFC 7396), a key sent as null is deleted,
     `"attributes": null` deletes them all."""
-    upload = uploads.update_attributes(session, upload_id, body)
+    upload = uploads.update_attributes(session, upload_id, body, viewer)
     return upload_public(request, platform.storage, upload)

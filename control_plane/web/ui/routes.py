@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData
 
+from control_plane.access import Viewer
 from control_plane.errors import DomainError, InvalidRequest, NotFound, describe_validation
 from control_plane.models import ACTIVE_JOB, JobMode, Output
 from control_plane.schemas import GroupCreate, SubmitRequest, VariationCreate
@@ -81,14 +82,20 @@ def _page(
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, session: SessionDep, page: PageNumber = 1) -> HTMLResponse:
-    return _index(request, session, page)
+def index(
+    request: Request, session: SessionDep, viewer: ViewerDep, page: PageNumber = 1
+) -> HTMLResponse:
+    return _index(request, session, viewer, page)
 
 
 def _index(
-    request: Request, session: SessionDep, page: int = 1, error: str | None = None
+    request: Request,
+    session: SessionDep,
+    viewer: Viewer,
+    page: int = 1,
+    error: str | None = None,
 ) -> HTMLResponse:
-    total, page_groups = groups.page_of_groups(session, page, GROUPS_PER_PAGE)
+    total, page_groups = groups.page_of_groups(session, page, GROUPS_PER_PAGE, viewer)
     counts = groups.counts_of_groups(session, [group.id for group in page_groups])
     rows = [(group, counts[group.id]) for group in page_groups]
     context = {"rows": rows, "page": page, "pages": _pages(total, GROUPS_PER_PAGE), "error": error}
@@ -101,7 +108,7 @@ async def create_group(request: Request, session: SessionDep, viewer: ViewerDep)
     try:
         body = GroupCreate(name=str(form.get("name") or ""))
     except ValidationError as exc:
-        return _index(request, session, error=describe_validation(exc.errors()))
+        return _index(request, session, viewer, error=describe_validation(exc.errors()))
     group = await run_in_threadpool(groups.create_group, session, body.name, viewer.user_id)
     return RedirectResponse(f"/groups/{group.id}", status.HTTP_303_SEE_OTHER)
 
@@ -112,12 +119,13 @@ def group_page(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
     page: PageNumber = 1,
     uploaded: int | None = None,
     duplicates: int = 0,
 ) -> HTMLResponse:
     notice = None if uploaded is None else _uploaded_notice(uploaded, duplicates)
-    return _group(request, platform, session, group_id, page, notice=notice)
+    return _group(request, platform, session, viewer, group_id, page, notice=notice)
 
 
 def _uploaded_notice(uploaded: int, duplicates: int, rejected: int = 0) -> str:
@@ -133,6 +141,7 @@ def _group(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: Viewer,
     group_id: str,
     page: int = 1,
     *,
@@ -141,11 +150,11 @@ def _group(
     rejected: list[Any] | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    group = groups.get_group(session, group_id)
+    group = groups.get_group(session, group_id, viewer)
     counts = groups.group_counts(session, group.id)
     _, page_uploads = uploads.page_of_uploads(session, group.id, page, UPLOADS_PER_PAGE)
     group_jobs = jobs.jobs_after(
-        session, JOBS_ON_GROUP_PAGE, filters=jobs.JobFilters(group_id=group.id)
+        session, JOBS_ON_GROUP_PAGE, None, jobs.JobFilters(viewer, group_id=group.id)
     ).rows
     context = {
         "group": group,
@@ -165,20 +174,36 @@ def _group(
 
 @router.post("/groups/{group_id}/uploads", response_class=HTMLResponse)
 async def upload(
-    group_id: GroupId, request: Request, platform: PlatformDep, session: SessionDep
+    group_id: GroupId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: ViewerDep,
 ) -> Response:
     form = await read_form(request, platform)
     try:
         files = chosen_files(incoming_files(form))
         try:
             accepted, rejected = await run_in_threadpool(
-                uploads.accept, session, platform.storage, platform.settings, group_id, files
+                uploads.accept,
+                session,
+                platform.storage,
+                platform.settings,
+                group_id,
+                files,
+                viewer,
             )
         except NotFound:
             raise
         except DomainError as exc:
             return _group(
-                request, platform, session, group_id, error=exc.message, status_code=exc.status_code
+                request,
+                platform,
+                session,
+                viewer,
+                group_id,
+                error=exc.message,
+                status_code=exc.status_code,
             )
     finally:
         await form.close()
@@ -189,6 +214,7 @@ async def upload(
             request,
             platform,
             session,
+            viewer,
             group_id,
             error=refusal.message,
             rejected=rejected,
@@ -205,6 +231,7 @@ async def upload(
         request,
         platform,
         session,
+        viewer,
         group_id,
         page=last_page,
         notice=_uploaded_notice(new, duplicates, len(rejected)),
@@ -215,14 +242,21 @@ async def upload(
 
 @router.post("/groups/{group_id}/submit", response_class=HTMLResponse, dependencies=SUBMISSION)
 async def submit(
-    group_id: GroupId, request: Request, platform: PlatformDep, session: SessionDep
+    group_id: GroupId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: ViewerDep,
 ) -> Response:
     form = await request.form()
+    await run_in_threadpool(groups.get_group, session, group_id, viewer)
     try:
         body = submit_adapter.validate_python(
             await run_in_threadpool(_submission, session, group_id, form)
         )
-        created = await run_in_threadpool(submissions.submit, session, platform.settings, body)
+        created = await run_in_threadpool(
+            submissions.submit, session, platform.settings, body, viewer
+        )
     except ValidationError as exc:
         message, code = describe_validation(exc.errors()), 422
     except NotFound:
@@ -232,7 +266,7 @@ async def submit(
     else:
         target = f"/jobs/{created[0].id}" if len(created) == 1 else f"/groups/{group_id}#jobs"
         return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
-    return _group(request, platform, session, group_id, error=message, status_code=code)
+    return _group(request, platform, session, viewer, group_id, error=message, status_code=code)
 
 
 def _submission(session: SessionDep, group_id: str, form: FormData) -> dict[str, Any]:
@@ -286,10 +320,11 @@ def job_page(
     request: Request,
     platform: PlatformDep,
     session: SessionDep,
+    viewer: ViewerDep,
     cursor: str | None = Query(None, max_length=100),
 ) -> HTMLResponse:
     """The job and a page of its images, with links to the pages before and after."""
-    job = jobs.get_job(session, job_id)
+    job = jobs.get_job(session, job_id, viewer)
     page = jobs.page_of_images(session, job.id, cursor=cursor, limit=IMAGES_ON_JOB_PAGE)
     view = jobs.JobView(job, page, jobs.reruns_of(session, [job.id]).get(job.id, []))
     parent = job.parent_output_id and session.get(Output, job.parent_output_id)
@@ -313,28 +348,34 @@ def _job_page_link(session: SessionDep, job_id: str, first: int | None) -> str:
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel(job_id: JobId, session: SessionDep) -> Response:
-    await run_in_threadpool(jobs.cancel, session, job_id)
+async def cancel(job_id: JobId, session: SessionDep, viewer: ViewerDep) -> Response:
+    await run_in_threadpool(jobs.cancel, session, job_id, viewer)
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/jobs/{job_id}/retry", dependencies=SUBMISSION)
-async def retry(job_id: JobId, platform: PlatformDep, session: SessionDep) -> Response:
-    await run_in_threadpool(jobs.retry, session, platform.settings, job_id)
+async def retry(
+    job_id: JobId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    await run_in_threadpool(jobs.retry, session, platform.settings, job_id, viewer)
     return RedirectResponse(f"/jobs/{job_id}", status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/jobs/{job_id}/rerun", dependencies=SUBMISSION)
-async def rerun(job_id: JobId, platform: PlatformDep, session: SessionDep) -> Response:
-    job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id)
+async def rerun(
+    job_id: JobId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
+    job = await run_in_threadpool(reruns.rerun, session, platform.settings, job_id, viewer)
     return RedirectResponse(f"/jobs/{job.id}", status.HTTP_303_SEE_OTHER)
 
 
 @router.post("/outputs/{output_id}/variations", dependencies=SUBMISSION)
-async def vary(output_id: OutputId, platform: PlatformDep, session: SessionDep) -> Response:
+async def vary(
+    output_id: OutputId, platform: PlatformDep, session: SessionDep, viewer: ViewerDep
+) -> Response:
     """A variation set of the image with the API's defaults (4 images, strong)."""
     job = await run_in_threadpool(
-        variations.vary, session, platform.settings, output_id, VariationCreate()
+        variations.vary, session, platform.settings, output_id, VariationCreate(), viewer
     )
     return RedirectResponse(f"/jobs/{job.id}", status.HTTP_303_SEE_OTHER)
 
