@@ -46,7 +46,7 @@ class Settings(CommonSettings):
     webhook_grace_s: float = Field(60.0, ge=0)
     metrics_window_s: float = Field(3600.0, ge=60, le=7 * 86_400)  # /metrics' windowed figures
     # fair queueing (`control_plane/queueing.py`); 0: no cap
-    max_inflight_dispatches: int = Field(0, ge=0)  # the endpoint's capacity
+    max_inflight_dispatches: int = Field(32, ge=0)  # the endpoint's capacity; 0: no cap
     max_inflight_per_user_free: int = Field(0, ge=0)
     max_inflight_per_user_paid: int = Field(0, ge=0)
     run_rate_per_s: float = Field(100.0, ge=0)  # RunPod: 1000 /run per 10 s; 0: no limit

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
+from control_plane.access import Viewer
 from control_plane.db import session_scope
 from control_plane.errors import PaymentRequired
 from control_plane.models import (
@@ -364,10 +365,13 @@ def test_two_submissions_at_once_cannot_both_pass_the_cap(
     monkeypatch.setattr(spending, "month_spend", slow_spend)
     outcomes: list[str] = []
 
+    with Session(api.platform.engine) as session:
+        viewer = Viewer.of(users.find_user(session, "cy"))
+
     def submit() -> None:
         with Session(api.platform.engine, expire_on_commit=False) as session:
             try:
-                submissions.submit(session, api.platform.settings, body)
+                submissions.submit(session, api.platform.settings, body, viewer)
                 outcomes.append("201")
             except PaymentRequired:
                 outcomes.append("402")
