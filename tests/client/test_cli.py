@@ -191,7 +191,7 @@ def _submit(stack: Stack, n: int, prompt: str = "slowly") -> str:
 def test_jobs_ls_show_cancel_retry_watch_and_download(settings: Settings, tmp_path: Path) -> None:
     # slow enough that the job is still running after two commands on a loaded machine
     with contextmanager(run_stack)(
-        settings, offline_latency_ms=2000, worker_concurrency=2
+        settings, offline_latency_ms=1200, worker_concurrency=2
     ) as stack:
         url = api_url(stack)
         job_id = _submit(stack, 12)

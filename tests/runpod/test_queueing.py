@@ -159,7 +159,7 @@ def test_a_paid_set_then_a_second_free_users_set_go_before_a_free_20000_image_jo
 def test_a_set_submitted_while_a_big_job_is_sent_goes_in_the_next_round(api: Api) -> None:
     """No cap on the endpoint but 220 in flight: while the sender's first round (200
     dispatches) of the big free job is under way, a paid and a second free user submit a set
-    each; both are among the first sends of the next round, not after the big job's
+    each; both are sent in the next round, not after the big job's
     1,250 dispatches."""
     from control_plane.runpod import sender
 
@@ -186,8 +186,10 @@ def test_a_set_submitted_while_a_big_job_is_sent_goes_in_the_next_round(api: Api
     order = sent_jobs(api)
     assert len(order) == 220
     assert order[: sender.BATCH] == [big] * sender.BATCH
-    next_sends = order[sender.BATCH : sender.BATCH + sender.SEND_CONCURRENCY]
-    assert made["paid"] in next_sends and made["other"] in next_sends
+    # the next round is the last 20 sends (the cap), planned with both sets first; its sends
+    # run 8 at a time, so the order they are recorded in within the round may vary
+    next_round = order[sender.BATCH :]
+    assert made["paid"] in next_round and made["other"] in next_round
 
 
 def test_per_user_caps_by_tier_and_waiting_work_goes_out_when_a_dispatch_ends(api: Api) -> None:
