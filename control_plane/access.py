@@ -9,7 +9,6 @@ by the admin password have no owner (`user_id` None): only admins see them once 
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.errors import NotFound
 from control_plane.models import User, UserTier
 
 
@@ -40,11 +39,6 @@ class Viewer:
     def owned(self, user_id_column: Any) -> list[Any]:
         """WHERE clauses keeping the rows this viewer sees (none for an admin)."""
         return [] if self.is_admin else [user_id_column == self.user_id]
-
-    def check(self, owner_id: str | None, noun: str, row_id: str) -> None:
-        """NotFound, worded as for a row that does not exist, unless this viewer sees it."""
-        if not self.sees(owner_id):
-            raise NotFound(f"{noun} {row_id} does not exist")
 
 
 LOCAL = Viewer(user_id=None, name="local")  # the embedded default's one implicit user

@@ -25,7 +25,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from control_plane.access import Viewer
-from control_plane.errors import InvalidRequest, NotFound
+from control_plane.errors import InvalidRequest
 from control_plane.events import Consumer
 from control_plane.lifecycle import NO_RESULT, RESULT_REJECTED
 from control_plane.models import (
@@ -38,6 +38,7 @@ from control_plane.models import (
     OutputKind,
     clip,
 )
+from control_plane.services.rows import fetch
 
 CONSUMER = "analytics"
 ERROR_CHARS = 300
@@ -236,9 +237,7 @@ def list_events(
     """The viewer's events after the cursor `after`, oldest first, and the cursor of the
     next page (None at the end of the log, for now)."""
     if job_id is not None:
-        job = session.get(Job, job_id)
-        if job is None or not viewer.sees(job.user_id):
-            raise NotFound(f"job {job_id} does not exist")
+        fetch(session, Job, job_id, "job", viewer=viewer)
     filters = [col(AnalyticsEvent.id) > after, *viewer.owned(col(AnalyticsEvent.user_id))]
     if kind is not None:
         filters.append(col(AnalyticsEvent.type) == kind)

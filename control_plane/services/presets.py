@@ -24,7 +24,7 @@ from sqlmodel import Session, col, delete, func, select, update
 
 from control_plane import lifecycle
 from control_plane.access import Viewer
-from control_plane.errors import Conflict, InvalidRequest, NotFound
+from control_plane.errors import Conflict, InvalidRequest
 from control_plane.events import Consumer
 from control_plane.models import (
     ACTIVE_JOB,
@@ -49,7 +49,7 @@ from control_plane.schemas import (
     PresetUsageReset,
 )
 from control_plane.services import prompts, references, webhooks
-from control_plane.services.rows import fetch
+from control_plane.services.rows import fetch, visible
 from control_plane.services.submissions import (
     check_job_size,
     draw_seed,
@@ -160,9 +160,7 @@ def page_of_gallery(
 def delete_preset(session: Session, preset_id: str, viewer: Viewer) -> None:
     """Delete a preset with its usage and gallery records (committed); its jobs and their
     images stay."""
-    preset = lock_preset(session, preset_id)
-    if preset is None or not viewer.sees(preset.user_id):
-        raise NotFound(f"preset {preset_id} does not exist")
+    preset = visible(session, lock_preset(session, preset_id), "preset", preset_id, viewer)
     session.exec(delete(PresetUsage).where(col(PresetUsage.preset_id) == preset.id))
     session.exec(delete(PresetExample).where(col(PresetExample.preset_id) == preset.id))
     session.delete(preset)
@@ -185,9 +183,7 @@ def lock_preset(session: Session, preset_id: str) -> Preset | None:
 def reset_usage(session: Session, preset_id: str, viewer: Viewer) -> PresetUsageReset:
     """Release the preset's references (committed): every usage record but those reserved by
     examples jobs still running, which are released when their jobs end."""
-    preset = lock_preset(session, preset_id)
-    if preset is None or not viewer.sees(preset.user_id):
-        raise NotFound(f"preset {preset_id} does not exist")
+    preset = visible(session, lock_preset(session, preset_id), "preset", preset_id, viewer)
     running = set(
         session.exec(
             select(PresetUsage.upload_id)
@@ -318,8 +314,7 @@ def _plan_examples(
 ) -> tuple[Job, Picks]:
     """The job and its reservations, added to the session under the preset's lock."""
     preset = lock_preset(session, preset_id)  # held until commit: picks never overlap
-    if preset is None or not viewer.sees(preset.user_id):
-        raise NotFound(f"preset {preset_id} does not exist")
+    preset = visible(session, preset, "preset", preset_id, viewer)
     pool = _group(session, request.pool_group_id, "pool group", viewer)
     target = _group(session, request.group_id, "group", viewer) if request.group_id else pool
     params = resolve_params(GenerationConfig.model_validate(_config_fields(preset)), settings)

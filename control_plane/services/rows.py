@@ -30,6 +30,12 @@ def fetch(
     does not exist"); with `prefix`, an id not shaped like one is not looked up (it cannot
     exist)."""
     row = None if prefix and not is_id(prefix, row_id) else session.get(model, row_id)
+    return visible(session, row, noun, row_id, viewer)
+
+
+def visible(session: Session, row: RowT | None, noun: str, row_id: str, viewer: Viewer) -> RowT:
+    """`row` (read by the caller, e.g. locked) if it exists and `viewer` sees it, else
+    NotFound worded as for a missing one."""
     if row is None or not viewer.sees(owner_of(session, row)):
         raise NotFound(f"{noun} {row_id} does not exist")
     return row

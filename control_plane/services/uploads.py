@@ -34,7 +34,6 @@ from control_plane.errors import (
     Conflict,
     DomainError,
     InvalidRequest,
-    NotFound,
     PayloadTooLarge,
     describe_validation,
 )
@@ -45,7 +44,7 @@ from control_plane.schemas import (
     UploadPatch,
     UploadRejected,
 )
-from control_plane.services.rows import fetch
+from control_plane.services.rows import fetch, visible
 from control_plane.settings import Settings
 from shared import layout
 from shared.ids import new_id
@@ -212,9 +211,8 @@ def update_attributes(
 ) -> Upload:
     """Merge `patch` into the upload's attributes (a null value deletes its key; null
     attributes delete them all) and commit."""
-    upload = session.get(Upload, upload_id, with_for_update=True, populate_existing=True)
-    if upload is None or not viewer.sees(upload.user_id):
-        raise NotFound(f"upload {upload_id} does not exist")
+    locked = session.get(Upload, upload_id, with_for_update=True, populate_existing=True)
+    upload = visible(session, locked, "upload", upload_id, viewer)
     merged = dict(upload.attributes or {}) if patch.attributes is not None else {}
     for key, value in (patch.attributes or {}).items():
         if value is None:
