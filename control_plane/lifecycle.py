@@ -392,13 +392,32 @@ def finish_dispatch(
     refresh_job(session, dispatch.job_id)
 
 
+def apply_progress(
+    session: Session, storage: Storage, dispatch_id: str, results: Sequence[ItemResult]
+) -> bool:
+    """Apply results the worker posted while the dispatch runs, WITHOUT ending it: each ends
+    one of its unfinished outputs (an output already ended keeps its first result, so a
+    re-run's or a repeated post's changes nothing); outputs not reported stay as they are.
+    False (nothing changed) once the dispatch has ended: RunPod's report is the authority
+    for its end, and `finish_dispatch` later applies only what is still unfinished."""
+    dispatch = lock_dispatch(session, dispatch_id)
+    if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
+        return False
+    _apply_results(session, storage, dispatch, list(results), fail_missing=False)
+    refresh_job(session, dispatch.job_id)
+    return True
+
+
 def _apply_results(
     session: Session,
     storage: Storage,
     dispatch: Dispatch,
     results: list[ItemResult | UnreadableResult],
+    *,
+    fail_missing: bool = True,
 ) -> None:
-    """Each result for one of the dispatch's unfinished outputs (others are ignored), once."""
+    """Each result for one of the dispatch's unfinished outputs (others are ignored), once;
+    unfinished outputs with no result fail, unless `fail_missing` is False (progress)."""
     outputs = {
         output.id: output
         for output in session.exec(
@@ -413,6 +432,8 @@ def _apply_results(
         if output is not None:
             _apply_result(storage, output, result)
             _end_output(session, output, now)
+    if not fail_missing:
+        return
     for output in outputs.values():  # the worker said nothing about these
         output.status, output.error = OutputStatus.FAILED, NO_RESULT
         _end_output(session, output, now)
@@ -511,7 +532,13 @@ def _fail_dispatch(
     session.add(dispatch)
     wake_after_commit(session, Service.SENDER)  # its retry, or room under the in-flight caps
     job = session.get(Job, dispatch.job_id)
-    retry = within_budget and job is not None and job.status != JobStatus.CANCELLED
+    unfinished = col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
+    retry = (
+        within_budget
+        and job is not None
+        and job.status != JobStatus.CANCELLED
+        and _any(session, unfinished)  # progress may have ended every image already
+    )
     emit(
         session,
         EventKind.DISPATCH_FAILED,
@@ -522,7 +549,6 @@ def _fail_dispatch(
         lost=lost,
         runpod_job_id=dispatch.runpod_job_id,
     )
-    unfinished = col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
     if retry:
         log.warning(
             "dispatch %s %s (%s); retrying as attempt %d after %d losses",
@@ -543,6 +569,11 @@ def _fail_dispatch(
         log.warning("dispatch %s failed for good: %s", dispatch.id, reason)
         _fail_outputs(session, unfinished, reason, now, "lost" if lost else "dispatch_failed")
     refresh_job(session, dispatch.job_id)
+
+
+def _any(session: Session, condition: Sequence[Any]) -> bool:
+    """Whether any output matches `condition`."""
+    return session.exec(select(Output.id).where(*condition).limit(1)).first() is not None
 
 
 def _next_try(settings: Settings, dispatch: Dispatch, lost: bool) -> tuple[int, int, bool]:

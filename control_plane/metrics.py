@@ -52,6 +52,12 @@ RUNPOD_WEBHOOKS = Counter(
     ["outcome"],
     registry=PROCESS,
 )
+RUNPOD_PROGRESS = Counter(
+    "pixelfleet_runpod_progress",
+    "Worker progress posts received by this process, by outcome",
+    ["outcome"],
+    registry=PROCESS,
+)
 RECONCILE_POLLS = Counter(
     "pixelfleet_reconcile_polls",
     "quiet dispatches this process asked RunPod's /status about, by outcome",

@@ -7,6 +7,13 @@ worker refuses versions it does not know.
 Version 2 added text tasks: a WorkItem with `task: "text"` asks a text model (`text_model`)
 for an answer, as JSON matching `response_schema` when one is given; its ItemResult carries
 the answer in `text` and no file. Image items and results are as in version 1.
+
+Version 3 added progress: a DispatchInput may carry a `progress_url` (the control plane's
+per-dispatch, token-authenticated URL, next to its RunPod webhook) to which the worker POSTs a
+ProgressReport with the results stored since its last post, as they are stored (coalesced,
+best effort: a post that fails is logged, never fails the dispatch). The DispatchOutput still
+carries every result, and RunPod's webhook and `/status` stay the authority for the
+dispatch's end. Items and results are as in version 2.
 """
 
 from enum import StrEnum
@@ -14,7 +21,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CONTRACT_VERSION: Final = 2
+CONTRACT_VERSION: Final = 3
 
 
 class Task(StrEnum):
@@ -73,10 +80,16 @@ class WorkItem(_Strict):
 class DispatchInput(_Strict):
     """The `input` of one RunPod job: a chunk of a pixelfleet job."""
 
-    version: Literal[2] = CONTRACT_VERSION
+    version: Literal[3] = CONTRACT_VERSION
     dispatch_id: str
     job_id: str
     items: list[WorkItem] = Field(min_length=1)
+    progress_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="where the worker POSTs a ProgressReport as results are stored (best "
+        "effort; the output still carries every result)",
+    )
 
 
 class ItemResult(_Strict):
@@ -104,6 +117,15 @@ class ItemResult(_Strict):
 class DispatchOutput(_Strict):
     """The `output` of one RunPod job: one result per work item."""
 
-    version: Literal[2] = CONTRACT_VERSION
+    version: Literal[3] = CONTRACT_VERSION
     dispatch_id: str
     results: list[ItemResult]
+
+
+class ProgressReport(_Strict):
+    """What the worker POSTs to a dispatch's `progress_url`: results stored since its last
+    report (each image's result is final on the worker; a later report never revises it)."""
+
+    version: Literal[3] = CONTRACT_VERSION
+    dispatch_id: str
+    results: list[ItemResult] = Field(min_length=1)

@@ -4,9 +4,15 @@
 sync handler would run them one after another) and a concurrency_modifier that tells
 RunPod how many jobs this worker can take now: runpod calls it with the current concurrency
 before fetching jobs and fetches up to the returned value minus the jobs it already holds.
-It follows what the image slots can take (`Runner.job_capacity`: enough dispatches to fill
-them, plus one), so a busy worker leaves further jobs in RunPod's queue for other workers
-instead of holding them IN_PROGRESS towards their executionTimeout.
+It follows the free image slots (`Runner.job_capacity`: the jobs it holds, plus as many as
+the free slots and one dispatch waiting can take), so a set whose last image is retrying
+never keeps the other slots idle, and a busy worker leaves further jobs in RunPod's queue for
+other workers instead of holding them IN_PROGRESS towards their executionTimeout. runpod's
+own JobScaler would stop fetching until idle whenever that value changes: `worker/main.py`
+runs it with `worker/scaling.py`'s change, which applies the value at once.
+
+A dispatch with a `progress_url` (contract version 3) has each result posted there as it is
+stored (`worker/progress.py`), best effort; the output still carries every result.
 """
 
 import logging
@@ -17,6 +23,7 @@ from pydantic import ValidationError
 
 from shared.contract import CONTRACT_VERSION, DispatchInput
 from shared.storage import open_storage
+from worker.progress import ProgressPoster
 from worker.providers import build_provider
 from worker.runner import Runner
 from worker.settings import WorkerSettings
@@ -42,7 +49,20 @@ def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int
         except ValidationError as exc:
             return {"error": f"invalid input: {exc.errors(include_url=False)}"}
         log.info("dispatch %s: %d images", dispatch.dispatch_id, len(dispatch.items))
-        output = await runner.run_dispatch(dispatch, run_id=str(job.get("id") or ""))
+        run_id = str(job.get("id") or "")
+        if dispatch.progress_url is None:
+            output = await runner.run_dispatch(dispatch, run_id=run_id)
+            return output.model_dump(mode="json")
+        poster = ProgressPoster(
+            dispatch.progress_url,
+            dispatch.dispatch_id,
+            interval_s=settings.worker_progress_interval_s,
+            attempts=settings.worker_progress_attempts,
+        )
+        try:
+            output = await runner.run_dispatch(dispatch, on_result=poster.add, run_id=run_id)
+        finally:
+            await poster.close()
         return output.model_dump(mode="json")
 
     def concurrency_modifier(current: int) -> int:

@@ -9,9 +9,10 @@ on RunPod.
 
 Things deliberately not emulated: rate limits (429), `/stream`, `progress_update`, the
 shorter retention of `/runsync` results, and multiple workers. This is one worker that runs
-at most `job_concurrency` jobs at once; given the handler's concurrency_modifier, it asks it
-before taking each job, as runpod's JobScaler does, and takes one only while fewer jobs are
-running than it returns (runpod 1.12 also resizes its job queue only when idle: not emulated).
+at most `job_concurrency` jobs at once; given the handler's concurrency_modifier, it takes
+jobs as the worker's scaler does (`worker/scaling.py`, runpod's JobScaler applying the value
+at once): it asks the modifier before taking a job, takes one only while fewer jobs are
+running than it returns, and when full asks again `full_poll_s` later (1 s, as runpod).
 
 Run it with `python -m worker.local_endpoint --port 8001` (reads WorkerSettings).
 """
@@ -54,7 +55,7 @@ RUN_BODY_LIMIT = 10 * 1024 * 1024  # RunPod refuses larger /run bodies
 RUNSYNC_BODY_LIMIT = 20 * 1024 * 1024  # and larger /runsync bodies
 WEBHOOK_TIMEOUT_S = 10.0  # per delivery attempt
 SWEEP_INTERVAL_S = 1.0  # background expiry sweep; requests also sweep before answering
-CAPACITY_POLL_S = 0.05  # how often a full worker asks the concurrency_modifier again
+FULL_POLL_S = 1.0  # a full worker asks the concurrency_modifier again after this, as runpod
 
 
 class RunPodStatus(StrEnum):
@@ -97,6 +98,7 @@ class EndpointConfig:
     default_ttl_ms: int = 86_400_000
     runsync_wait_ms: int = 90_000
     webhook_hosts: frozenset[str] = frozenset()  # beyond loopback, which is always allowed
+    full_poll_s: float = FULL_POLL_S
 
 
 @dataclass(frozen=True)
@@ -421,7 +423,7 @@ class LocalEndpoint:
             self.concurrency = allowed
             if self.running < allowed:
                 return
-            await asyncio.sleep(CAPACITY_POLL_S)
+            await asyncio.sleep(self.config.full_poll_s)
 
     def _start(self, job: RunPodJob) -> "asyncio.Task[dict[str, Any]]":
         job.status, job.started_at = RunPodStatus.IN_PROGRESS, time.monotonic()

@@ -1,6 +1,7 @@
 """The RunPod serverless entry point (`python -m worker.main`, the worker image's CMD).
 
-`runpod` is imported here and only here: importing it costs ~1.5 s and reconfigures logging.
+`runpod` is imported here and only here (and in `worker/scaling.py`, which only this imports):
+importing it costs ~1.5 s and reconfigures logging.
 A configuration problem (bad settings, a missing bucket, unusable credentials) ends the
 process at once with one line saying what to fix and exit code 2, not a traceback.
 """
@@ -27,6 +28,9 @@ def main() -> None:
         sys.exit(2)
     import runpod
 
+    from worker import scaling
+
+    scaling.install()  # the modifier follows the free image slots: see worker/scaling.py
     runpod.serverless.start({"handler": handler, "concurrency_modifier": concurrency_modifier})
 
 

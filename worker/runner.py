@@ -76,19 +76,25 @@ class Runner:
         self.slots = asyncio.Semaphore(concurrency)
         self.storing = asyncio.Semaphore(concurrency)  # generated images waiting to be stored
         self._recent_sizes: deque[int] = deque(maxlen=RECENT_DISPATCHES)
+        self.held = 0  # dispatches running now
+        self.unfinished = 0  # their images without a result yet (running or waiting)
 
     def job_capacity(self, max_jobs: int) -> int:
-        """How many dispatches (RunPod jobs) this worker should hold at once.
+        """How many dispatches (RunPod jobs) this worker should hold now: those it holds, plus
+        as many more as its free image slots can take with at most one dispatch's images
+        waiting (so a slot that frees up never waits for a fetch), bounded by `max_jobs`, at
+        least 1.
 
-        Enough dispatches to fill every image slot, plus one waiting so the slots do not idle
-        while a dispatch finishes its last images; bounded by `max_jobs`, at least 1. It
-        depends on the shape of the work (the largest recent dispatch), not on the moment's
-        load: runpod (1.12) stops fetching jobs until the worker is idle whenever the value
-        changes, so a value that followed the load would stall the worker again and again.
+        It counts images, not dispatches: a dispatch down to its last (retrying) image holds
+        one slot, and the other slots take new work. A dispatch's size is guessed from the
+        largest recent one. The value follows the load, so it changes often: runpod's own
+        JobScaler would stop fetching until idle at each change, which `worker/scaling.py`
+        avoids.
         """
         per_dispatch = max(self._recent_sizes, default=TYPICAL_DISPATCH_SIZE)
-        fill = -(-self.concurrency // per_dispatch)
-        return max(1, min(max_jobs, fill + 1))
+        room = self.concurrency + per_dispatch - self.unfinished
+        more = max(0, room // per_dispatch)
+        return max(1, min(max_jobs, self.held + more))
 
     async def run_dispatch(
         self,
@@ -114,13 +120,22 @@ class Runner:
             deadline = self.clock() + self.dispatch_deadline_s
 
         async def run_and_report(item: WorkItem) -> ItemResult:
-            result = await self._run_item_safely(item, deadline)
+            try:
+                result = await self._run_item_safely(item, deadline)
+            finally:
+                self.unfinished -= 1
             if on_result is not None:
                 await on_result(result)
             return result
 
+        # Counted before the first await: whoever asks job_capacity next sees this dispatch.
         self._recent_sizes.append(len(items))
-        results = await asyncio.gather(*(run_and_report(item) for item in items))
+        self.held += 1
+        self.unfinished += len(items)
+        try:
+            results = await asyncio.gather(*(run_and_report(item) for item in items))
+        finally:
+            self.held -= 1
         return DispatchOutput(dispatch_id=dispatch.dispatch_id, results=list(results))
 
     async def _run_item_safely(self, item: WorkItem, deadline: float | None) -> ItemResult:

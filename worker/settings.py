@@ -11,16 +11,25 @@ from shared.settings import CommonSettings
 class WorkerSettings(CommonSettings):
     worker_concurrency: int = Field(32, ge=1, description="images in flight per worker process")
     worker_max_jobs: int = Field(
-        8,
+        32,
         ge=1,
         description="most RunPod jobs one worker takes at once (its concurrency_modifier "
-        "takes fewer when the image slots are full)",
+        "takes jobs by free image slots, so fewer when they are full)",
     )
     worker_dispatch_deadline_s: float = Field(
         540,
         gt=0,
         description="a dispatch ends within this many seconds (keep it under RunPod's "
         "executionTimeout, 600 s by default): no retry is started that would run past it",
+    )
+    worker_progress_interval_s: float = Field(
+        0.5,
+        gt=0,
+        description="a dispatch's stored results are posted to the control plane at most this "
+        "often (the first at once): no result waits longer than this for its post",
+    )
+    worker_progress_attempts: int = Field(
+        3, ge=1, description="tries per progress post before it is dropped (best effort)"
     )
     provider: Literal["auto", "offline", "gemini"] = "auto"
     offline_latency_ms: int = Field(0, ge=0, description="simulated provider latency")

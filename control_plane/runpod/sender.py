@@ -24,7 +24,7 @@ from control_plane import lifecycle, queueing
 from control_plane.models import Dispatch, Output, OutputKind, utcnow
 from control_plane.platform import Platform
 from control_plane.runpod.client import RunPodError
-from control_plane.runpod.wire import run_body
+from control_plane.runpod.wire import progress_url, run_body
 from control_plane.services import references
 from shared import layout
 from shared.contract import DispatchInput, ImageParams, Task, WorkItem
@@ -126,9 +126,9 @@ def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
             if (missing := [ref for ref in output.reference_ids if ref not in keys])
         }
         if not gone:
-            return run_body(
-                platform.settings, dispatch, _input_of(platform.storage, dispatch, outputs, keys)
-            )
+            progress = progress_url(platform.settings.public_url, dispatch)
+            dispatch_input = _input_of(platform.storage, dispatch, outputs, keys, progress)
+            return run_body(platform.settings, dispatch, dispatch_input)
     log.warning("dispatch %s: %d image(s) lost their references", dispatch_id, len(gone))
     with platform.session_scope() as session:
         lifecycle.drop_unsendable(session, dispatch_id, gone)
@@ -167,14 +167,21 @@ def _unsent(session: Session, dispatch: Dispatch) -> list[Output]:
 
 
 def _input_of(
-    storage: Storage, dispatch: Dispatch, outputs: list[Output], keys: dict[str, str]
+    storage: Storage,
+    dispatch: Dispatch,
+    outputs: list[Output],
+    keys: dict[str, str],
+    progress: str,
 ) -> DispatchInput:
-    """The worker's input: the dispatch's unfinished images, references as storage URIs."""
+    """The worker's input: the dispatch's unfinished images, references as storage URIs, and
+    where to post their results as they are stored."""
     items = [
         _work_item(output, [storage.uri(keys[ref]) for ref in output.reference_ids])
         for output in outputs
     ]
-    return DispatchInput(dispatch_id=dispatch.id, job_id=dispatch.job_id, items=items)
+    return DispatchInput(
+        dispatch_id=dispatch.id, job_id=dispatch.job_id, items=items, progress_url=progress
+    )
 
 
 def _work_item(output: Output, reference_uris: list[str]) -> WorkItem:

@@ -1,6 +1,9 @@
 """RunPod's completion callback. Unsigned, so authenticated by the per-dispatch token in its
 URL (checked before the body is read); idempotent, so RunPod's re-sends change nothing. A report
-that cannot be applied is answered 503, so RunPod sends it again (`finisher.py` counts it)."""
+that cannot be applied is answered 503, so RunPod sends it again (`finisher.py` counts it).
+
+The worker's progress posts (contract version 3) come to a URL next to it, with the same token:
+results stored so far, applied without ending the dispatch (`lifecycle.apply_progress`)."""
 
 import hmac
 import logging
@@ -8,16 +11,19 @@ import logging
 from pydantic import ValidationError
 from sqlmodel import Session
 
+from control_plane import lifecycle
 from control_plane.errors import InvalidRequest, Unauthorized, Unavailable, describe_validation
 from control_plane.models import Dispatch
 from control_plane.runpod.finisher import Outcome, apply_report
 from control_plane.runpod.wire import RunPodJobState, report_of
 from control_plane.settings import Settings
+from shared.contract import ProgressReport
 from shared.ids import is_id
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 BODY_SCHEMA = RunPodJobState.model_json_schema()
+PROGRESS_SCHEMA = ProgressReport.model_json_schema()
 
 
 def authenticate(session: Session, dispatch_id: str, token: str) -> None:
@@ -44,4 +50,23 @@ def receive(
         raise Unavailable("this report could not be applied yet; send it again")
     if outcome is Outcome.FAILED:
         return {"status": "failed", "reason": "this report could not be applied"}
+    return {"status": "accepted"}
+
+
+def receive_progress(
+    session: Session, storage: Storage, dispatch_id: str, body: bytes
+) -> dict[str, str]:
+    """Apply a worker's progress post to the dispatch (commits); the answer for the worker.
+    A dispatch that has ended ignores it: RunPod's report already said everything."""
+    try:
+        report = ProgressReport.model_validate_json(body)
+    except ValidationError as exc:
+        problems = describe_validation(exc.errors(include_input=False)) or "body: invalid"
+        raise InvalidRequest(f"not a progress report: {problems}") from None
+    if report.dispatch_id != dispatch_id:
+        raise InvalidRequest(f"the report is for dispatch {report.dispatch_id[:80]!r}")
+    applied = lifecycle.apply_progress(session, storage, dispatch_id, report.results)
+    session.commit()
+    if not applied:
+        return {"status": "ignored", "reason": "the dispatch has ended"}
     return {"status": "accepted"}

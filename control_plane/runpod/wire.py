@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 FINAL_STATES: Final = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 WEBHOOK_PATH: Final = "/api/webhook/runpod"
+PROGRESS_PATH: Final = "/api/webhook/runpod/progress"
 
 
 class RunPodJobState(BaseModel):
@@ -69,6 +70,13 @@ def webhook_url(public_url: str, dispatch: Dispatch) -> str:
     return f"{public_url.rstrip('/')}{WEBHOOK_PATH}?{query}"
 
 
+def progress_url(public_url: str, dispatch: Dispatch) -> str:
+    """Where the worker posts the dispatch's results as they are stored: authenticated like
+    the webhook, by the dispatch's token in the URL."""
+    query = urlencode({"dispatch": dispatch.id, "token": dispatch.webhook_token})
+    return f"{public_url.rstrip('/')}{PROGRESS_PATH}?{query}"
+
+
 def report_of(state: RunPodJobState) -> DispatchReport:
     """A final RunPod state as pixelfleet reads it: the worker's results, or why none.
     Timings no column can hold are dropped (they fail nothing)."""
@@ -88,8 +96,9 @@ class _ResultsUnread(BaseModel):
     so that one result that does not match fails its image, not its neighbours."""
 
     model_config = ConfigDict(extra="forbid")
-    # A version 1 output is a version 2 output without text results: both read the same.
-    version: Literal[1, 2] = CONTRACT_VERSION
+    # Outputs of versions 1 to 3 read the same (1 had no text results; 3 added progress,
+    # which does not change the output).
+    version: Literal[1, 2, 3] = CONTRACT_VERSION
     dispatch_id: str
     results: list[Any]
 

@@ -5,10 +5,10 @@ forgery).
 
 Every route asks for it (`Authorization: Bearer pf_…`, HTTP Basic with the key or password as
 its password, or the UI's session cookie), except those that must stay open: RunPod's webhook
-(it cannot send headers; each dispatch's URL carries its own token), `/healthz` (load
-balancers) and the UI's sign-in page. Without credentials a request acts for the implicit
-local user, but only in development, on a loopback address, without an admin password, and
-until the first user exists.
+and the worker's progress posts next to it (neither can send our credentials; each
+dispatch's URL carries its own token), `/healthz` (load balancers) and the UI's sign-in page.
+Without credentials a request acts for the implicit local user, but only in development, on a
+loopback address, without an admin password, and until the first user exists.
 """
 
 import base64
@@ -29,7 +29,13 @@ from control_plane.settings import Settings
 from shared.hosts import is_loopback
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = ("/api/webhook/runpod", "/healthz", "/login", "/logout")
+OPEN_PATHS = (
+    "/api/webhook/runpod",
+    "/api/webhook/runpod/progress",
+    "/healthz",
+    "/login",
+    "/logout",
+)
 SESSION_COOKIE = "pixelfleet_session"
 API_PREFIXES = ("/api/", "/docs", "/redoc", "/openapi.json", "/metrics")
 CHALLENGE = [

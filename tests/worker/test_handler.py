@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,9 @@ def test_handler_validates_input_and_returns_the_contract(tmp_path: Path) -> Non
     settings = WorkerSettings(storage_url=str(tmp_path), provider="offline", worker_max_jobs=5)
     handler, concurrency_modifier, runner = make_handler(settings)
     assert 1 <= concurrency_modifier(1) <= 5
-    bad = asyncio.run(handler({"id": "rp-1", "input": {"version": 2, "items": []}}))
+    bad = asyncio.run(handler({"id": "rp-1", "input": {"version": 3, "items": []}}))
     assert "invalid input" in bad["error"]
-    for unknown in (1, 99):  # version 1 had no text tasks: a worker of 2 refuses it too
+    for unknown in (1, 2, 99):  # 1 had no text tasks, 2 no progress: a worker of 3 refuses them
         future = asyncio.run(handler({"id": "rp-2", "input": {"version": unknown}}))
         assert future["error"] == f"unsupported contract version {unknown}"
     good = asyncio.run(
@@ -94,7 +95,7 @@ def _dispatch_of(name: str, size: int) -> dict[str, Any]:
     items = [
         WorkItem(
             output_id=f"{name}_{n}",
-            prompt="p",
+            prompt=f"{name}_{n}",
             params=ImageParams(model="gemini-2.5-flash-image", seed=n),
             output_key=f"out/{name}_{n}",
         )
@@ -104,40 +105,82 @@ def _dispatch_of(name: str, size: int) -> dict[str, Any]:
     return {"id": name, "input": dispatch.model_dump(mode="json")}
 
 
-def test_concurrency_modifier_follows_what_the_image_slots_can_take(tmp_path: Path) -> None:
+class PerImageProvider(Provider):
+    """Holds each image until its own gate (by prompt) is set; `started` lists the prompts
+    being generated, in order."""
+
+    name = "offline"
+
+    def __init__(self) -> None:
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+
+    def gate(self, prompt: str) -> asyncio.Event:
+        return self.gates.setdefault(prompt, asyncio.Event())
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        self.started.append(request.prompt)
+        await self.gate(request.prompt).wait()
+        return GeneratedImage(data=png_bytes(), content_type="image/png")
+
+
+async def _settle() -> None:
+    for _ in range(20):  # let every task run until it waits on a gate
+        await asyncio.sleep(0)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait (storing runs in threads) until `condition` holds; fail after 10 s."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+def test_concurrency_modifier_takes_jobs_by_free_image_slots(tmp_path: Path) -> None:
+    """Sets of 2 on 4 image slots: the worker holds what fills the slots plus one set
+    waiting; when a set is down to one slow image, its freed slot takes a new set."""
     settings = WorkerSettings(
         storage_url=str(tmp_path), provider="offline", worker_concurrency=4, worker_max_jobs=8
     )
     handler, modifier, runner = make_handler(settings)
-    provider = GatedProvider()
+    provider = PerImageProvider()
     runner.provider = provider
 
-    async def scenario() -> list[int]:
-        seen = [modifier(1)]  # fresh: dispatches assumed of 16, one fills 4 slots, +1 waiting
-        tasks = []
-        for name in ("a", "b", "c"):  # dispatches of 2 images on 4 slots
-            tasks.append(asyncio.create_task(handler(_dispatch_of(name, 2))))
-            await asyncio.sleep(0.01)
-            seen.append(modifier(seen[-1]))
-        seen.append(runner.job_capacity(2))  # bounded by worker_max_jobs
-        provider.gate.set()
-        outputs = await asyncio.gather(*tasks)
+    async def scenario() -> None:
+        assert modifier(1) == 1  # fresh: dispatches assumed of 16, one fills the 4 slots
+        tasks = {}
+        for name, wanted_after in (("a", 3), ("b", 3), ("c", 3)):
+            tasks[name] = asyncio.create_task(handler(_dispatch_of(name, 2)))
+            await _settle()
+            assert modifier(1) == wanted_after
+        # a and b fill the 4 slots, c waits: no more jobs (the queue keeps them for others)
+        assert sorted(provider.started) == ["a_0", "a_1", "b_0", "b_1"]
+        assert runner.job_capacity(2) == 2  # bounded by worker_max_jobs
+        for prompt in ("a_0", "b_0", "b_1"):  # a is down to its slow a_1; b is done
+            provider.gate(prompt).set()
+        await tasks["b"]
+        await _until(lambda: runner.unfinished == 3)
+        assert set(provider.started) == {"a_0", "a_1", "b_0", "b_1", "c_0", "c_1"}
+        assert modifier(1) == 3  # a (1 image left) and c hold 3 slots: one more set
+        tasks["d"] = asyncio.create_task(handler(_dispatch_of("d", 2)))
+        await _settle()
+        assert provider.started[-1] == "d_0"  # the slot a's slow image left free is used
+        assert modifier(1) == 3  # full again, one image waiting: take nothing more
+        for gate in ("a_1", "c_0", "c_1", "d_0", "d_1"):
+            provider.gate(gate).set()
+        outputs = await asyncio.gather(*tasks.values())
         assert all(r["status"] == "succeeded" for o in outputs for r in o["results"])
-        seen.append(modifier(seen[-2]))
-        return seen
+        assert (runner.held, runner.unfinished) == (0, 0)
+        assert modifier(1) == 3  # idle: 4 slots and one set waiting, of 2 each
 
-    # Two dispatches of 2 fill 4 slots, one more waits; steady however busy the slots are,
-    # since runpod drains the worker before applying a changed value.
-    assert asyncio.run(scenario()) == [2, 3, 3, 3, 2, 3]
+    asyncio.run(scenario())
 
-    small = WorkerSettings(storage_url=str(tmp_path), provider="offline", worker_concurrency=1)
-    handler, modifier, runner = make_handler(small)
-    asyncio.run(handler(_dispatch_of("big", 3)))
-    assert modifier(5) == 2  # a dispatch bigger than the slots, and one waiting
     semi = WorkerSettings(storage_url=str(tmp_path), provider="offline", worker_concurrency=32)
     handler, modifier, runner = make_handler(semi)
     asyncio.run(handler(_dispatch_of("set", 4)))
-    assert modifier(1) == 8  # sets of 4: 8 fill 32 slots, +1 waiting, capped by max jobs 8
+    assert modifier(1) == 9  # sets of 4: 8 fill 32 slots, +1 waiting (max jobs 32)
 
 
 def test_the_local_endpoint_leaves_jobs_queued_while_the_image_slots_are_full(
