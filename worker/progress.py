@@ -3,11 +3,12 @@ not when the whole dispatch ends.
 
 A `ProgressPoster` sends a dispatch's results to its `progress_url` as they come: the first
 at once, later ones coalesced into one post at most every `interval_s` (so a result waits at
-most that long, plus the post before it). It is best effort: a post that fails is retried
-`attempts` times in all, then dropped with a warning, and nothing here ever fails the
-dispatch, because the dispatch's output (RunPod's webhook and `/status`) still carries every
-result. An answer of 4xx other than 408/429 is not retried, and once the control plane says
-the dispatch has ended (`"ignored"`), the poster stops posting.
+most that long, plus the post before it); when the dispatch returns, what is still waiting
+goes in one last post. It is best effort: a post that fails is tried `attempts` times in all
+(the last one once), then dropped with a warning, and nothing here ever fails the dispatch,
+because the dispatch's output (RunPod's webhook and `/status`) still carries every result.
+An answer of 4xx other than 408/429 is not retried, and once the control plane says the
+dispatch has ended (`"ignored"`), the poster stops posting.
 """
 
 import asyncio
@@ -21,7 +22,8 @@ from shared.contract import ItemResult, ProgressReport
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
 RETRYABLE_4XX = frozenset({408, 429})
-POST_TIMEOUT_S = 10.0
+POST_TIMEOUT_S = 5.0
+CLOSE_BUDGET_S = 5.0  # the most a returning dispatch waits for its last progress post
 
 
 class ProgressPoster:
@@ -44,13 +46,15 @@ class ProgressPoster:
         self.posted: list[list[str]] = []  # output ids of each post the control plane took
         self._waiting: list[ItemResult] = []
         self._wake = asyncio.Event()
-        self._stopped = False
+        self._stopped = False  # the dispatch is returning: no new posts
+        self._ended = False  # the control plane said the dispatch has ended
+        self._posting = False
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None  # made at the first post
 
     async def add(self, result: ItemResult) -> None:
         """Queue a stored result for the next post (the `on_result` of `Runner.run_dispatch`)."""
-        if self._stopped:
+        if self._stopped or self._ended:
             return
         self._waiting.append(result)
         self._wake.set()
@@ -58,29 +62,50 @@ class ProgressPoster:
             self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        """Stop posting: what is still waiting travels in the dispatch's output."""
+        """Finish a post under way, post what is still waiting (once), and stop: the
+        dispatch is about to return its output, which waits `CLOSE_BUDGET_S` at most."""
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_BUDGET_S):
+                await self._finish_posting()
+        except TimeoutError:
+            log.warning("progress of dispatch %s: last post given up", self.dispatch_id)
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+            if self._client is not None:
+                await self._client.aclose()
+
+    async def _finish_posting(self) -> None:
+        if self._task is not None and self._posting:
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        batch, self._waiting = self._waiting, []
+        if batch and not self._ended:
+            await self._post(batch, attempts=1)
 
     async def _run(self) -> None:
-        while not self._stopped:
+        while True:
             await self._wake.wait()
             self._wake.clear()
             batch, self._waiting = self._waiting, []
-            if batch:
-                await self._post(batch)
-                await self.sleep(self.interval_s)  # what arrives meanwhile goes in one post
+            if not batch:
+                continue
+            self._posting = True
+            try:
+                await self._post(batch, self.attempts)
+            finally:
+                self._posting = False
+            if self._stopped or self._ended:
+                return
+            await self.sleep(self.interval_s)  # what arrives meanwhile goes in one post
 
-    async def _post(self, batch: list[ItemResult]) -> None:
+    async def _post(self, batch: list[ItemResult], attempts: int) -> None:
         body = ProgressReport(dispatch_id=self.dispatch_id, results=batch).model_dump_json()
         headers = {"content-type": "application/json"}
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=POST_TIMEOUT_S)
-        for attempt in range(1, self.attempts + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 response = await self._client.post(self.url, content=body, headers=headers)
             except httpx.HTTPError as exc:
@@ -92,7 +117,7 @@ class ProgressPoster:
                 problem = f"HTTP {response.status_code}"
                 if response.status_code < 500 and response.status_code not in RETRYABLE_4XX:
                     break
-            if attempt < self.attempts:
+            if attempt < attempts:
                 await self.sleep(self.interval_s)
         log.warning(
             "progress of dispatch %s: %d result(s) not posted (%s); the output carries them",
@@ -109,4 +134,4 @@ class ProgressPoster:
             ended = False
         if ended:
             log.info("dispatch %s ended at the control plane: no more progress", self.dispatch_id)
-            self._stopped = True
+            self._ended = True
