@@ -77,9 +77,11 @@ class Script:
         self.calls = 0
         self.seen: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
+        self.arrivals: list[float] = []  # time.monotonic() of each call
 
     def answer(self, body: dict[str, Any]) -> tuple[int, bytes]:
         self.calls += 1
+        self.arrivals.append(time.monotonic())
         prompt = _prompt_of(body)
         self.seen[prompt] += 1
         if self.calls % self.quota_every == 0:
@@ -106,7 +108,8 @@ def fake_app(script: Script, latency_s: float) -> Callable[..., Any]:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         if scope["method"] != "POST":
-            status, body = _json(200, {"calls": script.calls, "outcomes": script.outcomes})
+            stats = {"calls": script.calls, "outcomes": script.outcomes}
+            status, body = _json(200, {**stats, "arrivals": script.arrivals})
         else:
             status, body = script.answer(json.loads(b"".join(chunks)))
             await asyncio.sleep(latency_s)

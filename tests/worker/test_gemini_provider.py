@@ -362,6 +362,27 @@ async def test_429_waits_the_retry_delay_google_gives(
     assert time.monotonic() - started < 5  # the fake clock, not a real 47 s
 
 
+async def test_a_lone_429_holds_back_its_own_call_and_three_in_a_row_every_call(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    """A throttled call now and then waits its own retry delay and pauses nobody else; 429s
+    in a row mean the quota is spent, and then every call waits the announced delay."""
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "30s"}
+    quota = error(429, "RESOURCE_EXHAUSTED", "quota", retry_info)
+    calls = route(api).mock(side_effect=[quota, ok(image_part(PNG)), quota, quota, quota])
+    provider = make(max_attempts=1)  # each 429 fails its image at once: no retry sleep
+    with pytest.raises(GenerationFailed):
+        await provider.generate(request_of("throttled"))
+    await provider.generate(request_of("next"))
+    assert max(clock.sleeps, default=0) < 1  # only the limiter's spacing: no 30 s hold
+    for _ in range(3):
+        with pytest.raises(GenerationFailed):
+            await provider.generate(request_of("spent"))
+    calls.mock(side_effect=None, return_value=ok(image_part(PNG)))
+    await provider.generate(request_of("after"))
+    assert max(clock.sleeps) == pytest.approx(30, abs=0.01)  # three in a row: every call waits
+
+
 async def test_429_without_retry_info_backs_off_and_a_huge_delay_fails_at_once(
     api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
 ) -> None:

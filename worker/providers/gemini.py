@@ -16,7 +16,9 @@ What it adds on top of the SDK (which has no timeout and no retries by default):
 - an HTTP 200 without an image that is not a safety block (MAX_TOKENS, MALFORMED_RESPONSE,
   no candidates, only thought images, a body that is not JSON) retried like a 5xx;
 - one rate limiter (requests per minute, smoothly spaced) and one concurrency cap shared by
-  every image in flight.
+  every image in flight. A 429's retry delay holds back the call that got it; it holds back
+  every call of the worker only once `QUOTA_SPENT_STREAK` 429s came in a row (the quota is
+  spent), so a throttled call now and then never pauses the other images.
 
 All waiting goes through an injectable clock, so tests never really sleep. The httpx clients
 are created here and handed to the SDK: google-genai would otherwise pick aiohttp or httpx2,
@@ -71,6 +73,7 @@ AUTH_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
 MAX_TEXT_IN_REASON = 200
 MAX_UNEXPECTED_IN_REASON = 300
+QUOTA_SPENT_STREAK = 3  # 429s in a row after which a retry delay holds back every call
 MIN_ATTEMPT_S = 1.0  # a retry is only worth it if it leaves its request at least this long
 GAVE_UP = "gave up: retrying would pass the dispatch deadline"
 REDACTED = "[redacted]"
@@ -206,6 +209,7 @@ class GeminiProvider(Provider):
         self._backoff_max_s = backoff_max_s
         self._max_retry_delay_s = max_retry_delay_s
         self._limiter = RateLimiter(rpm, self._clock, burst)
+        self._quota_streak = 0  # 429s since the last answer that was not one
         self._slots = asyncio.Semaphore(concurrency)
         self._auth_error: GeminiAuthError | None = None
         self._http = httpx.AsyncClient(
@@ -367,9 +371,11 @@ class GeminiProvider(Provider):
             tally.count += 1
             try:
                 async with asyncio.timeout(timeout):
-                    return await client.aio.models.generate_content(
+                    response = await client.aio.models.generate_content(
                         model=model, contents=contents, config=config
                     )
+                self._quota_streak = 0
+                return response
             except errors.APIError as exc:
                 raise self._classify(exc, tally) from None
             except httpx.TimeoutException as exc:
@@ -397,6 +403,8 @@ class GeminiProvider(Provider):
                     self._scrub(self._auth_error.reason),
                 )
             return GeminiAuthError(self._auth_error.reason, tally.count)
+        if exc.code != 429:
+            self._quota_streak = 0  # an answer that is not a 429: the quota is not spent
         if exc.code == 429:
             delay = retry_delay(exc.details)
             if delay is not None and delay > self._max_retry_delay_s:
@@ -404,7 +412,8 @@ class GeminiProvider(Provider):
                     f"Gemini quota exhausted ({described}); it asks to wait {delay:g} s",
                     tally.count,
                 )
-            if delay is not None:
+            self._quota_streak += 1
+            if delay is not None and self._quota_streak >= QUOTA_SPENT_STREAK:
                 self._limiter.hold_off(delay)
             return _Retry(described, delay)
         if exc.code == 408 or exc.code >= 500:
