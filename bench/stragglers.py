@@ -77,11 +77,9 @@ class Script:
         self.calls = 0
         self.seen: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
-        self.arrivals: list[float] = []  # time.monotonic() of each call
 
     def answer(self, body: dict[str, Any]) -> tuple[int, bytes]:
         self.calls += 1
-        self.arrivals.append(time.monotonic())
         prompt = _prompt_of(body)
         self.seen[prompt] += 1
         if self.calls % self.quota_every == 0:
@@ -108,8 +106,7 @@ def fake_app(script: Script, latency_s: float) -> Callable[..., Any]:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         if scope["method"] != "POST":
-            stats = {"calls": script.calls, "outcomes": script.outcomes}
-            status, body = _json(200, {**stats, "arrivals": script.arrivals})
+            status, body = _json(200, {"calls": script.calls, "outcomes": script.outcomes})
         else:
             status, body = script.answer(json.loads(b"".join(chunks)))
             await asyncio.sleep(latency_s)
@@ -179,14 +176,14 @@ def sets_of(storage: LocalStorage, sets: int, size: int) -> list[dict[str, Any]]
     return jobs
 
 
-def worker_settings(storage: Path, gemini_url: str, in_flight: int) -> WorkerSettings:
+def worker_settings(storage: Path, gemini_url: str, args: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(
         storage_url=str(storage),
         provider="gemini",
         gemini_api_key=KEY,
         gemini_base_url=gemini_url,
-        gemini_concurrency=in_flight,
-        worker_concurrency=in_flight,
+        gemini_concurrency=args.in_flight,
+        worker_concurrency=args.image_slots or args.in_flight,
         gemini_rpm=60_000,
     )
 
@@ -217,7 +214,7 @@ async def run_sets(settings: WorkerSettings, inputs: list[dict[str, Any]]) -> tu
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     with fake_gemini(args.latency_s) as url, tempfile.TemporaryDirectory() as tmp:
-        settings = worker_settings(Path(tmp), url, args.in_flight)
+        settings = worker_settings(Path(tmp), url, args)
         inputs = sets_of(LocalStorage(Path(tmp)), args.sets, args.set_size)
         wall, results = asyncio.run(run_sets(settings, inputs))
         stats = httpx.get(url, timeout=5).json()
@@ -262,7 +259,7 @@ def first_image(args: argparse.Namespace) -> float:
             gemini_api_key=KEY,
             gemini_base_url=url,
             gemini_rpm=60_000,
-            worker_concurrency=args.in_flight,
+            worker_concurrency=args.image_slots or args.in_flight,
             gemini_concurrency=args.in_flight,
         )
         stack = next(stack_of)
@@ -285,7 +282,14 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=25)
     parser.add_argument("--set-size", type=int, default=4)
     parser.add_argument("--latency-s", type=float, default=2.0)
-    parser.add_argument("--in-flight", type=int, default=20)
+    parser.add_argument("--in-flight", type=int, default=20, help="Gemini calls in flight")
+    parser.add_argument(
+        "--image-slots",
+        type=int,
+        default=24,
+        help="images in flight (PIXELFLEET_WORKER_CONCURRENCY; 0: as many as calls): above "
+        "the calls, so images sleeping before a retry leave their call slot to others",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     for name in ("worker", "httpx", "google_genai"):

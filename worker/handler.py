@@ -5,7 +5,7 @@ sync handler would run them one after another) and a concurrency_modifier that t
 RunPod how many jobs this worker can take now: runpod calls it with the current concurrency
 before fetching jobs and fetches up to the returned value minus the jobs it already holds.
 It follows the free image slots (`Runner.job_capacity`: the jobs it holds, plus as many as
-the free slots and one dispatch waiting can take), so a set whose last image is retrying
+the free slots can take with a few images waiting), so a set whose last image is retrying
 never keeps the other slots idle, and a busy worker leaves further jobs in RunPod's queue for
 other workers instead of holding them IN_PROGRESS towards their executionTimeout. runpod's
 own JobScaler would stop fetching until idle whenever that value changes: `worker/main.py`

@@ -81,9 +81,13 @@ class Runner:
 
     def job_capacity(self, max_jobs: int) -> int:
         """How many dispatches (RunPod jobs) this worker should hold now: those it holds, plus
-        as many more as its free image slots can take with at most one dispatch's images
-        waiting (so a slot that frees up never waits for a fetch), bounded by `max_jobs`, at
-        least 1.
+        as many more as its free image slots can take with a few images waiting, bounded by
+        `max_jobs`, at least 1.
+
+        Waiting are at most half the slots' worth of images (or one dispatch, if bigger):
+        runpod's JobScaler asks again only a second after it found the worker full, so slots
+        that free up meanwhile start waiting images rather than idle; a job none of whose
+        images could start soon stays in RunPod's queue for other workers.
 
         It counts images, not dispatches: a dispatch down to its last (retrying) image holds
         one slot, and the other slots take new work. A dispatch's size is guessed from the
@@ -92,7 +96,7 @@ class Runner:
         avoids.
         """
         per_dispatch = max(self._recent_sizes, default=TYPICAL_DISPATCH_SIZE)
-        room = self.concurrency + per_dispatch - self.unfinished
+        room = self.concurrency + max(per_dispatch, -(-self.concurrency // 2)) - self.unfinished
         more = max(0, room // per_dispatch)
         return max(1, min(max_jobs, self.held + more))
 

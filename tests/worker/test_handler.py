@@ -139,8 +139,9 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 
 def test_concurrency_modifier_takes_jobs_by_free_image_slots(tmp_path: Path) -> None:
-    """Sets of 2 on 4 image slots: the worker holds what fills the slots plus one set
-    waiting; when a set is down to one slow image, its freed slot takes a new set."""
+    """Sets of 2 on 4 image slots: the worker holds what fills the slots plus half the
+    slots' worth waiting (one set); when a set is down to one slow image, its freed slot
+    takes a new set."""
     settings = WorkerSettings(
         storage_url=str(tmp_path), provider="offline", worker_concurrency=4, worker_max_jobs=8
     )
@@ -180,7 +181,7 @@ def test_concurrency_modifier_takes_jobs_by_free_image_slots(tmp_path: Path) -> 
     semi = WorkerSettings(storage_url=str(tmp_path), provider="offline", worker_concurrency=32)
     handler, modifier, runner = make_handler(semi)
     asyncio.run(handler(_dispatch_of("set", 4)))
-    assert modifier(1) == 9  # sets of 4: 8 fill 32 slots, +1 waiting (max jobs 32)
+    assert modifier(1) == 12  # sets of 4: 8 fill 32 slots, 4 wait (half the slots' worth)
 
 
 def test_the_local_endpoint_leaves_jobs_queued_while_the_image_slots_are_full(
