@@ -77,9 +77,11 @@ class Script:
         self.calls = 0
         self.seen: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
+        self.arrivals: list[float] = []  # time.monotonic() of each call (system-wide clock)
 
     def answer(self, body: dict[str, Any]) -> tuple[int, bytes]:
         self.calls += 1
+        self.arrivals.append(time.monotonic())
         prompt = _prompt_of(body)
         self.seen[prompt] += 1
         if self.calls % self.quota_every == 0:
@@ -106,7 +108,8 @@ def fake_app(script: Script, latency_s: float) -> Callable[..., Any]:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         if scope["method"] != "POST":
-            status, body = _json(200, {"calls": script.calls, "outcomes": script.outcomes})
+            stats = {"calls": script.calls, "outcomes": script.outcomes}
+            status, body = _json(200, {**stats, "arrivals": script.arrivals})
         else:
             status, body = script.answer(json.loads(b"".join(chunks)))
             await asyncio.sleep(latency_s)
@@ -188,7 +191,10 @@ def worker_settings(storage: Path, gemini_url: str, args: argparse.Namespace) ->
     )
 
 
-async def run_sets(settings: WorkerSettings, inputs: list[dict[str, Any]]) -> tuple[float, list]:
+async def run_sets(
+    settings: WorkerSettings, inputs: list[dict[str, Any]]
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """Wall time, when it started (time.monotonic()) and every result."""
     handler, modifier, _ = make_handler(settings)
     engine = LocalEndpoint(
         handler, EndpointConfig(job_concurrency=settings.worker_max_jobs), modifier
@@ -209,21 +215,23 @@ async def run_sets(settings: WorkerSettings, inputs: list[dict[str, Any]]) -> tu
     finally:
         await engine.stop()
     assert all(job.status is RunPodStatus.COMPLETED for job in jobs), [j.result for j in jobs]
-    return wall, [result for job in jobs for result in job.result["output"]["results"]]
+    return wall, started, [result for job in jobs for result in job.result["output"]["results"]]
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     with fake_gemini(args.latency_s) as url, tempfile.TemporaryDirectory() as tmp:
         settings = worker_settings(Path(tmp), url, args)
         inputs = sets_of(LocalStorage(Path(tmp)), args.sets, args.set_size)
-        wall, results = asyncio.run(run_sets(settings, inputs))
+        wall, started, results = asyncio.run(run_sets(settings, inputs))
         stats = httpx.get(url, timeout=5).json()
     calls = stats["calls"]
     ideal = calls * args.latency_s / args.in_flight
     statuses = Counter(result["status"] for result in results)
     reasons = Counter(result["error"] for result in results if result["status"] == "blocked")
     failures = Counter(result["error"] for result in results if result["status"] == "failed")
+    calls_started = [at - started for at in stats["arrivals"]]
     return {
+        "timeline": timeline(calls_started, args.latency_s, wall),
         "wall_s": wall,
         "calls": calls,
         "fake": stats["outcomes"],
@@ -234,6 +242,17 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "failures": failures,
         "expected_blocks": sum(BLOCK in prompt_for(i) for i in range(args.sets * args.set_size)),
     }
+
+
+def timeline(calls_started: list[float], latency_s: float, wall_s: float) -> str:
+    """Calls in flight at each half second of the run, as digits (in tens of a 20 cap: 0-9,
+    then "#" at 20 or more): where the call slots idled."""
+    marks = []
+    for step in range(int(wall_s * 2) + 1):
+        now = step / 2
+        in_flight = sum(1 for at in calls_started if at <= now < at + latency_s)
+        marks.append("#" if in_flight >= 20 else str(in_flight // 2))
+    return "".join(marks)
 
 
 # --- time to first image on the tests' stack -----------------------------------------------
@@ -299,7 +318,8 @@ def main() -> None:
     statuses = row["statuses"]
     print(
         f"workload: {args.sets} sets of {args.set_size}, {args.latency_s:g} s latency, "
-        f"{args.in_flight} in flight; load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"{args.in_flight} calls in flight, {args.image_slots or args.in_flight} image slots; "
+        f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     print(
         f"wall {row['wall_s']:.1f} s, calls {row['calls']} {dict(row['fake'])}, "
@@ -310,6 +330,7 @@ def main() -> None:
         f"{dict(row['blocked_reasons'])} (prompts blocked: {row['expected_blocks']}), "
         f"failed {statuses['failed']} {dict(row['failures'])}"
     )
+    print(f"calls in flight every 0.5 s (n // 2, # = 20): {row['timeline']}")
     ttfi = first_image(args)
     target = args.latency_s + TTFI_SLACK_S
     print(f"time to first image on the stack: {ttfi:.2f} s (target <= {target:g} s)")
