@@ -13,8 +13,9 @@ concurrency_modifier (asked before each take, again 1 s later when full).
 Prints wall time, the calls the fake answered, ideal = calls x latency / in-flight, their
 ratio (target <= 1.25), images succeeded / blocked (with reasons) / failed. Then time to first
 image on the tests' stack (`tests/fakes/stack.py`: control plane, local endpoint, worker, on
-SQLite): from the submit's answer until the API shows the job's first image, next to the
-target latency + 1 s.
+SQLite) with the same fake: one automatic job of 16 images (one dispatch, whose fifth call
+gets a 429, so it ends after a retry), from the submit's answer until the API shows the job's
+first image, next to the target latency + 1 s.
 """
 
 import argparse
@@ -264,7 +265,7 @@ def first_image(args: argparse.Namespace) -> float:
     from tests.fakes.stack import run_stack
 
     with (
-        fake_gemini(args.latency_s, quota_every=10**9) as url,
+        fake_gemini(args.latency_s) as url,
         tempfile.TemporaryDirectory() as tmp,
     ):
         database = f"sqlite:///{Path(tmp) / 'pixelfleet.db'}"
