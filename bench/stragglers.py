@@ -246,13 +246,13 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def timeline(calls_started: list[float], latency_s: float, wall_s: float) -> str:
-    """Calls in flight at each half second of the run, as digits (in tens of a 20 cap: 0-9,
-    then "#" at 20 or more): where the call slots idled."""
+    """Calls in flight at each half second of the run, one character each (0-9, then a-j for
+    10-19, "#" for 20 or more): where the call slots idled."""
     marks = []
     for step in range(int(wall_s * 2) + 1):
         now = step / 2
         in_flight = sum(1 for at in calls_started if at <= now < at + latency_s)
-        marks.append("#" if in_flight >= 20 else str(in_flight // 2))
+        marks.append("#" if in_flight >= 20 else "0123456789abcdefghij"[in_flight])
     return "".join(marks)
 
 
@@ -331,7 +331,7 @@ def main() -> None:
         f"{dict(row['blocked_reasons'])} (prompts blocked: {row['expected_blocks']}), "
         f"failed {statuses['failed']} {dict(row['failures'])}"
     )
-    print(f"calls in flight every 0.5 s (n // 2, # = 20): {row['timeline']}")
+    print(f"calls in flight every 0.5 s (0-9, a-j = 10-19, # = 20): {row['timeline']}")
     ttfi = first_image(args)
     target = args.latency_s + TTFI_SLACK_S
     print(f"time to first image on the stack: {ttfi:.2f} s (target <= {target:g} s)")
