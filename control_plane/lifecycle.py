@@ -398,10 +398,12 @@ def apply_progress(
     """Apply results the worker posted while the dispatch runs, WITHOUT ending it: each ends
     one of its unfinished outputs (an output already ended keeps its first result, so a
     re-run's or a repeated post's changes nothing); outputs not reported stay as they are.
-    False (nothing changed) once the dispatch has ended: RunPod's report is the authority
-    for its end, and `finish_dispatch` later applies only what is still unfinished."""
+    False (nothing changed) unless the dispatch is `submitted`: once it has ended, RunPod's
+    report was the authority for its end (`finish_dispatch` applies only what is still
+    unfinished); before RunPod's job is recorded, a send may still be retried, and must find
+    its images unfinished."""
     dispatch = lock_dispatch(session, dispatch_id)
-    if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
+    if dispatch is None or dispatch.status != DispatchStatus.SUBMITTED:
         return False
     _apply_results(session, storage, dispatch, list(results), fail_missing=False)
     refresh_job(session, dispatch.job_id)

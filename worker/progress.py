@@ -8,7 +8,7 @@ goes in one last post. It is best effort: a post that fails is tried `attempts` 
 (the last one once), then dropped with a warning, and nothing here ever fails the dispatch,
 because the dispatch's output (RunPod's webhook and `/status`) still carries every result.
 An answer of 4xx other than 408/429 is not retried, and once the control plane says the
-dispatch has ended (`"ignored"`), the poster stops posting.
+dispatch is not running (`"ignored"`: it has ended), the poster stops posting.
 """
 
 import asyncio
@@ -47,7 +47,7 @@ class ProgressPoster:
         self._waiting: list[ItemResult] = []
         self._wake = asyncio.Event()
         self._stopped = False  # the dispatch is returning: no new posts
-        self._ended = False  # the control plane said the dispatch has ended
+        self._ended = False  # the control plane ignores this dispatch's progress
         self._posting = False
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None  # made at the first post

@@ -57,7 +57,8 @@ def receive_progress(
     session: Session, storage: Storage, dispatch_id: str, body: bytes
 ) -> dict[str, str]:
     """Apply a worker's progress post to the dispatch (commits); the answer for the worker.
-    A dispatch that has ended ignores it: RunPod's report already said everything."""
+    A dispatch that is not running (ended, or its send not yet recorded) ignores it: the
+    dispatch's output carries every result anyway."""
     try:
         report = ProgressReport.model_validate_json(body)
     except ValidationError as exc:
@@ -68,5 +69,5 @@ def receive_progress(
     applied = lifecycle.apply_progress(session, storage, dispatch_id, report.results)
     session.commit()
     if not applied:
-        return {"status": "ignored", "reason": "the dispatch has ended"}
+        return {"status": "ignored", "reason": "the dispatch is not running"}
     return {"status": "accepted"}

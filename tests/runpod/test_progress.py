@@ -112,6 +112,22 @@ def test_progress_after_the_webhook_is_ignored(api: Api) -> None:
     assert len(output_events(api, job_id)) == 2
 
 
+def test_progress_before_runpods_job_is_recorded_is_ignored(api: Api) -> None:
+    """A dispatch still `submitting` may be sent again (a stale claim): its images must stay
+    unfinished for that send, so progress waits for the RunPod job to be recorded."""
+    job_id, dispatch = submit_one_dispatch(api, n=2)
+    first, _ = outputs_of(api, dispatch)
+    with api.session() as session:
+        row = session.get(Dispatch, dispatch.id)
+        assert row is not None
+        row.status = DispatchStatus.SUBMITTING
+        session.add(row)
+        session.commit()
+    answer = post_progress(api, dispatch, [succeeded_result(api, first)])
+    assert answer.status_code == 200 and answer.json()["status"] == "ignored"
+    assert progress_of(api, job_id)["pending"] == 2
+
+
 def test_repeated_and_re_run_progress_keeps_the_first_result(api: Api) -> None:
     """RunPod may run one dispatch twice: both runs post progress for the same images, each
     with files of its own (`layout.run_stem`); the first result of each image wins."""
