@@ -13,6 +13,9 @@ Rules kept here and nowhere else:
   its status follows from them (`refresh_job`).
 - A dispatch that ended is never changed again: webhooks can be lost, duplicated, delayed or
   early, and `/status` polls race them, so finishing twice is a no-op.
+- The worker's progress (results posted while its dispatch runs, `apply_progress`) ends
+  images, never their dispatch: an image keeps its first result, and RunPod's report ends
+  the dispatch, applying only what is still unfinished.
 - A failed dispatch is retried as a new dispatch (its own RunPod job and token) while its
   chunk's budget allows, then its unfinished outputs fail with the reason. A dispatch RunPod
   lost (never had, or no longer knows) is not the worker's failure: losses have their own
