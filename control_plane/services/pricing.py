@@ -7,12 +7,13 @@ the session marked as a dry run (`estimate`): the rows are planned as for the re
 then rolled back, and no event is written, so nothing is sent and nothing stays.
 """
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlmodel import Session
 
-from control_plane.models import Job, Output, OutputKind
+from control_plane.models import Job, OutputKind
 from control_plane.schemas import Estimate, ModelEstimate
 from shared.model_table import model_table
 
@@ -30,8 +31,13 @@ def price_of(kind: str, model: str | None, image_size: str | None) -> float:
     return spec.price_for(image_size)
 
 
-def price_of_outputs(outputs: Sequence[Output]) -> float:
-    return round(sum(price_of(o.kind, o.model, o.params.get("image_size")) for o in outputs), 6)
+def price_of_outputs(rows: Sequence[dict[str, Any]]) -> float:
+    """The price of new outputs rows (`lifecycle.add_job`'s): each distinct kind, model and
+    size priced once."""
+    counts = Counter(
+        (row["kind"], row["model"], (row["params"] or {}).get("image_size")) for row in rows
+    )
+    return round(sum(price_of(*priced) * count for priced, count in counts.items()), 6)
 
 
 def of_jobs(jobs: Iterable[Job]) -> Estimate:

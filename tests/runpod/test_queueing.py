@@ -313,7 +313,7 @@ def test_the_queue_view_for_an_admin_and_for_a_user(api: Api) -> None:
     assert everything["caps"] == {
         "max_inflight_dispatches": 4,
         "max_inflight_per_user": {"free": 3, "paid": 0},
-        "run_rate_per_s": 100.0,
+        "run_rate_per_s": 90.0,
     }
     by_user = {row["name"]: row for row in everything["users"]}
     assert {key: by_user["free"][key] for key in ("tier", "queued", "in_flight")} == {
