@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, func, select, update
 
 from control_plane.background import Service
-from control_plane.db import wake_after_commit
+from control_plane.db import insert_many, wake_after_commit
 from control_plane.errors import Conflict, NotFound
 from control_plane.events import emit
 from control_plane.models import (
@@ -165,6 +165,7 @@ _NEW_DISPATCH: dict[str, Any] = {column.name: None for column in DISPATCHES.colu
 # Per image in a `/run` body and in the webhook echoing it, besides its prompts: ids, the
 # output key, parameters, reference URIs, and the image's result (`dispatch_chunk`).
 ITEM_BYTES = 1_024
+INSERT_BATCH = 2_000  # output rows per INSERT statement
 REFERENCE_BYTES = 256
 
 
@@ -210,20 +211,31 @@ def add_job(
     if group is None:
         raise NotFound(f"group {job.group_id} does not exist")
     now = utcnow()
-    rows = [_new_output_row(output, job.id, now) for output in outputs]
     job.user_id = group.user_id
-    job.total, job.succeeded, job.failed, job.blocked = len(rows), 0, 0, 0
-    job.estimate_usd, job.cost_usd = pricing.price_of_outputs(rows), 0.0
+    job.total, job.succeeded, job.failed, job.blocked = len(outputs), 0, 0, 0
+    job.estimate_usd = pricing.price_of_outputs(_priced(output) for output in outputs)
+    job.cost_usd = 0.0
     session.add(job)
     session.flush()  # the rows below reference it; no ORM relationships order the inserts
-    emit(session, EventKind.JOB_QUEUED, job_id=job.id, total=len(rows))
-    dispatch_ids = _new_dispatches(session, job.id, -(-len(rows) // chunk_size), now)
+    emit(session, EventKind.JOB_QUEUED, job_id=job.id, total=len(outputs))
+    dispatch_ids = _new_dispatches(session, job.id, -(-len(outputs) // chunk_size), now)
     if pricing.is_dry_run(session):
         return
-    for index, row in enumerate(rows):
-        row["dispatch_id"] = dispatch_ids[index // chunk_size]
-    if rows:
-        session.execute(sa.insert(OUTPUTS), rows)
+    for start in range(0, len(outputs), INSERT_BATCH):  # bounded memory, whatever the job
+        batch = [
+            _new_output_row(output, job.id, now)
+            | {"dispatch_id": dispatch_ids[(start + index) // chunk_size]}
+            for index, output in enumerate(outputs[start : start + INSERT_BATCH])
+        ]
+        insert_many(session, OUTPUTS, batch)
+
+
+def _priced(output: OutputRow | Output) -> tuple[str, str | None, str | None]:
+    """What an output's price depends on: kind, model, image size."""
+    if isinstance(output, Output):
+        return output.kind, output.model, output.params.get("image_size")
+    params = output.get("params") or {}
+    return output.get("kind", OutputKind.IMAGE), output.get("model"), params.get("image_size")
 
 
 def _new_output_row(output: OutputRow | Output, job_id: str, now: datetime) -> OutputRow:
@@ -232,12 +244,9 @@ def _new_output_row(output: OutputRow | Output, job_id: str, now: datetime) -> O
         if isinstance(output, Output)
         else output
     )
-    return (
-        _NEW_OUTPUT
-        | {"id": new_id("out"), "created_at": now, "updated_at": now}
-        | given
-        | {"job_id": job_id}
-    )
+    row = {**_NEW_OUTPUT, "created_at": now, "updated_at": now, **given, "job_id": job_id}
+    row["id"] = row["id"] or new_id("out")
+    return row
 
 
 def _queue(session: Session, job_id: str, outputs: Sequence[Output], chunk_size: int) -> None:
@@ -265,7 +274,7 @@ def _new_dispatches(session: Session, job_id: str, count: int, now: datetime) ->
         for index in range(count)
     ]
     if rows and not pricing.is_dry_run(session):
-        session.execute(sa.insert(DISPATCHES), rows)
+        insert_many(session, DISPATCHES, rows)
     for row in rows:
         _log_queued(job_id, row["id"])
         emit(session, EventKind.DISPATCH_QUEUED, job_id=job_id, dispatch_id=row["id"], attempt=1)

@@ -8,7 +8,7 @@ then rolled back, and no event is written, so nothing is sent and nothing stays.
 """
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlmodel import Session
@@ -31,12 +31,10 @@ def price_of(kind: str, model: str | None, image_size: str | None) -> float:
     return spec.price_for(image_size)
 
 
-def price_of_outputs(rows: Sequence[dict[str, Any]]) -> float:
-    """The price of new outputs rows (`lifecycle.add_job`'s): each distinct kind, model and
-    size priced once."""
-    counts = Counter(
-        (row["kind"], row["model"], (row["params"] or {}).get("image_size")) for row in rows
-    )
+def price_of_outputs(outputs: Iterable[tuple[str, str | None, str | None]]) -> float:
+    """The price of outputs given as (kind, model, image size): each distinct one priced
+    once."""
+    counts = Counter(outputs)
     return round(sum(price_of(*priced) * count for priced, count in counts.items()), 6)
 
 
