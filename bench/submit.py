@@ -210,9 +210,11 @@ async def _run_job(
         first_list = None
         while len(stub.completed) < len(stub.runs) or stub.images < args.images:
             waiting = [r for r in list(stub.runs) if r not in stub.completed]
-            await _post_webhooks(client, stub, storage, waiting, args.connections)
-            if first_list is None and 2 * stub.completed_images >= args.images:
-                first_list = await _download_list(client, group)
+            for start in range(0, len(waiting), args.connections):
+                some = waiting[start : start + args.connections]
+                await _post_webhooks(client, stub, storage, some, args.connections)
+                if first_list is None and 2 * stub.completed_images >= args.images:
+                    first_list = await _download_list(client, group)
             await asyncio.sleep(0.05)
         took = time.perf_counter() - started
         stop.set()
