@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists clean
+.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists bench-submit clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists
+bench: bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists bench-submit
 
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
@@ -44,6 +44,9 @@ bench-pages: setup
 
 bench-lists: setup
 	$(BIN)/python -m bench.lists
+
+bench-submit: setup
+	$(BIN)/python -m bench.submit
 
 clean:
 	rm -rf $(VENV) pixelfleet-data .pytest_cache .mypy_cache .ruff_cache

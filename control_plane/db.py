@@ -151,24 +151,27 @@ def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
     distinct value (a job's rows share one params object), into the text `sa.JSON` binds."""
     if not rows:
         return
-    json_columns = {column.name for column in table.columns if isinstance(column.type, sa.JSON)}
+    json_columns = [
+        c.name for c in table.columns if isinstance(c.type, sa.JSON) and c.name in rows[0]
+    ]
     texts: dict[Any, str] = {}
 
-    def bound(name: str, value: Any) -> Any:
-        if name not in json_columns:
-            return value
+    def text_of(value: Any) -> str:
         key = tuple(value) if isinstance(value, list) else id(value)
         if key not in texts:
             texts[key] = json.dumps(value)
         return texts[key]
 
-    names = [
+    plain = [
         name
         for name in rows[0]
-        if name in json_columns or any(row[name] is not None for row in rows)
+        if name not in json_columns and any(row[name] is not None for row in rows)
     ]
     statement = sa.insert(table).values(
-        {name: sa.bindparam(name, type_=sa.Text()) for name in names if name in json_columns}
+        {name: sa.bindparam(name, type_=sa.Text()) for name in json_columns}
     )
-    params = [{name: bound(name, row[name]) for name in names} for row in rows]
+    params = [
+        {name: row[name] for name in plain} | {name: text_of(row[name]) for name in json_columns}
+        for row in rows
+    ]
     session.execute(statement, params if len(params) > 1 else params[0])

@@ -66,7 +66,7 @@ from control_plane.results import check as check_result
 from control_plane.services import pricing
 from control_plane.settings import Settings
 from shared.contract import ItemResult
-from shared.ids import new_id, new_token
+from shared.ids import new_id, new_ids, new_token
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,8 @@ _NEW_DISPATCH: dict[str, Any] = {column.name: None for column in DISPATCHES.colu
 # Per image in a `/run` body and in the webhook echoing it, besides its prompts: ids, the
 # output key, parameters, reference URIs, and the image's result (`dispatch_chunk`).
 ITEM_BYTES = 1_024
-INSERT_BATCH = 2_000  # output rows per INSERT statement
 REFERENCE_BYTES = 256
+INSERT_BATCH = 2_000  # output rows per INSERT statement
 
 
 def dispatch_chunk(settings: Settings, rows: Sequence[OutputRow | Output]) -> int:
@@ -222,10 +222,13 @@ def add_job(
     if pricing.is_dry_run(session):
         return
     for start in range(0, len(outputs), INSERT_BATCH):  # bounded memory, whatever the job
+        some = outputs[start : start + INSERT_BATCH]
         batch = [
-            _new_output_row(output, job.id, now)
+            _new_output_row(output, job.id, now, output_id)
             | {"dispatch_id": dispatch_ids[(start + index) // chunk_size]}
-            for index, output in enumerate(outputs[start : start + INSERT_BATCH])
+            for index, (output, output_id) in enumerate(
+                zip(some, new_ids("out", len(some)), strict=True)
+            )
         ]
         insert_many(session, OUTPUTS, batch)
 
@@ -238,15 +241,17 @@ def _priced(output: OutputRow | Output) -> tuple[str, str | None, str | None]:
     return output.get("kind", OutputKind.IMAGE), output.get("model"), params.get("image_size")
 
 
-def _new_output_row(output: OutputRow | Output, job_id: str, now: datetime) -> OutputRow:
+def _new_output_row(
+    output: OutputRow | Output, job_id: str, now: datetime, new_output_id: str
+) -> OutputRow:
+    """The whole row of a new output; its id `new_output_id` unless it has one."""
     given = (
         {column.name: getattr(output, column.name) for column in OUTPUTS.columns}
         if isinstance(output, Output)
         else output
     )
-    row = {**_NEW_OUTPUT, "created_at": now, "updated_at": now, **given, "job_id": job_id}
-    row["id"] = row["id"] or new_id("out")
-    return row
+    fresh = {"id": new_output_id, "created_at": now, "updated_at": now}
+    return {**_NEW_OUTPUT, **fresh, **given, "job_id": job_id}
 
 
 def _queue(session: Session, job_id: str, outputs: Sequence[Output], chunk_size: int) -> None:

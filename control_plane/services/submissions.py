@@ -261,9 +261,8 @@ def new_output(
     seed: int,
     params: dict[str, Any],
 ) -> lifecycle.OutputRow:
-    """A new output of `job`, as the row `lifecycle.add_job` inserts."""
+    """A new output of `job`, as the row `lifecycle.add_job` inserts (and gives an id)."""
     return {
-        "id": new_id("out"),
         "job_id": job.id,
         "group_id": job.group_id,
         "position": position,
