@@ -63,6 +63,7 @@ def main() -> None:
             "PIXELFLEET_WORKER_CONCURRENCY": str(args.concurrency),
             "PIXELFLEET_WORKER_MAX_JOBS": str(args.max_jobs),
             "PIXELFLEET_DISPATCH_CHUNK_SIZE": str(args.chunk),
+            "PIXELFLEET_DISPATCH_CHUNK_MAX": str(args.chunk),
             "PIXELFLEET_RECONCILE_INTERVAL_S": "5",
             **storage,
         }

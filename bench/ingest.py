@@ -69,6 +69,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         "PIXELFLEET_RUNPOD_BASE_URL": f"http://127.0.0.1:{runpod_port}",
         "PIXELFLEET_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
         "PIXELFLEET_DISPATCH_CHUNK_SIZE": str(CHUNK),
+        "PIXELFLEET_DISPATCH_CHUNK_MAX": str(CHUNK),  # 16 per dispatch, whatever the job
         "PIXELFLEET_WEBHOOK_GRACE_S": "3600",
         "PIXELFLEET_LOG_LEVEL": "WARNING",
     }

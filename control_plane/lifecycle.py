@@ -34,6 +34,7 @@ Rules kept here and nowhere else:
 Functions here never commit: the caller's transaction holds the change and its events.
 """
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,10 +43,10 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, func, select, update
+from sqlmodel import Session, SQLModel, col, func, select, update
 
 from control_plane.background import Service
-from control_plane.db import wake_after_commit
+from control_plane.db import insert_many, wake_after_commit
 from control_plane.errors import Conflict, NotFound
 from control_plane.events import emit
 from control_plane.models import (
@@ -58,6 +59,7 @@ from control_plane.models import (
     JobMode,
     JobStatus,
     Output,
+    OutputKind,
     OutputStatus,
     clip,
     utcnow,
@@ -67,7 +69,7 @@ from control_plane.results import check as check_result
 from control_plane.services import pricing
 from control_plane.settings import Settings
 from shared.contract import ItemResult
-from shared.ids import new_token
+from shared.ids import new_id, new_ids, new_token
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -146,27 +148,164 @@ def lock_dispatch(session: Session, dispatch_id: str) -> Dispatch | None:
 # -- creating work ------------------------------------------------------------------------
 
 
-def add_job(session: Session, job: Job, outputs: Sequence[Output], chunk_size: int) -> None:
-    """Write a new job and its outputs, queued in dispatches of `chunk_size` outputs; the job
-    belongs to its group's owner."""
+OutputRow = dict[str, Any]  # a new outputs row by column (`submissions.new_output` makes them)
+OUTPUTS, DISPATCHES = SQLModel.metadata.tables["outputs"], SQLModel.metadata.tables["dispatches"]
+# What a new row holds in the columns its maker leaves out.
+_NEW_OUTPUT: dict[str, Any] = {column.name: None for column in OUTPUTS.columns} | {
+    "status": OutputStatus.PENDING,
+    "kind": OutputKind.IMAGE,
+    "reference_ids": [],
+    "params": {},
+    "attempts": 0,
+}
+_NEW_DISPATCH: dict[str, Any] = {column.name: None for column in DISPATCHES.columns} | {
+    "status": DispatchStatus.PENDING,
+    "attempt": 1,
+    "losses": 0,
+    "submit_attempts": 0,
+    "finish_failures": 0,
+}
+# Per image in a `/run` body and in the webhook echoing it, besides its prompts: ids, the
+# output key, parameters, reference URIs, and the image's result (`dispatch_chunk`).
+ITEM_BYTES = 1_024
+REFERENCE_BYTES = 256
+INSERT_BATCH = 2_000  # output rows per INSERT statement
+
+
+def dispatch_chunk(settings: Settings, rows: Sequence[OutputRow | Output]) -> int:
+    """How many images each dispatch of a new job (not a set) carries: at least
+    `dispatch_chunk_size`, more as the job grows so it fits in `dispatch_max_per_job`
+    dispatches, but at most `dispatch_chunk_max` and what keeps a `/run` body (and the
+    webhook echoing it) within `dispatch_max_body_bytes`."""
+    spread = -(-len(rows) // settings.dispatch_max_per_job)
+    fits = settings.dispatch_max_body_bytes // max(_item_bytes(rows), 1)
+    cap = max(min(settings.dispatch_chunk_max, fits), 1)
+    return min(max(settings.dispatch_chunk_size, spread), cap)
+
+
+def _item_bytes(rows: Sequence[OutputRow | Output]) -> int:
+    """The most bytes one of `rows` may take in a `/run` body (its prompts JSON-escaped)."""
+    sized: dict[tuple[str, str, int], int] = {}
+    for row in rows:
+        prompt, negative, references = _sized_fields(row)
+        key = (prompt, negative, references)
+        if key not in sized:
+            texts = len(json.dumps(prompt)) + len(json.dumps(negative))
+            sized[key] = ITEM_BYTES + texts + REFERENCE_BYTES * references
+    return max(sized.values(), default=ITEM_BYTES)
+
+
+def _sized_fields(row: OutputRow | Output) -> tuple[str, str, int]:
+    if isinstance(row, Output):
+        row = {"prompt": row.prompt, "params": row.params, "reference_ids": row.reference_ids}
+    negative = (row.get("params") or {}).get("negative_prompt") or ""
+    return row["prompt"], str(negative), len(row.get("reference_ids") or [])
+
+
+def add_job(
+    session: Session, job: Job, outputs: Sequence[OutputRow | Output], chunk_size: int
+) -> None:
+    """Write a new job and its outputs (rows, or Output objects never added to a session),
+    queued in dispatches of `chunk_size` outputs; the job belongs to its group's owner.
+
+    Outputs and dispatches are inserted in bulk, a statement each, not an ORM object per
+    row; a dry run (`pricing.estimate`) only prices them."""
     group = session.get(Group, job.group_id)
     if group is None:
         raise NotFound(f"group {job.group_id} does not exist")
+    now = utcnow()
     job.user_id = group.user_id
     job.total, job.succeeded, job.failed, job.blocked = len(outputs), 0, 0, 0
-    job.estimate_usd, job.cost_usd = pricing.price_of_outputs(outputs), 0.0
+    job.estimate_usd = pricing.price_of_outputs(_priced(output) for output in outputs)
+    job.cost_usd = 0.0
     session.add(job)
     session.flush()  # the rows below reference it; no ORM relationships order the inserts
     emit(session, EventKind.JOB_QUEUED, job_id=job.id, total=len(outputs))
-    _queue(session, job.id, outputs, chunk_size)
+    dispatch_ids = _new_dispatches(session, job.id, -(-len(outputs) // chunk_size), now)
+    if pricing.is_dry_run(session):
+        return
+    for start in range(0, len(outputs), INSERT_BATCH):  # bounded memory, whatever the job
+        some = outputs[start : start + INSERT_BATCH]
+        batch = [
+            _new_output_row(output, job.id, now, output_id)
+            | {"dispatch_id": dispatch_ids[(start + index) // chunk_size]}
+            for index, (output, output_id) in enumerate(
+                zip(some, new_ids("out", len(some)), strict=True)
+            )
+        ]
+        insert_many(session, OUTPUTS, batch)
+
+
+def _priced(output: OutputRow | Output) -> tuple[str, str | None, str | None]:
+    """What an output's price depends on: kind, model, image size."""
+    if isinstance(output, Output):
+        return output.kind, output.model, output.params.get("image_size")
+    params = output.get("params") or {}
+    return output.get("kind", OutputKind.IMAGE), output.get("model"), params.get("image_size")
+
+
+def _new_output_row(
+    output: OutputRow | Output, job_id: str, now: datetime, new_output_id: str
+) -> OutputRow:
+    """The whole row of a new output; its id `new_output_id` unless it has one."""
+    given = (
+        {column.name: getattr(output, column.name) for column in OUTPUTS.columns}
+        if isinstance(output, Output)
+        else output
+    )
+    fresh = {"id": new_output_id, "created_at": now, "updated_at": now}
+    return {**_NEW_OUTPUT, **fresh, **given, "job_id": job_id}
 
 
 def _queue(session: Session, job_id: str, outputs: Sequence[Output], chunk_size: int) -> None:
-    for start in range(0, len(outputs), chunk_size):
-        dispatch = _new_dispatch(session, job_id)
-        for output in outputs[start : start + chunk_size]:
-            output.dispatch_id = dispatch.id
-            session.add(output)
+    """Queue `outputs` (rows of the session) again, in new dispatches of `chunk_size`."""
+    dispatch_ids = _new_dispatches(session, job_id, -(-len(outputs) // chunk_size), utcnow())
+    for index, output in enumerate(outputs):
+        output.dispatch_id = dispatch_ids[index // chunk_size]
+        session.add(output)
+
+
+def _new_dispatches(session: Session, job_id: str, count: int, now: datetime) -> list[str]:
+    """Insert `count` pending dispatches of the job in one statement (none in a dry run);
+    their ids, in the order they are sent."""
+    # A microsecond apart: the queue sends a user's dispatches by (created_at, id), and ids
+    # made within one millisecond do not sort by creation.
+    rows = [
+        _NEW_DISPATCH
+        | {
+            "id": new_id("dsp"),
+            "job_id": job_id,
+            "webhook_token": new_token(),
+            "created_at": now + timedelta(microseconds=index),
+            "updated_at": now + timedelta(microseconds=index),
+        }
+        for index in range(count)
+    ]
+    if rows and not pricing.is_dry_run(session):
+        insert_many(session, DISPATCHES, rows)
+    for row in rows:
+        _log_queued(job_id, row["id"])
+        emit(session, EventKind.DISPATCH_QUEUED, job_id=job_id, dispatch_id=row["id"], attempt=1)
+    if rows:
+        wake_after_commit(session, Service.SENDER)
+    return [row["id"] for row in rows]
+
+
+def _log_queued(job_id: str, dispatch_id: str) -> None:
+    """`_transition`'s line for a dispatch made in bulk (no Dispatch object)."""
+    log.info(
+        "dispatch %s of job %s: %s → %s",
+        dispatch_id,
+        job_id,
+        "new",
+        DispatchStatus.PENDING,
+        extra={
+            "job_id": job_id,
+            "dispatch_id": dispatch_id,
+            "from_status": None,
+            "to_status": str(DispatchStatus.PENDING),
+        },
+    )
 
 
 def _new_dispatch(session: Session, job_id: str, attempt: int = 1, losses: int = 0) -> Dispatch:
@@ -677,7 +816,7 @@ def retry_job(session: Session, settings: Settings, job_id: str) -> None:
         output.updated_at = now
         emit(session, EventKind.OUTPUT_RETRIED, job_id=job_id, output_id=output.id)
     # a set stays one RunPod job; other modes are chunked as at submit
-    chunk = len(failed) if job.mode in SET_MODES else settings.dispatch_chunk_size
+    chunk = len(failed) if job.mode in SET_MODES else dispatch_chunk(settings, failed)
     _queue(session, job_id, failed, chunk)
     job.status, job.completed_at, job.error = JobStatus.PROCESSING, None, None
     session.add(job)

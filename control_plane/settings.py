@@ -35,6 +35,11 @@ class Settings(CommonSettings):
     allowed_hosts: str = ""  # open API: Host names answered beyond loopback and public_url's
 
     dispatch_chunk_size: int = Field(16, ge=1, le=500)
+    # a job's dispatches grow past dispatch_chunk_size to number at most this many …
+    dispatch_max_per_job: int = Field(32, ge=1, le=10_000)
+    # … within these bounds (lifecycle.dispatch_chunk); sets are always one dispatch
+    dispatch_chunk_max: int = Field(1_000, ge=1, le=20_000)
+    dispatch_max_body_bytes: int = Field(4 * 2**20, ge=64 * 2**10, le=9 * 2**20)
     dispatch_max_attempts: int = Field(2, ge=1, le=10)
     dispatch_max_losses: int = Field(10, ge=0, le=100)
     dispatch_max_finish_failures: int = Field(3, ge=1)
@@ -49,7 +54,8 @@ class Settings(CommonSettings):
     max_inflight_dispatches: int = Field(32, ge=0)  # the endpoint's capacity; 0: no cap
     max_inflight_per_user_free: int = Field(0, ge=0)
     max_inflight_per_user_paid: int = Field(0, ge=0)
-    run_rate_per_s: float = Field(100.0, ge=0)  # RunPod: 1000 /run per 10 s; 0: no limit
+    # RunPod: 1000 /run per 10 s; a second's worth saved up + 10 s of rate stays under it
+    run_rate_per_s: float = Field(90.0, ge=0)  # 0: no limit
     submit_rate_per_min_free: int = Field(30, ge=0)  # submissions per user per minute; 0: none
     submit_rate_per_min_paid: int = Field(120, ge=0)
 

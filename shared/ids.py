@@ -1,5 +1,7 @@
 """Identifiers: a readable prefix plus a time-ordered, unguessable body."""
 
+import base64
+import functools
 import os
 import re
 import secrets
@@ -16,14 +18,29 @@ def _base32(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+# RFC 4648 base32 spells 10 bytes as 16 digits, most significant first, as `_base32` does.
+_FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
+
+
 def new_id(prefix: str) -> str:
     """`prefix_` + 10 chars of milliseconds + 16 random chars (ULID layout), 26 chars of body.
 
     Ids sort by creation time, so "newest first" never needs a second clock.
     """
-    millis = time.time_ns() // 1_000_000
-    randomness = int.from_bytes(os.urandom(10), "big")
-    return f"{prefix}_{_base32(millis, 10)}{_base32(randomness, 16)}"
+    randomness = base64.b32encode(os.urandom(10)).decode().translate(_FROM_RFC4648)
+    return f"{prefix}_{_millis_digits(time.time_ns() // 1_000_000)}{randomness}"
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """`count` ids as `new_id` makes them, their randomness drawn and spelt at once."""
+    digits = base64.b32encode(os.urandom(10 * count)).decode().translate(_FROM_RFC4648)
+    head = f"{prefix}_{_millis_digits(time.time_ns() // 1_000_000)}"
+    return [head + digits[start : start + 16] for start in range(0, 16 * count, 16)]
+
+
+@functools.lru_cache(maxsize=4)
+def _millis_digits(millis: int) -> str:
+    return _base32(millis, 10)
 
 
 _BODY = re.compile(f"[{_ALPHABET}]{{26}}")

@@ -17,6 +17,7 @@ taken before the claim, so a claim never waits for one.
 import asyncio
 import logging
 from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from sqlmodel import Session, col, select
 
@@ -152,39 +153,52 @@ def _release(platform: Platform, dispatch_id: str, error: str, lost: bool) -> No
         lifecycle.release_claim(session, platform.settings, dispatch_id, error, lost=lost)
 
 
-def _unsent(session: Session, dispatch: Dispatch) -> list[Output]:
+class Unsent(NamedTuple):
+    """What the worker is sent of one image (columns, not an ORM object: a dispatch can
+    carry a thousand)."""
+
+    id: str
+    group_id: str
+    job_id: str
+    kind: str
+    prompt: str
+    reference_ids: list[str]
+    seed: int
+    params: dict[str, Any]
+
+
+def _unsent(session: Session, dispatch: Dispatch) -> list[Unsent]:
     """The dispatch's images still to make, in order."""
-    return list(
-        session.exec(
-            select(Output)
-            .where(
-                Output.dispatch_id == dispatch.id,
-                col(Output.status).in_(lifecycle.UNFINISHED),
-            )
-            .order_by(col(Output.position))
-        ).all()
-    )
+    columns = [getattr(Output, name) for name in Unsent._fields]
+    rows = session.exec(
+        select(*columns)
+        .where(
+            Output.dispatch_id == dispatch.id,
+            col(Output.status).in_(lifecycle.UNFINISHED),
+        )
+        .order_by(col(Output.position))
+    ).all()
+    return [Unsent(*row) for row in rows]
 
 
 def _input_of(
     storage: Storage,
     dispatch: Dispatch,
-    outputs: list[Output],
+    outputs: list[Unsent],
     keys: dict[str, str],
     progress: str,
 ) -> DispatchInput:
     """The worker's input: the dispatch's unfinished images, references as storage URIs, and
     where to post their results as they are stored."""
-    items = [
-        _work_item(output, [storage.uri(keys[ref]) for ref in output.reference_ids])
-        for output in outputs
-    ]
+    referenced = {ref for output in outputs for ref in output.reference_ids}
+    uris = {ref: storage.uri(keys[ref]) for ref in referenced}
+    items = [_work_item(output, [uris[ref] for ref in output.reference_ids]) for output in outputs]
     return DispatchInput(
         dispatch_id=dispatch.id, job_id=dispatch.job_id, items=items, progress_url=progress
     )
 
 
-def _work_item(output: Output, reference_uris: list[str]) -> WorkItem:
+def _work_item(output: Unsent, reference_uris: list[str]) -> WorkItem:
     """One output as the worker's work item: an image, or a text task (its model and
     response schema are in the output's params)."""
     output_key = layout.output_stem(output.group_id, output.job_id, output.id)

@@ -202,7 +202,7 @@ def _plan_pack(
         )
         for position, scene in enumerate(scenes)
     ]
-    lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
+    lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
     return job
 
 

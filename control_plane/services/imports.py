@@ -27,7 +27,7 @@ from control_plane.errors import (
     RowProblem,
     describe_validation,
 )
-from control_plane.models import Job, JobMode, Output, Upload
+from control_plane.models import Job, JobMode, Upload
 from control_plane.schemas import AutomaticConfig, WebhookRequest
 from control_plane.services import prompts, references, webhooks
 from control_plane.services.groups import get_group
@@ -132,11 +132,12 @@ def _plan(session: Session, settings: Settings, request: ImportFile, viewer: Vie
             "rows": len(rows),
         },
     )
-    lifecycle.add_job(session, job, _outputs(job, rows), settings.dispatch_chunk_size)
+    outputs = _outputs(job, rows)
+    lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
     return [job]
 
 
-def _outputs(job: Job, rows: list[_Row]) -> list[Output]:
+def _outputs(job: Job, rows: list[_Row]) -> list[lifecycle.OutputRow]:
     """Row by row, each prompt of its permutations `count` times: a row's own seed counts up
     over its outputs; the others take the job's base seed plus their position."""
     outputs = []
@@ -147,8 +148,7 @@ def _outputs(job: Job, rows: list[_Row]) -> list[Output]:
             position = next(positions)
             seed = row.seed + index if row.seed is not None else job.config["seed"] + position
             output = new_output(job, position, prompt, row.reference_ids, seed, row.params)
-            output.prompt_id = row.prompt_id
-            outputs.append(output)
+            outputs.append(output | {"prompt_id": row.prompt_id})
     return outputs
 
 

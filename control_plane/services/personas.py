@@ -381,7 +381,7 @@ def _base_done(session: Session, settings: Settings, persona: Persona, job: Job)
         )
         for position, (expression, setting) in enumerate(VARIATION_SCENES)
     ]
-    lifecycle.add_job(session, variations, outputs, settings.dispatch_chunk_size)
+    lifecycle.add_job(session, variations, outputs, lifecycle.dispatch_chunk(settings, outputs))
     persona.variations_job_id = variations.id
 
 

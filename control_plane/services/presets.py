@@ -336,7 +336,7 @@ def _plan_examples(
         session, pool.id, [[ref] for ref in picks.reference_ids], params["model"], viewer
     )
     job, outputs = _examples_job(preset, target.id, pool.id, request, picks, seed, params)
-    lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
+    lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
     session.add_all(
         PresetUsage(preset_id=preset.id, upload_id=upload_id, job_id=job.id)
         for upload_id in picks.reference_ids
@@ -352,7 +352,7 @@ def _examples_job(
     picks: Picks,
     seed: int,
     params: dict[str, str | None],
-) -> tuple[Job, list[Output]]:
+) -> tuple[Job, list[lifecycle.OutputRow]]:
     """The examples job and its outputs: each reference's examples one after another, seeds
     the base seed plus the position."""
     base_seed = preset.config.get("seed", seed)

@@ -7,12 +7,13 @@ the session marked as a dry run (`estimate`): the rows are planned as for the re
 then rolled back, and no event is written, so nothing is sent and nothing stays.
 """
 
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlmodel import Session
 
-from control_plane.models import Job, Output, OutputKind
+from control_plane.models import Job, OutputKind
 from control_plane.schemas import Estimate, ModelEstimate
 from shared.model_table import model_table
 
@@ -30,8 +31,11 @@ def price_of(kind: str, model: str | None, image_size: str | None) -> float:
     return spec.price_for(image_size)
 
 
-def price_of_outputs(outputs: Sequence[Output]) -> float:
-    return round(sum(price_of(o.kind, o.model, o.params.get("image_size")) for o in outputs), 6)
+def price_of_outputs(outputs: Iterable[tuple[str, str | None, str | None]]) -> float:
+    """The price of outputs given as (kind, model, image size): each distinct one priced
+    once."""
+    counts = Counter(outputs)
+    return round(sum(price_of(*priced) * count for priced, count in counts.items()), 6)
 
 
 def of_jobs(jobs: Iterable[Job]) -> Estimate:

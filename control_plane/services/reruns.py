@@ -65,17 +65,20 @@ def add_rerun(session: Session, settings: Settings, original: Job, viewer: Viewe
         rerun_of=original.id,
     )
     copies = [_copy(job, image, seed + image.position) for image in images]
-    chunk = len(copies) if original.mode in lifecycle.SET_MODES else settings.dispatch_chunk_size
+    chunk = (
+        len(copies)
+        if original.mode in lifecycle.SET_MODES
+        else lifecycle.dispatch_chunk(settings, copies)
+    )
     lifecycle.add_job(session, job, copies, max(chunk, 1))
     return job
 
 
-def _copy(job: Job, image: Output, seed: int) -> Output:
+def _copy(job: Job, image: Output, seed: int) -> lifecycle.OutputRow:
     """`image` asked for again in `job`: same prompt, references and parameters."""
     copy = new_output(job, image.position, image.prompt, image.reference_ids, seed, image.params)
-    copy.kind, copy.prompt_id = image.kind, image.prompt_id
-    copy.tags = list(image.tags) if image.tags is not None else None
-    return copy
+    tags = list(image.tags) if image.tags is not None else None
+    return copy | {"kind": image.kind, "prompt_id": image.prompt_id, "tags": tags}
 
 
 def _check_references(session: Session, job_id: str, images: list[Output], viewer: Viewer) -> None:

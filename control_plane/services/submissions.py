@@ -14,7 +14,7 @@ from sqlmodel import Session
 from control_plane import events, lifecycle
 from control_plane.access import Viewer
 from control_plane.errors import Conflict, InvalidRequest
-from control_plane.models import Catalog, Job, JobMode, Output
+from control_plane.models import Catalog, Job, JobMode
 from control_plane.schemas import (
     AutomaticSubmit,
     CatalogSubmit,
@@ -184,7 +184,7 @@ def _plan_automatic(
         new_output(job, position, prompt, [image_id], base_seed + position, params)
         for position, (image_id, prompt) in enumerate(itertools.product(request.images, per_image))
     ]
-    lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
+    lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
     return [job]
 
 
@@ -259,18 +259,19 @@ def new_output(
     prompt: str,
     reference_ids: Sequence[str],
     seed: int,
-    params: dict[str, str | None],
-) -> Output:
-    return Output(
-        job_id=job.id,
-        group_id=job.group_id,
-        position=position,
-        prompt=prompt,
-        reference_ids=list(reference_ids),
-        seed=seed % 2**31,
-        params=params,
-        model=params["model"],
-    )
+    params: dict[str, Any],
+) -> lifecycle.OutputRow:
+    """A new output of `job`, as the row `lifecycle.add_job` inserts (and gives an id)."""
+    return {
+        "job_id": job.id,
+        "group_id": job.group_id,
+        "position": position,
+        "prompt": prompt,
+        "reference_ids": list(reference_ids),
+        "seed": seed % 2**31,
+        "params": params,
+        "model": params["model"],
+    }
 
 
 # Catalog submissions ---------------------------------------------------------------------
@@ -316,7 +317,7 @@ def _plan_catalog(
             _catalog_output(job, position, entry, prompt, base_seed + position, params)
             for position, (entry, prompt) in enumerate(entries)
         ]
-        lifecycle.add_job(session, job, outputs, settings.dispatch_chunk_size)
+        lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
         jobs.append(job)
     return jobs
 
@@ -366,12 +367,10 @@ def _catalog_output(
     prompt: str,
     seed: int,
     params: dict[str, str | None],
-) -> Output:
+) -> lifecycle.OutputRow:
     """An entry's output: its own negative prompt, if any, replaces the config's."""
     negative_prompt = entry.get("negative_prompt") or params["negative_prompt"]
     output = new_output(
         job, position, prompt, [], seed, {**params, "negative_prompt": negative_prompt}
     )
-    output.prompt_id = entry["id"]
-    output.tags = list(entry["tags"])
-    return output
+    return output | {"prompt_id": entry["id"], "tags": list(entry["tags"])}
