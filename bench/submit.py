@@ -1,12 +1,14 @@
 """Submitting a big job, and the API's memory while it runs (issue 12, targets 4 and 5).
 
     python -m bench.submit [--images 20000] [--connections 8] [--database-url URL]
+                           [--inflight 200]
 
 Starts the control plane as its own process (`pixelfleet api`) with a stub RunPod in this
 process that accepts every `/run` at once and checks RunPod's limits: `/run` calls in any
 10 s window (RunPod allows 1,000) and RunPod jobs in flight (accepted and not yet completed;
-RunPod allows 200). The stub completes nothing by itself: a RunPod job counts as completed
-once this bench has posted its COMPLETED webhook.
+RunPod allows 200). An instant endpoint takes everything it may: the control plane's
+in-flight cap is set to RunPod's 200 (`--inflight`). The stub completes nothing by itself:
+a RunPod job counts as completed once this bench has posted its COMPLETED webhook.
 
 1. Target 4: an automatic job of `--images` images over one upload is submitted; prints the
    answer's time, the API's RSS before, after and at its peak, and the time from the answer
@@ -123,6 +125,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--inflight",
+        type=int,
+        default=200,
+        help="PIXELFLEET_MAX_INFLIGHT_DISPATCHES: an endpoint as large as RunPod allows",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pixelfleet-submit-") as tmp:
         run(Path(tmp), args)
@@ -141,6 +149,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         "PIXELFLEET_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
         "PIXELFLEET_SUBMIT_MAX_IMAGES": str(max(args.images, 20_000)),
         "PIXELFLEET_WEBHOOK_GRACE_S": "3600",
+        "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": str(args.inflight),
         "PIXELFLEET_LOG_LEVEL": "WARNING",
     }
     base = f"http://127.0.0.1:{api_port}"

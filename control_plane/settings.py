@@ -36,9 +36,9 @@ class Settings(CommonSettings):
 
     dispatch_chunk_size: int = Field(16, ge=1, le=500)
     # a job's dispatches grow past dispatch_chunk_size to number at most this many …
-    dispatch_max_per_job: int = Field(32, ge=1, le=10_000)
+    dispatch_max_per_job: int = Field(100, ge=1, le=10_000)
     # … within these bounds (lifecycle.dispatch_chunk); sets are always one dispatch
-    dispatch_chunk_max: int = Field(1_000, ge=1, le=20_000)
+    dispatch_chunk_max: int = Field(200, ge=1, le=20_000)
     dispatch_max_body_bytes: int = Field(4 * 2**20, ge=64 * 2**10, le=9 * 2**20)
     dispatch_max_attempts: int = Field(2, ge=1, le=10)
     dispatch_max_losses: int = Field(10, ge=0, le=100)

@@ -160,9 +160,10 @@ def rows(count: int, prompt: str = "p", references: int = 0) -> list[lifecycle.O
     [
         (1, "p", 16),  # never under dispatch_chunk_size
         (512, "p", 16),
-        (513, "p", 17),  # grows so the job fits in 32 dispatches
-        (20_000, "p", 625),
-        (50_000, "p", 1_000),  # at most dispatch_chunk_max: more dispatches
+        (1_600, "p", 16),
+        (1_601, "p", 17),  # grows so the job fits in 100 dispatches
+        (20_000, "p", 200),
+        (50_000, "p", 200),  # at most dispatch_chunk_max: more dispatches
         # 10,000 characters escaped to 6 bytes each in JSON: a 4 MB body holds 68 of them
         (20_000, "é" * 10_000, 4 * 2**20 // (lifecycle.ITEM_BYTES + 60_002 + 2)),
     ],
@@ -172,8 +173,8 @@ def test_dispatch_chunk_grows_with_the_job_within_its_bounds(
 ) -> None:
     settings = Settings(
         dispatch_chunk_size=16,
-        dispatch_max_per_job=32,
-        dispatch_chunk_max=1_000,
+        dispatch_max_per_job=100,
+        dispatch_chunk_max=200,
         dispatch_max_body_bytes=4 * 2**20,
     )
     assert lifecycle.dispatch_chunk(settings, rows(images, prompt)) == expected
