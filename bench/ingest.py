@@ -70,6 +70,8 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         "PIXELFLEET_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
         "PIXELFLEET_DISPATCH_CHUNK_SIZE": str(CHUNK),
         "PIXELFLEET_WEBHOOK_GRACE_S": "3600",
+        "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": "0",  # the stub holds every dispatch sent
+        "PIXELFLEET_RUN_RATE_PER_S": "0",
         "PIXELFLEET_LOG_LEVEL": "WARNING",
     }
     base = f"http://127.0.0.1:{api_port}"

@@ -32,6 +32,7 @@ Functions here never commit: the caller's transaction holds the change and its e
 """
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,11 +45,12 @@ from sqlmodel import Session, col, func, select, update
 from control_plane.background import Service
 from control_plane.db import wake_after_commit
 from control_plane.errors import Conflict, NotFound
-from control_plane.events import emit
+from control_plane.events import emit, emit_many
 from control_plane.models import (
     TERMINAL_DISPATCH,
     Dispatch,
     DispatchStatus,
+    Event,
     EventKind,
     Group,
     Job,
@@ -372,7 +374,14 @@ def note_polled(session: Session, dispatch_id: str, runpod_status: str | None) -
 def finish_dispatch(
     session: Session, settings: Settings, storage: Storage, dispatch_id: str, report: DispatchReport
 ) -> None:
-    """Apply what became of a dispatch's RunPod job, once (later reports change nothing)."""
+    """Apply what became of a dispatch's RunPod job, once (later reports change nothing).
+
+    The worker's results are checked before any lock is taken (`plan_results`), so the job's
+    lock covers only the few statements that write them, up to the caller's commit.
+    """
+    planned = None
+    if report.results is not None:
+        planned = plan_results(session, storage, dispatch_id, report.results)
     dispatch = lock_dispatch(session, dispatch_id)
     if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
         return
@@ -382,7 +391,7 @@ def finish_dispatch(
     if report.results is None:
         _fail_dispatch(session, settings, dispatch, report.failure, lost=report.lost)
         return
-    _apply_results(session, storage, dispatch, report.results)
+    _apply_results(session, storage, dispatch, report.results, planned=planned)
     _transition(dispatch, dispatch.status, DispatchStatus.COMPLETED)
     dispatch.status = DispatchStatus.COMPLETED
     dispatch.finished_at = dispatch.updated_at = utcnow()
@@ -392,80 +401,212 @@ def finish_dispatch(
     refresh_job(session, dispatch.job_id)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How one unfinished output ends: the columns its result sets (status and error among
+    them), the attempts and cost it adds."""
+
+    output_id: str
+    status: OutputStatus
+    values: dict[str, Any]
+    attempts: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def error(self) -> str | None:
+        error: str | None = self.values.get("error")
+        return error
+
+
+@dataclass(frozen=True)
+class PlannedResults:
+    """A dispatch's results checked against its outputs as they were when planned: `seen`, its
+    unfinished outputs then; `endings`, what becomes of those the plan ends, in order."""
+
+    seen: frozenset[str]
+    endings: list[Ending]
+
+
+def plan_results(
+    session: Session,
+    storage: Storage,
+    dispatch_id: str,
+    results: Sequence[ItemResult | UnreadableResult],
+    *,
+    fail_unreported: bool = True,
+) -> PlannedResults:
+    """Each result checked against the dispatch's unfinished output it names (others are
+    ignored, a repeated one counts once); with `fail_unreported`, outputs no result names
+    fail with NO_RESULT. Takes no lock: callers plan before locking, `_apply_results` writes."""
+    outputs = {
+        output.id: output
+        for output in session.exec(
+            select(Output)
+            .where(col(Output.dispatch_id) == dispatch_id, col(Output.status).in_(UNFINISHED))
+            .execution_options(populate_existing=True)
+        ).all()
+    }
+    seen = frozenset(outputs)
+    endings = []
+    for result in results:
+        output = outputs.pop(result.output_id, None)
+        if output is not None:
+            endings.append(_ending_of(storage, output, result))
+    if fail_unreported:
+        endings += [_failure(output_id, NO_RESULT) for output_id in outputs]
+    return PlannedResults(seen, endings)
+
+
 def _apply_results(
     session: Session,
     storage: Storage,
     dispatch: Dispatch,
-    results: list[ItemResult | UnreadableResult],
+    results: Sequence[ItemResult | UnreadableResult],
+    *,
+    planned: PlannedResults | None = None,
+    fail_unreported: bool = True,
 ) -> None:
-    """Each result for one of the dispatch's unfinished outputs (others are ignored), once."""
-    outputs = {
-        output.id: output
-        for output in session.exec(
-            select(Output).where(
+    """Each result for one of the dispatch's unfinished outputs (others are ignored), once;
+    the caller holds the dispatch's locks (`lock_dispatch`). The outputs change in one
+    statement, their events in one insert, the job's counters once. `planned` (made by
+    `plan_results` before the locks) is used while the dispatch's unfinished outputs are
+    still among those it saw; otherwise the results are planned again here."""
+    unfinished = set(
+        session.exec(
+            select(Output.id).where(
                 col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
             )
         ).all()
-    }
+    )
+    if planned is None or not unfinished <= planned.seen:
+        planned = plan_results(
+            session, storage, dispatch.id, results, fail_unreported=fail_unreported
+        )
+    endings = [ending for ending in planned.endings if ending.output_id in unfinished]
+    if not endings:
+        return
     now = utcnow()
-    for result in results:
-        output = outputs.pop(result.output_id, None)
-        if output is not None:
-            _apply_result(storage, output, result)
-            _end_output(session, output, now)
-    for output in outputs.values():  # the worker said nothing about these
-        output.status, output.error = OutputStatus.FAILED, NO_RESULT
-        _end_output(session, output, now)
+    _write_endings(session, endings, now)
+    _count_endings(session, dispatch.job_id, endings)
+    _emit_endings(session, dispatch, endings, now)
 
 
-def _apply_result(storage: Storage, output: Output, result: ItemResult | UnreadableResult) -> None:
-    """Store what the worker says of `output`, once checked (`control_plane/results.py`); a
-    result that fails the check fails its image with the reason and stores nothing else."""
+def _ending_of(storage: Storage, output: Output, result: ItemResult | UnreadableResult) -> Ending:
+    """What the worker says of `output`, once checked (`control_plane/results.py`); a result
+    that fails the check fails its image with the reason and sets nothing else."""
     try:
         if isinstance(result, UnreadableResult):
             raise ResultRejected(result.reason)
         files = check_result(result, output, storage)
     except ResultRejected as exc:
-        output.status, output.error = OutputStatus.FAILED, f"{RESULT_REJECTED}: {exc}"
-        return
-    output.provider, output.model = clip(result.provider, 40), clip(result.model, 80)
-    output.model_version = clip(result.model_version, 80)
-    output.usage, output.cost_usd = result.usage, result.cost_usd
-    output.attempts += result.attempts
-    output.latency_ms = result.latency_ms
+        return _failure(output.id, f"{RESULT_REJECTED}: {exc}")
+    values: dict[str, Any] = {
+        "provider": clip(result.provider, 40),
+        "model": clip(result.model, 80),
+        "model_version": clip(result.model_version, 80),
+        "usage": result.usage,
+        "cost_usd": result.cost_usd,
+        "latency_ms": result.latency_ms,
+    }
     if result.seed is not None:
-        output.seed = result.seed
+        values["seed"] = result.seed
     if files is None:
-        output.status, output.error = OutputStatus(result.status), result.error or result.status
-        return
-    if isinstance(files, TextAnswer):
-        output.text, output.status, output.error = files.text, OutputStatus.SUCCEEDED, None
-        return
-    output.storage_key, output.thumbnail_key = files.storage_key, files.thumbnail_key
-    output.content_type = result.content_type
-    output.width, output.height = result.width, result.height
-    output.bytes, output.sha256 = result.bytes, result.sha256
-    output.status, output.error = OutputStatus.SUCCEEDED, None
+        status, error = OutputStatus(result.status), result.error or result.status
+    elif isinstance(files, TextAnswer):
+        values["text"], status, error = files.text, OutputStatus.SUCCEEDED, None
+    else:
+        values |= {
+            "storage_key": files.storage_key,
+            "thumbnail_key": files.thumbnail_key,
+            "content_type": result.content_type,
+            "width": result.width,
+            "height": result.height,
+            "bytes": result.bytes,
+            "sha256": result.sha256,
+        }
+        status, error = OutputStatus.SUCCEEDED, None
+    values["status"], values["error"] = status, clip(error)
+    return Ending(output.id, status, values, result.attempts, result.cost_usd or 0.0)
 
 
-def _end_output(session: Session, output: Output, now: datetime) -> None:
-    """Stamp an unfinished output whose final status is set, count it and its cost, and
-    write its event; the job's first success stamps its `first_image_at`."""
-    _count(session, output.job_id, OutputStatus(output.status), 1, output.cost_usd)
-    output.error = clip(output.error)
-    output.completed_at = output.updated_at = now
-    session.add(output)
-    data: dict[str, Any] = {"error": output.error} if output.error else {}
-    if output.status == OutputStatus.SUCCEEDED and _first_image(session, output.job_id, now):
-        data["first_image"] = True
-    emit(
-        session,
-        OUTPUT_EVENT[OutputStatus(output.status)],
-        job_id=output.job_id,
-        dispatch_id=output.dispatch_id,
-        output_id=output.id,
-        **data,
-    )
+def _failure(output_id: str, reason: str) -> Ending:
+    status = OutputStatus.FAILED
+    return Ending(output_id, status, {"status": status, "error": clip(reason)})
+
+
+ENDINGS_PER_STATEMENT = 100
+
+
+def _write_endings(session: Session, endings: Sequence[Ending], now: datetime) -> None:
+    """One UPDATE per ENDINGS_PER_STATEMENT outputs: each column set to its output's value
+    (`CASE id WHEN …`), kept where an output's result does not set it."""
+    table = Output.__table__  # type: ignore[attr-defined]
+    for start in range(0, len(endings), ENDINGS_PER_STATEMENT):
+        batch = endings[start : start + ENDINGS_PER_STATEMENT]
+        names = dict.fromkeys(name for ending in batch for name in ending.values)
+        values: dict[str, Any] = {
+            name: _per_output(
+                table, name, {e.output_id: e.values[name] for e in batch if name in e.values}
+            )
+            for name in names
+        }
+        added = {e.output_id: e.attempts for e in batch if e.attempts}
+        if added:
+            values["attempts"] = table.c.attempts + _per_output(table, "attempts", added, 0)
+        values["completed_at"] = values["updated_at"] = now
+        ids = [ending.output_id for ending in batch]
+        session.execute(sa.update(table).where(table.c.id.in_(ids)).values(values))
+    _forget_loaded(session, [ending.output_id for ending in endings])
+
+
+def _per_output(table: sa.Table, name: str, by_id: dict[str, Any], otherwise: Any = None) -> Any:
+    column = table.c[name]
+    whens = {
+        output_id: sa.bindparam(None, value, type_=column.type)
+        for output_id, value in by_id.items()
+    }
+    return sa.case(whens, value=table.c.id, else_=column if otherwise is None else otherwise)
+
+
+def _forget_loaded(session: Session, output_ids: Sequence[str]) -> None:
+    """Expire loaded copies of outputs changed behind the session's back."""
+    for output_id in output_ids:
+        loaded = session.identity_map.get(sa.orm.util.identity_key(Output, output_id))
+        if loaded is not None:
+            session.expire(loaded)
+
+
+def _count_endings(session: Session, job_id: str, endings: Sequence[Ending]) -> None:
+    """The job's counters moved once for all `endings`, their cost added once."""
+    by_status = Counter(ending.status for ending in endings)
+    cost = sum(ending.cost_usd for ending in endings)
+    for index, (status, change) in enumerate(by_status.items()):
+        _count(session, job_id, status, change, cost if index == 0 else None)
+
+
+def _emit_endings(
+    session: Session, dispatch: Dispatch, endings: Sequence[Ending], now: datetime
+) -> None:
+    """One event per ended output, in one insert; the job's first success stamps its
+    `first_image_at` and says so in its event."""
+    first_success = next((e for e in endings if e.status == OutputStatus.SUCCEEDED), None)
+    first_image = first_success is not None and _first_image(session, dispatch.job_id, now)
+    events = []
+    for ending in endings:
+        data: dict[str, Any] = {"error": ending.error} if ending.error else {}
+        if first_image and ending is first_success:
+            data["first_image"] = True
+        events.append(
+            Event(
+                kind=OUTPUT_EVENT[ending.status],
+                job_id=dispatch.job_id,
+                dispatch_id=dispatch.id,
+                output_id=ending.output_id,
+                data=data,
+                created_at=now,
+            )
+        )
+    emit_many(session, events)
 
 
 class FinishFailure(StrEnum):
@@ -566,17 +707,20 @@ def _fail_outputs(
         .where(*condition)
         .values(status=OutputStatus.FAILED, error=reason, completed_at=now, updated_at=now)
     )
-    for output_id, job_id, dispatch_id in ids:
-        _count(session, job_id, OutputStatus.FAILED, 1)
-        emit(
-            session,
-            EventKind.OUTPUT_FAILED,
+    for job_id, failed in Counter(job_id for _, job_id, _ in ids).items():
+        _count(session, job_id, OutputStatus.FAILED, failed)
+    events = [
+        Event(
+            kind=EventKind.OUTPUT_FAILED,
             job_id=job_id,
             dispatch_id=dispatch_id,
             output_id=output_id,
-            error=reason,
-            cause=cause,
+            data={"error": reason, "cause": cause},
+            created_at=now,
         )
+        for output_id, job_id, dispatch_id in ids
+    ]
+    emit_many(session, events)
 
 
 # -- a user's decisions -------------------------------------------------------------------
