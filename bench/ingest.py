@@ -52,6 +52,14 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then post N more webhooks, one at a time, to an app in this process under "
+        "pyinstrument and print where their time went",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pixelfleet-ingest-") as tmp:
         run(Path(tmp), args)
@@ -96,8 +104,43 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             assert progress["succeeded"] == size, progress
             rows.append((label, size, len(bodies), took, latencies, cpu))
         rss = peak_rss_mb(pid)
+        if args.profile:
+            job_id = _submit(client, group, upload, args.profile * CHUNK)
+            dispatches = _wait_until_sent(engine, job_id, args.profile)
+            profile = asyncio.run(_profile(env, _webhooks(engine, storage, dispatches)))
     stub.should_exit = True
     _report(rows, args.connections, database_url, rss)
+    if args.profile:
+        print(profile)
+
+
+async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
+    """Post `bodies` one after another to the real app run in this process, its blocking
+    work on this thread (not a thread pool) so that the profiler sees all of it."""
+    from pyinstrument import Profiler
+
+    from control_plane.app import create_app
+    from control_plane.settings import Settings
+    from control_plane.web.api import webhook as webhook_route
+
+    async def inline(function: Any, *args: Any) -> Any:
+        return function(*args)
+
+    webhook_route.run_in_threadpool = inline  # type: ignore[assignment]
+    app = create_app(
+        Settings(**{k.removeprefix("PIXELFLEET_").lower(): v for k, v in env.items()}),
+        reconcile=False,
+    )
+    transport = httpx.ASGITransport(app=app)
+    profiler = Profiler(async_mode="disabled")
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            profiler.start()
+            for params, body in bodies:
+                answer = await client.post("/api/webhook/runpod", params=params, json=body)
+                assert answer.status_code == 200, answer.text
+            profiler.stop()
+    return profiler.output_text(unicode=True, show_all=False)
 
 
 def _stub_runpod(port: int) -> uvicorn.Server:

@@ -31,9 +31,10 @@ Rules kept here and nowhere else:
 Functions here never commit: the caller's transaction holds the change and its events.
 """
 
+import functools
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -43,7 +44,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, func, select, update
 
 from control_plane.background import Service
-from control_plane.db import wake_after_commit
+from control_plane.db import lock_on_sqlite, wake_after_commit
 from control_plane.errors import Conflict, NotFound
 from control_plane.events import emit, emit_many
 from control_plane.models import (
@@ -126,6 +127,7 @@ def _transition(dispatch: Dispatch, before: str | None, after: DispatchStatus) -
 
 
 def lock_job(session: Session, job_id: str) -> Job:
+    lock_on_sqlite(session, Job.__table__, "id", job_id)  # type: ignore[attr-defined]
     job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
@@ -134,12 +136,21 @@ def lock_job(session: Session, job_id: str) -> Job:
 
 def lock_dispatch(session: Session, dispatch_id: str) -> Dispatch | None:
     """Lock a dispatch's job row, then the dispatch (the one lock order every writer uses)."""
-    job_id = session.exec(select(Dispatch.job_id).where(col(Dispatch.id) == dispatch_id)).first()
-    if job_id is None:
+    locked = lock_job_and_dispatch(session, dispatch_id)
+    return locked[1] if locked else None
+
+
+def lock_job_and_dispatch(session: Session, dispatch_id: str) -> tuple[Job, Dispatch] | None:
+    """`lock_dispatch`, the job returned too: hold it while its counters are used (the session
+    keeps unchanged rows only while something else refers to them)."""
+    known = session.get(Dispatch, dispatch_id)  # its job never changes: a loaded copy will do
+    if known is None:
         return None
     # The job's counters are read and written under this lock: load them fresh with it.
-    session.get(Job, job_id, with_for_update=True, populate_existing=True)
-    return session.get(Dispatch, dispatch_id, with_for_update=True, populate_existing=True)
+    lock_on_sqlite(session, Job.__table__, "id", known.job_id)  # type: ignore[attr-defined]
+    job = session.get(Job, known.job_id, with_for_update=True, populate_existing=True)
+    dispatch = session.get(Dispatch, dispatch_id, with_for_update=True, populate_existing=True)
+    return (job, dispatch) if job is not None and dispatch is not None else None
 
 
 # -- creating work ------------------------------------------------------------------------
@@ -382,9 +393,10 @@ def finish_dispatch(
     planned = None
     if report.results is not None:
         planned = plan_results(session, storage, dispatch_id, report.results)
-    dispatch = lock_dispatch(session, dispatch_id)
-    if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
+    locked = lock_job_and_dispatch(session, dispatch_id)
+    if locked is None or locked[1].status in TERMINAL_DISPATCH:
         return
+    _job, dispatch = locked  # the job held: its counters move below
     dispatch.runpod_job_id = dispatch.runpod_job_id or clip(report.runpod_job_id, 80)
     dispatch.runpod_status = clip(report.runpod_status, 20)
     dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
@@ -539,33 +551,58 @@ ENDINGS_PER_STATEMENT = 100
 
 def _write_endings(session: Session, endings: Sequence[Ending], now: datetime) -> None:
     """One UPDATE per ENDINGS_PER_STATEMENT outputs: each column set to its output's value
-    (`CASE id WHEN …`), kept where an output's result does not set it."""
-    table = Output.__table__  # type: ignore[attr-defined]
+    (`CASE id WHEN …`), kept where an output's result does not set it. Written as SQL text
+    with the columns' own bind processing: building it as an expression costs more than all
+    the database's work on it."""
+    connection = session.connection()
     for start in range(0, len(endings), ENDINGS_PER_STATEMENT):
-        batch = endings[start : start + ENDINGS_PER_STATEMENT]
-        names = dict.fromkeys(name for ending in batch for name in ending.values)
-        values: dict[str, Any] = {
-            name: _per_output(
-                table, name, {e.output_id: e.values[name] for e in batch if name in e.values}
-            )
-            for name in names
-        }
-        added = {e.output_id: e.attempts for e in batch if e.attempts}
-        if added:
-            values["attempts"] = table.c.attempts + _per_output(table, "attempts", added, 0)
-        values["completed_at"] = values["updated_at"] = now
-        ids = [ending.output_id for ending in batch]
-        session.execute(sa.update(table).where(table.c.id.in_(ids)).values(values))
+        sql, params = _endings_update(
+            connection.dialect, endings[start : start + ENDINGS_PER_STATEMENT], now
+        )
+        connection.exec_driver_sql(sql, params)
     _forget_loaded(session, [ending.output_id for ending in endings])
 
 
-def _per_output(table: sa.Table, name: str, by_id: dict[str, Any], otherwise: Any = None) -> Any:
-    column = table.c[name]
-    whens = {
-        output_id: sa.bindparam(None, value, type_=column.type)
-        for output_id, value in by_id.items()
-    }
-    return sa.case(whens, value=table.c.id, else_=column if otherwise is None else otherwise)
+def _endings_update(
+    dialect: sa.Dialect, endings: Sequence[Ending], now: datetime
+) -> tuple[str, tuple[Any, ...]]:
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    quote = dialect.identifier_preparer.quote
+    assignments, params = [], []
+    for name in dict.fromkeys(name for ending in endings for name in ending.values):
+        process = _bind_processor(dialect, name)
+        whens = [ending for ending in endings if name in ending.values]
+        assignments.append(
+            f"{quote(name)} = CASE id {f'WHEN {mark} THEN {mark} ' * len(whens)}"
+            f"ELSE {quote(name)} END"
+        )
+        for ending in whens:
+            params += [ending.output_id, process(ending.values[name])]
+    added = [ending for ending in endings if ending.attempts]
+    if added:
+        assignments.append(
+            f"attempts = attempts + CASE id {f'WHEN {mark} THEN {mark} ' * len(added)}ELSE 0 END"
+        )
+        for ending in added:
+            params += [ending.output_id, ending.attempts]
+    stamp = _bind_processor(dialect, "updated_at")(now)
+    assignments += [f"completed_at = {mark}", f"updated_at = {mark}"]
+    params += [stamp, stamp]
+    params += [ending.output_id for ending in endings]
+    ids = ", ".join([mark] * len(endings))
+    return f"UPDATE outputs SET {', '.join(assignments)} WHERE id IN ({ids})", tuple(params)
+
+
+@functools.cache
+def _bind_processor(dialect: sa.Dialect, name: str) -> Callable[[Any], Any]:
+    """How column `name` of outputs hands a value to `dialect`'s driver (JSON as text, …)."""
+    column = Output.__table__.c[name]  # type: ignore[attr-defined]
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process or _as_is
+
+
+def _as_is(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
 
 
 def _forget_loaded(session: Session, output_ids: Sequence[str]) -> None:
