@@ -7,10 +7,14 @@
 Rules kept here and nowhere else:
 - Lock order: the job row, then the dispatch row (`lock_job`, `lock_dispatch`), so MySQL never
   deadlocks two writers; the job lock also serialises finalisers of one job, so its counts
-  come from a stable view.
+  come from a stable view. On SQLite, which has no row locks, the same calls take the
+  database's write lock (`control_plane/db.py` `lock_on_sqlite`). What needs no lock (reading
+  and checking a worker's results, `plan_results`) is done before them, so the job's lock
+  covers only the few statements that write, up to the commit.
 - A job's counts move with its outputs, in the transaction that moves them (`_count`), under
-  the job's lock, so finishing a dispatch costs the same in a job of 20 images or 20,000;
-  its status follows from them (`refresh_job`).
+  the job's lock, once per change (a dispatch's outputs end in one UPDATE, their events in one
+  insert), so finishing a dispatch costs the same in a job of 20 images or 20,000, and in a
+  table of 1.5 M outputs; its status follows from them (`refresh_job`).
 - A dispatch that ended is never changed again: webhooks can be lost, duplicated, delayed or
   early, and `/status` polls race them, so finishing twice is a no-op.
 - A failed dispatch is retried as a new dispatch (its own RunPod job and token) while its
