@@ -486,25 +486,27 @@ def _apply_results(
     the caller holds the dispatch's locks (`lock_dispatch`). The outputs change in one
     statement, their events in one insert, the job's counters once. `planned` (made by
     `plan_results` before the locks) is used while the dispatch's unfinished outputs are
-    still among those it saw; otherwise the results are planned again here."""
-    unfinished = set(
-        session.exec(
-            select(Output.id).where(
-                col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
-            )
-        ).all()
-    )
-    if planned is None or not unfinished <= planned.seen:
-        planned = plan_results(
-            session, storage, dispatch.id, results, fail_unreported=fail_unreported
+    still among those it saw; otherwise the results are planned again here. Changes made to
+    loaded rows (the job, the dispatch) are written at the caller's commit, once."""
+    with session.no_autoflush:
+        unfinished = set(
+            session.exec(
+                select(Output.id).where(
+                    col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
+                )
+            ).all()
         )
-    endings = [ending for ending in planned.endings if ending.output_id in unfinished]
-    if not endings:
-        return
-    now = utcnow()
-    _write_endings(session, endings, now)
-    _count_endings(session, dispatch.job_id, endings)
-    _emit_endings(session, dispatch, endings, now)
+        if planned is None or not unfinished <= planned.seen:
+            planned = plan_results(
+                session, storage, dispatch.id, results, fail_unreported=fail_unreported
+            )
+        endings = [ending for ending in planned.endings if ending.output_id in unfinished]
+        if not endings:
+            return
+        now = utcnow()
+        _write_endings(session, endings, now)
+        _count_endings(session, dispatch.job_id, endings)
+        _emit_endings(session, dispatch, endings, now)
 
 
 def _ending_of(storage: Storage, output: Output, result: ItemResult | UnreadableResult) -> Ending:

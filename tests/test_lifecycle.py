@@ -9,6 +9,7 @@ from functools import partial
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlmodel import col, select
 
 from control_plane import lifecycle
@@ -17,6 +18,8 @@ from control_plane.errors import Conflict, Unavailable
 from control_plane.lifecycle import output_counts
 from control_plane.models import Dispatch, Event, Job, Output
 from control_plane.runpod import webhook
+from control_plane.runpod.finisher import Outcome, apply_report
+from control_plane.runpod.wire import RunPodJobState, report_of
 from tests.fakes.api import Api, completed_body, hook, submit_one_dispatch
 
 ENDED = ("succeeded", "failed", "blocked")
@@ -272,3 +275,32 @@ def _decide(api: Api, decision: Callable[..., object], job_id: str) -> None:
         except Exception as exc:
             if not is_transient(exc):
                 raise
+
+
+def test_finishing_a_dispatch_of_16_images_takes_the_statements_one_of_2_takes(api: Api) -> None:
+    """Finalising writes a dispatch's outputs, their events and the job's counters in a fixed
+    number of statements, whatever the number of images (not one per image)."""
+    statements = {images: _statements_finishing(api, images) for images in (2, 16)}
+    assert statements[2] == statements[16]
+    assert sum(s.startswith("UPDATE outputs") for s in statements[16]) == 1
+
+
+def _statements_finishing(api: Api, images: int) -> list[str]:
+    """The first words of each statement that applying a COMPLETED report of a new dispatch
+    of `images` images sends."""
+    _, dispatch = submit_one_dispatch(api, n=images)
+    body = {"id": dispatch.runpod_job_id, **completed_body(api, dispatch)}
+    report = report_of(RunPodJobState.model_validate(body))
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(" ".join(statement.split()[:3]))
+
+    platform = api.platform
+    with platform.session() as session:
+        sa.event.listen(session.connection(), "before_cursor_execute", note)
+        outcome = apply_report(
+            session, platform.settings, platform.storage, dispatch.id, lambda: report
+        )
+    assert outcome is Outcome.APPLIED
+    return seen
