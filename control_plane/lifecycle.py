@@ -79,6 +79,7 @@ UNFINISHED = (OutputStatus.PENDING, OutputStatus.RUNNING)
 ENDED_JOB = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 SET_MODES = (JobMode.SEMI_AUTOMATIC, JobMode.VARIATION)  # sent as one dispatch, retries too
 CANCELLED_BY_USER = "cancelled by user"
+ENDINGS_PER_STATEMENT = 100  # outputs one UPDATE of `_write_endings` sets
 NO_RESULT = "the worker returned no result for this image"
 RESULT_REJECTED = "worker result rejected"
 OUTPUT_EVENT = {
@@ -552,9 +553,6 @@ def _failure(output_id: str, reason: str) -> Ending:
     return Ending(output_id, status, {"status": status, "error": clip(reason)})
 
 
-ENDINGS_PER_STATEMENT = 100
-
-
 def _write_endings(session: Session, endings: Sequence[Ending], now: datetime) -> None:
     """One UPDATE per ENDINGS_PER_STATEMENT outputs: each column set to its output's value
     (`CASE id WHEN …`), kept where an output's result does not set it. Written as SQL text
@@ -572,6 +570,7 @@ def _write_endings(session: Session, endings: Sequence[Ending], now: datetime) -
 def _endings_update(
     dialect: sa.Dialect, endings: Sequence[Ending], now: datetime
 ) -> tuple[str, tuple[Any, ...]]:
+    """The UPDATE of `endings`' outputs and its parameters, in `dialect`'s driver's style."""
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     quote = dialect.identifier_preparer.quote
     assignments, params = [], []
@@ -621,10 +620,9 @@ def _forget_loaded(session: Session, output_ids: Sequence[str]) -> None:
 
 def _count_endings(session: Session, job_id: str, endings: Sequence[Ending]) -> None:
     """The job's counters moved once for all `endings`, their cost added once."""
-    by_status = Counter(ending.status for ending in endings)
-    cost = sum(ending.cost_usd for ending in endings)
-    for index, (status, change) in enumerate(by_status.items()):
-        _count(session, job_id, status, change, cost if index == 0 else None)
+    for status, change in Counter(ending.status for ending in endings).items():
+        _count(session, job_id, status, change)
+    _count(session, job_id, OutputStatus.SUCCEEDED, 0, sum(e.cost_usd for e in endings))  # cost
 
 
 def _emit_endings(
