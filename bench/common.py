@@ -1,6 +1,7 @@
 """What the benchmarks share: process start-up, peak memory, synthetic images, a GCS emulator."""
 
 import io
+import itertools
 import logging
 import multiprocessing
 import os
@@ -10,16 +11,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing.queues import Queue
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import sqlalchemy as sa
 from PIL import Image
 
 from control_plane.db import make_engine
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -39,6 +43,20 @@ def peak_rss_mb(pid: int) -> float:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (e.g. `pixelfleet api --workers N`'s processes)."""
+    import psutil
+
+    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+
+
+def batches(rows: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`rows` in lists of at most `size` (bulk inserts)."""
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 @contextmanager

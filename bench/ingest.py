@@ -1,15 +1,21 @@
-"""Webhook ingest against job size: does finishing a dispatch cost more in a bigger job?
+"""Webhook ingest against job size and API processes: does finishing a dispatch cost more in
+a bigger job, and how does ingest scale with `pixelfleet api --workers N`?
 
     python -m bench.ingest [--small 1600] [--big 20000] [--connections 16]
-                           [--database-url URL]
+                           [--workers 1,2,4] [--filler-outputs 1500000]
+                           [--database-url URL] [--profile N]
 
-Starts the control plane as its own process with a stub RunPod (accepts every `/run`, never
-runs anything), submits an automatic job of `--small` images and one of `--big` images (16
-per dispatch), waits until every dispatch is with the stub, then posts every dispatch's
-COMPLETED webhook (16 succeeded images each, as a worker reports them) over `--connections`
-connections. Prints webhooks/s, images/s and latency percentiles per job, the big job's rate
-as a ratio of the small one's (1.0: ingest does not grow with the job), and the control
-plane's CPU per webhook and peak RSS.
+Bulk-inserts `--filler-outputs` outputs of other jobs into a fresh database (SQLite by
+default, or the MariaDB/MySQL database of `--database-url`, dropped and created again), then
+for each N of `--workers` starts the control plane (`pixelfleet api --workers N`) with a stub
+RunPod (accepts every `/run`, never runs anything), submits an automatic job of `--small`
+images and one of `--big` images (16 per dispatch), waits until every dispatch is with the
+stub, then posts every dispatch's COMPLETED webhook (16 succeeded images each, as a worker
+reports them) over `--connections` connections. Prints webhooks/s, images/s, latency
+percentiles and CPU per webhook (all API processes) per job; per N the big job's rate as a
+ratio of the small one's (1.0: ingest does not grow with the job) and of the first N's, and
+peak RSS. `--profile N` then posts N more webhooks to an app in this process under
+pyinstrument and prints where their time went.
 """
 
 import argparse
@@ -20,25 +26,40 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 from sqlmodel import Session, col, func, select
 
 from bench.common import (
+    batches,
     cpu_seconds,
     free_port,
     peak_rss_mb,
     png,
     process,
+    process_tree,
     recreate_mysql_database,
 )
-from control_plane.db import make_engine
-from control_plane.models import Dispatch, DispatchStatus, Output
+from control_plane.db import make_engine, migrate
+from control_plane.models import (
+    Dispatch,
+    DispatchStatus,
+    Group,
+    Job,
+    JobMode,
+    JobStatus,
+    Output,
+    OutputStatus,
+    utcnow,
+)
 from shared import layout
+from shared.ids import new_id
 from shared.storage import LocalStorage
 
 CHUNK = 16
@@ -51,18 +72,84 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1_600)
     parser.add_argument("--big", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1],
+        help="API processes (`pixelfleet api --workers N`), e.g. 1,2,4: each in turn",
+    )
+    parser.add_argument(
+        "--filler-outputs",
+        type=int,
+        default=0,
+        help="outputs of other jobs bulk inserted first (the target: 1500000)",
+    )
     parser.add_argument("--database-url", default="")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then post N more webhooks, one at a time, to an app in this process under "
+        "pyinstrument and print where their time went",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pixelfleet-ingest-") as tmp:
         run(Path(tmp), args)
 
 
+@dataclass(frozen=True)
+class Row:
+    """One measured job: its webhooks posted to `workers` API processes."""
+
+    workers: int
+    label: str
+    size: int
+    webhooks: int
+    took: float
+    latencies: list[float]
+    cpu: float  # seconds, over every API process
+
+    @property
+    def rate(self) -> float:
+        return self.webhooks / self.took
+
+
 def run(tmp: Path, args: argparse.Namespace) -> None:
-    runpod_port, api_port = free_port(), free_port()
     database_url = args.database_url or f"sqlite:///{tmp / 'pixelfleet.db'}"
     if args.database_url:
         recreate_mysql_database(database_url)
-    env = {
+    migrate(database_url)
+    engine = make_engine(database_url)
+    started = time.monotonic()
+    _fill(engine, args.filler_outputs)
+    filled = time.monotonic() - started
+    runpod_port = free_port()
+    stub = _stub_runpod(runpod_port)
+    rows, memory, profile = [], {}, ""
+    for workers in args.workers:
+        api_port = free_port()
+        env = _env(tmp, database_url, runpod_port, api_port)
+        base = f"http://127.0.0.1:{api_port}"
+        command = ["api", "--port", str(api_port), "--no-migrate"]
+        command += ["--workers", str(workers)] if workers > 1 else []
+        with process(command, env, f"{base}/healthz", tmp / f"api-{workers}.log") as pid:
+            session = _ControlPlane(engine, LocalStorage(tmp / "storage"), base)
+            for label, size in (("small", args.small), ("big", args.big)):
+                rows.append(session.measure(workers, label, size, args.connections, pid))
+            memory[workers] = [peak_rss_mb(each) for each in process_tree(pid)]
+            if args.profile and not profile:
+                profile = session.profile(env, args.profile)
+    stub.should_exit = True
+    print(f"database              {database_url.split('@')[-1]}")
+    print(f"filler                {args.filler_outputs} outputs inserted in {filled:.0f} s")
+    _report(rows, args.connections, memory)
+    if profile:
+        print(profile)
+
+
+def _env(tmp: Path, database_url: str, runpod_port: int, api_port: int) -> dict[str, str]:
+    return {
         "PIXELFLEET_DATA_DIR": str(tmp),
         "PIXELFLEET_DATABASE_URL": database_url,
         "PIXELFLEET_STORAGE_URL": str(tmp / "storage"),
@@ -71,32 +158,129 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         "PIXELFLEET_DISPATCH_CHUNK_SIZE": str(CHUNK),
         "PIXELFLEET_DISPATCH_CHUNK_MAX": str(CHUNK),  # 16 per dispatch, whatever the job
         "PIXELFLEET_WEBHOOK_GRACE_S": "3600",
+        "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": "0",  # the stub holds every dispatch sent
+        "PIXELFLEET_RUN_RATE_PER_S": "0",
         "PIXELFLEET_LOG_LEVEL": "WARNING",
     }
-    base = f"http://127.0.0.1:{api_port}"
-    stub = _stub_runpod(runpod_port)
-    with process(["api", "--port", str(api_port)], env, f"{base}/healthz", tmp / "api.log") as pid:
-        engine = make_engine(database_url)
-        client = httpx.Client(base_url=base, timeout=120)
-        group = client.post("/api/groups", json={"name": "ingest"}).json()["id"]
-        upload = client.post(
-            "/api/uploads", data={"group_id": group}, files=[("files", ("a.png", png(1)))]
+
+
+class _ControlPlane:
+    """Jobs submitted to one running control plane, and their webhooks posted."""
+
+    def __init__(self, engine: Any, storage: LocalStorage, base: str) -> None:
+        self.engine, self.storage, self.base = engine, storage, base
+        self.client = httpx.Client(base_url=base, timeout=120)
+        self.group = self.client.post("/api/groups", json={"name": "ingest"}).json()["id"]
+        self.upload = self.client.post(
+            "/api/uploads", data={"group_id": self.group}, files=[("files", ("a.png", png(1)))]
         ).json()["images"][0]["id"]
-        storage = LocalStorage(tmp / "storage")
-        rows = []
-        for label, size in (("small", args.small), ("big", args.big)):
-            job_id = _submit(client, group, upload, size)
-            dispatches = _wait_until_sent(engine, job_id, -(-size // CHUNK))
-            bodies = _webhooks(engine, storage, dispatches)
-            cpu_before = cpu_seconds(pid)
-            took, latencies = asyncio.run(_post_all(base, bodies, args.connections))
-            cpu = cpu_seconds(pid) - cpu_before
-            progress = client.get(f"/api/jobs/{job_id}").json()["progress"]
-            assert progress["succeeded"] == size, progress
-            rows.append((label, size, len(bodies), took, latencies, cpu))
-        rss = peak_rss_mb(pid)
-    stub.should_exit = True
-    _report(rows, args.connections, database_url, rss)
+
+    def sent_webhooks(self, size: int) -> tuple[str, list[Any]]:
+        job_id = _submit(self.client, self.group, self.upload, size)
+        dispatches = _wait_until_sent(self.engine, job_id, -(-size // CHUNK))
+        return job_id, _webhooks(self.engine, self.storage, dispatches)
+
+    def measure(self, workers: int, label: str, size: int, connections: int, pid: int) -> Row:
+        job_id, bodies = self.sent_webhooks(size)
+        tree = process_tree(pid)
+        cpu_before = sum(cpu_seconds(each) for each in tree)
+        took, latencies = asyncio.run(_post_all(self.base, bodies, connections))
+        cpu = sum(cpu_seconds(each) for each in tree) - cpu_before
+        progress = self.client.get(f"/api/jobs/{job_id}").json()["progress"]
+        assert progress["succeeded"] == size, progress
+        return Row(workers, label, size, len(bodies), took, latencies, cpu)
+
+    def profile(self, env: dict[str, str], webhooks: int) -> str:
+        _, bodies = self.sent_webhooks(webhooks * CHUNK)
+        return asyncio.run(_profile(env, bodies))
+
+
+FILLER_JOB = 20_000  # outputs per filler job
+
+
+def _fill(engine: sa.Engine, outputs: int) -> None:
+    """`outputs` ended outputs of other jobs in a group of their own, bulk inserted."""
+    if not outputs:
+        return
+    now = utcnow()
+    group_id = new_id("grp")
+    job_ids = [new_id("job") for _ in range(-(-outputs // FILLER_JOB))]
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(Group.__table__),  # type: ignore[attr-defined]
+            [{"id": group_id, "name": "filler", "created_at": now, "updated_at": now}],
+        )
+        jobs = [_filler_job(job_id, group_id, now) for job_id in job_ids]
+        connection.execute(sa.insert(Job.__table__), jobs)  # type: ignore[attr-defined]
+    rows = (_filler_output(index, job_ids, group_id, now) for index in range(outputs))
+    for batch in batches(rows, 10_000):
+        with engine.begin() as connection:
+            connection.execute(sa.insert(Output.__table__), batch)  # type: ignore[attr-defined]
+
+
+def _filler_job(job_id: str, group_id: str, now: Any) -> dict[str, Any]:
+    return {
+        "id": job_id,
+        "group_id": group_id,
+        "batch_id": "filler",
+        "mode": JobMode.AUTOMATIC,
+        "status": JobStatus.COMPLETED,
+        "prompt": "filler",
+        "config": {},
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _filler_output(index: int, job_ids: list[str], group_id: str, now: Any) -> dict[str, Any]:
+    return {
+        "id": new_id("out"),
+        "job_id": job_ids[index // FILLER_JOB],
+        "group_id": group_id,
+        "dispatch_id": new_id("dsp"),
+        "position": index % FILLER_JOB,
+        "status": OutputStatus.SUCCEEDED,
+        "prompt": "p",
+        "reference_ids": [],
+        "kind": "image",
+        "seed": index,
+        "params": {},
+        "attempts": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
+    """Post `bodies` one after another to the real app run in this process, its blocking
+    work on this thread (not a thread pool) so that the profiler sees all of it."""
+    from pyinstrument import Profiler
+
+    from control_plane.app import create_app
+    from control_plane.settings import Settings
+    from control_plane.web.api import webhook as webhook_route
+
+    async def inline(function: Any, *args: Any) -> Any:
+        return function(*args)
+
+    webhook_route.run_in_threadpool = inline  # type: ignore[assignment]
+    app = create_app(
+        Settings(**{k.removeprefix("PIXELFLEET_").lower(): v for k, v in env.items()}),
+        reconcile=False,
+    )
+    transport = httpx.ASGITransport(app=app)
+    profiler = Profiler(async_mode="disabled")
+    base = "http://127.0.0.1"
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url=base) as client,
+    ):
+        profiler.start()
+        for params, body in bodies:
+            answer = await client.post("/api/webhook/runpod", params=params, json=body)
+            assert answer.status_code == 200, answer.text
+        profiler.stop()
+    return profiler.output_text(unicode=True, show_all=False)
 
 
 def _stub_runpod(port: int) -> uvicorn.Server:
@@ -201,22 +385,26 @@ async def _post_all(base: str, bodies: list[Any], connections: int) -> tuple[flo
         return time.perf_counter() - started, latencies
 
 
-def _report(rows: list[Any], connections: int, database_url: str, rss: float) -> None:
-    print(f"database              {database_url.split('@')[-1]}")
+def _report(rows: list[Row], connections: int, memory: dict[int, list[float]]) -> None:
     print(f"connections           {connections}, {CHUNK} images per webhook")
-    rates = {}
-    for label, size, webhooks, took, latencies, cpu in rows:
-        cuts = statistics.quantiles(latencies, n=100)
-        rates[label] = webhooks / took
+    rates = {(row.workers, row.label): row.rate for row in rows}
+    for row in rows:
+        cuts = statistics.quantiles(row.latencies, n=100)
         print(
-            f"{label:5} job {size:>6} images  {webhooks / took:7.1f} webhooks/s "
-            f"({size / took:7.0f} images/s)  p50 {cuts[49] * 1000:5.0f} ms  "
-            f"p99 {cuts[98] * 1000:5.0f} ms  "
-            f"control-plane CPU {cpu / webhooks * 1000:5.1f} ms/webhook"
+            f"{row.workers} process(es) {row.label:5} job {row.size:>6} images  "
+            f"{row.rate:7.1f} webhooks/s ({row.size / row.took:6.0f} images/s)  "
+            f"p50 {cuts[49] * 1000:5.0f} ms  p99 {cuts[98] * 1000:5.0f} ms  "
+            f"CPU {row.cpu / row.webhooks * 1000:5.1f} ms/webhook"
         )
-    ratio = rates["big"] / rates["small"]
-    print(f"ratio big/small       {ratio:.2f}   (1.0: independent of job size)")
-    print(f"peak RSS control      {rss:.0f} MB")
+    first = min(memory)
+    for workers, peaks in memory.items():
+        ratio = rates[workers, "big"] / rates[workers, "small"]
+        scaling = rates[workers, "big"] / rates[first, "big"]
+        print(
+            f"{workers} process(es)         big/small {ratio:.2f} (1.0: independent of job "
+            f"size)  big vs {first} process(es) {scaling:.2f}  peak RSS "
+            f"{max(peaks):.0f} MB per process, {sum(peaks):.0f} MB in all"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from bench.common import recreate_mysql_database
+from bench.common import batches, recreate_mysql_database
 from control_plane.app import create_app
 from control_plane.db import make_engine, migrate
 from control_plane.models import Group, Job, JobMode, JobStatus, Output, OutputStatus, utcnow
@@ -157,9 +157,7 @@ def _outputs(
 
 
 def _chunks(rows: Any) -> Iterator[list[Any]]:
-    iterator = iter(rows)
-    while chunk := list(itertools.islice(iterator, BATCH)):
-        yield chunk
+    return batches(rows, BATCH)
 
 
 def _print_plan(engine: sa.Engine, group_id: str) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -17,6 +17,9 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 from client.cli import register as register_client_commands
 from control_plane.admin_cli import register as register_admin_commands
@@ -103,9 +106,17 @@ def api(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: int = 8000,
     migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
+    workers: Annotated[
+        int, typer.Option(min=1, help="API processes on the one port (MySQL/MariaDB only)")
+    ] = 1,
 ) -> None:
     """Run the control plane (HTTP API, webhook, reconciler)."""
     settings = _settings(Settings)
+    if workers > 1 and settings.database_url.startswith("sqlite"):
+        raise _cannot_start(
+            "--workers needs MySQL/MariaDB (PIXELFLEET_DATABASE_URL): SQLite lets one process "
+            "write at a time, so more processes would only wait for each other"
+        ) from None
     _check_port_free(host, port)
     configure_logging(settings.log_level, _secrets(settings), settings.log_format)
     storage = _storage(settings.storage_url, settings.signed_url_expiry_s)
@@ -118,16 +129,36 @@ def api(
     if migrate_first:
         run_migrations(settings.database_url)
     settings = settings.model_copy(update={"listen_host": host})
-    uvicorn.run(
-        create_app(settings, storage=storage),
-        host=host,
-        port=port,
-        proxy_headers=True,  # trusted from FORWARDED_ALLOW_IPS (default: loopback only)
-        log_level=settings.log_level.lower(),
-        log_config=None,
-        access_log=False,  # control_plane/web/requestlog.py writes one line per request
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "proxy_headers": True,  # trusted from FORWARDED_ALLOW_IPS (default: loopback only)
+        "log_level": settings.log_level.lower(),
+        "log_config": None,
+        "access_log": False,  # control_plane/web/requestlog.py writes one line per request
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings, storage=storage), **options)
+        return
+    _share_among_workers(settings, workers)
+    uvicorn.run("control_plane.cli:worker_app", factory=True, workers=workers, **options)
+
+
+def worker_app() -> "FastAPI":
+    """The app of one of `pixelfleet api --workers N`'s processes (uvicorn's factory)."""
+    from control_plane.app import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level, _secrets(settings), settings.log_format)
+    return create_app(settings)
+
+
+def _share_among_workers(settings: Settings, workers: int) -> None:
+    """What each of `workers` API processes reads from the environment: the address they
+    listen on, and their share of the `/run` rate (each process paces its own calls)."""
+    os.environ["PIXELFLEET_LISTEN_HOST"] = settings.listen_host
+    os.environ["PIXELFLEET_RUN_RATE_PER_S"] = str(settings.run_rate_per_s / workers)
 
 
 @app.command()

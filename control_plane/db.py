@@ -115,6 +115,16 @@ def session_scope(engine: sa.Engine, wake: Wake | None = None) -> Iterator[Sessi
             raise
 
 
+def lock_on_sqlite(session: Session, table: sa.Table, key: str, value: Any) -> None:
+    """What `SELECT … FOR UPDATE` does elsewhere, for SQLite (which ignores FOR UPDATE): an
+    UPDATE that changes nothing takes its write lock, the whole database's, until the
+    transaction ends, so what is read after it is current and stays so. Call it first in the
+    transaction, before the locking read; elsewhere it does nothing."""
+    if session.get_bind().dialect.name == "sqlite":
+        column = table.c[key]
+        session.execute(sa.update(table).where(column == value).values({key: column}))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether `exc` is a passing database trouble (a lock, a deadlock, a lost connection),
     after which the same transaction may well succeed."""

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from control_plane.background import Service
-from control_plane.db import Wake, session_scope, wake_after_commit
+from control_plane.db import Wake, lock_on_sqlite, session_scope, wake_after_commit
 from control_plane.models import Event, EventCursor, EventKind, clip, utcnow
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,32 @@ def emit(
         kept.append(event)
         return
     session.add(event)
+    wake_after_commit(session, Service.RELAY)
+
+
+def emit_many(session: Session, events: Sequence[Event]) -> None:
+    """Record several events at once, as one multi-row insert in the caller's transaction (a
+    dispatch's output events); ids follow the order of `events`."""
+    if not events:
+        return
+    kept: list[Event] | None = session.info.get(HELD)
+    if kept is not None:
+        kept.extend(events)
+        return
+    if any(isinstance(pending, Event) for pending in session.new):
+        session.flush()  # events emitted earlier get their (lower) ids first
+    rows = [
+        {
+            "kind": event.kind,
+            "job_id": event.job_id,
+            "dispatch_id": event.dispatch_id,
+            "output_id": event.output_id,
+            "data": event.data,
+            "created_at": event.created_at,
+        }
+        for event in events
+    ]
+    session.execute(sa.insert(Event.__table__), rows)  # type: ignore[attr-defined]
     wake_after_commit(session, Service.RELAY)
 
 
@@ -179,6 +205,7 @@ def _ensure_cursor(engine: sa.Engine, name: str) -> None:
 def _lock_cursor(session: Session, name: str, start: int) -> EventCursor | None:
     """The consumer's cursor, locked, if it is still at `start` (else another process moved
     it meanwhile, and this pass stops)."""
+    lock_on_sqlite(session, EventCursor.__table__, "consumer", name)  # type: ignore[attr-defined]
     cursor = session.get(EventCursor, name, with_for_update=True, populate_existing=True)
     return cursor if cursor is not None and cursor.position == start else None
 

@@ -7,10 +7,14 @@
 Rules kept here and nowhere else:
 - Lock order: the job row, then the dispatch row (`lock_job`, `lock_dispatch`), so MySQL never
   deadlocks two writers; the job lock also serialises finalisers of one job, so its counts
-  come from a stable view.
+  come from a stable view. On SQLite, which has no row locks, the same calls take the
+  database's write lock (`control_plane/db.py` `lock_on_sqlite`). What needs no lock (reading
+  and checking a worker's results, `plan_results`) is done before them, so the job's lock
+  covers only the few statements that write, up to the commit.
 - A job's counts move with its outputs, in the transaction that moves them (`_count`), under
-  the job's lock, so finishing a dispatch costs the same in a job of 20 images or 20,000;
-  its status follows from them (`refresh_job`).
+  the job's lock, once per change (a dispatch's outputs end in one UPDATE, their events in one
+  insert), so finishing a dispatch costs the same in a job of 20 images or 20,000, and in a
+  table of 1.5 M outputs; its status follows from them (`refresh_job`).
 - A dispatch that ended is never changed again: webhooks can be lost, duplicated, delayed or
   early, and `/status` polls race them, so finishing twice is a no-op.
 - The worker's progress (results posted while its dispatch runs, `apply_progress`) ends
@@ -34,9 +38,11 @@ Rules kept here and nowhere else:
 Functions here never commit: the caller's transaction holds the change and its events.
 """
 
+import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -46,13 +52,14 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, func, select, update
 
 from control_plane.background import Service
-from control_plane.db import insert_many, wake_after_commit
+from control_plane.db import insert_many, lock_on_sqlite, wake_after_commit
 from control_plane.errors import Conflict, NotFound
-from control_plane.events import emit
+from control_plane.events import emit, emit_many
 from control_plane.models import (
     TERMINAL_DISPATCH,
     Dispatch,
     DispatchStatus,
+    Event,
     EventKind,
     Group,
     Job,
@@ -77,6 +84,7 @@ UNFINISHED = (OutputStatus.PENDING, OutputStatus.RUNNING)
 ENDED_JOB = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 SET_MODES = (JobMode.SEMI_AUTOMATIC, JobMode.VARIATION)  # sent as one dispatch, retries too
 CANCELLED_BY_USER = "cancelled by user"
+ENDINGS_PER_STATEMENT = 100  # outputs one UPDATE of `_write_endings` sets
 NO_RESULT = "the worker returned no result for this image"
 RESULT_REJECTED = "worker result rejected"
 OUTPUT_EVENT = {
@@ -129,6 +137,7 @@ def _transition(dispatch: Dispatch, before: str | None, after: DispatchStatus) -
 
 
 def lock_job(session: Session, job_id: str) -> Job:
+    lock_on_sqlite(session, Job.__table__, "id", job_id)  # type: ignore[attr-defined]
     job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
@@ -137,12 +146,21 @@ def lock_job(session: Session, job_id: str) -> Job:
 
 def lock_dispatch(session: Session, dispatch_id: str) -> Dispatch | None:
     """Lock a dispatch's job row, then the dispatch (the one lock order every writer uses)."""
-    job_id = session.exec(select(Dispatch.job_id).where(col(Dispatch.id) == dispatch_id)).first()
-    if job_id is None:
+    locked = lock_job_and_dispatch(session, dispatch_id)
+    return locked[1] if locked else None
+
+
+def lock_job_and_dispatch(session: Session, dispatch_id: str) -> tuple[Job, Dispatch] | None:
+    """`lock_dispatch`, the job returned too: hold it while its counters are used (the session
+    keeps unchanged rows only while something else refers to them)."""
+    known = session.get(Dispatch, dispatch_id)  # its job never changes: a loaded copy will do
+    if known is None:
         return None
     # The job's counters are read and written under this lock: load them fresh with it.
-    session.get(Job, job_id, with_for_update=True, populate_existing=True)
-    return session.get(Dispatch, dispatch_id, with_for_update=True, populate_existing=True)
+    lock_on_sqlite(session, Job.__table__, "id", known.job_id)  # type: ignore[attr-defined]
+    job = session.get(Job, known.job_id, with_for_update=True, populate_existing=True)
+    dispatch = session.get(Dispatch, dispatch_id, with_for_update=True, populate_existing=True)
+    return (job, dispatch) if job is not None and dispatch is not None else None
 
 
 # -- creating work ------------------------------------------------------------------------
@@ -514,17 +532,25 @@ def note_polled(session: Session, dispatch_id: str, runpod_status: str | None) -
 def finish_dispatch(
     session: Session, settings: Settings, storage: Storage, dispatch_id: str, report: DispatchReport
 ) -> None:
-    """Apply what became of a dispatch's RunPod job, once (later reports change nothing)."""
-    dispatch = lock_dispatch(session, dispatch_id)
-    if dispatch is None or dispatch.status in TERMINAL_DISPATCH:
+    """Apply what became of a dispatch's RunPod job, once (later reports change nothing).
+
+    The worker's results are checked before any lock is taken (`plan_results`), so the job's
+    lock covers only the few statements that write them, up to the caller's commit.
+    """
+    planned = None
+    if report.results is not None:
+        planned = plan_results(session, storage, dispatch_id, report.results)
+    locked = lock_job_and_dispatch(session, dispatch_id)
+    if locked is None or locked[1].status in TERMINAL_DISPATCH:
         return
+    _job, dispatch = locked  # the job held: its counters move below
     dispatch.runpod_job_id = dispatch.runpod_job_id or clip(report.runpod_job_id, 80)
     dispatch.runpod_status = clip(report.runpod_status, 20)
     dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
     if report.results is None:
         _fail_dispatch(session, settings, dispatch, report.failure, lost=report.lost)
         return
-    _apply_results(session, storage, dispatch, report.results)
+    _apply_results(session, storage, dispatch, report.results, planned=planned)
     _transition(dispatch, dispatch.status, DispatchStatus.COMPLETED)
     dispatch.status = DispatchStatus.COMPLETED
     dispatch.finished_at = dispatch.updated_at = utcnow()
@@ -543,94 +569,247 @@ def apply_progress(
     False (nothing changed) unless the dispatch is `submitted`: once it has ended, RunPod's
     report was the authority for its end (`finish_dispatch` applies only what is still
     unfinished); before RunPod's job is recorded, a send may still be retried, and must find
-    its images unfinished."""
-    dispatch = lock_dispatch(session, dispatch_id)
-    if dispatch is None or dispatch.status != DispatchStatus.SUBMITTED:
+    its images unfinished. Checked before the locks, as `finish_dispatch` does."""
+    planned = plan_results(session, storage, dispatch_id, results, fail_unreported=False)
+    locked = lock_job_and_dispatch(session, dispatch_id)
+    if locked is None or locked[1].status != DispatchStatus.SUBMITTED:
         return False
-    _apply_results(session, storage, dispatch, list(results), fail_missing=False)
+    _job, dispatch = locked  # the job held: its counters move below
+    _apply_results(session, storage, dispatch, results, planned=planned, fail_unreported=False)
     refresh_job(session, dispatch.job_id)
     return True
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How one unfinished output ends: the columns its result sets (status and error among
+    them), the attempts and cost it adds."""
+
+    output_id: str
+    status: OutputStatus
+    values: dict[str, Any]
+    attempts: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def error(self) -> str | None:
+        error: str | None = self.values.get("error")
+        return error
+
+
+@dataclass(frozen=True)
+class PlannedResults:
+    """A dispatch's results checked against its outputs as they were when planned: `seen`, its
+    unfinished outputs then; `endings`, what becomes of those the plan ends, in order."""
+
+    seen: frozenset[str]
+    endings: list[Ending]
+
+
+def plan_results(
+    session: Session,
+    storage: Storage,
+    dispatch_id: str,
+    results: Sequence[ItemResult | UnreadableResult],
+    *,
+    fail_unreported: bool = True,
+) -> PlannedResults:
+    """Each result checked against the dispatch's unfinished output it names (others are
+    ignored, a repeated one counts once); with `fail_unreported`, outputs no result names
+    fail with NO_RESULT. Takes no lock: callers plan before locking, `_apply_results` writes."""
+    outputs = {
+        output.id: output
+        for output in session.exec(
+            select(Output)
+            .where(col(Output.dispatch_id) == dispatch_id, col(Output.status).in_(UNFINISHED))
+            .execution_options(populate_existing=True)
+        ).all()
+    }
+    seen = frozenset(outputs)
+    endings = []
+    for result in results:
+        output = outputs.pop(result.output_id, None)
+        if output is not None:
+            endings.append(_ending_of(storage, output, result))
+    if fail_unreported:
+        endings += [_failure(output_id, NO_RESULT) for output_id in outputs]
+    return PlannedResults(seen, endings)
 
 
 def _apply_results(
     session: Session,
     storage: Storage,
     dispatch: Dispatch,
-    results: list[ItemResult | UnreadableResult],
+    results: Sequence[ItemResult | UnreadableResult],
     *,
-    fail_missing: bool = True,
+    planned: PlannedResults | None = None,
+    fail_unreported: bool = True,
 ) -> None:
     """Each result for one of the dispatch's unfinished outputs (others are ignored), once;
-    unfinished outputs with no result fail, unless `fail_missing` is False (progress)."""
-    outputs = {
-        output.id: output
-        for output in session.exec(
-            select(Output).where(
-                col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
+    the caller holds the dispatch's locks (`lock_dispatch`). The outputs change in one
+    statement, their events in one insert, the job's counters once. `planned` (made by
+    `plan_results` before the locks) is used while the dispatch's unfinished outputs are
+    still among those it saw; otherwise the results are planned again here. Changes made to
+    loaded rows (the job, the dispatch) are written at the caller's commit, once."""
+    with session.no_autoflush:
+        unfinished = set(
+            session.exec(
+                select(Output.id).where(
+                    col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
+                )
+            ).all()
+        )
+        if planned is None or not unfinished <= planned.seen:
+            planned = plan_results(
+                session, storage, dispatch.id, results, fail_unreported=fail_unreported
             )
-        ).all()
-    }
-    now = utcnow()
-    for result in results:
-        output = outputs.pop(result.output_id, None)
-        if output is not None:
-            _apply_result(storage, output, result)
-            _end_output(session, output, now)
-    if not fail_missing:
-        return
-    for output in outputs.values():  # the worker said nothing about these
-        output.status, output.error = OutputStatus.FAILED, NO_RESULT
-        _end_output(session, output, now)
+        endings = [ending for ending in planned.endings if ending.output_id in unfinished]
+        if not endings:
+            return
+        now = utcnow()
+        _write_endings(session, endings, now)
+        _count_endings(session, dispatch.job_id, endings)
+        _emit_endings(session, dispatch, endings, now)
 
 
-def _apply_result(storage: Storage, output: Output, result: ItemResult | UnreadableResult) -> None:
-    """Store what the worker says of `output`, once checked (`control_plane/results.py`); a
-    result that fails the check fails its image with the reason and stores nothing else."""
+def _ending_of(storage: Storage, output: Output, result: ItemResult | UnreadableResult) -> Ending:
+    """What the worker says of `output`, once checked (`control_plane/results.py`); a result
+    that fails the check fails its image with the reason and sets nothing else."""
     try:
         if isinstance(result, UnreadableResult):
             raise ResultRejected(result.reason)
         files = check_result(result, output, storage)
     except ResultRejected as exc:
-        output.status, output.error = OutputStatus.FAILED, f"{RESULT_REJECTED}: {exc}"
-        return
-    output.provider, output.model = clip(result.provider, 40), clip(result.model, 80)
-    output.model_version = clip(result.model_version, 80)
-    output.usage, output.cost_usd = result.usage, result.cost_usd
-    output.attempts += result.attempts
-    output.latency_ms = result.latency_ms
+        return _failure(output.id, f"{RESULT_REJECTED}: {exc}")
+    values: dict[str, Any] = {
+        "provider": clip(result.provider, 40),
+        "model": clip(result.model, 80),
+        "model_version": clip(result.model_version, 80),
+        "usage": result.usage,
+        "cost_usd": result.cost_usd,
+        "latency_ms": result.latency_ms,
+    }
     if result.seed is not None:
-        output.seed = result.seed
+        values["seed"] = result.seed
     if files is None:
-        output.status, output.error = OutputStatus(result.status), result.error or result.status
-        return
-    if isinstance(files, TextAnswer):
-        output.text, output.status, output.error = files.text, OutputStatus.SUCCEEDED, None
-        return
-    output.storage_key, output.thumbnail_key = files.storage_key, files.thumbnail_key
-    output.content_type = result.content_type
-    output.width, output.height = result.width, result.height
-    output.bytes, output.sha256 = result.bytes, result.sha256
-    output.status, output.error = OutputStatus.SUCCEEDED, None
+        status, error = OutputStatus(result.status), result.error or result.status
+    elif isinstance(files, TextAnswer):
+        values["text"], status, error = files.text, OutputStatus.SUCCEEDED, None
+    else:
+        values |= {
+            "storage_key": files.storage_key,
+            "thumbnail_key": files.thumbnail_key,
+            "content_type": result.content_type,
+            "width": result.width,
+            "height": result.height,
+            "bytes": result.bytes,
+            "sha256": result.sha256,
+        }
+        status, error = OutputStatus.SUCCEEDED, None
+    values["status"], values["error"] = status, clip(error)
+    return Ending(output.id, status, values, result.attempts, result.cost_usd or 0.0)
 
 
-def _end_output(session: Session, output: Output, now: datetime) -> None:
-    """Stamp an unfinished output whose final status is set, count it and its cost, and
-    write its event; the job's first success stamps its `first_image_at`."""
-    _count(session, output.job_id, OutputStatus(output.status), 1, output.cost_usd)
-    output.error = clip(output.error)
-    output.completed_at = output.updated_at = now
-    session.add(output)
-    data: dict[str, Any] = {"error": output.error} if output.error else {}
-    if output.status == OutputStatus.SUCCEEDED and _first_image(session, output.job_id, now):
-        data["first_image"] = True
-    emit(
-        session,
-        OUTPUT_EVENT[OutputStatus(output.status)],
-        job_id=output.job_id,
-        dispatch_id=output.dispatch_id,
-        output_id=output.id,
-        **data,
-    )
+def _failure(output_id: str, reason: str) -> Ending:
+    status = OutputStatus.FAILED
+    return Ending(output_id, status, {"status": status, "error": clip(reason)})
+
+
+def _write_endings(session: Session, endings: Sequence[Ending], now: datetime) -> None:
+    """One UPDATE per ENDINGS_PER_STATEMENT outputs: each column set to its output's value
+    (`CASE id WHEN …`), kept where an output's result does not set it. Written as SQL text
+    with the columns' own bind processing: building it as an expression costs more than all
+    the database's work on it."""
+    connection = session.connection()
+    for start in range(0, len(endings), ENDINGS_PER_STATEMENT):
+        sql, params = _endings_update(
+            connection.dialect, endings[start : start + ENDINGS_PER_STATEMENT], now
+        )
+        connection.exec_driver_sql(sql, params)
+    _forget_loaded(session, [ending.output_id for ending in endings])
+
+
+def _endings_update(
+    dialect: sa.Dialect, endings: Sequence[Ending], now: datetime
+) -> tuple[str, tuple[Any, ...]]:
+    """The UPDATE of `endings`' outputs and its parameters, in `dialect`'s driver's style."""
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    quote = dialect.identifier_preparer.quote
+    assignments, params = [], []
+    for name in dict.fromkeys(name for ending in endings for name in ending.values):
+        process = _bind_processor(dialect, name)
+        whens = [ending for ending in endings if name in ending.values]
+        assignments.append(
+            f"{quote(name)} = CASE id {f'WHEN {mark} THEN {mark} ' * len(whens)}"
+            f"ELSE {quote(name)} END"
+        )
+        for ending in whens:
+            params += [ending.output_id, process(ending.values[name])]
+    added = [ending for ending in endings if ending.attempts]
+    if added:
+        assignments.append(
+            f"attempts = attempts + CASE id {f'WHEN {mark} THEN {mark} ' * len(added)}ELSE 0 END"
+        )
+        for ending in added:
+            params += [ending.output_id, ending.attempts]
+    stamp = _bind_processor(dialect, "updated_at")(now)
+    assignments += [f"completed_at = {mark}", f"updated_at = {mark}"]
+    params += [stamp, stamp]
+    params += [ending.output_id for ending in endings]
+    ids = ", ".join([mark] * len(endings))
+    return f"UPDATE outputs SET {', '.join(assignments)} WHERE id IN ({ids})", tuple(params)
+
+
+@functools.cache
+def _bind_processor(dialect: sa.Dialect, name: str) -> Callable[[Any], Any]:
+    """How column `name` of outputs hands a value to `dialect`'s driver (JSON as text, …)."""
+    column = Output.__table__.c[name]  # type: ignore[attr-defined]
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    return process or _as_is
+
+
+def _as_is(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
+def _forget_loaded(session: Session, output_ids: Sequence[str]) -> None:
+    """Expire loaded copies of outputs changed behind the session's back."""
+    for output_id in output_ids:
+        loaded = session.identity_map.get(sa.orm.util.identity_key(Output, output_id))
+        if loaded is not None:
+            session.expire(loaded)
+
+
+def _count_endings(session: Session, job_id: str, endings: Sequence[Ending]) -> None:
+    """The job's counters moved once for all `endings`, their cost added once."""
+    for status, change in Counter(ending.status for ending in endings).items():
+        _count(session, job_id, status, change)
+    _count(session, job_id, OutputStatus.SUCCEEDED, 0, sum(e.cost_usd for e in endings))  # cost
+
+
+def _emit_endings(
+    session: Session, dispatch: Dispatch, endings: Sequence[Ending], now: datetime
+) -> None:
+    """One event per ended output, in one insert; the job's first success stamps its
+    `first_image_at` and says so in its event."""
+    first_success = next((e for e in endings if e.status == OutputStatus.SUCCEEDED), None)
+    first_image = first_success is not None and _first_image(session, dispatch.job_id, now)
+    events = []
+    for ending in endings:
+        data: dict[str, Any] = {"error": ending.error} if ending.error else {}
+        if first_image and ending is first_success:
+            data["first_image"] = True
+        events.append(
+            Event(
+                kind=OUTPUT_EVENT[ending.status],
+                job_id=dispatch.job_id,
+                dispatch_id=dispatch.id,
+                output_id=ending.output_id,
+                data=data,
+                created_at=now,
+            )
+        )
+    emit_many(session, events)
 
 
 class FinishFailure(StrEnum):
@@ -741,17 +920,20 @@ def _fail_outputs(
         .where(*condition)
         .values(status=OutputStatus.FAILED, error=reason, completed_at=now, updated_at=now)
     )
-    for output_id, job_id, dispatch_id in ids:
-        _count(session, job_id, OutputStatus.FAILED, 1)
-        emit(
-            session,
-            EventKind.OUTPUT_FAILED,
+    for job_id, failed in Counter(job_id for _, job_id, _ in ids).items():
+        _count(session, job_id, OutputStatus.FAILED, failed)
+    events = [
+        Event(
+            kind=EventKind.OUTPUT_FAILED,
             job_id=job_id,
             dispatch_id=dispatch_id,
             output_id=output_id,
-            error=reason,
-            cause=cause,
+            data={"error": reason, "cause": cause},
+            created_at=now,
         )
+        for output_id, job_id, dispatch_id in ids
+    ]
+    emit_many(session, events)
 
 
 # -- a user's decisions -------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Domain events: written with the change that caused them, handed to each consumer once."""
 
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -155,3 +157,31 @@ def test_consumers_get_only_their_kinds_and_names_are_unique(engine: sa.Engine) 
             cursor is not None
             and cursor.position == session.exec(select(sa.func.max(Event.id))).one()
         )  # passed over the event it does not want, too
+
+
+def test_relays_of_several_processes_hand_each_event_over_once(engine: sa.Engine) -> None:
+    """Every API process runs a relay (`pixelfleet api --workers N`): four relays racing over
+    one consumer's cursor while events keep coming still write each event's effect once."""
+    relays = []
+    for _ in range(4):
+        relay = Relay(engine)
+        relay.subscribe(_recorder("stage", []))
+        relays.append(relay)
+    emitted = [f"e{i:02}" for i in range(40)]
+    done = threading.Event()
+
+    def keep_emitting() -> None:
+        for start in range(0, len(emitted), 4):
+            _emit(engine, *emitted[start : start + 4])
+        done.set()
+
+    def keep_relaying(relay: Relay) -> None:
+        while not done.is_set() or relay.run_pass():
+            pass
+
+    with ThreadPoolExecutor(5) as pool:
+        running = [pool.submit(keep_emitting)] + [pool.submit(keep_relaying, r) for r in relays]
+        for task in running:
+            task.result()
+    relays[0].run_pass()
+    assert _groups(engine, "stage") == emitted

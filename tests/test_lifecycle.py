@@ -1,14 +1,28 @@
 """Every transition writes its event in the transaction that made it, exactly once, and
 moves the job's counters with it."""
 
+import json
 import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
+import httpx
 import pytest
+import sqlalchemy as sa
 from sqlmodel import col, select
 
+from control_plane import lifecycle
+from control_plane.db import is_transient
+from control_plane.errors import Conflict, Unavailable
 from control_plane.lifecycle import output_counts
 from control_plane.models import Dispatch, Event, Job, Output
+from control_plane.runpod import webhook
+from control_plane.runpod.finisher import Outcome, apply_report
+from control_plane.runpod.wire import RunPodJobState, report_of
 from tests.fakes.api import Api, completed_body, hook, submit_one_dispatch
+
+ENDED = ("succeeded", "failed", "blocked")
 
 
 def _events(api: Api, after: int = 0) -> list[Event]:
@@ -170,3 +184,123 @@ def _random_webhook(api: Api, chance: random.Random, job_id: str, *, duplicate: 
     if chance.random() < 0.2:
         body = {"status": chance.choice(["FAILED", "TIMED_OUT"]), "error": "boom"}
     assert hook(api, dispatch, body).status_code == 200
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_racing_finishers_cancels_and_retries_keep_counters_equal_to_a_recount(
+    api: Api, seed: int
+) -> None:
+    """Every dispatch's webhook arrives twice at once, racing each other, the sender, a
+    cancel and a retry (8 threads, sessions of their own): each image still ends once per
+    try (one event each), and the counters equal a recount."""
+    chance = random.Random(seed)
+    api.runpod.post(url__regex=r".*/cancel/.*").mock(return_value=httpx.Response(200, json={}))
+    api.platform.settings.dispatch_chunk_size = 2
+    group_id = api.group()
+    job_id = api.client.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "p",
+            "images": api.upload_ids(group_id, 12),
+        },
+    ).json()["jobs"][0]["id"]
+    api.drain()
+    with api.session() as session:
+        dispatches = session.exec(select(Dispatch).where(Dispatch.job_id == job_id)).all()
+    tasks: list[Callable[[], object]] = []
+    for dispatch in dispatches:
+        body = json.dumps(_random_outcomes(api, chance, dispatch)).encode()
+        tasks += [partial(_receive, api, dispatch.id, body)] * 2
+    tasks += [partial(_decide, api, lifecycle.cancel_job, job_id)]
+    tasks += [
+        partial(_decide, api, partial(lifecycle.retry_job, settings=api.platform.settings), job_id)
+    ]
+    chance.shuffle(tasks)
+    with ThreadPoolExecutor(8) as pool:
+        for done in [pool.submit(task) for task in tasks]:
+            done.result()
+    api.drain()
+    with api.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        recount = output_counts(session, col(Output.job_id) == job_id)
+        counters = {"succeeded": job.succeeded, "failed": job.failed, "blocked": job.blocked}
+        assert counters == {status: recount.get(status, 0) for status in counters}
+        ended = job.succeeded + job.failed + job.blocked == job.total == 12
+        assert (job.status in ("completed", "failed", "cancelled")) == ended, job.status
+        for output in session.exec(select(Output).where(Output.job_id == job_id)):
+            kinds = session.exec(select(Event.kind).where(Event.output_id == output.id)).all()
+            ends = sum(
+                kind in ("output_succeeded", "output_failed", "output_blocked") for kind in kinds
+            )
+            tries_ended = kinds.count("output_retried") + (output.status in ENDED)
+            assert ends == tries_ended, (output.status, kinds)
+
+
+def _random_outcomes(api: Api, chance: random.Random, dispatch: Dispatch) -> dict:
+    body = completed_body(api, dispatch)
+    for result in body["output"]["results"]:
+        outcome = chance.choice(["succeeded", "succeeded", "failed", "blocked"])
+        if outcome != "succeeded":
+            result.update(status=outcome, error=outcome, output_uri=None)
+    return {"id": dispatch.runpod_job_id, **body}
+
+
+def _receive(api: Api, dispatch_id: str, body: bytes) -> None:
+    """A webhook as the route applies it, sent again while it is answered 503 (as RunPod
+    does)."""
+    platform = api.platform
+    for _ in range(100):
+        with platform.session() as session:
+            try:
+                webhook.receive(session, platform.settings, platform.storage, dispatch_id, body)
+                return
+            except Unavailable:
+                continue
+    raise AssertionError(f"the webhook of {dispatch_id} was never applied")
+
+
+def _decide(api: Api, decision: Callable[..., object], job_id: str) -> None:
+    """A user's cancel or retry, tried again after a passing database error; refused
+    (Conflict) when the job's state no longer allows it."""
+    while True:
+        try:
+            with api.platform.session_scope() as session:
+                decision(session, job_id=job_id)
+            return
+        except Conflict:
+            return
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+
+
+def test_finishing_a_dispatch_of_16_images_takes_the_statements_one_of_2_takes(api: Api) -> None:
+    """Finalising writes a dispatch's outputs, their events and the job's counters in a fixed
+    number of statements, whatever the number of images (not one per image)."""
+    statements = {images: _statements_finishing(api, images) for images in (2, 16)}
+    assert statements[2] == statements[16]
+    assert sum(s.startswith("UPDATE outputs") for s in statements[16]) == 1
+
+
+def _statements_finishing(api: Api, images: int) -> list[str]:
+    """The first words of each statement that applying a COMPLETED report of a new dispatch
+    of `images` images sends."""
+    _, dispatch = submit_one_dispatch(api, n=images)
+    body = {"id": dispatch.runpod_job_id, **completed_body(api, dispatch)}
+    report = report_of(RunPodJobState.model_validate(body))
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(" ".join(statement.split()[:3]))
+
+    platform = api.platform
+    with platform.session() as session:
+        sa.event.listen(session.connection(), "before_cursor_execute", note)
+        outcome = apply_report(
+            session, platform.settings, platform.storage, dispatch.id, lambda: report
+        )
+    assert outcome is Outcome.APPLIED
+    return seen

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
+from typing import Any
 
 import httpx
 import pytest
@@ -164,12 +165,14 @@ def poison_finalising(
     apply_results = lifecycle._apply_results
     raised = count()
 
-    def poisoned(session: Session, storage: Storage, dispatch: Dispatch, results: list) -> None:
+    def poisoned(
+        session: Session, storage: Storage, dispatch: Dispatch, results: list, **options: Any
+    ) -> None:
         if dispatch.id == dispatch_id and (times is None or next(raised) < times):
             raise error or sa.exc.DataError(
                 "UPDATE outputs …", {}, Exception("Data too long for column")
             )
-        apply_results(session, storage, dispatch, results)
+        apply_results(session, storage, dispatch, results, **options)
 
     monkeypatch.setattr(lifecycle, "_apply_results", poisoned)
 
