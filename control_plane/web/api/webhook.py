@@ -1,5 +1,9 @@
+from collections.abc import Callable
+
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from prometheus_client import Counter
+from sqlmodel import Session
 
 from control_plane.errors import DomainError
 from control_plane.metrics import RUNPOD_PROGRESS, RUNPOD_WEBHOOKS
@@ -33,17 +37,11 @@ async def runpod_webhook(
 ) -> dict[str, str]:
     """RunPod's completion callback: authenticated by the dispatch's token in the URL (before
     the body is read); idempotent, so RunPod's re-sends change nothing."""
-    try:
-        await run_in_threadpool(webhook.authenticate, session, dispatch_id, token)
-        body = await request.body()
-        answer = await run_in_threadpool(
-            webhook.receive, session, platform.settings, platform.storage, dispatch_id, body
-        )
-    except DomainError as exc:
-        RUNPOD_WEBHOOKS.labels(type(exc).__name__.lower()).inc()
-        raise
-    RUNPOD_WEBHOOKS.labels(answer["status"]).inc()
-    return answer
+
+    def apply(body: bytes) -> dict[str, str]:
+        return webhook.receive(session, platform.settings, platform.storage, dispatch_id, body)
+
+    return await _authenticated(request, session, dispatch_id, token, apply, RUNPOD_WEBHOOKS)
 
 
 @router.post(
@@ -64,14 +62,29 @@ async def runpod_progress(
 ) -> dict[str, str]:
     """The worker's progress posts: results stored so far, authenticated like the webhook by
     the dispatch's token in the URL; applied without ending the dispatch, once per image."""
+
+    def apply(body: bytes) -> dict[str, str]:
+        return webhook.receive_progress(session, platform.storage, dispatch_id, body)
+
+    return await _authenticated(request, session, dispatch_id, token, apply, RUNPOD_PROGRESS)
+
+
+async def _authenticated(
+    request: Request,
+    session: Session,
+    dispatch_id: str,
+    token: str,
+    apply: Callable[[bytes], dict[str, str]],
+    outcomes: Counter,
+) -> dict[str, str]:
+    """`apply` the body once the dispatch's token is checked (the body is read only then),
+    each outcome counted in `outcomes` by its status or its error's kind."""
     try:
         await run_in_threadpool(webhook.authenticate, session, dispatch_id, token)
         body = await request.body()
-        answer = await run_in_threadpool(
-            webhook.receive_progress, session, platform.storage, dispatch_id, body
-        )
+        answer = await run_in_threadpool(apply, body)
     except DomainError as exc:
-        RUNPOD_PROGRESS.labels(type(exc).__name__.lower()).inc()
+        outcomes.labels(type(exc).__name__.lower()).inc()
         raise
-    RUNPOD_PROGRESS.labels(answer["status"]).inc()
+    outcomes.labels(answer["status"]).inc()
     return answer
