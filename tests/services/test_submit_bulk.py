@@ -81,9 +81,12 @@ def test_a_job_written_in_bulk_holds_what_its_plan_says(api: Api) -> None:
         for position in range(12)
     ]
     params = {"model": MODEL, "aspect_ratio": "1:1", "image_size": "1K", "negative_prompt": "blur"}
+    # The sender, woken by the commit, may have sent the dispatch meanwhile (then its images
+    # are running): either way every image was written pending.
+    sent = dispatches[0].status != "pending"
     for output in outputs:
         assert (output.status, output.kind, output.model, output.params) == (
-            "pending",
+            "running" if sent else "pending",
             "image",
             MODEL,
             params,
@@ -94,9 +97,10 @@ def test_a_job_written_in_bulk_holds_what_its_plan_says(api: Api) -> None:
             None,
             None,
         )
-        assert output.created_at == output.updated_at and output.storage_key is None
+        assert output.storage_key is None
+        assert sent or output.created_at == output.updated_at
     assert len(dispatches) == 1 and {o.dispatch_id for o in outputs} == {dispatches[0].id}
-    assert [e.kind for e in events] == [EventKind.JOB_QUEUED, EventKind.DISPATCH_QUEUED]
+    assert [e.kind for e in events][:2] == [EventKind.JOB_QUEUED, EventKind.DISPATCH_QUEUED]
     assert events[0].data == {"total": 12} and events[1].data == {"attempt": 1}
 
 
