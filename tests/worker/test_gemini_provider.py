@@ -36,6 +36,7 @@ from worker.providers.base import (
 )
 from worker.providers.gemini import (
     GAVE_UP,
+    CallSlots,
     GeminiAuthError,
     GeminiProvider,
     PromptBlocked,
@@ -429,6 +430,25 @@ async def test_503_twice_then_success(
     assert 0 <= clock.sleeps[1] <= 2.0
 
 
+class Ceiling(random.Random):
+    """Jitter that always picks the top of its range: the longest backoff allowed."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_a_429s_retry_delay_does_not_double_a_later_503s_backoff(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"}
+    quota = error(429, "RESOURCE_EXHAUSTED", "quota", retry_info)
+    busy = error(503, "UNAVAILABLE", "The model is overloaded.")
+    route(api).mock(side_effect=[quota, busy, busy, ok(image_part(PNG))])
+    image = await make(rng=Ceiling(), backoff_base_s=0.5).generate(request_of())
+    assert image.attempts == 4
+    assert clock.sleeps == [pytest.approx(3.0), pytest.approx(0.5), pytest.approx(1.0)]
+
+
 async def test_5xx_gives_up_after_max_attempts(
     api: respx.MockRouter, make: Callable[..., GeminiProvider]
 ) -> None:
@@ -748,6 +768,87 @@ async def test_concurrency_cap(api: respx.MockRouter, make: Callable[..., Gemini
     await asyncio.gather(*(provider.generate(request_of(f"image {n}")) for n in range(6)))
     assert calls.call_count == 6
     assert peak == 2
+
+
+async def settle() -> None:
+    """Let every task run until it waits on something (no real time passes)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_call_slots_give_a_freed_slot_to_a_retry_before_a_waiting_first_call() -> None:
+    slots = CallSlots(1)
+    order: list[str] = []
+
+    async def call(name: str, *, retry: bool) -> None:
+        async with slots.hold(retry=retry):
+            order.append(name)
+
+    async with slots.hold(retry=False):
+        waiting = [
+            asyncio.create_task(call("first 1", retry=False)),
+            asyncio.create_task(call("retry 1", retry=True)),
+            asyncio.create_task(call("first 2", retry=False)),
+            asyncio.create_task(call("retry 2", retry=True)),
+        ]
+        await settle()
+        assert order == []
+    await asyncio.gather(*waiting)
+    assert order == ["retry 1", "retry 2", "first 1", "first 2"]
+
+
+async def test_call_slots_lose_no_slot_to_a_cancelled_waiter() -> None:
+    slots = CallSlots(1)
+    async with slots.hold(retry=False):
+        cancelled_waiting = asyncio.create_task(slots.hold(retry=True).__aenter__())
+        handed_then_cancelled = asyncio.create_task(slots.hold(retry=False).__aenter__())
+        await settle()
+        cancelled_waiting.cancel()
+        await settle()
+    handed_then_cancelled.cancel()  # the slot was handed to it on release; it never ran
+    for task in (cancelled_waiting, handed_then_cancelled):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    async with asyncio.timeout(5):  # a lost slot would block here for good
+        async with slots.hold(retry=False):
+            pass
+
+
+async def test_a_retried_call_goes_before_a_waiting_first_call(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    """One call slot: an image back from its 429's retry delay takes the next free slot ahead
+    of an image that has waited longer for its first call."""
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+    quota = error(429, "RESOURCE_EXHAUSTED", "quota", retry_info)
+    throttled_answers, held_answers = asyncio.Event(), asyncio.Event()
+    sent: list[str] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["contents"][0]["parts"][-1]["text"]
+        sent.append(prompt)
+        if prompt == "throttled" and sent.count(prompt) == 1:
+            await throttled_answers.wait()
+            return quota
+        if prompt == "held":
+            await held_answers.wait()
+        return ok(image_part(PNG))
+
+    route(api).mock(side_effect=answer)
+    provider = make(concurrency=1)
+    throttled = asyncio.create_task(provider.generate(request_of("throttled")))
+    await settle()
+    held = asyncio.create_task(provider.generate(request_of("held")))
+    await settle()
+    fresh = asyncio.create_task(provider.generate(request_of("fresh")))
+    await settle()
+    throttled_answers.set()  # its 429 frees the slot for "held"; it waits 1 s, then queues
+    await settle()
+    assert sent == ["throttled", "held"] and max(clock.sleeps) == pytest.approx(1.0)
+    held_answers.set()
+    images = await asyncio.gather(throttled, held, fresh)
+    assert sent == ["throttled", "held", "throttled", "fresh"]
+    assert [image.attempts for image in images] == [2, 1, 1]
 
 
 # --- reseed on block -------------------------------------------------------------------

@@ -18,7 +18,11 @@ What it adds on top of the SDK (which has no timeout and no retries by default):
 - one rate limiter (requests per minute, smoothly spaced) and one concurrency cap shared by
   every image in flight. A 429's retry delay holds back the call that got it; it holds back
   every call of the worker only once `QUOTA_SPENT_STREAK` 429s came in a row (the quota is
-  spent), so a throttled call now and then never pauses the other images.
+  spent), so a throttled call now and then never pauses the other images. A call being
+  retried takes the next free call slot ahead of images' first calls (`CallSlots`), so retry
+  chains run while fresh images fill the other slots instead of piling up at the end;
+- exponential backoff (full jitter) for retries without a delay from Google, doubling on
+  those only: a 429's RetryInfo wait before a 503 does not lengthen the 503's backoff.
 
 All waiting goes through an injectable clock, so tests never really sleep. The httpx clients
 are created here and handed to the SDK: google-genai would otherwise pick aiohttp or httpx2,
@@ -26,6 +30,7 @@ which bypass respx and ignore our connection limits.
 """
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -33,7 +38,8 @@ import random
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -141,6 +147,65 @@ class RateLimiter:
         self._blocked_until = max(self._blocked_until, until)
 
 
+class CallSlots:
+    """At most `limit` calls in flight; a freed slot goes to a waiting retry before any
+    waiting first call (each kind in arrival order).
+
+    A retry's image has already waited (its call, then the retry delay): letting it go first
+    keeps retry chains moving while fresh images fill the other slots, instead of leaving
+    them to the end of a batch. The slot is handed over on release, so nobody overtakes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._free = limit
+        self._retries: deque[asyncio.Future[None]] = deque()
+        self._firsts: deque[asyncio.Future[None]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *, retry: bool) -> AsyncIterator[None]:
+        await self._acquire(retry)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, retry: bool) -> None:
+        if self._free > 0 and not self._retries and (retry or not self._firsts):
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        queue = self._retries if retry else self._firsts
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot just as it was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # a release may have dropped it already
+                    queue.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        self._free += 1
+        while self._free > 0:
+            waiter = self._next_waiter()
+            if waiter is None:
+                return
+            self._free -= 1
+            waiter.set_result(None)
+
+    def _next_waiter(self) -> asyncio.Future[None] | None:
+        for queue in (self._retries, self._firsts):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    return waiter
+        return None
+
+
 class GeminiAuthError(GenerationFailed):
     """Gemini refused the API key; nothing this worker sends will succeed."""
 
@@ -210,7 +275,7 @@ class GeminiProvider(Provider):
         self._max_retry_delay_s = max_retry_delay_s
         self._limiter = RateLimiter(rpm, self._clock, burst)
         self._quota_streak = 0  # 429s since the last answer that was not one
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = CallSlots(concurrency)
         self._auth_error: GeminiAuthError | None = None
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
@@ -330,6 +395,7 @@ class GeminiProvider(Provider):
     ) -> tuple[types.GenerateContentResponse, T]:
         """The response and what `extract` reads from it (an image, a text), retrying
         transient trouble (and answers `extract` finds nothing usable in)."""
+        backoffs = 0  # retries without a delay from Google: what the backoff doubles on
         for attempt in range(1, self._max_attempts + 1):
             try:
                 response = await self._send(model, contents, config, tally)
@@ -339,7 +405,10 @@ class GeminiProvider(Provider):
                     raise GenerationFailed(
                         f"Gemini failed {attempt} times, last: {retry.reason}", tally.count
                     ) from None
-                delay = retry.delay if retry.delay is not None else self._backoff(attempt)
+                delay = retry.delay
+                if delay is None:
+                    backoffs += 1
+                    delay = self._backoff(backoffs)
                 self._check_time_left(tally, delay, retry.reason)
                 log.warning(
                     "gemini %s: %s; retry %d/%d in %.1f s",
@@ -360,7 +429,7 @@ class GeminiProvider(Provider):
         config: types.GenerateContentConfig,
         tally: _Tally,
     ) -> types.GenerateContentResponse:
-        async with self._slots:
+        async with self._slots.hold(retry=tally.count > 0):
             if not await self._limiter.acquire(tally.deadline):
                 raise GenerationFailed(
                     "gave up: waiting for the rate limit would pass the dispatch deadline",
@@ -452,9 +521,10 @@ class GeminiProvider(Provider):
             raise GeminiAuthError("no Gemini client", tally.count)
         return self._client
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter."""
-        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
+    def _backoff(self, nth: int) -> float:
+        """Exponential backoff with full jitter before the `nth` retry that has no delay from
+        Google (a 429's RetryInfo waits are not counted: they do not double it)."""
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (nth - 1))
         return self._rng.uniform(0, ceiling)
 
 
