@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -18,6 +18,7 @@ from alembic.config import Config
 from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+RowT = TypeVar("RowT")
 # MySQL/MariaDB error codes that say "try again", not "this can never work": deadlock, lock
 # wait timeout, too many connections, server shutting down, connection killed, the
 # connection lost or refused (client codes 2003, 2006, 2013, 2055), idle disconnect (4031).
@@ -115,14 +116,17 @@ def session_scope(engine: sa.Engine, wake: Wake | None = None) -> Iterator[Sessi
             raise
 
 
-def lock_on_sqlite(session: Session, table: sa.Table, key: str, value: Any) -> None:
-    """What `SELECT … FOR UPDATE` does elsewhere, for SQLite (which ignores FOR UPDATE): an
-    UPDATE that changes nothing takes its write lock, the whole database's, until the
-    transaction ends, so what is read after it is current and stays so. Call it first in the
-    transaction, before the locking read; elsewhere it does nothing."""
+def lock_row(session: Session, model: type[RowT], key: Any) -> RowT | None:
+    """The row of `model` whose primary key is `key`, read fresh and locked until the
+    transaction ends (`SELECT … FOR UPDATE`); None if there is none.
+
+    SQLite ignores FOR UPDATE, so there an UPDATE that changes nothing takes the database's
+    write lock first: what is read after it is current and stays so, as a row lock keeps it
+    elsewhere."""
     if session.get_bind().dialect.name == "sqlite":
-        column = table.c[key]
-        session.execute(sa.update(table).where(column == value).values({key: column}))
+        column = sa.inspect(model).primary_key[0]
+        session.execute(sa.update(model).where(column == key).values({column.name: column}))
+    return session.get(model, key, with_for_update=True, populate_existing=True)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from control_plane.background import Service
+from control_plane.db import lock_row
 from control_plane.models import DeliveryStatus, WebhookDelivery, clip, utcnow
 from control_plane.platform import Platform
 from control_plane.services import webhooks
@@ -200,7 +201,7 @@ def _record(platform: Platform, claim: Claim, attempt: Attempt) -> None:
     settings = platform.settings
     now = utcnow()
     with platform.session_scope() as session:
-        row = session.get(WebhookDelivery, claim.id, with_for_update=True, populate_existing=True)
+        row = lock_row(session, WebhookDelivery, claim.id)
         if row is None or row.status != DeliveryStatus.PENDING:
             return
         if not attempt.delivered and row.next_attempt_at != claim.until:

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from control_plane.background import Service
-from control_plane.db import Wake, lock_on_sqlite, session_scope, wake_after_commit
+from control_plane.db import Wake, lock_row, session_scope, wake_after_commit
 from control_plane.models import Event, EventCursor, EventKind, clip, utcnow
 
 log = logging.getLogger(__name__)
@@ -205,8 +205,7 @@ def _ensure_cursor(engine: sa.Engine, name: str) -> None:
 def _lock_cursor(session: Session, name: str, start: int) -> EventCursor | None:
     """The consumer's cursor, locked, if it is still at `start` (else another process moved
     it meanwhile, and this pass stops)."""
-    lock_on_sqlite(session, EventCursor.__table__, "consumer", name)  # type: ignore[attr-defined]
-    cursor = session.get(EventCursor, name, with_for_update=True, populate_existing=True)
+    cursor = lock_row(session, EventCursor, name)
     return cursor if cursor is not None and cursor.position == start else None
 
 

@@ -8,7 +8,7 @@ Rules kept here and nowhere else:
 - Lock order: the job row, then the dispatch row (`lock_job`, `lock_dispatch`), so MySQL never
   deadlocks two writers; the job lock also serialises finalisers of one job, so its counts
   come from a stable view. On SQLite, which has no row locks, the same calls take the
-  database's write lock (`control_plane/db.py` `lock_on_sqlite`). What needs no lock (reading
+  database's write lock (`control_plane/db.py` `lock_row`). What needs no lock (reading
   and checking a worker's results, `plan_results`) is done before them, so the job's lock
   covers only the few statements that write, up to the commit.
 - A job's counts move with its outputs, in the transaction that moves them (`_count`), under
@@ -52,7 +52,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, func, select, update
 
 from control_plane.background import Service
-from control_plane.db import insert_many, lock_on_sqlite, wake_after_commit
+from control_plane.db import insert_many, lock_row, wake_after_commit
 from control_plane.errors import Conflict, NotFound
 from control_plane.events import emit, emit_many
 from control_plane.models import (
@@ -137,8 +137,7 @@ def _transition(dispatch: Dispatch, before: str | None, after: DispatchStatus) -
 
 
 def lock_job(session: Session, job_id: str) -> Job:
-    lock_on_sqlite(session, Job.__table__, "id", job_id)  # type: ignore[attr-defined]
-    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    job = lock_row(session, Job, job_id)
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
     return job
@@ -157,9 +156,8 @@ def lock_job_and_dispatch(session: Session, dispatch_id: str) -> tuple[Job, Disp
     if known is None:
         return None
     # The job's counters are read and written under this lock: load them fresh with it.
-    lock_on_sqlite(session, Job.__table__, "id", known.job_id)  # type: ignore[attr-defined]
-    job = session.get(Job, known.job_id, with_for_update=True, populate_existing=True)
-    dispatch = session.get(Dispatch, dispatch_id, with_for_update=True, populate_existing=True)
+    job = lock_row(session, Job, known.job_id)
+    dispatch = lock_row(session, Dispatch, dispatch_id)
     return (job, dispatch) if job is not None and dispatch is not None else None
 
 

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, delete, select
 
 from control_plane.access import Viewer
+from control_plane.db import lock_row
 from control_plane.errors import Conflict
 from control_plane.models import ACTIVE_JOB, Dispatch, Group, Job, Output, Persona, Upload
 from control_plane.services.rows import visible
@@ -26,9 +27,7 @@ log = logging.getLogger(__name__)
 def delete_group(session: Session, storage: Storage, group_id: str, viewer: Viewer) -> int:
     """Delete a group, its uploads, jobs, images and personas; returns the number of objects
     removed."""
-    group = visible(
-        session, session.get(Group, group_id, with_for_update=True), "group", group_id, viewer
-    )
+    group = visible(session, lock_row(session, Group, group_id), "group", group_id, viewer)
     group_id = group.id  # as stored: MySQL matches trailing spaces, and keys come from it
     _refuse_active(session, Job.group_id == group_id, f"group {group_id}")
     job_ids = select(Job.id).where(col(Job.group_id) == group_id)
@@ -44,7 +43,7 @@ def delete_group(session: Session, storage: Storage, group_id: str, viewer: View
 
 def delete_job(session: Session, storage: Storage, job_id: str, viewer: Viewer) -> int:
     """Delete a finished job and its images; returns the number of objects removed."""
-    job = visible(session, session.get(Job, job_id, with_for_update=True), "job", job_id, viewer)
+    job = visible(session, lock_row(session, Job, job_id), "job", job_id, viewer)
     job_id = job.id
     _refuse_active(session, Job.id == job_id, f"job {job_id}")
     session.exec(delete(Dispatch).where(col(Dispatch.job_id) == job_id))

@@ -33,6 +33,7 @@ from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
 from control_plane.access import Viewer
+from control_plane.db import lock_row
 from control_plane.errors import InvalidRequest
 from control_plane.events import Consumer
 from control_plane.models import (
@@ -316,9 +317,9 @@ PERSONA_MODES = frozenset({JobMode.PERSONA_DATA, JobMode.PERSONA_IMAGES})
 def _lock_persona(session: Session, job: Job) -> Persona | None:
     """The job's persona, locked after its group (the order deleting a group locks them in),
     so a stage is never written into a group being deleted."""
-    if session.get(Group, job.group_id, with_for_update=True) is None:
+    if lock_row(session, Group, job.group_id) is None:
         return None
-    return session.get(Persona, job.source_id, with_for_update=True, populate_existing=True)
+    return lock_row(session, Persona, job.source_id)
 
 
 def _started(persona: Persona, job: Job) -> None:

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import Session, col, delete, func, select, update
+from sqlmodel import Session, col, delete, func, select
 
 from control_plane import lifecycle
 from control_plane.access import Viewer
+from control_plane.db import lock_row
 from control_plane.errors import Conflict, InvalidRequest
 from control_plane.events import Consumer
 from control_plane.models import (
@@ -168,16 +169,8 @@ def delete_preset(session: Session, preset_id: str, viewer: Viewer) -> None:
 
 
 def lock_preset(session: Session, preset_id: str) -> Preset | None:
-    """The preset's row, locked until the transaction ends (None if it does not exist).
-
-    An UPDATE that changes nothing takes the lock: SQLite's write lock too (a SELECT … FOR
-    UPDATE alone does nothing there), so what is read after it is never stale."""
-    session.exec(
-        update(Preset)
-        .where(col(Preset.id) == preset_id)
-        .values(examples_per_reference=Preset.examples_per_reference)
-    )
-    return session.get(Preset, preset_id, with_for_update=True, populate_existing=True)
+    """The preset's row, locked until the transaction ends (None if it does not exist)."""
+    return lock_row(session, Preset, preset_id)
 
 
 def reset_usage(session: Session, preset_id: str, viewer: Viewer) -> PresetUsageReset:

@@ -10,9 +10,10 @@ from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select, update
+from sqlmodel import Session, col, select
 
 from control_plane.access import Viewer
+from control_plane.db import lock_row
 from control_plane.errors import InvalidRequest, PaymentRequired
 from control_plane.models import (
     ACTIVE_JOB,
@@ -51,15 +52,14 @@ def next_month(start: datetime) -> datetime:
 def lock_capped_owner(session: Session, group_id: str) -> User | None:
     """The owner of group `group_id` when they have a spend cap, their row locked until the
     transaction ends (so two submissions of theirs check and write one after the other), else
-    None. An UPDATE that changes nothing takes the lock: SQLite's write lock too."""
+    None."""
     owner_id = session.exec(select(Group.user_id).where(col(Group.id) == group_id)).first()
     if owner_id is None:
         return None
     capped = col(User.id) == owner_id, sa.not_(col(User.monthly_cap_usd).is_(None))
     if session.exec(select(User.id).where(*capped)).first() is None:
         return None
-    session.exec(update(User).where(col(User.id) == owner_id).values(tier=User.tier))
-    user = session.get(User, owner_id, with_for_update=True, populate_existing=True)
+    user = lock_row(session, User, owner_id)
     return user if user is not None and user.monthly_cap_usd is not None else None
 
 

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, func, select, update
 
 from control_plane.access import Viewer
+from control_plane.db import lock_row
 from control_plane.errors import (
     Conflict,
     DomainError,
@@ -211,7 +212,7 @@ def update_attributes(
 ) -> Upload:
     """Merge `patch` into the upload's attributes (a null value deletes its key; null
     attributes delete them all) and commit."""
-    locked = session.get(Upload, upload_id, with_for_update=True, populate_existing=True)
+    locked = lock_row(session, Upload, upload_id)
     upload = visible(session, locked, "upload", upload_id, viewer)
     merged = dict(upload.attributes or {}) if patch.attributes is not None else {}
     for key, value in (patch.attributes or {}).items():
