@@ -7,8 +7,9 @@ results stored so far, applied without ending the dispatch (`lifecycle.apply_pro
 
 import hmac
 import logging
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
 
 from control_plane import lifecycle
@@ -22,6 +23,7 @@ from shared.ids import is_id
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
+BodyT = TypeVar("BodyT", bound=BaseModel)
 BODY_SCHEMA = RunPodJobState.model_json_schema()
 PROGRESS_SCHEMA = ProgressReport.model_json_schema()
 
@@ -38,11 +40,7 @@ def receive(
     session: Session, settings: Settings, storage: Storage, dispatch_id: str, body: bytes
 ) -> dict[str, str]:
     """Apply a webhook's job state to the dispatch (commits); the answer for RunPod."""
-    try:
-        state = RunPodJobState.model_validate_json(body)
-    except ValidationError as exc:
-        problems = describe_validation(exc.errors(include_input=False)) or "body: invalid"
-        raise InvalidRequest(f"not a RunPod job state: {problems}") from None
+    state = _parse(RunPodJobState, body, "a RunPod job state")
     if not state.final:
         return {"status": "ignored", "reason": f"{state.status} is not a final state"}
     outcome = apply_report(session, settings, storage, dispatch_id, lambda: report_of(state))
@@ -59,11 +57,7 @@ def receive_progress(
     """Apply a worker's progress post to the dispatch (commits); the answer for the worker.
     A dispatch that is not running (ended, or its send not yet recorded) ignores it: the
     dispatch's output carries every result anyway."""
-    try:
-        report = ProgressReport.model_validate_json(body)
-    except ValidationError as exc:
-        problems = describe_validation(exc.errors(include_input=False)) or "body: invalid"
-        raise InvalidRequest(f"not a progress report: {problems}") from None
+    report = _parse(ProgressReport, body, "a progress report")
     if report.dispatch_id != dispatch_id:
         raise InvalidRequest(f"the report is for dispatch {report.dispatch_id[:80]!r}")
     applied = lifecycle.apply_progress(session, storage, dispatch_id, report.results)
@@ -71,3 +65,12 @@ def receive_progress(
     if not applied:
         return {"status": "ignored", "reason": "the dispatch is not running"}
     return {"status": "accepted"}
+
+
+def _parse(model: type[BodyT], body: bytes, what: str) -> BodyT:
+    """`body` as `model`, or InvalidRequest naming `what` it should be and its problems."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = describe_validation(exc.errors(include_input=False)) or "body: invalid"
+        raise InvalidRequest(f"not {what}: {problems}") from None
