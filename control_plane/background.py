@@ -5,6 +5,8 @@ for them) or when their interval elapses (work made by another process, or work 
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
@@ -22,16 +24,24 @@ class Service(StrEnum):
 
 
 class Loop:
-    """Runs `step` whenever woken, or every `interval_s` when that is set; never two at once."""
+    """Runs `step` whenever woken, or every `interval_s` when that is set; never two at once,
+    and woken passes at least `spacing_s` apart (a burst of commits makes one pass, not one
+    each)."""
 
     def __init__(
-        self, name: str, step: Callable[[], Awaitable[Any]], interval_s: float | None
+        self,
+        name: str,
+        step: Callable[[], Awaitable[Any]],
+        interval_s: float | None,
+        spacing_s: float = 0.0,
     ) -> None:
         self.name = name
         self.step = step
         self.interval_s = interval_s
+        self.spacing_s = spacing_s
         self._wanted = asyncio.Event()
         self._running = asyncio.Lock()
+        self._last_start = -math.inf
 
     def wake(self) -> None:
         """Ask for a pass (call on the event loop's thread)."""
@@ -41,12 +51,15 @@ class Loop:
         while True:
             with contextlib.suppress(TimeoutError):  # the interval elapsed: a timed pass
                 await asyncio.wait_for(self._wanted.wait(), self.interval_s)
+            # Wakes that come faster than `spacing_s` share the next pass.
+            await asyncio.sleep(self._last_start + self.spacing_s - time.monotonic())
             await self.run_once()
 
     async def run_once(self) -> Any:
         """One pass now; a failure is logged and the next wake or interval tries again."""
         async with self._running:
             self._wanted.clear()
+            self._last_start = time.monotonic()
             try:
                 return await self.step()
             except Exception:

@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from control_plane.background import Service
-from control_plane.db import Wake, lock_row, session_scope, wake_after_commit
-from control_plane.models import Event, EventCursor, EventKind, clip, utcnow
+from control_plane.db import Wake, in_batches, lock_row, session_scope, wake_after_commit
+from control_plane.models import Event, EventCursor, EventKind, Job, clip, utcnow
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -58,30 +58,32 @@ def emit(
     wake_after_commit(session, Service.RELAY)
 
 
-def emit_many(session: Session, events: Sequence[Event]) -> None:
+def emit_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Record several events at once, as one multi-row insert in the caller's transaction (a
-    dispatch's output events); ids follow the order of `events`."""
-    if not events:
+    dispatch's output events); ids follow the order of `rows`, each an event's columns
+    (`kind`, `job_id`, `dispatch_id`, `output_id`, `data`, `created_at`) as plain values:
+    a thousand Event objects cost more than their insert."""
+    if not rows:
         return
     kept: list[Event] | None = session.info.get(HELD)
     if kept is not None:
-        kept.extend(events)
+        kept.extend(Event(**row) for row in rows)
         return
     if any(isinstance(pending, Event) for pending in session.new):
         session.flush()  # events emitted earlier get their (lower) ids first
-    rows = [
-        {
-            "kind": event.kind,
-            "job_id": event.job_id,
-            "dispatch_id": event.dispatch_id,
-            "output_id": event.output_id,
-            "data": event.data,
-            "created_at": event.created_at,
-        }
-        for event in events
-    ]
-    session.execute(sa.insert(Event.__table__), rows)  # type: ignore[attr-defined]
+    session.execute(sa.insert(Event.__table__), list(rows))  # type: ignore[attr-defined]
     wake_after_commit(session, Service.RELAY)
+
+
+def read_jobs(session: Session, events: Sequence[Event]) -> list[Job]:
+    """The jobs of `events`, read in one query: a consumer's `prefetch` for handlers that
+    read their event's job."""
+    job_ids = sorted({event.job_id for event in events if event.job_id})
+    return [
+        job
+        for batch in in_batches(job_ids)
+        for job in session.exec(select(Job).where(col(Job.id).in_(batch))).all()
+    ]
 
 
 @contextmanager
@@ -113,6 +115,10 @@ class Consumer:
     name: str
     kinds: frozenset[EventKind]
     handle: Callable[[Session, Event], None]
+    # Called once with a batch's events of `kinds` before they are handled one by one: reads
+    # at once the rows `handle` would otherwise read an event at a time, and returns them
+    # (kept while the batch is handled: the session keeps rows only while they are in use).
+    prefetch: Callable[[Session, Sequence[Event]], Sequence[Any]] | None = None
 
 
 class Relay:
@@ -130,16 +136,18 @@ class Relay:
         self.consumers.append(consumer)
 
     def run_pass(self) -> int:
-        """Hand every consumer what it has not seen yet (blocking); returns events passed."""
-        return sum(self._catch_up(consumer) for consumer in self.consumers)
+        """Hand every consumer what it has not seen yet (blocking); returns events passed.
+        Consumers usually stand at the same cursor: the events after it are read once."""
+        read: dict[int, list[Event]] = {}
+        return sum(self._catch_up(consumer, read) for consumer in self.consumers)
 
-    def _catch_up(self, consumer: Consumer) -> int:
+    def _catch_up(self, consumer: Consumer, read: dict[int, list[Event]]) -> int:
         if consumer.name not in self._cursors_made:
             _ensure_cursor(self.engine, consumer.name)
             self._cursors_made.add(consumer.name)
         passed = 0
         while True:
-            start, events = self._next_events(consumer.name)
+            start, events = self._next_events(consumer.name, read)
             if not events:
                 return passed
             moved = self._handle_batch(consumer, start, events)
@@ -147,14 +155,18 @@ class Relay:
             if moved < len(events) or len(events) < BATCH:
                 return passed
 
-    def _next_events(self, name: str) -> tuple[int, list[Event]]:
+    def _next_events(self, name: str, read: dict[int, list[Event]]) -> tuple[int, list[Event]]:
+        """The consumer's cursor and the settled events after it (`read` this pass, by
+        cursor, or read now and kept there)."""
         with session_scope(self.engine) as session:
             cursor = session.get(EventCursor, name)
             start = cursor.position if cursor else 0
-            rows = session.exec(
-                select(Event).where(col(Event.id) > start).order_by(col(Event.id)).limit(BATCH)
-            ).all()
-        return start, list(_settled(rows, start, utcnow()))
+            if start not in read:
+                rows = session.exec(
+                    select(Event).where(col(Event.id) > start).order_by(col(Event.id)).limit(BATCH)
+                ).all()
+                read[start] = list(_settled(rows, start, utcnow()))
+        return start, read[start]
 
     def _handle_batch(self, consumer: Consumer, start: int, events: list[Event]) -> int:
         """All of `events` in one transaction; on a failure, one by one up to the bad one."""
@@ -213,9 +225,11 @@ def _move_cursor(session: Session, consumer: Consumer, start: int, events: list[
     cursor = _lock_cursor(session, consumer.name, start)
     if cursor is None:
         return False
-    for event in events:
-        if event.kind in consumer.kinds:
-            consumer.handle(session, event)
+    wanted = [event for event in events if event.kind in consumer.kinds]
+    prefetched = consumer.prefetch(session, wanted) if consumer.prefetch and wanted else []
+    for event in wanted:
+        consumer.handle(session, event)
+    del prefetched
     cursor.position = events[-1].id or start
     cursor.failures, cursor.updated_at = 0, utcnow()
     session.add(cursor)

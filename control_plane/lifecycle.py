@@ -59,7 +59,6 @@ from control_plane.models import (
     TERMINAL_DISPATCH,
     Dispatch,
     DispatchStatus,
-    Event,
     EventKind,
     Group,
     Job,
@@ -798,14 +797,14 @@ def _emit_endings(
         if first_image and ending is first_success:
             data["first_image"] = True
         events.append(
-            Event(
-                kind=OUTPUT_EVENT[ending.status],
-                job_id=dispatch.job_id,
-                dispatch_id=dispatch.id,
-                output_id=ending.output_id,
-                data=data,
-                created_at=now,
-            )
+            {
+                "kind": OUTPUT_EVENT[ending.status],
+                "job_id": dispatch.job_id,
+                "dispatch_id": dispatch.id,
+                "output_id": ending.output_id,
+                "data": data,
+                "created_at": now,
+            }
         )
     emit_many(session, events)
 
@@ -921,14 +920,14 @@ def _fail_outputs(
     for job_id, failed in Counter(job_id for _, job_id, _ in ids).items():
         _count(session, job_id, OutputStatus.FAILED, failed)
     events = [
-        Event(
-            kind=EventKind.OUTPUT_FAILED,
-            job_id=job_id,
-            dispatch_id=dispatch_id,
-            output_id=output_id,
-            data={"error": reason, "cause": cause},
-            created_at=now,
-        )
+        {
+            "kind": EventKind.OUTPUT_FAILED,
+            "job_id": job_id,
+            "dispatch_id": dispatch_id,
+            "output_id": output_id,
+            "data": {"error": reason, "cause": cause},
+            "created_at": now,
+        }
         for output_id, job_id, dispatch_id in ids
     ]
     emit_many(session, events)

@@ -53,11 +53,13 @@ class Platform:
 
     # -- background services ----------------------------------------------------------------
 
-    def add_loop(self, service: Service, step: Step, interval_s: float | None) -> None:
+    def add_loop(
+        self, service: Service, step: Step, interval_s: float | None, spacing_s: float = 0.0
+    ) -> None:
         async def run_step() -> Any:
             return await step(self)
 
-        self.loops[service] = Loop(service, run_step, interval_s)
+        self.loops[service] = Loop(service, run_step, interval_s, spacing_s)
 
     def start(self) -> None:
         """Start every loop on the running event loop (once, at start-up)."""

@@ -1,11 +1,17 @@
 """The analytics event log (`control_plane/services/analytics.py`) and `GET /api/events`, and
 each job's `success_rate` and `first_image_s`."""
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
-from control_plane.models import UserTier
+import sqlalchemy as sa
+from sqlmodel import Session, col, func, select
+
+from control_plane.events import Relay
+from control_plane.models import AnalyticsEvent, UserTier
 from control_plane.services import users
+from control_plane.services.analytics import analytics_consumer
 from tests.conftest import png_bytes
 from tests.fakes.api import Api, finish_job
 
@@ -184,3 +190,42 @@ def test_events_are_owned_and_read_by_cursor(api: Api) -> None:
     bad_cursor = api.client.get("/api/events", params={"after": "x1"}, headers=alice)
     assert bad_cursor.status_code == 422
     assert api.client.get("/api/events").status_code == 401  # users exist: a key is needed
+
+
+def test_a_batch_of_image_events_reads_its_jobs_and_outputs_once(api: Api) -> None:
+    """Logging a job's image events reads their job and outputs in one query each per batch,
+    not one per event (a 20,000-image job makes 20,000 of them)."""
+    group_id = api.group()
+    body = {"group_id": group_id, "mode": "automatic", "prompt": "p"}
+    body["images"] = api.upload_ids(group_id, 12)
+    job = api.client.post("/api/jobs/submit", json=body).json()["jobs"][0]
+    finish_job(api, job["id"], ["succeeded"] * 12)
+    api.drain()
+    engine = api.platform.engine
+    relay = Relay(engine)  # a second analytics log from the start: every event again
+    relay.subscribe(dataclasses.replace(analytics_consumer(), name="analytics-again"))
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        relay.run_pass()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+    reads = Counter(
+        table
+        for statement in statements
+        if statement.startswith("SELECT")
+        for table in ("jobs", "outputs")
+        if f" FROM {table} " in statement
+    )
+    assert reads == {"jobs": 1, "outputs": 1}, statements
+    with Session(engine) as session:
+        logged = session.exec(
+            select(AnalyticsEvent.type, func.count())
+            .where(col(AnalyticsEvent.job_id) == job["id"])
+            .group_by(col(AnalyticsEvent.type))
+        ).all()
+    assert dict(logged)["generation_completed"] == 2 * 12  # the first log's and this one's

@@ -1,7 +1,7 @@
 """Domain events: written with the change that caused them, handed to each consumer once."""
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -185,3 +185,58 @@ def test_relays_of_several_processes_hand_each_event_over_once(engine: sa.Engine
             task.result()
     relays[0].run_pass()
     assert _groups(engine, "stage") == emitted
+
+
+def _statements(engine: sa.Engine) -> list[str]:
+    """Every statement `engine` sends from now on, as sent."""
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    return seen
+
+
+def test_consumers_at_one_cursor_read_the_events_after_it_once(engine: sa.Engine) -> None:
+    _emit(engine, "a", "b", "c")
+    seen: dict[str, list[str]] = {name: [] for name in ("one", "two", "three")}
+    relay = Relay(engine)
+    for name, handled in seen.items():
+        relay.subscribe(_recorder(name, handled))
+    relay.run_pass()  # the cursors are made at the first pass: read the events once more
+    _emit(engine, "d", "e")
+    statements = _statements(engine)
+    assert relay.run_pass() == 6
+    assert all(handled == ["a", "b", "c", "d", "e"] for handled in seen.values())
+    reads = [s for s in statements if s.startswith("SELECT") and " FROM events " in s]
+    assert len(reads) == 1, reads
+
+
+def test_a_prefetch_reads_a_batch_s_rows_in_one_query_for_its_handler(engine: sa.Engine) -> None:
+    """A consumer's `prefetch` reads what its handler looks up, once per batch, and keeps it
+    while the batch is handled: the handler's lookups send no statement."""
+    with session_scope(engine) as session:
+        groups = [Group(name=f"prefetched {index}") for index in range(12)]
+        session.add_all(groups)
+        session.flush()
+        for group in groups:
+            emit(session, EventKind.JOB_QUEUED, job_id=group.id)
+    names: list[str] = []
+
+    def prefetch(session: Session, events: Sequence[Event]) -> list[Group]:
+        ids = [event.job_id for event in events]
+        return list(session.exec(select(Group).where(col(Group.id).in_(ids))).all())
+
+    def handle(session: Session, event: Event) -> None:
+        group = session.get(Group, event.job_id)
+        assert group is not None
+        names.append(group.name)
+
+    relay = Relay(engine)
+    relay.subscribe(Consumer("lookups", frozenset({EventKind.JOB_QUEUED}), handle, prefetch))
+    statements = _statements(engine)
+    assert relay.run_pass() == 12
+    assert names == [f"prefetched {index}" for index in range(12)]
+    group_reads = [s for s in statements if " FROM groups " in s]
+    assert len(group_reads) == 1, group_reads

@@ -18,6 +18,7 @@ The seed's model is called per image, but pixelfleet hands images to the worker 
 carries the job's owner (`user_id`), so the log is owned like everything else.
 """
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -25,8 +26,9 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from control_plane.access import Viewer
+from control_plane.db import in_batches
 from control_plane.errors import InvalidRequest
-from control_plane.events import Consumer
+from control_plane.events import Consumer, read_jobs
 from control_plane.lifecycle import NO_RESULT, RESULT_REJECTED
 from control_plane.models import (
     AnalyticsEvent,
@@ -71,7 +73,16 @@ def analytics_consumer() -> Consumer:
             EventKind.JOB_FINISHED,
         }
     )
-    return Consumer(CONSUMER, kinds, record)
+    return Consumer(CONSUMER, kinds, record, prefetch=_read_rows)
+
+
+def _read_rows(session: Session, events: Sequence[Event]) -> list[Job | Output]:
+    """The jobs and outputs of a batch's events, read at once (`record` reads them)."""
+    rows: list[Job | Output] = [*read_jobs(session, events)]
+    output_ids = sorted({event.output_id for event in events if event.output_id})
+    for batch in in_batches(output_ids):
+        rows += session.exec(select(Output).where(col(Output.id).in_(batch))).all()
+    return rows
 
 
 def record(session: Session, event: Event) -> None:

@@ -29,13 +29,10 @@ from control_plane.settings import Settings
 from shared.hosts import is_loopback
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = (
-    "/api/webhook/runpod",
-    "/api/webhook/runpod/progress",
-    "/healthz",
-    "/login",
-    "/logout",
-)
+# Requests machines make, authenticated on their own terms (a dispatch's token) or not at all:
+# they act for nobody, so finding a viewer for them is skipped.
+MACHINE_PATHS = ("/api/webhook/runpod", "/api/webhook/runpod/progress", "/healthz")
+OPEN_PATHS = (*MACHINE_PATHS, "/login", "/logout")
 SESSION_COOKIE = "pixelfleet_session"
 API_PREFIXES = ("/api/", "/docs", "/redoc", "/openapi.json", "/metrics")
 CHALLENGE = [
@@ -55,7 +52,7 @@ class AuthMiddleware:
         self._users_exist = False  # once a user exists, the local user is gone for good
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in MACHINE_PATHS:
             await self.app(scope, receive, send)
             return
         viewer = await self._viewer(scope)

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
@@ -75,6 +76,26 @@ def test_the_webhook_and_health_stay_open(client: TestClient) -> None:
     # The webhook is guarded by its per-dispatch token instead.
     hook = client.post("/api/webhook/runpod", params={"dispatch": "dsp_x", "token": "guess"})
     assert hook.status_code == 401 and hook.json() == {"detail": "invalid webhook token"}
+
+
+def test_machine_requests_look_for_no_viewer(settings: Settings) -> None:
+    """RunPod's webhooks and health checks act for nobody: on the open server (which asks
+    the database whether any user exists, so as to act for the local user), they send it
+    no query for a viewer."""
+    with TestClient(create_app(settings, reconcile=False)) as client:
+        engine = client.app.state.platform.engine  # type: ignore[attr-defined]
+        statements: list[str] = []
+
+        def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            statements.append(" ".join(statement.split()))
+
+        sa.event.listen(engine, "before_cursor_execute", note)
+        assert client.get("/healthz").status_code == 200
+        webhook = client.post("/api/webhook/runpod?dispatch=dsp_x&token=t", json={})
+        assert webhook.status_code == 401
+        assert not [s for s in statements if " FROM users " in s], statements
+        assert client.get("/api/groups").status_code == 200  # a person's request does ask
+        assert [s for s in statements if " FROM users " in s]
 
 
 def test_a_job_runs_end_to_end_behind_the_password(settings: Settings) -> None:
