@@ -107,18 +107,35 @@ def release(session: Session, events: Sequence[Event]) -> None:
         wake_after_commit(session, Service.RELAY)
 
 
+Handler = Callable[[Session, Sequence[Event]], None]
+
+
 @dataclass(frozen=True)
 class Consumer:
-    """Something that reacts to events: `handle(session, event)` runs in the transaction that
-    moves this consumer's cursor past `event`; only events of `kinds` reach it."""
+    """Something that reacts to events: `handle(session, events)` gets a batch's events of
+    `kinds`, in id order, in the transaction that moves this consumer's cursor past them
+    (`each_event` makes one of a handler of single events)."""
 
     name: str
     kinds: frozenset[EventKind]
-    handle: Callable[[Session, Event], None]
-    # Called once with a batch's events of `kinds` before they are handled one by one: reads
-    # at once the rows `handle` would otherwise read an event at a time, and returns them
-    # (kept while the batch is handled: the session keeps rows only while they are in use).
-    prefetch: Callable[[Session, Sequence[Event]], Sequence[Any]] | None = None
+    handle: Handler
+
+
+def each_event(
+    handle: Callable[[Session, Event], None],
+    prefetch: Callable[[Session, Sequence[Event]], Sequence[Any]] | None = None,
+) -> Handler:
+    """A batch handler calling `handle` for each event, after `prefetch` (if any) has read at
+    once the rows `handle` would otherwise read an event at a time; they are kept while the
+    batch is handled (the session keeps rows only while something else refers to them)."""
+
+    def handle_each(session: Session, events: Sequence[Event]) -> None:
+        prefetched = prefetch(session, events) if prefetch is not None else ()
+        for event in events:
+            handle(session, event)
+        del prefetched
+
+    return handle_each
 
 
 class Relay:
@@ -226,10 +243,8 @@ def _move_cursor(session: Session, consumer: Consumer, start: int, events: list[
     if cursor is None:
         return False
     wanted = [event for event in events if event.kind in consumer.kinds]
-    prefetched = consumer.prefetch(session, wanted) if consumer.prefetch and wanted else []
-    for event in wanted:
-        consumer.handle(session, event)
-    del prefetched
+    if wanted:
+        consumer.handle(session, wanted)
     cursor.position = events[-1].id or start
     cursor.failures, cursor.updated_at = 0, utcnow()
     session.add(cursor)

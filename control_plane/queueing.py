@@ -205,6 +205,8 @@ def plan(
     """The next at most `limit` dispatches to send, in the fair order, within the caps, but
     none released since `before` (the pass's start: a send that failed in this pass waits for
     the next one; work queued during the pass takes its turn in the pass's next round)."""
+    if session.exec(select(Dispatch.id).where(window.queued).limit(1)).first() is None:
+        return []  # nothing waits (a pass after a dispatch ended, mostly): one index probe
     caps = Caps.of(settings)
     in_flight = in_flight_by_user(session, window)
     if caps.in_flight:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from control_plane.db import make_engine, session_scope
-from control_plane.events import GAP_SETTLE, MAX_FAILURES, Consumer, Relay, emit
+from control_plane.events import GAP_SETTLE, MAX_FAILURES, Consumer, Relay, each_event, emit
 from control_plane.models import Event, EventCursor, EventKind, Group, utcnow
 
 pytestmark = pytest.mark.mysql
@@ -40,7 +40,7 @@ def _recorder(
         session.add(Group(name=f"{name}:{event.job_id}"))
         seen.append(event.job_id or "")
 
-    return Consumer(name, frozenset({EventKind.JOB_QUEUED}), handle)
+    return Consumer(name, frozenset({EventKind.JOB_QUEUED}), each_event(handle))
 
 
 def _groups(engine: sa.Engine, name: str) -> list[str]:
@@ -214,7 +214,7 @@ def test_consumers_at_one_cursor_read_the_events_after_it_once(engine: sa.Engine
 
 
 def test_a_prefetch_reads_a_batch_s_rows_in_one_query_for_its_handler(engine: sa.Engine) -> None:
-    """A consumer's `prefetch` reads what its handler looks up, once per batch, and keeps it
+    """`each_event`'s prefetch reads what its handler looks up, once per batch, and keeps it
     while the batch is handled: the handler's lookups send no statement."""
     with session_scope(engine) as session:
         groups = [Group(name=f"prefetched {index}") for index in range(12)]
@@ -234,7 +234,9 @@ def test_a_prefetch_reads_a_batch_s_rows_in_one_query_for_its_handler(engine: sa
         names.append(group.name)
 
     relay = Relay(engine)
-    relay.subscribe(Consumer("lookups", frozenset({EventKind.JOB_QUEUED}), handle, prefetch))
+    relay.subscribe(
+        Consumer("lookups", frozenset({EventKind.JOB_QUEUED}), each_event(handle, prefetch))
+    )
     statements = _statements(engine)
     assert relay.run_pass() == 12
     assert names == [f"prefetched {index}" for index in range(12)]

@@ -7,7 +7,7 @@ enough; a RunPod job already finished answers an error that is only logged.
 
 from sqlmodel import Session
 
-from control_plane.events import Consumer
+from control_plane.events import Consumer, each_event
 from control_plane.models import Event, EventKind
 from control_plane.platform import Platform
 from control_plane.runpod.sender import cancel_quietly
@@ -19,4 +19,5 @@ def canceller(platform: Platform) -> Consumer:
         if runpod_job_id and not event.data.get("retry"):
             platform.call(cancel_quietly(platform, runpod_job_id))
 
-    return Consumer("runpod-canceller", frozenset({EventKind.DISPATCH_FAILED}), handle)
+    kinds = frozenset({EventKind.DISPATCH_FAILED})
+    return Consumer("runpod-canceller", kinds, each_event(handle))

@@ -26,7 +26,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from control_plane.access import Viewer
-from control_plane.db import in_batches
+from control_plane.db import in_batches, insert_many
 from control_plane.errors import InvalidRequest
 from control_plane.events import Consumer, read_jobs
 from control_plane.lifecycle import NO_RESULT, RESULT_REJECTED
@@ -43,6 +43,7 @@ from control_plane.models import (
 from control_plane.services.rows import fetch
 
 CONSUMER = "analytics"
+ANALYTICS_EVENTS = AnalyticsEvent.__table__  # type: ignore[attr-defined]
 ERROR_CHARS = 300
 
 
@@ -73,37 +74,41 @@ def analytics_consumer() -> Consumer:
             EventKind.JOB_FINISHED,
         }
     )
-    return Consumer(CONSUMER, kinds, record, prefetch=_read_rows)
+    return Consumer(CONSUMER, kinds, record)
 
 
-def _read_rows(session: Session, events: Sequence[Event]) -> list[Job | Output]:
-    """The jobs and outputs of a batch's events, read at once (`record` reads them)."""
-    rows: list[Job | Output] = [*read_jobs(session, events)]
+def record(session: Session, events: Sequence[Event]) -> None:
+    """Log a batch of events: their jobs and outputs read in a query each, the log's rows
+    written in one insert (a 20,000-image job makes 20,000 image events)."""
+    jobs = {job.id: job for job in read_jobs(session, events)}
+    outputs = {output.id: output for output in _outputs_of(session, events)}
+    rows = [
+        {
+            "type": kind,
+            "user_id": job.user_id,
+            "job_id": job.id,
+            "output_id": output_id,
+            # what is not known is left out (SQL reads a missing key as NULL)
+            "data": {name: value for name, value in data.items() if value is not None},
+            "created_at": event.created_at,
+        }
+        for event in events
+        if (job := jobs.get(event.job_id or "")) is not None  # else deleted since
+        for kind, output_id, data in _rows_of(event, job, outputs)
+    ]
+    insert_many(session, ANALYTICS_EVENTS, rows)
+
+
+def _outputs_of(session: Session, events: Sequence[Event]) -> list[Output]:
     output_ids = sorted({event.output_id for event in events if event.output_id})
-    for batch in in_batches(output_ids):
-        rows += session.exec(select(Output).where(col(Output.id).in_(batch))).all()
-    return rows
+    return [
+        output
+        for batch in in_batches(output_ids)
+        for output in session.exec(select(Output).where(col(Output.id).in_(batch))).all()
+    ]
 
 
-def record(session: Session, event: Event) -> None:
-    job = session.get(Job, event.job_id) if event.job_id else None
-    if job is None:
-        return  # deleted since
-    for kind, output_id, data in _rows_of(session, event, job):
-        session.add(
-            AnalyticsEvent(
-                type=kind,
-                user_id=job.user_id,
-                job_id=job.id,
-                output_id=output_id,
-                # what is not known is left out (SQL reads a missing key as NULL)
-                data={name: value for name, value in data.items() if value is not None},
-                created_at=event.created_at,
-            )
-        )
-
-
-def _rows_of(session: Session, event: Event, job: Job) -> list[Row]:
+def _rows_of(event: Event, job: Job, outputs: dict[str, Output]) -> list[Row]:
     common = {"mode": job.mode, **_character(job)}
     if event.kind == EventKind.JOB_QUEUED:
         queued = {**common, "model": model_of(job.config), "image_count": job.total}
@@ -122,7 +127,7 @@ def _rows_of(session: Session, event: Event, job: Job) -> list[Row]:
         return [(AnalyticsType.GENERATION_STARTED, None, started)]
     if event.kind == EventKind.JOB_FINISHED:
         return _finished(event, job, common)
-    output = session.get(Output, event.output_id) if event.output_id else None
+    output = outputs.get(event.output_id or "")
     if output is None:
         return []
     return _output_rows(event, job, output, common)

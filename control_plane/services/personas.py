@@ -35,7 +35,7 @@ from control_plane import lifecycle
 from control_plane.access import Viewer
 from control_plane.db import lock_row
 from control_plane.errors import InvalidRequest
-from control_plane.events import Consumer
+from control_plane.events import Consumer, each_event
 from control_plane.models import (
     Event,
     EventKind,
@@ -308,7 +308,7 @@ def pipeline(settings: Settings) -> Consumer:
         session.add(persona)
 
     kinds = frozenset({EventKind.JOB_STARTED, EventKind.JOB_FINISHED})
-    return Consumer("persona-pipeline", kinds, handle)
+    return Consumer("persona-pipeline", kinds, each_event(handle))
 
 
 PERSONA_MODES = frozenset({JobMode.PERSONA_DATA, JobMode.PERSONA_IMAGES})

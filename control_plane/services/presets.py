@@ -26,7 +26,7 @@ from control_plane import lifecycle
 from control_plane.access import Viewer
 from control_plane.db import lock_row
 from control_plane.errors import Conflict, InvalidRequest
-from control_plane.events import Consumer, read_jobs
+from control_plane.events import Consumer, each_event, read_jobs
 from control_plane.models import (
     ACTIVE_JOB,
     Event,
@@ -406,7 +406,7 @@ def _unavailable(session: Session, preset_id: str) -> set[str]:
 def gallery_consumer() -> Consumer:
     """The consumer that keeps presets' galleries and usage as their jobs progress."""
     kinds = frozenset({EventKind.OUTPUT_SUCCEEDED, EventKind.JOB_FINISHED})
-    return Consumer(CONSUMER, kinds, follow_event, prefetch=read_jobs)
+    return Consumer(CONSUMER, kinds, each_event(follow_event, read_jobs))
 
 
 def follow_event(session: Session, event: Event) -> None:

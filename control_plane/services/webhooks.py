@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from control_plane.background import Service
 from control_plane.db import wake_after_commit
 from control_plane.errors import InvalidRequest
-from control_plane.events import Consumer, read_jobs
+from control_plane.events import Consumer, each_event, read_jobs
 from control_plane.models import (
     Event,
     EventKind,
@@ -147,7 +147,7 @@ def delivery_consumer(settings: Settings) -> Consumer:
         wake_after_commit(session, Service.WEBHOOKS)
 
     kinds = frozenset({EventKind.JOB_FINISHED, *IMAGE_EVENTS})
-    return Consumer(CONSUMER, kinds, handle, prefetch=read_jobs)
+    return Consumer(CONSUMER, kinds, each_event(handle, read_jobs))
 
 
 def _event_type(event: Event) -> WebhookEvent | None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlmodel import col, func, select
 
 from control_plane import lifecycle, queueing
-from control_plane.models import Dispatch, Job, JobMode, Output, UserTier
+from control_plane.models import Dispatch, Job, JobMode, Output, UserTier, utcnow
 from control_plane.runpod.rate import TokenBucket
 from control_plane.runpod.sender import window
 from control_plane.services import users
@@ -389,3 +389,26 @@ def test_positions_follow_the_order_the_sender_sends_in(api: Api) -> None:
         complete_one(api, sent_jobs(api)[-1])
     order = sent_jobs(api)[1:]
     assert [order.index(job_id) for job_id in jobs] == [predicted[job_id] for job_id in jobs]
+
+
+def test_a_pass_with_nothing_queued_asks_the_database_once(api: Api) -> None:
+    """Every ended dispatch wakes the sender: when nothing waits, its plan is one query, not
+    the counts of every user's dispatches in flight."""
+    set_job(api, make_user(api, "busy", UserTier.FREE))
+    api.drain()  # its dispatch sent: in flight
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    engine = api.platform.engine
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        with api.platform.session() as session:
+            planned = queueing.plan(
+                session, api.platform.settings, window(api.platform), utcnow(), 10
+            )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+    assert planned == []
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
