@@ -51,7 +51,7 @@ def progress_of(api: Api, job_id: str) -> dict[str, int]:
 def test_the_sender_gives_the_worker_its_progress_url(api: Api) -> None:
     _, dispatch = submit_one_dispatch(api, n=1)
     sent = api.run_bodies[0]["input"]
-    assert sent["version"] == 3
+    assert sent["version"] == 4 and sent["task"] == "generate"
     url = httpx.URL(sent["progress_url"])
     assert url.path == PROGRESS
     assert dict(url.params) == {"dispatch": dispatch.id, "token": dispatch.webhook_token}
