@@ -39,7 +39,7 @@ from worker.providers.base import (
     BatchRequest,
     GenerationRequest,
 )
-from worker.runner import ProgressCallback, Runner, items_of_run
+from worker.runner import ProgressCallback, Runner, describe, items_of_run
 
 log = logging.getLogger(__name__)
 KEY_PREFIX: Final = "pixelfleet-"
@@ -139,6 +139,9 @@ class BatchRunner:
         async def report(key: str, outcome: BatchOutcome) -> None:
             try:
                 result = await self.runner.result_of(items[key], outcome)
+            except Exception as exc:
+                log.exception("output %s crashed the batch collect", key)
+                result = self.runner.failed(items[key], f"worker error: {describe(exc)}")
             finally:
                 self.runner.storing.release()
             results[key] = result

@@ -68,6 +68,7 @@ class _Upload:
     mime_type: str | None
     size: int
     data: bytearray = field(default_factory=bytearray)
+    chunks: int = 0
     final: bool = False
 
 
@@ -202,6 +203,7 @@ class FakeGeminiBatch(FakeGemini):
                 body = google_error(400, "INVALID_ARGUMENT", f"offset {offset} is not next")
                 return JSONResponse(body, 400, headers={"x-goog-upload-status": "active"})
             upload.data.extend(await request.body())
+            upload.chunks += 1
             if "finalize" not in command:
                 return Response(headers={"x-goog-upload-status": "active"})
             upload.final = True

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.genai import _api_client as genai_api_client
 from pydantic import ValidationError
 
 from shared.contract import (
@@ -28,6 +29,7 @@ from shared.storage import LocalStorage
 from tests.conftest import png_bytes
 from tests.fakes.gemini import KEYWORD_BLOCK_PROMPT, KEYWORD_UNSAFE
 from tests.fakes.gemini_batch import KEYWORD_FAIL_REQUEST, FakeGeminiBatch
+from tests.fakes.receiver import run_receiver
 from worker.batch import NO_RESULT, batch_key
 from worker.handler import Handler, make_handler
 from worker.providers.offline import OfflineProvider
@@ -184,14 +186,15 @@ def test_a_submit_run_again_finds_its_batch_and_creates_no_second_one(
 
 
 def test_requests_beyond_the_inline_limit_go_as_a_jsonl_file(
-    tmp_path: Path, fake: FakeGeminiBatch
+    tmp_path: Path, fake: FakeGeminiBatch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(genai_api_client, "CHUNK_SIZE", 256)  # the SDK's chunks, 8 MB, smaller
     worker = gemini_worker(tmp_path, fake, gemini_batch_inline_max_bytes=600)
     items = worker.items("a fox", f"an {KEYWORD_UNSAFE} owl")
     info = worker.submit(items).batch
     assert info is not None and info.input == "file" and info.requests == 2
     (upload,) = fake.uploads.values()
-    assert upload.final and upload.mime_type == "jsonl"
+    assert upload.final and upload.mime_type == "jsonl" and upload.chunks == 4  # 934 bytes
     assert upload.display_name == "pixelfleet-dsp_1"
     lines = [json.loads(line) for line in bytes(upload.data).decode().splitlines()]
     assert [line["key"] for line in lines] == ["out_0", "out_1"]
@@ -203,6 +206,52 @@ def test_requests_beyond_the_inline_limit_go_as_a_jsonl_file(
     assert image.status == "succeeded" and image.cost_usd == 0.0225
     assert worker.storage.exists(worker.storage.key_of(image.output_uri or ""))
     assert unsafe.status == "blocked"
+
+
+def test_two_runs_of_one_submit_at_once_in_a_worker_create_one_batch(
+    tmp_path: Path, fake: FakeGeminiBatch
+) -> None:
+    worker = gemini_worker(tmp_path, fake)
+    dispatch = DispatchInput(
+        dispatch_id="dsp_1", job_id="job_1", task="batch_submit", items=worker.items("a fox")
+    )
+    body = json.loads(dispatch.model_dump_json())
+
+    async def both() -> list[dict[str, Any]]:
+        runs = ({"id": f"rp-{n}", "input": body} for n in (1, 2))
+        return list(await asyncio.gather(*map(worker.handler, runs)))
+
+    first, second = map(BatchOutput.model_validate, worker.loop.run_until_complete(both()))
+    assert first.batch is not None and second.batch is not None
+    assert first.batch.name == second.batch.name and fake.created == 1
+    assert sorted([first.batch.created, second.batch.created]) == [False, True]
+
+
+def test_collect_posts_its_results_as_progress_as_generate_does(
+    tmp_path: Path, fake: FakeGeminiBatch
+) -> None:
+    worker = gemini_worker(tmp_path, fake)
+    items = worker.items("a fox", KEYWORD_BLOCK_PROMPT)
+    name = worker.submit(items).batch.name  # type: ignore[union-attr]
+    fake.finish(name)
+    with run_receiver() as receiver:
+        dispatch = DispatchInput(
+            dispatch_id="dsp_1",
+            job_id="job_1",
+            task="batch_collect",
+            items=items,
+            batch=name,
+            progress_url=f"{receiver.url}/progress",
+        )
+        job = {"id": "rp-c", "input": json.loads(dispatch.model_dump_json())}
+        output = DispatchOutput.model_validate(worker.loop.run_until_complete(worker.handler(job)))
+        posted = [
+            result["output_id"]
+            for request in receiver.at("/progress")
+            for result in request.json["results"]
+        ]
+    assert sorted(posted) == ["out_0", "out_1"]
+    assert [r.status for r in output.results] == ["succeeded", "blocked"]
 
 
 def test_a_small_batch_goes_inline_under_the_limit(tmp_path: Path, fake: FakeGeminiBatch) -> None:
