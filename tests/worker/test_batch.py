@@ -32,6 +32,7 @@ from tests.fakes.gemini_batch import KEYWORD_FAIL_REQUEST, FakeGeminiBatch
 from tests.fakes.receiver import run_receiver
 from worker.batch import NO_RESULT, batch_key
 from worker.handler import Handler, make_handler
+from worker.providers import gemini_batch
 from worker.providers.offline import OfflineProvider
 from worker.providers.offline_batch import OfflineBatchProvider
 from worker.settings import WorkerSettings
@@ -252,6 +253,16 @@ def test_collect_posts_its_results_as_progress_as_generate_does(
         ]
     assert sorted(posted) == ["out_0", "out_1"]
     assert [r.status for r in output.results] == ["succeeded", "blocked"]
+
+
+def test_requests_beyond_the_files_api_cap_create_nothing(
+    tmp_path: Path, fake: FakeGeminiBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gemini_batch, "FILE_MAX_BYTES", 1_000)  # 2 GB at Google
+    worker = gemini_worker(tmp_path, fake, gemini_batch_inline_max_bytes=600)
+    refused = worker.run(DispatchTask.BATCH_SUBMIT, worker.items("a fox", "an owl", "a bee"))
+    assert "split the dispatch over several batches" in refused["error"]
+    assert fake.created == 0 and not fake.uploads
 
 
 def test_a_small_batch_goes_inline_under_the_limit(tmp_path: Path, fake: FakeGeminiBatch) -> None:

@@ -4,7 +4,8 @@ Requests are built exactly as the online provider builds them (`build_contents`,
 `build_config`) and answers read as it reads them (`extract_image`: the same blocks, the
 same reasons); an image costs the model's batch price. Requests go inline while their JSON
 stays within `inline_max_bytes` (Google's limit for an inline batch is 20 MB), else as a
-JSONL file uploaded with the Files API; a file's results come back as a JSONL file, which is
+JSONL file uploaded with the Files API (at most 2 GB: a bigger dispatch is refused, to be
+split); a file's results come back as a JSONL file, which is
 downloaded to a temporary file and read a line at a time, so memory does not grow with the
 batch.
 
@@ -50,6 +51,7 @@ from worker.providers.gemini import (
 log = logging.getLogger(__name__)
 
 INLINE_MAX_BYTES = 20_000_000  # Google: an inline batch request stays under 20 MB
+FILE_MAX_BYTES = 2_000_000_000  # Google: an input file is at most 2 GB
 LIST_PAGE_SIZE = 100
 JSONL_MIME = "jsonl"  # what Google's Batch API docs upload request files as
 _NAME = re.compile(r"^batches/[^/]+$")
@@ -266,8 +268,13 @@ class GeminiBatchProvider(BatchProvider):
         async for request in requests:
             inlined = inlined_request(request)
             line = await asyncio.to_thread(jsonl_line, api_client, request, inlined)
-            await asyncio.to_thread(spool.write, line)
             size += len(line)
+            if size > FILE_MAX_BYTES:
+                raise BatchError(
+                    f"the batch's requests pass the Files API's {FILE_MAX_BYTES:,} bytes "
+                    f"at request {count + 1}: split the dispatch over several batches"
+                )
+            await asyncio.to_thread(spool.write, line)
             count += 1
             if inline is not None:
                 inline = [*inline, inlined] if size <= self._inline_max_bytes else None
