@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import respx
 from google.genai import _api_client as genai_api_client
 from pydantic import ValidationError
 
@@ -27,7 +29,7 @@ from shared.images import output_size
 from shared.model_table import model_table
 from shared.storage import LocalStorage
 from tests.conftest import png_bytes
-from tests.fakes.gemini import KEYWORD_BLOCK_PROMPT, KEYWORD_UNSAFE
+from tests.fakes.gemini import KEYWORD_BLOCK_PROMPT, KEYWORD_UNSAFE, google_error
 from tests.fakes.gemini_batch import KEYWORD_FAIL_REQUEST, FakeGeminiBatch
 from tests.fakes.receiver import run_receiver
 from worker.batch import NO_RESULT, batch_key
@@ -364,6 +366,31 @@ def test_batch_service_trouble_fails_the_task_never_leaking_the_key(
     refused = wrong.run(DispatchTask.BATCH_SUBMIT, wrong.items("a fox"))
     assert "Gemini batch list failed (400" in refused["error"] and KEY not in refused["error"]
     assert fake.created == 0
+
+
+def test_transient_trouble_at_google_fails_the_task_with_what_failed(tmp_path: Path) -> None:
+    """respx on the wire: Google's 503, a 429 and a dropped connection each fail the task
+    (the control plane asks again: a re-run submit finds a batch the failed one created)."""
+    base = "https://gemini.test"
+    worker = Worker(tmp_path, provider="gemini", gemini_api_key=KEY, gemini_base_url=base)
+    unavailable = google_error(503, "UNAVAILABLE", "The service is currently unavailable.")
+    quota = google_error(429, "RESOURCE_EXHAUSTED", "Too many batches.")
+    with respx.mock(base_url=base) as google:
+        google.get("/v1beta/batches/b1").respond(503, json=unavailable)
+        google.get("/v1beta/batches/b2").mock(side_effect=httpx.ConnectError("refused"))
+        google.get("/v1beta/batches").respond(200, json={"operations": []})
+        google.post(url__regex=r"/v1beta/models/.*:batchGenerateContent$").respond(429, json=quota)
+        polled = worker.run(DispatchTask.BATCH_POLL, batch="batches/b1")
+        dropped = worker.run(DispatchTask.BATCH_POLL, batch="batches/b2")
+        refused = worker.run(DispatchTask.BATCH_SUBMIT, worker.items("a fox"))
+    assert polled == {
+        "error": "Gemini batch lookup failed (503 UNAVAILABLE: The service is currently "
+        "unavailable.)"
+    }
+    assert dropped == {"error": "Gemini batch lookup failed: ConnectError: refused"}
+    assert refused == {
+        "error": "Gemini batch creation failed (429 RESOURCE_EXHAUSTED: Too many batches.)"
+    }
 
 
 def test_the_contract_checks_the_fields_of_each_task() -> None:
