@@ -32,8 +32,10 @@ from tests.conftest import png_bytes
 from tests.fakes.gemini import KEYWORD_BLOCK_PROMPT, KEYWORD_UNSAFE, google_error
 from tests.fakes.gemini_batch import KEYWORD_FAIL_REQUEST, FakeGeminiBatch
 from tests.fakes.receiver import run_receiver
+from tests.fakes.servers import run_server
 from worker.batch import NO_RESULT, batch_key
 from worker.handler import Handler, make_handler
+from worker.local_endpoint import build_endpoint_app_from_settings
 from worker.providers import gemini_batch
 from worker.providers.offline import OfflineProvider
 from worker.providers.offline_batch import OfflineBatchProvider
@@ -481,3 +483,45 @@ def test_the_offline_batch_moves_on_its_own_clock_and_can_be_cancelled(
         assert (await provider.find("pixelfleet-f")) == await provider.get(other.name)
 
     asyncio.run(scenario())
+
+
+def test_an_offline_batch_through_the_local_runpod_endpoint(tmp_path: Path) -> None:
+    """The embedded default's path: each batch task a RunPod job of the local endpoint."""
+    settings = WorkerSettings(
+        storage_url=str(tmp_path / "storage"),
+        data_dir=tmp_path,
+        provider="offline",
+        offline_batch_pending_s=0,
+        offline_batch_running_s=0,
+    )
+    storage = LocalStorage(tmp_path / "storage")
+    storage.put_bytes("refs/cat.png", png_bytes(), content_type="image/png")
+    item = WorkItem(
+        output_id="o1",
+        prompt="a red cat",
+        reference_uris=[storage.uri("refs/cat.png")],
+        params=ImageParams(model="gemini-2.5-flash-image", aspect_ratio="1:1", seed=7),
+        output_key="jobs/j1/o1",
+    )
+    headers = {"Authorization": f"Bearer {settings.endpoint_api_key}"}
+
+    def run(base: str, task: str, **fields: Any) -> dict[str, Any]:
+        dispatch = DispatchInput(dispatch_id="d1", job_id="j1", task=task, **fields)
+        body = {"input": json.loads(dispatch.model_dump_json())}
+        answer = httpx.post(f"{base}/v2/local/runsync", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 200 and answer.json()["status"] == "COMPLETED", answer.text
+        output: dict[str, Any] = answer.json()["output"]
+        return output
+
+    with run_server(build_endpoint_app_from_settings(settings)) as base:
+        submitted = BatchOutput.model_validate(run(base, "batch_submit", items=[item]))
+        assert submitted.batch is not None
+        name = submitted.batch.name
+        polled = BatchOutput.model_validate(run(base, "batch_poll", batch=name))
+        collected = DispatchOutput.model_validate(
+            run(base, "batch_collect", items=[item], batch=name)
+        )
+    assert polled.batch is not None and polled.batch.state == BatchState.SUCCEEDED
+    [result] = collected.results
+    assert result.status == "succeeded" and result.output_uri is not None
+    assert storage.exists(storage.key_of(result.output_uri))
