@@ -231,5 +231,6 @@ class BatchOutput(_Strict):
     results: list[ItemResult] = Field(
         default_factory=list,
         description="batch_submit: items left out of the batch (failed, with the reason, e.g. "
-        "a reference that could not be read); final, as in a DispatchOutput",
+        "a reference that could not be read); final, as in a DispatchOutput. A re-run that "
+        "finds the batch reports none: collect fails them as having no result",
     )
