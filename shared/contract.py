@@ -14,6 +14,17 @@ ProgressReport with the results stored since its last post, as they are stored (
 best effort: a post that fails is logged, never fails the dispatch). The DispatchOutput still
 carries every result, and RunPod's webhook and `/status` stay the authority for the
 dispatch's end. Items and results are as in version 2.
+
+Version 4 added the Gemini Batch lane: a DispatchInput has a `task` (DispatchTask).
+`generate` is the online work of versions 1-3 (the default) and returns a DispatchOutput.
+The batch tasks are short steps of one Gemini batch per dispatch, each its own RunPod job:
+`batch_submit` builds the requests from the items (references read from storage), creates
+the batch and returns a BatchOutput naming it (a re-run finds the batch it created, by the
+dispatch id in the batch's display name, and creates none); `batch_poll` returns the batch's
+state and Google's counts (BatchOutput); `batch_collect` writes each image and its thumbnail
+to storage as `generate` does and returns a DispatchOutput with one result per item, costed
+at the model's batch price; `batch_cancel` cancels the batch and returns its state. Poll,
+collect and cancel name the batch in `batch`. Items and results are as in version 3.
 """
 
 from enum import StrEnum
@@ -21,7 +32,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-CONTRACT_VERSION: Final = 3
+CONTRACT_VERSION: Final = 4
 
 
 class Task(StrEnum):
@@ -29,6 +40,23 @@ class Task(StrEnum):
 
     IMAGE = "image"  # an image file, written to storage at `output_key`
     TEXT = "text"  # a text model's answer, returned in the result's `text`
+
+
+class DispatchTask(StrEnum):
+    """What a dispatch asks the worker to do (version 4)."""
+
+    GENERATE = "generate"  # online: every item generated now (DispatchOutput)
+    BATCH_SUBMIT = "batch_submit"  # create the dispatch's Gemini batch (BatchOutput)
+    BATCH_POLL = "batch_poll"  # one look at the batch: state and counts (BatchOutput)
+    BATCH_COLLECT = "batch_collect"  # store its results, one per item (DispatchOutput)
+    BATCH_CANCEL = "batch_cancel"  # cancel it; its state after (BatchOutput)
+
+
+BATCH_TASKS: Final = frozenset(DispatchTask) - {DispatchTask.GENERATE}
+NAMED_BATCH_TASKS: Final = BATCH_TASKS - {DispatchTask.BATCH_SUBMIT}  # need `batch`
+ITEM_TASKS: Final = frozenset(
+    {DispatchTask.GENERATE, DispatchTask.BATCH_SUBMIT, DispatchTask.BATCH_COLLECT}
+)
 
 
 class ResultStatus(StrEnum):
@@ -78,18 +106,44 @@ class WorkItem(_Strict):
 
 
 class DispatchInput(_Strict):
-    """The `input` of one RunPod job: a chunk of a pixelfleet job."""
+    """The `input` of one RunPod job: a chunk of a pixelfleet job, or one step of its batch."""
 
-    version: Literal[3] = CONTRACT_VERSION
+    version: Literal[4] = CONTRACT_VERSION
     dispatch_id: str
     job_id: str
-    items: list[WorkItem] = Field(min_length=1)
+    task: DispatchTask = DispatchTask.GENERATE
+    items: list[WorkItem] = Field(
+        default_factory=list,
+        description="generate, batch_submit, batch_collect: the images (at least one); the "
+        "batch tasks take image items of one model",
+    )
+    batch: str | None = Field(
+        None,
+        min_length=1,
+        description="batch_poll, batch_collect, batch_cancel: the batch's name, as "
+        "batch_submit returned it",
+    )
     progress_url: str | None = Field(
         None,
         pattern=r"^https?://",
         description="where the worker POSTs a ProgressReport as results are stored (best "
         "effort; the output still carries every result)",
     )
+
+    @model_validator(mode="after")
+    def _fields_of_task(self) -> "DispatchInput":
+        if self.task in ITEM_TASKS and not self.items:
+            raise ValueError(f"a {self.task} task needs at least one item")
+        if self.task not in ITEM_TASKS and self.items:
+            raise ValueError(f"a {self.task} task takes no items")
+        if (self.batch is None) == (self.task in NAMED_BATCH_TASKS):
+            raise ValueError("`batch` names the batch of poll, collect and cancel tasks only")
+        if self.task in BATCH_TASKS and self.items:
+            if any(item.task != Task.IMAGE for item in self.items):
+                raise ValueError("batch tasks take image items only")
+            if len({item.params.model for item in self.items}) > 1:
+                raise ValueError("a batch runs one model: the items' models differ")
+        return self
 
 
 class ItemResult(_Strict):
@@ -115,9 +169,9 @@ class ItemResult(_Strict):
 
 
 class DispatchOutput(_Strict):
-    """The `output` of one RunPod job: one result per work item."""
+    """The `output` of a generate or batch_collect task: one result per work item."""
 
-    version: Literal[3] = CONTRACT_VERSION
+    version: Literal[4] = CONTRACT_VERSION
     dispatch_id: str
     results: list[ItemResult]
 
@@ -126,6 +180,57 @@ class ProgressReport(_Strict):
     """What the worker POSTs to a dispatch's `progress_url`: results stored since its last
     report (each image's result is final on the worker; a later report never revises it)."""
 
-    version: Literal[3] = CONTRACT_VERSION
+    version: Literal[3, 4] = CONTRACT_VERSION  # 4 changed no field of it
     dispatch_id: str
     results: list[ItemResult] = Field(min_length=1)
+
+
+class BatchState(StrEnum):
+    """A Gemini batch's state in pixelfleet's terms (Google's `BATCH_STATE_*`)."""
+
+    PENDING = "pending"  # accepted, not started (Google may keep it here for a long time)
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # ended with results (each request may still have failed)
+    FAILED = "failed"  # ended without results
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not finished within Google's 48 h: no results
+
+    @property
+    def ended(self) -> bool:
+        return self not in (BatchState.PENDING, BatchState.RUNNING)
+
+
+class BatchInfo(_Strict):
+    """One Gemini batch as the worker saw it; the counts are Google's (None when it gave
+    none)."""
+
+    name: str = Field(description="Google's name for it, `batches/…`: what later tasks pass")
+    state: BatchState
+    requests: int | None = None
+    succeeded: int | None = None
+    failed: int | None = None
+    pending: int | None = None
+    error: str | None = Field(None, description="why a failed batch failed, when Google says")
+    input: Literal["inline", "file"] | None = Field(
+        None, description="batch_submit: how the requests went (inline up to the size limit)"
+    )
+    created: bool = Field(
+        False, description="batch_submit: this run created it (False: an earlier run had)"
+    )
+
+
+class BatchOutput(_Strict):
+    """The `output` of a batch_submit, batch_poll or batch_cancel task."""
+
+    version: Literal[4] = CONTRACT_VERSION
+    dispatch_id: str
+    task: DispatchTask
+    batch: BatchInfo | None = Field(
+        None, description="None only when batch_submit had no request to send"
+    )
+    results: list[ItemResult] = Field(
+        default_factory=list,
+        description="batch_submit: items left out of the batch (failed, with the reason, e.g. "
+        "a reference that could not be read); final, as in a DispatchOutput. A re-run that "
+        "finds the batch reports none: collect fails them as having no result",
+    )

@@ -22,9 +22,20 @@ class ModelSpec(BaseModel):
     price_usd: float  # per image, standard
     batch_price_usd: float  # per image, batch API
     size_prices_usd: dict[str, float] = {}  # standard price where it depends on image_size
+    batch_size_prices_usd: dict[str, float] = {}  # batch price where it depends on image_size
 
     def price_for(self, image_size: str | None) -> float:
         return self.size_prices_usd.get(image_size or self.default_image_size, self.price_usd)
+
+    def batch_price_for(self, image_size: str | None) -> float:
+        """The batch price of one image: its size's batch price; for a size with a standard
+        price of its own but no batch one, that price at the model's batch discount."""
+        size = image_size or self.default_image_size
+        if size in self.batch_size_prices_usd:
+            return self.batch_size_prices_usd[size]
+        if size in self.size_prices_usd:
+            return round(self.size_prices_usd[size] * self.batch_price_usd / self.price_usd, 6)
+        return self.batch_price_usd
 
 
 DEFAULT_MODELS: dict[str, ModelSpec] = {
@@ -44,6 +55,7 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
         price_usd=0.134,
         batch_price_usd=0.067,
         size_prices_usd={"4K": 0.24},
+        batch_size_prices_usd={"4K": 0.12},
     ),
     "gemini-3.1-flash-image": ModelSpec(
         max_reference_images=14,
@@ -53,6 +65,7 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
         price_usd=0.067,
         batch_price_usd=0.0335,
         size_prices_usd={"512": 0.045, "2K": 0.101, "4K": 0.151},
+        batch_size_prices_usd={"512": 0.0225, "2K": 0.0505, "4K": 0.0755},
     ),
     "gemini-3.1-flash-lite-image": ModelSpec(
         max_reference_images=14,

@@ -13,6 +13,10 @@ runs it with `worker/scaling.py`'s change, which applies the value at once.
 
 A dispatch with a `progress_url` (contract version 3) has each result posted there as it is
 stored (`worker/progress.py`), best effort; the output still carries every result.
+
+Batch tasks (contract version 4: submit, poll, collect, cancel of a dispatch's Gemini batch)
+run in `worker/batch.py`; a collect posts its progress as a generate task does. A batch
+call that fails fails the task (`{"error": …}`), never an image.
 """
 
 import logging
@@ -21,11 +25,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.contract import CONTRACT_VERSION, DispatchInput
+from shared.contract import CONTRACT_VERSION, DispatchInput, DispatchTask
 from shared.storage import open_storage
+from worker.batch import BatchRunner
 from worker.progress import ProgressPoster
-from worker.providers import build_provider
-from worker.runner import Runner
+from worker.providers import build_batch_provider, build_provider
+from worker.providers.base import BatchError
+from worker.runner import ProgressCallback, Runner
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -33,12 +39,27 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int], Runner]:
+    provider = build_provider(settings)
     runner = Runner(
-        provider=build_provider(settings),
+        provider=provider,
         storage=open_storage(settings.storage_url),
         concurrency=settings.worker_concurrency,
         dispatch_deadline_s=settings.worker_dispatch_deadline_s,
     )
+    batches = BatchRunner(build_batch_provider(settings, provider), runner)
+
+    async def run(
+        dispatch: DispatchInput, run_id: str, on_result: ProgressCallback | None
+    ) -> dict[str, Any]:
+        if dispatch.task == DispatchTask.GENERATE:
+            output = await runner.run_dispatch(dispatch, on_result=on_result, run_id=run_id)
+            return output.model_dump(mode="json")
+        try:
+            done = await batches.run(dispatch, run_id=run_id, on_result=on_result)
+        except BatchError as exc:
+            log.warning("dispatch %s: %s failed: %s", dispatch.dispatch_id, dispatch.task, exc)
+            return {"error": exc.reason}
+        return done.model_dump(mode="json")
 
     async def handler(job: dict[str, Any]) -> dict[str, Any]:
         raw = job.get("input") or {}
@@ -48,11 +69,12 @@ def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int
             dispatch = DispatchInput.model_validate(raw)
         except ValidationError as exc:
             return {"error": f"invalid input: {exc.errors(include_url=False)}"}
-        log.info("dispatch %s: %d images", dispatch.dispatch_id, len(dispatch.items))
+        log.info(
+            "dispatch %s: %s, %d images", dispatch.dispatch_id, dispatch.task, len(dispatch.items)
+        )
         run_id = str(job.get("id") or "")
         if dispatch.progress_url is None:
-            output = await runner.run_dispatch(dispatch, run_id=run_id)
-            return output.model_dump(mode="json")
+            return await run(dispatch, run_id, None)
         poster = ProgressPoster(
             dispatch.progress_url,
             dispatch.dispatch_id,
@@ -60,10 +82,9 @@ def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int
             attempts=settings.worker_progress_attempts,
         )
         try:
-            output = await runner.run_dispatch(dispatch, on_result=poster.add, run_id=run_id)
+            return await run(dispatch, run_id, poster.add)
         finally:
             await poster.close()
-        return output.model_dump(mode="json")
 
     def concurrency_modifier(current: int) -> int:
         capacity = runner.job_capacity(settings.worker_max_jobs)

@@ -56,6 +56,16 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def items_of_run(items: list[WorkItem], run_id: str | None) -> list[WorkItem]:
+    """The items with output keys of this run's own (see `Runner.run_dispatch`)."""
+    if not run_id:
+        return items
+    return [
+        item.model_copy(update={"output_key": layout.run_stem(item.output_key, run_id)})
+        for item in items
+    ]
+
+
 class Runner:
     """Holds what all dispatches on one worker share: provider, storage, the in-flight limit."""
 
@@ -113,12 +123,7 @@ class Runner:
         never overwrite the files a finished one reported. The control plane keeps the first
         report; the other run's objects are orphans for `pixelfleet storage gc`.
         """
-        items = dispatch.items
-        if run_id:
-            items = [
-                item.model_copy(update={"output_key": layout.run_stem(item.output_key, run_id)})
-                for item in items
-            ]
+        items = items_of_run(dispatch.items, run_id)
         deadline = None
         if self.dispatch_deadline_s is not None:
             deadline = self.clock() + self.dispatch_deadline_s
@@ -175,6 +180,25 @@ class Runner:
         outcome.latency_ms = int((time.monotonic() - started) * 1000)
         return outcome
 
+    async def result_of(
+        self, item: WorkItem, outcome: GeneratedImage | GenerationBlocked | GenerationFailed
+    ) -> ItemResult:
+        """The result of an image another way made (a batch's): stored as `run_item` stores
+        it, or blocked or failed with the reason."""
+        started = time.monotonic()
+        if isinstance(outcome, GenerationBlocked):
+            return self._result(
+                item, ResultStatus.BLOCKED, error=outcome.reason, attempts=outcome.attempts
+            )
+        if isinstance(outcome, GenerationFailed):
+            return self.failed(item, outcome.reason, attempts=outcome.attempts)
+        result = await self._store_outcome(item, outcome)
+        result.latency_ms = int((time.monotonic() - started) * 1000)
+        return result
+
+    def failed(self, item: WorkItem, error: str, *, attempts: int = 1) -> ItemResult:
+        return self._result(item, ResultStatus.FAILED, error=error, attempts=attempts)
+
     def _result(self, item: WorkItem, status: ResultStatus, **fields: object) -> ItemResult:
         return ItemResult(
             output_id=item.output_id,
@@ -191,7 +215,7 @@ class Runner:
         if deadline is not None and deadline <= self.clock():
             return self._result(item, ResultStatus.FAILED, error=NOT_STARTED, attempts=0)
         try:
-            references = await asyncio.gather(*map(self._read_reference, item.reference_uris))
+            references = await asyncio.gather(*map(self.read_reference, item.reference_uris))
         except StorageError as exc:
             return self._result(item, ResultStatus.FAILED, error=f"reference unreadable: {exc}")
         budget = None if deadline is None else deadline - self.clock()
@@ -262,7 +286,7 @@ class Runner:
             result.seed = image.seed
         return result
 
-    async def _read_reference(self, uri: str) -> Reference:
+    async def read_reference(self, uri: str) -> Reference:
         key = self.storage.key_of(uri)
         data = await asyncio.to_thread(self.storage.get_bytes, key)
         content_type = {b"\x89PNG": "image/png", b"RIFF": "image/webp"}.get(data[:4], "image/jpeg")

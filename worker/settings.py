@@ -52,6 +52,18 @@ class WorkerSettings(CommonSettings):
     gemini_reseed_on_block: bool = Field(
         False, description="when an output is blocked, try once more with seed + 1"
     )
+    gemini_batch_inline_max_bytes: int = Field(
+        20_000_000,
+        ge=1,
+        description="a batch's requests go inline while their JSON stays within this many "
+        "bytes (Google's inline limit is 20 MB), else as a JSONL file (Files API)",
+    )
+    offline_batch_pending_s: float = Field(
+        2.0, ge=0, description="offline batches: seconds pending after creation"
+    )
+    offline_batch_running_s: float = Field(
+        3.0, ge=0, description="offline batches: seconds running after that, then succeeded"
+    )
     endpoint_api_key: str = "local-dev-key"
     endpoint_id: str = "local"
     webhook_attempts: int = 3

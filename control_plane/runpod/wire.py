@@ -96,9 +96,9 @@ class _ResultsUnread(BaseModel):
     so that one result that does not match fails its image, not its neighbours."""
 
     model_config = ConfigDict(extra="forbid")
-    # Outputs of versions 1 to 3 read the same (1 had no text results; 3 added progress,
-    # which does not change the output).
-    version: Literal[1, 2, 3] = CONTRACT_VERSION
+    # Outputs of versions 1 to 4 read the same (1 had no text results; 3 added progress and
+    # 4 batch tasks, neither of which changes a generate task's output).
+    version: Literal[1, 2, 3, 4] = CONTRACT_VERSION
     dispatch_id: str
     results: list[Any]
 

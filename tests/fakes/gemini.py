@@ -172,6 +172,11 @@ class FakeGemini:
 
     def _build_app(self) -> FastAPI:
         app = FastAPI()
+        self._add_routes(app)
+        return app
+
+    def _add_routes(self, app: FastAPI) -> None:
+        """The routes; a subclass adds its own first (this one takes any `models/…` POST)."""
 
         @app.post("/{version}/models/{target}")
         async def generate_content(version: str, target: str, request: Request) -> JSONResponse:
@@ -183,8 +188,6 @@ class FakeGemini:
             with self._lock:
                 self.calls.append(call)
             return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
-
-        return app
 
     def _answer(self, call: RecordedCall, action: str) -> Answer:
         problem = self._problem(call, action)

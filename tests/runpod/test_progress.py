@@ -1,4 +1,4 @@
-"""The worker's progress posts (contract version 3; control_plane/runpod/webhook.py →
+"""The worker's progress posts (contract version 3 on; control_plane/runpod/webhook.py →
 lifecycle.apply_progress): results applied image by image before the dispatch's webhook,
 ignored after it, first result wins (repeats, a dispatch re-run by RunPod), the token and
 body checked as the webhook's are, and a dispatch that fails at RunPod after progress."""
@@ -51,7 +51,7 @@ def progress_of(api: Api, job_id: str) -> dict[str, int]:
 def test_the_sender_gives_the_worker_its_progress_url(api: Api) -> None:
     _, dispatch = submit_one_dispatch(api, n=1)
     sent = api.run_bodies[0]["input"]
-    assert sent["version"] == 3
+    assert sent["version"] == 4 and sent["task"] == "generate"
     url = httpx.URL(sent["progress_url"])
     assert url.path == PROGRESS
     assert dict(url.params) == {"dispatch": dispatch.id, "token": dispatch.webhook_token}
@@ -158,6 +158,20 @@ def test_repeated_and_re_run_progress_keeps_the_first_result(api: Api) -> None:
     assert hook(api, dispatch, completed_body(api, dispatch)).status_code == 200
     with api.session() as session:
         assert session.get(Dispatch, dispatch.id).status == DispatchStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def test_progress_of_a_version_3_worker_is_still_applied(api: Api) -> None:
+    """Contract 4 changed no field of a progress report: a worker not yet updated still
+    reports, as the control plane reads its outputs of versions 1 to 3."""
+    job_id, dispatch = submit_one_dispatch(api, n=2)
+    first, _ = outputs_of(api, dispatch)
+    answer = api.client.post(
+        PROGRESS,
+        params={"dispatch": dispatch.id, "token": dispatch.webhook_token},
+        json={"version": 3, "dispatch_id": dispatch.id, "results": [succeeded_result(api, first)]},
+    )
+    assert answer.status_code == 200 and answer.json() == {"status": "accepted"}
+    assert progress_of(api, job_id)["succeeded"] == 1
 
 
 def test_progress_with_a_wrong_token_or_a_bad_body_is_refused_and_changes_nothing(

@@ -76,7 +76,7 @@ def test_creating_writes_one_data_job_per_persona_with_a_text_task(api: Api) -> 
     api.drain()
     items = [item for run in api.run_bodies for item in run["input"]["items"]]
     assert len(items) == 3 and len(api.run_bodies) == 3  # one job (and dispatch) each
-    assert all(run["input"]["version"] == 3 for run in api.run_bodies)
+    assert all(run["input"]["version"] == 4 for run in api.run_bodies)
     for item in items:
         assert item["task"] == "text" and item["text_model"] == "gemini-2.5-flash"
         schema = item["response_schema"]

@@ -59,9 +59,9 @@ def test_handler_validates_input_and_returns_the_contract(tmp_path: Path) -> Non
     settings = WorkerSettings(storage_url=str(tmp_path), provider="offline", worker_max_jobs=5)
     handler, concurrency_modifier, runner = make_handler(settings)
     assert 1 <= concurrency_modifier(1) <= 5
-    bad = asyncio.run(handler({"id": "rp-1", "input": {"version": 3, "items": []}}))
+    bad = asyncio.run(handler({"id": "rp-1", "input": {"version": 4, "items": []}}))
     assert "invalid input" in bad["error"]
-    for unknown in (1, 2, 99):  # 1 had no text tasks, 2 no progress: a worker of 3 refuses them
+    for unknown in (1, 2, 3, 99):  # 1 had no text tasks, 2 no progress, 3 no batch tasks
         future = asyncio.run(handler({"id": "rp-2", "input": {"version": unknown}}))
         assert future["error"] == f"unsupported contract version {unknown}"
     good = asyncio.run(

@@ -69,7 +69,7 @@ def test_results_are_posted_at_once_then_coalesced() -> None:
 
         asyncio.run(scenario())
     body = receiver.at("/progress")[1].json
-    assert body["version"] == 3 and body["dispatch_id"] == "dsp_1"
+    assert body["version"] == 4 and body["dispatch_id"] == "dsp_1"
 
 
 def test_a_failing_receiver_is_retried_a_few_times_then_given_up() -> None:

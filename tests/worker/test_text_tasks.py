@@ -40,11 +40,12 @@ def text_item(output_id: str = "out_t", prompt: str = "persona 1 of 2", seed: in
     )
 
 
-def test_contract_version_3_round_trips_text_tasks_and_results() -> None:
-    assert CONTRACT_VERSION == 3
+def test_contract_version_4_round_trips_text_tasks_and_results() -> None:
+    assert CONTRACT_VERSION == 4
     dispatch = DispatchInput(dispatch_id="dsp_1", job_id="job_1", items=[text_item()])
     wire = json.loads(dispatch.model_dump_json())
-    assert wire["version"] == 3 and wire["items"][0]["task"] == "text"
+    assert wire["version"] == 4 and wire["items"][0]["task"] == "text"
+    assert wire["task"] == "generate"
     assert DispatchInput.model_validate(wire) == dispatch
     result = ItemResult(
         output_id="out_t", status="succeeded", provider="offline", model="m", text='{"a": 1}'

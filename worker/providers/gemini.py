@@ -511,6 +511,12 @@ class GeminiProvider(Provider):
         """`text` without the API key in it."""
         return text.replace(self._key, REDACTED) if self._key else text
 
+    scrub = _scrub
+
+    def sdk_client(self) -> genai.Client:
+        """The google-genai client (for the Batch API); GeminiAuthError when the key is bad."""
+        return self._usable_client(_Tally())
+
     def _check_auth(self, tally: _Tally) -> None:
         if self._auth_error is not None:
             raise GeminiAuthError(self._auth_error.reason, tally.count)
@@ -588,6 +594,12 @@ def price_of(model: str, image_size: str | None = None) -> float | None:
     """The standard price of one image from the model table (by size where it varies)."""
     spec = model_table().get(model)
     return spec.price_for(image_size) if spec else None
+
+
+def batch_price_of(model: str, image_size: str | None = None) -> float | None:
+    """The Batch API price of one image from the model table (by size where it varies)."""
+    spec = model_table().get(model)
+    return spec.batch_price_for(image_size) if spec else None
 
 
 def _name(value: Any) -> str | None:
