@@ -70,7 +70,7 @@ from control_plane.models import (
     clip,
     utcnow,
 )
-from control_plane.results import ResultRejected, TextAnswer
+from control_plane.results import Checked, ResultRejected, TextAnswer
 from control_plane.results import check as check_result
 from control_plane.services import pricing
 from control_plane.settings import Settings
@@ -615,12 +615,12 @@ def plan_results(
     ignored, a repeated one counts once); with `fail_unreported`, outputs no result names
     fail with NO_RESULT. Takes no lock: callers plan before locking, `_apply_results` writes."""
     outputs = {
-        output.id: output
-        for output in session.exec(
-            select(Output)
-            .where(col(Output.dispatch_id) == dispatch_id, col(Output.status).in_(UNFINISHED))
-            .execution_options(populate_existing=True)
-        ).all()
+        row.id: Checked(*row)
+        for row in session.execute(
+            sa.select(*(OUTPUTS.c[name] for name in Checked._fields)).where(
+                OUTPUTS.c.dispatch_id == dispatch_id, OUTPUTS.c.status.in_(UNFINISHED)
+            )
+        )
     }
     seen = frozenset(outputs)
     endings = []
@@ -669,7 +669,7 @@ def _apply_results(
         _emit_endings(session, dispatch, endings, now)
 
 
-def _ending_of(storage: Storage, output: Output, result: ItemResult | UnreadableResult) -> Ending:
+def _ending_of(storage: Storage, output: Checked, result: ItemResult | UnreadableResult) -> Ending:
     """What the worker says of `output`, once checked (`control_plane/results.py`); a result
     that fails the check fails its image with the reason and sets nothing else."""
     try:

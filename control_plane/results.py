@@ -11,9 +11,9 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from control_plane.models import BIGINT_LIMIT, INT_LIMIT, Output, OutputKind
+from control_plane.models import BIGINT_LIMIT, INT_LIMIT, OutputKind
 from shared import layout
 from shared.contract import ItemResult, ResultStatus
 from shared.images import extension_for
@@ -40,6 +40,17 @@ class OutputFiles:
     thumbnail_key: str | None
 
 
+class Checked(NamedTuple):
+    """What checking a result reads of its output (its outputs row's columns of these names)."""
+
+    id: str
+    job_id: str
+    group_id: str
+    kind: str
+    params: dict[str, Any]
+    attempts: int
+
+
 @dataclass(frozen=True)
 class TextAnswer:
     """A succeeded text task's answer, checked (JSON matching its schema when it had one)."""
@@ -47,7 +58,7 @@ class TextAnswer:
     text: str
 
 
-def check(result: ItemResult, output: Output, storage: Storage) -> OutputFiles | TextAnswer | None:
+def check(result: ItemResult, output: Checked, storage: Storage) -> OutputFiles | TextAnswer | None:
     """Raise ResultRejected unless every field of `result` fits `output` and its columns;
     the image's files (or a text task's answer) when the result says it succeeded."""
     _check_numbers(result, output)
@@ -64,7 +75,7 @@ def check(result: ItemResult, output: Output, storage: Storage) -> OutputFiles |
     return _check_files(result, output, storage)
 
 
-def _check_answer(result: ItemResult, output: Output) -> TextAnswer | None:
+def _check_answer(result: ItemResult, output: Checked) -> TextAnswer | None:
     """A text task's result: no file; when it succeeded, a bounded UTF-8 answer, and JSON
     whose object has every key the schema requires when the task had a schema."""
     for field in ("output_uri", "thumbnail_uri", "content_type"):
@@ -106,7 +117,7 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _check_numbers(result: ItemResult, output: Output) -> None:
+def _check_numbers(result: ItemResult, output: Checked) -> None:
     limits = {
         "seed": BIGINT_LIMIT,
         "width": INT_LIMIT,
@@ -181,7 +192,7 @@ def _check_json_value(value: Any, depth: int, name: str) -> None:
         _check_json_value(child, depth + 1, name)
 
 
-def _check_files(result: ItemResult, output: Output, storage: Storage) -> OutputFiles:
+def _check_files(result: ItemResult, output: Checked, storage: Storage) -> OutputFiles:
     if result.content_type not in IMAGE_TYPES:
         raise ResultRejected(f"content type {result.content_type!r} is not PNG, JPEG or WebP")
     storage_key = _own_key(storage, "output_uri", result.output_uri, output, ObjectKind.OUTPUT)
@@ -196,7 +207,7 @@ def _check_files(result: ItemResult, output: Output, storage: Storage) -> Output
 
 
 def _own_key(
-    storage: Storage, field: str, uri: str | None, output: Output, kind: ObjectKind
+    storage: Storage, field: str, uri: str | None, output: Checked, kind: ObjectKind
 ) -> str:
     """The key `uri` names, if it is one of `output`'s own: its stem, optionally the worker's
     run tag, then the extension of `kind` (`shared/layout.py`)."""
