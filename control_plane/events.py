@@ -76,7 +76,7 @@ def emit_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def read_jobs(session: Session, events: Sequence[Event]) -> list[Job]:
-    """The jobs of `events`, read in one query: a consumer's `prefetch` for handlers that
+    """The jobs of `events`, read in one query: `each_event`'s prefetch for handlers that
     read their event's job."""
     job_ids = sorted({event.job_id for event in events if event.job_id})
     return [
