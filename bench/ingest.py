@@ -13,10 +13,10 @@ images and one of `--big` images (16 per dispatch), waits until every dispatch i
 stub, then posts every dispatch's COMPLETED webhook (16 succeeded images each, as a worker
 reports them) over `--connections` connections. Prints webhooks/s, images/s, latency
 percentiles and CPU per webhook (all API processes) per job, while posting and until the
-relay has handed every event on (work a webhook leaves to the background counts); per N the big job's rate as a
-ratio of the small one's (1.0: ingest does not grow with the job) and of the first N's, and
-peak RSS. `--profile N` then posts N more webhooks to an app in this process under
-pyinstrument and prints where their time went.
+relay has handed every event on (work a webhook leaves to the background counts); per N the
+big job's rate as a ratio of the small one's (1.0: ingest does not grow with the job) and of
+the first N's, and peak RSS. `--profile N` then posts N more webhooks to an app in this
+process under pyinstrument and prints where their time went.
 """
 
 import argparse

@@ -182,3 +182,19 @@ def anyio_backend() -> str:
 @pytest.fixture
 def tmp_storage(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "storage"
+
+
+@contextlib.contextmanager
+def recorded_statements(engine: sa.Engine) -> Iterator[list[str]]:
+    """Every statement `engine` sends inside the block, whitespace folded: for tests that
+    bound how many statements (and of what kind) a piece of work takes."""
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)

@@ -5,14 +5,13 @@ import dataclasses
 from collections import Counter
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from control_plane.events import Relay
 from control_plane.models import AnalyticsEvent, UserTier
 from control_plane.services import users
 from control_plane.services.analytics import analytics_consumer
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, recorded_statements
 from tests.fakes.api import Api, finish_job
 
 PACK = ["succeeded", "succeeded", "failed", "blocked", "succeeded"]
@@ -204,16 +203,8 @@ def test_a_batch_of_image_events_reads_its_jobs_and_outputs_once(api: Api) -> No
     engine = api.platform.engine
     relay = Relay(engine)  # a second analytics log from the start: every event again
     relay.subscribe(dataclasses.replace(analytics_consumer(), name="analytics-again"))
-    statements: list[str] = []
-
-    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        statements.append(" ".join(statement.split()))
-
-    sa.event.listen(engine, "before_cursor_execute", note)
-    try:
+    with recorded_statements(engine) as statements:
         relay.run_pass()
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", note)
     reads = Counter(
         table
         for statement in statements

@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 from control_plane.db import make_engine, session_scope
 from control_plane.events import GAP_SETTLE, MAX_FAILURES, Consumer, Relay, each_event, emit
 from control_plane.models import Event, EventCursor, EventKind, Group, utcnow
+from tests.conftest import recorded_statements
 
 pytestmark = pytest.mark.mysql
 
@@ -187,17 +188,6 @@ def test_relays_of_several_processes_hand_each_event_over_once(engine: sa.Engine
     assert _groups(engine, "stage") == emitted
 
 
-def _statements(engine: sa.Engine) -> list[str]:
-    """Every statement `engine` sends from now on, as sent."""
-    seen: list[str] = []
-
-    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        seen.append(" ".join(statement.split()))
-
-    sa.event.listen(engine, "before_cursor_execute", note)
-    return seen
-
-
 def test_consumers_at_one_cursor_read_the_events_after_it_once(engine: sa.Engine) -> None:
     _emit(engine, "a", "b", "c")
     seen: dict[str, list[str]] = {name: [] for name in ("one", "two", "three")}
@@ -206,8 +196,8 @@ def test_consumers_at_one_cursor_read_the_events_after_it_once(engine: sa.Engine
         relay.subscribe(_recorder(name, handled))
     relay.run_pass()  # the cursors are made at the first pass: read the events once more
     _emit(engine, "d", "e")
-    statements = _statements(engine)
-    assert relay.run_pass() == 6
+    with recorded_statements(engine) as statements:
+        assert relay.run_pass() == 6
     assert all(handled == ["a", "b", "c", "d", "e"] for handled in seen.values())
     reads = [s for s in statements if s.startswith("SELECT") and " FROM events " in s]
     assert len(reads) == 1, reads
@@ -237,8 +227,8 @@ def test_a_prefetch_reads_a_batch_s_rows_in_one_query_for_its_handler(engine: sa
     relay.subscribe(
         Consumer("lookups", frozenset({EventKind.JOB_QUEUED}), each_event(handle, prefetch))
     )
-    statements = _statements(engine)
-    assert relay.run_pass() == 12
+    with recorded_statements(engine) as statements:
+        assert relay.run_pass() == 12
     assert names == [f"prefetched {index}" for index in range(12)]
     group_reads = [s for s in statements if " FROM groups " in s]
     assert len(group_reads) == 1, group_reads

@@ -22,6 +22,7 @@ from control_plane.runpod.rate import TokenBucket
 from control_plane.runpod.sender import window
 from control_plane.services import users
 from shared.ids import new_id
+from tests.conftest import recorded_statements
 from tests.fakes.api import Api, completed_body, hook
 
 BIG_JOB_IMAGES = 20_000
@@ -396,19 +397,8 @@ def test_a_pass_with_nothing_queued_asks_the_database_once(api: Api) -> None:
     the counts of every user's dispatches in flight."""
     set_job(api, make_user(api, "busy", UserTier.FREE))
     api.drain()  # its dispatch sent: in flight
-    statements: list[str] = []
-
-    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        statements.append(statement)
-
-    engine = api.platform.engine
-    sa.event.listen(engine, "before_cursor_execute", note)
-    try:
-        with api.platform.session() as session:
-            planned = queueing.plan(
-                session, api.platform.settings, window(api.platform), utcnow(), 10
-            )
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", note)
+    platform = api.platform
+    with recorded_statements(platform.engine) as statements, platform.session() as session:
+        planned = queueing.plan(session, platform.settings, window(platform), utcnow(), 10)
     assert planned == []
-    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+    assert len([s for s in statements if s.upper().startswith("SELECT")]) == 1

@@ -10,11 +10,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
 from control_plane.settings import Settings
+from tests.conftest import recorded_statements
 from tests.fakes.servers import run_server
 from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
 
@@ -84,17 +84,12 @@ def test_machine_requests_look_for_no_viewer(settings: Settings) -> None:
     no query for a viewer."""
     with TestClient(create_app(settings, reconcile=False)) as client:
         engine = client.app.state.platform.engine  # type: ignore[attr-defined]
-        statements: list[str] = []
-
-        def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-            statements.append(" ".join(statement.split()))
-
-        sa.event.listen(engine, "before_cursor_execute", note)
-        assert client.get("/healthz").status_code == 200
-        webhook = client.post("/api/webhook/runpod?dispatch=dsp_x&token=t", json={})
-        assert webhook.status_code == 401
-        assert not [s for s in statements if " FROM users " in s], statements
-        assert client.get("/api/groups").status_code == 200  # a person's request does ask
+        with recorded_statements(engine) as statements:
+            assert client.get("/healthz").status_code == 200
+            webhook = client.post("/api/webhook/runpod?dispatch=dsp_x&token=t", json={})
+            assert webhook.status_code == 401
+            assert not [s for s in statements if " FROM users " in s], statements
+            assert client.get("/api/groups").status_code == 200  # a person's request does ask
         assert [s for s in statements if " FROM users " in s]
 
 
