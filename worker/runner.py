@@ -11,6 +11,7 @@ its budget so it never retries past it.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -78,6 +79,7 @@ class Runner:
         self._recent_sizes: deque[int] = deque(maxlen=RECENT_DISPATCHES)
         self.held = 0  # dispatches running now
         self.unfinished = 0  # their images without a result yet (running or waiting)
+        self._room_waiters: list[asyncio.Future[None]] = []
 
     def job_capacity(self, max_jobs: int) -> int:
         """How many dispatches (RunPod jobs) this worker should hold now: those it holds, plus
@@ -99,6 +101,26 @@ class Runner:
         room = self.concurrency + max(per_dispatch, -(-self.concurrency // 2)) - self.unfinished
         more = max(0, room // per_dispatch)
         return max(1, min(max_jobs, self.held + more))
+
+    async def wait_for_room(self, timeout_s: float) -> None:
+        """Return when one of the held images ends (`job_capacity` may have grown), or after
+        `timeout_s`: a scaler that found the worker full asks again as soon as a slot frees."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):  # already taken out by _image_ended
+                self._room_waiters.remove(waiter)
+
+    def _image_ended(self) -> None:
+        self.unfinished -= 1
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def run_dispatch(
         self,
@@ -127,7 +149,7 @@ class Runner:
             try:
                 result = await self._run_item_safely(item, deadline)
             finally:
-                self.unfinished -= 1
+                self._image_ended()
             if on_result is not None:
                 await on_result(result)
             return result
