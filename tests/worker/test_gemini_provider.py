@@ -2,6 +2,8 @@
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -36,7 +38,6 @@ from worker.providers.base import (
 )
 from worker.providers.gemini import (
     GAVE_UP,
-    CallSlots,
     GeminiAuthError,
     GeminiProvider,
     PromptBlocked,
@@ -361,6 +362,31 @@ async def test_429_waits_the_retry_delay_google_gives(
     assert calls.call_count == 2
     assert clock.sleeps == [pytest.approx(47.0)]
     assert time.monotonic() - started < 5  # the fake clock, not a real 47 s
+
+
+async def test_the_wait_before_a_retry_runs_inside_the_requests_idle(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    """The runner lends the image's slot while the provider waits before a retry: the wait
+    (and only it) runs inside `request.idle()`."""
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"}
+    calls = route(api).mock(
+        side_effect=[error(429, "RESOURCE_EXHAUSTED", "quota", retry_info), ok(image_part(PNG))]
+    )
+    idle_spans: list[tuple[float, float, int]] = []
+
+    @contextlib.asynccontextmanager
+    async def idle() -> AsyncIterator[None]:
+        entered, sent = clock.now, calls.call_count
+        yield
+        idle_spans.append((entered, clock.now, sent))
+
+    request = dataclasses.replace(request_of(), idle=idle)
+    image = await make().generate(request)
+
+    assert image.attempts == 2
+    [(entered, left, sent)] = idle_spans
+    assert left - entered == pytest.approx(3.0) and sent == 1  # the 429's wait, after call 1
 
 
 async def test_a_lone_429_holds_back_its_own_call_and_three_in_a_row_every_call(
@@ -774,44 +800,6 @@ async def settle() -> None:
     """Let every task run until it waits on something (no real time passes)."""
     for _ in range(50):
         await asyncio.sleep(0)
-
-
-async def test_call_slots_give_a_freed_slot_to_a_retry_before_a_waiting_first_call() -> None:
-    slots = CallSlots(1)
-    order: list[str] = []
-
-    async def call(name: str, *, retry: bool) -> None:
-        async with slots.hold(retry=retry):
-            order.append(name)
-
-    async with slots.hold(retry=False):
-        waiting = [
-            asyncio.create_task(call("first 1", retry=False)),
-            asyncio.create_task(call("retry 1", retry=True)),
-            asyncio.create_task(call("first 2", retry=False)),
-            asyncio.create_task(call("retry 2", retry=True)),
-        ]
-        await settle()
-        assert order == []
-    await asyncio.gather(*waiting)
-    assert order == ["retry 1", "retry 2", "first 1", "first 2"]
-
-
-async def test_call_slots_lose_no_slot_to_a_cancelled_waiter() -> None:
-    slots = CallSlots(1)
-    async with slots.hold(retry=False):
-        cancelled_waiting = asyncio.create_task(slots.hold(retry=True).__aenter__())
-        handed_then_cancelled = asyncio.create_task(slots.hold(retry=False).__aenter__())
-        await settle()
-        cancelled_waiting.cancel()
-        await settle()
-    handed_then_cancelled.cancel()  # the slot was handed to it on release; it never ran
-    for task in (cancelled_waiting, handed_then_cancelled):
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    async with asyncio.timeout(5):  # a lost slot would block here for good
-        async with slots.hold(retry=False):
-            pass
 
 
 async def test_a_retried_call_goes_before_a_waiting_first_call(

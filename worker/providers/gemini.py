@@ -19,8 +19,9 @@ What it adds on top of the SDK (which has no timeout and no retries by default):
   every image in flight. A 429's retry delay holds back the call that got it; it holds back
   every call of the worker only once `QUOTA_SPENT_STREAK` 429s came in a row (the quota is
   spent), so a throttled call now and then never pauses the other images. A call being
-  retried takes the next free call slot ahead of images' first calls (`CallSlots`), so retry
-  chains run while fresh images fill the other slots instead of piling up at the end;
+  retried takes the next free call slot ahead of images' first calls (`worker/slots.py`), so retry
+  chains run while fresh images fill the other slots instead of piling up at the end; and
+  an image waiting for its retry lends its image slot (the request's `idle`) to another;
 - exponential backoff (full jitter) for retries without a delay from Google, doubling on
   those only: a 429's RetryInfo wait before a 503 does not lengthen the 503's backoff.
 
@@ -38,8 +39,8 @@ import random
 import re
 import time
 import traceback
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -53,9 +54,11 @@ from worker.providers.base import (
     GenerationBlocked,
     GenerationFailed,
     GenerationRequest,
+    IdleHook,
     Provider,
     TextRequest,
 )
+from worker.slots import Slots
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,65 +150,6 @@ class RateLimiter:
         self._blocked_until = max(self._blocked_until, until)
 
 
-class CallSlots:
-    """At most `limit` calls in flight; a freed slot goes to a waiting retry before any
-    waiting first call (each kind in arrival order).
-
-    A retry's image has already waited (its call, then the retry delay): letting it go first
-    keeps retry chains moving while fresh images fill the other slots, instead of leaving
-    them to the end of a batch. The slot is handed over on release, so nobody overtakes.
-    """
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self._free = limit
-        self._retries: deque[asyncio.Future[None]] = deque()
-        self._firsts: deque[asyncio.Future[None]] = deque()
-
-    @contextlib.asynccontextmanager
-    async def hold(self, *, retry: bool) -> AsyncIterator[None]:
-        await self._acquire(retry)
-        try:
-            yield
-        finally:
-            self._release()
-
-    async def _acquire(self, retry: bool) -> None:
-        if self._free > 0 and not self._retries and (retry or not self._firsts):
-            self._free -= 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        queue = self._retries if retry else self._firsts
-        queue.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # handed a slot just as it was cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):  # a release may have dropped it already
-                    queue.remove(waiter)
-            raise
-
-    def _release(self) -> None:
-        self._free += 1
-        while self._free > 0:
-            waiter = self._next_waiter()
-            if waiter is None:
-                return
-            self._free -= 1
-            waiter.set_result(None)
-
-    def _next_waiter(self) -> asyncio.Future[None] | None:
-        for queue in (self._retries, self._firsts):
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    return waiter
-        return None
-
-
 class GeminiAuthError(GenerationFailed):
     """Gemini refused the API key; nothing this worker sends will succeed."""
 
@@ -224,11 +168,16 @@ class _Retry(Exception):
 
 
 class _Tally:
-    """HTTP requests sent for one image (all seeds), and its deadline on the provider's clock."""
+    """HTTP requests sent for one image (all seeds), its deadline on the provider's clock,
+    and what to wait inside before a retry (the request's `idle`)."""
 
-    def __init__(self, deadline: float | None = None) -> None:
+    def __init__(self, deadline: float | None = None, idle: IdleHook | None = None) -> None:
         self.count = 0
         self.deadline = deadline
+        self._idle = idle
+
+    def idle(self) -> AbstractAsyncContextManager[None]:
+        return self._idle() if self._idle is not None else contextlib.nullcontext()
 
 
 def key_problem(api_key: str) -> str | None:
@@ -275,7 +224,7 @@ class GeminiProvider(Provider):
         self._max_retry_delay_s = max_retry_delay_s
         self._limiter = RateLimiter(rpm, self._clock, burst)
         self._quota_streak = 0  # 429s since the last answer that was not one
-        self._slots = CallSlots(concurrency)
+        self._slots = Slots(concurrency)
         self._auth_error: GeminiAuthError | None = None
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
@@ -302,17 +251,17 @@ class GeminiProvider(Provider):
             )
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        tally = self._tally(request.time_budget_s)
+        tally = self._tally(request.time_budget_s, request.idle)
         return await self._guarded(self._generate(request, tally), tally)
 
     async def generate_text(self, request: TextRequest) -> GeneratedText:
         """A text model's answer, JSON matching `response_schema` when one is given (JSON
         mode); retried, blocked and failed like images."""
-        tally = self._tally(request.time_budget_s)
+        tally = self._tally(request.time_budget_s, request.idle)
         return await self._guarded(self._generate_text(request, tally), tally)
 
-    def _tally(self, budget: float | None) -> _Tally:
-        return _Tally(None if budget is None else self._clock.monotonic() + budget)
+    def _tally(self, budget: float | None, idle: IdleHook | None) -> _Tally:
+        return _Tally(None if budget is None else self._clock.monotonic() + budget, idle)
 
     async def _guarded(self, call: Awaitable[T], tally: _Tally) -> T:
         """`call`, with the key scrubbed from its reasons and any unexpected error failed."""
@@ -418,7 +367,8 @@ class GeminiProvider(Provider):
                     self._max_attempts - 1,
                     delay,
                 )
-                await self._clock.sleep(delay)
+                async with tally.idle():  # the image's slot serves another meanwhile
+                    await self._clock.sleep(delay)
                 self._check_auth(tally)
         raise AssertionError("unreachable")  # pragma: no cover
 
