@@ -410,6 +410,43 @@ async def test_a_lone_429_holds_back_its_own_call_and_three_in_a_row_every_call(
     assert max(clock.sleeps) == pytest.approx(30, abs=0.01)  # three in a row: every call waits
 
 
+async def test_429s_count_as_a_streak_by_the_order_calls_were_sent_not_answered(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    """Gemini answers 429s at once while other calls run the model: every other call sent
+    throttled comes back as three 429s in a row before any success, which is not a spent
+    quota (nobody waits 30 s); three calls sent one after another all throttled is."""
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "30s"}
+    quota = error(429, "RESOURCE_EXHAUSTED", "quota", retry_info)
+    model_runs = asyncio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["contents"][0]["parts"][-1]["text"]
+        if prompt.startswith("slow"):
+            await model_runs.wait()
+            return ok(image_part(PNG))
+        return quota if prompt.startswith("throttled") else ok(image_part(PNG))
+
+    route(api).mock(side_effect=answer)
+    provider = make(max_attempts=1)  # each 429 fails its image at once: no retry sleep
+    tasks = []
+    for n in range(3):  # sent: throttled, slow, throttled, slow, throttled, slow
+        for kind in ("throttled", "slow"):
+            tasks.append(asyncio.create_task(provider.generate(request_of(f"{kind} {n}"))))
+            await settle()
+    assert sum(task.done() for task in tasks) == 3  # the three 429s, before any success
+    await provider.generate(request_of("next"))
+    assert max(clock.sleeps, default=0) < 1  # no hold: the quota is not spent
+    model_runs.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [isinstance(outcome, GenerationFailed) for outcome in outcomes] == [True, False] * 3
+    for n in range(3):  # now three sent in a row, all throttled
+        with pytest.raises(GenerationFailed):
+            await provider.generate(request_of(f"throttled again {n}"))
+    await provider.generate(request_of("after"))
+    assert max(clock.sleeps) == pytest.approx(30, abs=0.01)
+
+
 async def test_429_without_retry_info_backs_off_and_a_huge_delay_fails_at_once(
     api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
 ) -> None:

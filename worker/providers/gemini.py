@@ -17,8 +17,9 @@ What it adds on top of the SDK (which has no timeout and no retries by default):
   no candidates, only thought images, a body that is not JSON) retried like a 5xx;
 - one rate limiter (requests per minute, smoothly spaced) and one concurrency cap shared by
   every image in flight. A 429's retry delay holds back the call that got it; it holds back
-  every call of the worker only once `QUOTA_SPENT_STREAK` 429s came in a row (the quota is
-  spent), so a throttled call now and then never pauses the other images. A call being
+  every call of the worker only once `QUOTA_SPENT_STREAK` calls sent one after another were
+  all answered 429 (the quota is spent; `QuotaWatch`), so a throttled call now and then never
+  pauses the other images. A call being
   retried takes the next free call slot ahead of images' first calls (`worker/slots.py`), so retry
   chains run while fresh images fill the other slots instead of piling up at the end; and
   an image waiting for its retry lends its image slot (the request's `idle`) to another;
@@ -82,7 +83,7 @@ AUTH_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
 MAX_TEXT_IN_REASON = 200
 MAX_UNEXPECTED_IN_REASON = 300
-QUOTA_SPENT_STREAK = 3  # 429s in a row after which a retry delay holds back every call
+QUOTA_SPENT_STREAK = 3  # calls sent in a row, all 429s: a retry delay then holds back every call
 MIN_ATTEMPT_S = 1.0  # a retry is only worth it if it leaves its request at least this long
 GAVE_UP = "gave up: retrying would pass the dispatch deadline"
 REDACTED = "[redacted]"
@@ -148,6 +149,39 @@ class RateLimiter:
         until = self._clock.monotonic() + seconds
         self._next = max(self._next, until)
         self._blocked_until = max(self._blocked_until, until)
+
+
+class QuotaWatch:
+    """Whether the quota looks spent: `streak` calls sent one after another all answered 429.
+
+    Counted in the order calls were sent, not answered: Gemini answers a 429 at once, while
+    the calls sent around it run the model for seconds, so by arrival a few scattered 429s
+    (one call in five, say) come "in a row" before any of their neighbours' answers.
+    """
+
+    KEEP = 1024  # the most recent calls whose 429s are remembered
+
+    def __init__(self, streak: int) -> None:
+        self._streak = streak
+        self._sent = 0
+        self._throttled: set[int] = set()
+
+    def sent(self) -> int:
+        """Number the call about to be sent."""
+        self._sent += 1
+        return self._sent
+
+    def throttled(self, call: int) -> bool:
+        """Record that call number `call` got a 429; True if the quota now looks spent."""
+        self._throttled.add(call)
+        if len(self._throttled) > self.KEEP:
+            self._throttled = {n for n in self._throttled if n > self._sent - self.KEEP}
+        first = last = call
+        while first - 1 in self._throttled:
+            first -= 1
+        while last + 1 in self._throttled:
+            last += 1
+        return last - first + 1 >= self._streak
 
 
 class GeminiAuthError(GenerationFailed):
@@ -223,7 +257,7 @@ class GeminiProvider(Provider):
         self._backoff_max_s = backoff_max_s
         self._max_retry_delay_s = max_retry_delay_s
         self._limiter = RateLimiter(rpm, self._clock, burst)
-        self._quota_streak = 0  # 429s since the last answer that was not one
+        self._quota = QuotaWatch(QUOTA_SPENT_STREAK)
         self._slots = Slots(concurrency)
         self._auth_error: GeminiAuthError | None = None
         self._http = httpx.AsyncClient(
@@ -388,15 +422,14 @@ class GeminiProvider(Provider):
             client = self._usable_client(tally)  # another image may have found the key bad
             timeout = self._request_timeout(tally)
             tally.count += 1
+            call = self._quota.sent()
             try:
                 async with asyncio.timeout(timeout):
-                    response = await client.aio.models.generate_content(
+                    return await client.aio.models.generate_content(
                         model=model, contents=contents, config=config
                     )
-                self._quota_streak = 0
-                return response
             except errors.APIError as exc:
-                raise self._classify(exc, tally) from None
+                raise self._classify(exc, tally, call) from None
             except httpx.TimeoutException as exc:
                 raise _Retry(f"timed out ({type(exc).__name__})") from None
             except TimeoutError:
@@ -408,8 +441,9 @@ class GeminiProvider(Provider):
             except httpx.TransportError as exc:
                 raise _Retry(f"network error: {type(exc).__name__}: {exc}") from None
 
-    def _classify(self, exc: errors.APIError, tally: _Tally) -> Exception:
-        """The exception to raise for an HTTP error: a `_Retry` or a final failure."""
+    def _classify(self, exc: errors.APIError, tally: _Tally, call: int) -> Exception:
+        """The exception to raise for call number `call`'s HTTP error: a `_Retry` or a final
+        failure."""
         described = f"{exc.code} {exc.status or ''}".strip() + f": {exc.message or exc.details}"
         if is_auth_error(exc):
             if self._auth_error is None:
@@ -422,8 +456,6 @@ class GeminiProvider(Provider):
                     self._scrub(self._auth_error.reason),
                 )
             return GeminiAuthError(self._auth_error.reason, tally.count)
-        if exc.code != 429:
-            self._quota_streak = 0  # an answer that is not a 429: the quota is not spent
         if exc.code == 429:
             delay = retry_delay(exc.details)
             if delay is not None and delay > self._max_retry_delay_s:
@@ -431,8 +463,7 @@ class GeminiProvider(Provider):
                     f"Gemini quota exhausted ({described}); it asks to wait {delay:g} s",
                     tally.count,
                 )
-            self._quota_streak += 1
-            if delay is not None and self._quota_streak >= QUOTA_SPENT_STREAK:
+            if self._quota.throttled(call) and delay is not None:
                 self._limiter.hold_off(delay)
             return _Retry(described, delay)
         if exc.code == 408 or exc.code >= 500:
