@@ -343,8 +343,10 @@ def test_an_image_waiting_for_its_retry_lends_its_slot(tmp_path: Path) -> None:
     async def scenario() -> DispatchOutput:
         task = asyncio.create_task(runner.run_dispatch(dispatch))
         await provider.waiting.wait()
-        for _ in range(50):
-            await asyncio.sleep(0)
+        async with asyncio.timeout(10):  # b reads its reference in a thread first
+            while "b" not in provider.order:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
         assert provider.order == ["slow", "b"]  # b on slow's slot, c waits
         provider.retry.set()  # slow wants its slot back: it goes before c
         provider.b_done.set()
