@@ -51,7 +51,7 @@ class TextRequest:
     seed: int
     response_schema: dict[str, Any] | None = None
     time_budget_s: float | None = None  # as GenerationRequest's
-    idle: "IdleHook | None" = field(default=None, compare=False, repr=False)  # as its too
+    idle: "IdleHook | None" = field(default=None, compare=False, repr=False)  # likewise
 
 
 @dataclass(frozen=True)

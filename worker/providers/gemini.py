@@ -18,11 +18,11 @@ What it adds on top of the SDK (which has no timeout and no retries by default):
 - one rate limiter (requests per minute, smoothly spaced) and one concurrency cap shared by
   every image in flight. A 429's retry delay holds back the call that got it; it holds back
   every call of the worker only once `QUOTA_SPENT_STREAK` calls sent one after another were
-  all answered 429 (the quota is spent; `QuotaWatch`), so a throttled call now and then never
-  pauses the other images. A call being
-  retried takes the next free call slot ahead of images' first calls (`worker/slots.py`), so retry
-  chains run while fresh images fill the other slots instead of piling up at the end; and
-  an image waiting for its retry lends its image slot (the request's `idle`) to another;
+  all answered 429 (the quota is spent; `QuotaWatch`), so a throttled call now and then
+  never pauses the other images. A call being retried takes the next free call slot ahead
+  of images' first calls (`worker/slots.py`), so retry chains run while fresh images fill
+  the other slots instead of piling up at the end, and an image waits for its retry inside
+  the request's `idle`, where the runner lends its image slot to another;
 - exponential backoff (full jitter) for retries without a delay from Google, doubling on
   those only: a 429's RetryInfo wait before a 503 does not lengthen the 503's backoff.
 
