@@ -8,8 +8,10 @@ It follows the free image slots (`Runner.job_capacity`: the jobs it holds, plus 
 the free slots can take with a few images waiting), so a set whose last image is retrying
 never keeps the other slots idle, and a busy worker leaves further jobs in RunPod's queue for
 other workers instead of holding them IN_PROGRESS towards their executionTimeout. runpod's
-own JobScaler would stop fetching until idle whenever that value changes: `worker/main.py`
-runs it with `worker/scaling.py`'s change, which applies the value at once.
+own JobScaler would stop fetching until idle whenever that value changes, and when full it
+asks again only a second later: `worker/main.py` runs it with `worker/scaling.py`'s change,
+which applies the value at once and, when full, asks again as soon as an image ends
+(`SlotModifier.freed`).
 
 A dispatch with a `progress_url` (contract version 3) has each result posted there as it is
 stored (`worker/progress.py`), best effort; the output still carries every result.
@@ -38,7 +40,27 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int], Runner]:
+class SlotModifier:
+    """The concurrency_modifier: called as runpod calls one (`Runner.job_capacity`, bounded
+    by `worker_max_jobs`), and `freed`, which a scaler that found the worker full awaits to
+    ask again as soon as an image ends rather than on a fixed cadence."""
+
+    def __init__(self, runner: Runner, max_jobs: int) -> None:
+        self.runner = runner
+        self.max_jobs = max_jobs
+
+    def __call__(self, current: int) -> int:
+        capacity = self.runner.job_capacity(self.max_jobs)
+        if capacity != current:
+            log.debug("concurrency_modifier: %d -> %d jobs", current, capacity)
+        return capacity
+
+    async def freed(self, timeout_s: float) -> None:
+        """Return when an image ends (a slot frees), or after `timeout_s`."""
+        await self.runner.wait_for_room(timeout_s)
+
+
+def make_handler(settings: WorkerSettings) -> tuple[Handler, SlotModifier, Runner]:
     provider = build_provider(settings)
     runner = Runner(
         provider=provider,
@@ -86,10 +108,4 @@ def make_handler(settings: WorkerSettings) -> tuple[Handler, Callable[[int], int
         finally:
             await poster.close()
 
-    def concurrency_modifier(current: int) -> int:
-        capacity = runner.job_capacity(settings.worker_max_jobs)
-        if capacity != current:
-            log.debug("concurrency_modifier: %d -> %d jobs", current, capacity)
-        return capacity
-
-    return handler, concurrency_modifier, runner
+    return handler, SlotModifier(runner, settings.worker_max_jobs), runner

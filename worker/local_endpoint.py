@@ -12,7 +12,9 @@ shorter retention of `/runsync` results, and multiple workers. This is one worke
 at most `job_concurrency` jobs at once; given the handler's concurrency_modifier, it takes
 jobs as the worker's scaler does (`worker/scaling.py`, runpod's JobScaler applying the value
 at once): it asks the modifier before taking a job, takes one only while fewer jobs are
-running than it returns, and when full asks again `full_poll_s` later (1 s, as runpod).
+running than it returns, and when full asks again as soon as one of the handler's images
+ends (`SlotModifier.freed`), or `full_poll_s` later (1 s, runpod's cadence, for any other
+modifier).
 
 Run it with `python -m worker.local_endpoint --port 8001` (reads WorkerSettings).
 """
@@ -43,7 +45,7 @@ from fastapi.responses import JSONResponse
 
 from shared.hosts import is_loopback
 from shared.logs import configure_logging
-from worker.handler import make_handler
+from worker.handler import SlotModifier, make_handler
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ RUN_BODY_LIMIT = 10 * 1024 * 1024  # RunPod refuses larger /run bodies
 RUNSYNC_BODY_LIMIT = 20 * 1024 * 1024  # and larger /runsync bodies
 WEBHOOK_TIMEOUT_S = 10.0  # per delivery attempt
 SWEEP_INTERVAL_S = 1.0  # background expiry sweep; requests also sweep before answering
-FULL_POLL_S = 1.0  # a full worker asks the concurrency_modifier again after this, as runpod
+FULL_POLL_S = 1.0  # a full worker asks the concurrency_modifier again at least this often
 
 
 class RunPodStatus(StrEnum):
@@ -423,7 +425,10 @@ class LocalEndpoint:
             self.concurrency = allowed
             if self.running < allowed:
                 return
-            await asyncio.sleep(self.config.full_poll_s)
+            if isinstance(modifier, SlotModifier):  # as worker/scaling.py's SlotScaler
+                await modifier.freed(self.config.full_poll_s)
+            else:
+                await asyncio.sleep(self.config.full_poll_s)
 
     def _start(self, job: RunPodJob) -> "asyncio.Task[dict[str, Any]]":
         job.status, job.started_at = RunPodStatus.IN_PROGRESS, time.monotonic()

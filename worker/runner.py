@@ -11,6 +11,7 @@ its budget so it never retries past it.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -37,6 +38,7 @@ from worker.providers import (
     Reference,
     TextRequest,
 )
+from worker.slots import Lease, Slots
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,11 +85,12 @@ class Runner:
         self.concurrency = concurrency
         self.dispatch_deadline_s = dispatch_deadline_s
         self.clock = clock
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots = Slots(concurrency)  # images in flight; lent while one awaits a retry
         self.storing = asyncio.Semaphore(concurrency)  # generated images waiting to be stored
         self._recent_sizes: deque[int] = deque(maxlen=RECENT_DISPATCHES)
         self.held = 0  # dispatches running now
         self.unfinished = 0  # their images without a result yet (running or waiting)
+        self._room_waiters: list[asyncio.Future[None]] = []
 
     def job_capacity(self, max_jobs: int) -> int:
         """How many dispatches (RunPod jobs) this worker should hold now: those it holds, plus
@@ -109,6 +112,26 @@ class Runner:
         room = self.concurrency + max(per_dispatch, -(-self.concurrency // 2)) - self.unfinished
         more = max(0, room // per_dispatch)
         return max(1, min(max_jobs, self.held + more))
+
+    async def wait_for_room(self, timeout_s: float) -> None:
+        """Return when one of the held images ends (`job_capacity` may have grown), or after
+        `timeout_s`: a scaler that found the worker full asks again as soon as a slot frees."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._room_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            with contextlib.suppress(ValueError):  # already taken out by _image_ended
+                self._room_waiters.remove(waiter)
+
+    def _image_ended(self) -> None:
+        self.unfinished -= 1
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def run_dispatch(
         self,
@@ -132,7 +155,7 @@ class Runner:
             try:
                 result = await self._run_item_safely(item, deadline)
             finally:
-                self.unfinished -= 1
+                self._image_ended()
             if on_result is not None:
                 await on_result(result)
             return result
@@ -158,18 +181,22 @@ class Runner:
     async def run_item(self, item: WorkItem, deadline: float | None = None) -> ItemResult:
         """Generate inside an in-flight slot; store outside it, so CPU work pipelines.
 
+        While the provider only waits before a retry, the slot serves another image (the
+        request's `idle`, `Lease.lend`), and is taken back ahead of images not yet started:
+        an image sleeping off a 429 never leaves a call unmade.
+
         A storing slot is taken before the in-flight slot is given back: when storage falls
         behind, generation waits, and at most 2 x concurrency images are held in memory.
         `deadline` is on `self.clock`; past it, the item fails without being generated.
         """
         started = time.monotonic()
         if item.task == Task.TEXT:
-            async with self.slots:
-                answer = await self._write_text(item, deadline)
+            async with Lease(self.slots) as slot:
+                answer = await self._write_text(item, deadline, slot)
             answer.latency_ms = int((time.monotonic() - started) * 1000)
             return answer
-        async with self.slots:
-            outcome = await self._generate(item, deadline)
+        async with Lease(self.slots) as slot:
+            outcome = await self._generate(item, deadline, slot)
             if isinstance(outcome, GeneratedImage):
                 await self.storing.acquire()
         if isinstance(outcome, GeneratedImage):
@@ -210,7 +237,7 @@ class Runner:
         )
 
     async def _generate(
-        self, item: WorkItem, deadline: float | None
+        self, item: WorkItem, deadline: float | None, slot: Lease
     ) -> GeneratedImage | ItemResult:
         if deadline is not None and deadline <= self.clock():
             return self._result(item, ResultStatus.FAILED, error=NOT_STARTED, attempts=0)
@@ -222,11 +249,15 @@ class Runner:
         if budget is not None and budget <= 0:
             return self._result(item, ResultStatus.FAILED, error=NOT_STARTED, attempts=0)
         request = GenerationRequest(
-            prompt=item.prompt, params=item.params, references=references, time_budget_s=budget
+            prompt=item.prompt,
+            params=item.params,
+            references=references,
+            time_budget_s=budget,
+            idle=slot.lend,
         )
         return await self._provided(item, self.provider.generate(request))
 
-    async def _write_text(self, item: WorkItem, deadline: float | None) -> ItemResult:
+    async def _write_text(self, item: WorkItem, deadline: float | None, slot: Lease) -> ItemResult:
         budget = None if deadline is None else deadline - self.clock()
         if budget is not None and budget <= 0:
             return self._result(item, ResultStatus.FAILED, error=NOT_STARTED, attempts=0)
@@ -237,6 +268,7 @@ class Runner:
             seed=item.params.seed,
             response_schema=item.response_schema,
             time_budget_s=budget,
+            idle=slot.lend,
         )
         outcome = await self._provided(item, self.provider.generate_text(request))
         if isinstance(outcome, ItemResult):

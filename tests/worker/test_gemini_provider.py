@@ -2,6 +2,8 @@
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -36,7 +38,6 @@ from worker.providers.base import (
 )
 from worker.providers.gemini import (
     GAVE_UP,
-    CallSlots,
     GeminiAuthError,
     GeminiProvider,
     PromptBlocked,
@@ -363,6 +364,31 @@ async def test_429_waits_the_retry_delay_google_gives(
     assert time.monotonic() - started < 5  # the fake clock, not a real 47 s
 
 
+async def test_the_wait_before_a_retry_runs_inside_the_requests_idle(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    """The runner lends the image's slot while the provider waits before a retry: the wait
+    (and only it) runs inside `request.idle()`."""
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "3s"}
+    calls = route(api).mock(
+        side_effect=[error(429, "RESOURCE_EXHAUSTED", "quota", retry_info), ok(image_part(PNG))]
+    )
+    idle_spans: list[tuple[float, float, int]] = []
+
+    @contextlib.asynccontextmanager
+    async def idle() -> AsyncIterator[None]:
+        entered, sent = clock.now, calls.call_count
+        yield
+        idle_spans.append((entered, clock.now, sent))
+
+    request = dataclasses.replace(request_of(), idle=idle)
+    image = await make().generate(request)
+
+    assert image.attempts == 2
+    [(entered, left, sent)] = idle_spans
+    assert left - entered == pytest.approx(3.0) and sent == 1  # the 429's wait, after call 1
+
+
 async def test_a_lone_429_holds_back_its_own_call_and_three_in_a_row_every_call(
     api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
 ) -> None:
@@ -382,6 +408,43 @@ async def test_a_lone_429_holds_back_its_own_call_and_three_in_a_row_every_call(
     calls.mock(side_effect=None, return_value=ok(image_part(PNG)))
     await provider.generate(request_of("after"))
     assert max(clock.sleeps) == pytest.approx(30, abs=0.01)  # three in a row: every call waits
+
+
+async def test_429s_count_as_a_streak_by_the_order_calls_were_sent_not_answered(
+    api: respx.MockRouter, make: Callable[..., GeminiProvider], clock: FakeClock
+) -> None:
+    """Gemini answers 429s at once while other calls run the model: every other call sent
+    throttled comes back as three 429s in a row before any success, which is not a spent
+    quota (nobody waits 30 s); three calls sent one after another all throttled is."""
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "30s"}
+    quota = error(429, "RESOURCE_EXHAUSTED", "quota", retry_info)
+    model_runs = asyncio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["contents"][0]["parts"][-1]["text"]
+        if prompt.startswith("slow"):
+            await model_runs.wait()
+            return ok(image_part(PNG))
+        return quota if prompt.startswith("throttled") else ok(image_part(PNG))
+
+    route(api).mock(side_effect=answer)
+    provider = make(max_attempts=1)  # each 429 fails its image at once: no retry sleep
+    tasks = []
+    for n in range(3):  # sent: throttled, slow, throttled, slow, throttled, slow
+        for kind in ("throttled", "slow"):
+            tasks.append(asyncio.create_task(provider.generate(request_of(f"{kind} {n}"))))
+            await settle()
+    assert sum(task.done() for task in tasks) == 3  # the three 429s, before any success
+    await provider.generate(request_of("next"))
+    assert max(clock.sleeps, default=0) < 1  # no hold: the quota is not spent
+    model_runs.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [isinstance(outcome, GenerationFailed) for outcome in outcomes] == [True, False] * 3
+    for n in range(3):  # now three sent in a row, all throttled
+        with pytest.raises(GenerationFailed):
+            await provider.generate(request_of(f"throttled again {n}"))
+    await provider.generate(request_of("after"))
+    assert max(clock.sleeps) == pytest.approx(30, abs=0.01)
 
 
 async def test_429_without_retry_info_backs_off_and_a_huge_delay_fails_at_once(
@@ -774,44 +837,6 @@ async def settle() -> None:
     """Let every task run until it waits on something (no real time passes)."""
     for _ in range(50):
         await asyncio.sleep(0)
-
-
-async def test_call_slots_give_a_freed_slot_to_a_retry_before_a_waiting_first_call() -> None:
-    slots = CallSlots(1)
-    order: list[str] = []
-
-    async def call(name: str, *, retry: bool) -> None:
-        async with slots.hold(retry=retry):
-            order.append(name)
-
-    async with slots.hold(retry=False):
-        waiting = [
-            asyncio.create_task(call("first 1", retry=False)),
-            asyncio.create_task(call("retry 1", retry=True)),
-            asyncio.create_task(call("first 2", retry=False)),
-            asyncio.create_task(call("retry 2", retry=True)),
-        ]
-        await settle()
-        assert order == []
-    await asyncio.gather(*waiting)
-    assert order == ["retry 1", "retry 2", "first 1", "first 2"]
-
-
-async def test_call_slots_lose_no_slot_to_a_cancelled_waiter() -> None:
-    slots = CallSlots(1)
-    async with slots.hold(retry=False):
-        cancelled_waiting = asyncio.create_task(slots.hold(retry=True).__aenter__())
-        handed_then_cancelled = asyncio.create_task(slots.hold(retry=False).__aenter__())
-        await settle()
-        cancelled_waiting.cancel()
-        await settle()
-    handed_then_cancelled.cancel()  # the slot was handed to it on release; it never ran
-    for task in (cancelled_waiting, handed_then_cancelled):
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    async with asyncio.timeout(5):  # a lost slot would block here for good
-        async with slots.hold(retry=False):
-            pass
 
 
 async def test_a_retried_call_goes_before_a_waiting_first_call(

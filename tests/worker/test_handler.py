@@ -18,7 +18,13 @@ from tests.conftest import png_bytes
 from tests.fakes.dispatches import make_dispatch
 from tests.fakes.servers import run_server
 from worker.handler import make_handler
-from worker.local_endpoint import build_endpoint_app_from_settings
+from worker.local_endpoint import (
+    EndpointConfig,
+    LocalEndpoint,
+    RunPodStatus,
+    RunRequest,
+    build_endpoint_app_from_settings,
+)
 from worker.providers import GeneratedImage, GenerationRequest, Provider
 from worker.settings import WorkerSettings
 
@@ -214,4 +220,81 @@ def test_the_local_endpoint_leaves_jobs_queued_while_the_image_slots_are_full(
                 break
             time.sleep(0.02)
     assert statuses == ["COMPLETED"] * 4
-    assert peak == 2  # one dispatch fills the 2 slots, one waits; the other two stay queued
+    # One dispatch fills the 2 slots, one waits, the others stay queued. The next is taken
+    # the moment a dispatch's last image ends, which shows IN_PROGRESS until its handler
+    # returns: 3 at most, never all four.
+    assert peak in (2, 3)
+
+
+def test_a_full_worker_hears_as_soon_as_an_image_ends(tmp_path: Path) -> None:
+    """`SlotModifier.freed` returns when one of the worker's images ends, else after its
+    timeout: a scaler that found the worker full asks again at once, not a second later."""
+    settings = WorkerSettings(storage_url=str(tmp_path), provider="offline", worker_concurrency=2)
+    handler, modifier, runner = make_handler(settings)
+    provider = PerImageProvider()
+    runner.provider = provider
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        await modifier.freed(0.05)  # nothing runs: the timeout
+        assert time.monotonic() - started >= 0.05
+        task = asyncio.create_task(handler(_dispatch_of("a", 2)))
+        await _settle()
+        freed = asyncio.create_task(modifier.freed(60))
+        await _settle()
+        assert not freed.done()
+        provider.gate("a_0").set()
+        await asyncio.wait_for(freed, 10)
+        assert runner.unfinished == 1
+        provider.gate("a_1").set()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_the_local_endpoint_takes_a_job_as_soon_as_its_slots_free(tmp_path: Path) -> None:
+    """The endpoint, full, takes the next job when an image ends, not on its poll cadence
+    (here a minute): as the worker's SlotScaler does on RunPod."""
+    settings = WorkerSettings(
+        storage_url=str(tmp_path), provider="offline", worker_concurrency=2, worker_max_jobs=8
+    )
+    handler, modifier, runner = make_handler(settings)
+    provider = PerImageProvider()
+    runner.provider = provider
+
+    async def scenario() -> None:
+        engine = LocalEndpoint(handler, EndpointConfig(job_concurrency=8, full_poll_s=60), modifier)
+        await engine.start()
+        try:
+            jobs = [
+                engine.submit(
+                    RunRequest(
+                        input=_dispatch_of(name, 2)["input"],
+                        webhook=None,
+                        execution_timeout_ms=60_000,
+                        ttl_ms=60_000,
+                    )
+                )
+                for name in ("a", "b", "c")
+            ]
+            await _until(lambda: runner.held == 2)
+            await _settle()
+            # a fills the 2 slots, b waits for them, c stays queued: full
+            assert sorted(provider.started) == ["a_0", "a_1"]
+            assert [job.status for job in jobs][1:] == [
+                RunPodStatus.IN_PROGRESS,
+                RunPodStatus.IN_QUEUE,
+            ]
+            provider.gate("a_0").set()
+            provider.gate("a_1").set()
+            # Taken once a's images end (fails after 10 s; the poll is a minute).
+            await _until(lambda: jobs[2].status is RunPodStatus.IN_PROGRESS)
+            assert runner.held >= 2
+            for gate in ("b_0", "b_1", "c_0", "c_1"):
+                provider.gate(gate).set()
+            await asyncio.wait_for(asyncio.gather(*(job.finished.wait() for job in jobs)), 10)
+            assert [job.status for job in jobs] == [RunPodStatus.COMPLETED] * 3
+        finally:
+            await engine.stop()
+
+    asyncio.run(scenario())

@@ -303,3 +303,55 @@ def test_the_dispatch_deadline_is_a_setting(
     settings = WorkerSettings(storage_url=str(tmp_path), provider="offline")
     _, _, runner = make_handler(settings)
     assert runner.dispatch_deadline_s == 300
+
+
+class RetryingProvider(Provider):
+    """Image "slow" waits once before its retry (inside the request's `idle`, as the Gemini
+    provider does); `order` records each call."""
+
+    name = "offline"
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.waiting = asyncio.Event()
+        self.retry = asyncio.Event()
+        self.b_done = asyncio.Event()
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        self.order.append(request.prompt)
+        if request.prompt == "b":
+            await self.b_done.wait()
+        if request.prompt == "slow":
+            assert request.idle is not None
+            async with request.idle():
+                self.waiting.set()
+                await self.retry.wait()
+            self.order.append("slow again")
+        return GeneratedImage(data=png_bytes(), content_type="image/png")
+
+
+def test_an_image_waiting_for_its_retry_lends_its_slot(tmp_path: Path) -> None:
+    """One image slot: while "slow" waits for its retry another image uses the slot, and
+    "slow" takes it back ahead of the images that have not started."""
+    storage = LocalStorage(tmp_path)
+    provider = RetryingProvider()
+    runner = Runner(provider, storage, concurrency=1)
+    dispatch = make_dispatch(storage, 3)
+    for item, prompt in zip(dispatch.items, ("slow", "b", "c"), strict=True):
+        item.prompt = prompt
+
+    async def scenario() -> DispatchOutput:
+        task = asyncio.create_task(runner.run_dispatch(dispatch))
+        await provider.waiting.wait()
+        async with asyncio.timeout(10):  # b reads its reference in a thread first
+            while "b" not in provider.order:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert provider.order == ["slow", "b"]  # b on slow's slot, c waits
+        provider.retry.set()  # slow wants its slot back: it goes before c
+        provider.b_done.set()
+        return await task
+
+    output = asyncio.run(scenario())
+    assert [result.status for result in output.results] == ["succeeded"] * 3
+    assert provider.order == ["slow", "b", "slow again", "c"]

@@ -2,11 +2,14 @@
 end without one."""
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.contract import BatchInfo, ImageParams
+
+IdleHook = Callable[[], AbstractAsyncContextManager[None]]
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,9 @@ class GenerationRequest:
     # Seconds this image may still take when `generate` is called (the dispatch deadline
     # minus now), or None for no limit. Providers must not retry or wait past it.
     time_budget_s: float | None = None
+    # Providers wait before a retry inside `idle()`: the runner lends the image's slot to
+    # another image meanwhile. None: nothing to lend.
+    idle: "IdleHook | None" = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class TextRequest:
     seed: int
     response_schema: dict[str, Any] | None = None
     time_budget_s: float | None = None  # as GenerationRequest's
+    idle: "IdleHook | None" = field(default=None, compare=False, repr=False)  # likewise
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,12 @@ What it adds on top of the SDK (which has no timeout and no retries by default):
   no candidates, only thought images, a body that is not JSON) retried like a 5xx;
 - one rate limiter (requests per minute, smoothly spaced) and one concurrency cap shared by
   every image in flight. A 429's retry delay holds back the call that got it; it holds back
-  every call of the worker only once `QUOTA_SPENT_STREAK` 429s came in a row (the quota is
-  spent), so a throttled call now and then never pauses the other images. A call being
-  retried takes the next free call slot ahead of images' first calls (`CallSlots`), so retry
-  chains run while fresh images fill the other slots instead of piling up at the end;
+  every call of the worker only once `QUOTA_SPENT_STREAK` calls sent one after another were
+  all answered 429 (the quota is spent; `QuotaWatch`), so a throttled call now and then
+  never pauses the other images. A call being retried takes the next free call slot ahead
+  of images' first calls (`worker/slots.py`), so retry chains run while fresh images fill
+  the other slots instead of piling up at the end, and an image waits for its retry inside
+  the request's `idle`, where the runner lends its image slot to another;
 - exponential backoff (full jitter) for retries without a delay from Google, doubling on
   those only: a 429's RetryInfo wait before a 503 does not lengthen the 503's backoff.
 
@@ -38,8 +40,8 @@ import random
 import re
 import time
 import traceback
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -53,9 +55,11 @@ from worker.providers.base import (
     GenerationBlocked,
     GenerationFailed,
     GenerationRequest,
+    IdleHook,
     Provider,
     TextRequest,
 )
+from worker.slots import Slots
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,7 +83,7 @@ AUTH_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
 MAX_TEXT_IN_REASON = 200
 MAX_UNEXPECTED_IN_REASON = 300
-QUOTA_SPENT_STREAK = 3  # 429s in a row after which a retry delay holds back every call
+QUOTA_SPENT_STREAK = 3  # calls sent in a row, all 429s: a retry delay then holds back every call
 MIN_ATTEMPT_S = 1.0  # a retry is only worth it if it leaves its request at least this long
 GAVE_UP = "gave up: retrying would pass the dispatch deadline"
 REDACTED = "[redacted]"
@@ -147,63 +151,37 @@ class RateLimiter:
         self._blocked_until = max(self._blocked_until, until)
 
 
-class CallSlots:
-    """At most `limit` calls in flight; a freed slot goes to a waiting retry before any
-    waiting first call (each kind in arrival order).
+class QuotaWatch:
+    """Whether the quota looks spent: `streak` calls sent one after another all answered 429.
 
-    A retry's image has already waited (its call, then the retry delay): letting it go first
-    keeps retry chains moving while fresh images fill the other slots, instead of leaving
-    them to the end of a batch. The slot is handed over on release, so nobody overtakes.
+    Counted in the order calls were sent, not answered: Gemini answers a 429 at once, while
+    the calls sent around it run the model for seconds, so by arrival a few scattered 429s
+    (one call in five, say) come "in a row" before any of their neighbours' answers.
     """
 
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self._free = limit
-        self._retries: deque[asyncio.Future[None]] = deque()
-        self._firsts: deque[asyncio.Future[None]] = deque()
+    KEEP = 1024  # the most recent calls whose 429s are remembered
 
-    @contextlib.asynccontextmanager
-    async def hold(self, *, retry: bool) -> AsyncIterator[None]:
-        await self._acquire(retry)
-        try:
-            yield
-        finally:
-            self._release()
+    def __init__(self, streak: int) -> None:
+        self._streak = streak
+        self._sent = 0
+        self._throttled: set[int] = set()
 
-    async def _acquire(self, retry: bool) -> None:
-        if self._free > 0 and not self._retries and (retry or not self._firsts):
-            self._free -= 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        queue = self._retries if retry else self._firsts
-        queue.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # handed a slot just as it was cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):  # a release may have dropped it already
-                    queue.remove(waiter)
-            raise
+    def sent(self) -> int:
+        """Number the call about to be sent."""
+        self._sent += 1
+        return self._sent
 
-    def _release(self) -> None:
-        self._free += 1
-        while self._free > 0:
-            waiter = self._next_waiter()
-            if waiter is None:
-                return
-            self._free -= 1
-            waiter.set_result(None)
-
-    def _next_waiter(self) -> asyncio.Future[None] | None:
-        for queue in (self._retries, self._firsts):
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    return waiter
-        return None
+    def throttled(self, call: int) -> bool:
+        """Record that call number `call` got a 429; True if the quota now looks spent."""
+        self._throttled.add(call)
+        if len(self._throttled) > self.KEEP:
+            self._throttled = {n for n in self._throttled if n > self._sent - self.KEEP}
+        first = last = call
+        while first - 1 in self._throttled:
+            first -= 1
+        while last + 1 in self._throttled:
+            last += 1
+        return last - first + 1 >= self._streak
 
 
 class GeminiAuthError(GenerationFailed):
@@ -224,11 +202,16 @@ class _Retry(Exception):
 
 
 class _Tally:
-    """HTTP requests sent for one image (all seeds), and its deadline on the provider's clock."""
+    """HTTP requests sent for one image (all seeds), its deadline on the provider's clock,
+    and what to wait inside before a retry (the request's `idle`)."""
 
-    def __init__(self, deadline: float | None = None) -> None:
+    def __init__(self, deadline: float | None = None, idle: IdleHook | None = None) -> None:
         self.count = 0
         self.deadline = deadline
+        self._idle = idle
+
+    def idle(self) -> AbstractAsyncContextManager[None]:
+        return self._idle() if self._idle is not None else contextlib.nullcontext()
 
 
 def key_problem(api_key: str) -> str | None:
@@ -274,8 +257,8 @@ class GeminiProvider(Provider):
         self._backoff_max_s = backoff_max_s
         self._max_retry_delay_s = max_retry_delay_s
         self._limiter = RateLimiter(rpm, self._clock, burst)
-        self._quota_streak = 0  # 429s since the last answer that was not one
-        self._slots = CallSlots(concurrency)
+        self._quota = QuotaWatch(QUOTA_SPENT_STREAK)
+        self._slots = Slots(concurrency)
         self._auth_error: GeminiAuthError | None = None
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
@@ -302,17 +285,17 @@ class GeminiProvider(Provider):
             )
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        tally = self._tally(request.time_budget_s)
+        tally = self._tally(request.time_budget_s, request.idle)
         return await self._guarded(self._generate(request, tally), tally)
 
     async def generate_text(self, request: TextRequest) -> GeneratedText:
         """A text model's answer, JSON matching `response_schema` when one is given (JSON
         mode); retried, blocked and failed like images."""
-        tally = self._tally(request.time_budget_s)
+        tally = self._tally(request.time_budget_s, request.idle)
         return await self._guarded(self._generate_text(request, tally), tally)
 
-    def _tally(self, budget: float | None) -> _Tally:
-        return _Tally(None if budget is None else self._clock.monotonic() + budget)
+    def _tally(self, budget: float | None, idle: IdleHook | None) -> _Tally:
+        return _Tally(None if budget is None else self._clock.monotonic() + budget, idle)
 
     async def _guarded(self, call: Awaitable[T], tally: _Tally) -> T:
         """`call`, with the key scrubbed from its reasons and any unexpected error failed."""
@@ -418,7 +401,8 @@ class GeminiProvider(Provider):
                     self._max_attempts - 1,
                     delay,
                 )
-                await self._clock.sleep(delay)
+                async with tally.idle():  # the image's slot serves another meanwhile
+                    await self._clock.sleep(delay)
                 self._check_auth(tally)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -438,15 +422,14 @@ class GeminiProvider(Provider):
             client = self._usable_client(tally)  # another image may have found the key bad
             timeout = self._request_timeout(tally)
             tally.count += 1
+            call = self._quota.sent()
             try:
                 async with asyncio.timeout(timeout):
-                    response = await client.aio.models.generate_content(
+                    return await client.aio.models.generate_content(
                         model=model, contents=contents, config=config
                     )
-                self._quota_streak = 0
-                return response
             except errors.APIError as exc:
-                raise self._classify(exc, tally) from None
+                raise self._classify(exc, tally, call) from None
             except httpx.TimeoutException as exc:
                 raise _Retry(f"timed out ({type(exc).__name__})") from None
             except TimeoutError:
@@ -458,8 +441,9 @@ class GeminiProvider(Provider):
             except httpx.TransportError as exc:
                 raise _Retry(f"network error: {type(exc).__name__}: {exc}") from None
 
-    def _classify(self, exc: errors.APIError, tally: _Tally) -> Exception:
-        """The exception to raise for an HTTP error: a `_Retry` or a final failure."""
+    def _classify(self, exc: errors.APIError, tally: _Tally, call: int) -> Exception:
+        """The exception to raise for call number `call`'s HTTP error: a `_Retry` or a final
+        failure."""
         described = f"{exc.code} {exc.status or ''}".strip() + f": {exc.message or exc.details}"
         if is_auth_error(exc):
             if self._auth_error is None:
@@ -472,8 +456,6 @@ class GeminiProvider(Provider):
                     self._scrub(self._auth_error.reason),
                 )
             return GeminiAuthError(self._auth_error.reason, tally.count)
-        if exc.code != 429:
-            self._quota_streak = 0  # an answer that is not a 429: the quota is not spent
         if exc.code == 429:
             delay = retry_delay(exc.details)
             if delay is not None and delay > self._max_retry_delay_s:
@@ -481,8 +463,7 @@ class GeminiProvider(Provider):
                     f"Gemini quota exhausted ({described}); it asks to wait {delay:g} s",
                     tally.count,
                 )
-            self._quota_streak += 1
-            if delay is not None and self._quota_streak >= QUOTA_SPENT_STREAK:
+            if self._quota.throttled(call) and delay is not None:
                 self._limiter.hold_off(delay)
             return _Retry(described, delay)
         if exc.code == 408 or exc.code >= 500:
