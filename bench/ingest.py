@@ -266,10 +266,11 @@ async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
     from control_plane.settings import Settings
     from control_plane.web.api import webhook as webhook_route
 
-    async def inline(function: Any, *args: Any) -> Any:
+    async def inline(function: Any, *args: Any, **_: Any) -> Any:
         return function(*args)
 
     webhook_route.run_in_threadpool = inline  # type: ignore[assignment]
+    webhook_route.anyio.to_thread.run_sync = inline  # type: ignore[assignment]
     app = create_app(
         Settings(**{k.removeprefix("PIXELFLEET_").lower(): v for k, v in env.items()}),
         reconcile=False,

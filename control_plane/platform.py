@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import sqlalchemy as sa
 from sqlmodel import Session
 
@@ -31,6 +32,8 @@ class Platform:
     runpod: RunPodClient
     relay: Relay = field(init=False)
     run_bucket: TokenBucket = field(init=False)  # paces this process's `/run` calls
+    # RunPod's webhooks and the worker's progress posts applied at once (`reports_at_once`)
+    reports: anyio.CapacityLimiter = field(init=False)
     loops: dict[str, Loop] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -38,6 +41,7 @@ class Platform:
     def __post_init__(self) -> None:
         self.relay = Relay(self.engine, self.wake)
         self.run_bucket = TokenBucket(self.settings.run_rate_per_s)
+        self.reports = anyio.CapacityLimiter(self.settings.reports_at_once)
 
     # -- sessions ---------------------------------------------------------------------------
 

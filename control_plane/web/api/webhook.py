@@ -1,5 +1,6 @@
 from collections.abc import Callable
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import Counter
@@ -7,6 +8,7 @@ from sqlmodel import Session
 
 from control_plane.errors import DomainError
 from control_plane.metrics import RUNPOD_PROGRESS, RUNPOD_WEBHOOKS
+from control_plane.platform import Platform
 from control_plane.runpod import webhook
 from control_plane.web.deps import PlatformDep, SessionDep
 
@@ -41,7 +43,9 @@ async def runpod_webhook(
     def apply(body: bytes) -> dict[str, str]:
         return webhook.receive(session, platform.settings, platform.storage, dispatch_id, body)
 
-    return await _authenticated(request, session, dispatch_id, token, apply, RUNPOD_WEBHOOKS)
+    return await _authenticated(
+        request, platform, session, dispatch_id, token, apply, RUNPOD_WEBHOOKS
+    )
 
 
 @router.post(
@@ -66,11 +70,14 @@ async def runpod_progress(
     def apply(body: bytes) -> dict[str, str]:
         return webhook.receive_progress(session, platform.storage, dispatch_id, body)
 
-    return await _authenticated(request, session, dispatch_id, token, apply, RUNPOD_PROGRESS)
+    return await _authenticated(
+        request, platform, session, dispatch_id, token, apply, RUNPOD_PROGRESS
+    )
 
 
 async def _authenticated(
     request: Request,
+    platform: Platform,
     session: Session,
     dispatch_id: str,
     token: str,
@@ -78,11 +85,12 @@ async def _authenticated(
     outcomes: Counter,
 ) -> dict[str, str]:
     """`apply` the body once the dispatch's token is checked (the body is read only then),
-    each outcome counted in `outcomes` by its status or its error's kind."""
+    at most `reports_at_once` at a time in this process, each outcome counted in `outcomes`
+    by its status or its error's kind."""
     try:
         await run_in_threadpool(webhook.authenticate, session, dispatch_id, token)
         body = await request.body()
-        answer = await run_in_threadpool(apply, body)
+        answer = await anyio.to_thread.run_sync(apply, body, limiter=platform.reports)
     except DomainError as exc:
         outcomes.labels(type(exc).__name__.lower()).inc()
         raise
