@@ -58,11 +58,30 @@ def emit(
     wake_after_commit(session, Service.RELAY)
 
 
+def event_row(
+    kind: EventKind,
+    now: datetime,
+    *,
+    job_id: str | None = None,
+    dispatch_id: str | None = None,
+    output_id: str | None = None,
+    **data: Any,
+) -> dict[str, Any]:
+    """An event's columns as plain values, for `emit_many`."""
+    return {
+        "kind": kind,
+        "job_id": job_id,
+        "dispatch_id": dispatch_id,
+        "output_id": output_id,
+        "data": data,
+        "created_at": now,
+    }
+
+
 def emit_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Record several events at once, as one multi-row insert in the caller's transaction (a
-    dispatch's output events); ids follow the order of `rows`, each an event's columns
-    (`kind`, `job_id`, `dispatch_id`, `output_id`, `data`, `created_at`) as plain values:
-    a thousand Event objects cost more than their insert."""
+    dispatch's output events); ids follow the order of `rows`, each an event's columns as
+    plain values (`event_row`): a thousand Event objects cost more than their insert."""
     if not rows:
         return
     kept: list[Event] | None = session.info.get(HELD)
@@ -71,7 +90,8 @@ def emit_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
         return
     if any(isinstance(pending, Event) for pending in session.new):
         session.flush()  # events emitted earlier get their (lower) ids first
-    session.execute(sa.insert(Event.__table__), list(rows))  # type: ignore[attr-defined]
+    with session.no_autoflush:  # other changes are the caller's to write, once, at commit
+        session.execute(sa.insert(Event.__table__), list(rows))  # type: ignore[attr-defined]
     wake_after_commit(session, Service.RELAY)
 
 

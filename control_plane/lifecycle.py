@@ -54,7 +54,7 @@ from sqlmodel import Session, SQLModel, col, func, select, update
 from control_plane.background import Service
 from control_plane.db import insert_many, lock_row, wake_after_commit
 from control_plane.errors import Conflict, NotFound
-from control_plane.events import emit, emit_many
+from control_plane.events import emit, emit_many, event_row
 from control_plane.models import (
     TERMINAL_DISPATCH,
     Dispatch,
@@ -547,12 +547,14 @@ def finish_dispatch(
     if report.results is None:
         _fail_dispatch(session, settings, dispatch, report.failure, lost=report.lost)
         return
-    _apply_results(session, storage, dispatch, report.results, planned=planned)
+    events = _apply_results(session, storage, dispatch, report.results, planned=planned)
     _transition(dispatch, dispatch.status, DispatchStatus.COMPLETED)
     dispatch.status = DispatchStatus.COMPLETED
-    dispatch.finished_at = dispatch.updated_at = utcnow()
+    dispatch.finished_at = dispatch.updated_at = now = utcnow()
     session.add(dispatch)
-    emit(session, EventKind.DISPATCH_COMPLETED, job_id=dispatch.job_id, dispatch_id=dispatch.id)
+    completed = EventKind.DISPATCH_COMPLETED
+    events.append(event_row(completed, now, job_id=dispatch.job_id, dispatch_id=dispatch.id))
+    emit_many(session, events)  # the outputs' events and the dispatch's, one insert
     wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
     refresh_job(session, dispatch.job_id)
 
@@ -572,7 +574,10 @@ def apply_progress(
     if locked is None or locked[1].status != DispatchStatus.SUBMITTED:
         return False
     _job, dispatch = locked  # the job held: its counters move below
-    _apply_results(session, storage, dispatch, results, planned=planned, fail_unreported=False)
+    emit_many(
+        session,
+        _apply_results(session, storage, dispatch, results, planned=planned, fail_unreported=False),
+    )
     refresh_job(session, dispatch.job_id)
     return True
 
@@ -641,13 +646,14 @@ def _apply_results(
     *,
     planned: PlannedResults | None = None,
     fail_unreported: bool = True,
-) -> None:
+) -> list[dict[str, Any]]:
     """Each result for one of the dispatch's unfinished outputs (others are ignored), once;
     the caller holds the dispatch's locks (`lock_dispatch`). The outputs change in one
-    statement, their events in one insert, the job's counters once. `planned` (made by
-    `plan_results` before the locks) is used while the dispatch's unfinished outputs are
-    still among those it saw; otherwise the results are planned again here. Changes made to
-    loaded rows (the job, the dispatch) are written at the caller's commit, once."""
+    statement, the job's counters once; their events are returned for the caller to emit
+    (with its own, in one insert). `planned` (made by `plan_results` before the locks) is
+    used while the dispatch's unfinished outputs are still among those it saw; otherwise the
+    results are planned again here. Changes made to loaded rows (the job, the dispatch) are
+    written at the caller's commit, once."""
     with session.no_autoflush:
         unfinished = set(
             session.exec(
@@ -662,11 +668,11 @@ def _apply_results(
             )
         endings = [ending for ending in planned.endings if ending.output_id in unfinished]
         if not endings:
-            return
+            return []
         now = utcnow()
         _write_endings(session, endings, now)
         _count_endings(session, dispatch.job_id, endings)
-        _emit_endings(session, dispatch, endings, now)
+        return _ending_events(session, dispatch, endings, now)
 
 
 def _ending_of(storage: Storage, output: Checked, result: ItemResult | UnreadableResult) -> Ending:
@@ -784,11 +790,11 @@ def _count_endings(session: Session, job_id: str, endings: Sequence[Ending]) -> 
     _count(session, job_id, OutputStatus.SUCCEEDED, 0, sum(e.cost_usd for e in endings))  # cost
 
 
-def _emit_endings(
+def _ending_events(
     session: Session, dispatch: Dispatch, endings: Sequence[Ending], now: datetime
-) -> None:
-    """One event per ended output, in one insert; the job's first success stamps its
-    `first_image_at` and says so in its event."""
+) -> list[dict[str, Any]]:
+    """One event per ended output; the job's first success stamps its `first_image_at` and
+    says so in its event."""
     first_success = next((e for e in endings if e.status == OutputStatus.SUCCEEDED), None)
     first_image = first_success is not None and _first_image(session, dispatch.job_id, now)
     events = []
@@ -796,17 +802,10 @@ def _emit_endings(
         data: dict[str, Any] = {"error": ending.error} if ending.error else {}
         if first_image and ending is first_success:
             data["first_image"] = True
-        events.append(
-            {
-                "kind": OUTPUT_EVENT[ending.status],
-                "job_id": dispatch.job_id,
-                "dispatch_id": dispatch.id,
-                "output_id": ending.output_id,
-                "data": data,
-                "created_at": now,
-            }
-        )
-    emit_many(session, events)
+        kind = OUTPUT_EVENT[ending.status]
+        ids = {"job_id": dispatch.job_id, "dispatch_id": dispatch.id}
+        events.append(event_row(kind, now, **ids, output_id=ending.output_id, **data))
+    return events
 
 
 class FinishFailure(StrEnum):
@@ -920,14 +919,15 @@ def _fail_outputs(
     for job_id, failed in Counter(job_id for _, job_id, _ in ids).items():
         _count(session, job_id, OutputStatus.FAILED, failed)
     events = [
-        {
-            "kind": EventKind.OUTPUT_FAILED,
-            "job_id": job_id,
-            "dispatch_id": dispatch_id,
-            "output_id": output_id,
-            "data": {"error": reason, "cause": cause},
-            "created_at": now,
-        }
+        event_row(
+            EventKind.OUTPUT_FAILED,
+            now,
+            job_id=job_id,
+            dispatch_id=dispatch_id,
+            output_id=output_id,
+            error=reason,
+            cause=cause,
+        )
         for output_id, job_id, dispatch_id in ids
     ]
     emit_many(session, events)

@@ -167,12 +167,12 @@ def poison_finalising(
 
     def poisoned(
         session: Session, storage: Storage, dispatch: Dispatch, results: list, **options: Any
-    ) -> None:
+    ) -> list[dict[str, Any]]:
         if dispatch.id == dispatch_id and (times is None or next(raised) < times):
             raise error or sa.exc.DataError(
                 "UPDATE outputs …", {}, Exception("Data too long for column")
             )
-        apply_results(session, storage, dispatch, results, **options)
+        return apply_results(session, storage, dispatch, results, **options)
 
     monkeypatch.setattr(lifecycle, "_apply_results", poisoned)
 
