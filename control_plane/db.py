@@ -156,18 +156,32 @@ def in_batches(ids: Sequence[str], size: int = IN_LIST_SIZE) -> list[list[str]]:
     return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
 
 
-def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert `rows` (each with the same keys) into `table` in one executemany statement.
+# Characters of values one bulk INSERT binds, at most: however they escape and encode, the
+# statement stays within MySQL's smallest default max_allowed_packet (4 MB).
+INSERT_CHARS = 256 * 1024
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # a positional value
 
-    Per value bound, pymysql spends microseconds of Python escaping it: a big insert binds only
-    what it must. A column that is None in every row is left out (NULL, as binding None
+
+def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert `rows` (each with the same keys) into `table`, a statement per few thousand.
+
+    Per value bound, pymysql spends microseconds of Python escaping it, and SQLAlchemy more on
+    each row of an executemany. So a value that every row holds (a job's id, prompt, params,
+    timestamps) is bound once per statement and only the others once per row, in a statement
+    that goes straight to the driver:
+
+        INSERT INTO t (id, position, job_id) SELECT v.id, v.position, ?
+        FROM (SELECT ? AS id, ? AS position UNION ALL SELECT ?, ? …) AS v
+
+    (a VALUES list cannot name its columns on MariaDB; SQLite, which allows 500 SELECTs in a
+    UNION, takes `UNION ALL VALUES (?, ?), …`). Each value goes through its column type's
+    bind processing. A column that is None in every row is left out (NULL, as binding None
     makes), except JSON ones (None binds as JSON `null`); JSON values are serialised once per
-    distinct value (a job's rows share one params object), into the text `sa.JSON` binds."""
+    distinct value, into the text `sa.JSON` binds."""
     if not rows:
         return
-    json_columns = [
-        c.name for c in table.columns if isinstance(c.type, sa.JSON) and c.name in rows[0]
-    ]
+    connection = session.connection()
+    dialect = connection.dialect
     texts: dict[Any, str] = {}
 
     def text_of(value: Any) -> str:
@@ -176,16 +190,107 @@ def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
             texts[key] = json.dumps(value)
         return texts[key]
 
-    plain = [
-        name
-        for name in rows[0]
-        if name not in json_columns and any(row[name] is not None for row in rows)
+    first = rows[0]
+    json_columns = {
+        c.name for c in table.columns if isinstance(c.type, sa.JSON) and c.name in first
+    }
+    names = [
+        name for name in first if name in json_columns or any(row[name] is not None for row in rows)
     ]
-    statement = sa.insert(table).values(
-        {name: sa.bindparam(name, type_=sa.Text()) for name in json_columns}
+    shared = _shared_values(rows, names, json_columns, text_of)
+    varying = [name for name in names if name not in shared]
+    processors = {name: _bind_processor(table.columns[name], dialect) for name in names}
+    for name, processor in processors.items():
+        if name in shared and processor is not None and name not in json_columns:
+            shared[name] = processor(shared[name])
+    per_row = [(name, name in json_columns, processors[name]) for name in varying]
+    most_values = _most_values(connection)
+    statement: list[Any] = []
+    statement_rows = chars = 0
+    for row in rows:
+        values = [
+            text_of(row[name]) if is_json else processor(row[name]) if processor else row[name]
+            for name, is_json, processor in per_row
+        ]
+        size = sum(len(value) for value in values if isinstance(value, str))
+        too_many = most_values is not None and (
+            len(shared) + (statement_rows + 1) * len(varying) > most_values
+        )
+        if statement_rows and (chars + size > INSERT_CHARS or too_many):
+            _insert_select(connection, table, shared, varying, statement, statement_rows)
+            statement, statement_rows, chars = [], 0, 0
+        statement.extend(values)
+        statement_rows += 1
+        chars += size
+    _insert_select(connection, table, shared, varying, statement, statement_rows)
+
+
+def _shared_values(
+    rows: Sequence[dict[str, Any]],
+    names: Sequence[str],
+    json_columns: set[str],
+    text_of: Callable[[Any], str],
+) -> dict[str, Any]:
+    """The columns of `names` whose value is the same in every row (JSON ones as their text),
+    with that value; never all of them, so that a row of the statement has a column."""
+    shared: dict[str, Any] = {}
+    if len(rows) < 2:
+        return shared
+    for name in names:
+        if name in json_columns:
+            value, text = rows[0][name], text_of(rows[0][name])
+            if all(row[name] is value or text_of(row[name]) == text for row in rows):
+                shared[name] = text
+        else:
+            value = rows[0][name]
+            if all(row[name] is value or row[name] == value for row in rows):
+                shared[name] = value
+    if len(shared) == len(names):
+        del shared[names[0]]
+    return shared
+
+
+def _bind_processor(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy does to a value of `column` before the driver gets it (e.g. SQLite's
+    datetimes as text), if anything."""
+    processor: Callable[[Any], Any] | None = column.type.dialect_impl(dialect).bind_processor(
+        dialect
     )
-    params = [
-        {name: row[name] for name in plain} | {name: text_of(row[name]) for name in json_columns}
-        for row in rows
-    ]
-    session.execute(statement, params if len(params) > 1 else params[0])
+    return processor
+
+
+def _most_values(connection: sa.Connection) -> int | None:
+    """How many values one statement may bind: SQLite's limit (999, or 32,766 since 3.32);
+    None on MySQL, whose driver writes them into the statement's text."""
+    driver = connection.connection.dbapi_connection
+    if isinstance(driver, sqlite3.Connection):
+        return driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return None
+
+
+def _insert_select(
+    connection: sa.Connection,
+    table: sa.Table,
+    shared: dict[str, Any],
+    varying: Sequence[str],
+    values: Sequence[Any],
+    rows: int,
+) -> None:
+    """`INSERT … SELECT` of `rows` rows: `shared` bound once, `values` the `varying` columns'
+    values row after row."""
+    dialect = connection.dialect
+    quote = dialect.identifier_preparer.quote
+    mark = _PLACEHOLDER[dialect.paramstyle]
+    row = ", ".join([mark] * len(varying))
+    if dialect.name == "sqlite":
+        rest = f" UNION ALL VALUES {', '.join([f'({row})'] * (rows - 1))}" if rows > 1 else ""
+    else:
+        rest = f" UNION ALL SELECT {row}" * (rows - 1)
+    columns = ", ".join(quote(name) for name in (*varying, *shared))
+    selected = ", ".join([*(f"v.{quote(name)}" for name in varying), *[mark] * len(shared)])
+    first = ", ".join(f"{mark} AS {quote(name)}" for name in varying)
+    sql = (
+        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({columns}) "
+        f"SELECT {selected} FROM (SELECT {first}{rest}) AS v"
+    )
+    connection.exec_driver_sql(sql, (*shared.values(), *values))
