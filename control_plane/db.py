@@ -5,7 +5,10 @@ A transaction can ask for a background service to be woken once it commits
 with the service's name. Sessions without it simply wake nothing; the services' timers catch up.
 """
 
+import bisect
+import itertools
 import json
+import operator
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -156,9 +159,10 @@ def in_batches(ids: Sequence[str], size: int = IN_LIST_SIZE) -> list[list[str]]:
     return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
 
 
-# Characters of values one bulk INSERT binds, at most: however they escape and encode, the
-# statement stays within MySQL's smallest default max_allowed_packet (4 MB).
-INSERT_CHARS = 256 * 1024
+# Characters of values one bulk INSERT binds, at most. A character takes at most 4 bytes in
+# UTF-8 (2 escaped), so the statement stays within MySQL's smallest default
+# max_allowed_packet (4 MB).
+INSERT_CHARS = 512 * 1024
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # a positional value
 
 
@@ -174,15 +178,67 @@ def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
         FROM (SELECT ? AS id, ? AS position UNION ALL SELECT ?, ? …) AS v
 
     (a VALUES list cannot name its columns on MariaDB; SQLite, which allows 500 SELECTs in a
-    UNION, takes `UNION ALL VALUES (?, ?), …`). Each value goes through its column type's
-    bind processing. A column that is None in every row is left out (NULL, as binding None
-    makes), except JSON ones (None binds as JSON `null`); JSON values are serialised once per
-    distinct value, into the text `sa.JSON` binds."""
+    UNION, takes `UNION ALL VALUES (?, ?), …`). Rows are handled a column at a time. Each
+    value goes through its column type's bind processing. A column that is None in every row
+    is left out (NULL, as binding None makes), except JSON ones (None binds as JSON `null`);
+    JSON values are serialised once per distinct value, into the text `sa.JSON` binds."""
     if not rows:
         return
     connection = session.connection()
-    dialect = connection.dialect
+    shared, varying = _columns(table, rows, connection.dialect)
+    width = list(itertools.accumulate(_row_widths(table, varying, len(rows))))
+    most_values = _most_values(connection)
+    most_rows = len(rows)
+    if most_values is not None:
+        most_rows = max((most_values - len(shared)) // len(varying), 1)
+    start = 0
+    while start < len(rows):
+        before = width[start - 1] if start else 0
+        end = min(bisect.bisect_right(width, before + INSERT_CHARS), start + most_rows)
+        end = max(end, start + 1)
+        values = itertools.chain.from_iterable(
+            zip(*(column[start:end] for column in varying.values()), strict=True)
+        )
+        _insert_select(connection, table, shared, list(varying), list(values), end - start)
+        start = end
+
+
+def _columns(
+    table: sa.Table, rows: Sequence[dict[str, Any]], dialect: sa.Dialect
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """The columns of `rows` as the driver takes them: those with the same value in every
+    row (JSON ones compared as their text), with that value, and the others, with a value per
+    row; never all of the first kind, so that a row of the statement has a column."""
+    shared: dict[str, Any] = {}
+    varying: dict[str, list[Any]] = {}
     texts: dict[Any, str] = {}
+    for name in rows[0]:
+        values = list(map(operator.itemgetter(name), rows))
+        if isinstance(table.columns[name].type, sa.JSON):
+            values = _json_texts(values, texts)
+        elif values.count(None) == len(values):
+            continue
+        if len(rows) > 1 and values.count(values[0]) == len(values):
+            shared[name] = values[0]
+        else:
+            varying[name] = values
+    if not varying:
+        name, value = shared.popitem()
+        varying[name] = [value] * len(rows)
+    for name in (*shared, *varying):
+        column = table.columns[name]
+        processor = _bind_processor(column, dialect)
+        if processor is None or isinstance(column.type, sa.JSON):  # JSON: already its text
+            continue
+        if name in shared:
+            shared[name] = processor(shared[name])
+        else:
+            varying[name] = list(map(processor, varying[name]))
+    return shared, varying
+
+
+def _json_texts(values: list[Any], texts: dict[Any, str]) -> list[str]:
+    """Each of `values` as JSON text, each distinct one serialised once (into `texts`)."""
 
     def text_of(value: Any) -> str:
         key = tuple(value) if isinstance(value, list) else id(value)
@@ -190,64 +246,26 @@ def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
             texts[key] = json.dumps(value)
         return texts[key]
 
-    first = rows[0]
-    json_columns = {
-        c.name for c in table.columns if isinstance(c.type, sa.JSON) and c.name in first
-    }
-    names = [
-        name for name in first if name in json_columns or any(row[name] is not None for row in rows)
-    ]
-    shared = _shared_values(rows, names, json_columns, text_of)
-    varying = [name for name in names if name not in shared]
-    processors = {name: _bind_processor(table.columns[name], dialect) for name in names}
-    for name, processor in processors.items():
-        if name in shared and processor is not None and name not in json_columns:
-            shared[name] = processor(shared[name])
-    per_row = [(name, name in json_columns, processors[name]) for name in varying]
-    most_values = _most_values(connection)
-    statement: list[Any] = []
-    statement_rows = chars = 0
-    for row in rows:
-        values = [
-            text_of(row[name]) if is_json else processor(row[name]) if processor else row[name]
-            for name, is_json, processor in per_row
-        ]
-        size = sum(len(value) for value in values if isinstance(value, str))
-        too_many = most_values is not None and (
-            len(shared) + (statement_rows + 1) * len(varying) > most_values
-        )
-        if statement_rows and (chars + size > INSERT_CHARS or too_many):
-            _insert_select(connection, table, shared, varying, statement, statement_rows)
-            statement, statement_rows, chars = [], 0, 0
-        statement.extend(values)
-        statement_rows += 1
-        chars += size
-    _insert_select(connection, table, shared, varying, statement, statement_rows)
+    if all(map(operator.is_, values, itertools.repeat(values[0]))):  # e.g. a job's params
+        return [text_of(values[0])] * len(values)
+    return list(map(text_of, values))
 
 
-def _shared_values(
-    rows: Sequence[dict[str, Any]],
-    names: Sequence[str],
-    json_columns: set[str],
-    text_of: Callable[[Any], str],
-) -> dict[str, Any]:
-    """The columns of `names` whose value is the same in every row (JSON ones as their text),
-    with that value; never all of them, so that a row of the statement has a column."""
-    shared: dict[str, Any] = {}
-    if len(rows) < 2:
-        return shared
-    for name in names:
-        if name in json_columns:
-            value, text = rows[0][name], text_of(rows[0][name])
-            if all(row[name] is value or text_of(row[name]) == text for row in rows):
-                shared[name] = text
-        else:
-            value = rows[0][name]
-            if all(row[name] is value or row[name] == value for row in rows):
-                shared[name] = value
-    if len(shared) == len(names):
-        del shared[names[0]]
-    return shared
+def _row_widths(table: sa.Table, varying: dict[str, list[Any]], rows: int) -> list[int]:
+    """How many characters each row's values take, at most: a text's length, 32 for a
+    number or a date (and for the row's commas)."""
+    fixed, lengths = 32, []
+    for name, values in varying.items():
+        if not isinstance(table.columns[name].type, sa.String | sa.JSON):
+            fixed += 32
+            continue
+        try:
+            lengths.append(list(map(len, values)))
+        except TypeError:  # a None among them
+            lengths.append([len(value) if isinstance(value, str) else 32 for value in values])
+    if not lengths:
+        return [fixed] * rows
+    return [fixed + width for width in map(sum, zip(*lengths, strict=True))]
 
 
 def _bind_processor(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:

@@ -203,7 +203,7 @@ def test_insert_many_writes_a_single_row_and_identical_rows(engine: sa.Engine) -
         insert_many(session, Output.__table__, [one])
         insert_many(session, Output.__table__, [])
         session.commit()
-        with pytest.raises(sa.exc.IntegrityError):  # a primary key is never bound as shared
+        with pytest.raises(sa.exc.IntegrityError):  # two rows still, with one key
             insert_many(session, Output.__table__, [same[0], same[0]])
         session.rollback()
         insert_many(session, Output.__table__, same)
