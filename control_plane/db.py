@@ -186,15 +186,15 @@ def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
         return
     connection = session.connection()
     shared, varying = _columns(table, rows, connection.dialect)
-    width = list(itertools.accumulate(_row_widths(table, varying, len(rows))))
+    chars_upto = list(itertools.accumulate(_row_widths(table, varying, len(rows))))
     most_values = _most_values(connection)
     most_rows = len(rows)
     if most_values is not None:
         most_rows = max((most_values - len(shared)) // len(varying), 1)
     start = 0
     while start < len(rows):
-        before = width[start - 1] if start else 0
-        end = min(bisect.bisect_right(width, before + INSERT_CHARS), start + most_rows)
+        before = chars_upto[start - 1] if start else 0
+        end = min(bisect.bisect_right(chars_upto, before + INSERT_CHARS), start + most_rows)
         end = max(end, start + 1)
         values = itertools.chain.from_iterable(
             zip(*(column[start:end] for column in varying.values()), strict=True)
