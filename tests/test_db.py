@@ -251,3 +251,31 @@ def test_insert_many_binds_shared_values_once_in_bounded_statements(
     else:  # the shared values' text (about 150 characters) besides the rows'
         assert max(text for _, text in statements) <= 10_000 + 200
     assert [row[1] for row in stored(engine, job_id)] == list(range(600))
+
+
+def test_insert_many_on_mysql_selects_each_row(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MySQL (not MariaDB) is sent a `UNION ALL SELECT` per row instead of a VALUES list:
+    the same rows, here on MariaDB."""
+    if engine.dialect.name != "mysql":
+        pytest.skip("MySQL's statement; SQLite takes a VALUES list")
+    by_orm, by_insert = new_job(engine), new_job(engine)
+    with new_session(engine) as session:
+        session.add_all(Output(**row) for row in output_rows(*by_orm, 12))
+        session.commit()
+    sent: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        sent.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    with new_session(engine) as session:
+        monkeypatch.setattr(engine.dialect, "is_mariadb", False)
+        insert_many(session, Output.__table__, output_rows(*by_insert, 12))
+        monkeypatch.undo()
+        session.commit()
+    sa.event.remove(engine, "before_cursor_execute", note)
+    [insert] = [statement for statement in sent if statement.startswith("INSERT")]
+    assert insert.count("UNION ALL SELECT") == 11 and "VALUES" not in insert
+    assert stored(engine, by_insert[0]) == stored(engine, by_orm[0])
