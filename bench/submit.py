@@ -1,7 +1,7 @@
 """Submitting a big job, and the API's memory while it runs (issue 12, targets 4 and 5).
 
     python -m bench.submit [--images 20000] [--connections 8] [--database-url URL]
-                           [--inflight 200]
+                           [--inflight 200] [--profile]
 
 Starts the control plane as its own process (`pixelfleet api`) with a stub RunPod in this
 process that accepts every `/run` at once and checks RunPod's limits: `/run` calls in any
@@ -18,6 +18,9 @@ a RunPod job counts as completed once this bench has posted its COMPLETED webhoo
    viewer loads the UI job page and `GET /api/jobs/{id}` every 3 s and the download list
    (`GET /api/download/{group}`) is read twice (half way and at the end); the API's RSS is
    sampled every 50 ms throughout, its peak compared with 250 MB.
+
+`--profile` then submits the same job once more to an app in this process under pyinstrument
+(its blocking work on this thread) and prints where the answer's time went.
 """
 
 import argparse
@@ -131,6 +134,12 @@ def main() -> None:
         default=200,
         help="PIXELFLEET_MAX_INFLIGHT_DISPATCHES: an endpoint as large as RunPod allows",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="then submit the job again to an app in this process under pyinstrument and "
+        "print where the answer's time went",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pixelfleet-submit-") as tmp:
         run(Path(tmp), args)
@@ -167,8 +176,10 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         ran = asyncio.run(_run_job(base, stub, group, submitted["job_id"], args, tmp))
         sampler.running = False
         hwm = peak_rss_mb(pid)
-    server.should_exit = True
     _report(args, database_url, stub, submitted, ran, max(sampler.peak_mb, hwm))
+    if args.profile:
+        print(asyncio.run(_profile(env, group, upload, args.images)))
+    server.should_exit = True
 
 
 def _serve_stub(stub: StubRunPod, port: int) -> uvicorn.Server:
@@ -317,6 +328,37 @@ async def _download_list(client: httpx.AsyncClient, group: str) -> tuple[int, fl
         async for line in answer.aiter_lines():
             lines += bool(line.strip())
     return lines, time.perf_counter() - started
+
+
+async def _profile(env: dict[str, str], group: str, upload: str, images: int) -> str:
+    """Submit the job to the real app run in this process, its blocking work on this thread
+    (not a thread pool) so that the profiler sees all of it."""
+    from pyinstrument import Profiler
+
+    from control_plane.app import create_app
+    from control_plane.settings import Settings
+    from control_plane.web.api import jobs as jobs_route
+
+    async def inline(function: Any, *args: Any) -> Any:
+        return function(*args)
+
+    jobs_route.run_in_threadpool = inline  # type: ignore[assignment]
+    app = create_app(
+        Settings(**{k.removeprefix("PIXELFLEET_").lower(): v for k, v in env.items()}),
+        reconcile=False,
+    )
+    body = {"group_id": group, "mode": "automatic", "prompt": "p", "images": [upload] * images}
+    profiler = Profiler(async_mode="disabled")
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=300) as client,
+    ):
+        profiler.start()
+        answer = await client.post("/api/jobs/submit", json=body)
+        profiler.stop()
+        assert answer.status_code == 201, answer.text
+    return profiler.output_text(unicode=True, show_all=False)
 
 
 def _report(

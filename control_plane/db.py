@@ -5,7 +5,10 @@ A transaction can ask for a background service to be woken once it commits
 with the service's name. Sessions without it simply wake nothing; the services' timers catch up.
 """
 
+import bisect
+import itertools
 import json
+import operator
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -156,19 +159,88 @@ def in_batches(ids: Sequence[str], size: int = IN_LIST_SIZE) -> list[list[str]]:
     return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
 
 
-def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert `rows` (each with the same keys) into `table` in one executemany statement.
+# Characters of values one bulk INSERT binds, at most. A character takes at most 4 bytes in
+# UTF-8 (2 escaped), so the statement stays within MySQL's smallest default
+# max_allowed_packet (4 MB).
+INSERT_CHARS = 512 * 1024
+_PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s"}  # a positional value
 
-    Per value bound, pymysql spends microseconds of Python escaping it: a big insert binds only
-    what it must. A column that is None in every row is left out (NULL, as binding None
-    makes), except JSON ones (None binds as JSON `null`); JSON values are serialised once per
-    distinct value (a job's rows share one params object), into the text `sa.JSON` binds."""
+
+def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert `rows` (each with the same keys) into `table`, a statement per few thousand.
+
+    Per value bound, pymysql spends microseconds of Python escaping it, and SQLAlchemy more on
+    each row of an executemany. So a value that every row holds (a job's id, prompt, params,
+    timestamps) is bound once per statement and only the others once per row, in a statement
+    that goes straight to the driver:
+
+        INSERT INTO t (id, position, job_id) SELECT v.id, v.position, ?
+        FROM (SELECT ? AS id, ? AS position UNION ALL VALUES (?, ?), (?, ?) …) AS v
+
+    (a VALUES list cannot name its columns on MariaDB: the first row's SELECT does). MySQL
+    takes `UNION ALL SELECT ?, ?` for each further row, which costs MariaDB's server twice
+    the time of a VALUES list; SQLite allows only 500 of those. Rows are handled a column at
+    a time, each value through its column type's bind processing. A column that is None in
+    every row is left out (NULL, as binding None makes), except JSON ones (None binds as
+    JSON `null`); JSON values are serialised once per distinct value, into the text `sa.JSON`
+    binds."""
     if not rows:
         return
-    json_columns = [
-        c.name for c in table.columns if isinstance(c.type, sa.JSON) and c.name in rows[0]
-    ]
+    connection = session.connection()
+    shared, varying = _columns(table, rows, connection.dialect)
+    chars_upto = list(itertools.accumulate(_row_widths(table, varying, len(rows))))
+    most_values = _most_values(connection)
+    most_rows = len(rows)
+    if most_values is not None:
+        most_rows = max((most_values - len(shared)) // len(varying), 1)
+    start = 0
+    while start < len(rows):
+        before = chars_upto[start - 1] if start else 0
+        end = min(bisect.bisect_right(chars_upto, before + INSERT_CHARS), start + most_rows)
+        end = max(end, start + 1)
+        values = itertools.chain.from_iterable(
+            zip(*(column[start:end] for column in varying.values()), strict=True)
+        )
+        _insert_select(connection, table, shared, list(varying), list(values), end - start)
+        start = end
+
+
+def _columns(
+    table: sa.Table, rows: Sequence[dict[str, Any]], dialect: sa.Dialect
+) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """The columns of `rows` as the driver takes them: those with the same value in every
+    row (JSON ones compared as their text), with that value, and the others, with a value per
+    row; never all of the first kind, so that a row of the statement has a column."""
+    shared: dict[str, Any] = {}
+    varying: dict[str, list[Any]] = {}
     texts: dict[Any, str] = {}
+    for name in rows[0]:
+        values = list(map(operator.itemgetter(name), rows))
+        if isinstance(table.columns[name].type, sa.JSON):
+            values = _json_texts(values, texts)
+        elif values.count(None) == len(values):
+            continue
+        if len(rows) > 1 and values.count(values[0]) == len(values):
+            shared[name] = values[0]
+        else:
+            varying[name] = values
+    if not varying:
+        name, value = shared.popitem()
+        varying[name] = [value] * len(rows)
+    for name in (*shared, *varying):
+        column = table.columns[name]
+        processor = _bind_processor(column, dialect)
+        if processor is None or isinstance(column.type, sa.JSON):  # JSON: already its text
+            continue
+        if name in shared:
+            shared[name] = processor(shared[name])
+        else:
+            varying[name] = list(map(processor, varying[name]))
+    return shared, varying
+
+
+def _json_texts(values: list[Any], texts: dict[Any, str]) -> list[str]:
+    """Each of `values` as JSON text, each distinct one serialised once (into `texts`)."""
 
     def text_of(value: Any) -> str:
         key = tuple(value) if isinstance(value, list) else id(value)
@@ -176,16 +248,69 @@ def insert_many(session: Session, table: sa.Table, rows: Sequence[dict[str, Any]
             texts[key] = json.dumps(value)
         return texts[key]
 
-    plain = [
-        name
-        for name in rows[0]
-        if name not in json_columns and any(row[name] is not None for row in rows)
-    ]
-    statement = sa.insert(table).values(
-        {name: sa.bindparam(name, type_=sa.Text()) for name in json_columns}
+    if all(map(operator.is_, values, itertools.repeat(values[0]))):  # e.g. a job's params
+        return [text_of(values[0])] * len(values)
+    return list(map(text_of, values))
+
+
+def _row_widths(table: sa.Table, varying: dict[str, list[Any]], rows: int) -> list[int]:
+    """How many characters each row's values take, at most: a text's length, 32 for a
+    number or a date (and for the row's commas)."""
+    fixed, lengths = 32, []
+    for name, values in varying.items():
+        if not isinstance(table.columns[name].type, sa.String | sa.JSON):
+            fixed += 32
+            continue
+        try:
+            lengths.append(list(map(len, values)))
+        except TypeError:  # a None among them
+            lengths.append([len(value) if isinstance(value, str) else 32 for value in values])
+    if not lengths:
+        return [fixed] * rows
+    return [fixed + width for width in map(sum, zip(*lengths, strict=True))]
+
+
+def _bind_processor(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy does to a value of `column` before the driver gets it (e.g. SQLite's
+    datetimes as text), if anything."""
+    processor: Callable[[Any], Any] | None = column.type.dialect_impl(dialect).bind_processor(
+        dialect
     )
-    params = [
-        {name: row[name] for name in plain} | {name: text_of(row[name]) for name in json_columns}
-        for row in rows
-    ]
-    session.execute(statement, params if len(params) > 1 else params[0])
+    return processor
+
+
+def _most_values(connection: sa.Connection) -> int | None:
+    """How many values one statement may bind: SQLite's limit (999, or 32,766 since 3.32);
+    None on MySQL, whose driver writes them into the statement's text."""
+    driver = connection.connection.dbapi_connection
+    if isinstance(driver, sqlite3.Connection):
+        return driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return None
+
+
+def _insert_select(
+    connection: sa.Connection,
+    table: sa.Table,
+    shared: dict[str, Any],
+    varying: Sequence[str],
+    values: Sequence[Any],
+    rows: int,
+) -> None:
+    """`INSERT … SELECT` of `rows` rows: `shared` bound once, `values` the `varying` columns'
+    values row after row."""
+    dialect = connection.dialect
+    quote = dialect.identifier_preparer.quote
+    mark = _PLACEHOLDER[dialect.paramstyle]
+    row = ", ".join([mark] * len(varying))
+    if dialect.name == "sqlite" or getattr(dialect, "is_mariadb", False):
+        rest = f" UNION ALL VALUES {', '.join([f'({row})'] * (rows - 1))}" if rows > 1 else ""
+    else:  # MySQL's VALUES wants ROW(…)
+        rest = f" UNION ALL SELECT {row}" * (rows - 1)
+    columns = ", ".join(quote(name) for name in (*varying, *shared))
+    selected = ", ".join([*(f"v.{quote(name)}" for name in varying), *[mark] * len(shared)])
+    first = ", ".join(f"{mark} AS {quote(name)}" for name in varying)
+    sql = (
+        f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({columns}) "
+        f"SELECT {selected} FROM (SELECT {first}{rest}) AS v"
+    )
+    connection.exec_driver_sql(sql, (*shared.values(), *values))

@@ -1,9 +1,14 @@
 """The schema (control_plane/migrations/) on SQLite and MariaDB: ids compare exactly, the
-migrations make what the models describe, and the engine (control_plane/db.py) keeps
-statement parameters out of its errors."""
+migrations make what the models describe, the engine (control_plane/db.py) keeps
+statement parameters out of its errors, and bulk inserts (`db.insert_many`) write what the
+ORM would."""
 
 import io
 import logging
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +17,9 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import control_plane.models  # noqa: F401 - registers the tables
-from control_plane.db import make_engine
+from control_plane import db
+from control_plane.db import insert_many, make_engine, new_session
+from control_plane.models import Group, Job, Output
 from shared.logs import configure_logging
 from tests.conftest import png_bytes
 from tests.fakes.api import Api
@@ -100,3 +107,175 @@ def test_a_failed_insert_logs_no_statement_parameters(database_url: str) -> None
     text = written.getvalue()
     assert "INSERT INTO dispatches" in text and "parameters hidden" in text
     assert TOKEN not in text
+
+
+def output_rows(job_id: str, group_id: str, count: int) -> list[dict[str, Any]]:
+    """Every column of `count` outputs: values all rows share (a params object, a timestamp
+    on a whole second) and values that vary, among them quotes, backslashes, placeholders
+    and None in some rows only."""
+    params = {"model": "m", "negative_prompt": None, "weights": [1, 2.5, True]}
+    shared_time = datetime(2026, 1, 2, 3, 4, 5)  # microsecond 0: SQLite still writes .000000
+    return [
+        {column.name: None for column in Output.__table__.columns}
+        | {
+            "id": f"out_{job_id[-6:]}_{position:04d}",
+            "job_id": job_id,
+            "group_id": group_id,
+            "dispatch_id": f"dsp_{position // 3}" if position % 4 else None,
+            "position": position,
+            "status": "pending",
+            "prompt": ["it's", "back\\slash", "100% %s %(x)s ?", "ünï ✓", ""][position % 5],
+            "reference_ids": [f"img_{position % 2}"] if position % 3 else [],
+            "kind": "image",
+            "text": "x" * 70_000 if position == 1 else None,
+            "tags": ["a", "b"] if position % 2 else None,
+            "seed": 2**31 - 1 - position,
+            "params": params,
+            "model": "m",
+            "cost_usd": 0.25 if position == 2 else None,
+            "attempts": 0,
+            "created_at": shared_time,
+            "updated_at": datetime(2026, 1, 2, 3, 4, 5, position),
+        }
+        for position in range(count)
+    ]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def new_job(engine: sa.Engine) -> tuple[str, str]:
+    with new_session(engine) as session:
+        group = Group(name="g")
+        job = Job(group_id=group.id, batch_id="bat_1", mode="automatic", prompt="p", config={})
+        session.add(group)
+        session.flush()
+        session.add(job)
+        session.commit()
+        return job.id, group.id
+
+
+def stored(engine: sa.Engine, job_id: str) -> list[tuple[Any, ...]]:
+    """The job's outputs as the database holds them (text as stored: datetimes on SQLite,
+    JSON everywhere), but for their ids, job and group."""
+    quote = engine.dialect.identifier_preparer.quote
+    names = [
+        quote(column.name)
+        for column in Output.__table__.columns
+        if column.name not in ("id", "job_id", "group_id")
+    ]
+    with engine.connect() as connection:
+        result = connection.execute(
+            sa.text(
+                f"SELECT {', '.join(names)} FROM outputs WHERE job_id = :job ORDER BY position"
+            ),
+            {"job": job_id},
+        )
+        return [tuple(row) for row in result]
+
+
+def test_insert_many_stores_exactly_what_the_orm_stores(engine: sa.Engine) -> None:
+    """Shared values bound once, the others per row: every column of every row as the ORM
+    writes it, NULLs, JSON nulls, datetimes' text and escapes included."""
+    by_orm, by_insert = new_job(engine), new_job(engine)
+    with new_session(engine) as session:
+        session.add_all(Output(**row) for row in output_rows(*by_orm, 12))
+        session.commit()
+    with new_session(engine) as session:
+        insert_many(session, Output.__table__, output_rows(*by_insert, 12))
+        session.commit()
+    orm_rows = stored(engine, by_orm[0])
+    assert len(orm_rows) == 12
+    assert stored(engine, by_insert[0]) == orm_rows
+
+
+def test_insert_many_writes_a_single_row_and_identical_rows(engine: sa.Engine) -> None:
+    job_id, group_id = new_job(engine)
+    [one] = output_rows(job_id, group_id, 1)
+    same = [one | {"id": "out_twin"}, one | {"id": "out_twin_2"}]
+    with new_session(engine) as session:
+        insert_many(session, Output.__table__, [one])
+        insert_many(session, Output.__table__, [])
+        session.commit()
+        with pytest.raises(sa.exc.IntegrityError):  # two rows still, with one key
+            insert_many(session, Output.__table__, [same[0], same[0]])
+        session.rollback()
+        insert_many(session, Output.__table__, same)
+        session.commit()
+    assert len(stored(engine, job_id)) == 3
+
+
+def test_insert_many_binds_shared_values_once_in_bounded_statements(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each statement binds what every row shares once and five values per row (those that
+    vary); statements stop at `INSERT_CHARS` characters of values, and on SQLite at its
+    limit of bound values (999 before 3.32)."""
+    job_id, group_id = new_job(engine)
+    rows = [
+        row | {"dispatch_id": f"dsp_{index}", "reference_ids": [f"img_{index}"], "text": None}
+        for index, row in enumerate(output_rows(job_id, group_id, 600))
+    ]
+    for row in rows:
+        row.update(prompt="p", tags=None, cost_usd=None, updated_at=row["created_at"])
+    monkeypatch.setattr(db, "INSERT_CHARS", 10_000)
+    statements: list[tuple[int, int]] = []  # (values bound, characters of text bound)
+
+    def note(_conn: object, _cursor: object, statement: str, parameters: Any, *_: object) -> None:
+        if statement.startswith("INSERT INTO"):
+            text = sum(len(value) for value in parameters if isinstance(value, str))
+            statements.append((len(parameters), text))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    with new_session(engine) as session:
+        driver = session.connection().connection.dbapi_connection
+        sqlite = isinstance(driver, sqlite3.Connection)
+        if sqlite:
+            driver.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        insert_many(session, Output.__table__, rows)
+        session.commit()
+    sa.event.remove(engine, "before_cursor_execute", note)
+    # Shared: job, group, status, prompt, kind, tags, params, usage, model, attempts and the
+    # two timestamps; varying: id, dispatch, position, seed, references.
+    statement_rows = [(values - 12) / 5 for values, _ in statements]
+    assert sum(statement_rows) == 600 and all(n == int(n) for n in statement_rows)
+    assert len(statements) > 1
+    if sqlite:
+        assert max(values for values, _ in statements) <= 999
+    else:  # the shared values' text (about 150 characters) besides the rows'
+        assert max(text for _, text in statements) <= 10_000 + 200
+    assert [row[1] for row in stored(engine, job_id)] == list(range(600))
+
+
+def test_insert_many_on_mysql_selects_each_row(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MySQL (not MariaDB) is sent a `UNION ALL SELECT` per row instead of a VALUES list:
+    the same rows, here on MariaDB."""
+    if engine.dialect.name != "mysql":
+        pytest.skip("MySQL's statement; SQLite takes a VALUES list")
+    by_orm, by_insert = new_job(engine), new_job(engine)
+    with new_session(engine) as session:
+        session.add_all(Output(**row) for row in output_rows(*by_orm, 12))
+        session.commit()
+    sent: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        sent.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    with new_session(engine) as session:
+        monkeypatch.setattr(engine.dialect, "is_mariadb", False)
+        insert_many(session, Output.__table__, output_rows(*by_insert, 12))
+        monkeypatch.undo()
+        session.commit()
+    sa.event.remove(engine, "before_cursor_execute", note)
+    [insert] = [statement for statement in sent if statement.startswith("INSERT")]
+    assert insert.count("UNION ALL SELECT") == 11 and "VALUES" not in insert
+    assert stored(engine, by_insert[0]) == stored(engine, by_orm[0])

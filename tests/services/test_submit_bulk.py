@@ -100,6 +100,69 @@ def test_a_job_written_in_bulk_holds_what_its_plan_says(api: Api) -> None:
     assert events[0].data == {"total": 12} and events[1].data == {"attempt": 1}
 
 
+def test_every_row_of_a_big_job_holds_what_its_plan_says(api: Api) -> None:
+    """4,500 images (insert batches of 2,000): each row's position, seed, prompt, reference,
+    dispatch and shared columns; what every row shares (the job, params, timestamps…) is
+    bound once per statement, not once per row."""
+    group_id = api.group()
+    images = api.upload_ids(group_id, 3)
+    statements: list[tuple[int, str]] = []  # (values bound, first words)
+
+    def note(
+        _conn: object, _cursor: object, sql: str, parameters: Any, _ctx: object, many: bool
+    ) -> None:
+        if sql.startswith("INSERT INTO outputs"):
+            statements.append((sum(map(len, parameters)) if many else len(parameters), sql))
+
+    engine = api.platform.engine
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        answer = submit(
+            api,
+            {
+                "group_id": group_id,
+                "mode": "automatic",
+                "prompt": "a {red, blue} car",
+                "images": images * 750,
+                "config": {"seed": 11, "negative_prompt": "blur"},
+            },
+        )
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+    job_id, total = answer["jobs"][0]["id"], 4_500
+    with api.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        outputs = session.exec(
+            select(Output).where(Output.job_id == job_id).order_by(col(Output.position))
+        ).all()
+        dispatches = session.exec(
+            select(Dispatch.id)
+            .where(Dispatch.job_id == job_id)
+            .order_by(col(Dispatch.created_at), col(Dispatch.id))
+        ).all()
+    chunk = lifecycle.dispatch_chunk(api.platform.settings, [{"prompt": "a blue car"}] * total)
+    assert len(dispatches) == -(-total // chunk) and len({o.id for o in outputs}) == total
+    params = {"model": MODEL, "aspect_ratio": "1:1", "image_size": "1K", "negative_prompt": "blur"}
+    assert [(o.position, o.seed, o.prompt, o.reference_ids, o.dispatch_id) for o in outputs] == [
+        (
+            position,
+            11 + position,
+            ["a red car", "a blue car"][position % 2],
+            [images[position // 2 % 3]],
+            dispatches[position // chunk],
+        )
+        for position in range(total)
+    ]
+    shared = {(o.group_id, o.kind, o.model, o.attempts, o.tags, o.usage) for o in outputs}
+    assert shared == {(group_id, "image", MODEL, 0, None, None)}
+    assert len({o.created_at for o in outputs}) == 1
+    assert all(o.params == params for o in outputs)
+    assert all(o.status == "pending" or o.status == "running" for o in outputs)
+    # id, dispatch, position, prompt, seed, reference per row; the rest once per statement
+    assert sum(values for values, _ in statements) <= 6 * total + 12 * len(statements)
+
+
 def test_dispatches_are_sized_to_the_job_and_sent_in_position_order(api: Api) -> None:
     settings = api.platform.settings
     settings.dispatch_chunk_size, settings.dispatch_max_per_job = 2, 3
