@@ -28,12 +28,22 @@ from control_plane.runpod.client import RunPodError
 from control_plane.runpod.wire import progress_url, run_body
 from control_plane.services import references
 from shared import layout
-from shared.contract import DispatchInput, ImageParams, Task, WorkItem
+from shared.contract import (
+    ITEM_TASKS,
+    NAMED_BATCH_TASKS,
+    DispatchInput,
+    DispatchTask,
+    ImageParams,
+    Task,
+    WorkItem,
+)
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 STALE_CLAIM_MARGIN_S = 30.0  # the claim's and the record's own database work, lock waits included
 SEND_CONCURRENCY = 8
+# the tasks whose worker reads the images' references (a batch's collect no longer does)
+READS_REFERENCES = frozenset({DispatchTask.GENERATE, DispatchTask.BATCH_SUBMIT})
 BATCH = 200
 
 
@@ -119,12 +129,14 @@ def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
         dispatch = lifecycle.claim(session, platform.settings, dispatch_id, stale_claim(platform))
         if dispatch is None:
             return None
-        outputs = _unsent(session, dispatch)
+        task = DispatchTask(dispatch.task)
+        outputs = _unsent(session, dispatch) if task in ITEM_TASKS else []
         keys = references.storage_keys(session, {r for o in outputs for r in o.reference_ids})
         gone = {
             output.id: _gone(missing)
             for output in outputs
-            if (missing := [ref for ref in output.reference_ids if ref not in keys])
+            if task in READS_REFERENCES
+            and (missing := [ref for ref in output.reference_ids if ref not in keys])
         }
         if not gone:
             progress = progress_url(platform.settings.public_url, dispatch)
@@ -188,13 +200,23 @@ def _input_of(
     keys: dict[str, str],
     progress: str,
 ) -> DispatchInput:
-    """The worker's input: the dispatch's unfinished images, references as storage URIs, and
-    where to post their results as they are stored."""
+    """The worker's input for the dispatch's task: the dispatch's unfinished images (for the
+    tasks that take items), references as storage URIs, where to post their results as
+    they are stored, and its Gemini batch (for the tasks that name one)."""
+    task = DispatchTask(dispatch.task)
     referenced = {ref for output in outputs for ref in output.reference_ids}
-    uris = {ref: storage.uri(keys[ref]) for ref in referenced}
-    items = [_work_item(output, [uris[ref] for ref in output.reference_ids]) for output in outputs]
+    uris = {ref: storage.uri(keys[ref]) for ref in referenced if ref in keys}  # see `gone`
+    items = [
+        _work_item(output, [uris[ref] for ref in output.reference_ids if ref in uris])
+        for output in outputs
+    ]
     return DispatchInput(
-        dispatch_id=dispatch.id, job_id=dispatch.job_id, items=items, progress_url=progress
+        dispatch_id=dispatch.id,
+        job_id=dispatch.job_id,
+        task=task,
+        items=items if task in ITEM_TASKS else [],
+        batch=dispatch.batch_name if task in NAMED_BATCH_TASKS else None,
+        progress_url=progress,
     )
 
 

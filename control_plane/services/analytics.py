@@ -39,8 +39,10 @@ from control_plane.models import (
     clip,
 )
 from control_plane.services.rows import fetch
+from shared.contract import NAMED_BATCH_TASKS
 
 CONSUMER = "analytics"
+LATER_BATCH_TASKS = frozenset(NAMED_BATCH_TASKS)  # RunPod jobs of a batch after its submit
 ERROR_CHARS = 300
 
 
@@ -101,6 +103,8 @@ def _rows_of(session: Session, event: Event, job: Job) -> list[Row]:
         count = event.data.get("retried", 0)
         retried = {**common, "model": model_of(job.config), "image_count": count, "retry": True}
         return [(AnalyticsType.GENERATION_QUEUED, None, retried)]
+    if event.kind == EventKind.DISPATCH_STARTED and event.data.get("task") in LATER_BATCH_TASKS:
+        return []  # a batch's poll, collect or cancel: its images started with its submit
     if event.kind == EventKind.DISPATCH_STARTED:
         started = {
             **common,
