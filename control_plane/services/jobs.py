@@ -13,7 +13,15 @@ from sqlmodel import Session, col, func, select
 from control_plane import lifecycle
 from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest
-from control_plane.models import TERMINAL_DISPATCH, Dispatch, Job, Lane, Output, OutputStatus
+from control_plane.models import (
+    ACTIVE_JOB,
+    TERMINAL_DISPATCH,
+    Dispatch,
+    Job,
+    Lane,
+    Output,
+    OutputStatus,
+)
 from control_plane.schemas import BatchProgress
 from control_plane.services.rows import fetch
 from control_plane.settings import Settings
@@ -72,7 +80,9 @@ def job_view(
         job,
         page_of_images(session, job.id, limit=image_limit),
         reruns_of(session, [job.id]).get(job.id, []),
-        batch_progress(session, job) if job.lane == Lane.BATCH else None,
+        batch_progress(session, job)
+        if job.lane == Lane.BATCH and job.status in ACTIVE_JOB
+        else None,
     )
 
 
@@ -82,7 +92,8 @@ BATCH_STAGES = ("submitting", "pending at Google", "running", "collecting")
 
 def batch_progress(session: Session, job: Job) -> BatchProgress | None:
     """Where the job's live Gemini batches stand, with Google's counts summed (None when
-    none is live)."""
+    none is live). A job can end before its last batch does (a collect's progress posts end
+    its images), so ended jobs show none (`job_view`)."""
     live = session.exec(
         select(Dispatch).where(
             col(Dispatch.job_id) == job.id,
