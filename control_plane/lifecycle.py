@@ -918,6 +918,7 @@ def _fail_dispatch(
     else:
         log.warning("dispatch %s failed for good: %s", dispatch.id, reason)
         _fail_outputs(session, unfinished, reason, now, "lost" if lost else "dispatch_failed")
+    cancel_batches(session, [dispatch])  # a batch dispatch's retry, if any, is online work
     refresh_job(session, dispatch.job_id)
 
 
@@ -973,9 +974,11 @@ def cancel_job(session: Session, job_id: str) -> list[str]:
     if job.status in ENDED_JOB:
         raise Conflict(f"job {job_id} is already {job.status}")
     now = utcnow()
-    live = session.exec(
+    live = session.exec(  # a batch's cancel goes on: it holds no image
         select(Dispatch).where(
-            col(Dispatch.job_id) == job_id, col(Dispatch.status).not_in(TERMINAL_DISPATCH)
+            col(Dispatch.job_id) == job_id,
+            col(Dispatch.status).not_in(TERMINAL_DISPATCH),
+            col(Dispatch.task) != DispatchTask.BATCH_CANCEL,
         )
     ).all()
     for dispatch in live:
@@ -1481,6 +1484,8 @@ def cancel_batches(session: Session, dispatches: Sequence[Dispatch]) -> None:
     (their job was cancelled): a dispatch of its own, holding no image."""
     for dispatch in dispatches:
         state = dispatch.batch_state
+        if dispatch.task == DispatchTask.BATCH_CANCEL:  # already cancelling it
+            continue
         if dispatch.batch_name and (state is None or not BatchState(state).ended):
             _queue_cancel(session, dispatch.job_id, dispatch.batch_name)
 

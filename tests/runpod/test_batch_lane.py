@@ -13,6 +13,7 @@ from sqlmodel import col, select, update
 
 from control_plane.models import Dispatch, Job, Output, utcnow
 from control_plane.runpod.poller import advance_batches
+from control_plane.runpod.sender import send_due
 from shared.model_table import model_table
 from tests.fakes.api import Api, hook, succeeded_result
 
@@ -351,3 +352,51 @@ def test_the_estimate_of_the_batch_lane_is_at_the_batch_price(api: Api) -> None:
     batch = api.client.post("/api/jobs/estimate", json=body | {"config": {"lane": "batch"}}).json()
     assert online["cost_usd"] > 0
     assert batch["cost_usd"] == pytest.approx(online["cost_usd"] / 2)
+
+
+def test_a_poll_runpod_never_takes_fails_to_online_work_and_cancels_the_batch(api: Api) -> None:
+    job = submit_batch(api, 2)
+    api.drain()
+    dispatch = the_batch(api, job["id"])
+    assert hook(api, dispatch, batch_output(dispatch, "batch_submit", "pending")).is_success
+    send = api.run_route.side_effect
+    refusing = [True]
+
+    def run(request: httpx.Request) -> httpx.Response:
+        if refusing[0]:
+            return httpx.Response(400, json={"error": "endpoint paused"})
+        return send(request)  # type: ignore[misc,operator]
+
+    api.run_route.side_effect = run
+    poll_now(api, job["id"])
+    for _ in range(api.platform.settings.dispatch_submit_attempts - 1):
+        api.client.portal.call(send_due, api.platform)  # type: ignore[union-attr]
+    [failed] = [d for d in dispatches(api, job["id"]) if d.id == dispatch.id]
+    assert failed.status == "failed" and "could not submit" in (failed.error or "")
+    refusing[0] = False
+    api.client.portal.call(send_due, api.platform)  # type: ignore[union-attr]
+    tasks = sorted(body["input"]["task"] for body in api.run_bodies[1:])
+    assert tasks == ["batch_cancel", "generate"]
+    assert {o.status for o in api.outputs(job["id"])} == {"running"}
+
+
+def test_cancelling_a_job_lets_a_batch_cancel_under_way_finish(api: Api) -> None:
+    job = submit_batch(api, 2, batch_deadline_s=600)
+    api.drain()
+    dispatch = the_batch(api, job["id"])
+    assert hook(api, dispatch, batch_output(dispatch, "batch_submit", "pending")).is_success
+    with api.session() as session:
+        session.exec(
+            update(Job)
+            .where(col(Job.id) == job["id"])
+            .values(batch_deadline_at=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+    api.client.portal.call(advance_batches, api.platform)  # type: ignore[union-attr]
+    api.drain()
+    assert api.client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
+    cancelling = the_batch(api, job["id"])
+    assert cancelling.task == "batch_cancel" and cancelling.status == "submitted"
+    assert hook(api, cancelling, batch_output(cancelling, "batch_cancel", "cancelled")).is_success
+    assert the_batch(api, job["id"]).status == "completed"
+    assert api.client.get(f"/api/jobs/{job['id']}").json()["status"] == "cancelled"
