@@ -2,6 +2,7 @@
 
     job       queued → processing → completed | failed | cancelled   (a retry reopens it)
     dispatch  pending → submitting → submitted → completed | failed
+              a batch's: … submitted → batched → pending (its next task) … → completed | failed
     output    pending → running → succeeded | failed | blocked      (a retry: failed → pending)
 
 Rules kept here and nowhere else:

@@ -101,7 +101,8 @@ TERMINAL_OUTPUT = (OutputStatus.SUCCEEDED, OutputStatus.FAILED, OutputStatus.BLO
 
 
 class DispatchStatus(StrEnum):
-    """One RunPod job: pending → submitting → submitted → completed | failed."""
+    """One RunPod job: pending → submitting → submitted → completed | failed. A batch
+    dispatch runs one RunPod job per batch task, waiting `batched` between them."""
 
     PENDING = "pending"  # to be sent to RunPod (new, or a send failed and will be retried)
     SUBMITTING = "submitting"  # claimed by a sender; stale claims are retried
