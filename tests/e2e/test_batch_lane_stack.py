@@ -15,6 +15,7 @@ from sqlmodel import Session, col, create_engine, select
 from control_plane.app import create_app
 from control_plane.models import Dispatch
 from control_plane.settings import Settings
+from tests.fakes.cli import pixelfleet
 from tests.fakes.servers import RestartableServer
 from tests.fakes.stack import Stack, run_stack
 from worker.local_endpoint import build_endpoint_app_from_settings
@@ -112,6 +113,10 @@ def test_a_batch_google_never_finishes_ends_online_by_the_deadline(
         assert time.monotonic() - started >= 5
         assert job["status"] == "completed" and job["progress"]["succeeded"] == 6
         assert job["fallback"] == {"the batch was not done by the job's batch deadline": 6}
+        shown = pixelfleet("jobs", "show", job_id, api_url=str(stack.http.base_url), cwd=tmp_path)
+        assert "lane: batch\n" in shown.stdout
+        deadline = "the batch was not done by the job's batch deadline"
+        assert f"went online: 6 image(s): {deadline}" in shown.stdout
         [record] = batches_made(tmp_path / "worker")
         wait_until(lambda: batches_made(tmp_path / "worker")[0]["cancelled_at"] is not None)
         ended = dispatches(stack.settings, job_id)
@@ -132,6 +137,11 @@ def test_cancelling_a_batch_job_cancels_its_batch(settings: Settings, tmp_path: 
                 (stack.http.get(f"/api/jobs/{job_id}").json()["batch"] or {}).get("state")
                 == "pending at Google"
             )
+        )
+        shown = pixelfleet("jobs", "show", job_id, api_url=str(stack.http.base_url), cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert (
+            "lane: batch, pending at Google (1 batch(es), 0 of 3 request(s) done)" in shown.stdout
         )
         response = stack.http.post(f"/api/jobs/{job_id}/cancel")
         assert response.status_code == 200, response.text
