@@ -597,12 +597,17 @@ def apply_progress(
     False (nothing changed) unless the dispatch is `submitted`: once it has ended, RunPod's
     report was the authority for its end (`finish_dispatch` applies only what is still
     unfinished); before RunPod's job is recorded, a send may still be retried, and must find
-    its images unfinished. Checked before the locks, as `finish_dispatch` does."""
+    its images unfinished. Checked before the locks, as `finish_dispatch` does. A batch
+    collect's failed requests are left to its end, which sends them online (`_collected`)."""
+    planned: PlannedResults | None = None
     planned = plan_results(session, storage, dispatch_id, results, fail_unreported=False)
     locked = lock_job_and_dispatch(session, dispatch_id)
     if locked is None or locked[1].status != DispatchStatus.SUBMITTED:
         return False
     _job, dispatch = locked  # the job held: its counters move below
+    if dispatch.task == DispatchTask.BATCH_COLLECT:  # a failed request goes online at its end
+        results = [r for r in results if r.status != ResultStatus.FAILED]
+        planned = None
     _apply_results(session, storage, dispatch, results, planned=planned, fail_unreported=False)
     refresh_job(session, dispatch.job_id)
     return True

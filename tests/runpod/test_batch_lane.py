@@ -16,6 +16,7 @@ from control_plane.runpod.poller import advance_batches
 from control_plane.runpod.sender import send_due
 from shared.model_table import model_table
 from tests.fakes.api import Api, hook, succeeded_result
+from tests.runpod.test_progress import post_progress
 
 
 def submit_batch(api: Api, n: int, **config: Any) -> dict[str, Any]:
@@ -134,6 +135,11 @@ def test_a_batch_job_runs_submit_poll_collect_and_retries_failed_requests_online
         "status": "COMPLETED",
         "output": {"version": 4, "dispatch_id": collecting.id, "results": results},
     }
+    progressed = post_progress(api, collecting, [results[0], failed])  # stored as they come
+    assert progressed.status_code == 200, progressed.text
+    early = {o.id: o.status for o in api.outputs(job["id"])}
+    assert early[outputs[0].id] == "succeeded"
+    assert early[outputs[2].id] == "running"  # a failed request waits for the collect's end
     assert hook(api, collecting, collected).status_code == 200
     assert the_batch(api, job["id"]).status == "completed"
     ended = {o.id: o.status for o in api.outputs(job["id"])}
