@@ -420,15 +420,22 @@ def _fail_spent_claim(
     return True
 
 
-def mark_submitted(session: Session, dispatch_id: str, runpod_job_id: str) -> bool:
+def mark_submitted(
+    session: Session, dispatch_id: str, runpod_job_id: str, token: str | None = None
+) -> bool:
     """submitting → submitted, its outputs running, its job processing.
 
     False if nobody wants that RunPod job any more (the dispatch failed meanwhile, e.g. its
-    job was cancelled while `/run` was in flight): the caller cancels it at RunPod.
+    job was cancelled while `/run` was in flight): the caller cancels it at RunPod. `token`
+    is the webhook token the send carried: a batch dispatch whose token has changed since
+    has moved on to its next task (the webhook of this one came first), which this RunPod
+    job must not be taken for.
     """
     dispatch = lock_dispatch(session, dispatch_id)
     if dispatch is None:
         return False
+    if token is not None and dispatch.webhook_token != token:
+        return dispatch.status != DispatchStatus.FAILED
     dispatch.runpod_job_id = dispatch.runpod_job_id or clip(runpod_job_id, 80)
     session.add(dispatch)
     if dispatch.status == DispatchStatus.FAILED:

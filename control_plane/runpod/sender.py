@@ -92,9 +92,10 @@ async def _send_all(platform: Platform, dispatch_ids: list[str]) -> None:
 
 
 async def send(platform: Platform, dispatch_id: str) -> None:
-    body = await asyncio.to_thread(_claim, platform, dispatch_id)
-    if body is None:
+    claimed = await asyncio.to_thread(_claim, platform, dispatch_id)
+    if claimed is None:
         return
+    body, token = claimed
     try:
         runpod_job_id = await platform.runpod.run(body)
     except RunPodError as error:  # lost if retryable: an outage, so RunPod never took the job
@@ -105,7 +106,7 @@ async def send(platform: Platform, dispatch_id: str) -> None:
         reason = f"{type(error).__name__}: {error}"
         await asyncio.to_thread(_release, platform, dispatch_id, reason, False)
         return
-    if not await asyncio.to_thread(_record, platform, dispatch_id, runpod_job_id):
+    if not await asyncio.to_thread(_record, platform, dispatch_id, runpod_job_id, token):
         await cancel_quietly(platform, runpod_job_id)
 
 
@@ -117,8 +118,9 @@ async def cancel_quietly(platform: Platform, runpod_job_id: str) -> None:
         log.info("RunPod cancel of %s: %s", runpod_job_id, exc)
 
 
-def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
-    """Claim the dispatch and build its `/run` body; None if there is nothing to send now.
+def _claim(platform: Platform, dispatch_id: str) -> tuple[dict[str, object], str] | None:
+    """Claim the dispatch and build its `/run` body, with the webhook token it carries (a
+    batch dispatch has one per task); None if there is nothing to send now.
 
     Images whose reference images no longer exist (deleted since they were asked for) are
     failed with the reason, the claim is given back, and the rest go at the next pass.
@@ -141,7 +143,7 @@ def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
         if not gone:
             progress = progress_url(platform.settings.public_url, dispatch)
             dispatch_input = _input_of(platform.storage, dispatch, outputs, keys, progress)
-            return run_body(platform.settings, dispatch, dispatch_input)
+            return run_body(platform.settings, dispatch, dispatch_input), dispatch.webhook_token
     log.warning("dispatch %s: %d image(s) lost their references", dispatch_id, len(gone))
     with platform.session_scope() as session:
         lifecycle.drop_unsendable(session, dispatch_id, gone)
@@ -155,9 +157,9 @@ def _gone(missing: list[str]) -> str:
     )
 
 
-def _record(platform: Platform, dispatch_id: str, runpod_job_id: str) -> bool:
+def _record(platform: Platform, dispatch_id: str, runpod_job_id: str, token: str) -> bool:
     with platform.session_scope() as session:
-        return lifecycle.mark_submitted(session, dispatch_id, runpod_job_id)
+        return lifecycle.mark_submitted(session, dispatch_id, runpod_job_id, token)
 
 
 def _release(platform: Platform, dispatch_id: str, error: str, lost: bool) -> None:

@@ -12,8 +12,10 @@ import pytest
 from sqlmodel import col, select, update
 
 from control_plane.models import Dispatch, Job, Output, utcnow
+from control_plane.runpod.finisher import apply_report
 from control_plane.runpod.poller import advance_batches
 from control_plane.runpod.sender import send_due
+from control_plane.runpod.wire import RunPodJobState, report_of
 from shared.model_table import model_table
 from tests.fakes.api import Api, hook, succeeded_result
 from tests.runpod.test_progress import post_progress
@@ -406,3 +408,46 @@ def test_cancelling_a_job_lets_a_batch_cancel_under_way_finish(api: Api) -> None
     assert hook(api, cancelling, batch_output(cancelling, "batch_cancel", "cancelled")).is_success
     assert the_batch(api, job["id"]).status == "completed"
     assert api.client.get(f"/api/jobs/{job['id']}").json()["status"] == "cancelled"
+
+
+def test_a_batch_task_whose_webhook_beats_its_run_answer_is_not_mistaken_for_the_next(
+    api: Api,
+) -> None:
+    """RunPod's webhook may arrive before `/run` has answered: the poll's report moves the
+    dispatch on to its collect, and the poll's late `/run` answer is not recorded as the
+    collect's RunPod job."""
+    job = submit_batch(api, 2)
+    api.drain()
+    dispatch = the_batch(api, job["id"])
+    assert hook(api, dispatch, batch_output(dispatch, "batch_submit", "pending")).is_success
+    send = api.run_route.side_effect
+
+    def run(request: httpx.Request) -> httpx.Response:
+        response: httpx.Response = send(request)  # type: ignore[misc,operator]
+        body = json.loads(request.content)
+        if body["input"]["task"] == "batch_poll":
+            done = batch_output(dispatch, "batch_poll", "succeeded")
+            state = RunPodJobState(id=response.json()["id"], **done)
+            with api.session() as session:
+                apply_report(
+                    session, api.platform.settings, api.platform.storage, dispatch.id,
+                    lambda: report_of(state),
+                )  # fmt: skip
+        return response
+
+    api.run_route.side_effect = run
+    poll_now(api, job["id"])
+    api.client.portal.call(send_due, api.platform)  # type: ignore[union-attr]
+    tasks = [body["input"]["task"] for body in api.run_bodies]
+    assert tasks == ["batch_submit", "batch_poll", "batch_collect"]
+    collecting = the_batch(api, job["id"])
+    assert collecting.task == "batch_collect" and collecting.status == "submitted"
+    assert collecting.runpod_job_id == "rp-3"  # the collect's own RunPod job
+    outputs = api.outputs(job["id"])
+    results = [succeeded_result(api, output) for output in outputs]
+    collected = {
+        "status": "COMPLETED",
+        "output": {"version": 4, "dispatch_id": collecting.id, "results": results},
+    }
+    assert hook(api, collecting, collected).is_success
+    assert api.client.get(f"/api/jobs/{job['id']}").json()["status"] == "completed"
