@@ -606,7 +606,7 @@ def apply_progress(
     unfinished); before RunPod's job is recorded, a send may still be retried, and must find
     its images unfinished. Checked before the locks, as `finish_dispatch` does. A batch
     collect's failed requests are left to its end, which sends them online (`_collected`)."""
-    planned: PlannedResults | None = None
+    planned: PlannedResults | None
     planned = plan_results(session, storage, dispatch_id, results, fail_unreported=False)
     locked = lock_job_and_dispatch(session, dispatch_id)
     if locked is None or locked[1].status != DispatchStatus.SUBMITTED:
