@@ -860,7 +860,7 @@ class UsageBucket(BaseModel):
 class Usage(BaseModel):
     start: str  # YYYY-MM-DD, inclusive
     end: str  # YYYY-MM-DD, inclusive
-    group_by: Literal["day", "model", "user", "group"]
+    group_by: Literal["day", "model", "user", "group", "lane"]
     images: int
     cost_usd: float
     buckets: list[UsageBucket]

@@ -17,7 +17,7 @@ from control_plane.runpod.poller import advance_batches
 from control_plane.runpod.sender import send_due
 from control_plane.runpod.wire import RunPodJobState, report_of
 from shared.model_table import model_table
-from tests.fakes.api import Api, hook, succeeded_result
+from tests.fakes.api import Api, finish_job, hook, succeeded_result
 from tests.runpod.test_progress import post_progress
 
 
@@ -451,3 +451,29 @@ def test_a_batch_task_whose_webhook_beats_its_run_answer_is_not_mistaken_for_the
     }
     assert hook(api, collecting, collected).is_success
     assert api.client.get(f"/api/jobs/{job['id']}").json()["status"] == "completed"
+
+
+def test_usage_splits_images_and_spend_by_lane(api: Api) -> None:
+    job = submit_batch(api, 2)
+    api.drain()
+    dispatch = the_batch(api, job["id"])
+    assert hook(api, dispatch, batch_output(dispatch, "batch_submit", "succeeded")).is_success
+    api.drain()
+    collecting = the_batch(api, job["id"])
+    results = [succeeded_result(api, o) | {"cost_usd": 0.0195} for o in api.outputs(job["id"])]
+    collected = {
+        "status": "COMPLETED",
+        "output": {"version": 4, "dispatch_id": collecting.id, "results": results},
+    }
+    assert hook(api, collecting, collected).is_success
+    group_id = api.group("online")
+    online = api.client.post(
+        "/api/jobs/submit",
+        json={"group_id": group_id, "mode": "automatic", "prompt": "p",
+              "images": api.upload_ids(group_id, 1)},
+    ).json()["jobs"][0]  # fmt: skip
+    finish_job(api, online["id"], ["succeeded"])
+    usage = api.client.get("/api/usage", params={"group_by": "lane"})
+    assert usage.status_code == 200, usage.text
+    by_lane = {b["key"]: (b["images"], b["cost_usd"]) for b in usage.json()["buckets"]}
+    assert by_lane == {"batch": (2, pytest.approx(0.039)), "online": (1, 0.0)}
