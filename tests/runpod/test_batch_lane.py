@@ -19,6 +19,7 @@ from control_plane.runpod.wire import RunPodJobState, report_of
 from shared.model_table import model_table
 from tests.fakes.api import Api, finish_job, hook, succeeded_result
 from tests.runpod.test_progress import post_progress
+from tests.test_metrics import scrape
 
 
 def submit_batch(api: Api, n: int, **config: Any) -> dict[str, Any]:
@@ -477,3 +478,7 @@ def test_usage_splits_images_and_spend_by_lane(api: Api) -> None:
     assert usage.status_code == 200, usage.text
     by_lane = {b["key"]: (b["images"], b["cost_usd"]) for b in usage.json()["buckets"]}
     assert by_lane == {"batch": (2, pytest.approx(0.039)), "online": (1, 0.0)}
+    api.drain()
+    metrics = scrape(api)
+    assert metrics[("pixelfleet_spend_by_lane_usd", (("lane", "batch"),))] == pytest.approx(0.039)
+    assert metrics[("pixelfleet_spend_by_lane_usd", (("lane", "online"),))] == 0
