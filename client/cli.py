@@ -34,6 +34,7 @@ from client.outcome import (
     EXIT_USAGE,
     Outcome,
     cost_of,
+    lane_lines,
 )
 from client.progress import Display
 from control_plane.schemas import (
@@ -558,7 +559,7 @@ def jobs_show(job_id: str, api: ApiUrl = DEFAULT_API_URL, as_json: AsJson = Fals
     typer.echo(f"job {job.id} in group {job.group_id}: {job.mode}, {job.status}")
     typer.echo(f"prompt: {job.prompt}")
     typer.echo(f"config: {json.dumps(job.config)}")
-    for line in Outcome(jobs=[job]).lines():
+    for line in [*lane_lines(job), *Outcome(jobs=[job]).lines()]:
         typer.echo(line)
     typer.echo(f"cost so far: ${cost_of(job):.4f}")
 

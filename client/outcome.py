@@ -73,6 +73,20 @@ def cost_of(job: JobDetail) -> float:
     return sum(image.cost_usd or 0.0 for image in job.images)
 
 
+def lane_lines(job: JobDetail) -> list[str]:
+    """A batch job's lane, where its batches stand (Google's counts) and the images that
+    went online, by reason; nothing for an online job."""
+    if job.lane != "batch":
+        return []
+    batch, lines = job.batch, ["lane: batch"]
+    if batch is not None:
+        done = (batch.succeeded or 0) + (batch.failed or 0)
+        counts = f", {done} of {batch.requests} request(s) done" if batch.requests else ""
+        lines[0] += f", {batch.state} ({batch.batches} batch(es){counts})"
+    lines += [f"went online: {n} image(s): {why}" for why, n in (job.fallback or {}).items()]
+    return lines
+
+
 def job_json(job: JobDetail) -> dict[str, Any]:
     return {
         "id": job.id,

@@ -93,8 +93,10 @@ class JobBars:
                 self.done_at_start[job.id] = done
             elapsed = max(time.monotonic() - self.started, 1e-6)
             rate = (done - self.done_at_start[job.id]) / elapsed
+            batch = f" [{job.batch.state}]" if job.batch else ""
             self.progress.update(
                 self.tasks[job.id],
+                description=f"job ..{job.id[-6:]}{batch}",
                 total=job.progress.total,
                 completed=done,
                 succeeded=job.progress.succeeded,

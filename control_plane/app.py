@@ -19,7 +19,7 @@ from control_plane.deliveries import Deliverer
 from control_plane.platform import Platform
 from control_plane.runpod.canceller import canceller
 from control_plane.runpod.client import RunPodClient
-from control_plane.runpod.poller import poll_quiet
+from control_plane.runpod.poller import advance_batches, poll_quiet
 from control_plane.runpod.sender import send_due
 from control_plane.services import personas as persona_stages
 from control_plane.services import users
@@ -115,6 +115,8 @@ def add_services(platform: Platform, *, timers: bool) -> None:
     platform.add_loop(Service.WEBHOOKS, Deliverer(), interval)
     if timers:
         platform.add_loop(Service.POLLER, poll_quiet, interval)
+        batch_interval = min(platform.settings.reconcile_interval_s, platform.settings.batch_poll_s)
+        platform.add_loop(Service.BATCHES, advance_batches, batch_interval)
     platform.relay.subscribe(canceller(platform))
     platform.relay.subscribe(persona_stages.pipeline(platform.settings))
     platform.relay.subscribe(gallery_consumer())

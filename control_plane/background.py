@@ -19,6 +19,7 @@ class Service(StrEnum):
 
     SENDER = "sender"  # hands pending dispatches to RunPod (`control_plane/runpod/sender.py`)
     POLLER = "poller"  # asks RunPod about dispatches that never reported back
+    BATCHES = "batches"  # takes due steps of the batch lane's Gemini batches (polls, deadlines)
     RELAY = "relay"  # feeds committed events to their consumers (`control_plane/events.py`)
     WEBHOOKS = "webhooks"  # sends webhooks to users' own URLs (`control_plane/deliveries.py`)
 

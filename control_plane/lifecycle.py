@@ -2,6 +2,7 @@
 
     job       queued → processing → completed | failed | cancelled   (a retry reopens it)
     dispatch  pending → submitting → submitted → completed | failed
+              a batch's: … submitted → batched → pending (its next task) … → completed | failed
     output    pending → running → succeeded | failed | blocked      (a retry: failed → pending)
 
 Rules kept here and nowhere else:
@@ -64,6 +65,7 @@ from control_plane.models import (
     Job,
     JobMode,
     JobStatus,
+    Lane,
     Output,
     OutputKind,
     OutputStatus,
@@ -72,9 +74,10 @@ from control_plane.models import (
 )
 from control_plane.results import Checked, ResultRejected, TextAnswer
 from control_plane.results import check as check_result
+from control_plane.schemas import BATCH_DEADLINE_S
 from control_plane.services import pricing
 from control_plane.settings import Settings
-from shared.contract import ItemResult
+from shared.contract import BatchInfo, BatchState, DispatchTask, ItemResult, ResultStatus
 from shared.ids import new_id, new_ids, new_token
 from shared.storage import Storage
 
@@ -113,6 +116,10 @@ class DispatchReport:
     lost: bool = False  # RunPod lost the job: the loss budget applies, not the failure one
     delay_ms: int | None = None
     execution_ms: int | None = None
+    # a batch_submit, batch_poll or batch_cancel task's answer (`results`: the items a submit
+    # left out); None for generate and batch_collect, whose results are the images'
+    batch_task: DispatchTask | None = None
+    batch: BatchInfo | None = None
 
 
 def _transition(dispatch: Dispatch, before: str | None, after: DispatchStatus) -> None:
@@ -179,6 +186,8 @@ _NEW_DISPATCH: dict[str, Any] = {column.name: None for column in DISPATCHES.colu
     "losses": 0,
     "submit_attempts": 0,
     "finish_failures": 0,
+    "task": DispatchTask.GENERATE,
+    "batch_failures": 0,
 }
 # Per image in a `/run` body and in the webhook echoing it, besides its prompts: ids, the
 # output key, parameters, reference URIs, and the image's result (`dispatch_chunk`).
@@ -231,12 +240,17 @@ def add_job(
     now = utcnow()
     job.user_id = group.user_id
     job.total, job.succeeded, job.failed, job.blocked = len(outputs), 0, 0, 0
-    job.estimate_usd = pricing.price_of_outputs(_priced(output) for output in outputs)
+    job.lane = Lane(job.config.get("lane") or Lane.ONLINE)
+    if job.lane == Lane.BATCH:
+        deadline_s = job.config.get("batch_deadline_s") or BATCH_DEADLINE_S
+        job.batch_deadline_at = now + timedelta(seconds=deadline_s)
+    job.estimate_usd = pricing.price_of_outputs((_priced(o) for o in outputs), job.lane)
     job.cost_usd = 0.0
     session.add(job)
     session.flush()  # the rows below reference it; no ORM relationships order the inserts
     emit(session, EventKind.JOB_QUEUED, job_id=job.id, total=len(outputs))
-    dispatch_ids = _new_dispatches(session, job.id, -(-len(outputs) // chunk_size), now)
+    task = DispatchTask.BATCH_SUBMIT if job.lane == Lane.BATCH else DispatchTask.GENERATE
+    dispatch_ids = _new_dispatches(session, job.id, -(-len(outputs) // chunk_size), now, task)
     if pricing.is_dry_run(session):
         return
     for start in range(0, len(outputs), INSERT_BATCH):  # bounded memory, whatever the job
@@ -280,9 +294,15 @@ def _queue(session: Session, job_id: str, outputs: Sequence[Output], chunk_size:
         session.add(output)
 
 
-def _new_dispatches(session: Session, job_id: str, count: int, now: datetime) -> list[str]:
-    """Insert `count` pending dispatches of the job in one statement (none in a dry run);
-    their ids, in the order they are sent."""
+def _new_dispatches(
+    session: Session,
+    job_id: str,
+    count: int,
+    now: datetime,
+    task: DispatchTask = DispatchTask.GENERATE,
+) -> list[str]:
+    """Insert `count` pending dispatches of the job in one statement (none in a dry run),
+    each to run `task` first; their ids, in the order they are sent."""
     # A microsecond apart: the queue sends a user's dispatches by (created_at, id), and ids
     # made within one millisecond do not sort by creation.
     rows = [
@@ -290,6 +310,7 @@ def _new_dispatches(session: Session, job_id: str, count: int, now: datetime) ->
         | {
             "id": new_id("dsp"),
             "job_id": job_id,
+            "task": task,
             "webhook_token": new_token(),
             "created_at": now + timedelta(microseconds=index),
             "updated_at": now + timedelta(microseconds=index),
@@ -398,15 +419,22 @@ def _fail_spent_claim(
     return True
 
 
-def mark_submitted(session: Session, dispatch_id: str, runpod_job_id: str) -> bool:
+def mark_submitted(
+    session: Session, dispatch_id: str, runpod_job_id: str, token: str | None = None
+) -> bool:
     """submitting → submitted, its outputs running, its job processing.
 
     False if nobody wants that RunPod job any more (the dispatch failed meanwhile, e.g. its
-    job was cancelled while `/run` was in flight): the caller cancels it at RunPod.
+    job was cancelled while `/run` was in flight): the caller cancels it at RunPod. `token`
+    is the webhook token the send carried: a batch dispatch whose token has changed since
+    has moved on to its next task (the webhook of this one came first), which this RunPod
+    job must not be taken for.
     """
     dispatch = lock_dispatch(session, dispatch_id)
     if dispatch is None:
         return False
+    if token is not None and dispatch.webhook_token != token:
+        return dispatch.status != DispatchStatus.FAILED
     dispatch.runpod_job_id = dispatch.runpod_job_id or clip(runpod_job_id, 80)
     session.add(dispatch)
     if dispatch.status == DispatchStatus.FAILED:
@@ -429,6 +457,7 @@ def mark_submitted(session: Session, dispatch_id: str, runpod_job_id: str) -> bo
         dispatch_id=dispatch.id,
         runpod_job_id=dispatch.runpod_job_id,
         images=running.rowcount,
+        **({} if dispatch.task == DispatchTask.GENERATE else {"task": dispatch.task}),
     )
     started = session.exec(
         update(Job)
@@ -535,12 +564,20 @@ def finish_dispatch(
     lock covers only the few statements that write them, up to the caller's commit.
     """
     planned = None
-    if report.results is not None:
+    if report.results is not None and report.batch_task is None:
         planned = plan_results(session, storage, dispatch_id, report.results)
     locked = lock_job_and_dispatch(session, dispatch_id)
-    if locked is None or locked[1].status in TERMINAL_DISPATCH:
+    if locked is None:
         return
-    _job, dispatch = locked  # the job held: its counters move below
+    job, dispatch = locked  # the job held: its counters move below
+    if dispatch.status in TERMINAL_DISPATCH:
+        _cancel_late_batch(session, dispatch, report)
+        return
+    if dispatch.task != DispatchTask.GENERATE:
+        dispatch.runpod_status = clip(report.runpod_status, 20)
+        dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
+        _finish_batch_step(session, settings, storage, job, dispatch, report)
+        return
     dispatch.runpod_job_id = dispatch.runpod_job_id or clip(report.runpod_job_id, 80)
     dispatch.runpod_status = clip(report.runpod_status, 20)
     dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
@@ -568,12 +605,17 @@ def apply_progress(
     False (nothing changed) unless the dispatch is `submitted`: once it has ended, RunPod's
     report was the authority for its end (`finish_dispatch` applies only what is still
     unfinished); before RunPod's job is recorded, a send may still be retried, and must find
-    its images unfinished. Checked before the locks, as `finish_dispatch` does."""
+    its images unfinished. Checked before the locks, as `finish_dispatch` does. A batch
+    collect's failed requests are left to its end, which sends them online (`_collected`)."""
+    planned: PlannedResults | None
     planned = plan_results(session, storage, dispatch_id, results, fail_unreported=False)
     locked = lock_job_and_dispatch(session, dispatch_id)
     if locked is None or locked[1].status != DispatchStatus.SUBMITTED:
         return False
     _job, dispatch = locked  # the job held: its counters move below
+    if dispatch.task == DispatchTask.BATCH_COLLECT:  # a failed request goes online at its end
+        results = [r for r in results if r.status != ResultStatus.FAILED]
+        planned = None
     emit_many(
         session,
         _apply_results(session, storage, dispatch, results, planned=planned, fail_unreported=False),
@@ -887,6 +929,7 @@ def _fail_dispatch(
     else:
         log.warning("dispatch %s failed for good: %s", dispatch.id, reason)
         _fail_outputs(session, unfinished, reason, now, "lost" if lost else "dispatch_failed")
+    cancel_batches(session, [dispatch])  # a batch dispatch's retry, if any, is online work
     refresh_job(session, dispatch.job_id)
 
 
@@ -943,9 +986,11 @@ def cancel_job(session: Session, job_id: str) -> list[str]:
     if job.status in ENDED_JOB:
         raise Conflict(f"job {job_id} is already {job.status}")
     now = utcnow()
-    live = session.exec(
+    live = session.exec(  # a batch's cancel goes on: it holds no image
         select(Dispatch).where(
-            col(Dispatch.job_id) == job_id, col(Dispatch.status).not_in(TERMINAL_DISPATCH)
+            col(Dispatch.job_id) == job_id,
+            col(Dispatch.status).not_in(TERMINAL_DISPATCH),
+            col(Dispatch.task) != DispatchTask.BATCH_CANCEL,
         )
     ).all()
     for dispatch in live:
@@ -972,6 +1017,7 @@ def cancel_job(session: Session, job_id: str) -> list[str]:
     )
     job.status, job.completed_at, job.error = JobStatus.CANCELLED, now, CANCELLED_BY_USER
     session.add(job)
+    cancel_batches(session, live)
     wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
     refresh_job(session, job_id)
     _emit_finished(session, job)
@@ -1080,3 +1126,398 @@ def _first_error(session: Session, job_id: str) -> str | None:
         .order_by(col(Output.position))
         .limit(1)
     ).first()
+
+
+# -- the batch lane -----------------------------------------------------------------------
+#
+# A batch job's dispatch is one Gemini batch, run as short RunPod jobs of the contract's
+# batch tasks, each sent by the sender: submit → (batched ⇄ poll)… → collect → completed.
+# Between tasks the dispatch waits `batched` (no RunPod job) until `next_poll_at`
+# (`advance_batch`). Each task is a new RunPod job with a new webhook token, so a late
+# report of an earlier task is refused at the door. The images stay `running` all along;
+# collect ends them through `_apply_results`, as an online dispatch's results do. Images a
+# batch does not make go to the online lane (`_to_online`): a batch that fails, expires,
+# is cancelled by Google, or is not done by the job's deadline (then it is cancelled), and
+# each request that failed in a collected batch; blocked images stay blocked.
+
+
+class Fallback(StrEnum):
+    """Why images of the batch lane went to the online lane (the job counts them by it)."""
+
+    SUBMIT_FAILED = "the batch could not be submitted"
+    POLL_FAILED = "the batch could not be polled"
+    COLLECT_FAILED = "the batch's results could not be collected"
+    BATCH_FAILED = "the batch failed"
+    BATCH_CANCELLED = "the batch was cancelled by Google"
+    BATCH_EXPIRED = "the batch expired at Google"
+    DEADLINE = "the batch was not done by the job's batch deadline"
+    REQUEST_FAILED = "the image's request failed in the batch"
+    NO_RESULT = "the batch returned no result for the image"
+
+
+ENDED_BATCH = {
+    BatchState.FAILED: Fallback.BATCH_FAILED,
+    BatchState.CANCELLED: Fallback.BATCH_CANCELLED,
+    BatchState.EXPIRED: Fallback.BATCH_EXPIRED,
+}
+STEP_FAILED = {
+    DispatchTask.BATCH_SUBMIT: Fallback.SUBMIT_FAILED,
+    DispatchTask.BATCH_POLL: Fallback.POLL_FAILED,
+    DispatchTask.BATCH_COLLECT: Fallback.COLLECT_FAILED,
+}
+
+
+def _finish_batch_step(
+    session: Session,
+    settings: Settings,
+    storage: Storage,
+    job: Job,
+    dispatch: Dispatch,
+    report: DispatchReport,
+) -> None:
+    """Apply the report of the dispatch's current batch task (the caller holds the locks)."""
+    task = DispatchTask(dispatch.task)
+    current = dispatch.runpod_job_id or report.runpod_job_id
+    if (
+        dispatch.status not in (DispatchStatus.SUBMITTING, DispatchStatus.SUBMITTED)
+        or (report.runpod_job_id and report.runpod_job_id != current)
+        or (report.batch_task is not None and report.batch_task != task)
+    ):
+        log.info("dispatch %s: a report of an earlier batch task ignored", dispatch.id)
+        return
+    dispatch.runpod_job_id = clip(current, 80)
+    if report.results is None:
+        _batch_task_failed(session, settings, job, dispatch, task, report)
+        return
+    dispatch.batch_failures = 0
+    if task == DispatchTask.BATCH_COLLECT:
+        _collected(session, storage, job, dispatch, report.results)
+        return
+    if report.batch is not None:
+        _note_batch(session, dispatch, report.batch)
+    if task == DispatchTask.BATCH_CANCEL:
+        _end_batch(session, dispatch, DispatchStatus.COMPLETED)
+        return
+    if report.results:  # the items the submit left out: failed, with their reason
+        left_out = _apply_results(session, storage, dispatch, report.results, fail_unreported=False)
+        emit_many(session, left_out)
+    if report.batch is None:  # nothing was sent: the submit left every item out
+        _to_online(session, job, dispatch, {Fallback.NO_RESULT: None})
+        _end_batch(session, dispatch, DispatchStatus.COMPLETED)
+        return
+    _after_state(session, settings, job, dispatch, report.batch.state)
+
+
+def _after_state(
+    session: Session, settings: Settings, job: Job, dispatch: Dispatch, state: BatchState
+) -> None:
+    """The next step of a dispatch whose batch is in `state`: wait and poll again, collect,
+    or send its images online."""
+    if state in ENDED_BATCH:
+        _fall_back(session, job, dispatch, ENDED_BATCH[state], cancel=False)
+    elif state == BatchState.SUCCEEDED:
+        _next_task(session, dispatch, DispatchTask.BATCH_COLLECT)
+    elif _past_deadline(job):
+        _fall_back(session, job, dispatch, Fallback.DEADLINE, cancel=True)
+    else:
+        _wait(session, settings, dispatch)
+
+
+def _past_deadline(job: Job) -> bool:
+    return job.batch_deadline_at is not None and job.batch_deadline_at <= utcnow()
+
+
+def _batch_task_failed(
+    session: Session,
+    settings: Settings,
+    job: Job,
+    dispatch: Dispatch,
+    task: DispatchTask,
+    report: DispatchReport,
+) -> None:
+    """A batch task's RunPod job failed or was lost: try it again (a submit finds the batch
+    it may have created, by its display name), a poll at the next poll; after
+    `batch_max_step_failures` in a row the images go online (a cancel just ends)."""
+    dispatch.batch_failures += 1
+    dispatch.error = clip(f"{task}: {report.failure}")
+    log.warning("dispatch %s: %s failed: %s", dispatch.id, task, report.failure)
+    if dispatch.batch_failures < settings.batch_max_step_failures:
+        if task == DispatchTask.BATCH_POLL:
+            _wait(session, settings, dispatch)
+        else:
+            _next_task(session, dispatch, task)
+        return
+    if task == DispatchTask.BATCH_CANCEL:
+        _end_batch(session, dispatch, DispatchStatus.FAILED, dispatch.error)
+        return
+    live = dispatch.batch_name is not None and task != DispatchTask.BATCH_COLLECT
+    _fall_back(session, job, dispatch, STEP_FAILED[task], cancel=live, detail=report.failure)
+
+
+def _collected(
+    session: Session,
+    storage: Storage,
+    job: Job,
+    dispatch: Dispatch,
+    results: Sequence[ItemResult | UnreadableResult],
+) -> None:
+    """A collect's results end their images as an online dispatch's do, except a request
+    that failed at Google: that image, and any the batch has no result for, go online."""
+    failed = {
+        result.output_id
+        for result in results
+        if isinstance(result, ItemResult) and result.status == ResultStatus.FAILED
+    }
+    kept = [result for result in results if result.output_id not in failed]
+    emit_many(session, _apply_results(session, storage, dispatch, kept, fail_unreported=False))
+    _to_online(session, job, dispatch, {Fallback.REQUEST_FAILED: failed, Fallback.NO_RESULT: None})
+    _end_batch(session, dispatch, DispatchStatus.COMPLETED)
+
+
+def _note_batch(session: Session, dispatch: Dispatch, batch: BatchInfo) -> None:
+    """Record the batch as a batch task saw it, with its event."""
+    dispatch.batch_name = clip(batch.name, 200)
+    dispatch.batch_state = batch.state
+    dispatch.batch_requests, dispatch.batch_succeeded = batch.requests, batch.succeeded
+    dispatch.batch_failed, dispatch.batch_pending = batch.failed, batch.pending
+    data = batch.model_dump(mode="json", include={"name", "state", "requests", "succeeded"})
+    data |= batch.model_dump(mode="json", include={"failed", "pending", "error"})
+    emit(session, EventKind.DISPATCH_BATCH, job_id=dispatch.job_id, dispatch_id=dispatch.id, **data)
+
+
+def _wait(session: Session, settings: Settings, dispatch: Dispatch) -> None:
+    """Wait for Google, with no RunPod job, until the next poll (`advance_batch`)."""
+    now = utcnow()
+    _transition(dispatch, dispatch.status, DispatchStatus.BATCHED)
+    dispatch.status = DispatchStatus.BATCHED
+    dispatch.next_poll_at = now + timedelta(seconds=settings.batch_poll_s)
+    dispatch.updated_at = now
+    session.add(dispatch)
+    wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
+
+
+def _next_task(session: Session, dispatch: Dispatch, task: DispatchTask) -> None:
+    """Queue the dispatch's next batch task for the sender: a RunPod job of its own, with a
+    new webhook token (an earlier task's late webhook is refused) and its own send budget."""
+    now = utcnow()
+    _transition(dispatch, dispatch.status, DispatchStatus.PENDING)
+    dispatch.status, dispatch.task = DispatchStatus.PENDING, task
+    dispatch.webhook_token = new_token()
+    dispatch.runpod_job_id = dispatch.runpod_status = None
+    dispatch.submit_attempts = dispatch.finish_failures = 0
+    dispatch.next_poll_at = None
+    dispatch.updated_at = now
+    session.add(dispatch)
+    emit(
+        session,
+        EventKind.DISPATCH_QUEUED,
+        job_id=dispatch.job_id,
+        dispatch_id=dispatch.id,
+        attempt=dispatch.attempt,
+        task=task,
+    )
+    wake_after_commit(session, Service.SENDER)
+
+
+def _end_batch(
+    session: Session, dispatch: Dispatch, status: DispatchStatus, reason: str | None = None
+) -> None:
+    """End a batch dispatch whose images have all ended or gone online."""
+    now = utcnow()
+    _transition(dispatch, dispatch.status, status)
+    dispatch.status, dispatch.next_poll_at = status, None
+    dispatch.finished_at = dispatch.updated_at = now
+    if status == DispatchStatus.FAILED:
+        dispatch.error = clip(reason) or "failed"
+        emit(
+            session,
+            EventKind.DISPATCH_FAILED,
+            job_id=dispatch.job_id,
+            dispatch_id=dispatch.id,
+            reason=dispatch.error,
+            retry=False,
+            lost=False,
+            runpod_job_id=None,  # its RunPod jobs have ended; its batch is not a RunPod job
+        )
+    else:
+        emit(session, EventKind.DISPATCH_COMPLETED, job_id=dispatch.job_id, dispatch_id=dispatch.id)
+    session.add(dispatch)
+    wake_after_commit(session, Service.SENDER)
+    refresh_job(session, dispatch.job_id)
+
+
+def _fall_back(
+    session: Session,
+    job: Job,
+    dispatch: Dispatch,
+    reason: Fallback,
+    *,
+    cancel: bool,
+    detail: str = "",
+) -> None:
+    """Send the dispatch's unfinished images online for `reason`; with `cancel`, its batch,
+    still live at Google, is cancelled by the dispatch's next task, else the dispatch ends."""
+    moved = _to_online(session, job, dispatch, {reason: None})
+    why = f"{reason}{f' ({detail})' if detail else ''}: {moved} image(s) sent to the online lane"
+    dispatch.error = clip(why)
+    if cancel and dispatch.batch_name:
+        _next_task(session, dispatch, DispatchTask.BATCH_CANCEL)
+    else:
+        _end_batch(session, dispatch, DispatchStatus.FAILED, why)
+
+
+def _to_online(
+    session: Session, job: Job, dispatch: Dispatch, reasons: dict[Fallback, set[str] | None]
+) -> int:
+    """Move the dispatch's unfinished images to one new online dispatch, each with the first
+    of `reasons` that names it (None: all the rest) as its error while it waits; the job
+    counts them by reason. Returns how many moved."""
+    unfinished = set(
+        session.exec(
+            select(Output.id).where(
+                col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
+            )
+        ).all()
+    )
+    if not unfinished:
+        return 0
+    online = _new_dispatch(session, dispatch.job_id)
+    session.flush()
+    now, left = utcnow(), unfinished
+    for reason, named in reasons.items():
+        ids = left if named is None else left & named
+        left = left - ids
+        for start in range(0, len(ids), INSERT_BATCH):
+            some = sorted(ids)[start : start + INSERT_BATCH]
+            session.exec(
+                update(Output)
+                .where(col(Output.id).in_(some))
+                .values(
+                    dispatch_id=online.id, status=OutputStatus.PENDING, error=reason, updated_at=now
+                )
+            )
+        if ids:
+            _count_fallback(session, job, reason, len(ids))
+            log.warning("dispatch %s: %d image(s) go online: %s", dispatch.id, len(ids), reason)
+            emit(
+                session,
+                EventKind.DISPATCH_BATCH,
+                job_id=dispatch.job_id,
+                dispatch_id=dispatch.id,
+                fallback=str(reason),
+                images=len(ids),
+                online_dispatch_id=online.id,
+            )
+    return len(unfinished) - len(left)
+
+
+def due_batches(session: Session, now: datetime, limit: int) -> list[str]:
+    """Batch dispatches whose next step is due: waiting ones due for a poll or past their
+    job's deadline, and submits still unsent at their job's deadline."""
+    rows = session.exec(
+        select(Dispatch.id)
+        .join(Job, col(Job.id) == col(Dispatch.job_id))
+        .where(
+            sa.or_(
+                sa.and_(
+                    col(Dispatch.status) == DispatchStatus.BATCHED,
+                    sa.or_(col(Dispatch.next_poll_at) <= now, col(Job.batch_deadline_at) <= now),
+                ),
+                sa.and_(
+                    col(Dispatch.status) == DispatchStatus.PENDING,
+                    col(Dispatch.task) == DispatchTask.BATCH_SUBMIT,
+                    col(Job.batch_deadline_at) <= now,
+                ),
+            )
+        )
+        .order_by(col(Dispatch.next_poll_at))
+        .limit(limit)
+    ).all()
+    return list(rows)
+
+
+def advance_batch(session: Session, dispatch_id: str) -> bool:
+    """Take a due batch dispatch's next step (`due_batches`): past its job's deadline its
+    images go online (a waiting batch is cancelled; an unsent submit is sent as online work
+    instead); else its poll is queued. False when it was not due any more."""
+    locked = lock_job_and_dispatch(session, dispatch_id)
+    if locked is None:
+        return False
+    job, dispatch = locked
+    now, late = utcnow(), _past_deadline(job)
+    if dispatch.status == DispatchStatus.BATCHED:
+        if late:
+            _fall_back(session, job, dispatch, Fallback.DEADLINE, cancel=True)
+        elif dispatch.next_poll_at is not None and dispatch.next_poll_at <= now:
+            _next_task(session, dispatch, DispatchTask.BATCH_POLL)
+        else:
+            return False
+        return True
+    if dispatch.status == DispatchStatus.PENDING and dispatch.task == DispatchTask.BATCH_SUBMIT:
+        if not late:
+            return False
+        dispatch.task, dispatch.updated_at = DispatchTask.GENERATE, now  # sent as online work
+        session.add(dispatch)
+        wake_after_commit(session, Service.SENDER)
+        unsent = session.exec(
+            select(func.count())
+            .select_from(Output)
+            .where(col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED))
+        ).one()
+        _count_fallback(session, job, Fallback.DEADLINE, unsent)
+        return True
+    return False
+
+
+def _count_fallback(session: Session, job: Job, reason: Fallback, images: int) -> None:
+    """The job counts `images` more that went online for `reason`."""
+    if images:
+        counts = dict(job.fallback or {})
+        job.fallback = counts | {reason: counts.get(reason, 0) + images}
+        session.add(job)
+
+
+def _cancel_late_batch(session: Session, dispatch: Dispatch, report: DispatchReport) -> None:
+    """A submit that reports a live batch after its dispatch ended (its job was cancelled
+    while the submit ran): nobody wants that batch, so it is cancelled."""
+    batch = report.batch
+    if (
+        report.batch_task == DispatchTask.BATCH_SUBMIT
+        and batch is not None
+        and not batch.state.ended
+        and dispatch.batch_name is None
+    ):
+        dispatch.batch_name = clip(batch.name, 200)
+        session.add(dispatch)
+        _queue_cancel(session, dispatch.job_id, batch.name)
+
+
+def cancel_batches(session: Session, dispatches: Sequence[Dispatch]) -> None:
+    """Queue a batch_cancel task for each of `dispatches` whose Gemini batch may still run
+    (their job was cancelled): a dispatch of its own, holding no image."""
+    for dispatch in dispatches:
+        state = dispatch.batch_state
+        if dispatch.task == DispatchTask.BATCH_CANCEL:  # already cancelling it
+            continue
+        if dispatch.batch_name and (state is None or not BatchState(state).ended):
+            _queue_cancel(session, dispatch.job_id, dispatch.batch_name)
+
+
+def _queue_cancel(session: Session, job_id: str, batch_name: str) -> None:
+    cancel = Dispatch(
+        job_id=job_id,
+        task=DispatchTask.BATCH_CANCEL,
+        batch_name=batch_name,
+        webhook_token=new_token(),
+    )
+    session.add(cancel)
+    _transition(cancel, None, DispatchStatus.PENDING)
+    emit(
+        session,
+        EventKind.DISPATCH_QUEUED,
+        job_id=job_id,
+        dispatch_id=cancel.id,
+        attempt=1,
+        task=DispatchTask.BATCH_CANCEL,
+    )
+    wake_after_commit(session, Service.SENDER)

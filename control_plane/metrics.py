@@ -9,11 +9,11 @@ Two kinds of figures:
   (the active jobs' counters, by the jobs' status index), user-webhook deliveries pending /
   failed (their status index), and — over the last `PIXELFLEET_METRICS_WINDOW_S` of the
   analytics log (an id range found by binary search on its primary key) — images ended by
-  status and model, spend in USD by model, and the generation-latency and time-to-first-image
-  histograms, bucketed in SQL. A window's figures are a snapshot, not a running total:
-  they are gauges, and the histograms are gauge histograms (`histogram_quantile(0.95,
-  max without(instance) (pixelfleet_generation_latency_seconds_bucket))` is the p95 of the
-  window).
+  status and model, spend in USD by model and by the jobs' lane, and the generation-latency
+  and time-to-first-image histograms, bucketed in SQL. A window's figures are a snapshot,
+  not a running total: they are gauges, and the histograms are gauge histograms
+  (`histogram_quantile(0.95, max without(instance)
+  (pixelfleet_generation_latency_seconds_bucket))` is the p95 of the window).
 - **Counted by the process that saw them** (prometheus-client counters): RunPod webhooks
   received and `/status` polls of the reconciler, by outcome. Each replica counts its own,
   so `sum` them across instances. With `PROMETHEUS_MULTIPROC_DIR` set (several worker
@@ -225,21 +225,30 @@ def _window(session: Session, start: int) -> Iterator[Metric]:
 
 def _ended(session: Session, start: int) -> Iterator[Metric]:
     model, error = _text("model"), _text("error_type")
+    lane = col(Job.lane)
     rows = session.execute(
         sa.select(
-            col(AnalyticsEvent.type), model, error, func.count(), func.sum(_number("cost_usd"))
+            col(AnalyticsEvent.type),
+            model,
+            error,
+            lane,
+            func.count(),
+            func.sum(_number("cost_usd")),
         )
+        .select_from(AnalyticsEvent)
+        .outerjoin(Job, col(Job.id) == col(AnalyticsEvent.job_id))
         .where(
             col(AnalyticsEvent.id) >= start,
             col(AnalyticsEvent.type).in_(
                 (AnalyticsType.GENERATION_COMPLETED, AnalyticsType.GENERATION_FAILED)
             ),
         )
-        .group_by(col(AnalyticsEvent.type), model, error)
+        .group_by(col(AnalyticsEvent.type), model, error, lane)
     ).all()
     images: dict[tuple[str, str], int] = defaultdict(int)
     spend: dict[str, float] = defaultdict(float)
-    for kind, model_name, error_type, count, cost in rows:
+    by_lane: dict[str, float] = defaultdict(float)
+    for kind, model_name, error_type, job_lane, count, cost in rows:
         status = (
             "succeeded"
             if kind == AnalyticsType.GENERATION_COMPLETED
@@ -249,6 +258,7 @@ def _ended(session: Session, start: int) -> Iterator[Metric]:
         )
         images[(status, model_name or UNKNOWN)] += count
         spend[model_name or UNKNOWN] += float(cost or 0)
+        by_lane[job_lane or UNKNOWN] += float(cost or 0)
     ended = GaugeMetricFamily(
         "pixelfleet_images_ended",
         "images that ended in the window, by status (succeeded, failed, blocked) and model",
@@ -265,6 +275,15 @@ def _ended(session: Session, start: int) -> Iterator[Metric]:
     for model_name, cost in sorted(spend.items()):
         usd.add_metric([model_name], round(cost, 6))
     yield usd
+    lanes = GaugeMetricFamily(
+        "pixelfleet_spend_by_lane_usd",
+        "what the images that ended in the window cost, in USD, by their job's lane (online, "
+        "batch: a batch job's images that fell back online included)",
+        labels=["lane"],
+    )
+    for lane_name, cost in sorted(by_lane.items()):
+        lanes.add_metric([lane_name], round(cost, 6))
+    yield lanes
 
 
 def _histogram(

@@ -101,16 +101,25 @@ TERMINAL_OUTPUT = (OutputStatus.SUCCEEDED, OutputStatus.FAILED, OutputStatus.BLO
 
 
 class DispatchStatus(StrEnum):
-    """One RunPod job: pending → submitting → submitted → completed | failed."""
+    """One RunPod job: pending → submitting → submitted → completed | failed. A batch
+    dispatch runs one RunPod job per batch task, waiting `batched` between them."""
 
     PENDING = "pending"  # to be sent to RunPod (new, or a send failed and will be retried)
     SUBMITTING = "submitting"  # claimed by a sender; stale claims are retried
     SUBMITTED = "submitted"  # RunPod accepted it; waiting for webhook or status poll
+    BATCHED = "batched"  # its Gemini batch runs at Google; its next step is due at next_poll_at
     COMPLETED = "completed"  # results applied
     FAILED = "failed"  # RunPod failed it, lost it, or it could not be sent
 
 
 TERMINAL_DISPATCH = (DispatchStatus.COMPLETED, DispatchStatus.FAILED)
+
+
+class Lane(StrEnum):
+    """How a job's images are made: now, or in Gemini batches at the batch price."""
+
+    ONLINE = "online"
+    BATCH = "batch"
 
 
 class Group(SQLModel, table=True):
@@ -183,6 +192,13 @@ class Job(SQLModel, table=True):
     estimate_usd: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
     cost_usd: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
     first_image_at: datetime | None = Field(default=None, sa_type=Timestamp)  # first stored image
+    lane: str = Field(
+        default=Lane.ONLINE, max_length=10, sa_column_kwargs={"server_default": "online"}
+    )
+    # the batch lane: when its images still in a batch go online instead
+    batch_deadline_at: datetime | None = Field(default=None, sa_type=Timestamp)
+    # images sent from the batch lane to the online one, by reason
+    fallback: dict[str, int] | None = Field(default=None, sa_column=Column(sa.JSON, nullable=True))
     # the user's own webhook for this job: {"url": …, "events": [...]}
     webhook: dict[str, Any] | None = Field(default=None, sa_column=Column(sa.JSON, nullable=True))
     created_at: datetime = _ts()
@@ -237,7 +253,10 @@ class Dispatch(SQLModel, table=True):
     """One RunPod job carrying a chunk of a pixelfleet job."""
 
     __tablename__ = "dispatches"
-    __table_args__ = (sa.Index("ix_dispatches_status_updated_at", "status", "updated_at"),)
+    __table_args__ = (
+        sa.Index("ix_dispatches_status_updated_at", "status", "updated_at"),
+        sa.Index("ix_dispatches_status_next_poll_at", "status", "next_poll_at"),
+    )
     id: str = _id("dsp")
     job_id: str = Field(foreign_key="jobs.id", index=True, max_length=40)
     attempt: int = 1  # which try of its chunk this is; a failure of the worker's counts
@@ -258,6 +277,20 @@ class Dispatch(SQLModel, table=True):
     submitted_at: datetime | None = Field(default=None, sa_type=Timestamp)
     finished_at: datetime | None = Field(default=None, sa_type=Timestamp)
     last_polled_at: datetime | None = Field(default=None, sa_type=Timestamp)
+    # what its current RunPod job asks the worker (shared.contract.DispatchTask), and its
+    # Gemini batch as the last batch task saw it (Google's name, state and counts)
+    task: str = Field(
+        default="generate", max_length=20, sa_column_kwargs={"server_default": "generate"}
+    )
+    batch_name: str | None = Field(default=None, max_length=200)
+    batch_state: str | None = Field(default=None, max_length=20)
+    batch_requests: int | None = None
+    batch_succeeded: int | None = None
+    batch_failed: int | None = None
+    batch_pending: int | None = None
+    next_poll_at: datetime | None = Field(default=None, sa_type=Timestamp)
+    # batch tasks of its batch in a row whose RunPod job failed or was lost
+    batch_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Catalog(SQLModel, table=True):
@@ -398,6 +431,9 @@ class EventKind(StrEnum):
     DISPATCH_STARTED = "dispatch_started"  # RunPod accepted it (`data.runpod_job_id`)
     DISPATCH_COMPLETED = "dispatch_completed"  # its results were applied
     DISPATCH_FAILED = "dispatch_failed"  # failed, lost, cancelled (`data.reason`, `retry`, `lost`)
+    # a batch task saw its Gemini batch (`data.batch`, `state`, Google's counts), or its
+    # images went to the online lane (`data.fallback`: why, `images`: how many)
+    DISPATCH_BATCH = "dispatch_batch"
     OUTPUT_SUCCEEDED = "output_succeeded"
     OUTPUT_FAILED = "output_failed"  # `data.error` says why
     OUTPUT_BLOCKED = "output_blocked"  # refused by the provider's safety filter

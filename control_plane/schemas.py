@@ -159,6 +159,10 @@ class UploadResult(BaseModel):
 
 
 # Jobs ---------------------------------------------------------------------------------
+BATCH_DEADLINE_S = 86_400  # a batch job's images go online if not made by then (default)
+BATCH_DEADLINE_MAX_S = 172_800  # Google expires a batch after 48 h anyway
+
+
 class GenerationConfig(_Body):
     """Per-job generation settings; checked against the model table at submit time."""
 
@@ -167,6 +171,16 @@ class GenerationConfig(_Body):
     image_size: str | None = None
     seed: Annotated[int, Field(ge=0, lt=2**31)] | None = None
     negative_prompt: Annotated[str, StringConstraints(max_length=2_000)] | None = None
+    # "batch": Gemini batches at the model's batch price, falling back to the online lane
+    # for images not made by `batch_deadline_s` after submit (absent: online, 86,400 s)
+    lane: Literal["online", "batch"] | None = None
+    batch_deadline_s: Annotated[int, Field(ge=5, le=BATCH_DEADLINE_MAX_S)] | None = None
+
+    @model_validator(mode="after")
+    def _deadline_of_batches(self) -> "GenerationConfig":
+        if self.batch_deadline_s is not None and self.lane != "batch":
+            raise ValueError('batch_deadline_s is for the batch lane only ("lane": "batch")')
+        return self
 
 
 class AutomaticConfig(GenerationConfig):
@@ -346,6 +360,19 @@ class Progress(BaseModel):
     pending: int
 
 
+class BatchProgress(BaseModel):
+    """A batch job's live Gemini batches: their state in words (`pending at Google`,
+    `running`, `collecting`; the least advanced of them) and Google's counts, summed."""
+
+    state: str
+    batches: int
+    deadline_at: UtcDatetime | None = None
+    requests: int | None = None
+    succeeded: int | None = None
+    failed: int | None = None
+    pending: int | None = None
+
+
 class JobPublic(BaseModel):
     id: str
     group_id: str
@@ -370,6 +397,10 @@ class JobPublic(BaseModel):
     cost_usd: float = 0.0  # the actual costs of its ended images, so far
     # dispatches the sender sends before this job's next one (None: nothing of it queued)
     queue_position: int | None = None
+    lane: str = "online"  # or "batch": Gemini batches at the batch price
+    batch: BatchProgress | None = None  # the batch lane: its live batches at Google
+    # the batch lane: images sent to the online lane, by reason
+    fallback: dict[str, int] | None = None
 
 
 class OutputPublic(BaseModel):
@@ -761,7 +792,7 @@ class ModelPublic(BaseModel):
     default_image_size: str
     price_usd: float
     size_prices_usd: dict[str, float]  # the online price of each image size
-    batch_price_usd: float
+    batch_price_usd: float | None  # None: no batch lane
 
 
 class ModelTable(BaseModel):
@@ -829,7 +860,7 @@ class UsageBucket(BaseModel):
 class Usage(BaseModel):
     start: str  # YYYY-MM-DD, inclusive
     end: str  # YYYY-MM-DD, inclusive
-    group_by: Literal["day", "model", "user", "group"]
+    group_by: Literal["day", "model", "user", "group", "lane"]
     images: int
     cost_usd: float
     buckets: list[UsageBucket]

@@ -20,16 +20,19 @@ class ModelSpec(BaseModel):
     image_sizes: list[str]
     default_image_size: str
     price_usd: float  # per image, standard
-    batch_price_usd: float  # per image, batch API
+    batch_price_usd: float | None = None  # per image, batch API (None: no batch lane)
     size_prices_usd: dict[str, float] = {}  # standard price where it depends on image_size
     batch_size_prices_usd: dict[str, float] = {}  # batch price where it depends on image_size
 
     def price_for(self, image_size: str | None) -> float:
         return self.size_prices_usd.get(image_size or self.default_image_size, self.price_usd)
 
-    def batch_price_for(self, image_size: str | None) -> float:
+    def batch_price_for(self, image_size: str | None) -> float | None:
         """The batch price of one image: its size's batch price; for a size with a standard
-        price of its own but no batch one, that price at the model's batch discount."""
+        price of its own but no batch one, that price at the model's batch discount; None
+        for a model the Batch API does not serve."""
+        if self.batch_price_usd is None:
+            return None
         size = image_size or self.default_image_size
         if size in self.batch_size_prices_usd:
             return self.batch_size_prices_usd[size]

@@ -77,6 +77,7 @@ def test_metrics_after_a_job_with_successes_failures_and_blocks(api: Api) -> Non
     assert value("pixelfleet_images_ended", status="failed", model=MODEL) == 1
     assert value("pixelfleet_images_ended", status="blocked", model=MODEL) == 1
     assert value("pixelfleet_spend_usd", **model) == 2 * PRICE
+    assert value("pixelfleet_spend_by_lane_usd", lane="online") == 2 * PRICE
     assert value("pixelfleet_images_unfinished", model=MODEL) == 3
     assert value("pixelfleet_dispatches_queued") == 0
     assert value("pixelfleet_dispatches_in_flight") == 1

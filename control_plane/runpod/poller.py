@@ -1,4 +1,6 @@
-"""The safety net: ask RunPod about dispatches that never reported back.
+"""The safety net: ask RunPod about dispatches that never reported back; and the batch
+lane's clock (`advance_batches`), which queues the polls of Gemini batches and keeps their
+jobs' deadlines.
 
 Webhooks are hints; `GET /status` is the authority. Every `reconcile_interval_s` each control
 plane polls submitted dispatches that have been quiet for `webhook_grace_s`. A job RunPod no
@@ -41,6 +43,23 @@ async def reconcile_once(platform: Platform) -> tuple[int, int]:
     """One pass of both safety nets; returns (dispatches sent or retried, dispatches polled)."""
     sent = await send_due(platform)
     return sent, await poll_quiet(platform)
+
+
+async def advance_batches(platform: Platform) -> int:
+    """Take the due steps of the batch lane (one pass): queue the polls of batches waiting at
+    Google, and send online the images of batches past their job's deadline
+    (`lifecycle.advance_batch`); returns how many dispatches moved."""
+    return await asyncio.to_thread(_advance_batches, platform)
+
+
+def _advance_batches(platform: Platform) -> int:
+    with platform.session() as session:
+        due = lifecycle.due_batches(session, utcnow(), BATCH)
+    moved = 0
+    for dispatch_id in due:
+        with platform.session_scope() as session:
+            moved += lifecycle.advance_batch(session, dispatch_id)
+    return moved
 
 
 def _quiet(platform: Platform) -> list[tuple[str, str]]:

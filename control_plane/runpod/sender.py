@@ -28,12 +28,22 @@ from control_plane.runpod.client import RunPodError
 from control_plane.runpod.wire import progress_url, run_body
 from control_plane.services import references
 from shared import layout
-from shared.contract import DispatchInput, ImageParams, Task, WorkItem
+from shared.contract import (
+    ITEM_TASKS,
+    NAMED_BATCH_TASKS,
+    DispatchInput,
+    DispatchTask,
+    ImageParams,
+    Task,
+    WorkItem,
+)
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 STALE_CLAIM_MARGIN_S = 30.0  # the claim's and the record's own database work, lock waits included
 SEND_CONCURRENCY = 8
+# the tasks whose worker reads the images' references (a batch's collect no longer does)
+READS_REFERENCES = frozenset({DispatchTask.GENERATE, DispatchTask.BATCH_SUBMIT})
 BATCH = 200
 
 
@@ -82,9 +92,10 @@ async def _send_all(platform: Platform, dispatch_ids: list[str]) -> None:
 
 
 async def send(platform: Platform, dispatch_id: str) -> None:
-    body = await asyncio.to_thread(_claim, platform, dispatch_id)
-    if body is None:
+    claimed = await asyncio.to_thread(_claim, platform, dispatch_id)
+    if claimed is None:
         return
+    body, token = claimed
     try:
         runpod_job_id = await platform.runpod.run(body)
     except RunPodError as error:  # lost if retryable: an outage, so RunPod never took the job
@@ -95,7 +106,7 @@ async def send(platform: Platform, dispatch_id: str) -> None:
         reason = f"{type(error).__name__}: {error}"
         await asyncio.to_thread(_release, platform, dispatch_id, reason, False)
         return
-    if not await asyncio.to_thread(_record, platform, dispatch_id, runpod_job_id):
+    if not await asyncio.to_thread(_record, platform, dispatch_id, runpod_job_id, token):
         await cancel_quietly(platform, runpod_job_id)
 
 
@@ -107,8 +118,9 @@ async def cancel_quietly(platform: Platform, runpod_job_id: str) -> None:
         log.info("RunPod cancel of %s: %s", runpod_job_id, exc)
 
 
-def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
-    """Claim the dispatch and build its `/run` body; None if there is nothing to send now.
+def _claim(platform: Platform, dispatch_id: str) -> tuple[dict[str, object], str] | None:
+    """Claim the dispatch and build its `/run` body, with the webhook token it carries (a
+    batch dispatch has one per task); None if there is nothing to send now.
 
     Images whose reference images no longer exist (deleted since they were asked for) are
     failed with the reason, the claim is given back, and the rest go at the next pass.
@@ -119,17 +131,19 @@ def _claim(platform: Platform, dispatch_id: str) -> dict[str, object] | None:
         dispatch = lifecycle.claim(session, platform.settings, dispatch_id, stale_claim(platform))
         if dispatch is None:
             return None
-        outputs = _unsent(session, dispatch)
+        task = DispatchTask(dispatch.task)
+        outputs = _unsent(session, dispatch) if task in ITEM_TASKS else []
         keys = references.storage_keys(session, {r for o in outputs for r in o.reference_ids})
         gone = {
             output.id: _gone(missing)
             for output in outputs
-            if (missing := [ref for ref in output.reference_ids if ref not in keys])
+            if task in READS_REFERENCES
+            and (missing := [ref for ref in output.reference_ids if ref not in keys])
         }
         if not gone:
             progress = progress_url(platform.settings.public_url, dispatch)
             dispatch_input = _input_of(platform.storage, dispatch, outputs, keys, progress)
-            return run_body(platform.settings, dispatch, dispatch_input)
+            return run_body(platform.settings, dispatch, dispatch_input), dispatch.webhook_token
     log.warning("dispatch %s: %d image(s) lost their references", dispatch_id, len(gone))
     with platform.session_scope() as session:
         lifecycle.drop_unsendable(session, dispatch_id, gone)
@@ -143,9 +157,9 @@ def _gone(missing: list[str]) -> str:
     )
 
 
-def _record(platform: Platform, dispatch_id: str, runpod_job_id: str) -> bool:
+def _record(platform: Platform, dispatch_id: str, runpod_job_id: str, token: str) -> bool:
     with platform.session_scope() as session:
-        return lifecycle.mark_submitted(session, dispatch_id, runpod_job_id)
+        return lifecycle.mark_submitted(session, dispatch_id, runpod_job_id, token)
 
 
 def _release(platform: Platform, dispatch_id: str, error: str, lost: bool) -> None:
@@ -188,13 +202,23 @@ def _input_of(
     keys: dict[str, str],
     progress: str,
 ) -> DispatchInput:
-    """The worker's input: the dispatch's unfinished images, references as storage URIs, and
-    where to post their results as they are stored."""
+    """The worker's input for the dispatch's task: the dispatch's unfinished images (for the
+    tasks that take items), references as storage URIs, where to post their results as
+    they are stored, and its Gemini batch (for the tasks that name one)."""
+    task = DispatchTask(dispatch.task)
     referenced = {ref for output in outputs for ref in output.reference_ids}
-    uris = {ref: storage.uri(keys[ref]) for ref in referenced}
-    items = [_work_item(output, [uris[ref] for ref in output.reference_ids]) for output in outputs]
+    uris = {ref: storage.uri(keys[ref]) for ref in referenced if ref in keys}  # see `gone`
+    items = [
+        _work_item(output, [uris[ref] for ref in output.reference_ids if ref in uris])
+        for output in outputs
+    ]
     return DispatchInput(
-        dispatch_id=dispatch.id, job_id=dispatch.job_id, items=items, progress_url=progress
+        dispatch_id=dispatch.id,
+        job_id=dispatch.job_id,
+        task=task,
+        items=items if task in ITEM_TASKS else [],
+        batch=dispatch.batch_name if task in NAMED_BATCH_TASKS else None,
+        progress_url=progress,
     )
 
 

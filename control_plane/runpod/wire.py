@@ -13,7 +13,7 @@ from control_plane.errors import describe_validation
 from control_plane.lifecycle import DispatchReport, UnreadableResult
 from control_plane.models import Dispatch, bounded
 from control_plane.settings import Settings
-from shared.contract import CONTRACT_VERSION, DispatchInput, ItemResult
+from shared.contract import CONTRACT_VERSION, BatchOutput, DispatchInput, ItemResult
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def progress_url(public_url: str, dispatch: Dispatch) -> str:
 def report_of(state: RunPodJobState) -> DispatchReport:
     """A final RunPod state as pixelfleet reads it: the worker's results, or why none.
     Timings no column can hold are dropped (they fail nothing)."""
+    if state.status == "COMPLETED" and isinstance(state.output, dict) and "task" in state.output:
+        return _batch_report(state)
     results, failure = _parse_output(state)
     return DispatchReport(
         runpod_job_id=state.id,
@@ -88,6 +90,30 @@ def report_of(state: RunPodJobState) -> DispatchReport:
         failure=failure,
         delay_ms=bounded(state.delayTime),
         execution_ms=bounded(state.executionTime),
+    )
+
+
+def _batch_report(state: RunPodJobState) -> DispatchReport:
+    """A batch_submit, batch_poll or batch_cancel task's BatchOutput (the only outputs that
+    name their task): the batch as the worker saw it, and the items a submit left out."""
+    delay_ms, execution_ms = bounded(state.delayTime), bounded(state.executionTime)
+    try:
+        output = BatchOutput.model_validate(state.output)
+    except ValidationError as exc:
+        problems = describe_validation(exc.errors(include_url=False, include_input=False))
+        failure = f"worker output does not match the contract: {problems}"
+        return DispatchReport(
+            state.id, state.status, None, failure, delay_ms=delay_ms, execution_ms=execution_ms
+        )
+    left_out: list[ItemResult | UnreadableResult] = list(output.results)
+    return DispatchReport(
+        state.id,
+        state.status,
+        left_out,
+        delay_ms=delay_ms,
+        execution_ms=execution_ms,
+        batch_task=output.task,
+        batch=output.batch,
     )
 
 

@@ -41,9 +41,11 @@ from control_plane.models import (
     clip,
 )
 from control_plane.services.rows import fetch
+from shared.contract import NAMED_BATCH_TASKS
 
 CONSUMER = "analytics"
 ANALYTICS_EVENTS = AnalyticsEvent.__table__  # type: ignore[attr-defined]
+LATER_BATCH_TASKS = frozenset(NAMED_BATCH_TASKS)  # RunPod jobs of a batch after its submit
 ERROR_CHARS = 300
 
 
@@ -117,6 +119,8 @@ def _rows_of(event: Event, job: Job, outputs: dict[str, Output]) -> list[Row]:
         count = event.data.get("retried", 0)
         retried = {**common, "model": model_of(job.config), "image_count": count, "retry": True}
         return [(AnalyticsType.GENERATION_QUEUED, None, retried)]
+    if event.kind == EventKind.DISPATCH_STARTED and event.data.get("task") in LATER_BATCH_TASKS:
+        return []  # a batch's poll, collect or cancel: its images started with its submit
     if event.kind == EventKind.DISPATCH_STARTED:
         started = {
             **common,

@@ -13,9 +13,19 @@ from sqlmodel import Session, col, func, select
 from control_plane import lifecycle
 from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest
-from control_plane.models import Job, Output, OutputStatus
+from control_plane.models import (
+    ACTIVE_JOB,
+    TERMINAL_DISPATCH,
+    Dispatch,
+    Job,
+    Lane,
+    Output,
+    OutputStatus,
+)
+from control_plane.schemas import BatchProgress
 from control_plane.services.rows import fetch
 from control_plane.settings import Settings
+from shared.contract import BatchState, DispatchTask
 
 IMAGE_PAGE_DEFAULT = 500  # images in one answer unless asked otherwise
 IMAGE_PAGE_MAX = 1_000
@@ -59,6 +69,7 @@ class JobView:
     job: Job
     page: ImagePage
     reruns: list[str] = field(default_factory=list)
+    batch: BatchProgress | None = None  # the batch lane: its live batches at Google
 
 
 def job_view(
@@ -69,7 +80,53 @@ def job_view(
         job,
         page_of_images(session, job.id, limit=image_limit),
         reruns_of(session, [job.id]).get(job.id, []),
+        batch_progress(session, job)
+        if job.lane == Lane.BATCH and job.status in ACTIVE_JOB
+        else None,
     )
+
+
+# The stages of a batch in words, least advanced first; a job shows its least advanced.
+BATCH_STAGES = ("submitting", "pending at Google", "running", "collecting")
+
+
+def batch_progress(session: Session, job: Job) -> BatchProgress | None:
+    """Where the job's live Gemini batches stand, with Google's counts summed (None when
+    none is live). A job can end before its last batch does (a collect's progress posts end
+    its images), so ended jobs show none (`job_view`)."""
+    live = session.exec(
+        select(Dispatch).where(
+            col(Dispatch.job_id) == job.id,
+            col(Dispatch.status).not_in(TERMINAL_DISPATCH),
+            col(Dispatch.task).in_(
+                [DispatchTask.BATCH_SUBMIT, DispatchTask.BATCH_POLL, DispatchTask.BATCH_COLLECT]
+            ),
+        )
+    ).all()
+    if not live:
+        return None
+
+    def total(name: str) -> int | None:
+        counts = [getattr(d, name) for d in live if getattr(d, name) is not None]
+        return sum(counts) if counts else None
+
+    return BatchProgress(
+        state=min((_stage(d) for d in live), key=BATCH_STAGES.index),
+        batches=len(live),
+        deadline_at=job.batch_deadline_at,
+        requests=total("batch_requests"),
+        succeeded=total("batch_succeeded"),
+        failed=total("batch_failed"),
+        pending=total("batch_pending"),
+    )
+
+
+def _stage(dispatch: Dispatch) -> str:
+    if dispatch.task == DispatchTask.BATCH_COLLECT:
+        return "collecting"
+    if dispatch.batch_name is None:
+        return "submitting"
+    return "running" if dispatch.batch_state == BatchState.RUNNING else "pending at Google"
 
 
 def page_of_images(

@@ -357,6 +357,7 @@ def _examples_job(
         source_id=preset.id,
         config={
             **params,
+            **{key: preset.config[key] for key in LANE_FIELDS if key in preset.config},
             "seed": base_seed,
             "preset_id": preset.id,
             "preset_name": preset.name,
@@ -375,6 +376,9 @@ def _examples_job(
         for position, (reference, _) in enumerate(pairs)
     ]
     return job, outputs
+
+
+LANE_FIELDS = ("lane", "batch_deadline_s")  # a preset's lane is its examples jobs' lane
 
 
 def _config_fields(preset: Preset) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """What a submission will cost, before it runs: each output at its model's price for its
-image size (the model table, `ModelSpec.price_for`); a text task (a persona's data) at 0
+image size (the model table, `ModelSpec.price_for`, or `batch_price_for` for a job in the
+batch lane); a text task (a persona's data) at 0
 unless its model is in the model table.
 
 An estimate is made by the submission's own planning (`submissions.write_jobs`), run with
@@ -13,29 +14,38 @@ from typing import Any
 
 from sqlmodel import Session
 
-from control_plane.models import Job, OutputKind
+from control_plane.models import Job, Lane, OutputKind
 from control_plane.schemas import Estimate, ModelEstimate
 from shared.model_table import model_table
 
 DRY_RUN = "pricing_dry_run"
 
 
-def price_of(kind: str, model: str | None, image_size: str | None) -> float:
-    """One output's price in USD: its model's price for its size; 0 for a model the table
-    does not have (text models, unless configured there)."""
+def price_of(
+    kind: str, model: str | None, image_size: str | None, lane: str = Lane.ONLINE
+) -> float:
+    """One output's price in USD: its model's price for its size (its batch price in the
+    batch lane); 0 for a model the table does not have (text models, unless configured
+    there)."""
     spec = model_table().get(model or "")
     if spec is None:
         return 0.0
     if kind == OutputKind.TEXT:
         return spec.price_usd
+    if lane == Lane.BATCH:
+        batch_price = spec.batch_price_for(image_size)
+        if batch_price is not None:  # submissions refuse the batch lane for models without
+            return batch_price
     return spec.price_for(image_size)
 
 
-def price_of_outputs(outputs: Iterable[tuple[str, str | None, str | None]]) -> float:
-    """The price of outputs given as (kind, model, image size): each distinct one priced
-    once."""
+def price_of_outputs(
+    outputs: Iterable[tuple[str, str | None, str | None]], lane: str = Lane.ONLINE
+) -> float:
+    """The price of outputs given as (kind, model, image size), made in `lane`: each
+    distinct one priced once."""
     counts = Counter(outputs)
-    return round(sum(price_of(*priced) * count for priced, count in counts.items()), 6)
+    return round(sum(price_of(*priced, lane) * count for priced, count in counts.items()), 6)
 
 
 def of_jobs(jobs: Iterable[Job]) -> Estimate:

@@ -27,7 +27,7 @@ from control_plane.models import (
 )
 from control_plane.schemas import Estimate, Usage, UsageBucket
 
-GroupBy = Literal["day", "model", "user", "group"]
+GroupBy = Literal["day", "model", "user", "group", "lane"]
 MAX_RANGE_DAYS = 366
 
 
@@ -166,6 +166,8 @@ def _bucket_key(group_by: GroupBy) -> Any:
         return col(Output.model)
     if group_by == "user":
         return col(Job.user_id)
+    if group_by == "lane":  # the job's lane (its images that fell back online included)
+        return col(Job.lane)
     return col(Job.group_id)
 
 

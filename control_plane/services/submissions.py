@@ -14,7 +14,7 @@ from sqlmodel import Session
 from control_plane import events, lifecycle
 from control_plane.access import Viewer
 from control_plane.errors import Conflict, InvalidRequest
-from control_plane.models import Catalog, Job, JobMode
+from control_plane.models import Catalog, Job, JobMode, Lane
 from control_plane.schemas import (
     AutomaticSubmit,
     CatalogSubmit,
@@ -131,7 +131,8 @@ def check_job_size(settings: Settings, outputs: int, made_of: str) -> None:
 
 
 def resolve_params(config: GenerationConfig, settings: Settings) -> dict[str, str | None]:
-    """Fill defaults and check the model, ratio and size against the model table (422 if not)."""
+    """Fill defaults and check the model, ratio and size against the model table, and that
+    the model has a batch price when the batch lane is asked for (422 if not)."""
     table = model_table()
     model = config.model or settings.default_model
     spec = table.get(model)
@@ -148,6 +149,12 @@ def resolve_params(config: GenerationConfig, settings: Settings) -> dict[str, st
         raise InvalidRequest(
             f"{model} does not support image_size {image_size!r}; "
             f"allowed: {', '.join(spec.image_sizes)}"
+        )
+    if config.lane == Lane.BATCH and spec.batch_price_for(image_size) is None:
+        batch_models = sorted(name for name, s in table.items() if s.batch_price_usd is not None)
+        raise InvalidRequest(
+            f'{model} has no batch price: the Batch API does not serve it, so "lane": "batch" '
+            f'cannot be used; use "lane": "online", or one of: {", ".join(batch_models)}'
         )
     return {
         "model": model,

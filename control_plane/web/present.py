@@ -138,7 +138,8 @@ def _output_fields(
 def job_detail(request: Request, storage: Storage, view: JobView) -> JobDetail:
     shown = job_images(request, storage, view.page)
     return JobDetail(
-        **job_public(view.job, view.reruns).model_dump(),
+        **job_public(view.job, view.reruns).model_dump(exclude={"batch"}),
+        batch=view.batch,
         images=shown.images,
         images_next=shown.next,
     )

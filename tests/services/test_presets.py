@@ -500,3 +500,17 @@ def test_events_handled_again_change_nothing(api: Api) -> None:
     assert api.platform.relay.run_pass() > 0
     assert usage(api, made["id"]) == {}
     assert api.client.get(f"/api/presets/{made['id']}").json()["examples"] == 1
+
+
+def test_a_preset_in_the_batch_lane_makes_its_examples_there(api: Api) -> None:
+    group_id = api.group()
+    pool(api, group_id, female=2)
+    made = preset(api, config={"lane": "batch", "batch_deadline_s": 3600})
+    [job] = examples(api, made["id"], pool_group_id=group_id, count=2)["jobs"]
+    assert job["lane"] == "batch"
+    assert job["estimate_usd"] == pytest.approx(2 * 0.0195)
+    api.drain()
+    assert [body["input"]["task"] for body in api.run_bodies] == ["batch_submit"]
+    online = preset(api)
+    [plain] = examples(api, online["id"], pool_group_id=group_id, count=2)["jobs"]
+    assert plain["lane"] == "online"
