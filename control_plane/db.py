@@ -214,11 +214,16 @@ def _columns(
     shared: dict[str, Any] = {}
     varying: dict[str, list[Any]] = {}
     texts: dict[Any, str] = {}
+    for column in table.columns:  # what SQLAlchemy's insert fills in: the Python defaults
+        if column.name not in rows[0] and (default := _python_default(column)) is not None:
+            shared[column.name] = default
     for name in rows[0]:
         values = list(map(operator.itemgetter(name), rows))
         if isinstance(table.columns[name].type, sa.JSON):
             values = _json_texts(values, texts)
         elif values.count(None) == len(values):
+            if (default := _python_default(table.columns[name])) is not None:
+                shared[name] = default
             continue
         if len(rows) > 1 and values.count(values[0]) == len(values):
             shared[name] = values[0]
@@ -237,6 +242,15 @@ def _columns(
         else:
             varying[name] = list(map(processor, varying[name]))
     return shared, varying
+
+
+def _python_default(column: sa.Column[Any]) -> Any:
+    """The value SQLAlchemy's insert gives `column` when a row has none (e.g. a timestamp's
+    `default_factory`), once; None when it has no Python-side default."""
+    default = column.default
+    if not isinstance(default, sa.ColumnDefault):
+        return None
+    return default.arg(None) if default.is_callable else default.arg
 
 
 def _json_texts(values: list[Any], texts: dict[Any, str]) -> list[str]:

@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col, select
 
 import control_plane.models  # noqa: F401 - registers the tables
 from control_plane import db
 from control_plane.db import insert_many, make_engine, new_session
-from control_plane.models import Group, Job, Output
+from control_plane.models import Group, Job, Output, OutputKind, utcnow
 from shared.logs import configure_logging
 from tests.conftest import png_bytes
 from tests.fakes.api import Api
@@ -193,6 +193,29 @@ def test_insert_many_stores_exactly_what_the_orm_stores(engine: sa.Engine) -> No
     orm_rows = stored(engine, by_orm[0])
     assert len(orm_rows) == 12
     assert stored(engine, by_insert[0]) == orm_rows
+
+
+def test_insert_many_gives_rows_that_leave_a_column_out_its_python_default(
+    engine: sa.Engine,
+) -> None:
+    """As SQLAlchemy's insert does: a column that rows leave out, or hold None in, takes its
+    `default_factory` (outputs' timestamps, `kind`), not NULL."""
+    job_id, group_id = new_job(engine)
+    rows = output_rows(job_id, group_id, 3)
+    for row in rows:
+        del row["created_at"], row["kind"]
+        row["updated_at"] = None
+    before = utcnow()
+    with new_session(engine) as session:
+        insert_many(session, Output.__table__, rows)
+        session.commit()
+    with new_session(engine) as session:
+        written = session.exec(select(Output).where(col(Output.job_id) == job_id)).all()
+    assert len(written) == 3
+    for output in written:
+        assert output.kind == OutputKind.IMAGE
+        assert output.created_at >= before.replace(microsecond=0)
+        assert output.updated_at >= before.replace(microsecond=0)
 
 
 def test_insert_many_writes_a_single_row_and_identical_rows(engine: sa.Engine) -> None:
