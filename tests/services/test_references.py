@@ -55,7 +55,8 @@ def test_a_succeeded_image_is_a_reference_in_both_modes(api: Api) -> None:
     )
     assert semi.status_code == 201, semi.text
     api.drain()
-    first, second = api.run_bodies[-2:]
+    sent = {body["input"]["job_id"]: body for body in api.run_bodies}  # sent in either order
+    first, second = (sent[answer.json()["jobs"][0]["id"]] for answer in (automatic, semi))
     uri = storage_uri(api, made)
     assert first["input"]["items"][0]["reference_uris"] == [uri]
     assert all(item["reference_uris"][0] == uri for item in second["input"]["items"])
