@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from control_plane.background import Service
 from control_plane.db import make_engine
@@ -190,6 +191,7 @@ def create_app(
     ]
     for module in (*routers, webhook, download, files, metrics, ui, signin):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)

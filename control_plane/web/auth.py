@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Requests machines make, authenticated on their own terms (a dispatch's token) or not at all:
 # they act for nobody, so finding a viewer for them is skipped.
 MACHINE_PATHS = ("/api/webhook/runpod", "/api/webhook/runpod/progress", "/healthz")
+STATIC_PREFIX = "/static/"  # the pages' stylesheet and scripts: the same for everyone
 OPEN_PATHS = (*MACHINE_PATHS, "/login", "/logout")
 SESSION_COOKIE = "pixelfleet_session"
 API_PREFIXES = ("/api/", "/docs", "/redoc", "/openapi.json", "/metrics")
@@ -52,7 +53,7 @@ class AuthMiddleware:
         self._users_exist = False  # once a user exists, the local user is gone for good
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in MACHINE_PATHS:
+        if scope["type"] != "http" or _for_anyone(scope["path"]):
             await self.app(scope, receive, send)
             return
         viewer = await self._viewer(scope)
@@ -81,6 +82,10 @@ class AuthMiddleware:
         platform: Platform = scope["app"].state.platform
         self._users_exist = await anyio.to_thread.run_sync(_users_exist, platform)
         return not self._users_exist
+
+
+def _for_anyone(path: str) -> bool:
+    return path in MACHINE_PATHS or path.startswith(STATIC_PREFIX)
 
 
 def _viewer_for_key(platform: Platform, offered: bytes) -> Viewer | None:

@@ -315,13 +315,15 @@ def test_forms_posted_from_another_site_are_refused(stack: Stack) -> None:
     assert _count(stack.settings, Group) == 3
 
 
-def test_pages_allow_no_scripts_no_frames_and_send_no_address_elsewhere(api: Api) -> None:
+def test_pages_allow_only_own_scripts_no_frames_and_send_no_address_elsewhere(api: Api) -> None:
     """Every page, error pages too, carries a policy that allows what the templates use
-    (inline styles, images from here, forms posting here) and nothing more."""
+    (the control plane's own stylesheet and scripts, inline styles, requests and images to
+    here, forms posting here) and nothing more."""
     job_id, _ = submit_one_dispatch(api, n=1)
     group_id = api.client.get(f"/api/jobs/{job_id}").json()["group_id"]
     expected = (
-        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        "default-src 'none'; img-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; connect-src 'self'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     )
     for path, status_code in (

@@ -39,6 +39,7 @@ from shared.storage import Storage, StorageError
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+STATIC_DIR = Path(__file__).parent / "static"  # served at /static: the pages' CSS and scripts
 submit_adapter: TypeAdapter[Any] = TypeAdapter(SubmitRequest)
 UPLOADS_PER_PAGE = 120
 GROUPS_PER_PAGE = 50
@@ -48,12 +49,13 @@ SIGNING_PROBE = "pixelfleet-signing-check"
 
 
 def page_headers(storage: Storage) -> dict[str, str]:
-    """The headers of every page: no scripts, no frames, styles inline as the templates
-    write them, images from here or from where the storage signs its URLs, forms posting
-    here only, and no page address sent to other sites."""
+    """The headers of every page: scripts, styles and requests from here only (styles also
+    inline as the templates write them), images from here or from where the storage signs its
+    URLs, no frames, forms posting here only, and no page address sent to other sites."""
     image_sources = " ".join(["'self'", *_signed_url_origin(storage)])
     policy = (
-        f"default-src 'none'; img-src {image_sources}; style-src 'unsafe-inline'; "
+        f"default-src 'none'; img-src {image_sources}; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; connect-src 'self'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     )
     return {"Content-Security-Policy": policy, "Referrer-Policy": "same-origin"}
