@@ -99,20 +99,13 @@ def check_signing(storage: Storage) -> None:
     storage.signed_url("pixelfleet-signing-check")
 
 
-# Woken passes at most this often: every commit that ends a dispatch wakes both, and under a
-# stream of webhooks one pass per commit costs more than the webhooks themselves. The relay
-# feeds consumers that need no haste (analytics, users' webhooks, pipeline stages); the
-# sender's pass after a burst of dispatch ends fills the room they left, all at once.
-RELAY_SPACING_S = 0.25
-SENDER_SPACING_S = 0.1
-
 
 def add_services(platform: Platform, *, timers: bool) -> None:
     """The background services and event consumers. Without `timers` they run only when a
     commit wakes them (tests drive the safety nets by hand)."""
     interval = platform.settings.reconcile_interval_s if timers else None
-    platform.add_loop(Service.SENDER, send_due, interval, SENDER_SPACING_S)
-    platform.add_loop(Service.RELAY, _relay_pass, interval, RELAY_SPACING_S)
+    platform.add_loop(Service.SENDER, send_due, interval, platform.settings.sender_spacing_s)
+    platform.add_loop(Service.RELAY, _relay_pass, interval, platform.settings.relay_spacing_s)
     platform.add_loop(Service.WEBHOOKS, Deliverer(), interval)
     if timers:
         platform.add_loop(Service.POLLER, poll_quiet, interval)

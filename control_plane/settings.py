@@ -48,6 +48,12 @@ class Settings(CommonSettings):
     dispatch_execution_timeout_s: int = Field(600, ge=5)
     dispatch_ttl_s: int = Field(86_400, ge=10)
     reconcile_interval_s: float = Field(10.0, gt=0)
+    # Woken passes at most this often: every commit that ends a dispatch wakes both, and under
+    # a stream of webhooks one pass per commit costs more than the webhooks themselves. The
+    # relay feeds consumers that need no haste (analytics, users' webhooks, pipeline stages);
+    # the sender's pass after a burst of dispatch ends fills the room they left, all at once.
+    relay_spacing_s: float = Field(0.25, ge=0, le=10)
+    sender_spacing_s: float = Field(0.1, ge=0, le=10)
     webhook_grace_s: float = Field(60.0, ge=0)
     batch_poll_s: float = Field(60.0, gt=0)  # the batch lane: how often a Gemini batch is polled
     # the batch lane: failed polls or collects of one batch before its images go online

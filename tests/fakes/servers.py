@@ -1,5 +1,6 @@
 """Run ASGI apps on real loopback sockets for end-to-end tests."""
 
+import logging
 import socket
 import threading
 import time
@@ -8,6 +9,8 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import uvicorn
+
+log = logging.getLogger(__name__)
 
 
 def reserve_socket(port: int = 0) -> socket.socket:
@@ -40,8 +43,21 @@ def run_server(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
         yield url_of(sock)
     finally:
         server.should_exit = True
-        thread.join(timeout=20)
+        _join(thread, url_of(sock))
         sock.close()
+
+
+def _join(thread: threading.Thread, url: str) -> None:
+    """Wait for a stopping server's thread. One still running would go on serving, and a
+    control plane's background loops on working on the (per-process) MySQL database that the
+    next test starts on: it would relay that test's events as its own. A server that cannot
+    stop in two minutes fails the test that ran it instead."""
+    thread.join(timeout=20)
+    if thread.is_alive():
+        log.warning("the server at %s is slow to stop; waiting for it", url)
+        thread.join(timeout=100)
+    if thread.is_alive():
+        raise RuntimeError(f"the server at {url} did not stop in two minutes")
 
 
 class RestartableServer:
