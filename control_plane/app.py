@@ -58,7 +58,7 @@ from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.requestlog import RequestLogMiddleware
 from control_plane.web.ui import routes as ui
-from control_plane.web.ui import signin
+from control_plane.web.ui import signin, workflows
 from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
 
@@ -97,7 +97,6 @@ def check_signing(storage: Storage) -> None:
     (their objects are served by the file routes) and pass.
     """
     storage.signed_url("pixelfleet-signing-check")
-
 
 
 def add_services(platform: Platform, *, timers: bool) -> None:
@@ -182,7 +181,7 @@ def create_app(
         usage,
         queue,
     ]
-    for module in (*routers, webhook, download, files, metrics, ui, signin):
+    for module in (*routers, webhook, download, files, metrics, ui, workflows, signin):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
