@@ -124,6 +124,7 @@ def _upload_a_folder_then_drop_files(page: Any, api: httpx.Client, tmp_path: Pat
     )
     page.dispatch_event("[data-dropzone]", "drop", {"dataTransfer": drop})
     expect(status).to_have_text("Done: 41 uploaded, 3 not accepted.")
+    screenshot(page, "group_page_after_uploads")
     page.get_by_role("link", name="Show the uploads").click()
     expect(page.get_by_role("checkbox", name="hat.png")).to_be_visible()
     uploads = api.get(f"/api/groups/{group_id}/uploads", params={"limit": 100}).json()["data"]
@@ -177,7 +178,9 @@ def test_a_refused_form_keeps_what_was_typed_and_names_the_image(
     answered_page: Any, api: httpx.Client
 ) -> None:
     page = answered_page
-    group_id, _ = _group(api, "typed", images=2)
+    group_id, images = _group(api, "typed", images=2)
+    earlier = {"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images[:1]}
+    assert api.post("/api/jobs/submit", json=earlier).status_code == 201  # a row under Jobs
     page.goto(f"/groups/{group_id}")
     page.get_by_label("Mode", exact=True).select_option("semi-automatic")
     page.get_by_role("checkbox", name="typed 0.png").check()
