@@ -167,11 +167,17 @@ def test_the_cost_before_generate_and_a_confirmation_above_the_threshold(
     expect(dialog).to_be_hidden()
     assert api.get("/api/jobs", params={"group_id": group_id}).json()["data"] == []
 
-    page.get_by_label("Total images", exact=True).fill("4")
-    page.get_by_role("button", name="Generate").click()
-    page.wait_for_url("**/jobs/*")
-    [job] = api.get("/api/jobs", params={"group_id": group_id}).json()["data"]
-    assert job["prompt"] == "a red hat" and job["progress"]["total"] == 4
+    page.get_by_role("button", name="Generate").focus()  # and now with the keyboard only
+    page.keyboard.press("Enter")
+    expect(dialog).to_be_visible()
+    expect(page.get_by_role("button", name="Cancel")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(page.get_by_role("button", name="Generate 40 images")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/groups/{group_id}#jobs")
+    jobs = api.get("/api/jobs", params={"group_id": group_id}).json()["data"]
+    assert len(jobs) == 10 and {job["prompt"] for job in jobs} == {"a red hat"}
+    assert sum(job["progress"]["total"] for job in jobs) == 40
 
 
 def test_a_refused_form_keeps_what_was_typed_and_names_the_image(

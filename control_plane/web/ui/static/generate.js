@@ -30,6 +30,7 @@ function enhance(form) {
   };
   form.addEventListener("input", changed);
   form.addEventListener("change", changed);
+  document.addEventListener("uploads-changed", changed);
   ui.mode.addEventListener("change", () => showMode(form, ui.mode.value));
   showMode(form, ui.mode.value);
   wireTicks(ui);
@@ -70,16 +71,24 @@ function wireTicks(ui) {
   count();
 }
 
-// Estimates of the form as it stands; an answer that a later question overtook is dropped.
+// Estimates of the form as it stands, one request at a time (each plans the submission on
+// the server): a question that a later one overtook while it waited is not asked, and
+// answers null.
 function latestEstimates(form, ui) {
   let asked = 0;
-  const refresh = async () => {
+  let queue = Promise.resolve(null);
+  const refresh = () => {
     const mine = ++asked;
-    const answer = await estimateOf(form);
-    if (mine !== asked) return answer;
-    ui.estimate.classList.toggle("estimate-problem", !answer.ok);
-    ui.estimate.textContent = answer.ok ? said(answer) : answer.problem;
-    return answer;
+    queue = queue.then(async () => {
+      if (mine !== asked) return null;
+      const answer = await estimateOf(form);
+      if (mine === asked) {
+        ui.estimate.classList.toggle("estimate-problem", !answer.ok);
+        ui.estimate.textContent = answer.ok ? said(answer) : answer.problem;
+      }
+      return answer;
+    });
+    return queue;
   };
   return { refresh };
 }
@@ -106,7 +115,8 @@ async function estimateOf(form) {
 
 async function generate(form, ui, estimates) {
   ui.generate.disabled = true;
-  const answer = await estimates.refresh();
+  let answer = null;
+  while (answer === null) answer = await estimates.refresh();
   ui.generate.disabled = false;
   if (!answer.ok) {
     form.submit(); // the server says what is wrong, keeping what was typed

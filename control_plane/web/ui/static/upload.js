@@ -35,6 +35,10 @@ function enhance(form) {
       start(state, ui, picked);
     });
   }
+  for (const kind of ["dragover", "drop"]) {
+    // a file dropped beside the drop zone is ignored, rather than opened in place of the page
+    document.addEventListener(kind, (event) => event.preventDefault());
+  }
   const zone = form.querySelector("[data-dropzone]");
   zone.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -126,7 +130,9 @@ function start(state, ui, picked) {
     state.workers += 1;
     work(state, ui).finally(() => {
       state.workers -= 1;
-      if (state.workers === 0) render(state, ui, true);
+      if (state.workers > 0) return;
+      render(state, ui, true);
+      document.dispatchEvent(new CustomEvent("uploads-changed")); // the estimate counts them
     });
   }
   render(state, ui, true);
