@@ -105,6 +105,9 @@ def _upload_a_folder_then_drop_files(page: Any, api: httpx.Client, tmp_path: Pat
     expect(problems).to_contain_text("shoot/broken.png: ")
     expect(problems).not_to_contain_text("not uploaded")
     assert len(failed_once) == 1
+    assert serious_violations(page) == []
+    page.set_viewport_size(PHONE)
+    assert horizontal_overflow(page) == 0
 
     # Files dropped (not a folder) with attributes for a reference pool.
     page.get_by_label("Attributes for these images").fill("pool=hats, size=2")
@@ -152,6 +155,7 @@ def test_the_cost_before_generate_and_a_confirmation_above_the_threshold(
     page.get_by_role("checkbox", name="costs 1.png").check()
     expect(estimate).to_have_text("1 image for about $0.24 at the listed prices")
 
+    expect(page.get_by_label("Prompt for costs 1.png")).to_be_hidden()  # semi-automatic's
     page.get_by_label("Mode", exact=True).select_option("semi-automatic")
     expect(page.get_by_label("Prompt (automatic")).to_be_hidden()
     expect(estimate).to_contain_text("has no prompt")
@@ -163,6 +167,7 @@ def test_the_cost_before_generate_and_a_confirmation_above_the_threshold(
     dialog = page.get_by_role("dialog", name="Generate these images?")
     expect(dialog).to_contain_text("This will generate 40 images for about $9.60.")
     assert serious_violations(page) == []
+    screenshot(page, "generate_confirmation_dialog")
     page.keyboard.press("Escape")  # changed our mind: nothing is submitted
     expect(dialog).to_be_hidden()
     assert api.get("/api/jobs", params={"group_id": group_id}).json()["data"] == []
