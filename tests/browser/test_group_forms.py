@@ -127,11 +127,20 @@ def _upload_a_folder_then_drop_files(page: Any, api: httpx.Client, tmp_path: Pat
     )
     page.dispatch_event("[data-dropzone]", "drop", {"dataTransfer": drop})
     expect(status).to_have_text("Done: 41 uploaded, 3 not accepted.")
+
+    # A file chosen with the keyboard only.
+    page.get_by_label("Attributes for these images").press("Tab")  # to "Choose images"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(
+        files=[{"name": "cap.png", "mimeType": "image/png", "buffer": png_bytes(70, 50)}]
+    )
+    expect(status).to_have_text("Done: 42 uploaded, 3 not accepted.")
     screenshot(page, "group_page_after_uploads")
-    page.get_by_role("link", name="Show the uploads").click()
+    page.get_by_role("link", name="Show the uploads").press("Enter")
     expect(page.get_by_role("checkbox", name="hat.png")).to_be_visible()
     uploads = api.get(f"/api/groups/{group_id}/uploads", params={"limit": 100}).json()["data"]
-    assert len(uploads) == 41
+    assert len(uploads) == 42
     assert [u["attributes"] for u in uploads if u["filename"] == "hat.png"] == [
         {"pool": "hats", "size": 2}
     ]
