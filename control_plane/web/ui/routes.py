@@ -179,8 +179,6 @@ def _group(
         "confirm": confirm,
         "attributes": attributes,
         "upload_limit_mb": platform.settings.upload_max_file_bytes // 1_000_000,
-        "confirm_above_usd": forms.CONFIRM_ABOVE_USD,
-        "confirm_above_images": forms.CONFIRM_ABOVE_IMAGES,
     }
     return _page(request, "group.html", context, status_code)
 
