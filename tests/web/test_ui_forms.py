@@ -146,6 +146,12 @@ def test_the_forms_estimate_and_the_confirmation_above_the_thresholds(api: Api) 
     }
     answer = api.client.post(f"/groups/{group_id}/estimate", data=large).json()
     assert answer["summary"] == "200 images for about $7.80" and answer["confirm"] is True
+    api.platform.settings.ui_confirm_above_usd = 10.0  # PIXELFLEET_UI_CONFIRM_ABOVE_USD
+    assert api.client.post(f"/groups/{group_id}/estimate", data=large).json()["confirm"] is False
+    api.platform.settings.ui_confirm_above_images = 199
+    assert api.client.post(f"/groups/{group_id}/estimate", data=large).json()["confirm"] is True
+    api.platform.settings.ui_confirm_above_usd = 5.0
+    api.platform.settings.ui_confirm_above_images = 1_000
     wrong = api.client.post(f"/groups/{group_id}/estimate", data={"mode": "semi-automatic"})
     assert wrong.status_code == 200
     assert wrong.json() == {"problem": "No image chosen: tick an image and give it a prompt."}

@@ -28,9 +28,6 @@ from control_plane.web.deps import GroupId, PlatformDep, SessionDep, ViewerDep
 router = APIRouter(include_in_schema=False)
 submit_adapter: TypeAdapter[Any] = TypeAdapter(SubmitRequest)
 
-# Above either, Generate asks once more, saying what will be spent.
-CONFIRM_ABOVE_USD = 5.0
-CONFIRM_ABOVE_IMAGES = 1_000
 CONFIG_FIELDS = ("model", "aspect_ratio", "image_size", "negative_prompt", "seed")
 SEMI_FIELDS = ("total_images", "images_per_set")
 TYPED_FIELDS = ("mode", "prompt", *CONFIG_FIELDS, *SEMI_FIELDS)
@@ -214,8 +211,12 @@ def plain_message(message: str, item_names: list[str]) -> str:
     return API_WORDS.sub(lambda found: LABELS[found.group(0)].lower(), said)
 
 
-def needs_confirmation(estimate: Estimate) -> bool:
-    return estimate.cost_usd > CONFIRM_ABOVE_USD or estimate.images > CONFIRM_ABOVE_IMAGES
+def needs_confirmation(estimate: Estimate, settings: Settings) -> bool:
+    """Above PIXELFLEET_UI_CONFIRM_ABOVE_USD or …_IMAGES, Generate asks once more."""
+    return (
+        estimate.cost_usd > settings.ui_confirm_above_usd
+        or estimate.images > settings.ui_confirm_above_images
+    )
 
 
 def spending(estimate: Estimate) -> str:
@@ -243,7 +244,7 @@ def submit_form(
     with in_form_words(planned.item_names):
         if not typed.confirmed:
             estimate = estimates.estimate(session, settings, body, viewer)
-            if needs_confirmation(estimate):
+            if needs_confirmation(estimate, settings):
                 return estimate
         return submissions.submit(session, settings, body, viewer)
 
@@ -288,7 +289,7 @@ async def estimate_form(
         "images": found.images,
         "cost_usd": found.cost_usd,
         "summary": spending(found),
-        "confirm": needs_confirmation(found),
+        "confirm": needs_confirmation(found, platform.settings),
     }
     if unwritten:
         answer["note"] = "write the prompt before you generate"
