@@ -57,6 +57,7 @@ from control_plane.web.errors import install_error_handlers
 from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.requestlog import RequestLogMiddleware
+from control_plane.web.ui import forms as ui_forms
 from control_plane.web.ui import routes as ui
 from control_plane.web.ui import signin, workflows
 from shared.hosts import is_loopback
@@ -181,7 +182,7 @@ def create_app(
         usage,
         queue,
     ]
-    for module in (*routers, webhook, download, files, metrics, ui, workflows, signin):
+    for module in (*routers, webhook, download, files, metrics, ui, ui_forms, workflows, signin):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth

@@ -82,6 +82,9 @@ class Settings(CommonSettings):
     request_max_body_bytes: int = Field(2**20, gt=0)
     webhook_max_body_bytes: int = Field(12 * 2**20, gt=0)  # RunPod echoes /run's ≤ 10 MB input
     submit_max_images: int = Field(20_000, gt=0)
+    # the web UI's Generate asks to confirm a submission above either (what it will spend)
+    ui_confirm_above_usd: float = Field(5.0, ge=0)
+    ui_confirm_above_images: int = Field(1_000, ge=0)
     idempotency_ttl_s: float = Field(86_400, gt=0)  # answers to Idempotency-Key requests kept
     # webhooks to users' own URLs (services/webhooks.py, control_plane/deliveries.py)
     webhook_secret: str = ""  # `whsec_…`: signs the webhooks of jobs without a user

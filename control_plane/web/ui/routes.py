@@ -5,7 +5,7 @@ A form that fails re-renders its page with the message (and the status code the 
 answer); a form that succeeds redirects (303).
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,14 +14,13 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import TypeAdapter, ValidationError
-from starlette.datastructures import FormData
+from pydantic import ValidationError
 
 from control_plane.access import Viewer
-from control_plane.errors import DomainError, InvalidRequest, NotFound, describe_validation
+from control_plane.errors import DomainError, NotFound, describe_validation
 from control_plane.models import ACTIVE_JOB, JobMode, Output
-from control_plane.schemas import GroupCreate, SubmitRequest, VariationCreate
-from control_plane.services import groups, jobs, reruns, submissions, uploads, variations
+from control_plane.schemas import Estimate, GroupCreate, VariationCreate
+from control_plane.services import groups, jobs, reruns, uploads, variations
 from control_plane.web.deps import (
     SUBMISSION,
     GroupId,
@@ -34,13 +33,13 @@ from control_plane.web.deps import (
 )
 from control_plane.web.forms import chosen_files, incoming_files, read_form
 from control_plane.web.present import job_detail, job_public, upload_public
+from control_plane.web.ui import forms
 from shared.model_table import model_table
 from shared.storage import Storage, StorageError
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC_DIR = Path(__file__).parent / "static"  # served at /static: the pages' CSS and scripts
-submit_adapter: TypeAdapter[Any] = TypeAdapter(SubmitRequest)
 UPLOADS_PER_PAGE = 120
 GROUPS_PER_PAGE = 50
 JOBS_ON_GROUP_PAGE = 200
@@ -150,6 +149,9 @@ def _group(
     notice: str | None = None,
     error: str | None = None,
     rejected: list[Any] | None = None,
+    typed: forms.GenerateForm | None = None,
+    confirm: str | None = None,
+    attributes: str = "",
     status_code: int = 200,
 ) -> HTMLResponse:
     group = groups.get_group(session, group_id, viewer)
@@ -164,12 +166,19 @@ def _group(
         "uploads": [upload_public(request, platform.storage, upload) for upload in page_uploads],
         "page": page,
         "pages": _pages(counts.uploads, UPLOADS_PER_PAGE),
+        "per_page": UPLOADS_PER_PAGE,
         "jobs": [job_public(job) for job in group_jobs],
         "models": model_table(),
+        "aspect_ratios": _choices(spec.aspect_ratios for spec in model_table().values()),
+        "image_sizes": _choices(spec.image_sizes for spec in model_table().values()),
         "default_model": platform.settings.default_model,
         "notice": notice,
         "error": error,
         "rejected": rejected or [],
+        "typed": typed or forms.GenerateForm(),
+        "confirm": confirm,
+        "attributes": attributes,
+        "upload_limit_mb": platform.settings.upload_max_file_bytes // 1_000_000,
     }
     return _page(request, "group.html", context, status_code)
 
@@ -183,6 +192,7 @@ async def upload(
     viewer: ViewerDep,
 ) -> Response:
     form = await read_form(request, platform)
+    typed_attributes = str(form.get("attributes") or "")
     try:
         files = chosen_files(incoming_files(form))
         try:
@@ -194,6 +204,7 @@ async def upload(
                 group_id,
                 files,
                 viewer,
+                forms.typed_attributes(typed_attributes),
             )
         except NotFound:
             raise
@@ -205,6 +216,7 @@ async def upload(
                 viewer,
                 group_id,
                 error=exc.message,
+                attributes=typed_attributes,
                 status_code=exc.status_code,
             )
     finally:
@@ -250,67 +262,37 @@ async def submit(
     session: SessionDep,
     viewer: ViewerDep,
 ) -> Response:
-    form = await request.form()
+    """The generate form: its jobs, or the form again, as typed, saying what is wrong or (above
+    the thresholds, unconfirmed) what it will spend."""
+    typed = forms.GenerateForm.read(await request.form())
     await run_in_threadpool(groups.get_group, session, group_id, viewer)
+    page = _page_number(request)
     try:
-        body = submit_adapter.validate_python(
-            await run_in_threadpool(_submission, session, group_id, form)
+        submitted = await run_in_threadpool(
+            forms.submit_form, session, platform.settings, group_id, typed, viewer
         )
-        created = await run_in_threadpool(
-            submissions.submit, session, platform.settings, body, viewer
-        )
-    except ValidationError as exc:
-        message, code = describe_validation(exc.errors()), 422
     except NotFound:
         raise
     except DomainError as exc:
-        message, code = exc.message, exc.status_code
-    else:
-        target = f"/jobs/{created[0].id}" if len(created) == 1 else f"/groups/{group_id}#jobs"
-        return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
-    return _group(request, platform, session, viewer, group_id, error=message, status_code=code)
-
-
-def _submission(session: SessionDep, group_id: str, form: FormData) -> dict[str, Any]:
-    """The JSON API's submit body, from the group page's form.
-
-    Automatic: the ticked images (all of the group's when none is ticked), one prompt.
-    Semi-automatic: each image ticked or given a prompt is an item, and needs its prompt.
-    """
-    ticked = [str(value) for value in form.getlist("images")]
-    config: dict[str, Any] = {
-        key: value
-        for key in ("model", "aspect_ratio", "image_size", "negative_prompt", "seed")
-        if (value := str(form.get(key) or "").strip())
-    }
-    mode = str(form.get("mode") or "automatic")
-    if mode != "semi-automatic":
-        images = ticked or uploads.upload_ids_of(session, group_id)
-        prompt = str(form.get("prompt") or "")
-        return {
-            "group_id": group_id,
-            "mode": mode,
-            "prompt": prompt,
-            "images": images,
-            "config": config,
-        }
-    prompts = {
-        key.removeprefix("prompt_"): text
-        for key, value in form.multi_items()
-        if key.startswith("prompt_") and (text := str(value).strip())
-    }
-    chosen = list(dict.fromkeys([*ticked, *prompts]))
-    missing = [image_id for image_id in chosen if image_id not in prompts]
-    if missing:
-        raise InvalidRequest(
-            f"{len(missing)} ticked image(s) have no prompt: in semi-automatic mode every "
-            "image needs its own prompt"
+        return _group(
+            request, platform, session, viewer, group_id, page,
+            error=exc.message, typed=typed, status_code=exc.status_code,
+        )  # fmt: skip
+    if isinstance(submitted, Estimate):
+        typed.confirmed = True
+        spent = forms.spending(submitted)
+        confirm = f"This will generate {spent}. Press Generate again to go ahead."
+        return _group(
+            request, platform, session, viewer, group_id, page, typed=typed, confirm=confirm
         )
-    items = [{"images": [image_id], "prompt": prompts[image_id]} for image_id in chosen]
-    for key in ("total_images", "images_per_set"):
-        if value := str(form.get(key) or "").strip():
-            config[key] = value
-    return {"group_id": group_id, "mode": mode, "items": items, "config": config}
+    target = f"/jobs/{submitted[0].id}" if len(submitted) == 1 else f"/groups/{group_id}#jobs"
+    return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
+
+
+def _page_number(request: Request) -> int:
+    """The page of uploads a form was posted from (query `page`), 1 if none or not one."""
+    text = request.query_params.get("page", "")
+    return int(text) if text.isdigit() and int(text) > 0 else 1
 
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -390,6 +372,11 @@ def error_page(
     return templates.TemplateResponse(
         request, "error.html", context, status_code=status_code, headers=headers
     )
+
+
+def _choices(lists: Iterable[list[str]]) -> list[str]:
+    """Every value of the lists, once each, in the order first seen."""
+    return list(dict.fromkeys(value for values in lists for value in values))
 
 
 def _pages(total: int, per_page: int) -> int:
