@@ -34,6 +34,7 @@ from control_plane.web.api import (
     download,
     events,
     files,
+    gallery,
     groups,
     imports,
     jobs,
@@ -57,6 +58,7 @@ from control_plane.web.errors import install_error_handlers
 from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.requestlog import RequestLogMiddleware
+from control_plane.web.ui import gallery as ui_gallery
 from control_plane.web.ui import routes as ui
 from control_plane.web.ui import signin
 from shared.hosts import is_loopback
@@ -176,6 +178,7 @@ def create_app(
     )
     routers = [
         groups,
+        gallery,
         uploads,
         jobs,
         imports,
@@ -189,7 +192,7 @@ def create_app(
         usage,
         queue,
     ]
-    for module in (*routers, webhook, download, files, metrics, ui, signin):
+    for module in (*routers, webhook, download, files, metrics, ui, ui_gallery, signin):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
