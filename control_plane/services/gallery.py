@@ -52,17 +52,31 @@ def gallery_query(group_id: str, filters: GalleryFilters, cursor: str | None, li
     if filters.prompt:
         clauses.append(col(Output.prompt).contains(filters.prompt, autoescape=True))
     if cursor is not None:
-        job_id, position = position_of(cursor)
-        # the first clause bounds the index range; the second only sorts out the cursor's job
-        clauses.append(col(Output.job_id) <= job_id)
-        clauses.append(or_(col(Output.job_id) < job_id, col(Output.position) < position))
+        clauses.extend(_after(cursor, filters.job_id))
+    # one job's images: by position alone, so that the job's index serves the order as it is
+    order = [col(Output.position).desc()]
+    if not filters.job_id:
+        order.insert(0, col(Output.job_id).desc())
     return (
         select(Output)
         .options(*(defer(getattr(Output, name)) for name in UNSHOWN_OUTPUT_COLUMNS))
         .where(*clauses)
-        .order_by(col(Output.job_id).desc(), col(Output.position).desc())
+        .order_by(*order)
         .limit(limit + 1)
     )
+
+
+def _after(cursor: str, only_job: str | None) -> list[Any]:
+    """The clauses keeping the images after the cursor's: within one job, by position alone
+    (an equality on the job leaves the position as the index's range)."""
+    job_id, position = position_of(cursor)
+    if only_job:
+        return [col(Output.job_id) == job_id, col(Output.position) < position]
+    # the first clause bounds the index range; the second only sorts out the cursor's job
+    return [
+        col(Output.job_id) <= job_id,
+        or_(col(Output.job_id) < job_id, col(Output.position) < position),
+    ]
 
 
 def page_of_gallery(

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from control_plane.web.ui.gallery import IMAGES_ON_GALLERY_PAGE
-from tests.browser.conftest import PHONE, horizontal_overflow, serious_violations
+from tests.browser.conftest import PHONE, horizontal_overflow, screenshot, serious_violations
 from tests.conftest import png_bytes
 
 UPLOADS, PER_UPLOAD = 8, 8  # 64 images: with the batch's 8, more than one gallery page
@@ -108,6 +108,7 @@ def test_the_gallery_filters_and_its_lightbox_works_by_keyboard(page: Any, made:
     assert re.search("a heron in fog|a fox at dawn", dialog.inner_text())
     assert dialog.get_by_role("img", name=re.compile("reference")).count() == 1
     assert serious_violations(page) == []
+    screenshot(page, "gallery_lightbox")
 
     page.keyboard.press("ArrowRight")
     dialog.get_by_role("heading", name=re.compile("Image #2")).wait_for()
@@ -137,6 +138,7 @@ def test_the_lightbox_crosses_the_page_boundary_and_downloads(page: Any, made: M
 
     page.set_viewport_size(PHONE)
     assert horizontal_overflow(page) == 0
+    screenshot(page, "gallery_lightbox_phone")
     dialog.get_by_role("button", name="Close").click()
     assert horizontal_overflow(page) == 0
     assert serious_violations(page) == []
@@ -160,8 +162,10 @@ def test_a_batch_shows_its_sets_with_variations_and_reruns(
     assert sets.count() == SETS
     assert sets.first.locator("a[data-lightbox]").count() == PER_SET
     assert serious_violations(page) == []
+    screenshot(page, "batch")
     page.set_viewport_size(PHONE)
     assert horizontal_overflow(page) == 0
+    screenshot(page, "batch_phone")
 
     sets.first.get_by_role("button", name=re.compile("^V2")).click()
     page.wait_for_url(re.compile(r"/jobs/job_"))
