@@ -54,7 +54,7 @@ def gallery_query(group_id: str, filters: GalleryFilters, cursor: str | None, li
     if cursor is not None:
         clauses.extend(_after(cursor, filters.job_id))
     # one job's images: by position alone, so that the job's index serves the order as it is
-    order = [col(Output.position).desc()]
+    order: list[Any] = [col(Output.position).desc()]
     if not filters.job_id:
         order.insert(0, col(Output.job_id).desc())
     return (
