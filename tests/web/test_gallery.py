@@ -12,7 +12,6 @@ from sqlmodel import col, select
 
 from control_plane.models import Group, Job, Output, OutputStatus
 from control_plane.services.gallery import GalleryFilters, gallery_cursor, gallery_query
-from control_plane.web.ui import gallery as ui_gallery
 from tests.fakes.api import Api, finish_job
 
 GALLERY_INDEX = "ix_outputs_group_id_job_id_position"
@@ -172,7 +171,7 @@ def _another_groups_images(api: Api, count: int) -> None:
 
 
 def test_the_gallery_page_links_each_image_to_its_viewer_and_its_next_page(
-    api: Api, made: Made, monkeypatch: pytest.MonkeyPatch
+    api: Api, made: Made
 ) -> None:
     page = api.client.get(f"/groups/{made.group_id}/gallery", params={"job": made.sale})
     assert page.status_code == 200
@@ -185,11 +184,12 @@ def test_the_gallery_page_links_each_image_to_its_viewer_and_its_next_page(
     refused = api.client.get(f"/groups/{made.group_id}/gallery", params={"status": "x"})
     assert refused.status_code == 422 and "is none of" in refused.text
 
-    monkeypatch.setattr(ui_gallery, "IMAGES_ON_GALLERY_PAGE", 4)
-    first = api.client.get(f"/groups/{made.group_id}/gallery", params={"prompt": "sale"})
+    first = api.client.get(
+        f"/groups/{made.group_id}/gallery", params={"prompt": "sale", "limit": 4}
+    )
     (more,) = re.findall(r'href="([^"]+)" rel="next" data-gallery-more', first.text)
     more = more.replace("&amp;", "&")
-    assert "prompt=sale" in more and "cursor=" in more
+    assert "prompt=sale" in more and "limit=4" in more and "cursor=" in more
     second = api.client.get(more)
     assert second.status_code == 200
     shown = re.findall(r'data-lightbox="/outputs/(out_\w+)"', first.text + second.text)

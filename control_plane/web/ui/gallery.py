@@ -26,6 +26,7 @@ from shared.storage import Storage
 
 router = APIRouter(include_in_schema=False)
 IMAGES_ON_GALLERY_PAGE = 60
+MOST_ON_GALLERY_PAGE = 240
 JOBS_IN_GALLERY_FILTER = 200
 SETS_ON_BATCH_PAGE = 25
 STATUSES = [status.value for status in OutputStatus]
@@ -42,14 +43,15 @@ def gallery_page(
     status: Annotated[str, Query(max_length=20)] = "",
     prompt: Annotated[str, Query(max_length=gallery.PROMPT_SEARCH_MAX)] = "",
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MOST_ON_GALLERY_PAGE)] = IMAGES_ON_GALLERY_PAGE,
 ) -> HTMLResponse:
-    """Every image of the group, newest job first, a page at a time (the link to the next
-    page carries the filters and the cursor)."""
+    """Every image of the group, newest job first, `limit` at a time (the link to the next
+    page carries the filters, the limit and the cursor)."""
     group = groups.get_group(session, group_id, viewer)
     filters = gallery.GalleryFilters(
         job_id=job or None, status=_status(status), prompt=prompt.strip()
     )
-    page = gallery.page_of_gallery(session, group.id, filters, cursor, IMAGES_ON_GALLERY_PAGE)
+    page = gallery.page_of_gallery(session, group.id, filters, cursor, limit)
     shown = [output_public(request, platform.storage, image) for image in page.images]
     context = {
         "group": group,
@@ -61,6 +63,8 @@ def gallery_page(
         "filtered": bool(job or status or prompt.strip()),
         "next": _next_link(request, page.next_cursor),
         "paged": cursor is not None,
+        "limit": limit,
+        "default_limit": IMAGES_ON_GALLERY_PAGE,
     }
     return _page(request, "gallery.html", context)
 

@@ -33,7 +33,7 @@ function buildDialog() {
   box.addEventListener("keydown", (event) => {
     if (event.key === "ArrowLeft") step(-1);
     else if (event.key === "ArrowRight") step(1);
-    else return;
+    else if (event.key !== "Tab" || !wrapFocus(box, event.shiftKey)) return;
     event.preventDefault();
   });
   box.addEventListener("close", () => {
@@ -44,6 +44,18 @@ function buildDialog() {
   });
   document.body.append(box);
   return box;
+}
+
+const FOCUSABLE = "a[href], button:not([disabled]), input, select, textarea, [tabindex]";
+
+// Tab from the dialog's last control goes to its first, Shift+Tab from the first to the
+// last: the keyboard never leaves the open dialog. True when it moved the focus.
+function wrapFocus(box, backwards) {
+  const inside = Array.from(box.querySelectorAll(FOCUSABLE));
+  const edge = backwards ? inside[0] : inside[inside.length - 1];
+  if (!inside.length || document.activeElement !== edge) return false;
+  (backwards ? inside[inside.length - 1] : inside[0]).focus();
+  return true;
 }
 
 function links() {
