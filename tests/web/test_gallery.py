@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from control_plane.models import Group, Job, Output, OutputStatus
+from control_plane.models import Group, Job, Output, OutputStatus, UserTier
+from control_plane.services import users
 from control_plane.services.gallery import GalleryFilters, gallery_cursor, gallery_query
 from tests.fakes.api import Api, finish_job
 
@@ -230,3 +231,20 @@ def test_a_batch_page_shows_its_sets_with_variation_and_rerun_buttons(api: Api, 
     group_page = api.client.get(f"/groups/{made.group_id}")
     assert f'href="/batches/{made.batch_id}"' in group_page.text
     assert f'href="/groups/{made.group_id}/gallery"' in group_page.text
+
+
+def test_another_users_gallery_images_and_batches_do_not_exist_for_them(
+    api: Api, made: Made
+) -> None:
+    with api.platform.session_scope() as session:
+        user = users.add_user(session, "bob", UserTier.FREE)
+        _, secret = users.create_key(session, user)
+    as_bob = {"Authorization": f"Bearer {secret}"}
+    image = api.outputs(made.sale)[0].id
+    for path in (
+        f"/api/groups/{made.group_id}/gallery",
+        f"/groups/{made.group_id}/gallery",
+        f"/outputs/{image}",
+        f"/batches/{made.batch_id}",
+    ):
+        assert api.client.get(path, headers=as_bob).status_code == 404, path
