@@ -147,12 +147,21 @@ def test_the_lightbox_crosses_the_page_boundary_and_downloads(page: Any, made: M
     assert serious_violations(page) == []
 
 
-def test_the_job_page_tiles_open_the_lightbox(page: Any, made: Made) -> None:
+def test_the_job_page_tiles_open_the_lightbox_and_its_page_stands_alone(
+    page: Any, made: Made
+) -> None:
     page.goto(f"/jobs/{made.sets[0]}")
     page.locator("a[data-lightbox]").first.click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_role("heading", name=re.compile("Image #0")).wait_for()
     assert "a fox at dawn" in dialog.inner_text()
+
+    viewer = page.locator("a[data-lightbox]").first.get_attribute("data-lightbox")
+    page.goto(viewer or "")  # the lightbox's content as a page: the link without JavaScript
+    assert page.get_by_role("heading", name=re.compile("Image #0")).is_visible()
+    assert serious_violations(page) == []
+    page.set_viewport_size(PHONE)
+    assert horizontal_overflow(page) == 0
 
 
 def test_a_batch_shows_its_sets_with_variations_and_reruns(
@@ -168,6 +177,7 @@ def test_a_batch_shows_its_sets_with_variations_and_reruns(
     screenshot(page, "batch")
     page.set_viewport_size(PHONE)
     assert horizontal_overflow(page) == 0
+    assert serious_violations(page) == []
     screenshot(page, "batch_phone")
 
     sets.first.get_by_role("button", name=re.compile("^V2")).click()
