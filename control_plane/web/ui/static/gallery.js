@@ -30,7 +30,9 @@ function buildDialog() {
     if (move) step(Number(move.dataset.move));
     if (event.target.closest("[data-close]")) box.close();
   });
-  box.addEventListener("keydown", (event) => {
+  // on the document: a click on the image (not focusable) must not leave the keys dead
+  document.addEventListener("keydown", (event) => {
+    if (!box.open || event.altKey || event.ctrlKey || event.metaKey) return;
     if (event.key === "ArrowLeft") step(-1);
     else if (event.key === "ArrowRight") step(1);
     else if (event.key !== "Tab" || !wrapFocus(box, event.shiftKey)) return;
