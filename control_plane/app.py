@@ -34,6 +34,7 @@ from control_plane.web.api import (
     download,
     events,
     files,
+    gallery,
     groups,
     imports,
     jobs,
@@ -58,6 +59,7 @@ from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.requestlog import RequestLogMiddleware
 from control_plane.web.ui import forms as ui_forms
+from control_plane.web.ui import gallery as ui_gallery
 from control_plane.web.ui import routes as ui
 from control_plane.web.ui import signin, workflows
 from shared.hosts import is_loopback
@@ -169,6 +171,7 @@ def create_app(
     )
     routers = [
         groups,
+        gallery,
         uploads,
         jobs,
         imports,
@@ -182,7 +185,8 @@ def create_app(
         usage,
         queue,
     ]
-    for module in (*routers, webhook, download, files, metrics, ui, ui_forms, workflows, signin):
+    pages = (ui, ui_forms, ui_gallery, workflows, signin)
+    for module in (*routers, webhook, download, files, metrics, *pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth

@@ -210,10 +210,15 @@ class Output(SQLModel, table=True):
     """One requested output image, from request to file."""
 
     __tablename__ = "outputs"
-    __table_args__ = (sa.Index("ix_outputs_job_id_position", "job_id", "position"),)
+    __table_args__ = (
+        sa.Index("ix_outputs_job_id_position", "job_id", "position"),
+        # a group's gallery: its images newest job first, in keyset pages (and the group's
+        # images by group alone, as the single-column index it replaced served them)
+        sa.Index("ix_outputs_group_id_job_id_position", "group_id", "job_id", "position"),
+    )
     id: str = _id("out")
     job_id: str = Field(foreign_key="jobs.id", max_length=40)
-    group_id: str = Field(foreign_key="groups.id", index=True, max_length=40)
+    group_id: str = Field(foreign_key="groups.id", max_length=40)
     dispatch_id: str | None = Field(default=None, index=True, max_length=40)
     position: int
     status: str = Field(default=OutputStatus.PENDING, max_length=20)

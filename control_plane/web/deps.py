@@ -95,3 +95,10 @@ def limit_submissions(platform: PlatformDep, session: SessionDep, viewer: Viewer
 
 # On every route that makes jobs (or queues images again): `dependencies=SUBMISSION`.
 SUBMISSION = [Depends(limit_submissions)]
+
+
+def batch_id_of(batch_id: str) -> str:
+    return _known_shape(batch_id, "bat", "batch")
+
+
+BatchId = Annotated[str, Depends(batch_id_of)]
