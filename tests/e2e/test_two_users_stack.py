@@ -32,6 +32,7 @@ PARAMETERS = {
     "preset_id": ("pre", "preset"),
     "character_id": ("chr", "character"),
     "persona_id": ("per", "persona"),
+    "batch_id": ("bat", "batch"),
 }
 
 
@@ -78,7 +79,7 @@ def make_everything(stack: Stack) -> dict[str, str]:
         ),
         201,
     )["jobs"][0]["id"]
-    semi = ok(
+    semi_submission = ok(
         http.post(
             "/api/jobs/submit",
             json={
@@ -89,7 +90,8 @@ def make_everything(stack: Stack) -> dict[str, str]:
             },
         ),
         201,
-    )["jobs"][0]["id"]
+    )
+    semi = semi_submission["jobs"][0]["id"]
     catalog = ok(
         http.post(
             "/api/catalogs",
@@ -132,6 +134,7 @@ def make_everything(stack: Stack) -> dict[str, str]:
         "preset": preset,
         "character": character,
         "persona": persona_id,
+        "batch": semi_submission["batch_id"],
     }
 
 
