@@ -57,8 +57,8 @@ from control_plane.web.errors import install_error_handlers
 from control_plane.web.idempotency import IdempotencyMiddleware
 from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.requestlog import RequestLogMiddleware
+from control_plane.web.ui import live, signin
 from control_plane.web.ui import routes as ui
-from control_plane.web.ui import signin
 from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
 
@@ -189,7 +189,7 @@ def create_app(
         usage,
         queue,
     ]
-    for module in (*routers, webhook, download, files, metrics, ui, signin):
+    for module in (*routers, webhook, download, files, metrics, ui, live, signin):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
