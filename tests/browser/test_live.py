@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import PHONE, horizontal_overflow, serious_violations
+from tests.browser.conftest import PHONE, horizontal_overflow, screenshot, serious_violations
 from tests.conftest import png_bytes
 from tests.fakes.cli import start_up, wait_until_up
 from tests.fakes.servers import free_port
@@ -64,8 +64,24 @@ def _submit(api: httpx.Client, group_id: str, images: list[str], prompt: str) ->
     return job_id
 
 
-def _clean_on_desktop_and_phone(page: Any) -> None:
+def _serious_within(page: Any, selector: str) -> list[str]:
+    """What axe-core finds serious or critical inside `selector` only."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page, context=selector).response
+    return [
+        f"{violation['id']}: {', '.join(map(str, node['target']))}"
+        for violation in results["violations"]
+        if violation["impact"] in ("serious", "critical")
+        for node in violation["nodes"]
+    ]
+
+
+def _clean_on_desktop_and_phone(page: Any, name: str) -> None:
+    """axe-core clean at desktop size (screenshotted as `name`) and at phone width, which
+    the page fits (the test's own screenshot at its end shows the phone)."""
     assert serious_violations(page) == []
+    screenshot(page, f"{name}_desktop")
     page.set_viewport_size(PHONE)
     assert horizontal_overflow(page) == 0
     assert serious_violations(page) == []
@@ -94,7 +110,7 @@ def test_the_job_page_follows_each_image_without_reloading(page: Any, api: httpx
     assert "completed: 8 of 8 images done" in page.locator("[data-announcer]").inner_text()
     assert page.locator(".tile .badge", has_text="succeeded").count() == 8
     assert page.get_by_role("button", name="Cancel").count() == 0
-    _clean_on_desktop_and_phone(page)
+    _clean_on_desktop_and_phone(page, "job_page")
 
 
 def test_the_group_page_counts_and_jobs_update_while_typing(page: Any, api: httpx.Client) -> None:
@@ -114,6 +130,10 @@ def test_the_group_page_counts_and_jobs_update_while_typing(page: Any, api: http
     assert prompt.input_value() == "a new prompt, typed while the job runs"
     page.keyboard.type(" and more")  # the caret is still where it was
     assert prompt.input_value().endswith("runs and more")
+    assert _serious_within(page, "#jobs-section") == []  # the forms above are ui-forms'
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.querySelector('#group-jobs').scrollWidth") <= PHONE["width"]
+    assert _serious_within(page, "#jobs-section") == []
 
 
 def test_the_dashboard_filters_pages_and_follows_jobs(page: Any, api: httpx.Client) -> None:
@@ -149,7 +169,7 @@ def test_the_dashboard_filters_pages_and_follows_jobs(page: Any, api: httpx.Clie
     page.goto(f"/jobs?status=failed&group_id={group_id}")
     assert "No jobs match these filters" in rows.first.inner_text()
     page.goto("/jobs")
-    _clean_on_desktop_and_phone(page)
+    _clean_on_desktop_and_phone(page, "jobs_dashboard")
 
 
 def test_the_index_is_live_and_every_page_fits_a_phone(page: Any, api: httpx.Client) -> None:
@@ -159,8 +179,6 @@ def test_the_index_is_live_and_every_page_fits_a_phone(page: Any, api: httpx.Cli
     page.evaluate(MARK)
     page.locator(f"#group-row-{group_id}", has_text="2 ok").wait_for()
     assert page.evaluate(SAME_DOCUMENT)
-    _clean_on_desktop_and_phone(page)
-    page.goto(f"/groups/{group_id}")  # its jobs section (the forms above are another's)
-    assert page.evaluate("document.querySelector('#group-jobs').scrollWidth") <= PHONE["width"]
+    _clean_on_desktop_and_phone(page, "index")
     page.goto(f"/jobs/{job_id}")
     assert horizontal_overflow(page) == 0
