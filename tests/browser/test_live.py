@@ -5,7 +5,7 @@ running and succeeded as it happens; the dashboard filters and pages; every page
 and axe-core has nothing serious to say.
 
 The platform here is slow on purpose (one dispatch of 2 images in flight at a time, each
-image 0.6 s): a job of 8 images keeps its last images queued for about 2 s."""
+image 0.6 s): a job of 10 images keeps its last images queued for about 2.4 s."""
 
 import subprocess
 from collections.abc import Iterator
@@ -88,27 +88,28 @@ def _clean_on_desktop_and_phone(page: Any, name: str) -> None:
 
 
 def test_the_job_page_follows_each_image_without_reloading(page: Any, api: httpx.Client) -> None:
-    group_id, images = _group_with_images(api, "live job", 8)
+    group_id, images = _group_with_images(api, "live job", 10)
     job_id = _submit(api, group_id, images, "a lighthouse at dusk, in gouache")
     page.goto(f"/jobs/{job_id}")
     page.evaluate(MARK)
-    last = page.locator(".tile").nth(7)
+    last = page.locator(".tile").nth(9)
     assert last.locator(".badge").inner_text() == "queued"  # not yet handed to RunPod
+    screenshot(page, "job_page_running")
     rerun = page.get_by_role("button", name="Rerun")
     rerun.focus()
 
     progress = page.get_by_role("progressbar")
     page.locator('[role=progressbar]:not([aria-valuenow="0"])').wait_for()
-    assert int(progress.get_attribute("aria-valuenow")) < 8  # moved while the job still runs
+    assert int(progress.get_attribute("aria-valuenow")) < 10  # moved while the job still runs
     last.locator(".badge", has_text="succeeded").wait_for()
     last.locator("img").wait_for()  # its thumbnail appeared in place
     page.locator("#job-status", has_text="completed").wait_for()
 
     assert page.evaluate(SAME_DOCUMENT)
     assert page.evaluate("document.activeElement.textContent.trim()") == "Rerun"
-    assert progress.get_attribute("aria-valuenow") == "8"
-    assert "completed: 8 of 8 images done" in page.locator("[data-announcer]").inner_text()
-    assert page.locator(".tile .badge", has_text="succeeded").count() == 8
+    assert progress.get_attribute("aria-valuenow") == "10"
+    assert "completed: 10 of 10 images done" in page.locator("[data-announcer]").inner_text()
+    assert page.locator(".tile .badge", has_text="succeeded").count() == 10
     assert page.get_by_role("button", name="Cancel").count() == 0
     _clean_on_desktop_and_phone(page, "job_page")
 
