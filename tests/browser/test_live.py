@@ -8,6 +8,7 @@ The platform here is slow on purpose (one dispatch of 2 images in flight at a ti
 image 0.6 s): a job of 10 images keeps its last images queued for about 2.4 s."""
 
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,10 @@ SLOW = {
     "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": "1",
 }
 MARK = "window.__stillHere = {since: performance.now()}"
+HIDE = """() => {
+    Object.defineProperty(document, "hidden", {configurable: true, get: () => HIDDEN});
+    document.dispatchEvent(new Event("visibilitychange"));
+}"""
 SAME_DOCUMENT = (
     "window.__stillHere !== undefined && performance.getEntriesByType('navigation').length === 1"
 )
@@ -77,6 +82,13 @@ def _serious_within(page: Any, selector: str) -> list[str]:
     ]
 
 
+def _wait_until_ended(api: httpx.Client, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while api.get(f"/api/jobs/{job_id}").json()["status"] in ("queued", "processing"):
+        assert time.monotonic() < deadline, f"job {job_id} did not end"
+        time.sleep(0.1)
+
+
 def _clean_on_desktop_and_phone(page: Any, name: str) -> None:
     """axe-core clean at desktop size (screenshotted as `name`) and at phone width, which
     the page fits (the test's own screenshot at its end shows the phone)."""
@@ -112,6 +124,24 @@ def test_the_job_page_follows_each_image_without_reloading(page: Any, api: httpx
     assert page.locator(".tile .badge", has_text="succeeded").count() == 10
     assert page.get_by_role("button", name="Cancel").count() == 0
     _clean_on_desktop_and_phone(page, "job_page")
+
+
+def test_polling_pauses_while_the_tab_is_hidden_and_catches_up_on_return(
+    page: Any, api: httpx.Client
+) -> None:
+    group_id, images = _group_with_images(api, "hidden tab", 6)
+    job_id = _submit(api, group_id, images, "in pastel")
+    page.goto(f"/jobs/{job_id}")
+    polls: list[str] = []
+    page.on("request", lambda asked: polls.append(asked.url) if "/live/" in asked.url else None)
+    page.evaluate(HIDE.replace("HIDDEN", "true"))
+    asked_while_hidden = len(polls)  # at most the one request already on its way
+    _wait_until_ended(api, job_id)
+    assert len(polls) <= asked_while_hidden + 1
+    assert page.locator("#job-status").inner_text() != "completed"  # not followed while hidden
+    page.evaluate(HIDE.replace("HIDDEN", "false"))
+    page.locator("#job-status", has_text="completed").wait_for()  # caught up at once
+    assert page.evaluate(SAME_DOCUMENT.replace("window.__stillHere !== undefined && ", ""))
 
 
 def test_the_group_page_counts_and_jobs_update_while_typing(page: Any, api: httpx.Client) -> None:
