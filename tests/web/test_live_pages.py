@@ -6,6 +6,7 @@ RunPod is mocked; the tests run on SQLite and MariaDB."""
 
 import html
 import re
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -68,6 +69,32 @@ def test_each_image_is_queued_then_running_then_ends_and_polling_stops(api: Api)
 
     full = api.client.get(f"/jobs/{job_id}").text  # the page renders the same regions
     assert _badges(full) == ["succeeded", "failed", "blocked"] and "http-equiv" not in full
+
+
+def test_after_the_first_answer_only_changed_images_are_sent_again(
+    api: Api, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(live, "RECENT", timedelta(0))
+    group_id = api.group()
+    job_id = _submit(api, group_id, api.upload_ids(group_id, 3))
+    page = api.client.get(f"/jobs/{job_id}").text
+    [version] = re.findall(r'data-live-version="(\d+)"', page)
+    assert 'id="job-images" data-parts' in page  # the full list: tiles not in it go
+
+    api.drain()
+    answer, _ = _fragment(api, f"/live/jobs/{job_id}", since=version)
+    assert _badges(answer.text) == ["running"] * 3
+    assert 'id="job-images" data-parts' not in answer.text  # some tiles: the rest stay
+    later = answer.headers["x-pixelfleet-version"]
+    assert int(later) > int(version)
+
+    unchanged, _ = _fragment(api, f"/live/jobs/{job_id}", since=later)
+    assert _badges(unchanged.text) == [] and 'id="job-progress"' in unchanged.text
+    finish_job(api, job_id, ["succeeded", "succeeded", "failed"])
+    ended, _ = _fragment(api, f"/live/jobs/{job_id}", since=later)
+    assert _badges(ended.text) == ["succeeded", "succeeded", "failed"]
+    bad = api.client.get(f"/live/jobs/{job_id}", params={"since": "yesterday"})
+    assert bad.status_code == 422
 
 
 def test_a_big_jobs_fragment_holds_only_its_page_of_images(api: Api, monkeypatch: Any) -> None:

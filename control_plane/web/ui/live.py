@@ -7,6 +7,7 @@ so that the script stops polling when nothing is.
 """
 
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -17,7 +18,16 @@ from pydantic import BeforeValidator
 from control_plane import queueing
 from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest
-from control_plane.models import ACTIVE_JOB, Job, JobMode, JobStatus, Lane, Output, OutputStatus
+from control_plane.models import (
+    ACTIVE_JOB,
+    Job,
+    JobMode,
+    JobStatus,
+    Lane,
+    Output,
+    OutputStatus,
+    utcnow,
+)
 from control_plane.runpod.sender import window
 from control_plane.schemas import JobDetail, JobPublic
 from control_plane.services import groups, jobs
@@ -46,17 +56,38 @@ JOBS_PER_PAGE = 25
 IMAGES_ON_JOB_PAGE = 100
 GROUPS_IN_FILTER = 200  # the newest groups offered by the dashboard's group filter
 Cursor = Query(None, max_length=100)
+# The job fragment's `since`: the X-Pixelfleet-Version of the answer before (microseconds since
+# the epoch). Its tiles are the images changed since then only, minus RECENT: a change whose
+# transaction commits a moment after its timestamp is still sent, once more.
+VERSION_HEADER = "X-Pixelfleet-Version"
+RECENT = timedelta(seconds=5)
+Since = Query(None, max_length=20, pattern=r"^\d+$", description="`X-Pixelfleet-Version` before")
 
 
 def _fragment(
-    request: Request, name: str, context: dict[str, Any], *, running: bool
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    *,
+    running: bool,
+    headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    headers = {
+    sent = {
         **request.app.state.page_headers,
         "Cache-Control": "no-store",
         RUNNING_HEADER: "1" if running else "0",
+        **(headers or {}),
     }
-    return templates.TemplateResponse(request, name, context, headers=headers)
+    return templates.TemplateResponse(request, name, context, headers=sent)
+
+
+def _version(moment: datetime) -> str:
+    return str(int(moment.replace(tzinfo=UTC).timestamp() * 1_000_000))
+
+
+def _changed_after(since: str) -> datetime:
+    moment = datetime.fromtimestamp(min(int(since), 2**52) / 1_000_000, UTC)
+    return moment.replace(tzinfo=None) - RECENT
 
 
 # -- the job page -------------------------------------------------------------------------
@@ -85,11 +116,17 @@ def job_fragment(
     session: SessionDep,
     viewer: ViewerDep,
     cursor: str | None = Cursor,
+    since: str | None = Since,
 ) -> HTMLResponse:
     """The job page's changing regions: status, progress, lane, actions and the tiles of the
-    page of images at `cursor` (only those: a 20,000-image job costs what 100 images do)."""
-    context = _job_context(request, platform, session, viewer, job_id, cursor)
-    return _fragment(request, "_job_live.html", context, running=context["running"])
+    page of images at `cursor` (only those: a 20,000-image job costs what 100 images do),
+    and of these only the ones changed `since` (none signs its URLs again unchanged)."""
+    changed_after = _changed_after(since) if since else None
+    context = _job_context(request, platform, session, viewer, job_id, cursor, changed_after)
+    version = {VERSION_HEADER: context["version"]}
+    return _fragment(
+        request, "_job_live.html", context, running=context["running"], headers=version
+    )
 
 
 def _job_context(
@@ -99,9 +136,14 @@ def _job_context(
     viewer: Viewer,
     job_id: str,
     cursor: str | None,
+    changed_after: datetime | None = None,
 ) -> dict[str, Any]:
+    now = utcnow()
     job = jobs.get_job(session, job_id, viewer)
     page = jobs.page_of_images(session, job.id, cursor=cursor, limit=IMAGES_ON_JOB_PAGE)
+    if changed_after is not None:
+        changed = [image for image in page.images if image.updated_at >= changed_after]
+        page = replace(page, images=changed)
     running = job.status in ACTIVE_JOB
     batch = jobs.batch_progress(session, job) if job.lane == Lane.BATCH and running else None
     view = jobs.JobView(job, page, jobs.reruns_of(session, [job.id]).get(job.id, []), batch)
@@ -117,6 +159,8 @@ def _job_context(
         "parent_job_id": parent.job_id if parent else None,
         "varies": job.mode in (JobMode.SEMI_AUTOMATIC, JobMode.VARIATION),
         "live_src": f"/live/jobs/{job.id}{query}",
+        "version": _version(now),
+        "some_images": changed_after is not None,  # not a list of all: live.js removes none
     }
 
 

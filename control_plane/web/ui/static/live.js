@@ -8,12 +8,20 @@ const POLL_MS = 1000;
 const RETRY_MS = 5000; // after a request that did not arrive
 const ANNOUNCE_GAP_MS = 8000; // the live region speaks at most this often, except at the end
 const RUNNING = "X-Pixelfleet-Running";
+const VERSION = "X-Pixelfleet-Version";
 const FOCUSABLE = "a[href], button, input, select, textarea, [tabindex]";
 
 const source = document.querySelector("[data-live-src]");
-if (source) follow(source.dataset.liveSrc, source.hasAttribute("data-live-running"));
+if (source) follow(source, source.hasAttribute("data-live-running"));
 
-function follow(url, startRunning) {
+// A fragment with a version (the job page's) is asked for what changed since the one before.
+function follow(source, startRunning) {
+  const url = source.dataset.liveSrc;
+  let version = source.dataset.liveVersion;
+  const address = () => {
+    if (!version) return url;
+    return `${url}${url.includes("?") ? "&" : "?"}since=${encodeURIComponent(version)}`;
+  };
   let running = startRunning;
   let timer = null;
   let busy = false;
@@ -29,7 +37,7 @@ function follow(url, startRunning) {
     busy = true;
     let delay = POLL_MS;
     try {
-      const answer = await fetch(url, { headers: { Accept: "text/html" }, cache: "no-store" });
+      const answer = await fetch(address(), { headers: { Accept: "text/html" }, cache: "no-store" });
       if (!answer.ok || !answer.headers.has(RUNNING)) {
         running = false; // gone, or signed out: the next reload says why
         return;
@@ -37,6 +45,7 @@ function follow(url, startRunning) {
       const fragment = new DOMParser().parseFromString(await answer.text(), "text/html");
       patch(fragment, announcer);
       running = answer.headers.get(RUNNING) === "1";
+      version = answer.headers.get(VERSION) || version;
     } catch {
       delay = RETRY_MS; // offline or restarting: try again later
     } finally {
