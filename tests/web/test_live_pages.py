@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 from sqlmodel import col, update
 
-from control_plane.models import Job
+from control_plane.models import Job, OutputStatus
 from control_plane.web.ui import live
 from tests.fakes.api import Api, finish_job, hook
 from tests.runpod.test_batch_lane import batch_output, submit_batch, the_batch
+from tests.web.test_job_pages import set_status
 from tests.web.test_ui import Page
 
 RUNNING = "X-Pixelfleet-Running"
@@ -46,18 +47,20 @@ def test_each_image_is_queued_then_running_then_ends_and_polling_stops(api: Api)
     job_id = _submit(api, group_id, api.upload_ids(group_id, 3))
     path = f"/live/jobs/{job_id}"
 
-    answer, page = _fragment(api, path)
-    assert answer.headers[RUNNING] == "1"
-    assert _badges(answer.text) == ["queued"] * 3  # nothing handed to RunPod: not "running"
-    assert 'aria-valuenow="0"' in answer.text and 'role="progressbar"' in answer.text
-    assert "<html" not in answer.text and "0 of 3 images done" in answer.text
-
     api.drain()  # RunPod accepted the dispatch: its images run
     answer, _ = _fragment(api, path)
+    assert answer.headers[RUNNING] == "1"
     assert _badges(answer.text) == ["running"] * 3
     assert '<span id="job-status" data-part class="badge status-processing">running</span>' in (
         answer.text
     )
+    assert 'aria-valuenow="0"' in answer.text and 'role="progressbar"' in answer.text
+    assert "<html" not in answer.text and "0 of 3 images done" in answer.text
+
+    set_status(api, job_id, range(3), OutputStatus.PENDING)  # as before its dispatch was sent
+    answer, _ = _fragment(api, path)
+    assert _badges(answer.text) == ["queued"] * 3  # waiting for RunPod: not "running"
+    set_status(api, job_id, range(3), OutputStatus.RUNNING)
 
     finish_job(api, job_id, ["succeeded", "failed", "blocked"])
     answer, page = _fragment(api, path)
@@ -77,22 +80,22 @@ def test_after_the_first_answer_only_changed_images_are_sent_again(
     monkeypatch.setattr(live, "RECENT", timedelta(0))
     group_id = api.group()
     job_id = _submit(api, group_id, api.upload_ids(group_id, 3))
+    api.drain()  # its images run
     page = api.client.get(f"/jobs/{job_id}").text
     [version] = re.findall(r'data-live-version="(\d+)"', page)
     assert 'id="job-images" data-parts' in page  # the full list: tiles not in it go
 
-    api.drain()
-    answer, _ = _fragment(api, f"/live/jobs/{job_id}", since=version)
-    assert _badges(answer.text) == ["running"] * 3
-    assert 'id="job-images" data-parts' not in answer.text  # some tiles: the rest stay
-    later = answer.headers["x-pixelfleet-version"]
-    assert int(later) > int(version)
-
-    unchanged, _ = _fragment(api, f"/live/jobs/{job_id}", since=later)
+    unchanged, _ = _fragment(api, f"/live/jobs/{job_id}", since=version)
     assert _badges(unchanged.text) == [] and 'id="job-progress"' in unchanged.text
+    assert 'id="job-images" data-parts' not in unchanged.text  # some tiles: the rest stay
+    later = unchanged.headers["x-pixelfleet-version"]
+    assert int(later) >= int(version)
+
     finish_job(api, job_id, ["succeeded", "succeeded", "failed"])
     ended, _ = _fragment(api, f"/live/jobs/{job_id}", since=later)
     assert _badges(ended.text) == ["succeeded", "succeeded", "failed"]
+    again, _ = _fragment(api, f"/live/jobs/{job_id}", since=ended.headers["x-pixelfleet-version"])
+    assert _badges(again.text) == []
     bad = api.client.get(f"/live/jobs/{job_id}", params={"since": "yesterday"})
     assert bad.status_code == 422
 
