@@ -60,8 +60,8 @@ from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.requestlog import RequestLogMiddleware
 from control_plane.web.ui import forms as ui_forms
 from control_plane.web.ui import gallery as ui_gallery
+from control_plane.web.ui import live, signin, workflows
 from control_plane.web.ui import routes as ui
-from control_plane.web.ui import signin, workflows
 from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
 
@@ -185,7 +185,7 @@ def create_app(
         usage,
         queue,
     ]
-    pages = (ui, ui_forms, ui_gallery, workflows, signin)
+    pages = (ui, live, ui_forms, ui_gallery, workflows, signin)
     for module in (*routers, webhook, download, files, metrics, *pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")

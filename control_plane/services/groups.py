@@ -1,6 +1,6 @@
 """Groups: creating one, finding one, a page of them, and one group's counts."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
@@ -38,6 +38,14 @@ def page_of_groups(
         .limit(limit)
     ).all()
     return total, groups
+
+
+def names_of_groups(session: Session, group_ids: Collection[str]) -> dict[str, str]:
+    """Each group's name by id (a page of them at most: one query)."""
+    if not group_ids:
+        return {}
+    rows = session.exec(select(Group.id, Group.name).where(col(Group.id).in_(list(group_ids))))
+    return dict(rows.all())
 
 
 def group_counts(session: Session, group_id: str) -> GroupCounts:

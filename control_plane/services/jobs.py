@@ -273,6 +273,18 @@ def jobs_after(session: Session, limit: int, cursor: str | None, filters: JobFil
     return _page(session, query, limit)
 
 
+def newer_cursor(session: Session, limit: int, first_id: str, filters: JobFilters) -> str | None:
+    """The cursor of the page of `limit` jobs just newer than job `first_id` (the first of a
+    page), for a link back to it; None when that page is the first one (it needs none)."""
+    newer = session.exec(
+        select(Job.id)
+        .where(*filters.clauses(), col(Job.id) > first_id)
+        .order_by(col(Job.id))
+        .limit(limit + 1)
+    ).all()
+    return newer[limit] if len(newer) > limit else None
+
+
 def page_of_jobs(session: Session, page: int, limit: int, filters: JobFilters) -> JobsPage:
     """Page `page` (1-based) by OFFSET: kept for clients that number pages."""
     return _page(session, select(Job).where(*filters.clauses()).offset((page - 1) * limit), limit)

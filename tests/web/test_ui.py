@@ -14,7 +14,7 @@ from sqlmodel import Session, create_engine, func, select
 
 from control_plane.models import Group, Job, Upload
 from control_plane.settings import Settings
-from control_plane.web.ui import routes as ui_routes
+from control_plane.web.ui import live as ui_live
 from tests.conftest import png_bytes
 from tests.fakes.api import Api, submit_one_dispatch
 from tests.fakes.stack import Stack, check_zip_against_manifest, read_zip, run_stack
@@ -30,13 +30,16 @@ class Page(HTMLParser):
         self.forms: list[str] = []
         self.inputs: dict[str, list[str]] = {}
         self.alerts: list[str] = []
-        self.refresh = False
+        self.live = False  # a live region polls for changes: something on the page runs
+        self.refresh = False  # the old self-reloading page: must never come back
         self._in_alert = False
         self.text: list[str] = []
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {key: value or "" for key, value in attrs}
+        if "data-live-running" in a:
+            self.live = True
         if tag == "a" and "href" in a:
             self.links.append(a["href"])
         elif tag == "img" and a.get("src"):
@@ -93,7 +96,8 @@ def _wait_for_job_page(http: httpx.Client, path: str, timeout: float = 60) -> Pa
     deadline = time.monotonic() + timeout
     while True:
         page = Page(http.get(path).text)
-        if not page.refresh:  # the page stops refreshing itself when the job has finished
+        assert not page.refresh
+        if not page.live:  # the page stops following changes when the job has finished
             return page
         assert time.monotonic() < deadline, page.all_text
         time.sleep(0.2)
@@ -262,17 +266,17 @@ def test_cancel_and_retry_buttons(settings: Settings) -> None:
             f"/groups/{group_id}/submit", data={"mode": "automatic", "prompt": "slow"}
         ).headers["location"]
         running = Page(http.get(job_path).text)
-        assert running.refresh and f"{job_path}/cancel" in running.forms
+        assert running.live and f"{job_path}/cancel" in running.forms
         cancelled = http.post(f"{job_path}/cancel", follow_redirects=True)
         assert cancelled.status_code == 200
         after = Page(cancelled.text)
-        assert not after.refresh and "cancelled by user" in after.all_text
+        assert not after.live and "cancelled by user" in after.all_text
         assert f"{job_path}/retry" in after.forms
         again = http.post(f"{job_path}/cancel")
         assert again.status_code == 409 and "already cancelled" in Page(again.text).all_text
 
         retried = http.post(f"{job_path}/retry", follow_redirects=True)
-        assert retried.status_code == 200 and Page(retried.text).refresh
+        assert retried.status_code == 200 and Page(retried.text).live
         done = _wait_for_job_page(http, job_path, timeout=60)
         assert "3 succeeded" in done.all_text, done.all_text
         assert len(page.inputs["images"]) == 3
@@ -387,7 +391,7 @@ def test_variation_and_rerun_buttons(stack: Stack) -> None:
 def test_the_job_page_shows_a_page_of_images_with_links_to_the_others(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ui_routes, "IMAGES_ON_JOB_PAGE", 3)
+    monkeypatch.setattr(ui_live, "IMAGES_ON_JOB_PAGE", 3)
     group_id = api.group()
     [image] = api.upload_ids(group_id, 1)
     body = {

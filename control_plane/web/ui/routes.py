@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -18,7 +18,6 @@ from pydantic import ValidationError
 
 from control_plane.access import Viewer
 from control_plane.errors import DomainError, NotFound, describe_validation
-from control_plane.models import ACTIVE_JOB, JobMode, Output
 from control_plane.schemas import Estimate, GroupCreate, VariationCreate
 from control_plane.services import groups, jobs, reruns, uploads, variations
 from control_plane.web.deps import (
@@ -32,7 +31,7 @@ from control_plane.web.deps import (
     ViewerDep,
 )
 from control_plane.web.forms import chosen_files, incoming_files, read_form
-from control_plane.web.present import job_detail, job_public, upload_public
+from control_plane.web.present import job_public, upload_public
 from control_plane.web.ui import forms
 from shared.model_table import model_table
 from shared.storage import Storage, StorageError
@@ -43,7 +42,6 @@ STATIC_DIR = Path(__file__).parent / "static"  # served at /static: the pages' C
 UPLOADS_PER_PAGE = 120
 GROUPS_PER_PAGE = 50
 JOBS_ON_GROUP_PAGE = 200
-IMAGES_ON_JOB_PAGE = 100
 SIGNING_PROBE = "pixelfleet-signing-check"
 
 
@@ -296,39 +294,6 @@ def _page_number(request: Request) -> int:
 
 
 # -- jobs ---------------------------------------------------------------------------------
-
-
-@router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(
-    job_id: JobId,
-    request: Request,
-    platform: PlatformDep,
-    session: SessionDep,
-    viewer: ViewerDep,
-    cursor: str | None = Query(None, max_length=100),
-) -> HTMLResponse:
-    """The job and a page of its images, with links to the pages before and after."""
-    job = jobs.get_job(session, job_id, viewer)
-    page = jobs.page_of_images(session, job.id, cursor=cursor, limit=IMAGES_ON_JOB_PAGE)
-    view = jobs.JobView(job, page, jobs.reruns_of(session, [job.id]).get(job.id, []))
-    parent = job.parent_output_id and session.get(Output, job.parent_output_id)
-    first = page.images[0].position if page.images else None
-    context = {
-        "job": job_detail(request, platform.storage, view),
-        "running": job.status in ACTIVE_JOB,
-        "parent_job_id": parent.job_id if parent else None,
-        "varies": job.mode in (JobMode.SEMI_AUTOMATIC, JobMode.VARIATION),
-        "paged": cursor is not None or page.next_cursor is not None,
-        "previous": _job_page_link(session, job.id, first) if cursor else None,
-        "next": f"/jobs/{job.id}?cursor={page.next_cursor}" if page.next_cursor else None,
-    }
-    return _page(request, "job.html", context)
-
-
-def _job_page_link(session: SessionDep, job_id: str, first: int | None) -> str:
-    """The link to the page of images before the one starting at position `first`."""
-    before = jobs.cursor_before(session, job_id, first, IMAGES_ON_JOB_PAGE) if first else None
-    return f"/jobs/{job_id}?cursor={before}" if before else f"/jobs/{job_id}"
 
 
 @router.post("/jobs/{job_id}/cancel")
