@@ -60,7 +60,7 @@ from control_plane.web.limits import BodyLimitMiddleware
 from control_plane.web.requestlog import RequestLogMiddleware
 from control_plane.web.ui import forms as ui_forms
 from control_plane.web.ui import gallery as ui_gallery
-from control_plane.web.ui import live, signin, workflows
+from control_plane.web.ui import live, pages, signin, workflows
 from control_plane.web.ui import routes as ui
 from shared.hosts import is_loopback
 from shared.storage import Storage, open_storage
@@ -150,7 +150,7 @@ def create_app(
         platform = build_platform(settings, storage)
         add_services(platform, timers=reconcile)
         app.state.platform = platform
-        app.state.page_headers = ui.page_headers(platform.storage)
+        app.state.page_headers = pages.page_headers(platform.storage)
         platform.start()
         log.info("access: %s", access_mode(platform, settings))
         # What start-up made lives as long as the app: out of the collector's sight, its
@@ -185,10 +185,10 @@ def create_app(
         usage,
         queue,
     ]
-    pages = (ui, live, ui_forms, ui_gallery, workflows, signin)
-    for module in (*routers, webhook, download, files, metrics, *pages):
+    ui_routers = (ui, live, ui_forms, ui_gallery, workflows, signin)
+    for module in (*routers, webhook, download, files, metrics, *ui_routers):
         app.include_router(module.router)
-    app.mount("/static", StaticFiles(directory=ui.STATIC_DIR), name="static")
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(SameOriginMiddleware)

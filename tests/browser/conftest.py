@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,13 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture(scope="session")
-def platform_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The platform's address: `pixelfleet up` in an empty folder, as a newcomer starts it."""
-    folder = tmp_path_factory.mktemp("up")
+@contextmanager
+def running_platform(folder: Path, **env: str) -> Iterator[str]:
+    """`pixelfleet up` in `folder` (`env` added to its environment) until the block ends;
+    yields its address."""
     api_port, endpoint_port = free_port(), free_port()
     log = folder / "up.log"
-    child = start_up(folder, api_port, endpoint_port, log)
+    child = start_up(folder, api_port, endpoint_port, log, **env)
     try:
         wait_until_up(child, api_port, endpoint_port, log)
         yield f"http://127.0.0.1:{api_port}"
@@ -73,6 +74,13 @@ def platform_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             child.wait(timeout=30)
         except subprocess.TimeoutExpired:
             child.kill()
+
+
+@pytest.fixture(scope="session")
+def platform_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The platform's address: `pixelfleet up` in an empty folder, as a newcomer starts it."""
+    with running_platform(tmp_path_factory.mktemp("up")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -85,19 +93,25 @@ def api(platform_url: str) -> Iterator[httpx.Client]:
 @pytest.fixture
 def page(browser: Any, platform_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A desktop-sized page of a fresh browser context (own cookies), addresses relative to
-    the platform; screenshotted (full page) when the test ends, passed or failed."""
+    the platform; screenshotted (full page) when the test ends, passed or failed. Any console
+    error (a script's, a CSP refusal, a failed load) fails the test, except answers with the
+    statuses a `@pytest.mark.refused(422, …)` test means to provoke."""
+    marker = request.node.get_closest_marker("refused")
+    refused = "|".join(str(code) for code in (marker.args if marker else ()))
+    expected = re.compile(rf"Failed to load resource: .* status of ({refused}) .*")
     context = browser.new_context(base_url=platform_url, viewport=DESKTOP)
     context.set_default_timeout(10_000)
     opened = context.new_page()
-    console_errors: list[str] = []
-    opened.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-    opened.on("pageerror", lambda error: console_errors.append(str(error)))
+    errors: list[str] = []
+    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    opened.on("pageerror", lambda error: errors.append(str(error)))
     try:
         yield opened
     finally:
         screenshot(opened, request.node.name)
         context.close()
-    assert not console_errors, console_errors  # no script errors, no CSP refusals
+    unexpected = [error for error in errors if not (refused and expected.fullmatch(error))]
+    assert unexpected == []  # no script errors, no CSP refusals, no failed loads
 
 
 def screenshot(page: Any, name: str) -> Path:

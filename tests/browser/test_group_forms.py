@@ -5,7 +5,6 @@ as the form changes and the confirmation above the threshold; a refused form kee
 was typed; the page at phone width and by axe-core."""
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 from playwright.sync_api import Route, expect
 
 from tests.browser.conftest import (
-    DESKTOP,
     PHONE,
     horizontal_overflow,
     screenshot,
@@ -47,32 +45,11 @@ def _folder(root: Path, images: int) -> Path:
     return folder
 
 
-@pytest.fixture
-def answered_page(browser: Any, platform_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """As the `page` fixture, for a test whose requests are meant to be refused (a form
-    answered 422, an upload answered 503): the console's report of those answers is
-    expected; any other console error (a script's, a CSP refusal, a 404) fails the test."""
-    context = browser.new_context(base_url=platform_url, viewport=DESKTOP)
-    context.set_default_timeout(10_000)
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        yield opened
-    finally:
-        screenshot(opened, request.node.name)
-        context.close()
-    assert [error for error in errors if not REFUSED.fullmatch(error)] == []
-
-
-REFUSED = re.compile(r"Failed to load resource: the server responded with a status of (422|503) .*")
-
-
+@pytest.mark.refused(422, 503)
 def test_a_folder_uploads_in_batches_with_refusals_and_a_retry(
-    answered_page: Any, api: httpx.Client, tmp_path: Path
+    page: Any, api: httpx.Client, tmp_path: Path
 ) -> None:
-    _upload_a_folder_then_drop_files(answered_page, api, tmp_path)
+    _upload_a_folder_then_drop_files(page, api, tmp_path)
 
 
 def _upload_a_folder_then_drop_files(page: Any, api: httpx.Client, tmp_path: Path) -> None:
@@ -194,10 +171,10 @@ def test_the_cost_before_generate_and_a_confirmation_above_the_threshold(
     assert sum(job["progress"]["total"] for job in jobs) == 40
 
 
+@pytest.mark.refused(422)
 def test_a_refused_form_keeps_what_was_typed_and_names_the_image(
-    answered_page: Any, api: httpx.Client
+    page: Any, api: httpx.Client
 ) -> None:
-    page = answered_page
     group_id, images = _group(api, "typed", images=2)
     earlier = {"group_id": group_id, "mode": "automatic", "prompt": "p", "images": images[:1]}
     assert api.post("/api/jobs/submit", json=earlier).status_code == 201  # a row under Jobs

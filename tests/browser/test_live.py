@@ -7,7 +7,6 @@ and axe-core has nothing serious to say.
 The platform here is slow on purpose (one dispatch of 2 images in flight at a time, each
 image 0.6 s): a job of 10 images keeps its last images queued for about 2.4 s."""
 
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,10 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import PHONE, horizontal_overflow, screenshot, serious_violations
+from tests.browser.conftest import (
+    PHONE,
+    horizontal_overflow,
+    running_platform,
+    screenshot,
+    serious_violations,
+)
 from tests.conftest import png_bytes
-from tests.fakes.cli import start_up, wait_until_up
-from tests.fakes.servers import free_port
 
 SLOW = {
     "PIXELFLEET_OFFLINE_LATENCY_MS": "600",
@@ -38,19 +41,8 @@ SAME_DOCUMENT = (
 @pytest.fixture(scope="module")
 def platform_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`pixelfleet up` in an empty folder, slowed down so that images stay queued a while."""
-    folder = tmp_path_factory.mktemp("up-live")
-    api_port, endpoint_port = free_port(), free_port()
-    log = folder / "up.log"
-    child = start_up(folder, api_port, endpoint_port, log, **SLOW)
-    try:
-        wait_until_up(child, api_port, endpoint_port, log)
-        yield f"http://127.0.0.1:{api_port}"
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
+    with running_platform(tmp_path_factory.mktemp("up-live"), **SLOW) as url:
+        yield url
 
 
 def _group_with_images(api: httpx.Client, name: str, n: int) -> tuple[str, list[str]]:

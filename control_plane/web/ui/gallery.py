@@ -21,7 +21,7 @@ from control_plane.web.deps import (
     ViewerDep,
 )
 from control_plane.web.present import file_url, job_public, output_public
-from control_plane.web.ui.routes import _page, _pages
+from control_plane.web.ui.pages import page_count, render
 from shared.storage import Storage
 
 router = APIRouter(include_in_schema=False)
@@ -66,7 +66,7 @@ def gallery_page(
         "limit": limit,
         "default_limit": IMAGES_ON_GALLERY_PAGE,
     }
-    return _page(request, "gallery.html", context)
+    return render(request, "gallery.html", context)
 
 
 def _status(chosen: str) -> OutputStatus | None:
@@ -105,7 +105,7 @@ def output_page(
         "references": _references(request, platform.storage, session, output),
         "download_name": _download_name(output),
     }
-    return _page(request, "output.html", context)
+    return render(request, "output.html", context)
 
 
 def _references(
@@ -160,6 +160,6 @@ def batch_page(
         "total_sets": found.total,
         "group_id": first.group_id if first else None,
         "page": page,
-        "pages": _pages(found.total, SETS_ON_BATCH_PAGE),
+        "pages": page_count(found.total, SETS_ON_BATCH_PAGE),
     }
-    return _page(request, "batch.html", context)
+    return render(request, "batch.html", context)

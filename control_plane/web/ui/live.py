@@ -33,13 +33,8 @@ from control_plane.schemas import JobDetail, JobPublic
 from control_plane.services import groups, jobs
 from control_plane.web.deps import GroupId, JobId, PageNumber, PlatformDep, SessionDep, ViewerDep
 from control_plane.web.present import job_detail, job_public
-from control_plane.web.ui.routes import (
-    GROUPS_PER_PAGE,
-    JOBS_ON_GROUP_PAGE,
-    _page,
-    _pages,
-    templates,
-)
+from control_plane.web.ui.pages import page_count, render, templates
+from control_plane.web.ui.routes import GROUPS_PER_PAGE, JOBS_ON_GROUP_PAGE
 from shared.ids import is_id
 
 router = APIRouter(include_in_schema=False)
@@ -105,7 +100,7 @@ def job_page(
     """The job and a page of its images, with links to the pages before and after."""
     context = _job_context(request, platform, session, viewer, job_id, cursor)
     context |= _image_page_links(session, context["job"], cursor)
-    return _page(request, "job.html", context)
+    return render(request, "job.html", context)
 
 
 @router.get("/live/jobs/{job_id}", response_class=HTMLResponse)
@@ -224,7 +219,7 @@ def index_context(session: SessionDep, viewer: Viewer, page: int) -> dict[str, A
     return {
         "rows": rows,
         "page": page,
-        "pages": _pages(total, GROUPS_PER_PAGE),
+        "pages": page_count(total, GROUPS_PER_PAGE),
         "running": any(tally.pending for _, tally in rows),
     }
 
@@ -294,7 +289,7 @@ def dashboard(
         "older_link": _dashboard_link(replace(shown, cursor=older)) if older else None,
         "newer_link": _dashboard_link(replace(shown, cursor=newer)) if shown.cursor else None,
     }
-    return _page(request, "jobs.html", context)
+    return render(request, "jobs.html", context)
 
 
 @router.get("/live/jobs", response_class=HTMLResponse)

@@ -6,14 +6,11 @@ answer); a form that succeeds redirects (303).
 """
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from control_plane.access import Viewer
@@ -33,48 +30,13 @@ from control_plane.web.deps import (
 from control_plane.web.forms import chosen_files, incoming_files, read_form
 from control_plane.web.present import job_public, upload_public
 from control_plane.web.ui import forms
+from control_plane.web.ui.pages import page_count, render, templates
 from shared.model_table import model_table
-from shared.storage import Storage, StorageError
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
-STATIC_DIR = Path(__file__).parent / "static"  # served at /static: the pages' CSS and scripts
 UPLOADS_PER_PAGE = 120
 GROUPS_PER_PAGE = 50
 JOBS_ON_GROUP_PAGE = 200
-SIGNING_PROBE = "pixelfleet-signing-check"
-
-
-def page_headers(storage: Storage) -> dict[str, str]:
-    """The headers of every page: scripts, styles and requests from here only (styles also
-    inline as the templates write them), images from here or from where the storage signs its
-    URLs, no frames, forms posting here only, and no page address sent to other sites."""
-    image_sources = " ".join(["'self'", *_signed_url_origin(storage)])
-    policy = (
-        f"default-src 'none'; img-src {image_sources}; style-src 'self' 'unsafe-inline'; "
-        "script-src 'self'; connect-src 'self'; "
-        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    )
-    return {"Content-Security-Policy": policy, "Referrer-Policy": "same-origin"}
-
-
-def _signed_url_origin(storage: Storage) -> list[str]:
-    try:
-        signed = storage.signed_url(SIGNING_PROBE)
-    except StorageError:  # the file routes serve (or redirect) meanwhile
-        return []
-    if signed is None:
-        return []
-    parts = urlsplit(signed)
-    return [f"{parts.scheme}://{parts.netloc}"]
-
-
-def _page(
-    request: Request, name: str, context: dict[str, Any], status_code: int = 200
-) -> HTMLResponse:
-    return templates.TemplateResponse(
-        request, name, context, status_code=status_code, headers=request.app.state.page_headers
-    )
 
 
 # -- groups -------------------------------------------------------------------------------
@@ -97,8 +59,13 @@ def _index(
     total, page_groups = groups.page_of_groups(session, page, GROUPS_PER_PAGE, viewer)
     counts = groups.counts_of_groups(session, [group.id for group in page_groups])
     rows = [(group, counts[group.id]) for group in page_groups]
-    context = {"rows": rows, "page": page, "pages": _pages(total, GROUPS_PER_PAGE), "error": error}
-    return _page(request, "index.html", context, 422 if error else 200)
+    context = {
+        "rows": rows,
+        "page": page,
+        "pages": page_count(total, GROUPS_PER_PAGE),
+        "error": error,
+    }
+    return render(request, "index.html", context, 422 if error else 200)
 
 
 @router.post("/groups", response_class=HTMLResponse)
@@ -163,7 +130,7 @@ def _group(
         "counts": counts,
         "uploads": [upload_public(request, platform.storage, upload) for upload in page_uploads],
         "page": page,
-        "pages": _pages(counts.uploads, UPLOADS_PER_PAGE),
+        "pages": page_count(counts.uploads, UPLOADS_PER_PAGE),
         "per_page": UPLOADS_PER_PAGE,
         "jobs": [job_public(job) for job in group_jobs],
         "models": model_table(),
@@ -178,7 +145,7 @@ def _group(
         "attributes": attributes,
         "upload_limit_mb": platform.settings.upload_max_file_bytes // 1_000_000,
     }
-    return _page(request, "group.html", context, status_code)
+    return render(request, "group.html", context, status_code)
 
 
 @router.post("/groups/{group_id}/uploads", response_class=HTMLResponse)
@@ -219,7 +186,7 @@ async def upload(
             )
     finally:
         await form.close()
-    last_page = _pages(groups.group_counts(session, group_id).uploads, UPLOADS_PER_PAGE)
+    last_page = page_count(groups.group_counts(session, group_id).uploads, UPLOADS_PER_PAGE)
     if not accepted:
         refusal = uploads.nothing_accepted(rejected)
         return _group(
@@ -342,7 +309,3 @@ def error_page(
 def _choices(lists: Iterable[list[str]]) -> list[str]:
     """Every value of the lists, once each, in the order first seen."""
     return list(dict.fromkeys(value for values in lists for value in values))
-
-
-def _pages(total: int, per_page: int) -> int:
-    return max(1, -(-total // per_page))

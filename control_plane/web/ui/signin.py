@@ -12,7 +12,7 @@ from control_plane.platform import Platform
 from control_plane.services import users
 from control_plane.web.auth import SESSION_COOKIE
 from control_plane.web.deps import PlatformDep
-from control_plane.web.ui.routes import templates
+from control_plane.web.ui.pages import templates
 
 router = APIRouter(include_in_schema=False)
 MAX_KEY_CHARS = 200

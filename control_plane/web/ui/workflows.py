@@ -37,7 +37,7 @@ from control_plane.web.present import (
     preset_example_public,
     preset_public,
 )
-from control_plane.web.ui.routes import _page, _pages
+from control_plane.web.ui.pages import page_count, render
 
 router = APIRouter(include_in_schema=False)
 LISTED = 50  # of each kind on the overview
@@ -71,6 +71,16 @@ async def _attempt(form: FormData, make: Any, *args: Any) -> tuple[Any, Failure 
     return None, Failure(message=message, status_code=code, typed=_typed(form))
 
 
+def _render(
+    request: Request, name: str, context: dict[str, Any], failure: Failure | None
+) -> HTMLResponse:
+    """The page, with the refused form's message and what was typed when there is one."""
+    if failure is None:
+        return render(request, name, {**context, "typed": {}})
+    shown = {**context, "error": failure.message, "typed": failure.typed}
+    return render(request, name, shown, failure.status_code)
+
+
 def _group_choices(session: SessionDep, viewer: Viewer) -> list[Any]:
     return list(groups.page_of_groups(session, 1, GROUP_CHOICES, viewer)[1])
 
@@ -100,10 +110,8 @@ def _workflows(
         "characters": (character_total, [character_public(c) for c in character_rows]),
         "personas": (persona_total, [persona_public(p) for p in persona_rows]),
         "groups": _group_choices(session, viewer),
-        "error": failure.message if failure else None,
-        "typed": failure.typed if failure else {},
     }
-    return _page(request, "workflows.html", context, failure.status_code if failure else 200)
+    return _render(request, "workflows.html", context, failure)
 
 
 @router.post("/personas", response_class=HTMLResponse)
@@ -137,7 +145,7 @@ def catalog_page(
     catalog_id: CatalogId, request: Request, session: SessionDep, viewer: ViewerDep
 ) -> HTMLResponse:
     catalog = catalogs.catalog_detail(catalogs.get_catalog(session, catalog_id, viewer))
-    return _page(request, "catalog.html", {"catalog": catalog})
+    return render(request, "catalog.html", {"catalog": catalog})
 
 
 # -- presets --------------------------------------------------------------------------------
@@ -175,12 +183,10 @@ def _preset_page(
         "preset": _preset(session, preset),
         "gallery": [preset_example_public(request, platform.storage, *row) for row in rows],
         "page": page,
-        "pages": _pages(total, GALLERY_PAGE),
+        "pages": page_count(total, GALLERY_PAGE),
         "groups": _group_choices(session, viewer),
-        "error": failure.message if failure else None,
-        "typed": failure.typed if failure else {},
     }
-    return _page(request, "preset.html", context, failure.status_code if failure else 200)
+    return _render(request, "preset.html", context, failure)
 
 
 @router.post("/presets/{preset_id}/examples", response_class=HTMLResponse)
@@ -231,10 +237,8 @@ def _character_page(
     character = characters.get_character(session, character_id, viewer)
     context = {
         "character": character_detail(character, characters.packs_of(session, character.id)),
-        "error": failure.message if failure else None,
-        "typed": failure.typed if failure else {},
     }
-    return _page(request, "character.html", context, failure.status_code if failure else 200)
+    return _render(request, "character.html", context, failure)
 
 
 @router.post("/characters/{character_id}/packs", response_class=HTMLResponse)
@@ -275,4 +279,4 @@ def persona_page(
     persona = personas.get_persona(session, persona_id, viewer)
     base, variations = personas.images_of(session, persona)
     detail = persona_detail(request, platform.storage, persona, base, variations)
-    return _page(request, "persona.html", {"persona": detail})
+    return render(request, "persona.html", {"persona": detail})
