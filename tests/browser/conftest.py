@@ -42,9 +42,12 @@ def _browser_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the test process."""
+    """One headless Chromium for a test module. Not for the whole session: while Playwright's
+    synchronous API is open, the main thread has an event loop running, and every async test
+    that the same test process runs later would fail (`asyncio.run()` cannot be called from a
+    running event loop)."""
     problem = _browser_problem()
     if problem:
         if REQUIRE_BROWSER:

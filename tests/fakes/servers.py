@@ -2,8 +2,10 @@
 
 import logging
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -54,7 +56,9 @@ def _join(thread: threading.Thread, url: str) -> None:
     stop in two minutes fails the test that ran it instead."""
     thread.join(timeout=20)
     if thread.is_alive():
-        log.warning("the server at %s is slow to stop; waiting for it", url)
+        frame = sys._current_frames().get(thread.ident or 0)
+        where = "".join(traceback.format_stack(frame)) if frame else "(gone)"
+        log.warning("the server at %s is slow to stop; waiting for it. It is at:\n%s", url, where)
         thread.join(timeout=100)
     if thread.is_alive():
         raise RuntimeError(f"the server at {url} did not stop in two minutes")
