@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, col, create_engine, select
 
 from control_plane.app import create_app
@@ -57,6 +58,23 @@ def batches_made(worker_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in records]
 
 
+def spend_by_lane(stack: Stack) -> tuple[dict[str, float], dict[str, float]]:
+    """The recorded spend by lane: the usage report's and /metrics' (read from the analytics
+    log, which its consumer writes a moment after the images end)."""
+    usage = stack.http.get("/api/usage", params={"group_by": "lane"})
+    assert usage.status_code == 200, usage.text
+    reported = {b["key"]: round(b["cost_usd"], 6) for b in usage.json()["buckets"]}
+    metrics = stack.http.get("/metrics")
+    assert metrics.status_code == 200, metrics.text
+    scraped = {
+        sample.labels["lane"]: round(sample.value, 6)
+        for family in text_string_to_metric_families(metrics.text)
+        if family.name == "pixelfleet_spend_by_lane_usd"
+        for sample in family.samples
+    }
+    return reported, scraped
+
+
 def wait_until(check: Any, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while not (found := check()):
@@ -85,6 +103,11 @@ def test_a_20_image_batch_job_ends_succeeded_at_half_the_online_price(
         assert batch_job["estimate_usd"] == round(20 * 0.0195, 6)
         assert batch_job["fallback"] is None and batch_job["batch"] is None
         assert {image["status"] for image in batch_job["images"]} == {"succeeded"}
+        assert online_job["cost_usd"] == round(20 * 0.039, 6)  # what Gemini would bill
+        assert batch_job["cost_usd"] == round(online_job["cost_usd"] / 2, 6)
+        assert {image["cost_usd"] for image in batch_job["images"]} == {0.0195}
+        spent = {"online": 0.78, "batch": 0.39}
+        wait_until(lambda: spend_by_lane(stack) == (spent, spent), timeout=10)
         sent = wait_until(  # the collect's progress posts may end the images first
             lambda: (
                 (found := dispatches(stack.settings, batch))
