@@ -1193,8 +1193,7 @@ def _finish_batch_step(
     if task == DispatchTask.BATCH_COLLECT:
         _collected(session, storage, job, dispatch, report.results)
         return
-    if report.batch is not None:
-        _note_batch(session, dispatch, report.batch)
+    moved = report.batch is not None and _note_batch(session, dispatch, report.batch)
     if task == DispatchTask.BATCH_CANCEL:
         _end_batch(session, dispatch, DispatchStatus.COMPLETED)
         return
@@ -1205,14 +1204,20 @@ def _finish_batch_step(
         _to_online(session, job, dispatch, {Fallback.NO_RESULT: None})
         _end_batch(session, dispatch, DispatchStatus.COMPLETED)
         return
-    _after_state(session, settings, job, dispatch, report.batch.state)
+    _after_state(session, settings, job, dispatch, report.batch.state, moved=moved)
 
 
 def _after_state(
-    session: Session, settings: Settings, job: Job, dispatch: Dispatch, state: BatchState
+    session: Session,
+    settings: Settings,
+    job: Job,
+    dispatch: Dispatch,
+    state: BatchState,
+    *,
+    moved: bool,
 ) -> None:
-    """The next step of a dispatch whose batch is in `state`: wait and poll again, collect,
-    or send its images online."""
+    """The next step of a dispatch whose batch is in `state` (`moved`: its state or counts
+    changed since the last look): wait and poll again, collect, or send its images online."""
     if state in ENDED_BATCH:
         _fall_back(session, job, dispatch, ENDED_BATCH[state], cancel=False)
     elif state == BatchState.SUCCEEDED:
@@ -1220,7 +1225,7 @@ def _after_state(
     elif _past_deadline(job):
         _fall_back(session, job, dispatch, Fallback.DEADLINE, cancel=True)
     else:
-        _wait(session, settings, dispatch)
+        _wait(session, settings, job, dispatch, moved=moved)
 
 
 def _past_deadline(job: Job) -> bool:
@@ -1243,7 +1248,7 @@ def _batch_task_failed(
     log.warning("dispatch %s: %s failed: %s", dispatch.id, task, report.failure)
     if dispatch.batch_failures < settings.batch_max_step_failures:
         if task == DispatchTask.BATCH_POLL:
-            _wait(session, settings, dispatch)
+            _wait(session, settings, job, dispatch, moved=False)
         else:
             _next_task(session, dispatch, task)
         return
@@ -1274,8 +1279,10 @@ def _collected(
     _end_batch(session, dispatch, DispatchStatus.COMPLETED)
 
 
-def _note_batch(session: Session, dispatch: Dispatch, batch: BatchInfo) -> None:
-    """Record the batch as a batch task saw it, with its event."""
+def _note_batch(session: Session, dispatch: Dispatch, batch: BatchInfo) -> bool:
+    """Record the batch as a batch task saw it, with its event; whether its state or counts
+    moved since the last look."""
+    seen = _batch_seen(dispatch)
     dispatch.batch_name = clip(batch.name, 200)
     dispatch.batch_state = batch.state
     dispatch.batch_requests, dispatch.batch_succeeded = batch.requests, batch.succeeded
@@ -1283,14 +1290,40 @@ def _note_batch(session: Session, dispatch: Dispatch, batch: BatchInfo) -> None:
     data = batch.model_dump(mode="json", include={"name", "state", "requests", "succeeded"})
     data |= batch.model_dump(mode="json", include={"failed", "pending", "error"})
     emit(session, EventKind.DISPATCH_BATCH, job_id=dispatch.job_id, dispatch_id=dispatch.id, **data)
+    return _batch_seen(dispatch) != seen
 
 
-def _wait(session: Session, settings: Settings, dispatch: Dispatch) -> None:
-    """Wait for Google, with no RunPod job, until the next poll (`advance_batch`)."""
+def _batch_seen(dispatch: Dispatch) -> tuple[object, ...]:
+    return (
+        dispatch.batch_state,
+        dispatch.batch_requests,
+        dispatch.batch_succeeded,
+        dispatch.batch_failed,
+        dispatch.batch_pending,
+    )
+
+
+def poll_interval_s(settings: Settings, quiet_polls: int) -> float:
+    """Seconds from a poll to the next, for a batch that `quiet_polls` polls in a row saw
+    unchanged: `batch_poll_s`, doubled for each of them, at most `batch_poll_max_s`."""
+    ceiling = max(settings.batch_poll_s, settings.batch_poll_max_s)
+    return min(ceiling, settings.batch_poll_s * 2.0 ** min(quiet_polls, 32))
+
+
+def _wait(
+    session: Session, settings: Settings, job: Job, dispatch: Dispatch, *, moved: bool
+) -> None:
+    """Wait for Google, with no RunPod job, until the next poll (`advance_batch`): sooner
+    after the batch moved (`moved`), later the longer it sits unchanged (or its polls fail),
+    never later than the job's batch deadline, when its images go online."""
     now = utcnow()
     _transition(dispatch, dispatch.status, DispatchStatus.BATCHED)
     dispatch.status = DispatchStatus.BATCHED
-    dispatch.next_poll_at = now + timedelta(seconds=settings.batch_poll_s)
+    dispatch.batch_quiet_polls = 0 if moved else dispatch.batch_quiet_polls + 1
+    interval = poll_interval_s(settings, dispatch.batch_quiet_polls)
+    dispatch.next_poll_at = now + timedelta(seconds=interval)
+    if job.batch_deadline_at is not None:
+        dispatch.next_poll_at = min(dispatch.next_poll_at, job.batch_deadline_at)
     dispatch.updated_at = now
     session.add(dispatch)
     wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
@@ -1371,14 +1404,10 @@ def _to_online(
 ) -> int:
     """Move the dispatch's unfinished images to one new online dispatch, each with the first
     of `reasons` that names it (None: all the rest) as its error while it waits; the job
-    counts them by reason. Returns how many moved."""
-    unfinished = set(
-        session.exec(
-            select(Output.id).where(
-                col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
-            )
-        ).all()
-    )
+    counts them by reason, and its estimate takes them at the online price. Returns how many
+    moved."""
+    priced = _unfinished_priced(session, dispatch.id)
+    unfinished = set(priced)
     if not unfinished:
         return 0
     online = _new_dispatch(session, dispatch.job_id)
@@ -1408,7 +1437,35 @@ def _to_online(
                 images=len(ids),
                 online_dispatch_id=online.id,
             )
+    _estimate_online(session, job, [priced[output_id] for output_id in unfinished - left])
     return len(unfinished) - len(left)
+
+
+def _unfinished_priced(
+    session: Session, dispatch_id: str
+) -> dict[str, tuple[str, str | None, str | None]]:
+    """The dispatch's unfinished outputs, each with what its price depends on (`_priced`)."""
+    rows = session.exec(
+        select(Output.id, Output.kind, Output.model, Output.params).where(
+            col(Output.dispatch_id) == dispatch_id, col(Output.status).in_(UNFINISHED)
+        )
+    ).all()
+    return {
+        output_id: (kind, model, (params or {}).get("image_size"))
+        for output_id, kind, model, params in rows
+    }
+
+
+def _estimate_online(
+    session: Session, job: Job, priced: Sequence[tuple[str, str | None, str | None]]
+) -> None:
+    """The job's estimate takes outputs that went from the batch lane to the online one at
+    the online price instead of the batch price (as the worker will cost them)."""
+    online = pricing.price_of_outputs(priced, Lane.ONLINE)
+    batch = pricing.price_of_outputs(priced, Lane.BATCH)
+    if online != batch:
+        job.estimate_usd = round(job.estimate_usd + online - batch, 6)
+        session.add(job)
 
 
 def due_batches(session: Session, now: datetime, limit: int) -> list[str]:
@@ -1459,12 +1516,9 @@ def advance_batch(session: Session, dispatch_id: str) -> bool:
         dispatch.task, dispatch.updated_at = DispatchTask.GENERATE, now  # sent as online work
         session.add(dispatch)
         wake_after_commit(session, Service.SENDER)
-        unsent = session.exec(
-            select(func.count())
-            .select_from(Output)
-            .where(col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED))
-        ).one()
-        _count_fallback(session, job, Fallback.DEADLINE, unsent)
+        unsent = list(_unfinished_priced(session, dispatch.id).values())
+        _count_fallback(session, job, Fallback.DEADLINE, len(unsent))
+        _estimate_online(session, job, unsent)
         return True
     return False
 

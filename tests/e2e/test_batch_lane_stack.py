@@ -136,6 +136,7 @@ def test_a_batch_google_never_finishes_ends_online_by_the_deadline(
         assert time.monotonic() - started >= 5
         assert job["status"] == "completed" and job["progress"]["succeeded"] == 6
         assert job["fallback"] == {"the batch was not done by the job's batch deadline": 6}
+        assert job["cost_usd"] == job["estimate_usd"] == round(6 * 0.039, 6)  # online price
         shown = pixelfleet("jobs", "show", job_id, api_url=str(stack.http.base_url), cwd=tmp_path)
         assert "lane: batch\n" in shown.stdout
         deadline = "the batch was not done by the job's batch deadline"
