@@ -196,14 +196,19 @@ REFERENCE_BYTES = 256
 INSERT_BATCH = 2_000  # output rows per INSERT statement
 
 
-def dispatch_chunk(settings: Settings, rows: Sequence[OutputRow | Output]) -> int:
+def dispatch_chunk(
+    settings: Settings, rows: Sequence[OutputRow | Output], lane: str | None = None
+) -> int:
     """How many images each dispatch of a new job (not a set) carries: at least
     `dispatch_chunk_size`, more as the job grows so it fits in `dispatch_max_per_job`
     dispatches, but at most `dispatch_chunk_max` and what keeps a `/run` body (and the
-    webhook echoing it) within `dispatch_max_body_bytes`."""
+    webhook echoing it) within `dispatch_max_body_bytes`. In the batch lane a dispatch is
+    one Gemini batch, which nothing gains by being small: each carries that most."""
     spread = -(-len(rows) // settings.dispatch_max_per_job)
     fits = settings.dispatch_max_body_bytes // max(_item_bytes(rows), 1)
     cap = max(min(settings.dispatch_chunk_max, fits), 1)
+    if lane == Lane.BATCH:
+        return cap
     return min(max(settings.dispatch_chunk_size, spread), cap)
 
 

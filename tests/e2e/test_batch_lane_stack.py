@@ -115,8 +115,9 @@ def test_a_20_image_batch_job_ends_succeeded_at_half_the_online_price(
                 and found
             )
         )
-        assert {d.task for d in sent} == {"batch_collect"}  # each ended by its collect
-        assert len(batches_made(tmp_path / "worker")) == len(sent)
+        assert {d.task for d in sent} == {"batch_collect"}  # ended by its collect
+        assert len(batches_made(tmp_path / "worker")) == len(sent) == 1  # one batch, not 2 chunks
+        assert len(dispatches(stack.settings, online)) == 2  # online: chunks of 16
 
 
 def test_a_batch_google_never_finishes_ends_online_by_the_deadline(
