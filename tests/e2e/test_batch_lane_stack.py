@@ -16,6 +16,7 @@ from sqlmodel import Session, col, create_engine, select
 from control_plane.app import create_app
 from control_plane.models import Dispatch
 from control_plane.settings import Settings
+from tests.client.test_cli import photos
 from tests.fakes.cli import pixelfleet
 from tests.fakes.servers import RestartableServer
 from tests.fakes.stack import Stack, run_stack
@@ -118,6 +119,28 @@ def test_a_20_image_batch_job_ends_succeeded_at_half_the_online_price(
         assert {d.task for d in sent} == {"batch_collect"}  # ended by its collect
         assert len(batches_made(tmp_path / "worker")) == len(sent) == 1  # one batch, not 2 chunks
         assert len(dispatches(stack.settings, online)) == 2  # online: chunks of 16
+
+
+def test_the_cli_generates_a_folder_in_the_batch_lane(settings: Settings, tmp_path: Path) -> None:
+    worker = {"data_dir": tmp_path / "worker"}
+    worker |= {"offline_batch_pending_s": 0.2, "offline_batch_running_s": 0.2}
+    with contextmanager(run_stack)(settings.model_copy(update=FAST), **worker) as stack:
+        folder = photos(tmp_path / "harbour", 3)
+        args = ("generate", str(folder), "--prompt", "at dusk", "--lane", "batch", "--json")
+        url = str(stack.http.base_url)
+        result = pixelfleet(*args, "--batch-deadline-s", "600", api_url=url, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        [job] = json.loads(result.stdout)["jobs"]
+        assert (job["status"], job["succeeded"]) == ("completed", 3)
+        assert job["cost_usd"] == round(3 * 0.0195, 6)
+        detail = stack.http.get(f"/api/jobs/{job['id']}").json()
+        assert detail["lane"] == "batch" and detail["config"]["batch_deadline_s"] == 600
+        shown = pixelfleet("jobs", "show", job["id"], api_url=url, cwd=tmp_path)
+        assert "lane: batch\n" in shown.stdout and "cost $0.0585" in shown.stdout
+        wrong = pixelfleet(
+            "generate", str(folder), "--prompt", "p", "--lane", "slow", api_url=url, cwd=tmp_path
+        )
+        assert wrong.returncode == 2 and "lane" in wrong.stderr
 
 
 def test_a_batch_google_never_finishes_ends_online_by_the_deadline(
