@@ -1196,7 +1196,7 @@ def _finish_batch_step(
         return
     dispatch.batch_failures = 0
     if task == DispatchTask.BATCH_COLLECT:
-        _collected(session, storage, job, dispatch, report.results)
+        _collected(session, settings, storage, job, dispatch, report.results)
         return
     moved = report.batch is not None and _note_batch(session, dispatch, report.batch)
     if task == DispatchTask.BATCH_CANCEL:
@@ -1206,7 +1206,7 @@ def _finish_batch_step(
         left_out = _apply_results(session, storage, dispatch, report.results, fail_unreported=False)
         emit_many(session, left_out)
     if report.batch is None:  # nothing was sent: the submit left every item out
-        _to_online(session, job, dispatch, {Fallback.NO_RESULT: None})
+        _to_online(session, settings, job, dispatch, {Fallback.NO_RESULT: None})
         _end_batch(session, dispatch, DispatchStatus.COMPLETED)
         return
     _after_state(session, settings, job, dispatch, report.batch.state, moved=moved)
@@ -1224,11 +1224,11 @@ def _after_state(
     """The next step of a dispatch whose batch is in `state` (`moved`: its state or counts
     changed since the last look): wait and poll again, collect, or send its images online."""
     if state in ENDED_BATCH:
-        _fall_back(session, job, dispatch, ENDED_BATCH[state], cancel=False)
+        _fall_back(session, settings, job, dispatch, ENDED_BATCH[state], cancel=False)
     elif state == BatchState.SUCCEEDED:
         _next_task(session, dispatch, DispatchTask.BATCH_COLLECT)
     elif _past_deadline(job):
-        _fall_back(session, job, dispatch, Fallback.DEADLINE, cancel=True)
+        _fall_back(session, settings, job, dispatch, Fallback.DEADLINE, cancel=True)
     else:
         _wait(session, settings, job, dispatch, moved=moved)
 
@@ -1261,11 +1261,14 @@ def _batch_task_failed(
         _end_batch(session, dispatch, DispatchStatus.FAILED, dispatch.error)
         return
     live = dispatch.batch_name is not None and task != DispatchTask.BATCH_COLLECT
-    _fall_back(session, job, dispatch, STEP_FAILED[task], cancel=live, detail=report.failure)
+    _fall_back(
+        session, settings, job, dispatch, STEP_FAILED[task], cancel=live, detail=report.failure
+    )
 
 
 def _collected(
     session: Session,
+    settings: Settings,
     storage: Storage,
     job: Job,
     dispatch: Dispatch,
@@ -1280,7 +1283,8 @@ def _collected(
     }
     kept = [result for result in results if result.output_id not in failed]
     emit_many(session, _apply_results(session, storage, dispatch, kept, fail_unreported=False))
-    _to_online(session, job, dispatch, {Fallback.REQUEST_FAILED: failed, Fallback.NO_RESULT: None})
+    reasons = {Fallback.REQUEST_FAILED: failed, Fallback.NO_RESULT: None}
+    _to_online(session, settings, job, dispatch, reasons)
     _end_batch(session, dispatch, DispatchStatus.COMPLETED)
 
 
@@ -1386,6 +1390,7 @@ def _end_batch(
 
 def _fall_back(
     session: Session,
+    settings: Settings,
     job: Job,
     dispatch: Dispatch,
     reason: Fallback,
@@ -1395,7 +1400,7 @@ def _fall_back(
 ) -> None:
     """Send the dispatch's unfinished images online for `reason`; with `cancel`, its batch,
     still live at Google, is cancelled by the dispatch's next task, else the dispatch ends."""
-    moved = _to_online(session, job, dispatch, {reason: None})
+    moved = _to_online(session, settings, job, dispatch, {reason: None})
     why = f"{reason}{f' ({detail})' if detail else ''}: {moved} image(s) sent to the online lane"
     dispatch.error = clip(why)
     if cancel and dispatch.batch_name:
@@ -1405,45 +1410,56 @@ def _fall_back(
 
 
 def _to_online(
-    session: Session, job: Job, dispatch: Dispatch, reasons: dict[Fallback, set[str] | None]
+    session: Session,
+    settings: Settings,
+    job: Job,
+    dispatch: Dispatch,
+    reasons: dict[Fallback, set[str] | None],
 ) -> int:
-    """Move the dispatch's unfinished images to one new online dispatch, each with the first
-    of `reasons` that names it (None: all the rest) as its error while it waits; the job
-    counts them by reason, and its estimate takes them at the online price. Returns how many
-    moved."""
+    """Move the dispatch's unfinished images to new online dispatches (of
+    `dispatch_chunk_size`, as online work is sent: a batch's hundreds of images then run on
+    as many workers as a job's would), each image with the first of `reasons` that names it
+    (None: all the rest) as its error while it waits; the job counts them by reason, and its
+    estimate takes them at the online price. Returns how many moved."""
     priced = _unfinished_priced(session, dispatch.id)
-    unfinished = set(priced)
-    if not unfinished:
-        return 0
-    online = _new_dispatch(session, dispatch.job_id)
-    session.flush()
-    now, left = utcnow(), unfinished
+    reason_of: dict[str, Fallback] = {}
+    left = set(priced)
     for reason, named in reasons.items():
         ids = left if named is None else left & named
-        left = left - ids
-        for start in range(0, len(ids), INSERT_BATCH):
-            some = sorted(ids)[start : start + INSERT_BATCH]
+        reason_of |= dict.fromkeys(ids, reason)
+        left -= ids
+    if not reason_of:
+        return 0
+    moved, chunk, now = sorted(reason_of), settings.dispatch_chunk_size, utcnow()
+    online_ids = _new_dispatches(session, dispatch.job_id, -(-len(moved) // chunk), now)
+    batches: dict[tuple[str, Fallback], list[str]] = {}
+    for index, output_id in enumerate(moved):
+        batches.setdefault((online_ids[index // chunk], reason_of[output_id]), []).append(output_id)
+    for (online_id, reason), output_ids in batches.items():
+        for start in range(0, len(output_ids), INSERT_BATCH):
             session.exec(
                 update(Output)
-                .where(col(Output.id).in_(some))
+                .where(col(Output.id).in_(output_ids[start : start + INSERT_BATCH]))
                 .values(
-                    dispatch_id=online.id, status=OutputStatus.PENDING, error=reason, updated_at=now
+                    dispatch_id=online_id, status=OutputStatus.PENDING, error=reason, updated_at=now
                 )
             )
-        if ids:
-            _count_fallback(session, job, reason, len(ids))
-            log.warning("dispatch %s: %d image(s) go online: %s", dispatch.id, len(ids), reason)
+    for reason in reasons:
+        count = sum(1 for why in reason_of.values() if why == reason)
+        if count:
+            _count_fallback(session, job, reason, count)
+            log.warning("dispatch %s: %d image(s) go online: %s", dispatch.id, count, reason)
             emit(
                 session,
                 EventKind.DISPATCH_BATCH,
                 job_id=dispatch.job_id,
                 dispatch_id=dispatch.id,
                 fallback=str(reason),
-                images=len(ids),
-                online_dispatch_id=online.id,
+                images=count,
+                online_dispatch_ids=online_ids,
             )
-    _estimate_online(session, job, [priced[output_id] for output_id in unfinished - left])
-    return len(unfinished) - len(left)
+    _estimate_online(session, job, [priced[output_id] for output_id in moved])
+    return len(moved)
 
 
 def _unfinished_priced(
@@ -1498,10 +1514,10 @@ def due_batches(session: Session, now: datetime, limit: int) -> list[str]:
     return list(rows)
 
 
-def advance_batch(session: Session, dispatch_id: str) -> bool:
+def advance_batch(session: Session, settings: Settings, dispatch_id: str) -> bool:
     """Take a due batch dispatch's next step (`due_batches`): past its job's deadline its
-    images go online (a waiting batch is cancelled; an unsent submit is sent as online work
-    instead); else its poll is queued. False when it was not due any more."""
+    images go online (a waiting batch is cancelled; an unsent submit is never sent); else its
+    poll is queued. False when it was not due any more."""
     locked = lock_job_and_dispatch(session, dispatch_id)
     if locked is None:
         return False
@@ -1509,7 +1525,7 @@ def advance_batch(session: Session, dispatch_id: str) -> bool:
     now, late = utcnow(), _past_deadline(job)
     if dispatch.status == DispatchStatus.BATCHED:
         if late:
-            _fall_back(session, job, dispatch, Fallback.DEADLINE, cancel=True)
+            _fall_back(session, settings, job, dispatch, Fallback.DEADLINE, cancel=True)
         elif dispatch.next_poll_at is not None and dispatch.next_poll_at <= now:
             _next_task(session, dispatch, DispatchTask.BATCH_POLL)
         else:
@@ -1518,12 +1534,7 @@ def advance_batch(session: Session, dispatch_id: str) -> bool:
     if dispatch.status == DispatchStatus.PENDING and dispatch.task == DispatchTask.BATCH_SUBMIT:
         if not late:
             return False
-        dispatch.task, dispatch.updated_at = DispatchTask.GENERATE, now  # sent as online work
-        session.add(dispatch)
-        wake_after_commit(session, Service.SENDER)
-        unsent = list(_unfinished_priced(session, dispatch.id).values())
-        _count_fallback(session, job, Fallback.DEADLINE, len(unsent))
-        _estimate_online(session, job, unsent)
+        _fall_back(session, settings, job, dispatch, Fallback.DEADLINE, cancel=False)
         return True
     return False
 
