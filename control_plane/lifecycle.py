@@ -1324,15 +1324,19 @@ def _wait(
 ) -> None:
     """Wait for Google, with no RunPod job, until the next poll (`advance_batch`): sooner
     after the batch moved (`moved`), later the longer it sits unchanged (or its polls fail),
-    never later than the job's batch deadline, when its images go online."""
+    but never past a last look `batch_poll_s` before the job's batch deadline (a batch done
+    just in time is collected, not made again online), nor past the deadline itself."""
     now = utcnow()
     _transition(dispatch, dispatch.status, DispatchStatus.BATCHED)
     dispatch.status = DispatchStatus.BATCHED
     dispatch.batch_quiet_polls = 0 if moved else dispatch.batch_quiet_polls + 1
     interval = poll_interval_s(settings, dispatch.batch_quiet_polls)
     dispatch.next_poll_at = now + timedelta(seconds=interval)
-    if job.batch_deadline_at is not None:
-        dispatch.next_poll_at = min(dispatch.next_poll_at, job.batch_deadline_at)
+    deadline = job.batch_deadline_at
+    if deadline is not None:
+        last_look = deadline - timedelta(seconds=settings.batch_poll_s)
+        latest = last_look if now < last_look else deadline
+        dispatch.next_poll_at = min(dispatch.next_poll_at, latest)
     dispatch.updated_at = now
     session.add(dispatch)
     wake_after_commit(session, Service.SENDER)  # room under the in-flight caps

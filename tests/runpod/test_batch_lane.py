@@ -316,14 +316,20 @@ def test_polls_back_off_while_a_batch_sits_unchanged_never_past_the_deadline(api
     assert poll("running", **running) == pytest.approx(480, abs=5)
     shown = api.client.get(f"/api/jobs/{job['id']}").json()["batch"]
     assert shown["state"] == "running" and shown["next_poll_at"] is not None
-    with api.session() as session:
-        session.exec(
-            update(Job)
-            .where(col(Job.id) == job["id"])
-            .values(batch_deadline_at=utcnow() + timedelta(seconds=100))
-        )
-        session.commit()
-    assert poll("running", **running) == pytest.approx(100, abs=5)  # the deadline, not 900
+
+    def deadline_in(seconds: float) -> None:
+        with api.session() as session:
+            session.exec(
+                update(Job)
+                .where(col(Job.id) == job["id"])
+                .values(batch_deadline_at=utcnow() + timedelta(seconds=seconds))
+            )
+            session.commit()
+
+    deadline_in(100)  # a last look batch_poll_s before the deadline, not 960 s on
+    assert poll("running", **running) == pytest.approx(40, abs=5)
+    deadline_in(30)  # past that last look: the deadline itself
+    assert poll("running", **running) == pytest.approx(30, abs=5)
 
 
 def test_a_failing_poll_is_tried_again_then_the_images_go_online(api: Api) -> None:
@@ -442,6 +448,7 @@ def test_a_poll_runpod_never_takes_fails_to_online_work_and_cancels_the_batch(ap
     assert failed.status == "failed" and "could not submit" in (failed.error or "")
     refusing[0] = False
     api.client.portal.call(send_due, api.platform)  # type: ignore[union-attr]
+    api.drain()  # a send the commit woke may still be recording its RunPod job
     tasks = sorted(body["input"]["task"] for body in api.run_bodies[1:])
     assert tasks == ["batch_cancel", "generate"]
     assert {o.status for o in api.outputs(job["id"])} == {"running"}
