@@ -433,10 +433,9 @@ def test_a_poll_runpod_never_takes_fails_to_online_work_and_cancels_the_batch(ap
     dispatch = the_batch(api, job["id"])
     assert hook(api, dispatch, batch_output(dispatch, "batch_submit", "pending")).is_success
     send = api.run_route.side_effect
-    refusing = [True]
 
     def run(request: httpx.Request) -> httpx.Response:
-        if refusing[0]:
+        if json.loads(request.content)["input"]["task"] == "batch_poll":
             return httpx.Response(400, json={"error": "endpoint paused"})
         return send(request)  # type: ignore[misc,operator]
 
@@ -446,7 +445,6 @@ def test_a_poll_runpod_never_takes_fails_to_online_work_and_cancels_the_batch(ap
         api.client.portal.call(send_due, api.platform)  # type: ignore[union-attr]
     [failed] = [d for d in dispatches(api, job["id"]) if d.id == dispatch.id]
     assert failed.status == "failed" and "could not submit" in (failed.error or "")
-    refusing[0] = False
     api.client.portal.call(send_due, api.platform)  # type: ignore[union-attr]
     api.drain()  # a send the commit woke may still be recording its RunPod job
     tasks = sorted(body["input"]["task"] for body in api.run_bodies[1:])
