@@ -33,7 +33,6 @@ from client.outcome import (
     EXIT_SOME_FAILED,
     EXIT_USAGE,
     Outcome,
-    cost_of,
     lane_lines,
 )
 from client.progress import Display
@@ -73,6 +72,21 @@ ModelOption = Annotated[str | None, typer.Option(help="image model")]
 AspectRatioOption = Annotated[str | None, typer.Option(help="e.g. 1:1, 16:9, 3:4")]
 ImageSizeOption = Annotated[str | None, typer.Option(help="e.g. 1K, 2K")]
 NegativePromptOption = Annotated[str | None, typer.Option(help="what to avoid")]
+LaneOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="online|batch",
+        help="batch: Gemini batches at half price, done within --batch-deadline-s, else "
+        "made online (default: online, now)",
+    ),
+]
+BatchDeadlineOption = Annotated[
+    int | None,
+    typer.Option(
+        metavar="SECONDS",
+        help="with --lane batch: when images still in a batch go online (default: a day)",
+    ),
+]
 ConfirmAbove = Annotated[
     float | None,
     typer.Option(min=0, metavar="USD", help="ask before submitting when the estimate is above"),
@@ -190,6 +204,8 @@ def generate(
     outputs_per_image: Annotated[
         int | None, typer.Option(help="images generated per input image (1-8)")
     ] = None,
+    lane: LaneOption = None,
+    batch_deadline_s: BatchDeadlineOption = None,
     out: Annotated[
         Path | None, typer.Option(help="where to save the ZIP (default: <group name>.zip)")
     ] = None,
@@ -221,6 +237,8 @@ def generate(
         seed=seed,
         negative_prompt=negative_prompt,
         outputs_per_image=outputs_per_image,
+        lane=lane,
+        batch_deadline_s=batch_deadline_s,
     )
     hint = "interrupted; run the same command again to go on (uploaded files are skipped)"
     extra: dict[str, Any] = {"webhook": {"url": webhook}} if webhook else {}
@@ -561,7 +579,7 @@ def jobs_show(job_id: str, api: ApiUrl = DEFAULT_API_URL, as_json: AsJson = Fals
     typer.echo(f"config: {json.dumps(job.config)}")
     for line in [*lane_lines(job), *Outcome(jobs=[job]).lines()]:
         typer.echo(line)
-    typer.echo(f"cost so far: ${cost_of(job):.4f}")
+    typer.echo(f"cost so far: ${job.cost_usd:.4f}")
 
 
 @jobs_app.command("watch")

@@ -69,10 +69,6 @@ class Outcome:
         return lines
 
 
-def cost_of(job: JobDetail) -> float:
-    return sum(image.cost_usd or 0.0 for image in job.images)
-
-
 def lane_lines(job: JobDetail) -> list[str]:
     """A batch job's lane, where its batches stand (Google's counts) and the images that
     went online, by reason; nothing for an online job."""
@@ -94,7 +90,7 @@ def job_json(job: JobDetail) -> dict[str, Any]:
         "mode": job.mode,
         "status": job.status,
         **job.progress.model_dump(),
-        "cost_usd": cost_of(job),
+        "cost_usd": job.cost_usd,
         "error": job.error,
     }
 
@@ -137,5 +133,5 @@ def _job_line(job: JobDetail) -> str:
     )
     if progress.pending:
         line += f", {progress.pending} pending"
-    line += f", cost ${cost_of(job):.4f}"
+    line += f", cost ${job.cost_usd:.4f}"
     return line + (f" ({job.error})" if job.error else "")

@@ -21,7 +21,6 @@ from rich.progress import (
 
 from client.api import FileUpload
 from client.files import LocalFile
-from client.outcome import cost_of
 from control_plane.schemas import JobDetail, PersonaPublic
 
 
@@ -103,7 +102,7 @@ class JobBars:
                 failed=job.progress.failed,
                 blocked=job.progress.blocked,
                 rate=f"{rate:.1f}/s",
-                cost=f"${cost_of(job):.4f}",
+                cost=f"${job.cost_usd:.4f}",
             )
 
 

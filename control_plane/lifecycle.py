@@ -196,14 +196,19 @@ REFERENCE_BYTES = 256
 INSERT_BATCH = 2_000  # output rows per INSERT statement
 
 
-def dispatch_chunk(settings: Settings, rows: Sequence[OutputRow | Output]) -> int:
+def dispatch_chunk(
+    settings: Settings, rows: Sequence[OutputRow | Output], lane: str | None = None
+) -> int:
     """How many images each dispatch of a new job (not a set) carries: at least
     `dispatch_chunk_size`, more as the job grows so it fits in `dispatch_max_per_job`
     dispatches, but at most `dispatch_chunk_max` and what keeps a `/run` body (and the
-    webhook echoing it) within `dispatch_max_body_bytes`."""
+    webhook echoing it) within `dispatch_max_body_bytes`. In the batch lane a dispatch is
+    one Gemini batch, which nothing gains by being small: each carries that most."""
     spread = -(-len(rows) // settings.dispatch_max_per_job)
     fits = settings.dispatch_max_body_bytes // max(_item_bytes(rows), 1)
     cap = max(min(settings.dispatch_chunk_max, fits), 1)
+    if lane == Lane.BATCH:
+        return cap
     return min(max(settings.dispatch_chunk_size, spread), cap)
 
 
@@ -1191,10 +1196,9 @@ def _finish_batch_step(
         return
     dispatch.batch_failures = 0
     if task == DispatchTask.BATCH_COLLECT:
-        _collected(session, storage, job, dispatch, report.results)
+        _collected(session, settings, storage, job, dispatch, report.results)
         return
-    if report.batch is not None:
-        _note_batch(session, dispatch, report.batch)
+    moved = report.batch is not None and _note_batch(session, dispatch, report.batch)
     if task == DispatchTask.BATCH_CANCEL:
         _end_batch(session, dispatch, DispatchStatus.COMPLETED)
         return
@@ -1202,25 +1206,31 @@ def _finish_batch_step(
         left_out = _apply_results(session, storage, dispatch, report.results, fail_unreported=False)
         emit_many(session, left_out)
     if report.batch is None:  # nothing was sent: the submit left every item out
-        _to_online(session, job, dispatch, {Fallback.NO_RESULT: None})
+        _to_online(session, settings, job, dispatch, {Fallback.NO_RESULT: None})
         _end_batch(session, dispatch, DispatchStatus.COMPLETED)
         return
-    _after_state(session, settings, job, dispatch, report.batch.state)
+    _after_state(session, settings, job, dispatch, report.batch.state, moved=moved)
 
 
 def _after_state(
-    session: Session, settings: Settings, job: Job, dispatch: Dispatch, state: BatchState
+    session: Session,
+    settings: Settings,
+    job: Job,
+    dispatch: Dispatch,
+    state: BatchState,
+    *,
+    moved: bool,
 ) -> None:
-    """The next step of a dispatch whose batch is in `state`: wait and poll again, collect,
-    or send its images online."""
+    """The next step of a dispatch whose batch is in `state` (`moved`: its state or counts
+    changed since the last look): wait and poll again, collect, or send its images online."""
     if state in ENDED_BATCH:
-        _fall_back(session, job, dispatch, ENDED_BATCH[state], cancel=False)
+        _fall_back(session, settings, job, dispatch, ENDED_BATCH[state], cancel=False)
     elif state == BatchState.SUCCEEDED:
         _next_task(session, dispatch, DispatchTask.BATCH_COLLECT)
     elif _past_deadline(job):
-        _fall_back(session, job, dispatch, Fallback.DEADLINE, cancel=True)
+        _fall_back(session, settings, job, dispatch, Fallback.DEADLINE, cancel=True)
     else:
-        _wait(session, settings, dispatch)
+        _wait(session, settings, job, dispatch, moved=moved)
 
 
 def _past_deadline(job: Job) -> bool:
@@ -1243,7 +1253,7 @@ def _batch_task_failed(
     log.warning("dispatch %s: %s failed: %s", dispatch.id, task, report.failure)
     if dispatch.batch_failures < settings.batch_max_step_failures:
         if task == DispatchTask.BATCH_POLL:
-            _wait(session, settings, dispatch)
+            _wait(session, settings, job, dispatch, moved=False)
         else:
             _next_task(session, dispatch, task)
         return
@@ -1251,11 +1261,14 @@ def _batch_task_failed(
         _end_batch(session, dispatch, DispatchStatus.FAILED, dispatch.error)
         return
     live = dispatch.batch_name is not None and task != DispatchTask.BATCH_COLLECT
-    _fall_back(session, job, dispatch, STEP_FAILED[task], cancel=live, detail=report.failure)
+    _fall_back(
+        session, settings, job, dispatch, STEP_FAILED[task], cancel=live, detail=report.failure
+    )
 
 
 def _collected(
     session: Session,
+    settings: Settings,
     storage: Storage,
     job: Job,
     dispatch: Dispatch,
@@ -1270,12 +1283,15 @@ def _collected(
     }
     kept = [result for result in results if result.output_id not in failed]
     emit_many(session, _apply_results(session, storage, dispatch, kept, fail_unreported=False))
-    _to_online(session, job, dispatch, {Fallback.REQUEST_FAILED: failed, Fallback.NO_RESULT: None})
+    reasons = {Fallback.REQUEST_FAILED: failed, Fallback.NO_RESULT: None}
+    _to_online(session, settings, job, dispatch, reasons)
     _end_batch(session, dispatch, DispatchStatus.COMPLETED)
 
 
-def _note_batch(session: Session, dispatch: Dispatch, batch: BatchInfo) -> None:
-    """Record the batch as a batch task saw it, with its event."""
+def _note_batch(session: Session, dispatch: Dispatch, batch: BatchInfo) -> bool:
+    """Record the batch as a batch task saw it, with its event; whether its state or counts
+    moved since the last look."""
+    seen = _batch_seen(dispatch)
     dispatch.batch_name = clip(batch.name, 200)
     dispatch.batch_state = batch.state
     dispatch.batch_requests, dispatch.batch_succeeded = batch.requests, batch.succeeded
@@ -1283,14 +1299,44 @@ def _note_batch(session: Session, dispatch: Dispatch, batch: BatchInfo) -> None:
     data = batch.model_dump(mode="json", include={"name", "state", "requests", "succeeded"})
     data |= batch.model_dump(mode="json", include={"failed", "pending", "error"})
     emit(session, EventKind.DISPATCH_BATCH, job_id=dispatch.job_id, dispatch_id=dispatch.id, **data)
+    return _batch_seen(dispatch) != seen
 
 
-def _wait(session: Session, settings: Settings, dispatch: Dispatch) -> None:
-    """Wait for Google, with no RunPod job, until the next poll (`advance_batch`)."""
+def _batch_seen(dispatch: Dispatch) -> tuple[object, ...]:
+    return (
+        dispatch.batch_state,
+        dispatch.batch_requests,
+        dispatch.batch_succeeded,
+        dispatch.batch_failed,
+        dispatch.batch_pending,
+    )
+
+
+def poll_interval_s(settings: Settings, quiet_polls: int) -> float:
+    """Seconds from a poll to the next, for a batch that `quiet_polls` polls in a row saw
+    unchanged: `batch_poll_s`, doubled for each of them, at most `batch_poll_max_s`."""
+    ceiling = max(settings.batch_poll_s, settings.batch_poll_max_s)
+    return min(ceiling, settings.batch_poll_s * 2.0 ** min(quiet_polls, 32))
+
+
+def _wait(
+    session: Session, settings: Settings, job: Job, dispatch: Dispatch, *, moved: bool
+) -> None:
+    """Wait for Google, with no RunPod job, until the next poll (`advance_batch`): sooner
+    after the batch moved (`moved`), later the longer it sits unchanged (or its polls fail),
+    but never past a last look `batch_poll_s` before the job's batch deadline (a batch done
+    just in time is collected, not made again online), nor past the deadline itself."""
     now = utcnow()
     _transition(dispatch, dispatch.status, DispatchStatus.BATCHED)
     dispatch.status = DispatchStatus.BATCHED
-    dispatch.next_poll_at = now + timedelta(seconds=settings.batch_poll_s)
+    dispatch.batch_quiet_polls = 0 if moved else dispatch.batch_quiet_polls + 1
+    interval = poll_interval_s(settings, dispatch.batch_quiet_polls)
+    dispatch.next_poll_at = now + timedelta(seconds=interval)
+    deadline = job.batch_deadline_at
+    if deadline is not None:
+        last_look = deadline - timedelta(seconds=settings.batch_poll_s)
+        latest = last_look if now < last_look else deadline
+        dispatch.next_poll_at = min(dispatch.next_poll_at, latest)
     dispatch.updated_at = now
     session.add(dispatch)
     wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
@@ -1348,6 +1394,7 @@ def _end_batch(
 
 def _fall_back(
     session: Session,
+    settings: Settings,
     job: Job,
     dispatch: Dispatch,
     reason: Fallback,
@@ -1357,7 +1404,7 @@ def _fall_back(
 ) -> None:
     """Send the dispatch's unfinished images online for `reason`; with `cancel`, its batch,
     still live at Google, is cancelled by the dispatch's next task, else the dispatch ends."""
-    moved = _to_online(session, job, dispatch, {reason: None})
+    moved = _to_online(session, settings, job, dispatch, {reason: None})
     why = f"{reason}{f' ({detail})' if detail else ''}: {moved} image(s) sent to the online lane"
     dispatch.error = clip(why)
     if cancel and dispatch.batch_name:
@@ -1367,48 +1414,83 @@ def _fall_back(
 
 
 def _to_online(
-    session: Session, job: Job, dispatch: Dispatch, reasons: dict[Fallback, set[str] | None]
+    session: Session,
+    settings: Settings,
+    job: Job,
+    dispatch: Dispatch,
+    reasons: dict[Fallback, set[str] | None],
 ) -> int:
-    """Move the dispatch's unfinished images to one new online dispatch, each with the first
-    of `reasons` that names it (None: all the rest) as its error while it waits; the job
-    counts them by reason. Returns how many moved."""
-    unfinished = set(
-        session.exec(
-            select(Output.id).where(
-                col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
-            )
-        ).all()
-    )
-    if not unfinished:
-        return 0
-    online = _new_dispatch(session, dispatch.job_id)
-    session.flush()
-    now, left = utcnow(), unfinished
+    """Move the dispatch's unfinished images to new online dispatches (of
+    `dispatch_chunk_size`, as online work is sent: a batch's hundreds of images then run on
+    as many workers as a job's would), each image with the first of `reasons` that names it
+    (None: all the rest) as its error while it waits; the job counts them by reason, and its
+    estimate takes them at the online price. Returns how many moved."""
+    priced = _unfinished_priced(session, dispatch.id)
+    reason_of: dict[str, Fallback] = {}
+    left = set(priced)
     for reason, named in reasons.items():
         ids = left if named is None else left & named
-        left = left - ids
-        for start in range(0, len(ids), INSERT_BATCH):
-            some = sorted(ids)[start : start + INSERT_BATCH]
+        reason_of |= dict.fromkeys(ids, reason)
+        left -= ids
+    if not reason_of:
+        return 0
+    moved, chunk, now = sorted(reason_of), settings.dispatch_chunk_size, utcnow()
+    online_ids = _new_dispatches(session, dispatch.job_id, -(-len(moved) // chunk), now)
+    batches: dict[tuple[str, Fallback], list[str]] = {}
+    for index, output_id in enumerate(moved):
+        batches.setdefault((online_ids[index // chunk], reason_of[output_id]), []).append(output_id)
+    for (online_id, reason), output_ids in batches.items():
+        for start in range(0, len(output_ids), INSERT_BATCH):
             session.exec(
                 update(Output)
-                .where(col(Output.id).in_(some))
+                .where(col(Output.id).in_(output_ids[start : start + INSERT_BATCH]))
                 .values(
-                    dispatch_id=online.id, status=OutputStatus.PENDING, error=reason, updated_at=now
+                    dispatch_id=online_id, status=OutputStatus.PENDING, error=reason, updated_at=now
                 )
             )
-        if ids:
-            _count_fallback(session, job, reason, len(ids))
-            log.warning("dispatch %s: %d image(s) go online: %s", dispatch.id, len(ids), reason)
+    for reason in reasons:
+        count = sum(1 for why in reason_of.values() if why == reason)
+        if count:
+            _count_fallback(session, job, reason, count)
+            log.warning("dispatch %s: %d image(s) go online: %s", dispatch.id, count, reason)
             emit(
                 session,
                 EventKind.DISPATCH_BATCH,
                 job_id=dispatch.job_id,
                 dispatch_id=dispatch.id,
                 fallback=str(reason),
-                images=len(ids),
-                online_dispatch_id=online.id,
+                images=count,
+                online_dispatch_ids=online_ids,
             )
-    return len(unfinished) - len(left)
+    _estimate_online(session, job, [priced[output_id] for output_id in moved])
+    return len(moved)
+
+
+def _unfinished_priced(
+    session: Session, dispatch_id: str
+) -> dict[str, tuple[str, str | None, str | None]]:
+    """The dispatch's unfinished outputs, each with what its price depends on (`_priced`)."""
+    rows = session.exec(
+        select(Output.id, Output.kind, Output.model, Output.params).where(
+            col(Output.dispatch_id) == dispatch_id, col(Output.status).in_(UNFINISHED)
+        )
+    ).all()
+    return {
+        output_id: (kind, model, (params or {}).get("image_size"))
+        for output_id, kind, model, params in rows
+    }
+
+
+def _estimate_online(
+    session: Session, job: Job, priced: Sequence[tuple[str, str | None, str | None]]
+) -> None:
+    """The job's estimate takes outputs that went from the batch lane to the online one at
+    the online price instead of the batch price (as the worker will cost them)."""
+    online = pricing.price_of_outputs(priced, Lane.ONLINE)
+    batch = pricing.price_of_outputs(priced, Lane.BATCH)
+    if online != batch:
+        job.estimate_usd = round(job.estimate_usd + online - batch, 6)
+        session.add(job)
 
 
 def due_batches(session: Session, now: datetime, limit: int) -> list[str]:
@@ -1436,10 +1518,10 @@ def due_batches(session: Session, now: datetime, limit: int) -> list[str]:
     return list(rows)
 
 
-def advance_batch(session: Session, dispatch_id: str) -> bool:
+def advance_batch(session: Session, settings: Settings, dispatch_id: str) -> bool:
     """Take a due batch dispatch's next step (`due_batches`): past its job's deadline its
-    images go online (a waiting batch is cancelled; an unsent submit is sent as online work
-    instead); else its poll is queued. False when it was not due any more."""
+    images go online (a waiting batch is cancelled; an unsent submit is never sent); else its
+    poll is queued. False when it was not due any more."""
     locked = lock_job_and_dispatch(session, dispatch_id)
     if locked is None:
         return False
@@ -1447,7 +1529,7 @@ def advance_batch(session: Session, dispatch_id: str) -> bool:
     now, late = utcnow(), _past_deadline(job)
     if dispatch.status == DispatchStatus.BATCHED:
         if late:
-            _fall_back(session, job, dispatch, Fallback.DEADLINE, cancel=True)
+            _fall_back(session, settings, job, dispatch, Fallback.DEADLINE, cancel=True)
         elif dispatch.next_poll_at is not None and dispatch.next_poll_at <= now:
             _next_task(session, dispatch, DispatchTask.BATCH_POLL)
         else:
@@ -1456,15 +1538,7 @@ def advance_batch(session: Session, dispatch_id: str) -> bool:
     if dispatch.status == DispatchStatus.PENDING and dispatch.task == DispatchTask.BATCH_SUBMIT:
         if not late:
             return False
-        dispatch.task, dispatch.updated_at = DispatchTask.GENERATE, now  # sent as online work
-        session.add(dispatch)
-        wake_after_commit(session, Service.SENDER)
-        unsent = session.exec(
-            select(func.count())
-            .select_from(Output)
-            .where(col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED))
-        ).one()
-        _count_fallback(session, job, Fallback.DEADLINE, unsent)
+        _fall_back(session, settings, job, dispatch, Fallback.DEADLINE, cancel=False)
         return True
     return False
 

@@ -296,6 +296,8 @@ class Dispatch(SQLModel, table=True):
     next_poll_at: datetime | None = Field(default=None, sa_type=Timestamp)
     # batch tasks of its batch in a row whose RunPod job failed or was lost
     batch_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # polls in a row that saw its batch unchanged (they back off: `lifecycle.poll_interval_s`)
+    batch_quiet_polls: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Catalog(SQLModel, table=True):

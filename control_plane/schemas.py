@@ -364,13 +364,21 @@ class BatchProgress(BaseModel):
     """A batch job's live Gemini batches: their state in words (`pending at Google`,
     `running`, `collecting`; the least advanced of them) and Google's counts, summed."""
 
-    state: str
-    batches: int
-    deadline_at: UtcDatetime | None = None
-    requests: int | None = None
-    succeeded: int | None = None
-    failed: int | None = None
-    pending: int | None = None
+    state: str = Field(
+        description="the least advanced of the job's live batches: `submitting`, "
+        "`pending at Google`, `running` or `collecting`"
+    )
+    batches: int = Field(description="the job's Gemini batches not yet ended")
+    deadline_at: UtcDatetime | None = Field(
+        None, description="when images still in a batch go to the online lane instead"
+    )
+    next_poll_at: UtcDatetime | None = Field(
+        None, description="the next look at Google (polls back off while a batch is unchanged)"
+    )
+    requests: int | None = Field(None, description="requests in the batches, as Google counts")
+    succeeded: int | None = Field(None, description="requests Google has done")
+    failed: int | None = Field(None, description="requests that failed at Google")
+    pending: int | None = Field(None, description="requests Google has still to do")
 
 
 class JobPublic(BaseModel):
@@ -393,14 +401,23 @@ class JobPublic(BaseModel):
     success_rate: float | None = None  # succeeded / ended images; None before any ended
     first_image_s: float | None = None  # seconds from submit to the first stored image
     webhook: dict[str, Any] | None = None  # the submitter's webhook: {url, events}
-    estimate_usd: float = 0.0  # every image at its model's price, at submit
+    estimate_usd: float = Field(
+        0.0,
+        description="every image at its model's price in the job's lane; an image that fell "
+        "back from the batch lane to the online one at the online price",
+    )
     cost_usd: float = 0.0  # the actual costs of its ended images, so far
     # dispatches the sender sends before this job's next one (None: nothing of it queued)
     queue_position: int | None = None
-    lane: str = "online"  # or "batch": Gemini batches at the batch price
-    batch: BatchProgress | None = None  # the batch lane: its live batches at Google
-    # the batch lane: images sent to the online lane, by reason
-    fallback: dict[str, int] | None = None
+    lane: str = Field(
+        "online", description="`online`, or `batch`: Gemini batches at the batch price"
+    )
+    batch: BatchProgress | None = Field(
+        None, description="the batch lane: where its live batches stand (None: none is live)"
+    )
+    fallback: dict[str, int] | None = Field(
+        None, description="the batch lane: how many images went to the online lane, by reason"
+    )
 
 
 class OutputPublic(BaseModel):

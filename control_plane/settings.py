@@ -55,7 +55,10 @@ class Settings(CommonSettings):
     relay_spacing_s: float = Field(0.25, ge=0, le=10)
     sender_spacing_s: float = Field(0.1, ge=0, le=10)
     webhook_grace_s: float = Field(60.0, ge=0)
-    batch_poll_s: float = Field(60.0, gt=0)  # the batch lane: how often a Gemini batch is polled
+    # the batch lane: a Gemini batch's first poll, and the next after its state or counts move
+    batch_poll_s: float = Field(60.0, gt=0)
+    # the batch lane: polls of a batch that sits unchanged double up to this
+    batch_poll_max_s: float = Field(900.0, gt=0)
     # the batch lane: failed polls or collects of one batch before its images go online
     batch_max_step_failures: int = Field(3, ge=1)
     metrics_window_s: float = Field(3600.0, ge=60, le=7 * 86_400)  # /metrics' windowed figures

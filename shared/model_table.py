@@ -89,3 +89,17 @@ def model_table() -> dict[str, ModelSpec]:
         return DEFAULT_MODELS
     with open(path, encoding="utf-8") as handle:
         return TypeAdapter(dict[str, ModelSpec]).validate_python(json.load(handle))
+
+
+def image_price(model: str, image_size: str | None = None) -> float | None:
+    """What Gemini bills for one image of `model` online (by size where it varies); None
+    for a model the table does not have."""
+    spec = model_table().get(model)
+    return spec.price_for(image_size) if spec else None
+
+
+def batch_image_price(model: str, image_size: str | None = None) -> float | None:
+    """What Gemini bills for one image of `model` made by the Batch API (by size where it
+    varies); None for a model the table does not have or the Batch API does not serve."""
+    spec = model_table().get(model)
+    return spec.batch_price_for(image_size) if spec else None

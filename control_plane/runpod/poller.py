@@ -58,7 +58,7 @@ def _advance_batches(platform: Platform) -> int:
     moved = 0
     for dispatch_id in due:
         with platform.session_scope() as session:
-            moved += lifecycle.advance_batch(session, dispatch_id)
+            moved += lifecycle.advance_batch(session, platform.settings, dispatch_id)
     return moved
 
 

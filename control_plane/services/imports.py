@@ -133,7 +133,8 @@ def _plan(session: Session, settings: Settings, request: ImportFile, viewer: Vie
         },
     )
     outputs = _outputs(job, rows)
-    lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
+    chunk = lifecycle.dispatch_chunk(settings, outputs, job.config.get("lane"))
+    lifecycle.add_job(session, job, outputs, chunk)
     return [job]
 
 

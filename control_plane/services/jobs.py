@@ -114,6 +114,7 @@ def batch_progress(session: Session, job: Job) -> BatchProgress | None:
         state=min((_stage(d) for d in live), key=BATCH_STAGES.index),
         batches=len(live),
         deadline_at=job.batch_deadline_at,
+        next_poll_at=min((d.next_poll_at for d in live if d.next_poll_at), default=None),
         requests=total("batch_requests"),
         succeeded=total("batch_succeeded"),
         failed=total("batch_failed"),

@@ -329,7 +329,8 @@ def _plan_examples(
         session, pool.id, [[ref] for ref in picks.reference_ids], params["model"], viewer
     )
     job, outputs = _examples_job(preset, target.id, pool.id, request, picks, seed, params)
-    lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
+    chunk = lifecycle.dispatch_chunk(settings, outputs, job.config.get("lane"))
+    lifecycle.add_job(session, job, outputs, chunk)
     session.add_all(
         PresetUsage(preset_id=preset.id, upload_id=upload_id, job_id=job.id)
         for upload_id in picks.reference_ids

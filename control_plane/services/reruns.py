@@ -68,7 +68,7 @@ def add_rerun(session: Session, settings: Settings, original: Job, viewer: Viewe
     chunk = (
         len(copies)
         if original.mode in lifecycle.SET_MODES
-        else lifecycle.dispatch_chunk(settings, copies)
+        else lifecycle.dispatch_chunk(settings, copies, job.config.get("lane"))
     )
     lifecycle.add_job(session, job, copies, max(chunk, 1))
     return job

@@ -191,7 +191,8 @@ def _plan_automatic(
         new_output(job, position, prompt, [image_id], base_seed + position, params)
         for position, (image_id, prompt) in enumerate(itertools.product(request.images, per_image))
     ]
-    lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
+    chunk = lifecycle.dispatch_chunk(settings, outputs, job.config.get("lane"))
+    lifecycle.add_job(session, job, outputs, chunk)
     return [job]
 
 
@@ -324,7 +325,8 @@ def _plan_catalog(
             _catalog_output(job, position, entry, prompt, base_seed + position, params)
             for position, (entry, prompt) in enumerate(entries)
         ]
-        lifecycle.add_job(session, job, outputs, lifecycle.dispatch_chunk(settings, outputs))
+        chunk = lifecycle.dispatch_chunk(settings, outputs, job.config.get("lane"))
+        lifecycle.add_job(session, job, outputs, chunk)
         jobs.append(job)
     return jobs
 

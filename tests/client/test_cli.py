@@ -93,6 +93,7 @@ def test_generate_json_output(stack: Stack, tmp_path: Path) -> None:
     assert answer["group"]["name"] == "wet dogs" and answer["exit_code"] == 1
     [job] = answer["jobs"]
     assert (job["status"], job["total"], job["succeeded"], job["failed"]) == ("completed", 4, 4, 0)
+    assert job["cost_usd"] == round(4 * 0.039, 6)  # the job's recorded cost: what Gemini bills
     assert answer["uploads"]["uploaded"] == 2
     assert [r["file"].endswith("broken.jpg") for r in answer["uploads"]["rejected"]] == [True]
     assert answer["zip"]["path"] == "wet-dogs.zip"

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, col, create_engine, select
 
 from control_plane.app import create_app
 from control_plane.models import Dispatch
 from control_plane.settings import Settings
+from tests.client.test_cli import photos
 from tests.fakes.cli import pixelfleet
 from tests.fakes.servers import RestartableServer
 from tests.fakes.stack import Stack, run_stack
@@ -57,6 +59,23 @@ def batches_made(worker_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in records]
 
 
+def spend_by_lane(stack: Stack) -> tuple[dict[str, float], dict[str, float]]:
+    """The recorded spend by lane: the usage report's and /metrics' (read from the analytics
+    log, which its consumer writes a moment after the images end)."""
+    usage = stack.http.get("/api/usage", params={"group_by": "lane"})
+    assert usage.status_code == 200, usage.text
+    reported = {b["key"]: round(b["cost_usd"], 6) for b in usage.json()["buckets"]}
+    metrics = stack.http.get("/metrics")
+    assert metrics.status_code == 200, metrics.text
+    scraped = {
+        sample.labels["lane"]: round(sample.value, 6)
+        for family in text_string_to_metric_families(metrics.text)
+        if family.name == "pixelfleet_spend_by_lane_usd"
+        for sample in family.samples
+    }
+    return reported, scraped
+
+
 def wait_until(check: Any, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while not (found := check()):
@@ -85,6 +104,11 @@ def test_a_20_image_batch_job_ends_succeeded_at_half_the_online_price(
         assert batch_job["estimate_usd"] == round(20 * 0.0195, 6)
         assert batch_job["fallback"] is None and batch_job["batch"] is None
         assert {image["status"] for image in batch_job["images"]} == {"succeeded"}
+        assert online_job["cost_usd"] == round(20 * 0.039, 6)  # what Gemini would bill
+        assert batch_job["cost_usd"] == round(online_job["cost_usd"] / 2, 6)
+        assert {image["cost_usd"] for image in batch_job["images"]} == {0.0195}
+        spent = {"online": 0.78, "batch": 0.39}
+        wait_until(lambda: spend_by_lane(stack) == (spent, spent), timeout=10)
         sent = wait_until(  # the collect's progress posts may end the images first
             lambda: (
                 (found := dispatches(stack.settings, batch))
@@ -92,8 +116,31 @@ def test_a_20_image_batch_job_ends_succeeded_at_half_the_online_price(
                 and found
             )
         )
-        assert {d.task for d in sent} == {"batch_collect"}  # each ended by its collect
-        assert len(batches_made(tmp_path / "worker")) == len(sent)
+        assert {d.task for d in sent} == {"batch_collect"}  # ended by its collect
+        assert len(batches_made(tmp_path / "worker")) == len(sent) == 1  # one batch, not 2 chunks
+        assert len(dispatches(stack.settings, online)) == 2  # online: chunks of 16
+
+
+def test_the_cli_generates_a_folder_in_the_batch_lane(settings: Settings, tmp_path: Path) -> None:
+    worker = {"data_dir": tmp_path / "worker"}
+    worker |= {"offline_batch_pending_s": 0.2, "offline_batch_running_s": 0.2}
+    with contextmanager(run_stack)(settings.model_copy(update=FAST), **worker) as stack:
+        folder = photos(tmp_path / "harbour", 3)
+        args = ("generate", str(folder), "--prompt", "at dusk", "--lane", "batch", "--json")
+        url = str(stack.http.base_url)
+        result = pixelfleet(*args, "--batch-deadline-s", "600", api_url=url, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        [job] = json.loads(result.stdout)["jobs"]
+        assert (job["status"], job["succeeded"]) == ("completed", 3)
+        assert job["cost_usd"] == round(3 * 0.0195, 6)
+        detail = stack.http.get(f"/api/jobs/{job['id']}").json()
+        assert detail["lane"] == "batch" and detail["config"]["batch_deadline_s"] == 600
+        shown = pixelfleet("jobs", "show", job["id"], api_url=url, cwd=tmp_path)
+        assert "lane: batch\n" in shown.stdout and "cost $0.0585" in shown.stdout
+        wrong = pixelfleet(
+            "generate", str(folder), "--prompt", "p", "--lane", "slow", api_url=url, cwd=tmp_path
+        )
+        assert wrong.returncode == 2 and "lane" in wrong.stderr
 
 
 def test_a_batch_google_never_finishes_ends_online_by_the_deadline(
@@ -113,6 +160,7 @@ def test_a_batch_google_never_finishes_ends_online_by_the_deadline(
         assert time.monotonic() - started >= 5
         assert job["status"] == "completed" and job["progress"]["succeeded"] == 6
         assert job["fallback"] == {"the batch was not done by the job's batch deadline": 6}
+        assert job["cost_usd"] == job["estimate_usd"] == round(6 * 0.039, 6)  # online price
         shown = pixelfleet("jobs", "show", job_id, api_url=str(stack.http.base_url), cwd=tmp_path)
         assert "lane: batch\n" in shown.stdout
         deadline = "the batch was not done by the job's batch deadline"

@@ -1,6 +1,6 @@
 """A whole job's estimate against what it actually cost: the control plane, the local RunPod
 endpoint and the real Gemini provider (against `FakeGemini`), which reports each image's
-price as Gemini bills it; the offline provider reports no cost, so it cannot be used here."""
+price as Gemini bills it (the offline provider reports the same prices: its own tests)."""
 
 from collections.abc import Iterator
 from typing import Any

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlmodel import col, select, update
 
+from control_plane.lifecycle import poll_interval_s
 from control_plane.models import Dispatch, Job, Output, utcnow
 from control_plane.runpod.finisher import apply_report
 from control_plane.runpod.poller import advance_batches
@@ -159,6 +160,7 @@ def test_a_batch_job_runs_submit_poll_collect_and_retries_failed_requests_online
     shown = api.client.get(f"/api/jobs/{job['id']}").json()
     assert shown["fallback"] == {"the image's request failed in the batch": 1}
     assert shown["batch"] is None
+    assert shown["estimate_usd"] == pytest.approx(3 * 0.0195 + 0.039)  # retried: online price
     [retry] = [d for d in dispatches(api, job["id"]) if d.task == "generate"]
     retried = {
         "status": "COMPLETED",
@@ -191,9 +193,10 @@ def test_a_batch_job_runs_submit_poll_collect_and_retries_failed_requests_online
 def test_a_batch_that_ends_without_results_sends_its_images_online(
     api: Api, state: str, reason: str
 ) -> None:
+    api.platform.settings.dispatch_chunk_size = 2
     job = submit_batch(api, 3)
     api.drain()
-    dispatch = the_batch(api, job["id"])
+    dispatch = the_batch(api, job["id"])  # one batch, however small online chunks are
     assert hook(api, dispatch, batch_output(dispatch, "batch_submit", "pending")).status_code == 200
     poll_now(api, job["id"])
     polling = the_batch(api, job["id"])
@@ -201,10 +204,11 @@ def test_a_batch_that_ends_without_results_sends_its_images_online(
     ended = the_batch(api, job["id"])
     assert ended.status == "failed" and ended.error is not None and reason in ended.error
     api.drain()
-    online = api.run_bodies[-1]["input"]
-    assert online["task"] == "generate" and len(online["items"]) == 3
+    online = [body["input"] for body in api.run_bodies if body["input"]["task"] == "generate"]
+    assert sorted(len(body["items"]) for body in online) == [1, 2]  # online-sized chunks
     shown = api.client.get(f"/api/jobs/{job['id']}").json()
     assert shown["fallback"] == {reason: 3}
+    assert shown["estimate_usd"] == pytest.approx(3 * 0.039)  # online now, at its price
     assert {o.status for o in api.outputs(job["id"])} == {"running"}
 
 
@@ -233,6 +237,7 @@ def test_the_deadline_cancels_the_batch_and_sends_its_images_online(api: Api) ->
     assert ended.status == "completed" and ended.batch_state == "cancelled"
     shown = api.client.get(f"/api/jobs/{job['id']}").json()
     assert shown["fallback"] == {"the batch was not done by the job's batch deadline": 2}
+    assert shown["estimate_usd"] == pytest.approx(2 * 0.039)
     [online] = [d for d in dispatches(api, job["id"]) if d.task == "generate"]
     with api.session() as session:
         moved = session.exec(select(Output.dispatch_id).where(Output.job_id == job["id"])).all()
@@ -264,8 +269,67 @@ def test_an_unsent_submit_past_the_deadline_goes_online(api: Api) -> None:
     api.drain()
     tasks = [body["input"]["task"] for body in api.run_bodies]
     assert tasks == ["generate"]
+    assert the_batch(api, job["id"]).status == "failed"  # the submit, never sent
     shown = api.client.get(f"/api/jobs/{job['id']}").json()
     assert shown["fallback"] == {"the batch was not done by the job's batch deadline": 2}
+    assert shown["estimate_usd"] == pytest.approx(2 * 0.039)
+
+
+def test_polls_back_off_while_a_batch_sits_unchanged_never_past_the_deadline(api: Api) -> None:
+    settings = api.platform.settings
+    assert (settings.batch_poll_s, settings.batch_poll_max_s) == (60, 900)
+    assert [poll_interval_s(settings, quiet) for quiet in (0, 1, 3, 4, 10**6)] == [
+        60,
+        120,
+        480,
+        900,
+        900,
+    ]
+    job = submit_batch(api, 2, batch_deadline_s=7200)
+    api.drain()
+    dispatch = the_batch(api, job["id"])
+    pending = {"requests": 2, "pending": 2}
+    submitted = batch_output(dispatch, "batch_submit", "pending", **pending)
+    assert hook(api, dispatch, submitted).status_code == 200
+
+    def next_poll_in() -> float:
+        waiting = the_batch(api, job["id"])
+        assert waiting.status == "batched" and waiting.next_poll_at is not None
+        return (waiting.next_poll_at - utcnow()).total_seconds()
+
+    def poll(state: str | None, **counts: int) -> float:
+        poll_now(api, job["id"])
+        polling = the_batch(api, job["id"])
+        body = {"status": "FAILED", "error": "503 from Google"}
+        if state is not None:
+            body = batch_output(polling, "batch_poll", state, **counts)
+        assert hook(api, polling, body).status_code == 200
+        return next_poll_in()
+
+    assert next_poll_in() == pytest.approx(60, abs=5)  # a new batch: the first poll soon
+    unchanged = [poll("pending", **pending) for _ in range(5)]
+    assert unchanged == [pytest.approx(s, abs=5) for s in (120, 240, 480, 900, 900)]
+    running = {"requests": 2, "succeeded": 1, "pending": 1}
+    assert poll("running", **running) == pytest.approx(60, abs=5)  # Google moved: soon again
+    assert poll("running", **running) == pytest.approx(120, abs=5)
+    assert poll(None) == pytest.approx(240, abs=5)  # a failed poll backs off too
+    assert poll("running", **running) == pytest.approx(480, abs=5)
+    shown = api.client.get(f"/api/jobs/{job['id']}").json()["batch"]
+    assert shown["state"] == "running" and shown["next_poll_at"] is not None
+
+    def deadline_in(seconds: float) -> None:
+        with api.session() as session:
+            session.exec(
+                update(Job)
+                .where(col(Job.id) == job["id"])
+                .values(batch_deadline_at=utcnow() + timedelta(seconds=seconds))
+            )
+            session.commit()
+
+    deadline_in(100)  # a last look batch_poll_s before the deadline, not 960 s on
+    assert poll("running", **running) == pytest.approx(40, abs=5)
+    deadline_in(30)  # past that last look: the deadline itself
+    assert poll("running", **running) == pytest.approx(30, abs=5)
 
 
 def test_a_failing_poll_is_tried_again_then_the_images_go_online(api: Api) -> None:
@@ -369,10 +433,9 @@ def test_a_poll_runpod_never_takes_fails_to_online_work_and_cancels_the_batch(ap
     dispatch = the_batch(api, job["id"])
     assert hook(api, dispatch, batch_output(dispatch, "batch_submit", "pending")).is_success
     send = api.run_route.side_effect
-    refusing = [True]
 
     def run(request: httpx.Request) -> httpx.Response:
-        if refusing[0]:
+        if json.loads(request.content)["input"]["task"] == "batch_poll":
             return httpx.Response(400, json={"error": "endpoint paused"})
         return send(request)  # type: ignore[misc,operator]
 
@@ -382,8 +445,8 @@ def test_a_poll_runpod_never_takes_fails_to_online_work_and_cancels_the_batch(ap
         api.client.portal.call(send_due, api.platform)  # type: ignore[union-attr]
     [failed] = [d for d in dispatches(api, job["id"]) if d.id == dispatch.id]
     assert failed.status == "failed" and "could not submit" in (failed.error or "")
-    refusing[0] = False
     api.client.portal.call(send_due, api.platform)  # type: ignore[union-attr]
+    api.drain()  # a send the commit woke may still be recording its RunPod job
     tasks = sorted(body["input"]["task"] for body in api.run_bodies[1:])
     assert tasks == ["batch_cancel", "generate"]
     assert {o.status for o in api.outputs(job["id"])} == {"running"}

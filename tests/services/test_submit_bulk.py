@@ -249,6 +249,23 @@ def test_dispatch_chunk_grows_with_the_job_within_its_bounds(
     assert lifecycle.dispatch_chunk(settings, rows(images, prompt)) == expected
 
 
+@pytest.mark.parametrize(
+    ("images", "prompt", "expected"),
+    [
+        (1, "p", 200),  # one Gemini batch per dispatch: as many as a dispatch holds
+        (20_000, "p", 200),
+        (20_000, "é" * 10_000, 4 * 2**20 // (lifecycle.ITEM_BYTES + 60_002 + 2)),
+    ],
+)
+def test_dispatches_of_the_batch_lane_carry_all_a_dispatch_may(
+    images: int, prompt: str, expected: int
+) -> None:
+    settings = Settings(
+        dispatch_chunk_size=16, dispatch_chunk_max=200, dispatch_max_body_bytes=4 * 2**20
+    )
+    assert lifecycle.dispatch_chunk(settings, rows(images, prompt), "batch") == expected
+
+
 def test_a_big_dispatch_body_stays_within_its_byte_budget(api: Api) -> None:
     """The estimate per image is an upper bound of what the `/run` body carries."""
     settings = api.platform.settings

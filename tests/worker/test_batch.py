@@ -440,6 +440,7 @@ def test_the_offline_batch_provider_end_to_end_through_the_handler(tmp_path: Pat
     assert [r.status for r in results] == ["succeeded", "succeeded"]
     for result in results:
         assert result.provider == "offline" and result.model_version == "offline-1"
+        assert result.cost_usd == model_table()[FLASH_31].batch_price_for("512") == 0.0225
         data = worker.storage.get_bytes(worker.storage.key_of(result.output_uri or ""))
         assert hashlib.sha256(data).hexdigest() == result.sha256
         assert worker.storage.exists(worker.storage.key_of(result.thumbnail_uri or ""))

@@ -964,10 +964,10 @@ async def test_end_to_end_against_a_fake_gemini_server(clock: FakeClock) -> None
 
 
 def test_price_depends_on_image_size_where_the_table_says_so() -> None:
-    from worker.providers.gemini import price_of
+    from shared.model_table import image_price
 
-    assert price_of("gemini-3-pro-image", "1K") == 0.134
-    assert price_of("gemini-3-pro-image", "4K") == 0.24
-    assert price_of("gemini-3.1-flash-image", "4K") == 0.151
-    assert price_of("gemini-2.5-flash-image", None) == 0.039
-    assert price_of("no-such-model") is None
+    assert image_price("gemini-3-pro-image", "1K") == 0.134
+    assert image_price("gemini-3-pro-image", "4K") == 0.24
+    assert image_price("gemini-3.1-flash-image", "4K") == 0.151
+    assert image_price("gemini-2.5-flash-image", None) == 0.039
+    assert image_price("no-such-model") is None

@@ -1,6 +1,7 @@
 """The offline provider (worker/providers/offline.py): deterministic pictures that follow
 the prompt, seed, negative prompt, aspect ratio, size and reference."""
 
+import asyncio
 import io
 
 import pytest
@@ -9,7 +10,7 @@ from PIL import Image, ImageStat
 from shared.contract import ImageParams
 from tests.conftest import png_bytes
 from worker.providers import GenerationRequest, Reference
-from worker.providers.offline import render
+from worker.providers.offline import OfflineProvider, render
 
 
 def _request(
@@ -65,3 +66,13 @@ def test_offline_output_is_derived_from_the_reference() -> None:
     blue_mean = ImageStat.Stat(Image.open(io.BytesIO(blue)).convert("RGB")).mean
     assert green_mean[1] > green_mean[2] + 60
     assert blue_mean[2] > blue_mean[1] + 60
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "price"),
+    [("gemini-2.5-flash-image", None, 0.039), ("gemini-3.1-flash-image", "2K", 0.101)],
+)
+def test_offline_reports_what_gemini_would_bill(model: str, size: str | None, price: float) -> None:
+    request = GenerationRequest("a red fox", ImageParams(model=model, seed=1, image_size=size))
+    image = asyncio.run(OfflineProvider().generate(request))
+    assert image.cost_usd == price

@@ -48,7 +48,7 @@ import httpx
 from google import genai
 from google.genai import errors, types
 
-from shared.model_table import model_table
+from shared.model_table import image_price, model_table
 from worker.providers.base import (
     GeneratedImage,
     GeneratedText,
@@ -346,7 +346,7 @@ class GeminiProvider(Provider):
             model_version=response.model_version,
             usage=usage_of(response),
             attempts=tally.count,
-            cost_usd=price_of(model, request.params.image_size),
+            cost_usd=image_price(model, request.params.image_size),
             seed=seed,  # differs from the request's after a reseed
         )
 
@@ -569,18 +569,6 @@ def build_text_config(request: TextRequest) -> types.GenerateContentConfig:
         response_schema=copy.deepcopy(request.response_schema),
         seed=request.seed,
     )
-
-
-def price_of(model: str, image_size: str | None = None) -> float | None:
-    """The standard price of one image from the model table (by size where it varies)."""
-    spec = model_table().get(model)
-    return spec.price_for(image_size) if spec else None
-
-
-def batch_price_of(model: str, image_size: str | None = None) -> float | None:
-    """The Batch API price of one image from the model table (by size where it varies)."""
-    spec = model_table().get(model)
-    return spec.batch_price_for(image_size) if spec else None
 
 
 def _name(value: Any) -> str | None:

@@ -28,6 +28,7 @@ from google.genai import _common, batches, errors, types
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contract import BatchInfo, BatchState, ImageParams
+from shared.model_table import batch_image_price
 from worker.providers.base import (
     BatchError,
     BatchOutcome,
@@ -41,7 +42,6 @@ from worker.providers.base import (
 from worker.providers.gemini import (
     GeminiProvider,
     _Retry,
-    batch_price_of,
     build_config,
     build_contents,
     extract_image,
@@ -179,7 +179,7 @@ def outcome_of(raw: Mapping[str, Any], params: ImageParams) -> BatchOutcome:
         content_type=content_type,
         model_version=response.model_version,
         usage=usage_of(response),
-        cost_usd=batch_price_of(params.model, params.image_size),
+        cost_usd=batch_image_price(params.model, params.image_size),
     )
 
 

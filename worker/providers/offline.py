@@ -4,8 +4,10 @@ Same references, prompt, params and seed give the same bytes. The output has the
 aspect ratio and size, is derived from the reference image(s) when there are any, and
 visibly changes with the prompt and negative prompt (tint, label) and the seed (shapes).
 It answers JPEG, a MIME type Gemini also chooses at times, which keeps its CPU cost per
-image low. Text tasks are answered by `offline_text.write`: JSON matching the schema,
-deterministic from the prompt and seed.
+image low. Nothing is billed, but each image reports what Gemini would bill for it (the
+model table's price for its size), so recorded costs, caps and usage reports read on the
+embedded default as they will with Gemini. Text tasks are answered by `offline_text.write`:
+JSON matching the schema, deterministic from the prompt and seed.
 """
 
 import asyncio
@@ -16,6 +18,7 @@ import random
 from PIL import Image, ImageDraw, ImageOps
 
 from shared.images import encode, output_size
+from shared.model_table import image_price
 from worker.providers import offline_text
 from worker.providers.base import (
     GeneratedImage,
@@ -38,7 +41,13 @@ class OfflineProvider(Provider):
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         data = await asyncio.to_thread(render, request)
-        return GeneratedImage(data=data, content_type="image/jpeg", model_version=MODEL_VERSION)
+        params = request.params
+        return GeneratedImage(
+            data=data,
+            content_type="image/jpeg",
+            model_version=MODEL_VERSION,
+            cost_usd=image_price(params.model, params.image_size),
+        )
 
     async def generate_text(self, request: TextRequest) -> GeneratedText:
         if self.latency_s:

@@ -5,12 +5,14 @@ process and a restarted one find it): the requests as JSON lines, references inc
 the batch's record, written after them (atomically), so a batch that exists is complete.
 Its state moves on its own clock: pending for `pending_s` after creation, running for
 `running_s`, then succeeded; a cancel before then ends it cancelled. Results are rendered
-when collected, by the offline provider (same requests, same bytes), and cost nothing, as
-its online images do.
+when collected, by the offline provider (same requests, same bytes), each reporting what
+Gemini would bill for it in a batch (the model's batch price), as its online images report
+the online price.
 """
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import time
@@ -22,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.contract import BatchInfo, BatchState, ImageParams
+from shared.model_table import batch_image_price
 from worker.providers.base import (
     BatchError,
     BatchOutcome,
@@ -142,9 +145,12 @@ class OfflineBatchProvider(BatchProvider):
                 if key not in params:
                     continue
                 try:
-                    yield key, await self._provider.generate(request)
+                    image = await self._provider.generate(request)
                 except GenerationFailed as failed:
                     yield key, failed
+                    continue
+                price = batch_image_price(request.params.model, request.params.image_size)
+                yield key, dataclasses.replace(image, cost_usd=price)
 
     def _state(self, record: _Record) -> BatchState:
         if record.cancelled_at is not None:
