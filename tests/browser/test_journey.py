@@ -92,6 +92,10 @@ class Hand:
         screenshot(self.page, f"journey_{'keyboard' if self.keyboard else 'mouse'}_{name}")
         assert serious_violations(self.page) == []
         assert horizontal_overflow(self.page) == 0
+        widths = self.page.locator("[role=progressbar]:visible").evaluate_all(
+            "bars => bars.map(bar => bar.getBoundingClientRect().width)"
+        )
+        assert all(width >= 40 for width in widths), widths  # no bar squeezed to nothing
 
 
 def _files(root: Path) -> Path:
@@ -129,7 +133,8 @@ def test_a_new_users_journey(page: Any, api: httpx.Client, tmp_path: Path, keybo
     hand = Hand(page, keyboard)
     if keyboard:
         page.set_viewport_size(PHONE)
-    group_id = _create_group_and_upload(hand, tmp_path, f"journey {keyboard}")
+    name = "journey by keyboard" if keyboard else "journey by mouse"
+    group_id = _create_group_and_upload(hand, tmp_path, name)
     job_id = _generate_automatic_and_watch(hand)
     _rerun_cancel_and_retry(hand, api, job_id)
     _gallery_and_lightbox(hand)
@@ -279,6 +284,9 @@ def _semi_automatic_with_a_variation_and_a_rerun(
     expect(page.get_by_label("Prompt for look 1.png")).to_have_value("a red kite")
     expect(page.get_by_role("checkbox", name="look 2.png")).to_be_checked()
     expect(mode).to_have_value("semi-automatic")
+    lacking = page.get_by_label("Prompt for look 2.png")
+    expect(lacking).to_have_attribute("aria-invalid", "true")
+    expect(lacking).to_be_focused()  # where to type next, for the keyboard too
     hand.check_page("form_error")
     hand.type(page.get_by_label("Prompt for look 2.png"), "a blue kite")
     hand.press(page.get_by_role("button", name="Generate"))

@@ -1,7 +1,8 @@
 // The group page's generate form: the fields of the chosen mode only, "all N uploads"
 // ticking every page's, the number of images and their estimated cost as the form changes
 // (the server's estimate of the form as it stands), and a confirmation above the server's
-// thresholds saying what will be spent. Without this script the server asks once more.
+// thresholds saying what will be spent; a refused form's first field at fault (a prompt the
+// server found missing) has the focus. Without this script the server asks once more.
 
 const WAIT_MS = 300; // after the last keystroke, before asking for an estimate
 
@@ -45,6 +46,7 @@ function enhance(form) {
     submitConfirmed(form, ui);
   });
   estimates.refresh();
+  form.querySelector("[aria-invalid=true]")?.focus(); // refused: the first field at fault
 }
 
 function showMode(form, mode) {

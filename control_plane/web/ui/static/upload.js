@@ -143,14 +143,14 @@ function start(state, ui, picked) {
   render(state, ui, true);
 }
 
-// The page as it is now (this page of uploads) in place of its counts and uploads grid, the
+// The page's counts and its page of uploads as they are now, in place of the old ones, the
 // ticks and prompts typed meanwhile kept; "Show the uploads" then goes to the grid if the new
 // uploads are on this page, to the last page if not.
 async function showUploads(state, ui) {
   if (state.uploaded === 0) return;
   let fresh;
   try {
-    const answer = await fetch(location.pathname + location.search, { headers: { Accept: "text/html" }, cache: "no-store" });
+    const answer = await fetch(`/live/groups/${state.group}/uploads?page=${shownPage()}`, { cache: "no-store" });
     if (!answer.ok) return; // the link still leads there
     fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
   } catch {
@@ -165,8 +165,12 @@ async function showUploads(state, ui) {
     current.replaceWith(node);
     restoreTyped(node, typed);
   }
-  const shown = new URL(location.href).searchParams.get("page") || "1";
-  if (ui.show.href.endsWith(`page=${shown}`)) ui.show.setAttribute("href", "#uploads");
+  if (ui.show.href.endsWith(`page=${shownPage()}`)) ui.show.setAttribute("href", "#uploads");
+}
+
+function shownPage() {
+  const page = new URL(location.href).searchParams.get("page") || "1";
+  return /^\d+$/.test(page) ? page : "1";
 }
 
 function typedIn(root) {
