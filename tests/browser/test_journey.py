@@ -210,6 +210,7 @@ def _rerun_cancel_and_retry(hand: Hand, api: httpx.Client, job_id: str) -> None:
 
     hand.press(page.get_by_role("button", name="Cancel"))
     expect(page.locator("[data-action-notice]")).to_contain_text("Cancelled")
+    expect(page.locator("[data-action-notice] p")).to_be_focused()  # not lost with the button
     retry = page.get_by_role("button", name=re.compile(r"Retry \d+ failed"))
     expect(retry).to_be_visible()
     assert api.get(f"/api/jobs/{rerun_id}").json()["progress"]["failed"] > 0

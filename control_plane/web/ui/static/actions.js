@@ -2,7 +2,8 @@
 // is posted with fetch instead of navigating. When the server's answer is the page already
 // shown (cancel, retry), the live regions are asked to refresh ("live-refresh", live.js);
 // when it is another page (a rerun or a variation set is a new job), a notice links to it.
-// Either way the result is said in the notice region nearest the form (a set's, the job's). Without this script, or if the
+// Either way the result is said in the notice region nearest the form (a set's, the job's);
+// after a cancel or a retry, whose button goes away, the notice has the focus. Without this script, or if the
 // request cannot be made, the form posts as it always did.
 
 const NOTICE = "[data-action-notice]";
@@ -36,7 +37,8 @@ async function act(form) {
   const landed = new URL(answer.url);
   if (landed.pathname === location.pathname) {
     document.dispatchEvent(new CustomEvent("live-refresh"));
-    say(form, "notice", form.dataset.done || "Done.");
+    const said = say(form, "notice", form.dataset.done || "Done.");
+    said?.focus(); // the button pressed goes away with the state it acted on: not focus
     return;
   }
   const link = { href: landed.pathname, text: form.dataset.open || "Open it" };
@@ -52,9 +54,10 @@ async function refusal(answer) {
 
 function say(form, kind, text, link = null) {
   const region = nearestRegion(form);
-  if (!region) return;
+  if (!region) return null;
   const line = document.createElement("p");
   line.className = kind;
+  line.tabIndex = -1;
   line.append(text);
   if (link) {
     const anchor = document.createElement("a");
@@ -63,6 +66,7 @@ function say(form, kind, text, link = null) {
     line.append(" ", anchor);
   }
   region.replaceChildren(line);
+  return line;
 }
 
 function nearestRegion(form) {
