@@ -6,7 +6,7 @@ automatic job whose progress moves without a reload, a rerun cancelled and its f
 retried in place, the gallery's lightbox, the ZIP downloaded and checked, a semi-automatic
 submission refused for a missing prompt (keeping what was typed) then sent with a prompt per
 image, and on its batch page V2 of a set and a rerun, without a reload. axe-core checks every
-page visited.
+page visited. And an action the server refuses says why, in place.
 
 The platform is slowed (one dispatch of 2 images in flight at a time, each image 0.8 s) so
 that a job of 6 images runs for about 2.4 s: long enough to see it move, and to cancel it."""
@@ -310,3 +310,28 @@ def _semi_automatic_with_a_variation_and_a_rerun(
     hand.check_page("batch")
     semi = api.get("/api/jobs", params={"group_id": group_id, "mode": "variation"}).json()
     assert len(semi["data"]) == 1
+
+
+@pytest.mark.refused(409)
+def test_a_refused_action_says_why_in_place(page: Any, api: httpx.Client) -> None:
+    group_id = api.post("/api/groups", json={"name": "refused"}).json()["id"]
+    files = [("files", (f"r{i}.png", png_bytes(30 + i, 30), "image/png")) for i in range(4)]
+    images = api.post("/api/uploads", data={"group_id": group_id}, files=files).json()["images"]
+    body = {"group_id": group_id, "mode": "automatic", "prompt": "p"}
+    submitted = api.post("/api/jobs/submit", json={**body, "images": [i["id"] for i in images]})
+    job_id = submitted.json()["jobs"][0]["id"]
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:  # the page does not learn what happens meanwhile
+        held.append(route)
+
+    page.route("**/live/jobs/**", hold)
+    page.goto(f"/jobs/{job_id}")
+    page.evaluate(MARK)
+    assert api.post(f"/api/jobs/{job_id}/cancel").status_code < 300  # cancelled elsewhere
+
+    page.get_by_role("button", name="Cancel").click()
+    notice = page.locator("[data-action-notice] p.error")
+    expect(notice).to_contain_text(f"job {job_id} is already")
+    assert page.evaluate(SAME_DOCUMENT)
+    assert serious_violations(page) == []
