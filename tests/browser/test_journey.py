@@ -202,6 +202,7 @@ def _rerun_cancel_and_retry(hand: Hand, api: httpx.Client, job_id: str) -> None:
     hand.press(page.get_by_role("button", name="Rerun"))
     notice = page.locator("[data-action-notice]")
     expect(notice).to_contain_text("Rerun started")
+    expect(page.locator("#job-reruns")).to_contain_text("reruns: job_")  # refreshed in place
     assert page.evaluate(SAME_DOCUMENT)  # the rerun is another job: a link to it, in place
     hand.press(notice.get_by_role("link", name="Open the rerun"))
     page.wait_for_url(lambda url: "/jobs/job_" in url and job_id not in url)

@@ -1,7 +1,8 @@
 // Action buttons without a reload: a form[data-action] (Cancel, Retry failed, Rerun, V1–V4)
-// is posted with fetch instead of navigating. When the server's answer is the page already
-// shown (cancel, retry), the live regions are asked to refresh ("live-refresh", live.js);
-// when it is another page (a rerun or a variation set is a new job), a notice links to it.
+// is posted with fetch instead of navigating, and the page's live regions are asked to
+// refresh ("live-refresh", live.js). When the server's answer is the page already shown
+// (cancel, retry), that is all; when it is another page (a rerun or a variation set is a new
+// job), a notice links to it.
 // Either way the result is said in the notice region nearest the form (a set's, the job's);
 // after a cancel or a retry, whose button goes away, the notice has the focus. Without this script, or if the
 // request cannot be made, the form posts as it always did.
@@ -35,8 +36,8 @@ async function act(form) {
     return;
   }
   const landed = new URL(answer.url);
+  document.dispatchEvent(new CustomEvent("live-refresh")); // e.g. a new rerun or variations link
   if (landed.pathname === location.pathname) {
-    document.dispatchEvent(new CustomEvent("live-refresh"));
     const said = say(form, "notice", form.dataset.done || "Done.");
     said?.focus(); // the button pressed goes away with the state it acted on: not focus
     return;
