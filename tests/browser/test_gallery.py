@@ -180,7 +180,8 @@ def test_a_batch_shows_its_sets_with_variations_and_reruns(
     assert serious_violations(page) == []
     screenshot(page, "batch_phone")
 
-    sets.first.get_by_role("button", name=re.compile("^V2")).click()
+    sets.first.get_by_role("button", name=re.compile("^V2")).click()  # answered in place
+    sets.first.get_by_role("link", name="Open them").click()
     page.wait_for_url(re.compile(r"/jobs/job_"))
     variation = api.get(f"/api/jobs/{page.url.rsplit('/', 1)[1]}").json()
     parent = api.get(f"/api/outputs/{variation['parent_output_id']}").json()
@@ -192,6 +193,7 @@ def test_a_batch_shows_its_sets_with_variations_and_reruns(
 
     page.goto(f"/batches/{made.batch_id}")
     page.get_by_role("button", name="Rerun set 2").click()
+    sets.nth(1).get_by_role("link", name="Open the rerun").click()
     page.wait_for_url(re.compile(r"/jobs/job_"))
     rerun = api.get(f"/api/jobs/{page.url.rsplit('/', 1)[1]}").json()
     assert rerun["rerun_of"] == made.sets[1]

@@ -1,10 +1,12 @@
 """The workflow pages in the browser: each one clean by axe-core and as wide as a phone at
-390 px; a preset's examples asked for with the keyboard only, landing on their job."""
+390 px; a preset's examples asked for with the keyboard only, landing on their job;
+personas made from the overview's form, shown in its live table without a reload."""
 
 import json
 from typing import Any
 
 import httpx
+from playwright.sync_api import expect
 
 from tests.browser.conftest import (
     DESKTOP,
@@ -77,3 +79,20 @@ def test_preset_examples_asked_for_with_the_keyboard(page: Any, api: httpx.Clien
     job = api.get(f"/api/jobs/{job_id}").json()
     assert job["mode"] == "preset" and job["group_id"] == group_id
     assert job["progress"]["total"] == 4
+
+
+def test_personas_are_made_from_the_form_without_a_reload(page: Any, api: httpx.Client) -> None:
+    created(api, "/api/groups", {"name": "people"})
+    page.goto("/workflows")
+    page.evaluate("window.__stillHere = true")
+    page.get_by_label("How many").fill("1")
+    page.get_by_label("Brief").fill("sailors at dawn")
+    page.get_by_role("button", name="Create personas").click()
+    expect(page.get_by_role("status").filter(has_text="Personas started")).to_be_visible()
+    personas = page.get_by_role("table", name="Personas")
+    expect(personas).to_contain_text("sailors at dawn")  # the live table, in place
+    expect(page.get_by_label("Brief")).to_have_value("sailors at dawn")
+    assert page.evaluate(
+        "window.__stillHere === true && performance.getEntriesByType('navigation').length === 1"
+    )
+    assert serious_violations(page) == []

@@ -233,6 +233,47 @@ def test_a_batch_page_shows_its_sets_with_variation_and_rerun_buttons(api: Api, 
     assert f'href="/groups/{made.group_id}/gallery"' in group_page.text
 
 
+def test_the_batch_fragment_shows_new_variations_and_whether_a_set_runs(
+    api: Api, made: Made
+) -> None:
+    path = f"/live/batches/{made.batch_id}"
+    answer = api.client.get(path)
+    assert answer.status_code == 200 and answer.headers["x-pixelfleet-running"] == "0"
+    assert "<html" not in answer.text and answer.headers["cache-control"] == "no-store"
+    assert [f'id="set-body-{job_id}" data-part' in answer.text for job_id in made.sets] == [
+        True,
+        True,
+    ]
+    assert "variations 1" not in answer.text
+    output = api.outputs(made.sets[0])[1]
+    varied = api.client.post(f"/outputs/{output.id}/variations", follow_redirects=False)
+    assert varied.status_code == 303
+    after = api.client.get(path)
+    assert "variations 1" in after.text and after.headers["x-pixelfleet-running"] == "0"
+    assert _set_versions(after.text)[0] != _set_versions(answer.text)[0]  # live.js replaces it
+    assert _set_versions(after.text)[1] == _set_versions(answer.text)[1]
+
+    running = _submit(
+        api,
+        {
+            "group_id": made.group_id,
+            "mode": "semi-automatic",
+            "items": [{"images": [made.uploads[2]], "prompt": "an owl"}],
+        },
+    )
+    answer = api.client.get(f"/live/batches/{running['batch_id']}")
+    assert answer.headers["x-pixelfleet-running"] == "1"
+    page = api.client.get(f"/batches/{running['batch_id']}")
+    assert f'data-live-src="/live/batches/{running["batch_id"]}?page=1" data-live-running' in (
+        page.text
+    )
+    assert api.client.get("/live/batches/bat_01aaaaaaaaaaaaaaaaaaaaaaaa").status_code == 404
+
+
+def _set_versions(html: str) -> list[str]:
+    return re.findall(r'id="set-body-job_\w+" data-part data-v="([^"]*)"', html)
+
+
 def test_another_users_gallery_images_and_batches_do_not_exist_for_them(
     api: Api, made: Made
 ) -> None:

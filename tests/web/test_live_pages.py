@@ -207,3 +207,20 @@ def test_the_dashboard_filters_and_pages_by_keyset(api: Api) -> None:
     assert "this page of jobs does not exist" in Page(bad_cursor.text).all_text
     unknown = api.client.get("/jobs", params={"group_id": f"grp_{'0' * 26}"})
     assert unknown.status_code == 404
+
+
+def test_the_uploads_fragment_shows_the_counts_and_a_page_of_uploads(api: Api) -> None:
+    group_id = api.group()
+    empty, _ = _fragment(api, f"/live/groups/{group_id}/uploads")
+    assert "No uploads yet." in empty.text and '<span id="uploads-total">0</span>' in empty.text
+    uploaded = api.upload_ids(group_id, 3)
+    answer, page = _fragment(api, f"/live/groups/{group_id}/uploads", page=1)
+    assert answer.headers[RUNNING] == "0" and "<html" not in answer.text
+    assert '<span id="uploads-total">3</span>' in answer.text
+    assert re.search(r'id="group-counts" data-part class="muted">3 uploads', answer.text)
+    tick = r'<input type="checkbox" name="images" value="(\w+)" data-tick >'
+    ticks = re.findall(tick, answer.text)
+    assert sorted(ticks) == sorted(uploaded)  # none ticked: the script keeps what was
+    assert len(page.images) == 3
+    assert "aria-invalid" not in answer.text
+    assert api.client.get(f"/live/groups/{group_id}/uploads", params={"page": 0}).status_code == 422

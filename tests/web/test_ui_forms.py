@@ -66,6 +66,8 @@ def test_a_refused_semi_automatic_form_names_the_image_and_keeps_what_was_typed(
     assert 'value="blurry"' in html
     label = f'<label class="visually-hidden" for="prompt-{third}">Prompt for cat 3.png</label>'
     assert label in html
+    invalid = re.findall(r'name="prompt_(\w+)"[^>]*aria-invalid="true"', html)
+    assert invalid == [third]  # the prompt to write, marked (and focused by generate.js)
     assert _jobs(api) == 0
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlmodel import func, select
 
-from control_plane.models import Job, JobMode, Persona
+from control_plane.models import Job, JobMode, Persona, PersonaStatus
 from tests.conftest import png_bytes
 from tests.fakes.api import Api
 
@@ -127,3 +127,25 @@ def test_personas_from_the_form_and_a_bad_count_refused(api: Api) -> None:
     assert "less than or equal to 20" in bad.text and "divers</textarea>" in bad.text
     with api.session() as session:
         assert session.exec(select(func.count()).select_from(Persona)).one() == 2
+
+
+def test_the_personas_fragment_runs_while_a_persona_is_being_made(api: Api) -> None:
+    empty = api.client.get("/live/personas")
+    assert empty.status_code == 200 and empty.headers["x-pixelfleet-running"] == "0"
+    assert '<span id="personas-total" data-part class="muted">(0)</span>' in empty.text
+    page = api.client.get("/workflows")
+    assert 'data-live-src="/live/personas">' in page.text  # nothing to follow yet
+    group_id = api.group("people")
+    made = form(api, "/personas", {"group_id": group_id, "count": "2", "brief": "climbers"})
+    assert made.status_code == 303
+
+    making = api.client.get("/live/personas")
+    assert making.headers["x-pixelfleet-running"] == "1" and "<html" not in making.text
+    assert "(2)</span>" in making.text and making.text.count(">climbers</td>") == 2
+    assert 'data-live-src="/live/personas" data-live-running>' in api.client.get("/workflows").text
+    with api.session() as session:
+        for persona in session.exec(select(Persona)).all():
+            persona.status = PersonaStatus.COMPLETED
+            session.add(persona)
+        session.commit()
+    assert api.client.get("/live/personas").headers["x-pixelfleet-running"] == "0"

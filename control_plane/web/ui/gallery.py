@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest
-from control_plane.models import Job, Output, OutputStatus
+from control_plane.models import ACTIVE_JOB, Job, Output, OutputStatus
 from control_plane.services import gallery, groups, jobs
 from control_plane.web.deps import (
     BatchId,
@@ -21,7 +21,7 @@ from control_plane.web.deps import (
     ViewerDep,
 )
 from control_plane.web.present import file_url, job_public, output_public
-from control_plane.web.ui.pages import page_count, render
+from control_plane.web.ui.pages import fragment, page_count, render
 from shared.storage import Storage
 
 router = APIRouter(include_in_schema=False)
@@ -140,6 +140,32 @@ def batch_page(
 ) -> HTMLResponse:
     """A submission's sets, each a grid of its images with V1 to V4 (variations of an image)
     and a rerun of the set."""
+    context = _batch_context(request, platform.storage, session, viewer, batch_id, page)
+    return render(request, "batch.html", context)
+
+
+@router.get("/live/batches/{batch_id}", response_class=HTMLResponse)
+def batch_fragment(
+    batch_id: BatchId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: ViewerDep,
+    page: PageNumber = 1,
+) -> HTMLResponse:
+    """The batch page's sets (page `page`), for live.js to update them in place."""
+    context = _batch_context(request, platform.storage, session, viewer, batch_id, page)
+    return fragment(request, "_batch_live.html", context, running=context["running"])
+
+
+def _batch_context(
+    request: Request,
+    storage: Storage,
+    session: Session,
+    viewer: Viewer,
+    batch_id: str,
+    page: int,
+) -> dict[str, Any]:
     found = gallery.batch_sets(session, batch_id, viewer, page, SETS_ON_BATCH_PAGE)
     shown = [image.id for each in found.sets for image in each.images]
     variations = jobs.variations_of_images(session, shown)
@@ -147,19 +173,20 @@ def batch_page(
         {
             "job": job_public(each.job),
             "images": [
-                output_public(request, platform.storage, image, variations.get(image.id, ()))
+                output_public(request, storage, image, variations.get(image.id, ()))
                 for image in each.images
             ],
         }
         for each in found.sets
     ]
     first = found.sets[0].job if found.sets else None
-    context = {
+    return {
         "batch_id": batch_id,
         "sets": sets,
         "total_sets": found.total,
         "group_id": first.group_id if first else None,
         "page": page,
         "pages": page_count(found.total, SETS_ON_BATCH_PAGE),
+        "running": any(each.job.status in ACTIVE_JOB for each in found.sets),
+        "live_src": f"/live/batches/{batch_id}?page={page}",
     }
-    return render(request, "batch.html", context)

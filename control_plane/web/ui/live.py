@@ -33,7 +33,7 @@ from control_plane.schemas import JobDetail, JobPublic
 from control_plane.services import groups, jobs
 from control_plane.web.deps import GroupId, JobId, PageNumber, PlatformDep, SessionDep, ViewerDep
 from control_plane.web.present import job_detail, job_public
-from control_plane.web.ui.pages import page_count, render, templates
+from control_plane.web.ui.pages import fragment, page_count, render, templates
 from control_plane.web.ui.routes import GROUPS_PER_PAGE, JOBS_ON_GROUP_PAGE
 from shared.ids import is_id
 
@@ -46,7 +46,6 @@ templates.env.globals |= {
     "job_word": lambda status: JOB_WORDS.get(status, status),
     "image_word": lambda status: IMAGE_WORDS.get(status, status),
 }
-RUNNING_HEADER = "X-Pixelfleet-Running"
 JOBS_PER_PAGE = 25
 IMAGES_ON_JOB_PAGE = 100
 GROUPS_IN_FILTER = 200  # the newest groups offered by the dashboard's group filter
@@ -57,23 +56,6 @@ Cursor = Query(None, max_length=100)
 VERSION_HEADER = "X-Pixelfleet-Version"
 RECENT = timedelta(seconds=5)
 Since = Query(None, max_length=20, pattern=r"^\d+$", description="`X-Pixelfleet-Version` before")
-
-
-def _fragment(
-    request: Request,
-    name: str,
-    context: dict[str, Any],
-    *,
-    running: bool,
-    headers: dict[str, str] | None = None,
-) -> HTMLResponse:
-    sent = {
-        **request.app.state.page_headers,
-        "Cache-Control": "no-store",
-        RUNNING_HEADER: "1" if running else "0",
-        **(headers or {}),
-    }
-    return templates.TemplateResponse(request, name, context, headers=sent)
 
 
 def _version(moment: datetime) -> str:
@@ -119,9 +101,7 @@ def job_fragment(
     changed_after = _changed_after(since) if since else None
     context = _job_context(request, platform, session, viewer, job_id, cursor, changed_after)
     version = {VERSION_HEADER: context["version"]}
-    return _fragment(
-        request, "_job_live.html", context, running=context["running"], headers=version
-    )
+    return fragment(request, "_job_live.html", context, running=context["running"], headers=version)
 
 
 def _job_context(
@@ -183,7 +163,7 @@ def group_fragment(
 ) -> HTMLResponse:
     """The group page's counts and its jobs list."""
     context = group_live_context(session, viewer, group_id)
-    return _fragment(request, "_group_live.html", context, running=context["running"])
+    return fragment(request, "_group_live.html", context, running=context["running"])
 
 
 def group_live_context(session: SessionDep, viewer: Viewer, group_id: str) -> dict[str, Any]:
@@ -208,7 +188,7 @@ def index_fragment(
 ) -> HTMLResponse:
     """The index's rows of groups (page `page`) with their counts."""
     context = index_context(session, viewer, page)
-    return _fragment(request, "_groups_live.html", context, running=context["running"])
+    return fragment(request, "_groups_live.html", context, running=context["running"])
 
 
 def index_context(session: SessionDep, viewer: Viewer, page: int) -> dict[str, Any]:
@@ -301,7 +281,7 @@ def dashboard_fragment(
 ) -> HTMLResponse:
     """The dashboard's rows (the same filters and page as the dashboard's address)."""
     context = _dashboard_context(platform, session, shown)
-    return _fragment(request, "_jobs_live.html", context, running=context["running"])
+    return fragment(request, "_jobs_live.html", context, running=context["running"])
 
 
 def _dashboard_context(

@@ -14,6 +14,7 @@ from shared.storage import Storage, StorageError
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 STATIC_DIR = Path(__file__).parent / "static"  # served at /static: the pages' CSS and scripts
 SIGNING_PROBE = "pixelfleet-signing-check"
+RUNNING_HEADER = "X-Pixelfleet-Running"  # of a fragment: "1" while anything it shows runs
 
 
 def page_headers(storage: Storage) -> dict[str, str]:
@@ -47,6 +48,24 @@ def render(
     return templates.TemplateResponse(
         request, name, context, status_code=status_code, headers=request.app.state.page_headers
     )
+
+
+def fragment(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    *,
+    running: bool,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """The template `name` as a fragment of a live page (live.js polls it while `running`)."""
+    sent = {
+        **request.app.state.page_headers,
+        "Cache-Control": "no-store",
+        RUNNING_HEADER: "1" if running else "0",
+        **(headers or {}),
+    }
+    return templates.TemplateResponse(request, name, context, headers=sent)
 
 
 def page_count(total: int, per_page: int) -> int:

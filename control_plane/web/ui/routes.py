@@ -30,7 +30,7 @@ from control_plane.web.deps import (
 from control_plane.web.forms import chosen_files, incoming_files, read_form
 from control_plane.web.present import job_public, upload_public
 from control_plane.web.ui import forms
-from control_plane.web.ui.pages import page_count, render, templates
+from control_plane.web.ui.pages import fragment, page_count, render, templates
 from shared.model_table import model_table
 
 router = APIRouter(include_in_schema=False)
@@ -119,19 +119,11 @@ def _group(
     attributes: str = "",
     status_code: int = 200,
 ) -> HTMLResponse:
-    group = groups.get_group(session, group_id, viewer)
-    counts = groups.group_counts(session, group.id)
-    _, page_uploads = uploads.page_of_uploads(session, group.id, page, UPLOADS_PER_PAGE)
+    context = _uploads_context(request, platform, session, viewer, group_id, page)
     group_jobs = jobs.jobs_after(
-        session, JOBS_ON_GROUP_PAGE, None, jobs.JobFilters(viewer, group_id=group.id)
+        session, JOBS_ON_GROUP_PAGE, None, jobs.JobFilters(viewer, group_id=group_id)
     ).rows
-    context = {
-        "group": group,
-        "counts": counts,
-        "uploads": [upload_public(request, platform.storage, upload) for upload in page_uploads],
-        "page": page,
-        "pages": page_count(counts.uploads, UPLOADS_PER_PAGE),
-        "per_page": UPLOADS_PER_PAGE,
+    context |= {
         "jobs": [job_public(job) for job in group_jobs],
         "models": model_table(),
         "aspect_ratios": _choices(spec.aspect_ratios for spec in model_table().values()),
@@ -146,6 +138,44 @@ def _group(
         "upload_limit_mb": platform.settings.upload_max_file_bytes // 1_000_000,
     }
     return render(request, "group.html", context, status_code)
+
+
+def _uploads_context(
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: Viewer,
+    group_id: str,
+    page: int,
+) -> dict[str, Any]:
+    """The group, its counts and its page `page` of uploads."""
+    group = groups.get_group(session, group_id, viewer)
+    counts = groups.group_counts(session, group.id)
+    _, page_uploads = uploads.page_of_uploads(session, group.id, page, UPLOADS_PER_PAGE)
+    return {
+        "group": group,
+        "counts": counts,
+        "uploads": [upload_public(request, platform.storage, upload) for upload in page_uploads],
+        "page": page,
+        "pages": page_count(counts.uploads, UPLOADS_PER_PAGE),
+        "per_page": UPLOADS_PER_PAGE,
+    }
+
+
+@router.get("/live/groups/{group_id}/uploads", response_class=HTMLResponse)
+def uploads_fragment(
+    group_id: GroupId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: ViewerDep,
+    page: PageNumber = 1,
+) -> HTMLResponse:
+    """The group page's counts and its page `page` of uploads, nothing ticked or typed (the
+    script keeps what was), for showing them again once an upload is done."""
+    context = _uploads_context(request, platform, session, viewer, group_id, page)
+    context |= {"typed": forms.GenerateForm(), "error": None}
+    return fragment(request, "_group_uploads_live.html", context, running=False)
 
 
 @router.post("/groups/{group_id}/uploads", response_class=HTMLResponse)

@@ -17,6 +17,7 @@ from starlette.datastructures import FormData
 
 from control_plane.access import Viewer
 from control_plane.errors import DomainError, NotFound, describe_validation
+from control_plane.models import PersonaStatus
 from control_plane.schemas import PackCreate, PersonaCreate, PresetExamplesRequest
 from control_plane.services import catalogs, characters, groups, personas, presets
 from control_plane.web.deps import (
@@ -37,10 +38,11 @@ from control_plane.web.present import (
     preset_example_public,
     preset_public,
 )
-from control_plane.web.ui.pages import page_count, render
+from control_plane.web.ui.pages import fragment, page_count, render
 
 router = APIRouter(include_in_schema=False)
 LISTED = 50  # of each kind on the overview
+PERSONA_ENDED = (PersonaStatus.COMPLETED, PersonaStatus.FAILED)
 GALLERY_PAGE = 24
 GROUP_CHOICES = 200  # groups offered in the forms' group lists, newest first
 
@@ -103,15 +105,31 @@ def _workflows(
     catalog_total, catalog_rows = catalogs.page_of_catalogs(session, 1, LISTED, viewer)
     preset_total, preset_rows = presets.page_of_presets(session, 1, LISTED, viewer)
     character_total, character_rows = characters.page_of_characters(session, 1, LISTED, viewer)
-    persona_total, persona_rows = personas.page_of_personas(session, 1, LISTED, viewer)
     context = {
         "catalogs": (catalog_total, catalog_rows),
         "presets": (preset_total, [_preset(session, preset) for preset in preset_rows]),
         "characters": (character_total, [character_public(c) for c in character_rows]),
-        "personas": (persona_total, [persona_public(p) for p in persona_rows]),
         "groups": _group_choices(session, viewer),
+        **_personas_context(session, viewer),
     }
     return _render(request, "workflows.html", context, failure)
+
+
+@router.get("/live/personas", response_class=HTMLResponse)
+def personas_fragment(request: Request, session: SessionDep, viewer: ViewerDep) -> HTMLResponse:
+    """The overview's personas (their count and table), for live.js while any is being made."""
+    context = _personas_context(session, viewer)
+    return fragment(
+        request, "_personas_fragment.html", context, running=context["personas_running"]
+    )
+
+
+def _personas_context(session: SessionDep, viewer: Viewer) -> dict[str, Any]:
+    total, rows = personas.page_of_personas(session, 1, LISTED, viewer)
+    return {
+        "personas": (total, [persona_public(persona) for persona in rows]),
+        "personas_running": any(persona.status not in PERSONA_ENDED for persona in rows),
+    }
 
 
 @router.post("/personas", response_class=HTMLResponse)

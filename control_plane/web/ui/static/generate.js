@@ -1,7 +1,8 @@
 // The group page's generate form: the fields of the chosen mode only, "all N uploads"
 // ticking every page's, the number of images and their estimated cost as the form changes
 // (the server's estimate of the form as it stands), and a confirmation above the server's
-// thresholds saying what will be spent. Without this script the server asks once more.
+// thresholds saying what will be spent; a refused form's first field at fault (a prompt the
+// server found missing) has the focus. Without this script the server asks once more.
 
 const WAIT_MS = 300; // after the last keystroke, before asking for an estimate
 
@@ -18,9 +19,6 @@ function enhance(form) {
     dialogText: form.querySelector("[data-confirm-text]"),
     yes: form.querySelector("[data-confirm-yes]"),
     no: form.querySelector("[data-confirm-no]"),
-    all: form.querySelector("[data-all-uploads]"),
-    ticks: [...form.querySelectorAll("[data-tick]")],
-    ticked: form.querySelector("[data-ticked-count]"),
   };
   const estimates = latestEstimates(form, ui);
   let timer = 0;
@@ -30,10 +28,14 @@ function enhance(form) {
   };
   form.addEventListener("input", changed);
   form.addEventListener("change", changed);
-  document.addEventListener("uploads-changed", changed);
+  const countTicks = wireTicks(form);
+  document.addEventListener("uploads-changed", () => {
+    showMode(form, ui.mode.value); // the uploads grid was shown again (upload.js)
+    countTicks();
+    changed();
+  });
   ui.mode.addEventListener("change", () => showMode(form, ui.mode.value));
   showMode(form, ui.mode.value);
-  wireTicks(ui);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     generate(form, ui, estimates);
@@ -44,6 +46,7 @@ function enhance(form) {
     submitConfirmed(form, ui);
   });
   estimates.refresh();
+  form.querySelector("[aria-invalid=true]")?.focus(); // refused: the first field at fault
 }
 
 function showMode(form, mode) {
@@ -52,23 +55,27 @@ function showMode(form, mode) {
   }
 }
 
-function wireTicks(ui) {
-  if (!ui.all) return;
+// "Select all" and the ticks, looked up as they are (upload.js shows the grid again).
+function wireTicks(form) {
+  const all = () => form.querySelector("[data-all-uploads]");
+  const ticks = () => [...form.querySelectorAll("[data-tick]")];
   const count = () => {
-    const ticked = ui.ticks.filter((box) => box.checked).length;
-    ui.ticked.textContent = ui.all.checked ? "every upload selected" : ticked ? `${ticked} ticked on this page` : "";
+    const shown = form.querySelector("[data-ticked-count]");
+    if (!shown) return;
+    const ticked = ticks().filter((box) => box.checked).length;
+    shown.textContent = all().checked ? "every upload selected" : ticked ? `${ticked} ticked on this page` : "";
   };
-  ui.all.addEventListener("change", () => {
-    for (const box of ui.ticks) box.checked = ui.all.checked;
+  form.addEventListener("change", (event) => {
+    const box = event.target;
+    if (box.matches("[data-all-uploads]")) {
+      for (const tick of ticks()) tick.checked = box.checked;
+    } else if (box.matches("[data-tick]") && !box.checked && all()) {
+      all().checked = false;
+    } else return;
     count();
   });
-  for (const box of ui.ticks) {
-    box.addEventListener("change", () => {
-      if (!box.checked) ui.all.checked = false;
-      count();
-    });
-  }
   count();
+  return count;
 }
 
 // Estimates of the form as it stands, one request at a time (each plans the submission on

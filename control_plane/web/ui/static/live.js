@@ -3,6 +3,8 @@
 // header) it is fetched every second and each [data-part] (by id) replaced where it differs.
 // Focus, scroll and typed input outside the replaced parts are untouched; a focused control
 // inside one is focused again in its replacement. Polling pauses while the tab is hidden.
+// A "live-refresh" event (an action just changed what the page shows: actions.js) fetches
+// the fragment at once and follows it again while it runs.
 
 const POLL_MS = 1000;
 const RETRY_MS = 5000; // after a request that did not arrive
@@ -25,6 +27,7 @@ function follow(source, startRunning) {
   let running = startRunning;
   let timer = null;
   let busy = false;
+  let again = false; // a refresh asked for while a request was on its way: one more after it
   const announcer = announcerOf(document);
 
   const schedule = (delay) => {
@@ -33,8 +36,12 @@ function follow(source, startRunning) {
   };
 
   async function poll() {
-    if (busy) return;
+    if (busy) {
+      again = true;
+      return;
+    }
     busy = true;
+    again = false;
     let delay = POLL_MS;
     try {
       const answer = await fetch(address(), { headers: { Accept: "text/html" }, cache: "no-store" });
@@ -50,14 +57,22 @@ function follow(source, startRunning) {
       delay = RETRY_MS; // offline or restarting: try again later
     } finally {
       busy = false;
-      schedule(delay);
+      if (again) refresh();
+      else schedule(delay);
     }
+  }
+
+  function refresh() {
+    running = true; // until the answer says otherwise
+    clearTimeout(timer);
+    poll();
   }
 
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) schedule(0); // not running while hidden: clears the timer
     else poll(); // once on return: what changed meanwhile, and whether anything runs
   });
+  document.addEventListener("live-refresh", refresh);
   schedule(POLL_MS);
 }
 

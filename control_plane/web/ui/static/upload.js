@@ -1,7 +1,9 @@
 // The group page's uploads for thousands of images: files and folders dropped or picked,
 // sent to the JSON API (POST /api/uploads) a batch at a time, several batches at once, as
 // the CLI does; an overall progress bar, each refused file with its reason, and a retry of
-// the files a network error or a server error kept out. Without this script the form posts.
+// the files a network error or a server error kept out; once done, the page's counts and
+// uploads grid are shown again in place (ticks and prompts kept). Without this script the
+// form posts.
 
 const BATCH_FILES = 32;
 const BATCH_BYTES = 16 * 1024 * 1024;
@@ -10,6 +12,7 @@ const SHOWN_PROBLEMS = 500;
 const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp"];
 const IMAGE_NAME = /\.(png|jpe?g|webp)$/i;
 const STATUS_EVERY_MS = 1000; // the live region speaks at most this often while uploading
+const REFRESHED = ["group-counts", "uploads-total", "group-uploads"]; // ids shown again when done
 
 const form = document.getElementById("upload-form");
 if (form) enhance(form);
@@ -132,10 +135,60 @@ function start(state, ui, picked) {
       state.workers -= 1;
       if (state.workers > 0) return;
       render(state, ui, true);
-      document.dispatchEvent(new CustomEvent("uploads-changed")); // the estimate counts them
+      showUploads(state, ui).finally(() => {
+        document.dispatchEvent(new CustomEvent("uploads-changed")); // the estimate counts them
+      });
     });
   }
   render(state, ui, true);
+}
+
+// The page's counts and its page of uploads as they are now, in place of the old ones, the
+// ticks and prompts typed meanwhile kept; "Show the uploads" then goes to the grid if the new
+// uploads are on this page, to the last page if not.
+async function showUploads(state, ui) {
+  if (state.uploaded === 0) return;
+  let fresh;
+  try {
+    const answer = await fetch(`/live/groups/${state.group}/uploads?page=${shownPage()}`, { cache: "no-store" });
+    if (!answer.ok) return; // the link still leads there
+    fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
+  } catch {
+    return;
+  }
+  for (const id of REFRESHED) {
+    const current = document.getElementById(id);
+    const replacement = fresh.getElementById(id);
+    if (!current || !replacement) continue;
+    const typed = typedIn(current);
+    const node = document.importNode(replacement, true);
+    current.replaceWith(node);
+    restoreTyped(node, typed);
+  }
+  if (ui.show.href.endsWith(`page=${shownPage()}`)) ui.show.setAttribute("href", "#uploads");
+}
+
+function shownPage() {
+  const page = new URL(location.href).searchParams.get("page") || "1";
+  return /^\d+$/.test(page) ? page : "1";
+}
+
+function typedIn(root) {
+  const typed = new Map();
+  for (const input of root.querySelectorAll("input")) {
+    if (input.type === "checkbox") typed.set(`${input.name}=${input.value}`, input.checked);
+    else if (input.id) typed.set(input.id, input.value);
+  }
+  return typed;
+}
+
+function restoreTyped(root, typed) {
+  for (const input of root.querySelectorAll("input")) {
+    const key = input.type === "checkbox" ? `${input.name}=${input.value}` : input.id;
+    if (!typed.has(key)) continue;
+    if (input.type === "checkbox") input.checked = typed.get(key);
+    else input.value = typed.get(key);
+  }
 }
 
 function skipReason(item) {
