@@ -164,8 +164,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         database_url=database_url,
         storage_url=str(tmp_path / "storage"),
         reconcile_interval_s=0.2,
-        relay_spacing_s=0.02,  # the tests wait on what the relay and the sender do next
-        sender_spacing_s=0.02,
+        relay_spacing_s=0.02,  # the tests wait on what the relay does next
         webhook_grace_s=30,
         dispatch_chunk_size=16,
         allowed_hosts="testserver",  # TestClient's Host header

@@ -147,10 +147,11 @@ def test_a_batch_job_runs_submit_poll_collect_and_retries_failed_requests_online
     assert hook(api, collecting, collected).status_code == 200
     assert the_batch(api, job["id"]).status == "completed"
     ended = {o.id: o.status for o in api.outputs(job["id"])}
+    retried_online = ended.pop(outputs[2].id)  # its request failed at Google: retried online,
+    assert retried_online in ("pending", "running")  # queued, or sent by the woken sender
     assert ended == {
         outputs[0].id: "succeeded",
         outputs[1].id: "blocked",
-        outputs[2].id: "pending",  # its request failed at Google: retried online
         outputs[3].id: "failed",
     }
     api.drain()
