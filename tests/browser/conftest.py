@@ -61,6 +61,16 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+def slowed(latency_ms: int) -> dict[str, str]:
+    """`running_platform`'s environment for a platform whose images stay queued and running
+    long enough to be seen: one dispatch of two images in flight, each taking `latency_ms`."""
+    return {
+        "PIXELFLEET_OFFLINE_LATENCY_MS": str(latency_ms),
+        "PIXELFLEET_DISPATCH_CHUNK_SIZE": "2",
+        "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": "1",
+    }
+
+
 @contextmanager
 def running_platform(folder: Path, **env: str) -> Iterator[str]:
     """`pixelfleet up` in `folder` (`env` added to its environment) until the block ends;

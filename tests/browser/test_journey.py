@@ -29,14 +29,11 @@ from tests.browser.conftest import (
     running_platform,
     screenshot,
     serious_violations,
+    slowed,
 )
 from tests.conftest import png_bytes
 
-SLOW = {
-    "PIXELFLEET_OFFLINE_LATENCY_MS": "800",
-    "PIXELFLEET_DISPATCH_CHUNK_SIZE": "2",
-    "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": "1",
-}
+SLOW = slowed(800)
 IMAGES = 6
 MARK = "window.__stillHere = true"
 SAME_DOCUMENT = (

@@ -20,14 +20,11 @@ from tests.browser.conftest import (
     running_platform,
     screenshot,
     serious_violations,
+    slowed,
 )
 from tests.conftest import png_bytes
 
-SLOW = {
-    "PIXELFLEET_OFFLINE_LATENCY_MS": "600",
-    "PIXELFLEET_DISPATCH_CHUNK_SIZE": "2",
-    "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": "1",
-}
+SLOW = slowed(600)
 MARK = "window.__stillHere = {since: performance.now()}"
 HIDE = """() => {
     Object.defineProperty(document, "hidden", {configurable: true, get: () => HIDDEN});
