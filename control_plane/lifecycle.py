@@ -6,12 +6,17 @@
     output    pending → running → succeeded | failed | blocked      (a retry: failed → pending)
 
 Rules kept here and nowhere else:
-- Lock order: the job row, then the dispatch row (`lock_job`, `lock_dispatch`), so MySQL never
-  deadlocks two writers; the job lock also serialises finalisers of one job, so its counts
-  come from a stable view. On SQLite, which has no row locks, the same calls take the
-  database's write lock (`control_plane/db.py` `lock_row`). What needs no lock (reading
-  and checking a worker's results, `plan_results`) is done before them, so the job's lock
-  covers only the few statements that write, up to the commit.
+- Lock order: dispatch rows, then their job's row (`lock_dispatch`; a cancel locks the
+  job's live dispatches before the job, `lock_job_and_live_dispatches`), so MySQL never
+  deadlocks two writers. The job's lock serialises what moves its counters and status, so
+  they come from a stable view; the dispatch's lock serialises what ends its outputs. A
+  finaliser takes the job's lock last (`_count_on_job`): its outputs' UPDATE and events are
+  written under the dispatch's lock alone, and the job's row, which every finaliser of the
+  job queues on, is held for its counters' UPDATE and the commit. On SQLite, which has no
+  row locks, the same calls take the database's write lock (`control_plane/db.py`
+  `lock_row`). A dispatch's unfinished outputs change only under its lock, so a worker's
+  results are checked against them under it (`plan_results`), contended only by another
+  report of the same dispatch.
 - A job's counts move with its outputs, in the transaction that moves them (`_count`), under
   the job's lock, once per change (a dispatch's outputs end in one UPDATE, their events in one
   insert), so finishing a dispatch costs the same in a job of 20 images or 20,000, and in a
@@ -150,21 +155,44 @@ def lock_job(session: Session, job_id: str) -> Job:
 
 
 def lock_dispatch(session: Session, dispatch_id: str) -> Dispatch | None:
-    """Lock a dispatch's job row, then the dispatch (the one lock order every writer uses)."""
-    locked = lock_job_and_dispatch(session, dispatch_id)
-    return locked[1] if locked else None
+    """Lock a dispatch's row, then its job's (the one lock order every writer uses)."""
+    locked = lock_dispatch_and_job(session, dispatch_id)
+    return locked[0] if locked else None
 
 
-def lock_job_and_dispatch(session: Session, dispatch_id: str) -> tuple[Job, Dispatch] | None:
+def lock_dispatch_and_job(session: Session, dispatch_id: str) -> tuple[Dispatch, Job] | None:
     """`lock_dispatch`, the job returned too: hold it while its counters are used (the session
-    keeps unchanged rows only while something else refers to them)."""
-    known = session.get(Dispatch, dispatch_id)  # its job never changes: a loaded copy will do
-    if known is None:
-        return None
-    # The job's counters are read and written under this lock: load them fresh with it.
-    job = lock_row(session, Job, known.job_id)
+    keeps unchanged rows only while something else refers to them). The job's counters are
+    read and written under its lock: `lock_row` loads them fresh with it."""
     dispatch = lock_row(session, Dispatch, dispatch_id)
-    return (job, dispatch) if job is not None and dispatch is not None else None
+    if dispatch is None:
+        return None
+    job = lock_row(session, Job, dispatch.job_id)
+    return (dispatch, job) if job is not None else None
+
+
+def lock_job_and_live_dispatches(session: Session, job_id: str) -> tuple[Job, list[Dispatch]]:
+    """Lock the job's dispatches that have not ended, then the job (the lock order), and
+    return them: a finaliser holding one of them finishes first, and its dispatch is then
+    seen ended. A batch's cancel is left out: it holds no image. Dispatches are made under
+    the job's lock, so they are read again once it is held: one made meanwhile (a retry's)
+    is locked out of order, which MySQL may answer with a deadlock, tried again."""
+    if session.get_bind().dialect.name == "sqlite":
+        lock_job(session, job_id)  # the database's write lock before anything is read
+    live = (
+        select(Dispatch)
+        .where(
+            col(Dispatch.job_id) == job_id,
+            col(Dispatch.status).not_in(TERMINAL_DISPATCH),
+            col(Dispatch.task) != DispatchTask.BATCH_CANCEL,
+        )
+        .order_by(col(Dispatch.id))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    session.exec(live).all()
+    job = lock_job(session, job_id)
+    return job, list(session.exec(live).all())
 
 
 # -- creating work ------------------------------------------------------------------------
@@ -565,40 +593,36 @@ def finish_dispatch(
 ) -> None:
     """Apply what became of a dispatch's RunPod job, once (later reports change nothing).
 
-    The worker's results are checked before any lock is taken (`plan_results`), so the job's
-    lock covers only the few statements that write them, up to the caller's commit.
+    A completed dispatch's results are checked and its outputs and events written under its
+    own lock; its job's lock is taken last (`_count_on_job`), for the counters, up to the
+    caller's commit.
     """
-    planned = None
-    if report.results is not None and report.batch_task is None:
-        planned = plan_results(session, storage, dispatch_id, report.results)
-    locked = lock_job_and_dispatch(session, dispatch_id)
-    if locked is None:
+    dispatch = lock_row(session, Dispatch, dispatch_id)
+    if dispatch is None:
         return
-    job, dispatch = locked  # the job held: its counters move below
     if dispatch.status in TERMINAL_DISPATCH:
         _cancel_late_batch(session, dispatch, report)
         return
+    dispatch.runpod_status = clip(report.runpod_status, 20)
+    dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
     if dispatch.task != DispatchTask.GENERATE:
-        dispatch.runpod_status = clip(report.runpod_status, 20)
-        dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
+        job = lock_job(session, dispatch.job_id)
         _finish_batch_step(session, settings, storage, job, dispatch, report)
         return
     dispatch.runpod_job_id = dispatch.runpod_job_id or clip(report.runpod_job_id, 80)
-    dispatch.runpod_status = clip(report.runpod_status, 20)
-    dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
     if report.results is None:
+        lock_job(session, dispatch.job_id)
         _fail_dispatch(session, settings, dispatch, report.failure, lost=report.lost)
         return
-    events = _apply_results(session, storage, dispatch, report.results, planned=planned)
+    endings = _end_outputs(session, storage, dispatch, report.results)
     _transition(dispatch, dispatch.status, DispatchStatus.COMPLETED)
     dispatch.status = DispatchStatus.COMPLETED
     dispatch.finished_at = dispatch.updated_at = now = utcnow()
     session.add(dispatch)
     completed = EventKind.DISPATCH_COMPLETED
-    events.append(event_row(completed, now, job_id=dispatch.job_id, dispatch_id=dispatch.id))
-    emit_many(session, events)  # the outputs' events and the dispatch's, one insert
+    ended = event_row(completed, now, job_id=dispatch.job_id, dispatch_id=dispatch.id)
     wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
-    refresh_job(session, dispatch.job_id)
+    _count_on_job(session, dispatch, endings, now, [ended])
 
 
 def apply_progress(
@@ -610,22 +634,16 @@ def apply_progress(
     False (nothing changed) unless the dispatch is `submitted`: once it has ended, RunPod's
     report was the authority for its end (`finish_dispatch` applies only what is still
     unfinished); before RunPod's job is recorded, a send may still be retried, and must find
-    its images unfinished. Checked before the locks, as `finish_dispatch` does. A batch
-    collect's failed requests are left to its end, which sends them online (`_collected`)."""
-    planned: PlannedResults | None
-    planned = plan_results(session, storage, dispatch_id, results, fail_unreported=False)
-    locked = lock_job_and_dispatch(session, dispatch_id)
-    if locked is None or locked[1].status != DispatchStatus.SUBMITTED:
+    its images unfinished. A batch collect's failed requests are left to its end, which
+    sends them online (`_collected`)."""
+    dispatch = lock_row(session, Dispatch, dispatch_id)
+    if dispatch is None or dispatch.status != DispatchStatus.SUBMITTED:
         return False
-    _job, dispatch = locked  # the job held: its counters move below
     if dispatch.task == DispatchTask.BATCH_COLLECT:  # a failed request goes online at its end
         results = [r for r in results if r.status != ResultStatus.FAILED]
-        planned = None
-    emit_many(
-        session,
-        _apply_results(session, storage, dispatch, results, planned=planned, fail_unreported=False),
-    )
-    refresh_job(session, dispatch.job_id)
+    endings = _end_outputs(session, storage, dispatch, results, fail_unreported=False)
+    if endings:
+        _count_on_job(session, dispatch, endings, utcnow(), [])
     return True
 
 
@@ -646,15 +664,6 @@ class Ending:
         return error
 
 
-@dataclass(frozen=True)
-class PlannedResults:
-    """A dispatch's results checked against its outputs as they were when planned: `seen`, its
-    unfinished outputs then; `endings`, what becomes of those the plan ends, in order."""
-
-    seen: frozenset[str]
-    endings: list[Ending]
-
-
 def plan_results(
     session: Session,
     storage: Storage,
@@ -662,10 +671,11 @@ def plan_results(
     results: Sequence[ItemResult | UnreadableResult],
     *,
     fail_unreported: bool = True,
-) -> PlannedResults:
-    """Each result checked against the dispatch's unfinished output it names (others are
-    ignored, a repeated one counts once); with `fail_unreported`, outputs no result names
-    fail with NO_RESULT. Takes no lock: callers plan before locking, `_apply_results` writes."""
+) -> list[Ending]:
+    """What becomes of the dispatch's unfinished outputs, in order: each result checked
+    against the unfinished output it names (others are ignored, a repeated one counts once);
+    with `fail_unreported`, outputs no result names fail with NO_RESULT. The caller holds
+    the dispatch's lock, so they stay unfinished until it writes them (`_end_outputs`)."""
     outputs = {
         row.id: Checked(*row)
         for row in session.execute(
@@ -674,7 +684,6 @@ def plan_results(
             )
         )
     }
-    seen = frozenset(outputs)
     endings = []
     for result in results:
         output = outputs.pop(result.output_id, None)
@@ -682,7 +691,7 @@ def plan_results(
             endings.append(_ending_of(storage, output, result))
     if fail_unreported:
         endings += [_failure(output_id, NO_RESULT) for output_id in outputs]
-    return PlannedResults(seen, endings)
+    return endings
 
 
 def _apply_results(
@@ -691,35 +700,79 @@ def _apply_results(
     dispatch: Dispatch,
     results: Sequence[ItemResult | UnreadableResult],
     *,
-    planned: PlannedResults | None = None,
     fail_unreported: bool = True,
 ) -> list[dict[str, Any]]:
-    """Each result for one of the dispatch's unfinished outputs (others are ignored), once;
-    the caller holds the dispatch's locks (`lock_dispatch`). The outputs change in one
-    statement, the job's counters once; their events are returned for the caller to emit
-    (with its own, in one insert). `planned` (made by `plan_results` before the locks) is
-    used while the dispatch's unfinished outputs are still among those it saw; otherwise the
-    results are planned again here. Changes made to loaded rows (the job, the dispatch) are
-    written at the caller's commit, once."""
+    """`_end_outputs`, and the job's counters moved once; the caller holds the dispatch's and
+    the job's locks (`lock_dispatch`). The ended outputs' events are returned for the caller
+    to emit (with its own, in one insert)."""
+    endings = _end_outputs(session, storage, dispatch, results, fail_unreported=fail_unreported)
+    if not endings:
+        return []
+    _count_endings(session, dispatch.job_id, endings)
+    return _ending_events(dispatch, endings, utcnow(), _first_success(session, endings, dispatch))
+
+
+def _end_outputs(
+    session: Session,
+    storage: Storage,
+    dispatch: Dispatch,
+    results: Sequence[ItemResult | UnreadableResult],
+    *,
+    fail_unreported: bool = True,
+) -> list[Ending]:
+    """Each result for one of the dispatch's unfinished outputs (others are ignored), once,
+    checked (`plan_results`) and written in one statement; the caller holds the dispatch's
+    lock and counts the returned endings on the job. Changes made to loaded rows (the
+    dispatch) are written at the caller's commit, once."""
     with session.no_autoflush:
-        unfinished = set(
-            session.exec(
-                select(Output.id).where(
-                    col(Output.dispatch_id) == dispatch.id, col(Output.status).in_(UNFINISHED)
-                )
-            ).all()
+        endings = plan_results(
+            session, storage, dispatch.id, results, fail_unreported=fail_unreported
         )
-        if planned is None or not unfinished <= planned.seen:
-            planned = plan_results(
-                session, storage, dispatch.id, results, fail_unreported=fail_unreported
-            )
-        endings = [ending for ending in planned.endings if ending.output_id in unfinished]
-        if not endings:
-            return []
-        now = utcnow()
-        _write_endings(session, endings, now)
-        _count_endings(session, dispatch.job_id, endings)
-        return _ending_events(session, dispatch, endings, now)
+        if endings:
+            _write_endings(session, endings, utcnow())
+        return endings
+
+
+def _count_on_job(
+    session: Session,
+    dispatch: Dispatch,
+    endings: Sequence[Ending],
+    now: datetime,
+    more_events: list[dict[str, Any]],
+) -> None:
+    """The ended outputs' events and `more_events` written in one insert, then the job's
+    lock, its counters and its status: every finaliser of a job queues on the job's row, so
+    it is locked last and held for the fewest statements (the dispatch is already locked).
+    Only a job with no image yet is locked before the events, the first of which says so."""
+    succeeded = any(ending.status == OutputStatus.SUCCEEDED for ending in endings)
+    if succeeded and _has_no_image_yet(session, dispatch.job_id):
+        lock_job(session, dispatch.job_id)
+        first = _first_success(session, endings, dispatch)
+        emit_many(session, _ending_events(dispatch, endings, now, first) + more_events)
+    else:
+        emit_many(session, _ending_events(dispatch, endings, now, None) + more_events)
+        session.flush()  # the dispatch's row, before the job's is locked
+        lock_job(session, dispatch.job_id)
+    _count_endings(session, dispatch.job_id, endings)
+    refresh_job(session, dispatch.job_id)
+
+
+def _has_no_image_yet(session: Session, job_id: str) -> bool:
+    """Whether the job had no succeeded image when last committed (read without a lock, and
+    not again in this process once it had one: `first_image_at` is never unset)."""
+    if job_id in _JOBS_WITH_AN_IMAGE:
+        return False
+    stamp = session.exec(select(Job.first_image_at).where(col(Job.id) == job_id)).first()
+    if stamp is None:
+        return True
+    if len(_JOBS_WITH_AN_IMAGE) >= JOBS_WITH_AN_IMAGE_KEPT:
+        _JOBS_WITH_AN_IMAGE.clear()
+    _JOBS_WITH_AN_IMAGE.add(job_id)
+    return False
+
+
+JOBS_WITH_AN_IMAGE_KEPT = 10_000
+_JOBS_WITH_AN_IMAGE: set[str] = set()  # jobs this process has seen with a committed image
 
 
 def _ending_of(storage: Storage, output: Checked, result: ItemResult | UnreadableResult) -> Ending:
@@ -837,17 +890,25 @@ def _count_endings(session: Session, job_id: str, endings: Sequence[Ending]) -> 
     _count(session, job_id, OutputStatus.SUCCEEDED, 0, sum(e.cost_usd for e in endings))  # cost
 
 
+def _first_success(
+    session: Session, endings: Sequence[Ending], dispatch: Dispatch
+) -> Ending | None:
+    """The first succeeded ending if it is the job's first image, which stamps the job's
+    `first_image_at` (the caller holds the job's lock)."""
+    first = next((e for e in endings if e.status == OutputStatus.SUCCEEDED), None)
+    if first is None or not _first_image(session, dispatch.job_id, utcnow()):
+        return None
+    return first
+
+
 def _ending_events(
-    session: Session, dispatch: Dispatch, endings: Sequence[Ending], now: datetime
+    dispatch: Dispatch, endings: Sequence[Ending], now: datetime, first_image: Ending | None
 ) -> list[dict[str, Any]]:
-    """One event per ended output; the job's first success stamps its `first_image_at` and
-    says so in its event."""
-    first_success = next((e for e in endings if e.status == OutputStatus.SUCCEEDED), None)
-    first_image = first_success is not None and _first_image(session, dispatch.job_id, now)
+    """One event per ended output; `first_image`'s says it was the job's first."""
     events = []
     for ending in endings:
         data: dict[str, Any] = {"error": ending.error} if ending.error else {}
-        if first_image and ending is first_success:
+        if ending is first_image:
             data["first_image"] = True
         kind = OUTPUT_EVENT[ending.status]
         ids = {"job_id": dispatch.job_id, "dispatch_id": dispatch.id}
@@ -987,17 +1048,10 @@ def _fail_outputs(
 def cancel_job(session: Session, job_id: str) -> list[str]:
     """Stop a job: unfinished images fail as "cancelled". Returns the RunPod jobs that the
     RunPod canceller will cancel once this commits (it reads the dispatch_failed events)."""
-    job = lock_job(session, job_id)
+    job, live = lock_job_and_live_dispatches(session, job_id)  # a batch's cancel goes on
     if job.status in ENDED_JOB:
         raise Conflict(f"job {job_id} is already {job.status}")
     now = utcnow()
-    live = session.exec(  # a batch's cancel goes on: it holds no image
-        select(Dispatch).where(
-            col(Dispatch.job_id) == job_id,
-            col(Dispatch.status).not_in(TERMINAL_DISPATCH),
-            col(Dispatch.task) != DispatchTask.BATCH_CANCEL,
-        )
-    ).all()
     for dispatch in live:
         _transition(dispatch, dispatch.status, DispatchStatus.FAILED)
         dispatch.status, dispatch.error = DispatchStatus.FAILED, CANCELLED_BY_USER
@@ -1522,10 +1576,10 @@ def advance_batch(session: Session, settings: Settings, dispatch_id: str) -> boo
     """Take a due batch dispatch's next step (`due_batches`): past its job's deadline its
     images go online (a waiting batch is cancelled; an unsent submit is never sent); else its
     poll is queued. False when it was not due any more."""
-    locked = lock_job_and_dispatch(session, dispatch_id)
+    locked = lock_dispatch_and_job(session, dispatch_id)
     if locked is None:
         return False
-    job, dispatch = locked
+    dispatch, job = locked
     now, late = utcnow(), _past_deadline(job)
     if dispatch.status == DispatchStatus.BATCHED:
         if late:

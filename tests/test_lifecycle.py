@@ -285,16 +285,60 @@ def test_finishing_a_dispatch_of_16_images_takes_the_statements_one_of_2_takes(a
     assert sum(s.startswith("UPDATE outputs") for s in statements[16]) == 1
 
 
-def _statements_finishing(api: Api, images: int) -> list[str]:
-    """The first words of each statement that applying a COMPLETED report of a new dispatch
-    of `images` images sends."""
-    _, dispatch = submit_one_dispatch(api, n=images)
+def test_a_finaliser_locks_the_job_last_and_holds_it_for_its_counters_only(api: Api) -> None:
+    """Every finaliser of a job queues on the job's row: it is locked after the dispatch's
+    outputs and events are written (under the dispatch's lock), and only the job's own
+    UPDATE follows it before the commit."""
+    api.platform.settings.dispatch_chunk_size = 2
+    group_id = api.group()
+    submitted = api.client.post(
+        "/api/jobs/submit",
+        json={
+            "group_id": group_id,
+            "mode": "automatic",
+            "prompt": "p",
+            "images": api.upload_ids(group_id, 6),
+        },
+    )
+    api.drain()
+    with api.session() as session:
+        job_id = submitted.json()["jobs"][0]["id"]
+        first, second, _third = session.exec(  # the second does not end the job
+            select(Dispatch).where(Dispatch.job_id == job_id).order_by(col(Dispatch.id))
+        ).all()
+    assert hook(api, first, completed_body(api, first)).status_code == 200  # the job's first image
+    statements = _statements_finishing(api, dispatch=second, words=None)
+    sqlite = api.platform.engine.dialect.name == "sqlite"
+    locks = [
+        index
+        for index, statement in enumerate(statements)
+        if (
+            statement.startswith("UPDATE jobs SET id")
+            if sqlite
+            else " FROM jobs " in statement and statement.endswith("FOR UPDATE")
+        )
+    ]
+    assert len(locks) == 1, statements
+    before, after = statements[: locks[0]], statements[locks[0] + 1 :]
+    assert any(s.startswith("UPDATE outputs") for s in before)
+    assert any(s.startswith("INSERT INTO events") for s in before)
+    assert any(s.startswith("UPDATE dispatches") for s in before)
+    assert [s.split()[:2] for s in after if not s.startswith("SELECT")] == [["UPDATE", "jobs"]]
+
+
+def _statements_finishing(
+    api: Api, images: int = 0, *, dispatch: Dispatch | None = None, words: int | None = 3
+) -> list[str]:
+    """The first `words` words (all with None) of each statement that applying a COMPLETED
+    report of `dispatch` (by default, of a new dispatch of `images` images) sends."""
+    if dispatch is None:
+        _, dispatch = submit_one_dispatch(api, n=images)
     body = {"id": dispatch.runpod_job_id, **completed_body(api, dispatch)}
     report = report_of(RunPodJobState.model_validate(body))
     seen: list[str] = []
 
     def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        seen.append(" ".join(statement.split()[:3]))
+        seen.append(" ".join(statement.split()[:words]))
 
     platform = api.platform
     with platform.session() as session:

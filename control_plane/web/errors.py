@@ -4,11 +4,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from control_plane.db import is_transient
 from control_plane.errors import DomainError, InvalidRows, RateLimited, describe_validation
 from control_plane.web.ui.routes import error_page
 
@@ -35,6 +37,15 @@ def install_error_handlers(app: FastAPI) -> None:
             },
             status_code=exc.status_code,
         )
+
+    @app.exception_handler(sa.exc.DBAPIError)
+    async def database_busy(request: Request, exc: sa.exc.DBAPIError) -> Response:
+        if not is_transient(exc):
+            raise exc
+        message = (
+            "the database was busy (a lock or a lost connection): nothing was changed, try again"
+        )
+        return error_response(request, 503, message, {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:

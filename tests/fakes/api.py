@@ -162,19 +162,19 @@ def poison_finalising(
     """Make applying any report of `dispatch_id`'s results raise, as an unknown bug or a value
     the database refuses would (other dispatches are applied as usual): `error` (a DataError
     by default), the first `times` times (every time by default)."""
-    apply_results = lifecycle._apply_results
+    end_outputs = lifecycle._end_outputs
     raised = count()
 
     def poisoned(
         session: Session, storage: Storage, dispatch: Dispatch, results: list, **options: Any
-    ) -> list[dict[str, Any]]:
+    ) -> list[lifecycle.Ending]:
         if dispatch.id == dispatch_id and (times is None or next(raised) < times):
             raise error or sa.exc.DataError(
                 "UPDATE outputs …", {}, Exception("Data too long for column")
             )
-        return apply_results(session, storage, dispatch, results, **options)
+        return end_outputs(session, storage, dispatch, results, **options)
 
-    monkeypatch.setattr(lifecycle, "_apply_results", poisoned)
+    monkeypatch.setattr(lifecycle, "_end_outputs", poisoned)
 
 
 def succeeded_result(api: Api, output: Output) -> dict[str, object]:
