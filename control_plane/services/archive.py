@@ -451,6 +451,7 @@ def _manifest_line(
         "width": output.width,
         "height": output.height,
         "content_type": output.content_type,
+        "cost_usd": output.cost_usd,
     }
 
 

@@ -25,6 +25,7 @@ from control_plane.settings import Settings
 from shared import layout
 from shared.ids import new_id
 from shared.layout import ObjectKind
+from shared.model_table import image_price
 from shared.storage import Storage, open_storage
 from tests.conftest import png_bytes
 from tests.fakes.api import Api, finish_job
@@ -121,6 +122,8 @@ def test_missing_and_resized_objects_are_failed_lines_in_an_otherwise_whole_zip(
     }
     kept = [line for line in manifest if line["status"] == "succeeded"]
     assert len(kept) == IMAGES - 2
+    price = image_price("gemini-3.1-flash-image", "512")  # what the offline provider reports
+    assert price and all(line["cost_usd"] == pytest.approx(price) for line in manifest)
     files_in_order = [line["file"] for line in kept]
     assert archive.namelist() == ["manifest.jsonl", "metadata.jsonl", *files_in_order]
     assert all(archive.read(line["file"]) == files[line["image_id"]] for line in kept)
