@@ -22,6 +22,7 @@ process under pyinstrument and prints where their time went.
 import argparse
 import asyncio
 import hashlib
+import os
 import statistics
 import tempfile
 import threading
@@ -113,6 +114,8 @@ class Row:
     latencies: list[float]
     cpu: float  # seconds, over every API process, while the webhooks were posted
     cpu_settled: float  # seconds, until the relay had handed every event on too
+    database_cpu: float | None  # seconds, of a database server on this machine, meanwhile
+    client_cpu: float  # seconds, of this bench's process (posting the webhooks), meanwhile
 
     @property
     def rate(self) -> float:
@@ -186,19 +189,46 @@ class _ControlPlane:
 
     def measure(self, workers: int, label: str, size: int, connections: int, pid: int) -> Row:
         job_id, bodies = self.sent_webhooks(size)
-        tree = process_tree(pid)
+        tree, server = process_tree(pid), _database_server(self.engine)
         cpu_before = sum(cpu_seconds(each) for each in tree)
+        database_before = cpu_seconds(server) if server else 0.0
+        client_before = time.process_time()
         took, latencies = asyncio.run(_post_all(self.base, bodies, connections))
         cpu = sum(cpu_seconds(each) for each in tree) - cpu_before
+        database_cpu = cpu_seconds(server) - database_before if server else None
+        client_cpu = time.process_time() - client_before
         _wait_until_relayed(self.engine)
         cpu_settled = sum(cpu_seconds(each) for each in tree) - cpu_before
         progress = self.client.get(f"/api/jobs/{job_id}").json()["progress"]
         assert progress["succeeded"] == size, progress
-        return Row(workers, label, size, len(bodies), took, latencies, cpu, cpu_settled)
+        return Row(
+            workers,
+            label,
+            size,
+            len(bodies),
+            took,
+            latencies,
+            cpu,
+            cpu_settled,
+            database_cpu,
+            client_cpu,
+        )
 
     def profile(self, env: dict[str, str], webhooks: int) -> str:
         _, bodies = self.sent_webhooks(webhooks * CHUNK)
         return asyncio.run(_profile(env, bodies))
+
+
+def _database_server(engine: sa.Engine) -> int | None:
+    """The pid of the MariaDB/MySQL server `engine` talks to, when it runs on this machine
+    (its CPU counts in what one webhook costs here); None for SQLite or a remote server."""
+    import psutil
+
+    if engine.dialect.name == "sqlite" or engine.url.host not in ("127.0.0.1", "localhost"):
+        return None
+    names = ("mariadbd", "mysqld")
+    found = [each.pid for each in psutil.process_iter(["name"]) if each.info["name"] in names]
+    return found[0] if len(found) == 1 else None
 
 
 FILLER_JOB = 20_000  # outputs per filler job
@@ -408,6 +438,22 @@ async def _post_all(base: str, bodies: list[Any], connections: int) -> tuple[flo
         return time.perf_counter() - started, latencies
 
 
+def _cpu_split(row: Row) -> str:
+    """CPU per webhook of the API, the database server and this bench, and the rate at which
+    they would take every core of this machine."""
+    parts = {"API": row.cpu_settled, "bench client": row.client_cpu}
+    if row.database_cpu is not None:
+        parts["database server"] = row.database_cpu
+    per_webhook = {name: seconds / row.webhooks * 1000 for name, seconds in parts.items()}
+    total = sum(per_webhook.values())
+    cores = os.cpu_count() or 1
+    split = ", ".join(f"{name} {ms:.1f}" for name, ms in per_webhook.items())
+    return (
+        f"CPU ms/webhook: {split}; {total:.1f} in all: {cores} cores allow at most "
+        f"{cores * 1000 / total:.0f} webhooks/s"
+    )
+
+
 def _report(rows: list[Row], connections: int, memory: dict[int, list[float]]) -> None:
     print(f"connections           {connections}, {CHUNK} images per webhook")
     rates = {(row.workers, row.label): row.rate for row in rows}
@@ -420,6 +466,7 @@ def _report(rows: list[Row], connections: int, memory: dict[int, list[float]]) -
             f"CPU {row.cpu / row.webhooks * 1000:5.1f} ms/webhook "
             f"({row.cpu_settled / row.webhooks * 1000:.1f} with the relay's share)"
         )
+        print(f"{'':27}{_cpu_split(row)}")
     first = min(memory)
     for workers, peaks in memory.items():
         ratio = rates[workers, "big"] / rates[workers, "small"]
