@@ -835,32 +835,43 @@ def _write_endings(session: Session, endings: Sequence[Ending], now: datetime) -
 def _endings_update(
     dialect: sa.Dialect, endings: Sequence[Ending], now: datetime
 ) -> tuple[str, tuple[Any, ...]]:
-    """The UPDATE of `endings`' outputs and its parameters, in `dialect`'s driver's style."""
+    """The UPDATE of `endings`' outputs and its parameters, in `dialect`'s driver's style. A
+    column every output sets to the same value (the model, the status, …) is bound once;
+    the others once per output (binding is most of what the statement costs the API)."""
     mark = "?" if dialect.paramstyle == "qmark" else "%s"
     quote = dialect.identifier_preparer.quote
     assignments, params = [], []
     for name in dict.fromkeys(name for ending in endings for name in ending.values):
         process = _bind_processor(dialect, name)
-        whens = [ending for ending in endings if name in ending.values]
-        assignments.append(
-            f"{quote(name)} = CASE id {f'WHEN {mark} THEN {mark} ' * len(whens)}"
-            f"ELSE {quote(name)} END"
-        )
-        for ending in whens:
-            params += [ending.output_id, process(ending.values[name])]
-    added = [ending for ending in endings if ending.attempts]
+        values = {e.output_id: process(e.values[name]) for e in endings if name in e.values}
+        value, bound = _each_value(values, quote(name), len(endings), mark)
+        assignments.append(f"{quote(name)} = {value}")
+        params += bound
+    added = {ending.output_id: ending.attempts for ending in endings if ending.attempts}
     if added:
-        assignments.append(
-            f"attempts = attempts + CASE id {f'WHEN {mark} THEN {mark} ' * len(added)}ELSE 0 END"
-        )
-        for ending in added:
-            params += [ending.output_id, ending.attempts]
+        value, bound = _each_value(added, "0", len(endings), mark)
+        assignments.append(f"attempts = attempts + {value}")
+        params += bound
     stamp = _bind_processor(dialect, "updated_at")(now)
     assignments += [f"completed_at = {mark}", f"updated_at = {mark}"]
     params += [stamp, stamp]
     params += [ending.output_id for ending in endings]
     ids = ", ".join([mark] * len(endings))
     return f"UPDATE outputs SET {', '.join(assignments)} WHERE id IN ({ids})", tuple(params)
+
+
+def _each_value(
+    values: dict[str, Any], otherwise: str, outputs: int, mark: str
+) -> tuple[str, list[Any]]:
+    """An SQL value giving each output in `values` (by id) its own, and `otherwise` the rest
+    of the statement's `outputs`, with its parameters: one when they all share it."""
+    first = next(iter(values.values()))
+    if len(values) == outputs and all(value == first for value in values.values()):
+        return mark, [first]
+    whens = f"WHEN {mark} THEN {mark} " * len(values)
+    return f"CASE id {whens}ELSE {otherwise} END", [
+        bound for pair in values.items() for bound in pair
+    ]
 
 
 @functools.cache

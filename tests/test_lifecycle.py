@@ -95,6 +95,28 @@ def test_a_failed_dispatch_is_retried_as_a_new_queued_dispatch(api: Api) -> None
     assert events[1].data == {"attempt": 2} and events[1].dispatch_id != dispatch.id
 
 
+def test_each_image_gets_its_own_values_whether_shared_or_not(api: Api) -> None:
+    """Finishing writes every image's columns in one UPDATE, binding a value its images
+    share once: the images still end each with their own seed, file, attempts and error."""
+    _, dispatch = submit_one_dispatch(api, n=4)
+    body = completed_body(api, dispatch)
+    results = body["output"]["results"]
+    for index, result in enumerate(results):
+        result.update(seed=100 + index, attempts=1 + index % 2, cost_usd=0.039, latency_ms=900)
+    results[2].update(status="blocked", error="IMAGE_SAFETY", output_uri=None)
+    assert hook(api, dispatch, body).status_code == 200
+    rows = {output.id: output for output in api.outputs(dispatch.job_id)}
+    for index, result in enumerate(results):
+        row = rows[result["output_id"]]
+        assert (row.seed, row.attempts, row.cost_usd) == (100 + index, 1 + index % 2, 0.039)
+        assert row.latency_ms == 900 and row.model == result["model"]
+        if index == 2:
+            assert (row.status, row.error, row.storage_key) == ("blocked", "IMAGE_SAFETY", None)
+        else:
+            assert (row.status, row.error, row.sha256) == ("succeeded", None, result["sha256"])
+            assert row.storage_key and row.storage_key in result["output_uri"]
+
+
 def test_a_rejected_result_writes_output_failed_with_its_reason(api: Api) -> None:
     """A result that fails the check (control_plane/results.py) ends its image like any
     failure: one output_failed with the reason; its neighbours' results apply as usual."""
