@@ -62,6 +62,7 @@ from control_plane.db import insert_many, lock_row, wake_after_commit
 from control_plane.errors import Conflict, NotFound
 from control_plane.events import emit, emit_many, event_row
 from control_plane.models import (
+    ACTIVE_JOB,
     TERMINAL_DISPATCH,
     Dispatch,
     DispatchStatus,
@@ -200,6 +201,7 @@ def lock_job_and_live_dispatches(session: Session, job_id: str) -> tuple[Job, li
 
 OutputRow = dict[str, Any]  # a new outputs row by column (`submissions.new_output` makes them)
 OUTPUTS, DISPATCHES = SQLModel.metadata.tables["outputs"], SQLModel.metadata.tables["dispatches"]
+JOBS = SQLModel.metadata.tables["jobs"]
 # What a new row holds in the columns its maker leaves out.
 _NEW_OUTPUT: dict[str, Any] = {column.name: None for column in OUTPUTS.columns} | {
     "status": OutputStatus.PENDING,
@@ -742,19 +744,48 @@ def _count_on_job(
 ) -> None:
     """The ended outputs' events and `more_events` written in one insert, then the job's
     lock, its counters and its status: every finaliser of a job queues on the job's row, so
-    it is locked last and held for the fewest statements (the dispatch is already locked).
-    Only a job with no image yet is locked before the events, the first of which says so."""
+    it is locked last and held for the fewest statements (the dispatch is already locked):
+    one UPDATE moves the counters as it takes the lock, with no Python work in between that
+    another thread could hold the GIL through. Only a job with no image yet is locked
+    before the events (the first of which says so), and loaded whole."""
     succeeded = any(ending.status == OutputStatus.SUCCEEDED for ending in endings)
     if succeeded and _has_no_image_yet(session, dispatch.job_id):
         lock_job(session, dispatch.job_id)
         first = _first_success(session, endings, dispatch)
         emit_many(session, _ending_events(dispatch, endings, now, first) + more_events)
-    else:
-        emit_many(session, _ending_events(dispatch, endings, now, None) + more_events)
-        session.flush()  # the dispatch's row, before the job's is locked
-        lock_job(session, dispatch.job_id)
-    _count_endings(session, dispatch.job_id, endings)
-    refresh_job(session, dispatch.job_id)
+        _count_endings(session, dispatch.job_id, endings)
+        refresh_job(session, dispatch.job_id)
+        return
+    emit_many(session, _ending_events(dispatch, endings, now, None) + more_events)
+    session.flush()  # the dispatch's row, before the job's is locked
+    if _add_counts(session, dispatch.job_id, endings, now):
+        refresh_job(session, dispatch.job_id)
+
+
+def _add_counts(session: Session, job_id: str, endings: Sequence[Ending], now: datetime) -> bool:
+    """`_count_endings` as one UPDATE of the job's row (which locks it), for a job not loaded
+    in this session; whether its status no longer follows from its counters (it has just
+    ended, or a retry reopened it: `refresh_job` settles it)."""
+    moved = Counter(ending.status for ending in endings)
+    values: dict[str, Any] = {"updated_at": now}
+    for status in (OutputStatus.SUCCEEDED, OutputStatus.FAILED, OutputStatus.BLOCKED):
+        if moved[status]:
+            values[status.value] = JOBS.c[status.value] + moved[status]
+    cost = sum(ending.cost_usd for ending in endings)
+    if cost:
+        values["cost_usd"] = sa.func.round(sa.func.coalesce(JOBS.c.cost_usd, 0.0) + cost, 6)
+    connection = session.connection()
+    connection.execute(sa.update(JOBS).where(JOBS.c.id == job_id).values(values))
+    _forget_loaded(session, Job, [job_id])
+    row = connection.execute(
+        sa.select(
+            JOBS.c.status, JOBS.c.total, JOBS.c.succeeded, JOBS.c.failed, JOBS.c.blocked
+        ).where(JOBS.c.id == job_id)
+    ).first()
+    if row is None:
+        return False
+    finished = row.succeeded + row.failed + row.blocked == row.total
+    return finished == (row.status in ACTIVE_JOB)
 
 
 def _has_no_image_yet(session: Session, job_id: str) -> bool:
@@ -829,7 +860,7 @@ def _write_endings(session: Session, endings: Sequence[Ending], now: datetime) -
             connection.dialect, endings[start : start + ENDINGS_PER_STATEMENT], now
         )
         connection.exec_driver_sql(sql, params)
-    _forget_loaded(session, [ending.output_id for ending in endings])
+    _forget_loaded(session, Output, [ending.output_id for ending in endings])
 
 
 def _endings_update(
@@ -886,10 +917,10 @@ def _as_is(value: Any) -> Any:
     return value.value if isinstance(value, StrEnum) else value
 
 
-def _forget_loaded(session: Session, output_ids: Sequence[str]) -> None:
-    """Expire loaded copies of outputs changed behind the session's back."""
-    for output_id in output_ids:
-        loaded = session.identity_map.get(sa.orm.util.identity_key(Output, output_id))
+def _forget_loaded(session: Session, model: type[SQLModel], ids: Sequence[str]) -> None:
+    """Expire loaded copies of rows changed behind the session's back."""
+    for row_id in ids:
+        loaded = session.identity_map.get(sa.orm.util.identity_key(model, row_id))
         if loaded is not None:
             session.expire(loaded)
 
