@@ -88,6 +88,9 @@ class Settings(CommonSettings):
     # the web UI's Generate asks to confirm a submission above either (what it will spend)
     ui_confirm_above_usd: float = Field(5.0, ge=0)
     ui_confirm_above_images: int = Field(1_000, ge=0)
+    # live pages ask for their changes this often while nothing they show runs (a job started
+    # elsewhere shows up); every second while something does
+    ui_idle_poll_s: float = Field(10.0, ge=1, le=3600)
     idempotency_ttl_s: float = Field(86_400, gt=0)  # answers to Idempotency-Key requests kept
     # webhooks to users' own URLs (services/webhooks.py, control_plane/deliveries.py)
     webhook_secret: str = ""  # `whsec_…`: signs the webhooks of jobs without a user

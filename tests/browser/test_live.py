@@ -25,6 +25,7 @@ from tests.browser.conftest import (
 from tests.conftest import png_bytes
 
 SLOW = slowed(600)
+IDLE_POLL_S = 1  # how often a page with nothing running asks for changes, here
 MARK = "window.__stillHere = {since: performance.now()}"
 HIDE = """() => {
     Object.defineProperty(document, "hidden", {configurable: true, get: () => HIDDEN});
@@ -38,7 +39,8 @@ SAME_DOCUMENT = (
 @pytest.fixture(scope="module")
 def platform_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`pixelfleet up` in an empty folder, slowed down so that images stay queued a while."""
-    with running_platform(tmp_path_factory.mktemp("up-live"), **SLOW) as url:
+    idle = {"PIXELFLEET_UI_IDLE_POLL_S": str(IDLE_POLL_S)}
+    with running_platform(tmp_path_factory.mktemp("up-live"), **SLOW, **idle) as url:
         yield url
 
 
@@ -154,6 +156,23 @@ def test_the_group_page_counts_and_jobs_update_while_typing(page: Any, api: http
     page.set_viewport_size(PHONE)
     assert page.evaluate("document.querySelector('#group-jobs').scrollWidth") <= PHONE["width"]
     assert _serious_within(page, "#jobs-section") == []
+
+
+def test_an_idle_group_page_shows_a_job_started_elsewhere(page: Any, api: httpx.Client) -> None:
+    """Nothing runs on the page, so it asks for changes only every idle period: a job
+    submitted elsewhere (from the CLI, another tab) still appears, and runs, without a
+    reload."""
+    group_id, images = _group_with_images(api, "idle group", 2)
+    page.goto(f"/groups/{group_id}")
+    page.evaluate(MARK)
+    assert page.locator("[data-live-running]").count() == 0
+    page.wait_for_timeout(IDLE_POLL_S * 1500)  # an idle poll or two find nothing new
+    job_id = _submit(api, group_id, images, "started from the CLI")
+    row = page.locator(f"#group-job-{job_id}")
+    row.wait_for(timeout=IDLE_POLL_S * 5000)
+    assert page.locator("#group-jobs-empty").count() == 0
+    row.locator(".badge", has_text="completed").wait_for(timeout=20_000)  # polled while it ran
+    assert page.evaluate(SAME_DOCUMENT)
 
 
 def test_the_dashboard_filters_pages_and_follows_jobs(page: Any, api: httpx.Client) -> None:

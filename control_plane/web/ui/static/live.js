@@ -1,12 +1,16 @@
 // Live pages without reloads. The page's [data-live-src] names an HTML fragment of its changing
 // regions; while something runs ([data-live-running], then the fragment's X-Pixelfleet-Running
-// header) it is fetched every second and each [data-part] (by id) replaced where it differs.
+// header) it is fetched every second, else every idle period (the page's
+// pixelfleet-idle-poll-ms: a job started elsewhere shows up), and each [data-part] (by id)
+// replaced where it differs.
 // Focus, scroll and typed input outside the replaced parts are untouched; a focused control
 // inside one is focused again in its replacement. Polling pauses while the tab is hidden.
 // A "live-refresh" event (an action just changed what the page shows: actions.js) fetches
 // the fragment at once and follows it again while it runs.
 
 const POLL_MS = 1000;
+const IDLE_MS =
+  Number(document.querySelector('meta[name="pixelfleet-idle-poll-ms"]')?.content) || 10000;
 const RETRY_MS = 5000; // after a request that did not arrive
 const ANNOUNCE_GAP_MS = 8000; // the live region speaks at most this often, except at the end
 const RUNNING = "X-Pixelfleet-Running";
@@ -25,6 +29,7 @@ function follow(source, startRunning) {
     return `${url}${url.includes("?") ? "&" : "?"}since=${encodeURIComponent(version)}`;
   };
   let running = startRunning;
+  let gone = false; // the fragment answered with an error: the next reload says why
   let timer = null;
   let busy = false;
   let again = false; // a refresh asked for while a request was on its way: one more after it
@@ -32,7 +37,8 @@ function follow(source, startRunning) {
 
   const schedule = (delay) => {
     clearTimeout(timer);
-    timer = running && !document.hidden ? setTimeout(poll, delay) : null;
+    const wait = running ? delay : Math.max(delay, IDLE_MS);
+    timer = gone || document.hidden ? null : setTimeout(poll, wait);
   };
 
   async function poll() {
@@ -46,7 +52,7 @@ function follow(source, startRunning) {
     try {
       const answer = await fetch(address(), { headers: { Accept: "text/html" }, cache: "no-store" });
       if (!answer.ok || !answer.headers.has(RUNNING)) {
-        running = false; // gone, or signed out: the next reload says why
+        gone = true; // deleted, or signed out
         return;
       }
       const fragment = new DOMParser().parseFromString(await answer.text(), "text/html");
@@ -69,7 +75,7 @@ function follow(source, startRunning) {
   }
 
   document.addEventListener("visibilitychange", () => {
-    if (document.hidden) schedule(0); // not running while hidden: clears the timer
+    if (document.hidden) schedule(0); // nothing while hidden: clears the timer
     else poll(); // once on return: what changed meanwhile, and whether anything runs
   });
   document.addEventListener("live-refresh", refresh);
