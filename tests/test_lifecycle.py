@@ -218,16 +218,7 @@ def test_racing_finishers_cancels_and_retries_keep_counters_equal_to_a_recount(
     chance = random.Random(seed)
     api.runpod.post(url__regex=r".*/cancel/.*").mock(return_value=httpx.Response(200, json={}))
     api.platform.settings.dispatch_chunk_size = 2
-    group_id = api.group()
-    job_id = api.client.post(
-        "/api/jobs/submit",
-        json={
-            "group_id": group_id,
-            "mode": "automatic",
-            "prompt": "p",
-            "images": api.upload_ids(group_id, 12),
-        },
-    ).json()["jobs"][0]["id"]
+    job_id = api.automatic_job(12)
     api.drain()
     with api.session() as session:
         dispatches = session.exec(select(Dispatch).where(Dispatch.job_id == job_id)).all()
@@ -312,19 +303,9 @@ def test_a_finaliser_locks_the_job_last_and_holds_it_for_its_counters_only(api: 
     outputs and events are written (under the dispatch's lock), by the UPDATE that moves
     its counters, and only a read of them follows before the commit."""
     api.platform.settings.dispatch_chunk_size = 2
-    group_id = api.group()
-    submitted = api.client.post(
-        "/api/jobs/submit",
-        json={
-            "group_id": group_id,
-            "mode": "automatic",
-            "prompt": "p",
-            "images": api.upload_ids(group_id, 6),
-        },
-    )
+    job_id = api.automatic_job(6)
     api.drain()
     with api.session() as session:
-        job_id = submitted.json()["jobs"][0]["id"]
         first, second, _third = session.exec(  # the second does not end the job
             select(Dispatch).where(Dispatch.job_id == job_id).order_by(col(Dispatch.id))
         ).all()

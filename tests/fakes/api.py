@@ -62,6 +62,17 @@ class Api:
         assert response.status_code == 201, response.text
         return [image["id"] for image in response.json()["images"]]
 
+    def automatic_job(self, n: int, prompt: str = "p") -> str:
+        """A new group's automatic job over `n` new uploads: its id."""
+        group_id = self.group()
+        body = {"group_id": group_id, "mode": "automatic", "prompt": prompt}
+        answer = self.client.post(
+            "/api/jobs/submit", json=body | {"images": self.upload_ids(group_id, n)}
+        )
+        assert answer.status_code == 201, answer.text
+        job_id: str = answer.json()["jobs"][0]["id"]
+        return job_id
+
     def session(self) -> Session:
         return Session(self.platform.engine)
 
