@@ -216,6 +216,9 @@ def _rerun_cancel_and_retry(hand: Hand, api: httpx.Client, job_id: str) -> None:
     expect(page.locator("[data-action-notice]")).to_contain_text("Retrying")
     expect(page.locator("#job-status")).to_have_text("completed", timeout=RUN_TIMEOUT)
     expect(page.locator("#job-progress")).to_contain_text(f"{IMAGES} succeeded · 0 failed")
+    expect(page.locator("[data-action-notice]")).to_have_text(
+        "The retried images have ended: their counts are above."
+    )  # no longer "Retrying"
     assert page.evaluate(SAME_DOCUMENT)
     hand.check_page("job_retried")
 

@@ -4,8 +4,10 @@
 // (cancel, retry), that is all; when it is another page (a rerun or a variation set is a new
 // job), a notice links to it.
 // Either way the result is said in the notice region nearest the form (a set's, the job's);
-// after a cancel or a retry, whose button goes away, the notice has the focus. Without this script, or if the
-// request cannot be made, the form posts as it always did.
+// after a cancel or a retry, whose button goes away, the notice has the focus. A form with
+// data-done-until (a selector) says data-done-after instead once the page, refreshed after
+// the action, matches it: a retry's notice says when the retried images have ended.
+// Without this script, or if the request cannot be made, the form posts as it always did.
 
 const NOTICE = "[data-action-notice]";
 
@@ -36,14 +38,31 @@ async function act(form) {
     return;
   }
   const landed = new URL(answer.url);
+  const answered = performance.now(); // refreshes asked from now on show what the action did
   document.dispatchEvent(new CustomEvent("live-refresh")); // e.g. a new rerun or variations link
   if (landed.pathname === location.pathname) {
     const said = say(form, "notice", form.dataset.done || "Done.");
     said?.focus(); // the button pressed goes away with the state it acted on: not focus
+    if (said && form.dataset.doneUntil) {
+      settle(said, form.dataset.doneUntil, form.dataset.doneAfter || "Done.", answered);
+    }
     return;
   }
   const link = { href: landed.pathname, text: form.dataset.open || "Open it" };
   say(form, "notice", form.dataset.done || "Started.", link);
+}
+
+// `line` says `after` at the first live refresh asked for after `since` in which the page
+// matches `until` (one asked before may still show the state the action left behind).
+function settle(line, until, after, since) {
+  const check = (event) => {
+    if (!line.isConnected) document.removeEventListener("live-patched", check);
+    else if (event.detail.asked >= since && document.querySelector(until)) {
+      line.textContent = after;
+      document.removeEventListener("live-patched", check);
+    }
+  };
+  document.addEventListener("live-patched", check);
 }
 
 // The reason an error page gives (its .error paragraph), or the status in words.

@@ -6,7 +6,8 @@
 // Focus, scroll and typed input outside the replaced parts are untouched; a focused control
 // inside one is focused again in its replacement. Polling pauses while the tab is hidden.
 // A "live-refresh" event (an action just changed what the page shows: actions.js) fetches
-// the fragment at once and follows it again while it runs.
+// the fragment at once and follows it again while it runs. After each patch a "live-patched"
+// event says when the request it answered was sent (its detail.asked, performance.now()).
 
 const POLL_MS = 1000;
 const IDLE_MS =
@@ -50,6 +51,7 @@ function follow(source, startRunning) {
     again = false;
     let delay = POLL_MS;
     try {
+      const asked = performance.now();
       const answer = await fetch(address(), { headers: { Accept: "text/html" }, cache: "no-store" });
       if (!answer.ok || !answer.headers.has(RUNNING)) {
         gone = true; // deleted, or signed out
@@ -57,6 +59,7 @@ function follow(source, startRunning) {
       }
       const fragment = new DOMParser().parseFromString(await answer.text(), "text/html");
       patch(fragment, announcer);
+      document.dispatchEvent(new CustomEvent("live-patched", { detail: { asked } }));
       running = answer.headers.get(RUNNING) === "1";
       version = answer.headers.get(VERSION) || version;
     } catch {
