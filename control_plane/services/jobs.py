@@ -5,6 +5,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import defer
@@ -217,6 +218,16 @@ def variations_of(session: Session, output_id: str) -> list[str]:
             select(Job.id).where(Job.parent_output_id == output_id).order_by(col(Job.id))
         ).all()
     )
+
+
+def varied_since(session: Session, output_ids: Sequence[str], moment: datetime) -> set[str]:
+    """Which of the images had a variation set made from them at or after `moment`."""
+    if not output_ids:
+        return set()
+    made = select(Job.parent_output_id).where(
+        col(Job.parent_output_id).in_(list(output_ids)), col(Job.created_at) >= moment
+    )
+    return {output_id for output_id in session.exec(made).all() if output_id}
 
 
 def variations_of_images(session: Session, output_ids: Sequence[str]) -> dict[str, list[str]]:

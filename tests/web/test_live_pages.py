@@ -96,6 +96,11 @@ def test_after_the_first_answer_only_changed_images_are_sent_again(
     assert _badges(ended.text) == ["succeeded", "succeeded", "failed"]
     again, _ = _fragment(api, f"/live/jobs/{job_id}", since=ended.headers["x-pixelfleet-version"])
     assert _badges(again.text) == []
+    first = api.outputs(job_id)[0]
+    assert api.client.post(f"/api/outputs/{first.id}/variations", json={}).status_code == 201
+    varied, _ = _fragment(api, f"/live/jobs/{job_id}", since=again.headers["x-pixelfleet-version"])
+    assert _badges(varied.text) == ["succeeded"]  # its tile, with the link to the new set
+    assert f'id="tile-{first.id}"' in varied.text and "variations 1" in varied.text
     bad = api.client.get(f"/live/jobs/{job_id}", params={"since": "yesterday"})
     assert bad.status_code == 422
 

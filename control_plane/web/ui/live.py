@@ -116,8 +116,13 @@ def _job_context(
     now = utcnow()
     job = jobs.get_job(session, job_id, viewer)
     page = jobs.page_of_images(session, job.id, cursor=cursor, limit=IMAGES_ON_JOB_PAGE)
-    if changed_after is not None:
-        changed = [image for image in page.images if image.updated_at >= changed_after]
+    if changed_after is not None:  # a tile changes with its image, or with a new variation set
+        varied = jobs.varied_since(session, [image.id for image in page.images], changed_after)
+        changed = [
+            image
+            for image in page.images
+            if image.updated_at >= changed_after or image.id in varied
+        ]
         page = replace(page, images=changed)
     running = job.status in ACTIVE_JOB
     batch = jobs.batch_progress(session, job) if job.lane == Lane.BATCH and running else None
