@@ -168,6 +168,30 @@ def test_the_job_page_tiles_open_the_lightbox_and_its_page_stands_alone(
     assert horizontal_overflow(page) == 0
 
 
+def test_the_group_pages_uploads_open_in_the_lightbox(page: Any, made: Made) -> None:
+    page.goto(f"/groups/{made.group_id}")
+    uploads = page.locator("#group-uploads a[data-lightbox]")
+    assert uploads.count() == UPLOADS
+    uploads.first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("heading", name=re.compile(r"ref\d\.png")).wait_for()
+    first = dialog.get_by_role("heading").first.inner_text()
+    assert re.search("4[0-3]\N{MULTIPLICATION SIGN}40 px", dialog.inner_text())
+    assert dialog.get_by_role("link", name="Download").count() == 1
+    assert serious_violations(page) == []
+    screenshot(page, "group_upload_lightbox")
+
+    page.keyboard.press("ArrowRight")  # the next upload
+    page.wait_for_function(
+        "shown => document.querySelector('dialog h1').textContent !== shown", arg=first
+    )
+    page.keyboard.press("Escape")
+    shown_last = uploads.nth(1).get_attribute("data-lightbox")
+    page.wait_for_function(
+        "shown => document.activeElement.dataset.lightbox === shown", arg=shown_last
+    )
+
+
 def test_a_batch_shows_its_sets_with_variations_and_reruns(
     page: Any, made: Made, api: httpx.Client
 ) -> None:

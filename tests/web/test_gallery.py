@@ -13,6 +13,7 @@ from sqlmodel import col, select
 from control_plane.models import Group, Job, Output, OutputStatus, UserTier
 from control_plane.services import users
 from control_plane.services.gallery import GalleryFilters, gallery_cursor, gallery_query
+from tests.conftest import png_bytes
 from tests.fakes.api import Api, finish_job
 
 GALLERY_INDEX = "ix_outputs_group_id_job_id_position"
@@ -289,3 +290,28 @@ def test_another_users_gallery_images_and_batches_do_not_exist_for_them(
         f"/batches/{made.batch_id}",
     ):
         assert api.client.get(path, headers=as_bob).status_code == 404, path
+
+
+def test_an_uploads_page_is_what_the_group_pages_grid_opens(api: Api) -> None:
+    """The group page's upload thumbnails open the upload's own viewer (in the lightbox with
+    JavaScript, as a page without): the image, its file, size and attributes, a download."""
+    group_id = api.group()
+    answer = api.client.post(
+        "/api/uploads",
+        data={"group_id": group_id, "attributes": '{"gender": "female", "age": 30}'},
+        files=[("files", ("portrait one.png", png_bytes(48, 40), "image/png"))],
+    )
+    assert answer.status_code == 201, answer.text
+    upload = answer.json()["images"][0]
+    grid = api.client.get(f"/groups/{group_id}").text
+    assert f'href="/uploads/{upload["id"]}" data-lightbox="/uploads/{upload["id"]}"' in grid
+
+    page = api.client.get(f"/uploads/{upload['id']}")
+    assert page.status_code == 200
+    assert "data-viewer" in page.text and "portrait one.png" in page.text
+    assert "48\N{MULTIPLICATION SIGN}40 px" in page.text
+    assert f"{upload['bytes']:,} bytes" in page.text
+    assert "age: 30" in page.text and "gender: female" in page.text
+    download = rf'href="[^"]*/api/uploads/{upload["id"]}/file" download="portrait one.png"'
+    assert re.search(download, page.text)
+    assert api.client.get("/uploads/img_01aaaaaaaaaaaaaaaaaaaaaaaa").status_code == 404

@@ -10,7 +10,7 @@ from sqlmodel import Session
 from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest
 from control_plane.models import ACTIVE_JOB, Job, Output, OutputStatus
-from control_plane.services import gallery, groups, jobs
+from control_plane.services import gallery, groups, jobs, uploads
 from control_plane.web.deps import (
     BatchId,
     GroupId,
@@ -18,9 +18,10 @@ from control_plane.web.deps import (
     PageNumber,
     PlatformDep,
     SessionDep,
+    UploadId,
     ViewerDep,
 )
-from control_plane.web.present import file_url, job_public, output_public
+from control_plane.web.present import file_url, job_public, output_public, upload_public
 from control_plane.web.ui.pages import fragment, page_count, render
 from shared.storage import Storage
 
@@ -106,6 +107,21 @@ def output_page(
         "download_name": _download_name(output),
     }
     return render(request, "output.html", context)
+
+
+@router.get("/uploads/{upload_id}", response_class=HTMLResponse)
+def upload_page(
+    upload_id: UploadId,
+    request: Request,
+    platform: PlatformDep,
+    session: SessionDep,
+    viewer: ViewerDep,
+) -> HTMLResponse:
+    """One upload as the lightbox shows it (the group page's grid opens it): the image, its
+    file, size and attributes, and its download."""
+    upload = uploads.get_upload(session, upload_id, viewer)
+    shown = upload_public(request, platform.storage, upload)
+    return render(request, "upload.html", {"upload": shown})
 
 
 def _references(
