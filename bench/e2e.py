@@ -168,7 +168,7 @@ def check_zip_and_gc(http: httpx.Client, group_id: str, env: dict[str, str], n: 
     seconds = time.monotonic() - started
     archive = zipfile.ZipFile(io.BytesIO(reply.content))
     manifest = [json.loads(line) for line in archive.read("manifest.jsonl").splitlines()]
-    files = len(archive.namelist()) - 1
+    files = sum(not name.endswith(".jsonl") for name in archive.namelist())  # the images
     print(
         f"{'ZIP':<22}{files} files + {len(manifest)} manifest lines, "
         f"{len(reply.content) / 1e6:.1f} MB in {seconds:.1f} s"
