@@ -74,6 +74,17 @@ def test_a_pack_with_successes_failures_and_blocks_writes_the_seeds_events(api: 
     stored = [e for e in log if e["type"] == "image_stored"]
     assert {e["output_id"] for e in stored} == {e["output_id"] for e in completed}
     assert all(e["data"]["size_bytes"] > 0 for e in stored)
+    images = api.client.get(f"/api/jobs/{job_id}/images").json()["images"]
+    shown_images = {image["id"]: image for image in images}
+    for entry in completed:
+        image = shown_images[entry["output_id"]]
+        assert image["latency_ms"] is not None  # no price for model "m": no cost
+        assert entry["data"]["duration_ms"] == image["latency_ms"]
+        assert entry["data"].get("cost_usd") == image["cost_usd"]
+    for entry in stored:
+        image = shown_images[entry["output_id"]]
+        assert entry["data"]["size_bytes"] == image["bytes"]
+        assert entry["data"]["content_type"] == image["content_type"] == "image/png"
     failed = sorted(e["data"]["error_type"] for e in log if e["type"] == "generation_failed")
     assert failed == ["blocked", "generation_error"]
 

@@ -21,7 +21,7 @@ carries the job's owner (`user_id`), so the log is owned like everything else.
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlmodel import Session, col, select
 
@@ -60,6 +60,19 @@ class AnalyticsType(StrEnum):
 
 
 Row = tuple[AnalyticsType, str | None, dict[str, Any]]  # type, output id, data
+
+
+class LoggedOutput(NamedTuple):
+    """What the log takes of an output."""
+
+    id: str
+    kind: str
+    model: str | None
+    latency_ms: int | None
+    cost_usd: float | None
+    storage_key: str | None
+    bytes: int | None
+    content_type: str | None
 
 
 def analytics_consumer() -> Consumer:
@@ -101,16 +114,19 @@ def record(session: Session, events: Sequence[Event]) -> None:
     insert_many(session, ANALYTICS_EVENTS, rows)
 
 
-def _outputs_of(session: Session, events: Sequence[Event]) -> list[Output]:
+def _outputs_of(session: Session, events: Sequence[Event]) -> list[LoggedOutput]:
+    """The columns of the events' outputs that the log takes (not whole rows: a batch holds
+    up to `events.BATCH` of them, and an output row's JSON columns cost most to load)."""
     output_ids = sorted({event.output_id for event in events if event.output_id})
+    columns = [col(getattr(Output, name)) for name in LoggedOutput._fields]
     return [
-        output
+        LoggedOutput(*row)
         for batch in in_batches(output_ids)
-        for output in session.exec(select(Output).where(col(Output.id).in_(batch))).all()
+        for row in session.exec(select(*columns).where(col(Output.id).in_(batch))).all()
     ]
 
 
-def _rows_of(event: Event, job: Job, outputs: dict[str, Output]) -> list[Row]:
+def _rows_of(event: Event, job: Job, outputs: dict[str, LoggedOutput]) -> list[Row]:
     common = {"mode": job.mode, **_character(job)}
     if event.kind == EventKind.JOB_QUEUED:
         queued = {**common, "model": model_of(job.config), "image_count": job.total}
@@ -137,7 +153,7 @@ def _rows_of(event: Event, job: Job, outputs: dict[str, Output]) -> list[Row]:
     return _output_rows(event, job, output, common)
 
 
-def _output_rows(event: Event, job: Job, output: Output, common: dict[str, Any]) -> list[Row]:
+def _output_rows(event: Event, job: Job, output: LoggedOutput, common: dict[str, Any]) -> list[Row]:
     data = {**common, "model": output.model or model_of(job.config)}
     if event.kind != EventKind.OUTPUT_SUCCEEDED:
         error = clip(event.data.get("error"), ERROR_CHARS)
