@@ -13,7 +13,8 @@ from control_plane.services import rate_limits
 from shared.ids import is_id
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
+    """The app's platform (async: a plain read, which FastAPI need not hand to a thread)."""
     platform: Platform = request.app.state.platform
     return platform
 

@@ -10,7 +10,7 @@ from control_plane.errors import DomainError
 from control_plane.metrics import RUNPOD_PROGRESS, RUNPOD_WEBHOOKS
 from control_plane.platform import Platform
 from control_plane.runpod import webhook
-from control_plane.web.deps import PlatformDep, SessionDep
+from control_plane.web.deps import PlatformDep
 
 router = APIRouter(prefix="/api/webhook", tags=["webhook"])
 
@@ -33,19 +33,16 @@ def webhook_health() -> dict[str, str]:
 async def runpod_webhook(
     request: Request,
     platform: PlatformDep,
-    session: SessionDep,
     dispatch_id: str = Query("", alias="dispatch"),
     token: str = Query(""),
 ) -> dict[str, str]:
     """RunPod's completion callback: authenticated by the dispatch's token in the URL (before
     the body is read); idempotent, so RunPod's re-sends change nothing."""
 
-    def apply(body: bytes) -> dict[str, str]:
+    def apply(session: Session, body: bytes) -> dict[str, str]:
         return webhook.receive(session, platform.settings, platform.storage, dispatch_id, body)
 
-    return await _authenticated(
-        request, platform, session, dispatch_id, token, apply, RUNPOD_WEBHOOKS
-    )
+    return await _authenticated(request, platform, dispatch_id, token, apply, RUNPOD_WEBHOOKS)
 
 
 @router.post(
@@ -60,39 +57,54 @@ async def runpod_webhook(
 async def runpod_progress(
     request: Request,
     platform: PlatformDep,
-    session: SessionDep,
     dispatch_id: str = Query("", alias="dispatch"),
     token: str = Query(""),
 ) -> dict[str, str]:
     """The worker's progress posts: results stored so far, authenticated like the webhook by
     the dispatch's token in the URL; applied without ending the dispatch, once per image."""
 
-    def apply(body: bytes) -> dict[str, str]:
+    def apply(session: Session, body: bytes) -> dict[str, str]:
         return webhook.receive_progress(session, platform.storage, dispatch_id, body)
 
-    return await _authenticated(
-        request, platform, session, dispatch_id, token, apply, RUNPOD_PROGRESS
-    )
+    return await _authenticated(request, platform, dispatch_id, token, apply, RUNPOD_PROGRESS)
 
 
 async def _authenticated(
     request: Request,
     platform: Platform,
-    session: Session,
     dispatch_id: str,
     token: str,
-    apply: Callable[[bytes], dict[str, str]],
+    apply: Callable[[Session, bytes], dict[str, str]],
     outcomes: Counter,
 ) -> dict[str, str]:
     """`apply` the body once the dispatch's token is checked (the body is read only then),
     at most `reports_at_once` at a time in this process, each outcome counted in `outcomes`
-    by its status or its error's kind."""
+    by its status or its error's kind.
+
+    One session serves both steps, each one hop to a worker thread: a `SessionDep` would add
+    two more (FastAPI opens and closes it in threads of their own), for every dispatch's end."""
+    session = platform.session()
+
+    def check() -> None:
+        try:
+            webhook.authenticate(session, dispatch_id, token)
+        except BaseException:
+            session.close()
+            raise
+
+    def apply_and_close(body: bytes) -> dict[str, str]:
+        with session:
+            return apply(session, body)
+
     try:
-        await run_in_threadpool(webhook.authenticate, session, dispatch_id, token)
+        await run_in_threadpool(check)
         body = await request.body()
-        answer = await anyio.to_thread.run_sync(apply, body, limiter=platform.reports)
+        answer = await anyio.to_thread.run_sync(apply_and_close, body, limiter=platform.reports)
     except DomainError as exc:
         outcomes.labels(type(exc).__name__.lower()).inc()
         raise
+    finally:
+        if session.in_transaction():  # ended between the steps: the client left, a shutdown
+            session.close()
     outcomes.labels(answer["status"]).inc()
     return answer
