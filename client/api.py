@@ -78,6 +78,7 @@ UPLOAD_BATCH_BYTES = 16 * 1024 * 1024
 UPLOAD_BATCH_FILES = 32
 UPLOAD_WORKERS = 4
 RETRY_LATER_S = 120.0  # most time spent waiting as servers' Retry-After headers ask
+NOTHING_DONE = frozenset({429, 503})  # statuses whose Retry-After promises nothing changed
 ACTIVE_JOB_STATUSES = frozenset({"queued", "processing"})
 ENDED_PERSONA_STATUSES = frozenset({"completed", "failed"})
 Body = Mapping[str, Any] | BaseModel
@@ -588,9 +589,10 @@ class Client:
 
     def _retrying(self, send: Callable[[], ResultT], *, idempotent: bool) -> ResultT:
         """`send()`, again after a pause when the connection failed (any transport error if
-        the call is idempotent, else only when nothing was sent), and, if it is idempotent,
-        when the server says to try again later (`Retry-After`, e.g. a 409 for the same
-        Idempotency-Key still being answered), for up to RETRY_LATER_S in all."""
+        the call is idempotent, else only when nothing was sent), and when the server says
+        to try again later (`Retry-After`) for up to RETRY_LATER_S in all: if the call is
+        idempotent (e.g. a 409 for the same Idempotency-Key still being answered), or
+        whatever it is when the answer says nothing was done (429, 503: a busy database)."""
         failures, waited = 0, 0.0
         while True:
             try:
@@ -603,7 +605,8 @@ class Client:
                 failures += 1
                 log.info("no answer from %s (%s); again in %.1f s", self.api_url, exc, pause)
             except ApiError as exc:
-                if not idempotent or exc.retry_after is None or waited >= RETRY_LATER_S:
+                again = idempotent or exc.status in NOTHING_DONE
+                if not again or exc.retry_after is None or waited >= RETRY_LATER_S:
                     raise
                 pause = min(exc.retry_after, RETRY_LATER_S - waited)
                 waited += pause

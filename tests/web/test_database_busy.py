@@ -2,11 +2,14 @@
 a lost connection) is answered 503 with Retry-After and changes nothing; sent again once
 the database is free, it succeeds."""
 
+import threading
+import time
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from client import Client
 from control_plane.db import make_engine
 from control_plane.settings import Settings
 from tests.fakes.api import Api, submit_one_dispatch
@@ -48,3 +51,36 @@ def test_a_cancel_that_waits_too_long_for_a_lock_is_answered_503_and_changes_not
     again = api.client.post(f"/api/jobs/{job_id}/cancel")
     assert again.status_code == 200, again.text
     assert api.client.get(f"/api/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_the_client_asks_again_when_the_database_was_busy(api: Api, database_url: str) -> None:
+    """A cancel is never sent twice after a lost answer, but a 503 with Retry-After says
+    nothing was done: the client (`client/api.py`) waits as asked and sends it again."""
+    api.runpod.post(url__regex=r".*/cancel/.*").mock(return_value=httpx.Response(200, json={}))
+    job_id, dispatch = submit_one_dispatch(api)
+    engine = make_engine(database_url)
+    other = engine.connect()
+    other.exec_driver_sql("SELECT id FROM dispatches WHERE id = %s FOR UPDATE", (dispatch.id,))
+    release = threading.Timer(LOCK_WAIT_S * 1.5, other.rollback)  # after the first answer
+    release.start()
+    started = time.monotonic()
+    try:
+        transport = httpx.MockTransport(lambda request: _through_the_app(api, request))
+        with Client(str(api.client.base_url), transport=transport) as client:
+            cancelled = client.cancel(job_id)
+    finally:
+        release.join()
+        other.close()
+        engine.dispose()
+    assert cancelled.status == "cancelled"
+    assert time.monotonic() - started >= 2 * LOCK_WAIT_S  # a lock wait, then Retry-After
+
+
+def _through_the_app(api: Api, request: httpx.Request) -> httpx.Response:
+    """`request` answered by the app of `api` (its test client's transport streams answers
+    in a way httpx's plain client does not take)."""
+    path = request.url.raw_path.decode()
+    answer = api.client.request(
+        request.method, path, content=request.read(), headers=dict(request.headers)
+    )
+    return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
