@@ -96,8 +96,7 @@ def emit_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def read_jobs(session: Session, events: Sequence[Event]) -> list[Job]:
-    """The jobs of `events`, read in one query: `each_event`'s prefetch for handlers that
-    read their event's job."""
+    """The jobs of `events`, read in one query (per thousand)."""
     job_ids = sorted({event.job_id for event in events if event.job_id})
     return [
         job
@@ -134,26 +133,32 @@ Handler = Callable[[Session, Sequence[Event]], None]
 class Consumer:
     """Something that reacts to events: `handle(session, events)` gets a batch's events of
     `kinds`, in id order, in the transaction that moves this consumer's cursor past them
-    (`each_event` makes one of a handler of single events)."""
+    (`each_event` and `each_job_event` make one of a handler of single events)."""
 
     name: str
     kinds: frozenset[EventKind]
     handle: Handler
 
 
-def each_event(
-    handle: Callable[[Session, Event], None],
-    prefetch: Callable[[Session, Sequence[Event]], Sequence[Any]] | None = None,
-) -> Handler:
-    """A batch handler calling `handle` for each event, after `prefetch` (if any) has read at
-    once the rows `handle` would otherwise read an event at a time; they are kept while the
-    batch is handled (the session keeps rows only while something else refers to them)."""
+def each_event(handle: Callable[[Session, Event], None]) -> Handler:
+    """A batch handler calling `handle` for each event."""
 
     def handle_each(session: Session, events: Sequence[Event]) -> None:
-        prefetched = prefetch(session, events) if prefetch is not None else ()
         for event in events:
             handle(session, event)
-        del prefetched
+
+    return handle_each
+
+
+def each_job_event(handle: Callable[[Session, Event, Job], None]) -> Handler:
+    """A batch handler calling `handle` for each event with the event's job, the batch's
+    jobs read in one query; an event of no job, or of a job deleted since, is passed over."""
+
+    def handle_each(session: Session, events: Sequence[Event]) -> None:
+        jobs = {job.id: job for job in read_jobs(session, events)}
+        for event in events:
+            if (job := jobs.get(event.job_id or "")) is not None:
+                handle(session, event, job)
 
     return handle_each
 

@@ -1,7 +1,7 @@
 """Domain events: written with the change that caused them, handed to each consumer once."""
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -10,8 +10,16 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from control_plane.db import make_engine, session_scope
-from control_plane.events import GAP_SETTLE, MAX_FAILURES, Consumer, Relay, each_event, emit
-from control_plane.models import Event, EventCursor, EventKind, Group, utcnow
+from control_plane.events import (
+    GAP_SETTLE,
+    MAX_FAILURES,
+    Consumer,
+    Relay,
+    each_event,
+    each_job_event,
+    emit,
+)
+from control_plane.models import Event, EventCursor, EventKind, Group, Job, JobMode, utcnow
 from tests.conftest import recorded_statements
 
 pytestmark = pytest.mark.mysql
@@ -203,32 +211,34 @@ def test_consumers_at_one_cursor_read_the_events_after_it_once(engine: sa.Engine
     assert len(reads) == 1, reads
 
 
-def test_a_prefetch_reads_a_batch_s_rows_in_one_query_for_its_handler(engine: sa.Engine) -> None:
-    """`each_event`'s prefetch reads what its handler looks up, once per batch, and keeps it
-    while the batch is handled: the handler's lookups send no statement."""
+def test_a_job_event_handler_gets_each_event_s_job_read_once_per_batch(
+    engine: sa.Engine,
+) -> None:
+    """`each_job_event` reads a batch's jobs in one query and hands each event its job; an
+    event of no job, or of a job that no longer exists, is passed over."""
     with session_scope(engine) as session:
-        groups = [Group(name=f"prefetched {index}") for index in range(12)]
-        session.add_all(groups)
+        group = Group(name="jobs of events")
+        session.add(group)
         session.flush()
-        for group in groups:
-            emit(session, EventKind.JOB_QUEUED, job_id=group.id)
-    names: list[str] = []
+        jobs = [
+            Job(group_id=group.id, batch_id="b", mode=JobMode.AUTOMATIC, prompt=f"job {index}")
+            for index in range(12)
+        ]
+        session.add_all(jobs)
+        session.flush()
+        job_ids = [job.id for job in jobs]
+        for job_id in [*job_ids[:6], "job_gone", *job_ids[6:]]:
+            emit(session, EventKind.JOB_QUEUED, job_id=job_id)
+        emit(session, EventKind.JOB_QUEUED)
+    seen: list[tuple[str | None, str]] = []
 
-    def prefetch(session: Session, events: Sequence[Event]) -> list[Group]:
-        ids = [event.job_id for event in events]
-        return list(session.exec(select(Group).where(col(Group.id).in_(ids))).all())
-
-    def handle(session: Session, event: Event) -> None:
-        group = session.get(Group, event.job_id)
-        assert group is not None
-        names.append(group.name)
+    def handle(session: Session, event: Event, job: Job) -> None:
+        seen.append((event.job_id, job.prompt))
 
     relay = Relay(engine)
-    relay.subscribe(
-        Consumer("lookups", frozenset({EventKind.JOB_QUEUED}), each_event(handle, prefetch))
-    )
+    relay.subscribe(Consumer("jobs", frozenset({EventKind.JOB_QUEUED}), each_job_event(handle)))
     with recorded_statements(engine) as statements:
-        assert relay.run_pass() == 12
-    assert names == [f"prefetched {index}" for index in range(12)]
-    group_reads = [s for s in statements if " FROM groups " in s]
-    assert len(group_reads) == 1, group_reads
+        assert relay.run_pass() == 14
+    assert seen == [(job_id, f"job {index}") for index, job_id in enumerate(job_ids)]
+    job_reads = [s for s in statements if " FROM jobs " in s]
+    assert len(job_reads) == 1, job_reads

@@ -35,7 +35,7 @@ from control_plane import lifecycle
 from control_plane.access import Viewer
 from control_plane.db import lock_row
 from control_plane.errors import InvalidRequest
-from control_plane.events import Consumer, each_event
+from control_plane.events import Consumer, each_job_event
 from control_plane.models import (
     Event,
     EventKind,
@@ -293,9 +293,8 @@ def images_of(session: Session, persona: Persona) -> tuple[Output | None, list[O
 def pipeline(settings: Settings) -> Consumer:
     """The consumer that moves personas along as their stage jobs start and finish."""
 
-    def handle(session: Session, event: Event) -> None:
-        job = session.get(Job, event.job_id) if event.job_id else None
-        if job is None or not job.source_id or job.mode not in PERSONA_MODES:
+    def handle(session: Session, event: Event, job: Job) -> None:
+        if not job.source_id or job.mode not in PERSONA_MODES:
             return
         persona = _lock_persona(session, job)
         if persona is None:
@@ -308,7 +307,7 @@ def pipeline(settings: Settings) -> Consumer:
         session.add(persona)
 
     kinds = frozenset({EventKind.JOB_STARTED, EventKind.JOB_FINISHED})
-    return Consumer("persona-pipeline", kinds, each_event(handle))
+    return Consumer("persona-pipeline", kinds, each_job_event(handle))
 
 
 PERSONA_MODES = frozenset({JobMode.PERSONA_DATA, JobMode.PERSONA_IMAGES})

@@ -26,7 +26,7 @@ from control_plane import lifecycle
 from control_plane.access import Viewer
 from control_plane.db import lock_row
 from control_plane.errors import Conflict, InvalidRequest
-from control_plane.events import Consumer, each_event, read_jobs
+from control_plane.events import Consumer, each_job_event
 from control_plane.models import (
     ACTIVE_JOB,
     Event,
@@ -411,12 +411,11 @@ def _unavailable(session: Session, preset_id: str) -> set[str]:
 def gallery_consumer() -> Consumer:
     """The consumer that keeps presets' galleries and usage as their jobs progress."""
     kinds = frozenset({EventKind.OUTPUT_SUCCEEDED, EventKind.JOB_FINISHED})
-    return Consumer(CONSUMER, kinds, each_event(follow_event, read_jobs))
+    return Consumer(CONSUMER, kinds, each_job_event(follow_event))
 
 
-def follow_event(session: Session, event: Event) -> None:
-    job = session.get(Job, event.job_id) if event.job_id else None
-    if job is None or job.mode != JobMode.PRESET or job.source_id is None:
+def follow_event(session: Session, event: Event, job: Job) -> None:
+    if job.mode != JobMode.PRESET or job.source_id is None:
         return
     # The preset's lock first, as every writer of its usage takes it (so none deadlocks).
     preset = lock_preset(session, job.source_id)

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from control_plane.background import Service
 from control_plane.db import wake_after_commit
 from control_plane.errors import InvalidRequest
-from control_plane.events import Consumer, each_event, read_jobs
+from control_plane.events import Consumer, each_job_event
 from control_plane.models import (
     Event,
     EventKind,
@@ -128,9 +128,8 @@ def _no_secret(session: Session, owner: str | None) -> str:
 def delivery_consumer(settings: Settings) -> Consumer:
     """Writes a delivery for each event of a job whose webhook asks for it."""
 
-    def handle(session: Session, event: Event) -> None:
-        job = session.get(Job, event.job_id) if event.job_id else None
-        if job is None or not job.webhook:
+    def handle(session: Session, event: Event, job: Job) -> None:
+        if not job.webhook:
             return
         event_type = _event_type(event)
         if event_type is None or event_type not in job.webhook.get("events", ()):
@@ -147,7 +146,7 @@ def delivery_consumer(settings: Settings) -> Consumer:
         wake_after_commit(session, Service.WEBHOOKS)
 
     kinds = frozenset({EventKind.JOB_FINISHED, *IMAGE_EVENTS})
-    return Consumer(CONSUMER, kinds, each_event(handle, read_jobs))
+    return Consumer(CONSUMER, kinds, each_job_event(handle))
 
 
 def _event_type(event: Event) -> WebhookEvent | None:
