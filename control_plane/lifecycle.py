@@ -48,7 +48,7 @@ import functools
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -757,31 +757,24 @@ def _count_on_job(
         refresh_job(session, dispatch.job_id)
         return
     emit_many(session, _ending_events(dispatch, endings, now, None) + more_events)
-    session.flush()  # the dispatch's row, before the job's is locked
     if _add_counts(session, dispatch.job_id, endings, now):
         refresh_job(session, dispatch.job_id)
 
 
 def _add_counts(session: Session, job_id: str, endings: Sequence[Ending], now: datetime) -> bool:
-    """`_count_endings` as one UPDATE of the job's row (which locks it), for a job not loaded
-    in this session; whether its status no longer follows from its counters (it has just
-    ended, or a retry reopened it: `refresh_job` settles it)."""
-    moved = Counter(ending.status for ending in endings)
-    values: dict[str, Any] = {"updated_at": now}
-    for status in (OutputStatus.SUCCEEDED, OutputStatus.FAILED, OutputStatus.BLOCKED):
-        if moved[status]:
-            values[status.value] = JOBS.c[status.value] + moved[status]
-    cost = sum(ending.cost_usd for ending in endings)
-    if cost:
-        values["cost_usd"] = sa.func.round(sa.func.coalesce(JOBS.c.cost_usd, 0.0) + cost, 6)
-    connection = session.connection()
-    connection.execute(sa.update(JOBS).where(JOBS.c.id == job_id).values(values))
-    _forget_loaded(session, Job, [job_id])
-    row = connection.execute(
-        sa.select(
-            JOBS.c.status, JOBS.c.total, JOBS.c.succeeded, JOBS.c.failed, JOBS.c.blocked
-        ).where(JOBS.c.id == job_id)
-    ).first()
+    """`_count_endings`, for a job not loaded in this session; whether its status no longer
+    follows from its counters (it has just ended, or a retry reopened it: `refresh_job`
+    settles it), read in one narrow query."""
+    _count_endings(session, job_id, endings, now)
+    row = (
+        session.connection()
+        .execute(
+            sa.select(
+                JOBS.c.status, JOBS.c.total, JOBS.c.succeeded, JOBS.c.failed, JOBS.c.blocked
+            ).where(JOBS.c.id == job_id)
+        )
+        .first()
+    )
     if row is None:
         return False
     finished = row.succeeded + row.failed + row.blocked == row.total
@@ -925,11 +918,12 @@ def _forget_loaded(session: Session, model: type[SQLModel], ids: Sequence[str]) 
             session.expire(loaded)
 
 
-def _count_endings(session: Session, job_id: str, endings: Sequence[Ending]) -> None:
+def _count_endings(
+    session: Session, job_id: str, endings: Sequence[Ending], now: datetime | None = None
+) -> None:
     """The job's counters moved once for all `endings`, their cost added once."""
-    for status, change in Counter(ending.status for ending in endings).items():
-        _count(session, job_id, status, change)
-    _count(session, job_id, OutputStatus.SUCCEEDED, 0, sum(e.cost_usd for e in endings))  # cost
+    moved = Counter(ending.status for ending in endings)
+    _move_counts(session, job_id, moved, sum(ending.cost_usd for ending in endings), now)
 
 
 def _first_success(
@@ -1068,7 +1062,7 @@ def _fail_outputs(
         .values(status=OutputStatus.FAILED, error=reason, completed_at=now, updated_at=now)
     )
     for job_id, failed in Counter(job_id for _, job_id, _ in ids).items():
-        _count(session, job_id, OutputStatus.FAILED, failed)
+        _move_counts(session, job_id, {OutputStatus.FAILED: failed})
     events = [
         event_row(
             EventKind.OUTPUT_FAILED,
@@ -1135,7 +1129,7 @@ def retry_job(session: Session, settings: Settings, job_id: str) -> None:
     ).all()
     if not failed:
         raise Conflict(f"job {job_id} has no failed images to retry")
-    _count(session, job_id, OutputStatus.FAILED, -len(failed))
+    _move_counts(session, job_id, {OutputStatus.FAILED: -len(failed)})
     now = utcnow()
     for output in failed:
         output.status, output.error, output.completed_at = OutputStatus.PENDING, None, None
@@ -1161,22 +1155,34 @@ def output_counts(session: Session, condition: Any) -> dict[str, int]:
     return dict(rows)
 
 
-def _count(
-    session: Session, job_id: str, status: OutputStatus, change: int, cost_usd: float | None = None
+COUNTED = (OutputStatus.SUCCEEDED, OutputStatus.FAILED, OutputStatus.BLOCKED)
+
+
+def _move_counts(
+    session: Session,
+    job_id: str,
+    moved: Mapping[OutputStatus, int],
+    cost_usd: float = 0.0,
+    now: datetime | None = None,
 ) -> None:
-    """Move the job's counter of `status` by `change`, and add an ended output's actual cost
-    to the job's (the caller holds the job's lock)."""
-    job = session.get(Job, job_id)
-    if job is None:
-        return
+    """Move the job's counters by `moved` and add `cost_usd` to its cost: the one way they
+    change, one UPDATE of the job's row, which takes the job's lock if the caller does not
+    hold it yet. What the session has pending is written first (in the lock order: a
+    finaliser's dispatch before its job), and a loaded copy of the job is expired, so that
+    it reads the new counts."""
+    values: dict[str, Any] = {
+        status.value: JOBS.c[status.value] + moved[status]
+        for status in COUNTED
+        if moved.get(status)
+    }
     if cost_usd:
-        job.cost_usd = round((job.cost_usd or 0.0) + cost_usd, 6)
-    if status == OutputStatus.SUCCEEDED:
-        job.succeeded += change
-    elif status == OutputStatus.FAILED:
-        job.failed += change
-    elif status == OutputStatus.BLOCKED:
-        job.blocked += change
+        values["cost_usd"] = sa.func.round(sa.func.coalesce(JOBS.c.cost_usd, 0.0) + cost_usd, 6)
+    if not values:
+        return
+    values["updated_at"] = now or utcnow()
+    session.flush()
+    session.connection().execute(sa.update(JOBS).where(JOBS.c.id == job_id).values(values))
+    _forget_loaded(session, Job, [job_id])
 
 
 def _first_image(session: Session, job_id: str, now: datetime) -> bool:
