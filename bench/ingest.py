@@ -3,7 +3,7 @@ a bigger job, and how does ingest scale with `pixelfleet api --workers N`?
 
     python -m bench.ingest [--small 1600] [--big 20000] [--connections 16]
                            [--workers 1,2,4] [--filler-outputs 1500000]
-                           [--database-url URL] [--profile N]
+                           [--database-url URL] [--profile N] [--serial N]
 
 Bulk-inserts `--filler-outputs` outputs of other jobs into a fresh database (SQLite by
 default, or the MariaDB/MySQL database of `--database-url`, dropped and created again), then
@@ -16,7 +16,9 @@ percentiles and CPU per webhook (all API processes) per job, while posting and u
 relay has handed every event on (work a webhook leaves to the background counts); per N the
 big job's rate as a ratio of the small one's (1.0: ingest does not grow with the job) and of
 the first N's, and peak RSS. `--profile N` then posts N more webhooks to an app in this
-process under pyinstrument and prints where their time went.
+process under pyinstrument and prints where their time went; `--serial N` posts N more one
+at a time and prints the CPU each costs the request and the relay: on a shared machine,
+steadier than the figures under load.
 """
 
 import argparse
@@ -51,6 +53,7 @@ from bench.common import (
 )
 from control_plane.db import make_engine, migrate
 from control_plane.models import (
+    AnalyticsEvent,
     Dispatch,
     DispatchStatus,
     Event,
@@ -98,6 +101,15 @@ def main() -> None:
         help="then post N more webhooks, one at a time, to an app in this process under "
         "pyinstrument and print where their time went",
     )
+    parser.add_argument(
+        "--serial",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then post N more webhooks, one at a time, to an app in this process, and print "
+        "the CPU each costs the request and a relay pass over their events (steadier than the "
+        "figures under load on a shared machine)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pixelfleet-ingest-") as tmp:
         run(Path(tmp), args)
@@ -134,7 +146,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     filled = time.monotonic() - started
     runpod_port = free_port()
     stub = _stub_runpod(runpod_port)
-    rows, memory, profile = [], {}, ""
+    rows, memory, profile, serial = [], {}, "", ""
     for workers in args.workers:
         api_port = free_port()
         env = _env(tmp, database_url, runpod_port, api_port)
@@ -148,10 +160,14 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
             memory[workers] = [peak_rss_mb(each) for each in process_tree(pid)]
             if args.profile and not profile:
                 profile = session.profile(env, args.profile)
+            if args.serial and not serial:
+                serial = session.serial(env, args.serial)
     stub.should_exit = True
     print(f"database              {database_url.split('@')[-1]}")
     print(f"filler                {args.filler_outputs} outputs inserted in {filled:.0f} s")
     _report(rows, args.connections, memory)
+    if serial:
+        print(serial)
     if profile:
         print(profile)
 
@@ -218,6 +234,10 @@ class _ControlPlane:
     def profile(self, env: dict[str, str], webhooks: int) -> str:
         _, bodies = self.sent_webhooks(webhooks * CHUNK)
         return asyncio.run(_profile(env, bodies))
+
+    def serial(self, env: dict[str, str], webhooks: int) -> str:
+        _, bodies = self.sent_webhooks((webhooks + SERIAL_WARM_UP) * CHUNK)
+        return asyncio.run(_serial(env, bodies))
 
 
 def _database_server(engine: sa.Engine) -> int | None:
@@ -288,13 +308,21 @@ def _filler_output(index: int, job_ids: list[str], group_id: str, now: Any) -> d
     }
 
 
+def _app_here(env: dict[str, str], **settings: Any) -> FastAPI:
+    """The control plane's app, to run in this process, configured as `env` says and with
+    `settings` besides; its services' timers off."""
+    from control_plane.app import create_app
+    from control_plane.settings import Settings
+
+    configured = {k.removeprefix("PIXELFLEET_").lower(): v for k, v in env.items()}
+    return create_app(Settings(**{**configured, **settings}), reconcile=False)
+
+
 async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
     """Post `bodies` one after another to the real app run in this process, its blocking
     work on this thread (not a thread pool) so that the profiler sees all of it."""
     from pyinstrument import Profiler
 
-    from control_plane.app import create_app
-    from control_plane.settings import Settings
     from control_plane.web.api import webhook as webhook_route
 
     async def inline(function: Any, *args: Any, **_: Any) -> Any:
@@ -302,10 +330,7 @@ async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
 
     webhook_route.run_in_threadpool = inline  # type: ignore[assignment]
     webhook_route.anyio.to_thread.run_sync = inline  # type: ignore[assignment]
-    app = create_app(
-        Settings(**{k.removeprefix("PIXELFLEET_").lower(): v for k, v in env.items()}),
-        reconcile=False,
-    )
+    app = _app_here(env)
     transport = httpx.ASGITransport(app=app)
     profiler = Profiler(async_mode="disabled")
     base = "http://127.0.0.1"
@@ -319,6 +344,86 @@ async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
             assert answer.status_code == 200, answer.text
         profiler.stop()
     return profiler.output_text(unicode=True, show_all=False)
+
+
+SERIAL_WARM_UP = 20  # webhooks posted before measuring (caches, compiled statements)
+SERIAL_CHUNK = 50  # webhooks per measured chunk
+RELAY_REPLAYS = 5
+
+
+async def _serial(env: dict[str, str], bodies: list[Any]) -> str:
+    """Post `bodies` one after another to the app run in this process: the CPU of this
+    process per webhook over chunks of SERIAL_CHUNK (the request path, its worker threads
+    included), then of a relay pass over their events, replayed RELAY_REPLAYS times (the
+    consumers' cursors set back, the analytics rows it wrote deleted). The app's consumers
+    are moved to a relay of the bench's own, so that the app's passes do nothing meanwhile."""
+    from control_plane.events import Relay
+
+    app = _app_here(env)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+    ):
+        platform = app.state.platform
+        relay = Relay(platform.engine)
+        for consumer in platform.relay.consumers:
+            relay.subscribe(consumer)
+        platform.relay.consumers.clear()
+        warm_up, measured = bodies[:SERIAL_WARM_UP], bodies[SERIAL_WARM_UP:]
+        await _post_each(client, warm_up)
+        relay.run_pass()
+        start = _relay_start(platform.engine)
+        requests = []
+        for first in range(0, len(measured), SERIAL_CHUNK):
+            chunk = measured[first : first + SERIAL_CHUNK]
+            before = time.process_time()
+            await _post_each(client, chunk)
+            requests.append((time.process_time() - before) / len(chunk) * 1000)
+        passes = _relay_replays(platform.engine, relay, start, len(measured))
+    return (
+        f"serial, in this process, {len(measured)} webhooks: request "
+        f"{min(requests):.2f} ms CPU/webhook (least of chunks of {SERIAL_CHUNK}; median "
+        f"{statistics.median(requests):.2f}), relay {min(passes):.2f} ms CPU/webhook (least "
+        f"of {RELAY_REPLAYS} passes over their events; median {statistics.median(passes):.2f})"
+    )
+
+
+async def _post_each(client: httpx.AsyncClient, bodies: list[Any]) -> None:
+    for params, body in bodies:
+        answer = await client.post("/api/webhook/runpod", params=params, json=body)
+        assert answer.status_code == 200, answer.text
+
+
+def _relay_start(engine: sa.Engine) -> tuple[dict[str, int], int]:
+    """Where the relay's consumers stand, and the last analytics row."""
+    with Session(engine) as session:
+        cursors = {each.consumer: each.position for each in session.exec(select(EventCursor))}
+        top = session.exec(select(func.coalesce(func.max(AnalyticsEvent.id), 0))).one()
+    return cursors, top or 0
+
+
+def _relay_replays(
+    engine: sa.Engine, relay: Any, start: tuple[dict[str, int], int], webhooks: int
+) -> list[float]:
+    """CPU ms per webhook of each of RELAY_REPLAYS relay passes from `start`."""
+    cursors, top = start
+    analytics = AnalyticsEvent.__table__  # type: ignore[attr-defined]
+    positions = EventCursor.__table__  # type: ignore[attr-defined]
+    passes = []
+    for _ in range(RELAY_REPLAYS):
+        with engine.begin() as connection:
+            for consumer, position in cursors.items():
+                connection.execute(
+                    sa.update(positions)
+                    .where(positions.c.consumer == consumer)
+                    .values(position=position)
+                )
+            connection.execute(sa.delete(analytics).where(analytics.c.id > top))
+        before = time.process_time()
+        relay.run_pass()
+        passes.append((time.process_time() - before) / webhooks * 1000)
+    return passes
 
 
 def _stub_runpod(port: int) -> uvicorn.Server:

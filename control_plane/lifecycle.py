@@ -17,10 +17,11 @@ Rules kept here and nowhere else:
   `lock_row`). A dispatch's unfinished outputs change only under its lock, so a worker's
   results are checked against them under it (`plan_results`), contended only by another
   report of the same dispatch.
-- A job's counts move with its outputs, in the transaction that moves them (`_count`), under
-  the job's lock, once per change (a dispatch's outputs end in one UPDATE, their events in one
-  insert), so finishing a dispatch costs the same in a job of 20 images or 20,000, and in a
-  table of 1.5 M outputs; its status follows from them (`refresh_job`).
+- A job's counts move with its outputs, in the transaction that moves them, under the job's
+  lock, once per change, one way (`_move_counts`: one UPDATE of the job's row; a dispatch's
+  outputs end in one UPDATE, their events in one insert), so finishing a dispatch costs the
+  same in a job of 20 images or 20,000, and in a table of 1.5 M outputs; its status follows
+  from them (`refresh_job`).
 - A dispatch that ended is never changed again: webhooks can be lost, duplicated, delayed or
   early, and `/status` polls race them, so finishing twice is a no-op.
 - The worker's progress (results posted while its dispatch runs, `apply_progress`) ends
