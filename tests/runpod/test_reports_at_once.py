@@ -57,6 +57,8 @@ def test_reports_beyond_the_limit_wait_their_turn_and_are_all_applied(api: Api) 
         for post in posts:
             post.start()
         _until(lambda: statistics() == (1, 2))  # one applying (waiting), two for their turn
+        # connections out: the holder's and the applying report's; those waiting hold none
+        assert api.platform.engine.pool.checkedout() == 2  # type: ignore[attr-defined]
         holder.commit()
     for post in posts:
         post.join()

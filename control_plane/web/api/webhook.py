@@ -82,15 +82,16 @@ async def _authenticated(
     by its status or its error's kind.
 
     One session serves both steps, each one hop to a worker thread: a `SessionDep` would add
-    two more (FastAPI opens and closes it in threads of their own), for every dispatch's end."""
+    two more (FastAPI opens and closes it in threads of their own), for every dispatch's end.
+    The check gives its connection back to the pool: a report waiting for its turn holds
+    none, so a burst of reports cannot take every connection the process has."""
     session = platform.session()
 
     def check() -> None:
         try:
             webhook.authenticate(session, dispatch_id, token)
-        except BaseException:
-            session.close()
-            raise
+        finally:
+            session.close()  # a closed session is used again: the apply checks one out
 
     def apply_and_close(body: bytes) -> dict[str, str]:
         with session:
