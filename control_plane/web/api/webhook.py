@@ -104,8 +104,5 @@ async def _authenticated(
     except DomainError as exc:
         outcomes.labels(type(exc).__name__.lower()).inc()
         raise
-    finally:
-        if session.in_transaction():  # ended between the steps: the client left, a shutdown
-            session.close()
     outcomes.labels(answer["status"]).inc()
     return answer
