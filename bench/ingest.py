@@ -339,9 +339,7 @@ async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
         httpx.AsyncClient(transport=transport, base_url=base) as client,
     ):
         profiler.start()
-        for params, body in bodies:
-            answer = await client.post("/api/webhook/runpod", params=params, json=body)
-            assert answer.status_code == 200, answer.text
+        await _post_each(client, bodies)
         profiler.stop()
     return profiler.output_text(unicode=True, show_all=False)
 

@@ -169,7 +169,6 @@ def create_app(
         summary="Generate image datasets with AI: groups, uploads, jobs, ZIP downloads.",
         lifespan=lifespan,
     )
-    app.state.idle_poll_ms = round(settings.ui_idle_poll_s * 1000)  # live.js, idle
     routers = [
         groups,
         gallery,

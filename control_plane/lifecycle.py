@@ -65,6 +65,7 @@ from control_plane.events import emit, emit_many, event_row
 from control_plane.models import (
     ACTIVE_JOB,
     TERMINAL_DISPATCH,
+    TERMINAL_OUTPUT,
     Dispatch,
     DispatchStatus,
     EventKind,
@@ -1156,9 +1157,6 @@ def output_counts(session: Session, condition: Any) -> dict[str, int]:
     return dict(rows)
 
 
-COUNTED = (OutputStatus.SUCCEEDED, OutputStatus.FAILED, OutputStatus.BLOCKED)
-
-
 def _move_counts(
     session: Session,
     job_id: str,
@@ -1173,7 +1171,7 @@ def _move_counts(
     it reads the new counts."""
     values: dict[str, Any] = {
         status.value: JOBS.c[status.value] + moved[status]
-        for status in COUNTED
+        for status in TERMINAL_OUTPUT
         if moved.get(status)
     }
     if cost_usd:

@@ -65,7 +65,14 @@ def test_the_client_asks_again_when_the_database_was_busy(api: Api, database_url
     release.start()
     started = time.monotonic()
     try:
-        transport = httpx.MockTransport(lambda request: _through_the_app(api, request))
+        statuses: list[int] = []
+
+        def through(request: httpx.Request) -> httpx.Response:
+            answer = _through_the_app(api, request)
+            statuses.append(answer.status_code)
+            return answer
+
+        transport = httpx.MockTransport(through)
         with Client(str(api.client.base_url), transport=transport) as client:
             cancelled = client.cancel(job_id)
     finally:
@@ -73,6 +80,7 @@ def test_the_client_asks_again_when_the_database_was_busy(api: Api, database_url
         other.close()
         engine.dispose()
     assert cancelled.status == "cancelled"
+    assert statuses == [503, 200]  # refused while the lock was held, then asked again
     assert time.monotonic() - started >= 2 * LOCK_WAIT_S  # a lock wait, then Retry-After
 
 

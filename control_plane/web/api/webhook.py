@@ -81,26 +81,23 @@ async def _authenticated(
     at most `reports_at_once` at a time in this process, each outcome counted in `outcomes`
     by its status or its error's kind.
 
-    One session serves both steps, each one hop to a worker thread: a `SessionDep` would add
-    two more (FastAPI opens and closes it in threads of their own), for every dispatch's end.
-    The check gives its connection back to the pool: a report waiting for its turn holds
-    none, so a burst of reports cannot take every connection the process has."""
-    session = platform.session()
+    Each step is one hop to a worker thread with a session of its own (a `SessionDep` would
+    add two hops: FastAPI opens and closes it in threads of their own), for every dispatch's
+    end. The check's connection is back in the pool before the report waits for its turn,
+    so a burst of reports cannot take every connection the process has."""
 
     def check() -> None:
-        try:
+        with platform.session() as session:
             webhook.authenticate(session, dispatch_id, token)
-        finally:
-            session.close()  # a closed session is used again: the apply checks one out
 
-    def apply_and_close(body: bytes) -> dict[str, str]:
-        with session:
+    def apply_in_session(body: bytes) -> dict[str, str]:
+        with platform.session() as session:
             return apply(session, body)
 
     try:
         await run_in_threadpool(check)
         body = await request.body()
-        answer = await anyio.to_thread.run_sync(apply_and_close, body, limiter=platform.reports)
+        answer = await anyio.to_thread.run_sync(apply_in_session, body, limiter=platform.reports)
     except DomainError as exc:
         outcomes.labels(type(exc).__name__.lower()).inc()
         raise
