@@ -25,7 +25,6 @@ a RunPod job counts as completed once this bench has posted its COMPLETED webhoo
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import tempfile
@@ -52,6 +51,7 @@ from bench.common import (
 )
 from shared import layout
 from shared.storage import LocalStorage
+from shared.waiting import wait_at_most
 
 RUN_LIMIT_PER_10S = 1_000  # RunPod's documented /run rate limit
 IN_FLIGHT_LIMIT = 200  # and its jobs in flight
@@ -314,8 +314,7 @@ async def _view(client: httpx.AsyncClient, job_id: str, stop: asyncio.Event) -> 
         api = await client.get(f"/api/jobs/{job_id}")
         assert page.status_code == 200 and api.status_code == 200, (page.text, api.text)
         views += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), VIEWER_PERIOD_S)
+        await wait_at_most(stop.wait(), VIEWER_PERIOD_S)
     return views
 
 

@@ -3,13 +3,14 @@ for them) or when their interval elapses (work made by another process, or work 
 """
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
+
+from shared.waiting import wait_at_most
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ class Loop:
 
     async def run_forever(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):  # the interval elapsed: a timed pass
-                await asyncio.wait_for(self._wanted.wait(), self.interval_s)
+            await wait_at_most(self._wanted.wait(), self.interval_s)  # a wake, or a timed pass
             # Wakes that come faster than `spacing_s` share the next pass.
             await asyncio.sleep(self._last_start + self.spacing_s - time.monotonic())
             await self.run_once()

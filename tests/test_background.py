@@ -47,3 +47,21 @@ def test_without_spacing_each_wake_after_a_pass_makes_a_pass() -> None:
         return passes
 
     assert asyncio.run(scenario()) == 5
+
+
+def test_a_loop_stops_when_cancelled_as_a_wake_arrives() -> None:
+    """A stop that coincides with a wake (a webhook's commit) still stops the loop."""
+
+    async def scenario() -> bool:
+        async def step() -> None:
+            pass
+
+        loop = Loop("test", step, interval_s=60, spacing_s=0)
+        running = asyncio.get_running_loop().create_task(loop.run_forever())
+        await asyncio.sleep(0.01)
+        loop.wake()
+        running.cancel()
+        await asyncio.wait({running}, timeout=2)
+        return running.cancelled()  # asked here: asyncio.run cancels what is left at its end
+
+    assert asyncio.run(scenario())

@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse
 
 from shared.hosts import is_loopback
 from shared.logs import configure_logging
+from shared.waiting import wait_at_most
 from worker.handler import SlotModifier, make_handler
 from worker.settings import WorkerSettings
 
@@ -383,8 +384,7 @@ class LocalEndpoint:
         }
 
     async def wait(self, job: RunPodJob, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(job.finished.wait(), timeout_s)
+        await wait_at_most(job.finished.wait(), timeout_s)
 
     def sweep(self) -> None:
         """Delete jobs past their ttl (cancelling any still running) or past retention."""

@@ -29,6 +29,7 @@ from shared.contract import (
 )
 from shared.images import THUMBNAIL_TYPE, dimensions, make_thumbnail
 from shared.storage import Storage, StorageError
+from shared.waiting import wait_at_most
 from worker.providers import (
     GeneratedImage,
     GenerationBlocked,
@@ -119,9 +120,7 @@ class Runner:
         waiter = asyncio.get_running_loop().create_future()
         self._room_waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout_s)
-        except TimeoutError:
-            pass
+            await wait_at_most(waiter, timeout_s)
         finally:
             with contextlib.suppress(ValueError):  # already taken out by _image_ended
                 self._room_waiters.remove(waiter)

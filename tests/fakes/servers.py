@@ -1,6 +1,5 @@
 """Run ASGI apps on real loopback sockets for end-to-end tests."""
 
-import logging
 import socket
 import sys
 import threading
@@ -11,8 +10,6 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import uvicorn
-
-log = logging.getLogger(__name__)
 
 
 def reserve_socket(port: int = 0) -> socket.socket:
@@ -46,18 +43,21 @@ def run_server(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
         yield url
     finally:
         server.should_exit = True
-        _join(thread, url)
-        sock.close()
+        try:
+            _join(thread, url)
+        finally:
+            sock.close()
 
 
 def _join(thread: threading.Thread, url: str) -> None:
-    """Wait for a stopping server's thread; one still running after 20 s is logged with where
-    it is (it will end once its lifespan's shutdown does) and left to finish."""
+    """Wait for a stopping server's thread. One still running after 20 s is a failure: its
+    graceful close takes 5 s at most, so something in its shutdown does not end (the
+    stop of a `pixelfleet up` would hang as long)."""
     thread.join(timeout=20)
     if thread.is_alive():
         frame = sys._current_frames().get(thread.ident or 0)
         where = "".join(traceback.format_stack(frame)) if frame else "(gone)"
-        log.warning("the server at %s did not stop in 20 s; it is at:\n%s", url, where)
+        raise RuntimeError(f"the server at {url} did not stop in 20 s; it is at:\n{where}")
 
 
 class RestartableServer:
