@@ -59,6 +59,7 @@ from control_plane.schemas import (
     Usage,
 )
 from shared.ids import is_id
+from shared.tls import tls_context
 
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -136,6 +137,7 @@ class Client:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,
+            verify=tls_context(),
         )
 
     def __enter__(self) -> "Client":

@@ -15,12 +15,10 @@ its own: a receiver that hangs holds one slot for at most PIXELFLEET_WEBHOOK_TIM
 
 import asyncio
 import base64
-import functools
 import hashlib
 import hmac
 import json
 import logging
-import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +34,7 @@ from control_plane.models import DeliveryStatus, WebhookDelivery, clip, utcnow
 from control_plane.platform import Platform
 from control_plane.services import webhooks
 from control_plane.services.users import WEBHOOK_SECRET_PREFIX
+from shared.tls import tls_context
 
 log = logging.getLogger(__name__)
 CLAIM_MARGIN_S = 30.0  # beyond the request's timeout: the DNS check and the recording
@@ -179,7 +178,7 @@ async def post(platform: Platform, claim: Claim) -> Attempt:
     }
     try:
         async with httpx.AsyncClient(
-            timeout=settings.webhook_timeout_s, follow_redirects=False, verify=_tls()
+            timeout=settings.webhook_timeout_s, follow_redirects=False, verify=tls_context()
         ) as client:
             response = await client.post(claim.url, content=claim.body, headers=headers)
     except httpx.HTTPError as exc:
@@ -188,12 +187,6 @@ async def post(platform: Platform, claim: Claim) -> Attempt:
         return Attempt(status_code=response.status_code)
     answer = response.text[:MAX_ANSWER_CHARS]
     return Attempt(status_code=response.status_code, error=f"HTTP {response.status_code} {answer}")
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every attempt (making one reads the CA bundle)."""
-    return httpx.create_ssl_context()
 
 
 def _record(platform: Platform, claim: Claim, attempt: Attempt) -> None:

@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse
 
 from shared.hosts import is_loopback
 from shared.logs import configure_logging
+from shared.tls import tls_context
 from shared.waiting import wait_at_most
 from worker.handler import SlotModifier, make_handler
 from worker.settings import WorkerSettings
@@ -295,7 +296,7 @@ class LocalEndpoint:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S)
+        self._client = httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT_S, verify=tls_context())
         self._tasks = [
             asyncio.create_task(self._worker()) for _ in range(self.config.job_concurrency)
         ]

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from shared.contract import ItemResult, ProgressReport
+from shared.tls import tls_context
 
 log = logging.getLogger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
@@ -104,7 +105,7 @@ class ProgressPoster:
         body = ProgressReport(dispatch_id=self.dispatch_id, results=batch).model_dump_json()
         headers = {"content-type": "application/json"}
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=POST_TIMEOUT_S)
+            self._client = httpx.AsyncClient(timeout=POST_TIMEOUT_S, verify=tls_context())
         for attempt in range(1, attempts + 1):
             try:
                 response = await self._client.post(self.url, content=body, headers=headers)

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from shared.tls import tls_context
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +52,7 @@ class RunPodClient:
             timeout=timeout_s,
             transport=transport,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            verify=tls_context(),
         )
         self._timeout_s = timeout_s
         self._attempts = attempts

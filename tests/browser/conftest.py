@@ -118,6 +118,10 @@ def page(browser: Any, platform_url: str, request: pytest.FixtureRequest) -> Ite
     errors: list[str] = []
     opened.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # File choosers are caught from the start: Playwright turns that on for a page's first
+    # listener without waiting for the browser, so an `expect_file_chooser` just before the
+    # key that opens one could lose the race under load and wait for nothing.
+    opened.on("filechooser", lambda _chooser: None)
     try:
         yield opened
     finally:

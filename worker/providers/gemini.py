@@ -49,6 +49,7 @@ from google import genai
 from google.genai import errors, types
 
 from shared.model_table import image_price, model_table
+from shared.tls import tls_context
 from worker.providers.base import (
     GeneratedImage,
     GeneratedText,
@@ -263,8 +264,10 @@ class GeminiProvider(Provider):
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            verify=tls_context(),
         )
-        self._sync_http = httpx.Client(timeout=timeout_s)  # the SDK wants one; never used
+        # The SDK wants a sync client too; it is never used.
+        self._sync_http = httpx.Client(timeout=timeout_s, verify=tls_context())
         self._client: genai.Client | None = None
         self._key = api_key.strip()
         problem = key_problem(self._key)
