@@ -6,6 +6,7 @@ import asyncio
 import json
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,12 +129,15 @@ def test_dispatches_make_no_tls_context_of_their_own(
     one TLS context: making a context reads the CA bundle, ~20 ms of CPU per dispatch."""
     settings = WorkerSettings(storage_url=str(tmp_path), provider="offline")
     handler, _, runner = make_handler(settings)
-    tls_context()
-    made: list[object] = []
+    tls_context()  # the process's one, made before any dispatch
+    made: list[str] = []
     original = ssl.create_default_context
-    monkeypatch.setattr(
-        ssl, "create_default_context", lambda *a, **k: made.append(a) or original(*a, **k)
-    )
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append("a TLS context")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
     with run_receiver() as receiver:
         for n in range(3):
             job = _with_progress(runner.storage, 2, f"{receiver.url}/progress?dispatch=dsp_{n}")
