@@ -23,6 +23,7 @@ steadier than the figures under load.
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ from bench.common import (
     recreate_mysql_database,
 )
 from control_plane.db import make_engine, migrate
+from control_plane.events import Relay
 from control_plane.models import (
     AnalyticsEvent,
     Dispatch,
@@ -308,14 +311,21 @@ def _filler_output(index: int, job_ids: list[str], group_id: str, now: Any) -> d
     }
 
 
-def _app_here(env: dict[str, str], **settings: Any) -> FastAPI:
-    """The control plane's app, to run in this process, configured as `env` says and with
-    `settings` besides; its services' timers off."""
+@contextlib.asynccontextmanager
+async def _served_here(env: dict[str, str]) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The control plane's app started in this process, configured as `env` says (its
+    services' timers off), and a client that calls it directly."""
     from control_plane.app import create_app
     from control_plane.settings import Settings
 
-    configured = {k.removeprefix("PIXELFLEET_").lower(): v for k, v in env.items()}
-    return create_app(Settings(**{**configured, **settings}), reconcile=False)
+    configured: dict[str, Any] = {k.removeprefix("PIXELFLEET_").lower(): v for k, v in env.items()}
+    app = create_app(Settings(**configured), reconcile=False)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+    ):
+        yield app, client
 
 
 async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
@@ -330,14 +340,8 @@ async def _profile(env: dict[str, str], bodies: list[Any]) -> str:
 
     webhook_route.run_in_threadpool = inline  # type: ignore[assignment]
     webhook_route.anyio.to_thread.run_sync = inline  # type: ignore[assignment]
-    app = _app_here(env)
-    transport = httpx.ASGITransport(app=app)
     profiler = Profiler(async_mode="disabled")
-    base = "http://127.0.0.1"
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url=base) as client,
-    ):
+    async with _served_here(env) as (_, client):
         profiler.start()
         await _post_each(client, bodies)
         profiler.stop()
@@ -355,14 +359,7 @@ async def _serial(env: dict[str, str], bodies: list[Any]) -> str:
     included), then of a relay pass over their events, replayed RELAY_REPLAYS times (the
     consumers' cursors set back, the analytics rows it wrote deleted). The app's consumers
     are moved to a relay of the bench's own, so that the app's passes do nothing meanwhile."""
-    from control_plane.events import Relay
-
-    app = _app_here(env)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
-    ):
+    async with _served_here(env) as (app, client):
         platform = app.state.platform
         relay = Relay(platform.engine)
         for consumer in platform.relay.consumers:
@@ -402,7 +399,7 @@ def _relay_start(engine: sa.Engine) -> tuple[dict[str, int], int]:
 
 
 def _relay_replays(
-    engine: sa.Engine, relay: Any, start: tuple[dict[str, int], int], webhooks: int
+    engine: sa.Engine, relay: Relay, start: tuple[dict[str, int], int], webhooks: int
 ) -> list[float]:
     """CPU ms per webhook of each of RELAY_REPLAYS relay passes from `start`."""
     cursors, top = start

@@ -95,14 +95,16 @@ def emit_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     wake_after_commit(session, Service.RELAY)
 
 
-def read_jobs(session: Session, events: Sequence[Event]) -> list[Job]:
-    """The jobs of `events`, read in one query (per thousand)."""
+def with_jobs(session: Session, events: Sequence[Event]) -> list[tuple[Event, Job]]:
+    """Each of `events` with its job, in order, the jobs read in one query (per thousand); an
+    event of no job, or of a job deleted since, is left out."""
     job_ids = sorted({event.job_id for event in events if event.job_id})
-    return [
-        job
+    jobs = {
+        job.id: job
         for batch in in_batches(job_ids)
         for job in session.exec(select(Job).where(col(Job.id).in_(batch))).all()
-    ]
+    }
+    return [(event, job) for event in events if (job := jobs.get(event.job_id or "")) is not None]
 
 
 @contextmanager
@@ -151,14 +153,11 @@ def each_event(handle: Callable[[Session, Event], None]) -> Handler:
 
 
 def each_job_event(handle: Callable[[Session, Event, Job], None]) -> Handler:
-    """A batch handler calling `handle` for each event with the event's job, the batch's
-    jobs read in one query; an event of no job, or of a job deleted since, is passed over."""
+    """A batch handler calling `handle` for each event with the event's job (`with_jobs`)."""
 
     def handle_each(session: Session, events: Sequence[Event]) -> None:
-        jobs = {job.id: job for job in read_jobs(session, events)}
-        for event in events:
-            if (job := jobs.get(event.job_id or "")) is not None:
-                handle(session, event, job)
+        for event, job in with_jobs(session, events):
+            handle(session, event, job)
 
     return handle_each
 

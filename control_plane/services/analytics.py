@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 from control_plane.access import Viewer
 from control_plane.db import in_batches, insert_many
 from control_plane.errors import InvalidRequest
-from control_plane.events import Consumer, read_jobs
+from control_plane.events import Consumer, with_jobs
 from control_plane.lifecycle import NO_RESULT, RESULT_REJECTED
 from control_plane.models import (
     AnalyticsEvent,
@@ -95,7 +95,6 @@ def analytics_consumer() -> Consumer:
 def record(session: Session, events: Sequence[Event]) -> None:
     """Log a batch of events: their jobs and outputs read in a query each, the log's rows
     written in one insert (a 20,000-image job makes 20,000 image events)."""
-    jobs = {job.id: job for job in read_jobs(session, events)}
     outputs = {output.id: output for output in _outputs_of(session, events)}
     rows = [
         {
@@ -107,8 +106,7 @@ def record(session: Session, events: Sequence[Event]) -> None:
             "data": {name: value for name, value in data.items() if value is not None},
             "created_at": event.created_at,
         }
-        for event in events
-        if (job := jobs.get(event.job_id or "")) is not None  # else deleted since
+        for event, job in with_jobs(session, events)
         for kind, output_id, data in _rows_of(event, job, outputs)
     ]
     insert_many(session, ANALYTICS_EVENTS, rows)
