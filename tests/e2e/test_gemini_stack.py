@@ -302,7 +302,13 @@ def test_reseed_after_a_blocked_output_reports_the_seed_used(
 
 def test_wrong_api_key_fails_every_image_fast(settings: Settings, fake: ScriptedGemini) -> None:
     wrong = "not-the-right-key"
-    for stack in _gemini_stack(settings, gemini_api_key=wrong, gemini_base_url=fake.base_url):
+    # Three calls in flight at most: a fourth needs a call slot, which only an answered call
+    # frees, and the refusal is noted before its slot is. (With more slots, how many calls
+    # leave before the first refusal is back depends on the machine's load: the rate
+    # limit's spacing is 0.12 s.)
+    for stack in _gemini_stack(
+        settings, gemini_api_key=wrong, gemini_base_url=fake.base_url, gemini_concurrency=3
+    ):
         group_id = stack.group()
         images = stack.upload(group_id, 40)  # three dispatches (chunks of 16) run at once
         [job_id] = _submit(
