@@ -132,6 +132,16 @@ def lock_row(session: Session, model: type[RowT], key: Any) -> RowT | None:
     return session.get(model, key, with_for_update=True, populate_existing=True)
 
 
+def lock_rows(session: Session, model: type[RowT], keys: Sequence[Any]) -> list[RowT]:
+    """`lock_row` for several rows, locked in key order in one statement: the rows of `keys`
+    that exist, in that order."""
+    column = sa.inspect(model).primary_key[0]
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(sa.update(model).where(column.in_(keys)).values({column.name: column}))
+    query = sa.select(model).where(column.in_(keys)).order_by(column).with_for_update()
+    return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether `exc` is a passing database trouble (a lock, a deadlock, a lost connection),
     after which the same transaction may well succeed."""

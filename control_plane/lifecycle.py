@@ -59,7 +59,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, func, select, update
 
 from control_plane.background import Service
-from control_plane.db import insert_many, lock_row, wake_after_commit
+from control_plane.db import insert_many, lock_row, lock_rows, wake_after_commit
 from control_plane.errors import Conflict, NotFound
 from control_plane.events import emit, emit_many, event_row
 from control_plane.models import (
@@ -607,26 +607,88 @@ def finish_dispatch(
     if dispatch.status in TERMINAL_DISPATCH:
         _cancel_late_batch(session, dispatch, report)
         return
-    dispatch.runpod_status = clip(report.runpod_status, 20)
-    dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
+    _note_report(dispatch, report)
     if dispatch.task != DispatchTask.GENERATE:
         job = lock_job(session, dispatch.job_id)
         _finish_batch_step(session, settings, storage, job, dispatch, report)
         return
-    dispatch.runpod_job_id = dispatch.runpod_job_id or clip(report.runpod_job_id, 80)
     if report.results is None:
         lock_job(session, dispatch.job_id)
         _fail_dispatch(session, settings, dispatch, report.failure, lost=report.lost)
         return
     endings = _end_outputs(session, storage, dispatch, report.results)
+    now = utcnow()
+    _count_on_job(session, dispatch, endings, now, [_complete(session, dispatch, now)])
+
+
+def finish_dispatches(
+    session: Session, storage: Storage, reports: Mapping[str, DispatchReport]
+) -> list[str]:
+    """`finish_dispatch` for several reports at once, as far as they allow: the generate
+    dispatches that completed with results end together, with one statement for what each
+    would take alone (their rows locked, their outputs read, ended, their events written)
+    and one counters' UPDATE per job. Returns the ids of the others, for the caller to
+    apply with `finish_dispatch`, each in a transaction of its own once this one commits: a
+    failed or batch dispatch's report, one that ended already, one whose job has no image
+    yet (stamped under the job's lock taken first), and every report of a missing dispatch.
+
+    Dispatches are locked in id order, as every writer of several takes them, then their
+    jobs in id order: two batches never wait on each other in a circle."""
+    completing = [
+        dispatch
+        for dispatch in lock_rows(session, Dispatch, sorted(reports))
+        if dispatch.status not in TERMINAL_DISPATCH
+        and dispatch.task == DispatchTask.GENERATE
+        and reports[dispatch.id].results is not None
+    ]
+    unfinished = _unfinished_outputs(session, [dispatch.id for dispatch in completing])
+    planned = {
+        dispatch.id: _plan(storage, unfinished.get(dispatch.id, {}), results, True)
+        for dispatch in completing
+        if (results := reports[dispatch.id].results) is not None
+    }
+    completing = [
+        dispatch
+        for dispatch in completing
+        if not _succeeded(planned[dispatch.id]) or not _has_no_image_yet(session, dispatch.job_id)
+    ]
+    now = utcnow()
+    with session.no_autoflush:
+        endings = [ending for dispatch in completing for ending in planned[dispatch.id]]
+        if endings:
+            _write_endings(session, endings, now)
+        events = []
+        for dispatch in completing:
+            _note_report(dispatch, reports[dispatch.id])
+            events += _ending_events(dispatch, planned[dispatch.id], now, None)
+            events.append(_complete(session, dispatch, now))
+        emit_many(session, events)
+    for job_id in sorted({dispatch.job_id for dispatch in completing}):
+        ended = [e for d in completing if d.job_id == job_id for e in planned[d.id]]
+        if _add_counts(session, job_id, ended, now):
+            refresh_job(session, job_id)
+    done = {dispatch.id for dispatch in completing}
+    return [dispatch_id for dispatch_id in reports if dispatch_id not in done]
+
+
+def _note_report(dispatch: Dispatch, report: DispatchReport) -> None:
+    """What RunPod says of the dispatch's job, kept on its row (its id once known)."""
+    dispatch.runpod_status = clip(report.runpod_status, 20)
+    dispatch.delay_ms, dispatch.execution_ms = report.delay_ms, report.execution_ms
+    if dispatch.task == DispatchTask.GENERATE:
+        dispatch.runpod_job_id = dispatch.runpod_job_id or clip(report.runpod_job_id, 80)
+
+
+def _complete(session: Session, dispatch: Dispatch, now: datetime) -> dict[str, Any]:
+    """Mark a dispatch whose results are applied completed; its event, for the caller to
+    write with its outputs'."""
     _transition(dispatch, dispatch.status, DispatchStatus.COMPLETED)
     dispatch.status = DispatchStatus.COMPLETED
-    dispatch.finished_at = dispatch.updated_at = now = utcnow()
+    dispatch.finished_at = dispatch.updated_at = now
     session.add(dispatch)
-    completed = EventKind.DISPATCH_COMPLETED
-    ended = event_row(completed, now, job_id=dispatch.job_id, dispatch_id=dispatch.id)
     wake_after_commit(session, Service.SENDER)  # room under the in-flight caps
-    _count_on_job(session, dispatch, endings, now, [ended])
+    completed = EventKind.DISPATCH_COMPLETED
+    return event_row(completed, now, job_id=dispatch.job_id, dispatch_id=dispatch.id)
 
 
 def apply_progress(
@@ -680,14 +742,30 @@ def plan_results(
     against the unfinished output it names (others are ignored, a repeated one counts once);
     with `fail_unreported`, outputs no result names fail with NO_RESULT. The caller holds
     the dispatch's lock, so they stay unfinished until it writes them (`_end_outputs`)."""
-    outputs = {
-        row.id: Checked(*row)
-        for row in session.execute(
-            sa.select(*(OUTPUTS.c[name] for name in Checked._fields)).where(
-                OUTPUTS.c.dispatch_id == dispatch_id, OUTPUTS.c.status.in_(UNFINISHED)
-            )
-        )
-    }
+    outputs = _unfinished_outputs(session, [dispatch_id]).get(dispatch_id, {})
+    return _plan(storage, outputs, results, fail_unreported)
+
+
+def _unfinished_outputs(
+    session: Session, dispatch_ids: Sequence[str]
+) -> dict[str, dict[str, Checked]]:
+    """The unfinished outputs of each of `dispatch_ids` (by id), in one query."""
+    by_dispatch: dict[str, dict[str, Checked]] = {}
+    query = sa.select(OUTPUTS.c.dispatch_id, *(OUTPUTS.c[name] for name in Checked._fields))
+    condition = OUTPUTS.c.dispatch_id.in_(dispatch_ids), OUTPUTS.c.status.in_(UNFINISHED)
+    for dispatch_id, *columns in session.execute(query.where(*condition)):
+        output = Checked(*columns)
+        by_dispatch.setdefault(dispatch_id, {})[output.id] = output
+    return by_dispatch
+
+
+def _plan(
+    storage: Storage,
+    outputs: dict[str, Checked],
+    results: Sequence[ItemResult | UnreadableResult],
+    fail_unreported: bool,
+) -> list[Ending]:
+    """`plan_results` for the unfinished `outputs` read (taken from as results name them)."""
     endings = []
     for result in results:
         output = outputs.pop(result.output_id, None)
@@ -750,8 +828,7 @@ def _count_on_job(
     one UPDATE moves the counters as it takes the lock, with no Python work in between that
     another thread could hold the GIL through. Only a job with no image yet is locked
     before the events (the first of which says so), and loaded whole."""
-    succeeded = any(ending.status == OutputStatus.SUCCEEDED for ending in endings)
-    if succeeded and _has_no_image_yet(session, dispatch.job_id):
+    if _succeeded(endings) and _has_no_image_yet(session, dispatch.job_id):
         lock_job(session, dispatch.job_id)
         first = _first_success(session, endings, dispatch)
         emit_many(session, _ending_events(dispatch, endings, now, first) + more_events)
@@ -926,6 +1003,10 @@ def _count_endings(
     """The job's counters moved once for all `endings`, their cost added once."""
     moved = Counter(ending.status for ending in endings)
     _move_counts(session, job_id, moved, sum(ending.cost_usd for ending in endings), now)
+
+
+def _succeeded(endings: Sequence[Ending]) -> bool:
+    return any(ending.status == OutputStatus.SUCCEEDED for ending in endings)
 
 
 def _first_success(

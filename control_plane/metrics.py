@@ -15,7 +15,8 @@ Two kinds of figures:
   (`histogram_quantile(0.95, max without(instance)
   (pixelfleet_generation_latency_seconds_bucket))` is the p95 of the window).
 - **Counted by the process that saw them** (prometheus-client counters): RunPod webhooks
-  received and `/status` polls of the reconciler, by outcome. Each replica counts its own,
+  received and `/status` polls of the reconciler, by outcome; how many webhooks were applied
+  in one go (a histogram). Each replica counts its own,
   so `sum` them across instances. With `PROMETHEUS_MULTIPROC_DIR` set (several worker
   processes in one replica), prometheus-client's multiprocess mode adds up the processes.
 """
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -50,6 +51,12 @@ RUNPOD_WEBHOOKS = Counter(
     "pixelfleet_runpod_webhooks",
     "RunPod webhooks received by this process, by outcome",
     ["outcome"],
+    registry=PROCESS,
+)
+RUNPOD_WEBHOOK_BATCHES = Histogram(
+    "pixelfleet_runpod_webhook_batch_size",
+    "RunPod webhooks this process applied in one go (`control_plane/batching.py`)",
+    buckets=(1, 2, 4, 8, 16, 32),
     registry=PROCESS,
 )
 RUNPOD_PROGRESS = Counter(

@@ -13,15 +13,20 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from control_plane.background import Loop, Service
+from control_plane.batching import Batches
 from control_plane.db import new_session, session_scope
+from control_plane.errors import DomainError
 from control_plane.events import Relay
+from control_plane.runpod import webhook
 from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.rate import TokenBucket
+from control_plane.runpod.webhook import Answer
 from control_plane.settings import Settings
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 Step = Callable[["Platform"], Awaitable[Any]]
+WEBHOOKS_TOGETHER = 32  # at most, in one transaction (`control_plane/batching.py`)
 
 
 @dataclass
@@ -34,6 +39,8 @@ class Platform:
     run_bucket: TokenBucket = field(init=False)  # paces this process's `/run` calls
     # RunPod's webhooks and the worker's progress posts applied at once (`reports_at_once`)
     reports: anyio.CapacityLimiter = field(init=False)
+    # RunPod's webhooks (dispatch id, body), applied together as they arrive together
+    webhooks: Batches[tuple[str, bytes], Answer] = field(init=False)
     loops: dict[str, Loop] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -42,6 +49,12 @@ class Platform:
         self.relay = Relay(self.engine, self.wake)
         self.run_bucket = TokenBucket(self.settings.run_rate_per_s)
         self.reports = anyio.CapacityLimiter(self.settings.reports_at_once)
+        at_once = self.settings.reports_at_once
+        self.webhooks = Batches(self._receive_webhooks, self.reports, at_once, WEBHOOKS_TOGETHER)
+
+    def _receive_webhooks(self, posts: list[tuple[str, bytes]]) -> list[Answer | DomainError]:
+        with self.session() as session:
+            return webhook.receive(session, self.settings, self.storage, posts)
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -267,11 +267,10 @@ def _receive(api: Api, dispatch_id: str, body: bytes) -> None:
     platform = api.platform
     for _ in range(100):
         with platform.session() as session:
-            try:
-                webhook.receive(session, platform.settings, platform.storage, dispatch_id, body)
+            posts = [(dispatch_id, body)]
+            [answer] = webhook.receive(session, platform.settings, platform.storage, posts)
+            if not isinstance(answer, Unavailable):
                 return
-            except Unavailable:
-                continue
     raise AssertionError(f"the webhook of {dispatch_id} was never applied")
 
 

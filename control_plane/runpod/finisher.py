@@ -5,8 +5,9 @@ failure is counted on the dispatch in a fresh transaction, and after
 webhook and every poll for ever. A passing database trouble (a lock, a deadlock, a lost
 connection) is not counted: the report is simply tried again."""
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 
 from sqlmodel import Session
@@ -53,6 +54,29 @@ def apply_report(
         log.exception("applying RunPod's report to dispatch %s failed", dispatch_id)
         reason = f"could not apply RunPod's report: {type(exc).__name__}: {exc}"
     return count_failure(session, settings, dispatch_id, reason)
+
+
+def apply_reports(
+    session: Session, settings: Settings, storage: Storage, reports: Mapping[str, DispatchReport]
+) -> dict[str, Outcome]:
+    """Apply several dispatches' reports, as many as can be together in one transaction
+    (`lifecycle.finish_dispatches`), the rest with `apply_report` one by one; the outcome of
+    each. Should the joint transaction fail, each report is applied alone, so that one that
+    cannot be applied is counted on its own dispatch and holds back no other."""
+    alone: Sequence[str] = list(reports)
+    if len(reports) > 1:
+        try:
+            alone = lifecycle.finish_dispatches(session, storage, reports)
+            session.commit()
+        except Exception as exc:  # the reports are applied one by one instead
+            session.rollback()
+            log.warning("applying %d reports together failed (%s): one by one", len(reports), exc)
+            alone = list(reports)
+    outcomes = dict.fromkeys(reports, Outcome.APPLIED)
+    for dispatch_id in alone:
+        read = functools.partial(reports.__getitem__, dispatch_id)
+        outcomes[dispatch_id] = apply_report(session, settings, storage, dispatch_id, read)
+    return outcomes
 
 
 def count_failure(session: Session, settings: Settings, dispatch_id: str, reason: str) -> Outcome:

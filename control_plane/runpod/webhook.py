@@ -5,17 +5,27 @@ that cannot be applied is answered 503, so RunPod sends it again (`finisher.py` 
 The worker's progress posts (contract version 3) come to a URL next to it, with the same token:
 results stored so far, applied without ending the dispatch (`lifecycle.apply_progress`)."""
 
+import functools
 import hmac
 import logging
+from collections.abc import Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session, col, select
 
 from control_plane import lifecycle
-from control_plane.errors import InvalidRequest, Unauthorized, Unavailable, describe_validation
+from control_plane.errors import (
+    DomainError,
+    InvalidRequest,
+    Unauthorized,
+    Unavailable,
+    describe_validation,
+)
+from control_plane.lifecycle import DispatchReport
+from control_plane.metrics import RUNPOD_WEBHOOK_BATCHES
 from control_plane.models import Dispatch
-from control_plane.runpod.finisher import Outcome, apply_report
+from control_plane.runpod.finisher import Outcome, apply_report, apply_reports
 from control_plane.runpod.wire import RunPodJobState, report_of
 from control_plane.settings import Settings
 from shared.contract import ProgressReport
@@ -24,6 +34,7 @@ from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 BodyT = TypeVar("BodyT", bound=BaseModel)
+Answer = dict[str, str]
 BODY_SCHEMA = RunPodJobState.model_json_schema()
 PROGRESS_SCHEMA = ProgressReport.model_json_schema()
 
@@ -40,15 +51,47 @@ def authenticate(session: Session, dispatch_id: str, token: str) -> None:
 
 
 def receive(
-    session: Session, settings: Settings, storage: Storage, dispatch_id: str, body: bytes
-) -> dict[str, str]:
-    """Apply a webhook's job state to the dispatch (commits); the answer for RunPod."""
-    state = _parse(RunPodJobState, body, "a RunPod job state")
-    if not state.final:
-        return {"status": "ignored", "reason": f"{state.status} is not a final state"}
-    outcome = apply_report(session, settings, storage, dispatch_id, lambda: report_of(state))
+    session: Session, settings: Settings, storage: Storage, posts: Sequence[tuple[str, bytes]]
+) -> list[Answer | DomainError]:
+    """Apply webhooks' job states (a dispatch's id and a body each) to their dispatches,
+    together where they can be (`finisher.apply_reports`; commits); each one's answer for
+    RunPod, or the error to answer it with. A dispatch's second webhook among them is
+    applied after its first."""
+    RUNPOD_WEBHOOK_BATCHES.observe(len(posts))
+    answers: dict[int, Answer | DomainError] = {}
+    finals: list[tuple[int, str, RunPodJobState]] = []
+    for index, (dispatch_id, body) in enumerate(posts):
+        try:
+            state = _parse(RunPodJobState, body, "a RunPod job state")
+        except InvalidRequest as exc:
+            answers[index] = exc
+            continue
+        if state.final:
+            finals.append((index, dispatch_id, state))
+        else:
+            answers[index] = {"status": "ignored", "reason": f"{state.status} is not a final state"}
+    together: dict[str, DispatchReport] = {}
+    first: dict[str, int] = {}
+    for index, dispatch_id, state in finals:
+        if dispatch_id in first:
+            continue
+        try:
+            together[dispatch_id] = report_of(state)
+        except Exception:  # applied alone below, where reading it is counted as a failure
+            continue
+        first[dispatch_id] = index
+    outcomes = apply_reports(session, settings, storage, together)
+    for index, dispatch_id, state in finals:
+        if first.get(dispatch_id) != index:
+            read = functools.partial(report_of, state)
+            outcomes[dispatch_id] = apply_report(session, settings, storage, dispatch_id, read)
+        answers[index] = _answer(outcomes[dispatch_id])
+    return [answers[index] for index in range(len(posts))]
+
+
+def _answer(outcome: Outcome) -> Answer | DomainError:
     if outcome is Outcome.TRY_AGAIN:
-        raise Unavailable("this report could not be applied yet; send it again")
+        return Unavailable("this report could not be applied yet; send it again")
     if outcome is Outcome.FAILED:
         return {"status": "failed", "reason": "this report could not be applied"}
     return {"status": "accepted"}

@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
-from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +27,6 @@ from control_plane.models import Dispatch, Event, EventKind, Output
 from control_plane.platform import Platform
 from control_plane.settings import Settings
 from shared import layout
-from shared.storage import Storage
 from tests.conftest import png_bytes
 
 RUNPOD = "https://api.runpod.ai/v2/ep-test"
@@ -173,19 +171,17 @@ def poison_finalising(
     """Make applying any report of `dispatch_id`'s results raise, as an unknown bug or a value
     the database refuses would (other dispatches are applied as usual): `error` (a DataError
     by default), the first `times` times (every time by default)."""
-    end_outputs = lifecycle._end_outputs
+    note_report = lifecycle._note_report  # applying any report, alone or with others, does
     raised = count()
 
-    def poisoned(
-        session: Session, storage: Storage, dispatch: Dispatch, results: list, **options: Any
-    ) -> list[lifecycle.Ending]:
+    def poisoned(dispatch: Dispatch, report: lifecycle.DispatchReport) -> None:
         if dispatch.id == dispatch_id and (times is None or next(raised) < times):
             raise error or sa.exc.DataError(
                 "UPDATE outputs …", {}, Exception("Data too long for column")
             )
-        return end_outputs(session, storage, dispatch, results, **options)
+        note_report(dispatch, report)
 
-    monkeypatch.setattr(lifecycle, "_end_outputs", poisoned)
+    monkeypatch.setattr(lifecycle, "_note_report", poisoned)
 
 
 def succeeded_result(api: Api, output: Output) -> dict[str, object]:

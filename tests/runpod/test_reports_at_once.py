@@ -11,6 +11,7 @@ import pytest
 from sqlmodel import select
 
 from control_plane.db import lock_row
+from control_plane.metrics import RUNPOD_WEBHOOK_BATCHES
 from control_plane.models import Dispatch, Job
 from control_plane.settings import Settings
 from tests.fakes.api import Api, completed_body, hook
@@ -31,6 +32,13 @@ def _until(condition: Callable[[], bool], timeout_s: float = 20) -> None:
         time.sleep(0.01)
 
 
+def webhook_batches() -> tuple[float, float]:
+    """How many batches of webhooks this process applied so far, and of how many in all."""
+    samples = {sample.name: sample.value for sample in RUNPOD_WEBHOOK_BATCHES.collect()[0].samples}
+    prefix = "pixelfleet_runpod_webhook_batch_size"
+    return samples[f"{prefix}_count"], samples[f"{prefix}_sum"]
+
+
 def test_reports_beyond_the_limit_wait_their_turn_and_are_all_applied(api: Api) -> None:
     group_id = api.group()
     body = {"group_id": group_id, "mode": "automatic", "prompt": "p"}
@@ -46,8 +54,9 @@ def test_reports_beyond_the_limit_wait_their_turn_and_are_all_applied(api: Api) 
 
     def statistics() -> tuple[int, int]:
         numbers = api.client.portal.call(reports.statistics)  # type: ignore[union-attr]
-        return numbers.borrowed_tokens, numbers.tasks_waiting
+        return numbers.borrowed_tokens, api.platform.webhooks.waiting
 
+    before = webhook_batches()
     with api.session() as holder:  # the job's row held: the first report to apply waits
         lock_row(holder, Job, job["id"])
         posts = [
@@ -63,5 +72,7 @@ def test_reports_beyond_the_limit_wait_their_turn_and_are_all_applied(api: Api) 
     for post in posts:
         post.join()
     assert [answer.status_code for answer in answers] == [200, 200, 200]
+    batches, webhooks = webhook_batches()
+    assert (batches - before[0], webhooks - before[1]) == (2, 3)  # the two that waited: one go
     shown = api.client.get(f"/api/jobs/{job['id']}").json()
     assert shown["status"] == "completed" and shown["progress"]["succeeded"] == 3

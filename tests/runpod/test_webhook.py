@@ -454,9 +454,8 @@ def test_a_report_failing_while_another_one_ends_the_dispatch_is_not_answered_fa
     ) -> object:
         with api.session() as other:
             storage = api.platform.storage
-            assert webhook.receive(other, settings, storage, dispatch_id, good) == {
-                "status": "accepted"
-            }
+            posts = [(dispatch_id, good)]
+            assert webhook.receive(other, settings, storage, posts) == [{"status": "accepted"}]
         return note_finish_failure(session, settings, dispatch_id, reason)
 
     monkeypatch.setattr(lifecycle, "note_finish_failure", after_the_good_report)

@@ -1,15 +1,15 @@
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import Counter
-from sqlmodel import Session
 
 from control_plane.errors import DomainError
 from control_plane.metrics import RUNPOD_PROGRESS, RUNPOD_WEBHOOKS
 from control_plane.platform import Platform
 from control_plane.runpod import webhook
+from control_plane.runpod.webhook import Answer
 from control_plane.web.deps import PlatformDep
 
 router = APIRouter(prefix="/api/webhook", tags=["webhook"])
@@ -39,8 +39,8 @@ async def runpod_webhook(
     """RunPod's completion callback: authenticated by the dispatch's token in the URL (before
     the body is read); idempotent, so RunPod's re-sends change nothing."""
 
-    def apply(session: Session, body: bytes) -> dict[str, str]:
-        return webhook.receive(session, platform.settings, platform.storage, dispatch_id, body)
+    async def apply(body: bytes) -> Answer:
+        return await platform.webhooks.run((dispatch_id, body))
 
     return await _authenticated(request, platform, dispatch_id, token, apply, RUNPOD_WEBHOOKS)
 
@@ -63,8 +63,12 @@ async def runpod_progress(
     """The worker's progress posts: results stored so far, authenticated like the webhook by
     the dispatch's token in the URL; applied without ending the dispatch, once per image."""
 
-    def apply(session: Session, body: bytes) -> dict[str, str]:
-        return webhook.receive_progress(session, platform.storage, dispatch_id, body)
+    def apply_in_session(body: bytes) -> Answer:
+        with platform.session() as session:
+            return webhook.receive_progress(session, platform.storage, dispatch_id, body)
+
+    async def apply(body: bytes) -> Answer:
+        return await anyio.to_thread.run_sync(apply_in_session, body, limiter=platform.reports)
 
     return await _authenticated(request, platform, dispatch_id, token, apply, RUNPOD_PROGRESS)
 
@@ -74,30 +78,25 @@ async def _authenticated(
     platform: Platform,
     dispatch_id: str,
     token: str,
-    apply: Callable[[Session, bytes], dict[str, str]],
+    apply: Callable[[bytes], Awaitable[Answer]],
     outcomes: Counter,
-) -> dict[str, str]:
+) -> Answer:
     """`apply` the body once the dispatch's token is checked (the body is read only then),
-    at most `reports_at_once` at a time in this process, each outcome counted in `outcomes`
-    by its status or its error's kind.
+    each outcome counted in `outcomes` by its status or its error's kind. `apply` takes its
+    turn among the `reports_at_once` this process applies at a time.
 
-    Each step is one hop to a worker thread with a session of its own (a `SessionDep` would
-    add two hops: FastAPI opens and closes it in threads of their own), for every dispatch's
-    end. The check's connection is back in the pool before the report waits for its turn,
-    so a burst of reports cannot take every connection the process has."""
+    The check is one hop to a worker thread with a session of its own (a `SessionDep` would
+    add two hops: FastAPI opens and closes it in threads of their own). Its connection is
+    back in the pool before the report waits for its turn, so a burst of reports cannot take
+    every connection the process has."""
 
     def check() -> None:
         with platform.session() as session:
             webhook.authenticate(session, dispatch_id, token)
 
-    def apply_in_session(body: bytes) -> dict[str, str]:
-        with platform.session() as session:
-            return apply(session, body)
-
     try:
         await run_in_threadpool(check)
-        body = await request.body()
-        answer = await anyio.to_thread.run_sync(apply_in_session, body, limiter=platform.reports)
+        answer = await apply(await request.body())
     except DomainError as exc:
         outcomes.labels(type(exc).__name__.lower()).inc()
         raise
