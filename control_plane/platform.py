@@ -20,7 +20,7 @@ from control_plane.events import Relay
 from control_plane.runpod import webhook
 from control_plane.runpod.client import RunPodClient
 from control_plane.runpod.rate import TokenBucket
-from control_plane.runpod.webhook import Answer
+from control_plane.runpod.webhook import Answer, Post
 from control_plane.settings import Settings
 from shared.storage import Storage
 
@@ -39,8 +39,8 @@ class Platform:
     run_bucket: TokenBucket = field(init=False)  # paces this process's `/run` calls
     # RunPod's webhooks and the worker's progress posts applied at once (`reports_at_once`)
     reports: anyio.CapacityLimiter = field(init=False)
-    # RunPod's webhooks (dispatch id, body), applied together as they arrive together
-    webhooks: Batches[tuple[str, bytes], Answer] = field(init=False)
+    # RunPod's webhooks, authenticated and applied together as they arrive together
+    webhooks: Batches[Post, Answer] = field(init=False)
     loops: dict[str, Loop] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -52,7 +52,7 @@ class Platform:
         at_once = self.settings.reports_at_once
         self.webhooks = Batches(self._receive_webhooks, self.reports, at_once, WEBHOOKS_TOGETHER)
 
-    def _receive_webhooks(self, posts: list[tuple[str, bytes]]) -> list[Answer | DomainError]:
+    def _receive_webhooks(self, posts: list[Post]) -> list[Answer | DomainError]:
         with self.session() as session:
             return webhook.receive(session, self.settings, self.storage, posts)
 

@@ -223,9 +223,12 @@ def test_racing_finishers_cancels_and_retries_keep_counters_equal_to_a_recount(
     with api.session() as session:
         dispatches = session.exec(select(Dispatch).where(Dispatch.job_id == job_id)).all()
     tasks: list[Callable[[], object]] = []
+    posts = []
     for dispatch in dispatches:
         body = json.dumps(_random_outcomes(api, chance, dispatch)).encode()
-        tasks += [partial(_receive, api, dispatch.id, body)] * 2
+        posts.append(webhook.Post(dispatch.id, dispatch.webhook_token, body))
+        tasks.append(partial(_receive, api, posts[-1:]))
+    tasks += [partial(_receive, api, posts)] * 2  # all of them, applied together
     tasks += [partial(_decide, api, lifecycle.cancel_job, job_id)]
     tasks += [
         partial(_decide, api, partial(lifecycle.retry_job, settings=api.platform.settings), job_id)
@@ -261,17 +264,21 @@ def _random_outcomes(api: Api, chance: random.Random, dispatch: Dispatch) -> dic
     return {"id": dispatch.runpod_job_id, **body}
 
 
-def _receive(api: Api, dispatch_id: str, body: bytes) -> None:
-    """A webhook as the route applies it, sent again while it is answered 503 (as RunPod
-    does)."""
+def _receive(api: Api, posts: list[webhook.Post]) -> None:
+    """Webhooks as the route applies them (together), each sent again while it is answered
+    503 (as RunPod does)."""
     platform = api.platform
     for _ in range(100):
         with platform.session() as session:
-            posts = [(dispatch_id, body)]
-            [answer] = webhook.receive(session, platform.settings, platform.storage, posts)
-            if not isinstance(answer, Unavailable):
-                return
-    raise AssertionError(f"the webhook of {dispatch_id} was never applied")
+            answers = webhook.receive(session, platform.settings, platform.storage, posts)
+        posts = [
+            post
+            for post, answer in zip(posts, answers, strict=True)
+            if isinstance(answer, Unavailable)
+        ]
+        if not posts:
+            return
+    raise AssertionError(f"webhooks never applied: {[post.dispatch_id for post in posts]}")
 
 
 def _decide(api: Api, decision: Callable[..., object], job_id: str) -> None:

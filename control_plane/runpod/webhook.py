@@ -1,5 +1,5 @@
 """RunPod's completion callback. Unsigned, so authenticated by the per-dispatch token in its
-URL (checked before the body is read); idempotent, so RunPod's re-sends change nothing. A report
+URL (checked before the body is parsed); idempotent, so RunPod's re-sends change nothing. A report
 that cannot be applied is answered 503, so RunPod sends it again (`finisher.py` counts it).
 
 The worker's progress posts (contract version 3) come to a URL next to it, with the same token:
@@ -9,7 +9,7 @@ import functools
 import hmac
 import logging
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session, col, select
@@ -35,32 +35,61 @@ from shared.storage import Storage
 log = logging.getLogger(__name__)
 BodyT = TypeVar("BodyT", bound=BaseModel)
 Answer = dict[str, str]
+
+
+class Post(NamedTuple):
+    """A webhook as it came: the dispatch and token of its URL, its body unread."""
+
+    dispatch_id: str
+    token: str
+    body: bytes
+
+
 BODY_SCHEMA = RunPodJobState.model_json_schema()
 PROGRESS_SCHEMA = ProgressReport.model_json_schema()
 
 
 def authenticate(session: Session, dispatch_id: str, token: str) -> None:
     """Unauthorized unless `token` is the dispatch's own webhook token."""
-    known = None
-    if is_id("dsp", dispatch_id):  # one column: the row is read whole once it is locked
-        query = select(Dispatch.webhook_token).where(col(Dispatch.id) == dispatch_id)
-        known = session.exec(query).first()
-    if known is None or not hmac.compare_digest(known.encode(), token.encode()):
-        log.warning("webhook with a wrong or missing token for dispatch %r", dispatch_id[:80])
-        raise Unauthorized("invalid webhook token")
+    error = _refusal(_tokens(session, [dispatch_id]), dispatch_id, token)
+    if error is not None:
+        raise error
+
+
+def _tokens(session: Session, dispatch_ids: Sequence[str]) -> dict[str, str]:
+    """The webhook tokens of those of `dispatch_ids` that exist, in one query (one column:
+    a row is read whole once it is locked)."""
+    ids = [dispatch_id for dispatch_id in dispatch_ids if is_id("dsp", dispatch_id)]
+    if not ids:
+        return {}
+    query = select(Dispatch.id, Dispatch.webhook_token).where(col(Dispatch.id).in_(ids))
+    return dict(session.exec(query).all())
+
+
+def _refusal(tokens: dict[str, str], dispatch_id: str, token: str) -> Unauthorized | None:
+    """Unauthorized, unless `token` is the dispatch's own in `tokens`."""
+    known = tokens.get(dispatch_id)
+    if known is not None and hmac.compare_digest(known.encode(), token.encode()):
+        return None
+    log.warning("webhook with a wrong or missing token for dispatch %r", dispatch_id[:80])
+    return Unauthorized("invalid webhook token")
 
 
 def receive(
-    session: Session, settings: Settings, storage: Storage, posts: Sequence[tuple[str, bytes]]
+    session: Session, settings: Settings, storage: Storage, posts: Sequence[Post]
 ) -> list[Answer | DomainError]:
-    """Apply webhooks' job states (a dispatch's id and a body each) to their dispatches,
-    together where they can be (`finisher.apply_reports`; commits); each one's answer for
-    RunPod, or the error to answer it with. A dispatch's second webhook among them is
-    applied after its first."""
+    """Apply webhooks' job states to their dispatches, together where they can be
+    (`finisher.apply_reports`; commits); each one's answer for RunPod, or the error to answer
+    it with. Each token is checked before its body is parsed. A dispatch's second webhook
+    among them is applied after its first."""
     RUNPOD_WEBHOOK_BATCHES.observe(len(posts))
     answers: dict[int, Answer | DomainError] = {}
     finals: list[tuple[int, str, RunPodJobState]] = []
-    for index, (dispatch_id, body) in enumerate(posts):
+    tokens = _tokens(session, [post.dispatch_id for post in posts])
+    for index, (dispatch_id, token, body) in enumerate(posts):
+        if (refusal := _refusal(tokens, dispatch_id, token)) is not None:
+            answers[index] = refusal
+            continue
         try:
             state = _parse(RunPodJobState, body, "a RunPod job state")
         except InvalidRequest as exc:

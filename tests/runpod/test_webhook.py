@@ -454,7 +454,7 @@ def test_a_report_failing_while_another_one_ends_the_dispatch_is_not_answered_fa
     ) -> object:
         with api.session() as other:
             storage = api.platform.storage
-            posts = [(dispatch_id, good)]
+            posts = [webhook.Post(dispatch_id, dispatch.webhook_token, good)]
             assert webhook.receive(other, settings, storage, posts) == [{"status": "accepted"}]
         return note_finish_failure(session, settings, dispatch_id, reason)
 

@@ -36,11 +36,12 @@ def submit(api: Api, images: int) -> tuple[str, list[Dispatch]]:
         return job["id"], list(session.exec(query))
 
 
-def post(dispatch: Dispatch, body: dict[str, Any]) -> tuple[str, bytes]:
-    return dispatch.id, json.dumps({"id": dispatch.runpod_job_id, **body}).encode()
+def post(dispatch: Dispatch, body: dict[str, Any]) -> webhook.Post:
+    encoded = json.dumps({"id": dispatch.runpod_job_id, **body}).encode()
+    return webhook.Post(dispatch.id, dispatch.webhook_token, encoded)
 
 
-def receive(api: Api, posts: list[tuple[str, bytes]]) -> list[object]:
+def receive(api: Api, posts: list[webhook.Post]) -> list[object]:
     with api.session() as session:
         platform = api.platform
         return list(webhook.receive(session, platform.settings, platform.storage, posts))
@@ -77,7 +78,7 @@ def test_webhooks_applied_together_end_each_dispatch_once_in_one_statement(
         post(failing, {"status": "FAILED", "error": "worker crashed"}),
         posts[0],  # RunPod's re-send, among them
         post(together[1], {"status": "IN_PROGRESS"}),
-        (together[2].id, b"{"),
+        webhook.Post(together[2].id, together[2].webhook_token, b"{"),
     ]
     statements.clear()
     answers = receive(api, posts)
