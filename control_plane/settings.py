@@ -68,9 +68,10 @@ class Settings(CommonSettings):
     max_inflight_per_user_paid: int = Field(0, ge=0)
     # RunPod: 1000 /run per 10 s; a second's worth saved up + 10 s of rate stays under it
     run_rate_per_s: float = Field(90.0, ge=0)  # 0: no limit
-    # RunPod's and the worker's reports applied at once per process: more only make them
-    # queue for the job's row lock while taking the GIL from the one holding it.
-    reports_at_once: int = Field(4, ge=1)
+    # RunPod's and the worker's reports applied at once per process (webhooks in batches,
+    # `control_plane/batching.py`): fewer make bigger batches, more only queue for the job's
+    # row lock while taking the GIL from the one holding it.
+    reports_at_once: int = Field(2, ge=1)
     submit_rate_per_min_free: int = Field(30, ge=0)  # submissions per user per minute; 0: none
     submit_rate_per_min_paid: int = Field(120, ge=0)
 

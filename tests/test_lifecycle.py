@@ -212,9 +212,10 @@ def _random_webhook(api: Api, chance: random.Random, job_id: str, *, duplicate: 
 def test_racing_finishers_cancels_and_retries_keep_counters_equal_to_a_recount(
     api: Api, seed: int
 ) -> None:
-    """Every dispatch's webhook arrives twice at once, racing each other, the sender, a
-    cancel and a retry (8 threads, sessions of their own): each image still ends once per
-    try (one event each), and the counters equal a recount."""
+    """Every dispatch's webhook arrives three times at once, alone and in two batches of all
+    of them, racing each other, the sender, a cancel and a retry (8 threads, sessions of
+    their own): each image still ends once per try (one event each), and the counters equal
+    a recount."""
     chance = random.Random(seed)
     api.runpod.post(url__regex=r".*/cancel/.*").mock(return_value=httpx.Response(200, json={}))
     api.platform.settings.dispatch_chunk_size = 2
