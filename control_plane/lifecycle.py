@@ -629,8 +629,8 @@ def finish_dispatches(
     would take alone (their rows locked, their outputs read, ended, their events written)
     and one counters' UPDATE per job. Returns the ids of the others, for the caller to
     apply with `finish_dispatch`, each in a transaction of its own once this one commits: a
-    failed or batch dispatch's report, one that ended already, one whose job has no image
-    yet (stamped under the job's lock taken first), and every report of a missing dispatch.
+    failed or batch dispatch's report, one that ended already, and every report of a
+    missing dispatch.
 
     Dispatches are locked in id order, as every writer of several takes them, then their
     jobs in id order: two batches never wait on each other in a circle."""
@@ -647,12 +647,8 @@ def finish_dispatches(
         for dispatch in completing
         if (results := reports[dispatch.id].results) is not None
     }
-    completing = [
-        dispatch
-        for dispatch in completing
-        if not _succeeded(planned[dispatch.id]) or not _has_no_image_yet(session, dispatch.job_id)
-    ]
     now = utcnow()
+    firsts = _first_images(session, completing, planned, now)
     with session.no_autoflush:
         endings = [ending for dispatch in completing for ending in planned[dispatch.id]]
         if endings:
@@ -660,7 +656,8 @@ def finish_dispatches(
         events = []
         for dispatch in completing:
             _note_report(dispatch, reports[dispatch.id])
-            events += _ending_events(dispatch, planned[dispatch.id], now, None)
+            first = firsts.get(dispatch.id)
+            events += _ending_events(dispatch, planned[dispatch.id], now, first)
             events.append(_complete(session, dispatch, now))
         emit_many(session, events)
     for job_id in sorted({dispatch.job_id for dispatch in completing}):
@@ -1018,6 +1015,33 @@ def _first_success(
     if first is None or not _first_image(session, dispatch.job_id, utcnow()):
         return None
     return first
+
+
+def _first_images(
+    session: Session,
+    dispatches: Sequence[Dispatch],
+    planned: Mapping[str, Sequence[Ending]],
+    now: datetime,
+) -> dict[str, Ending]:
+    """For each job of `dispatches` with no image yet, its first: the first succeeded of
+    their `planned` endings, stamped on the job under its lock, taken (in id order) before
+    anything is written, as `_count_on_job` takes it for one dispatch. By dispatch id."""
+    firsts = {}
+    for job_id in sorted({dispatch.job_id for dispatch in dispatches}):
+        succeeded = [
+            (dispatch.id, ending)
+            for dispatch in dispatches
+            if dispatch.job_id == job_id
+            for ending in planned[dispatch.id]
+            if ending.status == OutputStatus.SUCCEEDED
+        ]
+        if not succeeded or not _has_no_image_yet(session, job_id):
+            continue
+        lock_job(session, job_id)
+        if _first_image(session, job_id, now):
+            dispatch_id, ending = succeeded[0]
+            firsts[dispatch_id] = ending
+    return firsts
 
 
 def _ending_events(

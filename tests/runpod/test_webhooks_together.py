@@ -1,7 +1,7 @@
 """RunPod's webhooks applied together (`webhook.receive` with several posts, as
 `control_plane/batching.py` hands them over): each dispatch ends once, in one statement per
-kind of write for all of them; what cannot go together is applied alone, and a report that
-cannot be applied holds back none of the others."""
+kind of write for all of them, a job's first image stamped once; what cannot go together is
+applied alone, and a report that cannot be applied holds back none of the others."""
 
 import json
 from collections.abc import Iterator
@@ -122,14 +122,21 @@ def test_a_report_that_cannot_be_applied_holds_back_none_of_those_applied_with_i
         assert job is not None and job.succeeded == 4
 
 
-def test_a_job_with_no_image_yet_gets_its_first_image_once(api: Api) -> None:
-    """Reports of a job with no image yet are applied alone (its first stamps the job under
-    the job's lock): one first image, whichever came first."""
+def test_a_job_with_no_image_yet_gets_its_first_image_once(api: Api, statements: list[str]) -> None:
+    """A job's first image is stamped under the job's lock, taken before anything is
+    written, by webhooks applied together as by one alone: one first image."""
     job_id, dispatches = submit(api, 6)
     posts = [post(dispatch, completed_body(api, dispatch)) for dispatch in dispatches]
+    statements.clear()
     assert receive(api, posts) == [{"status": "accepted"}] * 3
+    endings = [sql for sql in statements if sql.startswith("UPDATE outputs SET provider")]
+    assert len(endings) == 1  # together all the same
     succeeded = events_of(api, job_id, EventKind.OUTPUT_SUCCEEDED)
     assert len(succeeded) == 6
-    assert [event.data.get("first_image") for event in succeeded].count(True) == 1
+    firsts = [event for event in succeeded if event.data.get("first_image")]
+    assert [event.dispatch_id for event in firsts] == [dispatches[0].id]
     shown = api.client.get(f"/api/jobs/{job_id}").json()
     assert shown["status"] == "completed" and shown["progress"]["succeeded"] == 6
+    with api.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.first_image_at is not None

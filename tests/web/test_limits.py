@@ -169,7 +169,8 @@ def test_a_submission_as_large_as_its_schema_allows_is_accepted(api: Api) -> Non
 
 def test_webhook_bodies_over_12_mib_are_refused(api: Api) -> None:
     """Content-Length is checked first (before the token: no database work for it); a body
-    without one is read after the token check, so a wrong token still gets its 401."""
+    without one is read up to the limit, before the token is checked with the others of its
+    batch: past the limit it is refused whatever its token."""
     job_id, dispatch = submit_one_dispatch(api)
     padded = {**completed_body(api, dispatch), "padding": "x" * 13 * MiB}
     refused = hook(api, dispatch, padded)
@@ -182,6 +183,11 @@ def test_webhook_bodies_over_12_mib_are_refused(api: Api) -> None:
     assert chunked.status_code == 413
     wrong = api.client.post(
         "/api/webhook/runpod", params={**params, "token": "wrong"}, content=iter([streamed])
+    )
+    assert wrong.status_code == 413
+    small = json.dumps(completed_body(api, dispatch)).encode()
+    wrong = api.client.post(
+        "/api/webhook/runpod", params={**params, "token": "wrong"}, content=iter([small])
     )
     assert wrong.status_code == 401
     with api.session() as session:
