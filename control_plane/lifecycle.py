@@ -648,7 +648,7 @@ def finish_dispatches(
         if (results := reports[dispatch.id].results) is not None
     }
     now = utcnow()
-    firsts = _first_images(session, completing, planned, now)
+    firsts = _first_images(session, completing, planned)
     with session.no_autoflush:
         endings = [ending for dispatch in completing for ending in planned[dispatch.id]]
         if endings:
@@ -1018,29 +1018,22 @@ def _first_success(
 
 
 def _first_images(
-    session: Session,
-    dispatches: Sequence[Dispatch],
-    planned: Mapping[str, Sequence[Ending]],
-    now: datetime,
+    session: Session, dispatches: Sequence[Dispatch], planned: Mapping[str, Sequence[Ending]]
 ) -> dict[str, Ending]:
     """For each job of `dispatches` with no image yet, its first: the first succeeded of
     their `planned` endings, stamped on the job under its lock, taken (in id order) before
     anything is written, as `_count_on_job` takes it for one dispatch. By dispatch id."""
     firsts = {}
     for job_id in sorted({dispatch.job_id for dispatch in dispatches}):
-        succeeded = [
-            (dispatch.id, ending)
-            for dispatch in dispatches
-            if dispatch.job_id == job_id
-            for ending in planned[dispatch.id]
-            if ending.status == OutputStatus.SUCCEEDED
-        ]
-        if not succeeded or not _has_no_image_yet(session, job_id):
+        of_job = [dispatch for dispatch in dispatches if dispatch.job_id == job_id]
+        endings = [ending for dispatch in of_job for ending in planned[dispatch.id]]
+        if not _succeeded(endings) or not _has_no_image_yet(session, job_id):
             continue
         lock_job(session, job_id)
-        if _first_image(session, job_id, now):
-            dispatch_id, ending = succeeded[0]
-            firsts[dispatch_id] = ending
+        first = _first_success(session, endings, of_job[0])
+        for dispatch in of_job:
+            if first is not None and any(ending is first for ending in planned[dispatch.id]):
+                firsts[dispatch.id] = first
     return firsts
 
 

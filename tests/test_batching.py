@@ -41,12 +41,20 @@ async def until(condition: object) -> None:
     raise AssertionError("timed out")
 
 
-async def test_items_handed_in_while_a_batch_is_applied_go_together_next() -> None:
-    apply = Recorder()
-    together = batches(apply)
+async def first_batch_held(
+    apply: Recorder, at_once: int = 1
+) -> tuple[Batches[int, int], asyncio.Task[int]]:
+    """Batches over `apply`, the first (item 1) handed in and held on its thread; its request."""
+    together = batches(apply, at_once)
     apply.hold.clear()
     first = asyncio.ensure_future(together.run(1))
     await until(lambda: apply.batches == [[1]])
+    return together, first
+
+
+async def test_items_handed_in_while_a_batch_is_applied_go_together_next() -> None:
+    apply = Recorder()
+    together, first = await first_batch_held(apply)
     rest = [asyncio.ensure_future(together.run(item)) for item in (2, 3, 4, 5)]
     await until(lambda: together.waiting == 4)
     apply.hold.set()
@@ -63,10 +71,7 @@ async def test_one_at_a_time_each_is_its_own_batch() -> None:
 
 async def test_an_items_error_is_raised_in_its_own_request_only() -> None:
     apply = Recorder()
-    together = batches(apply)
-    apply.hold.clear()
-    first = asyncio.ensure_future(together.run(1))
-    await until(lambda: apply.batches)
+    together, first = await first_batch_held(apply)
     bad, good = asyncio.ensure_future(together.run(-1)), asyncio.ensure_future(together.run(3))
     await until(lambda: together.waiting == 2)
     apply.hold.set()
@@ -87,10 +92,7 @@ async def test_a_batch_that_raises_fails_each_of_its_requests() -> None:
 
 async def test_the_others_get_their_outcomes_when_the_request_applying_them_is_cancelled() -> None:
     apply = Recorder()
-    together = batches(apply)
-    apply.hold.clear()
-    first = asyncio.ensure_future(together.run(1))
-    await until(lambda: apply.batches == [[1]])
+    together, first = await first_batch_held(apply)
     applier, other = asyncio.ensure_future(together.run(2)), asyncio.ensure_future(together.run(3))
     await until(lambda: together.waiting == 2)
     apply.gates[1] = gate = threading.Event()
@@ -110,10 +112,7 @@ async def test_the_others_get_their_outcomes_when_the_request_applying_them_is_c
 
 async def test_a_cancelled_request_waiting_for_its_turn_is_not_applied() -> None:
     apply = Recorder()
-    together = batches(apply)
-    apply.hold.clear()
-    first = asyncio.ensure_future(together.run(1))
-    await until(lambda: apply.batches == [[1]])
+    together, first = await first_batch_held(apply)
     gone = asyncio.ensure_future(together.run(2))
     await until(lambda: together.waiting == 1)
     gone.cancel()
@@ -126,10 +125,7 @@ async def test_a_cancelled_request_waiting_for_its_turn_is_not_applied() -> None
 
 async def test_at_most_at_once_batches_are_applied_at_a_time() -> None:
     apply = Recorder()
-    together = batches(apply, at_once=2)
-    apply.hold.clear()
-    first = asyncio.ensure_future(together.run(1))
-    await until(lambda: len(apply.batches) == 1)
+    together, first = await first_batch_held(apply, at_once=2)
     second = asyncio.ensure_future(together.run(2))  # a second batch at once
     await until(lambda: len(apply.batches) == 2)
     third = asyncio.ensure_future(together.run(3))  # waits for one of them

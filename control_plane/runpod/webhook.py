@@ -35,6 +35,8 @@ from shared.storage import Storage
 log = logging.getLogger(__name__)
 BodyT = TypeVar("BodyT", bound=BaseModel)
 Answer = dict[str, str]
+BODY_SCHEMA = RunPodJobState.model_json_schema()
+PROGRESS_SCHEMA = ProgressReport.model_json_schema()
 
 
 class Post(NamedTuple):
@@ -43,10 +45,6 @@ class Post(NamedTuple):
     dispatch_id: str
     token: str
     body: bytes
-
-
-BODY_SCHEMA = RunPodJobState.model_json_schema()
-PROGRESS_SCHEMA = ProgressReport.model_json_schema()
 
 
 def authenticate(session: Session, dispatch_id: str, token: str) -> None:
