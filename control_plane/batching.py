@@ -6,9 +6,13 @@ A request hands its item in and waits for its outcome. While fewer than `at_once
 are being applied, it applies every item waiting (its own among them, at most `most`) on a
 worker thread; otherwise it waits until its item's outcome is in, or a batch ends and it may
 take the next. Each batch is as large as what arrived while the last one was applied: one
-item when requests come one at a time, more under load, with no timer to wait for."""
+item when requests come one at a time, more under load, with no timer to wait for. Should
+the request applying a batch be cancelled (its client gone), the batch's other items still
+get their outcomes, or wait again for the next request to apply if no thread had taken it
+yet; a cancelled request's own item is not applied unless a thread already has it."""
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -65,19 +69,29 @@ class Batches(Generic[ItemT, OutcomeT]):
 
     async def _apply_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
+        claim = _Claim()
         self._applying += 1
         try:
-            await anyio.to_thread.run_sync(self._settle, batch, loop, limiter=self._limiter)
+            await anyio.to_thread.run_sync(self._settle, batch, loop, claim, limiter=self._limiter)
+        except BaseException:
+            if claim.take():  # cancelled before a thread took the batch: it waits again
+                self._waiting[:0] = [waiting for waiting in batch if not waiting[1].done()]
+            raise
         finally:
             self._applying -= 1
             self._batch_ended.set()
             self._batch_ended = asyncio.Event()
 
     def _settle(
-        self, batch: list[Waiting[ItemT, OutcomeT]], loop: asyncio.AbstractEventLoop
+        self,
+        batch: list[Waiting[ItemT, OutcomeT]],
+        loop: asyncio.AbstractEventLoop,
+        claim: "_Claim",
     ) -> None:
         """Apply `batch` (on a worker thread) and hand each item its outcome on the event loop:
         settled here, they reach their requests even if the one applying them is cancelled."""
+        if not claim.take():  # handed back to the waiting ones meanwhile
+            return
         outcomes: Sequence[OutcomeT | BaseException]
         try:
             outcomes = self._apply([item for item, _ in batch])
@@ -94,6 +108,21 @@ class Batches(Generic[ItemT, OutcomeT]):
             await asyncio.wait((outcome, ended), return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
+
+
+class _Claim:
+    """Who deals with a batch: the thread that applies it, or, should the request applying
+    it be cancelled before a thread takes it, the event loop, which hands it back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._taken = False
+
+    def take(self) -> bool:
+        """True for the first caller only."""
+        with self._lock:
+            taken, self._taken = self._taken, True
+            return not taken
 
 
 def _set(future: "asyncio.Future[Any]", outcome: object) -> None:

@@ -135,3 +135,27 @@ async def test_at_most_at_once_batches_are_applied_at_a_time() -> None:
     apply.hold.set()
     assert await asyncio.gather(first, second, third) == [2, 4, 6]
     assert apply.batches == [[1], [2], [3]]
+
+
+async def test_a_batch_whose_request_is_cancelled_before_a_thread_takes_it_waits_again() -> None:
+    """The others' items go back to the waiting ones (the cancelled request's own is not
+    applied), and the next request to apply takes them."""
+    apply = Recorder()
+    limiter = anyio.CapacityLimiter(1)
+    together: Batches[int, int] = Batches(apply, limiter, at_once=1, most=8)
+    await limiter.acquire()  # no thread for anyone yet
+    first = asyncio.ensure_future(together.run(1))
+    await until(lambda: limiter.statistics().tasks_waiting == 1)  # applying [1], no thread
+    applier, other = asyncio.ensure_future(together.run(2)), asyncio.ensure_future(together.run(3))
+    await until(lambda: together.waiting == 2)
+    first.cancel()  # the next to apply takes [2, 3]
+    await until(lambda: together.waiting == 0 and limiter.statistics().tasks_waiting == 1)
+    applier.cancel()  # [3] waits again, for `other`
+    await until(lambda: together.waiting == 0 and limiter.statistics().tasks_waiting == 1)
+    limiter.release()
+    with anyio.fail_after(5):
+        assert await other == 6
+    assert apply.batches == [[3]]
+    for cancelled in (first, applier):
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
