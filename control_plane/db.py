@@ -121,20 +121,18 @@ def session_scope(engine: sa.Engine, wake: Wake | None = None) -> Iterator[Sessi
 
 def lock_row(session: Session, model: type[RowT], key: Any) -> RowT | None:
     """The row of `model` whose primary key is `key`, read fresh and locked until the
-    transaction ends (`SELECT … FOR UPDATE`); None if there is none.
+    transaction ends (`SELECT … FOR UPDATE`); None if there is none."""
+    rows = lock_rows(session, model, [key])
+    return rows[0] if rows else None
+
+
+def lock_rows(session: Session, model: type[RowT], keys: Sequence[Any]) -> list[RowT]:
+    """The rows of `model` whose primary keys are among `keys`, in key order, read fresh
+    and locked in that order until the transaction ends, in one statement.
 
     SQLite ignores FOR UPDATE, so there an UPDATE that changes nothing takes the database's
     write lock first: what is read after it is current and stays so, as a row lock keeps it
     elsewhere."""
-    if session.get_bind().dialect.name == "sqlite":
-        column = sa.inspect(model).primary_key[0]
-        session.execute(sa.update(model).where(column == key).values({column.name: column}))
-    return session.get(model, key, with_for_update=True, populate_existing=True)
-
-
-def lock_rows(session: Session, model: type[RowT], keys: Sequence[Any]) -> list[RowT]:
-    """`lock_row` for several rows, locked in key order in one statement: the rows of `keys`
-    that exist, in that order."""
     column = sa.inspect(model).primary_key[0]
     if session.get_bind().dialect.name == "sqlite":
         session.execute(sa.update(model).where(column.in_(keys)).values({column.name: column}))

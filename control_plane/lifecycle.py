@@ -1031,9 +1031,9 @@ def _first_images(
             continue
         lock_job(session, job_id)
         first = _first_success(session, endings, of_job[0])
-        for dispatch in of_job:
-            if first is not None and any(ending is first for ending in planned[dispatch.id]):
-                firsts[dispatch.id] = first
+        if first is not None:
+            owner = next(d for d in of_job if any(e is first for e in planned[d.id]))
+            firsts[owner.id] = first
     return firsts
 
 
