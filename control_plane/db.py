@@ -6,12 +6,15 @@ with the service's name. Sessions without it simply wake nothing; the services' 
 """
 
 import bisect
+import functools
 import itertools
 import json
 import operator
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,15 +51,69 @@ def make_engine(url: str) -> sa.Engine:
         return engine
     # READ COMMITTED: finalisers lock the job row, then count its outputs; under InnoDB's
     # default REPEATABLE READ that count would come from a snapshot taken before the lock.
-    return create_engine(
+    engine = create_engine(
         url,
         isolation_level="READ COMMITTED",
-        pool_pre_ping=True,
         pool_recycle=3600,
         pool_size=10,
         max_overflow=20,
+        pool_reset_on_return=None,  # `_reset`: only what is still open is rolled back
         hide_parameters=True,
     )
+    for name, listener in _POOL_LISTENERS.items():
+        sa.event.listen(engine, name, listener)
+    return engine
+
+
+# Every round trip to a MySQL server costs both processes a wake-up. SQLAlchemy's pool makes
+# two of its own per checkout: a ping on the way out (`pool_pre_ping`) and a ROLLBACK on the
+# way back, even after a COMMIT. Here a connection is pinged only when it was idle long
+# enough to have gone stale, and rolled back only when a transaction is still open on it.
+PING_AFTER_IDLE_S = 5.0
+_RETURNED_AT, _OPEN = "pixelfleet_returned_at", "pixelfleet_transaction_open"
+
+
+def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Hand out a connection idle for a while only if it still answers a ping; otherwise the
+    pool replaces it (`DisconnectionError`). Until it says otherwise, it may carry a
+    transaction (whoever takes it may use the driver directly)."""
+    returned_at = record.info.get(_RETURNED_AT)
+    if returned_at is not None and time.monotonic() - returned_at > PING_AFTER_IDLE_S:
+        try:
+            dbapi_connection.ping(False)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"idle connection is gone: {exc}") from exc
+    record.info[_OPEN] = True
+
+
+def _began(connection: sa.Connection) -> None:
+    connection.connection.info[_OPEN] = True
+
+
+def _ended(connection: sa.Connection) -> None:
+    connection.connection.info[_OPEN] = False
+
+
+def _reset(dbapi_connection: Any, record: Any, state: sa.PoolResetState) -> None:
+    """A returned connection's transaction rolled back, unless SQLAlchemy committed or rolled
+    it back already."""
+    if record.info.get(_OPEN, True) and not state.transaction_was_reset:
+        dbapi_connection.rollback()
+    record.info[_OPEN] = False
+
+
+def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_RETURNED_AT] = time.monotonic()
+
+
+_POOL_LISTENERS: dict[str, Callable[..., None]] = {
+    "checkout": _checked_out,
+    "begin": _began,
+    "commit": _ended,
+    "rollback": _ended,
+    "reset": _reset,
+    "checkin": _checked_in,
+}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -299,6 +356,104 @@ def _bind_processor(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[An
         dialect
     )
     return processor
+
+
+ROWS_PER_UPDATE = 100  # rows one UPDATE of `update_rows` sets
+
+
+def update_rows(
+    connection: sa.Connection,
+    table: sa.Table,
+    changes: Mapping[Any, Mapping[str, Any]],
+    *,
+    shared: Mapping[str, Any] | None = None,
+    added: Mapping[str, Mapping[Any, Any]] | None = None,
+) -> None:
+    """Write `changes` (by primary key: each row's columns and their new values; a column a
+    row leaves out keeps its value) in one UPDATE per ROWS_PER_UPDATE rows, with `shared`
+    values set on every row and `added` amounts (by column, then by row) added to columns.
+
+    Written as SQL text with the columns' own bind processing: building it as an expression
+    costs the API more than all the database's work on it."""
+    keys = list(changes)
+    for start in range(0, len(keys), ROWS_PER_UPDATE):
+        batch = {key: changes[key] for key in keys[start : start + ROWS_PER_UPDATE]}
+        sql, params = _update_statement(connection.dialect, table, batch, shared, added)
+        connection.exec_driver_sql(sql, params)
+
+
+def write_loaded(session: Any, rows: Sequence[Any]) -> None:
+    """What has changed on loaded `rows` of one table, written now by `update_rows` (one
+    statement, where the session's flush would send one per row); the rows stay loaded, as
+    written."""
+    if not rows:
+        return
+    changes: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        state = sa.inspect(row)
+        changed = {attr.key: attr.value for attr in state.attrs if attr.history.added}
+        for key, value in changed.items():
+            sa.orm.attributes.set_committed_value(row, key, value)
+        changes[state.identity[0]] = changed
+    update_rows(session.connection(), sa.inspect(rows[0]).mapper.local_table, changes)
+
+
+def _update_statement(
+    dialect: sa.Dialect,
+    table: sa.Table,
+    changes: Mapping[Any, Mapping[str, Any]],
+    shared: Mapping[str, Any] | None,
+    added: Mapping[str, Mapping[Any, Any]] | None,
+) -> tuple[str, tuple[Any, ...]]:
+    """`update_rows`' UPDATE and its parameters, in `dialect`'s driver's style. A column
+    every row sets to the same value is bound once; the others once per row, `CASE key WHEN
+    … THEN …` (binding is most of what the statement costs the API)."""
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    quote = dialect.identifier_preparer.quote
+    key = quote(table.primary_key.columns[0].name)
+    assignments, params = [], []
+    for name in dict.fromkeys(name for values in changes.values() for name in values):
+        process = _driver_value(dialect, table.c[name])
+        values = {row: process(new[name]) for row, new in changes.items() if name in new}
+        value, bound = _each_value(values, quote(name), len(changes), key, mark)
+        assignments.append(f"{quote(name)} = {value}")
+        params += bound
+    for name, amounts in (added or {}).items():
+        if amounts:
+            value, bound = _each_value(amounts, "0", len(changes), key, mark)
+            assignments.append(f"{quote(name)} = {quote(name)} + {value}")
+            params += bound
+    for name, value in (shared or {}).items():
+        assignments.append(f"{quote(name)} = {mark}")
+        params.append(_driver_value(dialect, table.c[name])(value))
+    params += list(changes)
+    where = f"{key} IN ({', '.join([mark] * len(changes))})"
+    return f"UPDATE {quote(table.name)} SET {', '.join(assignments)} WHERE {where}", tuple(params)
+
+
+def _each_value(
+    values: Mapping[Any, Any], otherwise: str, rows: int, key: str, mark: str
+) -> tuple[str, list[Any]]:
+    """An SQL value giving each row in `values` (by `key`) its own, and `otherwise` the rest
+    of the statement's `rows`, with its parameters: one when they all share it."""
+    first = next(iter(values.values()))
+    if len(values) == rows and all(value == first for value in values.values()):
+        return mark, [first]
+    whens = f"WHEN {mark} THEN {mark} " * len(values)
+    return f"CASE {key} {whens}ELSE {otherwise} END", [
+        bound for pair in values.items() for bound in pair
+    ]
+
+
+@functools.cache
+def _driver_value(dialect: sa.Dialect, column: sa.Column[Any]) -> Callable[[Any], Any]:
+    """How `column` hands a value to `dialect`'s driver (JSON as text, SQLite's datetimes as
+    text, a str enum as its value)."""
+    return _bind_processor(column, dialect) or _as_is
+
+
+def _as_is(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
 
 
 def _most_values(connection: sa.Connection) -> int | None:

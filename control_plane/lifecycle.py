@@ -45,11 +45,10 @@ Rules kept here and nowhere else:
 Functions here never commit: the caller's transaction holds the change and its events.
 """
 
-import functools
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -59,7 +58,14 @@ import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, col, func, select, update
 
 from control_plane.background import Service
-from control_plane.db import insert_many, lock_row, lock_rows, wake_after_commit
+from control_plane.db import (
+    insert_many,
+    lock_row,
+    lock_rows,
+    update_rows,
+    wake_after_commit,
+    write_loaded,
+)
 from control_plane.errors import Conflict, NotFound
 from control_plane.events import emit, emit_many, event_row
 from control_plane.models import (
@@ -94,7 +100,6 @@ UNFINISHED = (OutputStatus.PENDING, OutputStatus.RUNNING)
 ENDED_JOB = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 SET_MODES = (JobMode.SEMI_AUTOMATIC, JobMode.VARIATION)  # sent as one dispatch, retries too
 CANCELLED_BY_USER = "cancelled by user"
-ENDINGS_PER_STATEMENT = 100  # outputs one UPDATE of `_write_endings` sets
 NO_RESULT = "the worker returned no result for this image"
 RESULT_REJECTED = "worker result rejected"
 OUTPUT_EVENT = {
@@ -626,11 +631,11 @@ def finish_dispatches(
 ) -> list[str]:
     """`finish_dispatch` for several reports at once, as far as they allow: the generate
     dispatches that completed with results end together, with one statement for what each
-    would take alone (their rows locked, their outputs read, ended, their events written)
-    and one counters' UPDATE per job. Returns the ids of the others, for the caller to
-    apply with `finish_dispatch`, each in a transaction of its own once this one commits: a
-    failed or batch dispatch's report, one that ended already, and every report of a
-    missing dispatch.
+    would take alone (their rows locked, their outputs read, ended, their events written,
+    their rows written) and one counters' UPDATE per job. Returns the ids of the others,
+    for the caller to apply with `finish_dispatch`, each in a transaction of its own once
+    this one commits: a failed or batch dispatch's report, one that ended already, and every
+    report of a missing dispatch.
 
     Dispatches are locked in id order, as every writer of several takes them, then their
     jobs in id order: two batches never wait on each other in a circle."""
@@ -660,6 +665,7 @@ def finish_dispatches(
             events += _ending_events(dispatch, planned[dispatch.id], now, first)
             events.append(_complete(session, dispatch, now))
         emit_many(session, events)
+        write_loaded(session, completing)
     for job_id in sorted({dispatch.job_id for dispatch in completing}):
         ended = [e for d in completing if d.job_id == job_id for e in planned[d.id]]
         if _add_counts(session, job_id, ended, now):
@@ -919,71 +925,16 @@ def _failure(output_id: str, reason: str) -> Ending:
 
 
 def _write_endings(session: Session, endings: Sequence[Ending], now: datetime) -> None:
-    """One UPDATE per ENDINGS_PER_STATEMENT outputs: each column set to its output's value
-    (`CASE id WHEN …`), kept where an output's result does not set it. Written as SQL text
-    with the columns' own bind processing: building it as an expression costs more than all
-    the database's work on it."""
-    connection = session.connection()
-    for start in range(0, len(endings), ENDINGS_PER_STATEMENT):
-        sql, params = _endings_update(
-            connection.dialect, endings[start : start + ENDINGS_PER_STATEMENT], now
-        )
-        connection.exec_driver_sql(sql, params)
+    """The outputs' endings, each column set to its output's value and kept where an
+    output's result does not set it, in as few UPDATEs as `update_rows` takes."""
+    update_rows(
+        session.connection(),
+        OUTPUTS,
+        {ending.output_id: ending.values for ending in endings},
+        shared={"completed_at": now, "updated_at": now},
+        added={"attempts": {e.output_id: e.attempts for e in endings if e.attempts}},
+    )
     _forget_loaded(session, Output, [ending.output_id for ending in endings])
-
-
-def _endings_update(
-    dialect: sa.Dialect, endings: Sequence[Ending], now: datetime
-) -> tuple[str, tuple[Any, ...]]:
-    """The UPDATE of `endings`' outputs and its parameters, in `dialect`'s driver's style. A
-    column every output sets to the same value (the model, the status, …) is bound once;
-    the others once per output (binding is most of what the statement costs the API)."""
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    quote = dialect.identifier_preparer.quote
-    assignments, params = [], []
-    for name in dict.fromkeys(name for ending in endings for name in ending.values):
-        process = _bind_processor(dialect, name)
-        values = {e.output_id: process(e.values[name]) for e in endings if name in e.values}
-        value, bound = _each_value(values, quote(name), len(endings), mark)
-        assignments.append(f"{quote(name)} = {value}")
-        params += bound
-    added = {ending.output_id: ending.attempts for ending in endings if ending.attempts}
-    if added:
-        value, bound = _each_value(added, "0", len(endings), mark)
-        assignments.append(f"attempts = attempts + {value}")
-        params += bound
-    stamp = _bind_processor(dialect, "updated_at")(now)
-    assignments += [f"completed_at = {mark}", f"updated_at = {mark}"]
-    params += [stamp, stamp]
-    params += [ending.output_id for ending in endings]
-    ids = ", ".join([mark] * len(endings))
-    return f"UPDATE outputs SET {', '.join(assignments)} WHERE id IN ({ids})", tuple(params)
-
-
-def _each_value(
-    values: dict[str, Any], otherwise: str, outputs: int, mark: str
-) -> tuple[str, list[Any]]:
-    """An SQL value giving each output in `values` (by id) its own, and `otherwise` the rest
-    of the statement's `outputs`, with its parameters: one when they all share it."""
-    first = next(iter(values.values()))
-    if len(values) == outputs and all(value == first for value in values.values()):
-        return mark, [first]
-    whens = f"WHEN {mark} THEN {mark} " * len(values)
-    return f"CASE id {whens}ELSE {otherwise} END", [
-        bound for pair in values.items() for bound in pair
-    ]
-
-
-@functools.cache
-def _bind_processor(dialect: sa.Dialect, name: str) -> Callable[[Any], Any]:
-    """How column `name` of outputs hands a value to `dialect`'s driver (JSON as text, …)."""
-    column = Output.__table__.c[name]  # type: ignore[attr-defined]
-    process = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return process or _as_is
-
-
-def _as_is(value: Any) -> Any:
-    return value.value if isinstance(value, StrEnum) else value
 
 
 def _forget_loaded(session: Session, model: type[SQLModel], ids: Sequence[str]) -> None:

@@ -14,14 +14,14 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 import control_plane.models  # noqa: F401 - registers the tables
 from control_plane import db
-from control_plane.db import insert_many, make_engine, new_session
+from control_plane.db import insert_many, make_engine, new_session, session_scope
 from control_plane.models import Group, Job, Output, OutputKind, utcnow
 from shared.logs import configure_logging
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, recorded_statements
 from tests.fakes.api import Api
 
 TOKEN = "whk-token-0123456789abcdef"
@@ -107,6 +107,114 @@ def test_a_failed_insert_logs_no_statement_parameters(database_url: str) -> None
     text = written.getvalue()
     assert "INSERT INTO dispatches" in text and "parameters hidden" in text
     assert TOKEN not in text
+
+
+def test_a_connection_back_in_the_pool_carries_no_transaction(database_url: str) -> None:
+    """What a session wrote without committing, and what the driver was used for directly,
+    is rolled back when its connection goes back to the pool: the next session on that
+    connection sees none of it."""
+    engine = make_engine(database_url)
+    try:
+        with new_session(engine) as session:
+            session.add(Group(name="never committed"))
+            session.flush()
+            before = _connection_id(session)
+        raw = engine.raw_connection()
+        raw.cursor().execute(
+            "INSERT INTO groups (id, name, created_at, updated_at)"
+            " VALUES ('grp_raw', 'raw', '2026-01-01', '2026-01-01')"
+        )
+        raw.close()
+        with new_session(engine) as session:
+            names = session.exec(select(Group.name)).all()
+            assert _connection_id(session) == before  # the same connection, reused
+        assert names == []
+    finally:
+        engine.dispose()
+
+
+def test_a_committed_connection_goes_back_without_a_rollback(database_url: str) -> None:
+    """A MySQL round trip costs both processes a wake-up: a session that committed returns
+    its connection without the pool's ROLLBACK (SQLAlchemy's default sends one every
+    time)."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite's rollback is a call in this process, not a round trip")
+    engine = make_engine(database_url)
+    try:
+        rollbacks = []
+        for name in ("a", "b", "c"):
+            with session_scope(engine) as session:
+                session.add(Group(name=name))
+                rollbacks.append(_session_status(session, "Com_rollback"))
+        assert rollbacks[0] == rollbacks[1] == rollbacks[2]
+    finally:
+        engine.dispose()
+
+
+def test_an_idle_connection_that_died_is_replaced(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection idle for `PING_AFTER_IDLE_S` is pinged before it is handed out;
+    one the server has closed meanwhile is replaced, unseen by the session."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no server to lose the connection")
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    engine, killer = make_engine(database_url), make_engine(database_url)
+    try:
+        with new_session(engine) as session:
+            killed = _connection_id(session)
+        with killer.connect() as connection:
+            connection.execute(sa.text(f"KILL CONNECTION {killed}"))
+        with new_session(engine) as session:
+            assert session.exec(select(Group.name)).all() == []
+            assert _connection_id(session) != killed
+    finally:
+        engine.dispose()
+        killer.dispose()
+
+
+def test_write_loaded_writes_what_changed_on_each_row_in_one_statement(
+    engine: sa.Engine,
+) -> None:
+    """Each loaded row's changes, its own or shared, in one UPDATE; what a row did not
+    change is kept; the rows stay loaded as written, so the flush sends nothing more."""
+    stamp = datetime(2026, 5, 6, 7, 8, 9)
+    with session_scope(engine) as session:
+        groups = [Group(name=f"g{n}", user_id="usr_a") for n in range(3)]
+        session.add_all(groups)
+    ids = [group.id for group in groups]
+    with session_scope(engine) as session, recorded_statements(engine) as statements:
+        loaded = [session.get(Group, group_id) for group_id in ids]
+        for group, name in zip(loaded, ["it's", "g1", "%s ? b"], strict=True):
+            assert group is not None
+            group.name, group.updated_at = name, stamp
+        loaded[2].user_id = None  # type: ignore[union-attr]
+        db.write_loaded(session, loaded)
+        session.flush()
+        assert [group.name for group in loaded] == ["it's", "g1", "%s ? b"]  # type: ignore[union-attr]
+    assert [sql.split(" SET")[0] for sql in statements if sql.startswith("UPDATE")] == [
+        "UPDATE groups"
+    ]
+    with new_session(engine) as session:
+        rows = {g.id: (g.name, g.user_id, g.updated_at) for g in session.exec(select(Group))}
+    assert [rows[group_id] for group_id in ids] == [
+        ("it's", "usr_a", stamp),
+        ("g1", "usr_a", stamp),
+        ("%s ? b", None, stamp),
+    ]
+
+
+def _connection_id(session: Session) -> Any:
+    """The server's id of the session's connection (SQLite: the driver's connection)."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        return id(connection.connection.dbapi_connection)
+    return connection.execute(sa.text("SELECT CONNECTION_ID()")).scalar_one()
+
+
+def _session_status(session: Session, name: str) -> int:
+    query = sa.text("SHOW SESSION STATUS LIKE :name")
+    return int(session.connection().execute(query, {"name": name}).one()[1])
 
 
 def output_rows(job_id: str, group_id: str, count: int) -> list[dict[str, Any]]:

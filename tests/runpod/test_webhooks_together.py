@@ -49,11 +49,13 @@ def receive(api: Api, posts: list[webhook.Post]) -> list[object]:
 
 @pytest.fixture
 def statements(api: Api) -> Iterator[list[str]]:
-    """The SQL statements the platform's engine runs, as they start."""
+    """The SQL statements the platform's engine runs, as they start: an executemany once
+    per row, as the driver runs it (MySQL's sends each UPDATE of one on its own)."""
     seen: list[str] = []
 
     def record(*args: Any) -> None:
-        seen.append(args[2])
+        _conn, _cursor, statement, parameters, _context, executemany = args
+        seen.extend([statement] * (len(parameters) if executemany else 1))
 
     sa.event.listen(api.platform.engine, "before_cursor_execute", record)
     yield seen
@@ -88,6 +90,8 @@ def test_webhooks_applied_together_end_each_dispatch_once_in_one_statement(
     assert isinstance(answers[6], InvalidRequest)
     endings = [sql for sql in statements if sql.startswith("UPDATE outputs SET provider")]
     assert len(endings) == 1  # the three completed dispatches' six images, in one UPDATE
+    ended = [sql for sql in statements if sql.startswith("UPDATE dispatches SET status")]
+    assert len(ended) == 2  # the three completed dispatches in one UPDATE; the failed one
     with api.session() as session:
         statuses = {
             d.id: d.status for d in session.exec(select(Dispatch).where(Dispatch.job_id == job_id))
