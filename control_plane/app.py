@@ -38,6 +38,7 @@ from control_plane.web.api import (
     gallery,
     groups,
     imports,
+    internal,
     jobs,
     metrics,
     outputs,
@@ -105,15 +106,23 @@ def check_signing(storage: Storage) -> None:
 
 def add_services(platform: Platform, *, timers: bool) -> None:
     """The background services and event consumers. Without `timers` they run only when a
-    commit wakes them (tests drive the safety nets by hand)."""
+    commit wakes them (tests drive the safety nets by hand). The relay runs here unless it
+    has a process of its own (`settings.relay_process`)."""
     interval = platform.settings.reconcile_interval_s if timers else None
     platform.add_loop(Service.SENDER, send_due, interval, platform.settings.sender_spacing_s)
-    platform.add_loop(Service.RELAY, _relay_pass, interval, platform.settings.relay_spacing_s)
+    if not platform.settings.relay_process:
+        spacing = platform.settings.relay_spacing_s
+        platform.add_loop(Service.RELAY, _relay_pass, interval, spacing)
+        subscribe_consumers(platform)
     platform.add_loop(Service.WEBHOOKS, Deliverer(), interval)
     if timers:
         platform.add_loop(Service.POLLER, poll_quiet, interval)
         batch_interval = min(platform.settings.reconcile_interval_s, platform.settings.batch_poll_s)
         platform.add_loop(Service.BATCHES, advance_batches, batch_interval)
+
+
+def subscribe_consumers(platform: Platform) -> None:
+    """The event consumers, fed by the platform's relay."""
     platform.relay.subscribe(canceller(platform))
     platform.relay.subscribe(persona_stages.pipeline(platform.settings))
     platform.relay.subscribe(gallery_consumer())
@@ -195,7 +204,7 @@ def create_app(
     ui_routers = (ui, live, ui_forms, ui_gallery, workflows, signin)
     # RunPod's webhooks and the worker's progress posts first: the busiest path, and routes
     # are matched in order (behind every other route, matching cost ~0.6 ms a request)
-    for module in (webhook, *routers, download, files, metrics, *ui_routers):
+    for module in (webhook, *routers, download, files, metrics, internal, *ui_routers):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     app.add_middleware(IdempotencyMiddleware, settings=settings)  # inside limits and auth

@@ -15,6 +15,9 @@ from shared.waiting import wait_at_most
 log = logging.getLogger(__name__)
 
 
+WAKE_HEADER = "X-Pixelfleet-Wake"  # the token of a wake handed between processes
+
+
 class Service(StrEnum):
     """The background services of a control-plane process; transactions wake them by name."""
 

@@ -1,12 +1,16 @@
 """The `pixelfleet` command."""
 
+import asyncio
+import contextlib
 import ctypes
 import errno
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -38,6 +42,7 @@ SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 GRACEFUL_SHUTDOWN_S = 5
 # Seconds `up` waits for a child it asked to stop before it kills it.
 CHILD_STOP_S = 20
+RELAY_RESTART_S = 1.0  # after the relay process died, before it starts again
 
 
 def _settings(kind: type[SettingsT]) -> SettingsT:
@@ -90,6 +95,7 @@ def _secrets(settings: Settings) -> list[str | None]:
         settings.runpod_api_key,
         database_password,
         settings.webhook_secret,
+        settings.wake_token,
     ]
 
 
@@ -112,10 +118,16 @@ def api(
 ) -> None:
     """Run the control plane (HTTP API, webhook, reconciler)."""
     settings = _settings(Settings)
-    if workers > 1 and settings.database_url.startswith("sqlite"):
+    sqlite = settings.database_url.startswith("sqlite")
+    if workers > 1 and sqlite:
         raise _cannot_start(
             "--workers needs MySQL/MariaDB (PIXELFLEET_DATABASE_URL): SQLite lets one process "
             "write at a time, so more processes would only wait for each other"
+        ) from None
+    if settings.relay_process and sqlite:
+        raise _cannot_start(
+            "PIXELFLEET_RELAY_PROCESS needs MySQL/MariaDB (PIXELFLEET_DATABASE_URL): SQLite "
+            "lets one process write at a time"
         ) from None
     _check_port_free(host, port)
     configure_logging(settings.log_level, _secrets(settings), settings.log_format)
@@ -128,7 +140,11 @@ def api(
         raise _configuration_error(exc) from None
     if migrate_first:
         run_migrations(settings.database_url)
-    settings = settings.model_copy(update={"listen_host": host})
+    relay_apart = settings.relay_process if settings.relay_process is not None else not sqlite
+    wake_token = secrets.token_urlsafe(24) if relay_apart else ""
+    settings = settings.model_copy(
+        update={"listen_host": host, "relay_process": relay_apart, "wake_token": wake_token}
+    )
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -138,11 +154,13 @@ def api(
         "access_log": False,  # control_plane/web/requestlog.py writes one line per request
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
-    if workers == 1:
-        uvicorn.run(create_app(settings, storage=storage), **options)
-        return
-    _share_among_workers(settings, workers)
-    uvicorn.run("control_plane.cli:worker_app", factory=True, workers=workers, **options)
+    wake_url = f"http://{_reachable(host)}:{port}/api/internal/wake"
+    with _RelayProcess(wake_url, wake_token) if relay_apart else contextlib.nullcontext():
+        if workers == 1:
+            uvicorn.run(create_app(settings, storage=storage), **options)
+            return
+        _share_among_workers(settings, workers)
+        uvicorn.run("control_plane.cli:worker_app", factory=True, workers=workers, **options)
 
 
 def worker_app() -> "FastAPI":
@@ -159,6 +177,69 @@ def _share_among_workers(settings: Settings, workers: int) -> None:
     listen on, and their share of the `/run` rate (each process paces its own calls)."""
     os.environ["PIXELFLEET_LISTEN_HOST"] = settings.listen_host
     os.environ["PIXELFLEET_RUN_RATE_PER_S"] = str(settings.run_rate_per_s / workers)
+    os.environ["PIXELFLEET_RELAY_PROCESS"] = str(settings.relay_process).lower()
+    os.environ["PIXELFLEET_WAKE_TOKEN"] = settings.wake_token
+
+
+class _RelayProcess:
+    """`pixelfleet relay` beside `pixelfleet api`, for as long as the block runs: started
+    again should it die; stopped when the block ends (Ctrl-C), or by the kernel when the
+    API's process ends otherwise (SIGTERM, which uvicorn raises again once it has shut down;
+    SIGKILL) on Linux. In a session of its own, so that a terminal's Ctrl-C reaches the API
+    only, which stops it."""
+
+    def __init__(self, wake_url: str, wake_token: str) -> None:
+        self.command = [sys.executable, "-m", "control_plane.cli", "relay", "--wake-url", wake_url]
+        self.env = {**os.environ, "PIXELFLEET_WAKE_TOKEN": wake_token}
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        # the thread that starts the child outlives it: the kernel's death signal follows
+        # the thread that forked, not the process
+        self._thread = threading.Thread(target=self._keep_running, name="relay", daemon=True)
+
+    def __enter__(self) -> "_RelayProcess":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._stopping.set()
+            child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+            _stop_or_kill(child)
+        self._thread.join(timeout=CHILD_STOP_S)
+
+    def _keep_running(self) -> None:
+        die_with_parent = _die_with_parent()
+        while True:
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._child = subprocess.Popen(
+                    self.command, env=self.env, preexec_fn=die_with_parent, start_new_session=True
+                )
+            code = self._child.wait()
+            if self._stopping.wait(RELAY_RESTART_S):
+                return
+            typer.echo(f"the relay process exited ({code}); starting it again", err=True)
+
+
+@app.command()
+def relay(
+    wake_url: Annotated[
+        str, typer.Option(help="the API's /api/internal/wake: its services' wakes go there")
+    ] = "",
+) -> None:
+    """Run the event relay (analytics, users' webhooks, pipeline stages) in a process of its
+    own: `pixelfleet api` starts one on MySQL/MariaDB."""
+    settings = _settings(Settings)
+    configure_logging(settings.log_level, _secrets(settings), settings.log_format)
+    storage = _storage(settings.storage_url, settings.signed_url_expiry_s)
+    from control_plane.relaying import run_relay
+
+    asyncio.run(run_relay(settings, storage, wake_url))
 
 
 @app.command()
@@ -265,10 +346,7 @@ def _children_env(host: str, port: int, endpoint_port: int) -> dict[str, str]:
     """The environment of `up`'s children: the API's public URL (loopback when `host` is a
     wildcard), the local endpoint as RunPod, and that URL's host among the endpoint's
     allowed webhook hosts (it refuses any other host but loopback)."""
-    reachable = "127.0.0.1" if host in WILDCARD_HOSTS else host
-    if ":" in reachable:
-        reachable = f"[{reachable}]"
-    public_url = os.environ.get("PIXELFLEET_PUBLIC_URL", f"http://{reachable}:{port}")
+    public_url = os.environ.get("PIXELFLEET_PUBLIC_URL", f"http://{_reachable(host)}:{port}")
     webhook_hosts = os.environ.get("PIXELFLEET_ENDPOINT_ALLOW_WEBHOOK_HOSTS", "")
     public_host = urlsplit(public_url).hostname or ""
     return {
@@ -281,6 +359,13 @@ def _children_env(host: str, port: int, endpoint_port: int) -> dict[str, str]:
             name for name in (webhook_hosts, public_host) if name
         ),
     }
+
+
+def _reachable(host: str) -> str:
+    """The address a process on this machine reaches a server bound to `host` at, for a URL
+    (loopback for a wildcard address)."""
+    reachable = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    return f"[{reachable}]" if ":" in reachable else reachable
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>

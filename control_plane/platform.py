@@ -42,6 +42,9 @@ class Platform:
     # RunPod's webhooks, authenticated and applied together as they arrive together
     webhooks: Batches[Post, Answer] = field(init=False)
     loops: dict[str, Loop] = field(default_factory=dict)
+    # where wakes go for services this process does not run (the relay process hands them
+    # to the API: `control_plane/relaying.py`); None: they are ignored
+    elsewhere: Callable[[str], None] | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -86,12 +89,16 @@ class Platform:
             loop.wake()  # catch up with what earlier processes left
 
     def wake(self, service: str) -> None:
-        """Wake `service` (from any thread); unknown or stopped services are ignored."""
+        """Wake `service` (from any thread): this process's, or `elsewhere`; otherwise, and
+        once stopped, nothing."""
         loop = self.loops.get(service)
-        if loop is None or self._loop is None or self._loop.is_closed():
+        if self._loop is None or self._loop.is_closed():
             return
         with contextlib.suppress(RuntimeError):  # the event loop is shutting down
-            self._loop.call_soon_threadsafe(loop.wake)
+            if loop is not None:
+                self._loop.call_soon_threadsafe(loop.wake)
+            elif self.elsewhere is not None:
+                self._loop.call_soon_threadsafe(self.elsewhere, service)
 
     def call(self, coroutine: Coroutine[Any, Any, Any], timeout_s: float = 60.0) -> Any:
         """Run `coroutine` on the event loop from a worker thread and wait for its result."""

@@ -72,6 +72,14 @@ class Settings(CommonSettings):
     # `control_plane/batching.py`): fewer make bigger batches, more only queue for the job's
     # row lock while taking the GIL from the one holding it.
     reports_at_once: int = Field(2, ge=1)
+    # The event relay (analytics, users' webhooks, pipeline stages) in a process of its own,
+    # which `pixelfleet api` starts (`control_plane/relaying.py`): in the API's process its
+    # passes hold the GIL that webhooks wait for. None: on MySQL/MariaDB, not on SQLite
+    # (one process writes at a time there).
+    relay_process: bool | None = None
+    # `pixelfleet api` sets it for its processes: the relay process hands the services its
+    # commits woke to the API with it (POST /api/internal/wake)
+    wake_token: str = ""
     submit_rate_per_min_free: int = Field(30, ge=0)  # submissions per user per minute; 0: none
     submit_rate_per_min_paid: int = Field(120, ge=0)
 

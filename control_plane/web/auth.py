@@ -6,7 +6,8 @@ forgery).
 Every route asks for it (`Authorization: Bearer pf_…`, HTTP Basic with the key or password as
 its password, or the UI's session cookie), except those that must stay open: RunPod's webhook
 and the worker's progress posts next to it (neither can send our credentials; each
-dispatch's URL carries its own token), `/healthz` (load balancers) and the UI's sign-in page.
+dispatch's URL carries its own token), the wake the relay process hands the API (with the
+processes' own token), `/healthz` (load balancers) and the UI's sign-in page.
 Without credentials a request acts for the implicit local user, but only in development, on a
 loopback address, without an admin password, and until the first user exists.
 """
@@ -31,7 +32,12 @@ from shared.hosts import is_loopback
 log = logging.getLogger(__name__)
 # Requests machines make, authenticated on their own terms (a dispatch's token) or not at all:
 # they act for nobody, so finding a viewer for them is skipped.
-MACHINE_PATHS = ("/api/webhook/runpod", "/api/webhook/runpod/progress", "/healthz")
+MACHINE_PATHS = (
+    "/api/webhook/runpod",
+    "/api/webhook/runpod/progress",
+    "/api/internal/wake",
+    "/healthz",
+)
 STATIC_PREFIX = "/static/"  # the pages' stylesheet and scripts: the same for everyone
 OPEN_PATHS = (*MACHINE_PATHS, "/login", "/logout")
 SESSION_COOKIE = "pixelfleet_session"

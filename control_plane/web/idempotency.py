@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # The routes that take a key: every POST of the API but RunPod's webhook (it has its own
-# exactly-once rules) and estimates (they write nothing); a key sent elsewhere is ignored.
-IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/)(?![^?#]*/estimate$)[^?#]+")
+# exactly-once rules), the processes' internal wakes and estimates (they write nothing); a
+# key sent elsewhere is ignored.
+IDEMPOTENT_ROUTES = re.compile(r"/api/(?!webhook/|internal/)(?![^?#]*/estimate$)[^?#]+")
 HEADER = b"idempotency-key"
 KEY = re.compile(r"[\x20-\x7e]{1,255}")  # printable ASCII
 RETRY_LATER = frozenset({408, 409, 425, 429})  # 4xx that say "try again": not final

@@ -1,7 +1,7 @@
 """`pixelfleet api --workers N`: several API processes on one port and one MariaDB database,
-each with its own sender, relay and user-webhook deliverer, send every dispatch once and
-finalise a job exactly once, whichever process each webhook (sent three times) reaches;
-SQLite is refused with a plain message."""
+each with its own sender and user-webhook deliverer (and one relay process beside them), send
+every dispatch once and finalise a job exactly once, whichever process each webhook (sent
+three times) reaches; SQLite is refused with a plain message."""
 
 import base64
 import os
@@ -61,10 +61,12 @@ def stub_runpod() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 
 @contextmanager
-def api_processes(tmp_path: Path, env: dict[str, str], port: int) -> Iterator[str]:
-    """`pixelfleet api --workers WORKERS` until the block ends; yields its URL."""
+def api_processes(
+    tmp_path: Path, env: dict[str, str], port: int, workers: int = WORKERS
+) -> Iterator[tuple[str, int]]:
+    """`pixelfleet api --workers N` until the block ends; yields its URL and pid."""
     log = tmp_path / "api.log"
-    command = ["api", "--port", str(port), "--workers", str(WORKERS)]
+    command = ["api", "--port", str(port), "--workers", str(workers)]
     with log.open("wb") as output:
         child = subprocess.Popen(
             [sys.executable, "-m", "control_plane.cli", *command],
@@ -80,8 +82,9 @@ def api_processes(tmp_path: Path, env: dict[str, str], port: int) -> Iterator[st
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
         # the supervisor and its workers (each answers /healthz only once all are up)
-        assert len(psutil.Process(child.pid).children()) >= WORKERS, log.read_text()
-        yield url
+        if workers > 1:
+            assert len(psutil.Process(child.pid).children()) >= workers, log.read_text()
+        yield url, child.pid
     finally:
         child.terminate()
         child.wait(timeout=30)
@@ -184,7 +187,7 @@ def test_several_api_processes_finalise_one_job_exactly_once(
             "PIXELFLEET_WEBHOOK_SECRET": SECRET,
             "PIXELFLEET_LOG_LEVEL": "WARNING",
         }
-        with api_processes(tmp_path, env, port) as url:
+        with api_processes(tmp_path, env, port) as (url, _):
             job_id = submit(url, receiver.url)
             dispatches = IMAGES // 2
             wait_until(lambda: _submitted(engine, job_id) == dispatches, "all sent")
