@@ -42,7 +42,8 @@ SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 GRACEFUL_SHUTDOWN_S = 5
 # Seconds `up` waits for a child it asked to stop before it kills it.
 CHILD_STOP_S = 20
-RELAY_RESTART_S = 1.0  # after the relay process died, before it starts again
+RELAY_RESTART_S = 1.0  # after the relay process died, before it starts again …
+RELAY_RESTART_MAX_S = 30.0  # … doubling while it dies at once, up to this
 
 
 def _settings(kind: type[SettingsT]) -> SettingsT:
@@ -213,6 +214,7 @@ class _RelayProcess:
 
     def _keep_running(self) -> None:
         die_with_parent = _die_with_parent()
+        delay = RELAY_RESTART_S
         while True:
             with self._lock:
                 if self._stopping.is_set():
@@ -220,10 +222,16 @@ class _RelayProcess:
                 self._child = subprocess.Popen(
                     self.command, env=self.env, preexec_fn=die_with_parent, start_new_session=True
                 )
+            started = time.monotonic()
             code = self._child.wait()
-            if self._stopping.wait(RELAY_RESTART_S):
+            if time.monotonic() - started > RELAY_RESTART_MAX_S:  # it had been running
+                delay = RELAY_RESTART_S
+            if self._stopping.is_set():
                 return
-            typer.echo(f"the relay process exited ({code}); starting it again", err=True)
+            typer.echo(f"the relay process exited ({code}); starting it in {delay:g} s", err=True)
+            if self._stopping.wait(delay):
+                return
+            delay = min(2 * delay, RELAY_RESTART_MAX_S)  # one that cannot start: less often
 
 
 @app.command()
