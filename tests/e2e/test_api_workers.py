@@ -90,6 +90,26 @@ def api_processes(
         child.wait(timeout=30)
 
 
+def api_env(
+    database_url: str, tmp_path: Path, runpod_url: str, port: int, reconcile_interval_s: float
+) -> dict[str, str]:
+    """The API's environment: dispatches of 2 images, no in-flight cap, the poller out of
+    the way, the services' timers `reconcile_interval_s` apart."""
+    return {
+        "PIXELFLEET_DATA_DIR": str(tmp_path),
+        "PIXELFLEET_DATABASE_URL": database_url,
+        "PIXELFLEET_STORAGE_URL": str(tmp_path / "storage"),
+        "PIXELFLEET_RUNPOD_BASE_URL": runpod_url,
+        "PIXELFLEET_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "PIXELFLEET_DISPATCH_CHUNK_SIZE": "2",
+        "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": "0",
+        "PIXELFLEET_WEBHOOK_GRACE_S": "3600",
+        "PIXELFLEET_RECONCILE_INTERVAL_S": str(reconcile_interval_s),
+        "PIXELFLEET_WEBHOOK_SECRET": SECRET,
+        "PIXELFLEET_LOG_LEVEL": "WARNING",
+    }
+
+
 def submit(url: str, receiver_url: str) -> str:
     with httpx.Client(base_url=url, timeout=30) as http:
         group_id = http.post("/api/groups", json={"name": "workers"}).json()["id"]
@@ -174,19 +194,7 @@ def test_several_api_processes_finalise_one_job_exactly_once(
     storage = LocalStorage(tmp_path / "storage")
     port = free_port()
     with stub_runpod() as (runpod_url, sent), run_receiver() as receiver:
-        env = {
-            "PIXELFLEET_DATA_DIR": str(tmp_path),
-            "PIXELFLEET_DATABASE_URL": database_url,
-            "PIXELFLEET_STORAGE_URL": str(tmp_path / "storage"),
-            "PIXELFLEET_RUNPOD_BASE_URL": runpod_url,
-            "PIXELFLEET_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "PIXELFLEET_DISPATCH_CHUNK_SIZE": "2",
-            "PIXELFLEET_MAX_INFLIGHT_DISPATCHES": "0",
-            "PIXELFLEET_WEBHOOK_GRACE_S": "3600",
-            "PIXELFLEET_RECONCILE_INTERVAL_S": "0.5",
-            "PIXELFLEET_WEBHOOK_SECRET": SECRET,
-            "PIXELFLEET_LOG_LEVEL": "WARNING",
-        }
+        env = api_env(database_url, tmp_path, runpod_url, port, reconcile_interval_s=0.5)
         with api_processes(tmp_path, env, port) as (url, _):
             job_id = submit(url, receiver.url)
             dispatches = IMAGES // 2
@@ -251,18 +259,23 @@ def _analytics(engine: Any, job_id: str) -> int:
 
 
 def test_several_api_processes_on_sqlite_are_refused_with_a_message(tmp_path: Path) -> None:
+    env = {
+        "PIXELFLEET_DATA_DIR": str(tmp_path),
+        "PIXELFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'pixelfleet.db'}",
+    }
+    assert "--workers needs MySQL/MariaDB" in refusal(["--workers", "2"], env)
+
+
+def refusal(options: list[str], env: dict[str, str]) -> str:
+    """What `pixelfleet api --no-migrate OPTIONS` says as it refuses to start (exit code 2,
+    no traceback)."""
     done = subprocess.run(
-        [sys.executable, "-m", "control_plane.cli", "api", "--workers", "2", "--no-migrate"],
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "PIXELFLEET_DATA_DIR": str(tmp_path),
-            "PIXELFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'pixelfleet.db'}",
-        },
+        [sys.executable, "-m", "control_plane.cli", "api", "--no-migrate", *options],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2
-    assert "--workers needs MySQL/MariaDB" in done.stderr
+    assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
+    return done.stderr
