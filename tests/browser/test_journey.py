@@ -13,6 +13,7 @@ that a job of 6 images runs for about 2.4 s: long enough to see it move, and to 
 
 import json
 import re
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -311,6 +312,31 @@ def _semi_automatic_with_a_variation_and_a_rerun(
     hand.check_page("batch")
     semi = api.get("/api/jobs", params={"group_id": group_id, "mode": "variation"}).json()
     assert len(semi["data"]) == 1
+
+
+def test_an_action_is_said_even_when_the_page_replaced_its_button_meanwhile(
+    page: Any, api: httpx.Client
+) -> None:
+    """The cancel's answer is held back while the live page catches up with the cancelled
+    job and replaces the actions it was pressed among: its notice is still said."""
+    group_id = api.post("/api/groups", json={"name": "replaced"}).json()["id"]
+    files = [("files", (f"c{i}.png", png_bytes(30 + i, 30), "image/png")) for i in range(4)]
+    images = api.post("/api/uploads", data={"group_id": group_id}, files=files).json()["images"]
+    body = {"group_id": group_id, "mode": "automatic", "prompt": "p"}
+    submitted = api.post("/api/jobs/submit", json={**body, "images": [i["id"] for i in images]})
+    job_id = submitted.json()["jobs"][0]["id"]
+
+    def answer_late(route: Any) -> None:  # the cancel is done; its answer waits
+        answer = route.fetch(max_redirects=0)
+        time.sleep(3)  # the page polls every second while the job runs
+        route.fulfill(response=answer)
+
+    page.route("**/cancel", answer_late)
+    page.goto(f"/jobs/{job_id}")
+    page.evaluate("window.__pressed = document.querySelector('form[action$=\"/cancel\"]')")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("[data-action-notice]")).to_contain_text("Cancelled", timeout=10_000)
+    assert page.evaluate("window.__pressed.isConnected") is False  # replaced meanwhile
 
 
 @pytest.mark.refused(409)

@@ -21,6 +21,8 @@ document.addEventListener("submit", (event) => {
 });
 
 async function act(form) {
+  // found now: a live patch may replace the form's part (its state changed) before the answer
+  const region = nearestRegion(form);
   let answer;
   try {
     answer = await fetch(form.action, {
@@ -30,18 +32,18 @@ async function act(form) {
       credentials: "same-origin",
     });
   } catch {
-    say(form, "error", "The server could not be reached: nothing was changed. Try again in a moment.");
+    say(region, "error", "The server could not be reached: nothing was changed. Try again in a moment.");
     return;
   }
   if (!answer.ok) {
-    say(form, "error", await refusal(answer));
+    say(region, "error", await refusal(answer));
     return;
   }
   const landed = new URL(answer.url);
   const answered = performance.now(); // refreshes asked from now on show what the action did
   document.dispatchEvent(new CustomEvent("live-refresh")); // e.g. a new rerun or variations link
   if (landed.pathname === location.pathname) {
-    const said = say(form, "notice", form.dataset.done || "Done.");
+    const said = say(region, "notice", form.dataset.done || "Done.");
     said?.focus(); // the button pressed goes away with the state it acted on: not focus
     if (said && form.dataset.doneUntil) {
       settle(said, form.dataset.doneUntil, form.dataset.doneAfter || "Done.", answered);
@@ -49,7 +51,7 @@ async function act(form) {
     return;
   }
   const link = { href: landed.pathname, text: form.dataset.open || "Open it" };
-  say(form, "notice", form.dataset.done || "Started.", link);
+  say(region, "notice", form.dataset.done || "Started.", link);
 }
 
 // `line` says `after` at the first live refresh asked for after `since` in which the page
@@ -72,8 +74,7 @@ async function refusal(answer) {
   return reason ? reason.textContent.trim() : `The server refused (${answer.status} ${answer.statusText}).`;
 }
 
-function say(form, kind, text, link = null) {
-  const region = nearestRegion(form);
+function say(region, kind, text, link = null) {
   if (!region) return null;
   const line = document.createElement("p");
   line.className = kind;
