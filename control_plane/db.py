@@ -378,7 +378,11 @@ def update_rows(
     keys = list(changes)
     for start in range(0, len(keys), ROWS_PER_UPDATE):
         batch = {key: changes[key] for key in keys[start : start + ROWS_PER_UPDATE]}
-        sql, params = _update_statement(connection.dialect, table, batch, shared, added)
+        amounts = {
+            name: {key: by_row[key] for key in batch if key in by_row}
+            for name, by_row in (added or {}).items()
+        }
+        sql, params = _update_statement(connection.dialect, table, batch, shared, amounts)
         connection.exec_driver_sql(sql, params)
 
 

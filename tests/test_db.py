@@ -19,7 +19,7 @@ from sqlmodel import Session, SQLModel, col, select
 import control_plane.models  # noqa: F401 - registers the tables
 from control_plane import db
 from control_plane.db import insert_many, make_engine, new_session, session_scope
-from control_plane.models import Group, Job, Output, OutputKind, utcnow
+from control_plane.models import EventCursor, Group, Job, Output, OutputKind, utcnow
 from shared.logs import configure_logging
 from tests.conftest import png_bytes, recorded_statements
 from tests.fakes.api import Api
@@ -202,6 +202,34 @@ def test_write_loaded_writes_what_changed_on_each_row_in_one_statement(
         ("g1", "usr_a", stamp),
         ("%s ? b", None, stamp),
     ]
+
+
+def test_update_rows_adds_to_each_row_only_its_own_amount_in_every_statement(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four rows in statements of two: the amounts added to the second statement's rows
+    reach none of the first's."""
+    monkeypatch.setattr(db, "ROWS_PER_UPDATE", 2)
+    names = [f"consumer-{n}" for n in range(4)]
+    with session_scope(engine) as session:
+        session.add_all([EventCursor(consumer=name) for name in names])
+    with session_scope(engine) as session:
+        db.update_rows(
+            session.connection(),
+            EventCursor.__table__,  # type: ignore[attr-defined]
+            {name: {"position": 7} for name in names},
+            added={"failures": {names[2]: 1, names[3]: 1}},
+        )
+    with new_session(engine) as session:
+        rows = session.exec(
+            select(EventCursor.consumer, EventCursor.position, EventCursor.failures)
+        )
+        assert sorted(rows) == [
+            (names[0], 7, 0),
+            (names[1], 7, 0),
+            (names[2], 7, 1),
+            (names[3], 7, 1),
+        ]
 
 
 def _connection_id(session: Session) -> Any:
