@@ -65,9 +65,12 @@ def test_reports_beyond_the_limit_wait_their_turn_and_are_all_applied(api: Api) 
         ]
         for post in posts:
             post.start()
-        _until(lambda: statistics() == (1, 2))  # one applying (waiting), two for their turn
-        # connections out: the holder's and the applying report's; those waiting hold none
-        assert api.platform.engine.pool.checkedout() == 2  # type: ignore[attr-defined]
+        # one applying (waiting for the lock), two for their turn; connections out: the
+        # holder's and, once its thread has opened its session, the applying report's; those
+        # waiting hold none
+        pool = api.platform.engine.pool
+        _until(lambda: statistics() == (1, 2) and pool.checkedout() == 2)  # type: ignore[attr-defined]
+        assert pool.checkedout() == 2  # type: ignore[attr-defined]
         holder.commit()
     for post in posts:
         post.join()
