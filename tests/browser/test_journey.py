@@ -319,12 +319,7 @@ def test_an_action_is_said_even_when_the_page_replaced_its_button_meanwhile(
 ) -> None:
     """The cancel's answer is held back while the live page catches up with the cancelled
     job and replaces the actions it was pressed among: its notice is still said."""
-    group_id = api.post("/api/groups", json={"name": "replaced"}).json()["id"]
-    files = [("files", (f"c{i}.png", png_bytes(30 + i, 30), "image/png")) for i in range(4)]
-    images = api.post("/api/uploads", data={"group_id": group_id}, files=files).json()["images"]
-    body = {"group_id": group_id, "mode": "automatic", "prompt": "p"}
-    submitted = api.post("/api/jobs/submit", json={**body, "images": [i["id"] for i in images]})
-    job_id = submitted.json()["jobs"][0]["id"]
+    job_id = _four_image_job(api, "replaced")
 
     def answer_late(route: Any) -> None:  # the cancel is done; its answer waits
         answer = route.fetch(max_redirects=0)
@@ -341,12 +336,7 @@ def test_an_action_is_said_even_when_the_page_replaced_its_button_meanwhile(
 
 @pytest.mark.refused(409)
 def test_a_refused_action_says_why_in_place(page: Any, api: httpx.Client) -> None:
-    group_id = api.post("/api/groups", json={"name": "refused"}).json()["id"]
-    files = [("files", (f"r{i}.png", png_bytes(30 + i, 30), "image/png")) for i in range(4)]
-    images = api.post("/api/uploads", data={"group_id": group_id}, files=files).json()["images"]
-    body = {"group_id": group_id, "mode": "automatic", "prompt": "p"}
-    submitted = api.post("/api/jobs/submit", json={**body, "images": [i["id"] for i in images]})
-    job_id = submitted.json()["jobs"][0]["id"]
+    job_id = _four_image_job(api, "refused")
     held: list[Any] = []
 
     def hold(route: Any) -> None:  # the page does not learn what happens meanwhile
@@ -362,3 +352,15 @@ def test_a_refused_action_says_why_in_place(page: Any, api: httpx.Client) -> Non
     expect(notice).to_contain_text(f"job {job_id} is already")
     assert page.evaluate(SAME_DOCUMENT)
     assert serious_violations(page) == []
+
+
+def _four_image_job(api: httpx.Client, name: str) -> str:
+    """A new group's automatic job over four new uploads (it runs a while: the platform is
+    slowed); its id."""
+    group_id = api.post("/api/groups", json={"name": name}).json()["id"]
+    files = [("files", (f"{name}{i}.png", png_bytes(30 + i, 30), "image/png")) for i in range(4)]
+    images = api.post("/api/uploads", data={"group_id": group_id}, files=files).json()["images"]
+    body = {"group_id": group_id, "mode": "automatic", "prompt": "p"}
+    submitted = api.post("/api/jobs/submit", json={**body, "images": [i["id"] for i in images]})
+    job_id: str = submitted.json()["jobs"][0]["id"]
+    return job_id
