@@ -164,9 +164,15 @@ class Job(SQLModel, table=True):
         sa.Index("ix_jobs_mode_id", "mode", "id"),
         sa.Index("ix_jobs_source_id_id", "source_id", "id"),
         sa.Index("ix_jobs_user_id_id", "user_id", "id"),
-        # a group's counts, summed from its jobs' counters without reading the rows
+        # a group's counts, summed from its jobs' counters and costs without reading the rows
         sa.Index(
-            "ix_jobs_group_id_counters", "group_id", "total", "succeeded", "failed", "blocked"
+            "ix_jobs_group_id_counts",
+            "group_id",
+            "total",
+            "succeeded",
+            "failed",
+            "blocked",
+            "cost_usd",
         ),
     )
     id: str = _id("job")

@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import defer
 from sqlmodel import Session, col, func, or_, select
 
 from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest, NotFound
 from control_plane.models import Job, JobMode, Output, OutputKind, OutputStatus, Upload
-from control_plane.services.jobs import UNSHOWN_OUTPUT_COLUMNS
+from control_plane.services.jobs import ShownOutput, select_shown_outputs
 
 GALLERY_PAGE_DEFAULT = 60
 GALLERY_PAGE_MAX = 500
@@ -36,7 +35,7 @@ class GalleryPage:
     """Some of a group's images, newest job first and a job's last image first, and the
     cursor to the images after them (None at the end)."""
 
-    images: list[Output]
+    images: Sequence[ShownOutput]
     next_cursor: str | None
 
 
@@ -57,13 +56,7 @@ def gallery_query(group_id: str, filters: GalleryFilters, cursor: str | None, li
     order: list[Any] = [col(Output.position).desc()]
     if not filters.job_id:
         order.insert(0, col(Output.job_id).desc())
-    return (
-        select(Output)
-        .options(*(defer(getattr(Output, name)) for name in UNSHOWN_OUTPUT_COLUMNS))
-        .where(*clauses)
-        .order_by(*order)
-        .limit(limit + 1)
-    )
+    return select_shown_outputs().where(*clauses).order_by(*order).limit(limit + 1)
 
 
 def _after(cursor: str, only_job: str | None) -> list[Any]:
@@ -88,13 +81,13 @@ def page_of_gallery(
 ) -> GalleryPage:
     """Up to `limit` of the group's images after `cursor` (the group's group: check that the
     viewer sees it first)."""
-    rows = list(session.exec(gallery_query(group_id, filters, cursor, limit)).all())
+    rows = session.execute(gallery_query(group_id, filters, cursor, limit)).all()
     images = rows[:limit]
     more = len(rows) > limit and images
     return GalleryPage(images, gallery_cursor(images[-1]) if more else None)
 
 
-def gallery_cursor(output: Output) -> str:
+def gallery_cursor(output: ShownOutput) -> str:
     """The opaque cursor to the images after `output` in a gallery."""
     text = f"{_CURSOR_PREFIX}{output.job_id}:{output.position}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -152,7 +145,7 @@ class BatchSet:
     """One set of a semi-automatic submission: its job and its images by position."""
 
     job: Job
-    images: list[Output]
+    images: list[ShownOutput]
 
 
 @dataclass(frozen=True)
@@ -183,15 +176,14 @@ def batch_sets(
     return BatchPage([BatchSet(job, images.get(job.id, [])) for job in jobs], total)
 
 
-def images_of_jobs(session: Session, job_ids: Sequence[str]) -> dict[str, list[Output]]:
+def images_of_jobs(session: Session, job_ids: Sequence[str]) -> dict[str, list[ShownOutput]]:
     """Each job's images by position (one query)."""
-    rows = session.exec(
-        select(Output)
-        .options(*(defer(getattr(Output, name)) for name in UNSHOWN_OUTPUT_COLUMNS))
+    rows = session.execute(
+        select_shown_outputs()
         .where(col(Output.job_id).in_(list(job_ids)))
         .order_by(col(Output.job_id), col(Output.position))
     ).all()
-    by_job: dict[str, list[Output]] = {}
+    by_job: dict[str, list[ShownOutput]] = {}
     for output in rows:
         by_job.setdefault(output.job_id, []).append(output)
     return by_job

@@ -39,11 +39,10 @@ from control_plane.schemas import (
     WebhookDeliveryPublic,
 )
 from control_plane.services import analytics, personas
-from control_plane.services.jobs import UNSHOWN_OUTPUT_COLUMNS, ImagePage, JobView
+from control_plane.services.jobs import SHOWN_OUTPUT_COLUMNS, ImagePage, JobView, ShownOutput
 from shared.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
-UNSHOWN = set(UNSHOWN_OUTPUT_COLUMNS)
 _ID_SLOT = "pixelfleet-id-slot"  # stands for the id while a route's URL is looked up
 
 
@@ -106,33 +105,48 @@ def job_public(job: Job, reruns: Sequence[str] = ()) -> JobPublic:
 
 
 def output_public(
-    request: Request, storage: Storage, output: Output, variations: Sequence[str] = ()
+    request: Request,
+    storage: Storage,
+    output: Output | ShownOutput,
+    variations: Sequence[str] = (),
 ) -> OutputPublic:
-    return OutputPublic(**_output_fields(request, storage, output, variations))
+    return OutputPublic.model_validate(_output_fields(request, storage, output, variations))
 
 
 def output_detail(
-    request: Request, storage: Storage, output: Output, variations: Sequence[str]
+    request: Request,
+    storage: Storage,
+    output: Output | ShownOutput,
+    variations: Sequence[str],
 ) -> OutputDetail:
-    return OutputDetail(**_output_fields(request, storage, output, variations))
+    return OutputDetail.model_validate(_output_fields(request, storage, output, variations))
 
 
 def _output_fields(
-    request: Request, storage: Storage, output: Output, variations: Sequence[str]
+    request: Request,
+    storage: Storage,
+    output: Output | ShownOutput,
+    variations: Sequence[str],
 ) -> dict[str, Any]:
-    succeeded = output.status == OutputStatus.SUCCEEDED
-    return dict(
-        **output.model_dump(exclude=UNSHOWN),
-        variations=list(variations),
-        url=file_url(request, storage, "output_file", output.storage_key, output_id=output.id)
+    """An image's answer as a dict to validate: its shown columns, its variation sets and
+    its files' URLs."""
+    if isinstance(output, Output):
+        fields = {column.name: getattr(output, column.name) for column in SHOWN_OUTPUT_COLUMNS}
+    else:
+        fields = output._asdict()
+    succeeded = fields["status"] == OutputStatus.SUCCEEDED
+    fields["variations"] = list(variations)
+    fields["url"] = (
+        file_url(request, storage, "output_file", fields["storage_key"], output_id=output.id)
         if succeeded
-        else None,
-        thumbnail_url=file_url(
-            request, storage, "output_thumbnail", output.thumbnail_key, output_id=output.id
-        )
-        if succeeded
-        else None,
+        else None
     )
+    fields["thumbnail_url"] = (
+        file_url(request, storage, "output_thumbnail", fields["thumbnail_key"], output_id=output.id)
+        if succeeded
+        else None
+    )
+    return fields
 
 
 def job_detail(request: Request, storage: Storage, view: JobView) -> JobDetail:
@@ -146,13 +160,12 @@ def job_detail(request: Request, storage: Storage, view: JobView) -> JobDetail:
 
 
 def job_images(request: Request, storage: Storage, page: ImagePage) -> JobImages:
-    return JobImages(
-        images=[
-            output_public(request, storage, output, page.variations.get(output.id, ()))
-            for output in page.images
-        ],
-        next=page.next_cursor,
-    )
+    """The page's images validated at once (one call, not one per image)."""
+    images = [
+        _output_fields(request, storage, output, page.variations.get(output.id, ()))
+        for output in page.images
+    ]
+    return JobImages.model_validate({"images": images, "next": page.next_cursor})
 
 
 def download_item(request: Request, storage: Storage, output: Output) -> DownloadItem:

@@ -99,3 +99,27 @@ def test_the_ui_index_counts_every_group_of_its_page_in_one_statement(api: Api) 
     ]
     assert len(counting) == 1, counting
     assert all(group_id in page.text for group_id in group_ids)
+
+
+def test_group_counts_read_their_jobs_from_one_index_alone(api: Api) -> None:
+    """Every column the counts sum is in ix_jobs_group_id_counts: no job's row is read
+    (without `cost_usd` in it, 100,000 jobs took 108 ms instead of 28 on MariaDB)."""
+    group_ids = [api.group(f"g{i}") for i in range(3)]
+    for group_id in group_ids:
+        _submit(api, group_id, api.upload_ids(group_id, 2))
+    engine = api.platform.engine
+    statement = groups.counts_statement(group_ids).compile(
+        engine, compile_kwargs={"literal_binds": True}
+    )
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}").all()
+            steps = [str(row[-1]) for row in plan if " jobs " in f" {row[-1]} "]
+            assert steps == [
+                "SEARCH jobs USING COVERING INDEX ix_jobs_group_id_counts (group_id=?)"
+            ]
+        else:
+            plan = connection.exec_driver_sql(f"EXPLAIN {statement}").mappings().all()
+            steps = [row for row in plan if row["table"] == "jobs"]
+            assert [row["key"] for row in steps] == ["ix_jobs_group_id_counts"], steps
+            assert "Using index" in steps[0]["Extra"].split("; "), steps

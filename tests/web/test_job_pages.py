@@ -182,3 +182,22 @@ def test_variations_are_shown_on_every_page(api: Api) -> None:
     shown = {image["position"]: image["variations"] for page in pages for image in page}
     assert shown[33] == [variation_id]
     assert all(not variations for position, variations in shown.items() if position != 33)
+
+
+def test_an_image_reads_the_same_on_a_page_in_the_gallery_and_on_its_own(api: Api) -> None:
+    """Pages and galleries read rows of the shown columns, an image on its own reads its ORM
+    object (control_plane/web/present.py `_output_fields`): the answers must agree."""
+    job_id = make_job(api)
+    finish_job(api, job_id, ["succeeded", "failed", "blocked", "succeeded"] * (IMAGES // 4))
+    paged = [image for page in all_pages(api, job_id, limit=7) for image in page]
+    group_id = api.client.get(f"/api/jobs/{job_id}").json()["group_id"]
+    gallery = api.client.get(f"/api/groups/{group_id}/gallery", params={"limit": 100}).json()
+    in_gallery = {image["id"]: image for image in gallery["images"]}
+    assert len(paged) == len(in_gallery) == IMAGES
+    for image in paged:
+        alone = api.client.get(f"/api/outputs/{image['id']}").json()
+        assert alone.pop("job_id") == job_id and alone.pop("group_id") == group_id
+        assert image == alone
+        assert in_gallery[image["id"]] == {**alone, "job_id": job_id, "group_id": group_id}
+    assert {image["status"] for image in paged} == {"succeeded", "failed", "blocked"}
+    assert all(image["url"] for image in paged if image["status"] == "succeeded")
