@@ -47,6 +47,7 @@ from bench.common import (
     peak_rss_mb,
     png,
     process,
+    process_tree,
     recreate_mysql_database,
 )
 from shared import layout
@@ -176,7 +177,10 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         ran = asyncio.run(_run_job(base, stub, group, submitted["job_id"], args, tmp))
         sampler.running = False
         hwm = peak_rss_mb(pid)
+        relay = [peak_rss_mb(child) for child in process_tree(pid)[1:]]
     _report(args, database_url, stub, submitted, ran, max(sampler.peak_mb, hwm))
+    if relay:  # on MySQL/MariaDB the relay runs beside the API in a process of its own
+        print(f"relay process peak     {max(relay):.0f} MB (its own process, beside the API's)")
     if args.profile:
         print(asyncio.run(_profile(env, group, upload, args.images)))
     server.should_exit = True
