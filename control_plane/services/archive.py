@@ -1,10 +1,14 @@
 """A group's results as one streamed ZIP: files stored (not recompressed), plus manifest.jsonl
 and metadata.jsonl.
 
-Memory stays bounded whatever the group's size: entries are added as lazy iterators over
-storage chunks, and zipstream-ng writes each as it is read. Order is deterministic (job
-creation, then position, then the reference images under `inputs/`); entry names are built
-from ids and sanitised parts only.
+Memory stays small whatever the group's size: planning reads the group's images a batch at
+a time as rows of the columns it needs, writes the manifest and metadata lines to temporary
+files (`Spool`: on disk past 1 MiB), and lists storage a folder at a time (a job's outputs,
+the group's uploads); what it keeps per image is its entry (name, key, size), a few hundred
+bytes, which zipstream-ng needs to promise the archive's length. Entries are added as lazy
+iterators over storage chunks, and zipstream-ng writes each as it is read. Order is
+deterministic (job creation, then position, then the reference images under `inputs/`);
+entry names are built from ids and sanitised parts only.
 
 A download selects (`selection`): some of the group's jobs or all, images of some statuses
 (succeeded by default), and optionally the reference images those images were made from.
@@ -20,10 +24,13 @@ is named in `reference_errors`). The rest of the archive stays valid.
 
 import json
 import re
+import tempfile
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlmodel import Session, col, select
+import sqlalchemy as sa
+from sqlmodel import Session, SQLModel, col, select
 from zipstream import ZIP_STORED, ZipStream
 
 from control_plane.db import in_batches
@@ -33,6 +40,7 @@ from control_plane.services.uploads import safe_name, safe_stem
 from shared import layout
 from shared.ids import is_id
 from shared.images import extension_for
+from shared.layout import ObjectKind
 from shared.storage import Storage, StorageError
 
 MANIFEST = "manifest.jsonl"
@@ -90,14 +98,76 @@ class Reference:
     filename: str | None  # an upload's, as the user named it
 
 
+class Spool:
+    """Lines of JSON written as planning goes, read back once as the ZIP streams them: in
+    memory up to SPOOL_MEMORY bytes, then in a temporary file."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+
+    def write(self, line: dict[str, object]) -> None:
+        self._file.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
+
+    @property
+    def size(self) -> int:
+        return self._file.tell()
+
+    def chunks(self) -> Iterator[bytes]:
+        """What was written, from the start (once: the ZIP reads each entry once)."""
+        self._file.seek(0)
+        while chunk := self._file.read(SPOOL_CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass(frozen=True)
 class Plan:
-    manifest: bytes
-    metadata: bytes
+    """A ZIP's manifest, metadata and file entries in ZIP order; `close` drops the spools."""
+
+    manifest: Spool
+    metadata: Spool
     entries: list[Entry]
 
+    def close(self) -> None:
+        self.manifest.close()
+        self.metadata.close()
 
-FINISHED_BATCH = 1_000  # images read per query when listing a group's finished images
+
+FINISHED_BATCH = 1_000  # images read per query when listing or planning a group's images
+SPOOL_MEMORY = 1 << 20  # a manifest or metadata past this many bytes goes to a temporary file
+SPOOL_CHUNK = 1 << 16
+LISTINGS_KEPT = 4
+THUMBNAILS = frozenset({ObjectKind.OUTPUT_THUMBNAIL, ObjectKind.UPLOAD_THUMBNAIL})
+OUTPUTS = SQLModel.metadata.tables["outputs"]
+# What the ZIP's names, entries, manifest and metadata read of an image
+ARCHIVED_COLUMNS = tuple(
+    OUTPUTS.c[name]
+    for name in [
+        "id",
+        "position",
+        "status",
+        "error",
+        "prompt",
+        "prompt_id",
+        "tags",
+        "reference_ids",
+        "seed",
+        "provider",
+        "model",
+        "model_version",
+        "params",
+        "sha256",
+        "bytes",
+        "width",
+        "height",
+        "content_type",
+        "cost_usd",
+        "storage_key",
+    ]
+)
+ArchivedOutput = sa.Row[Any]  # a row of ARCHIVED_COLUMNS
 
 
 def finished_outputs(
@@ -211,59 +281,94 @@ def _clip(value: str, chars: int = 40) -> str:
 def plan(
     session: Session, storage: Storage, group_id: str, chosen: Selection | None = None
 ) -> Plan:
-    """The manifest, the metadata and the file entries of a group's ZIP, in ZIP order.
+    """The manifest, the metadata and the file entries of a group's ZIP, in ZIP order, read
+    a job and a batch of its images at a time.
 
     Raises Unavailable when storage cannot list the group's files.
     """
     chosen = chosen or Selection()
-    rows = _rows(session, group_id, chosen)
-    references = _references(session, _wanted_references(rows, chosen.inputs))
-    sizes = _object_sizes(storage, group_id, _wanted_keys(rows, references))
-    inputs = _input_entries(rows, references, sizes) if chosen.inputs else {}
-    manifest, metadata, entries = [], [], []
-    for output, job in rows:
-        entry = _entry(output, job, references, sizes) if _expects_file(output) else None
-        files = _reference_files(output, inputs, chosen.inputs)
-        if isinstance(entry, Entry):
-            entries.append(entry)
-            metadata.append(_metadata_line(output, job, entry, files))
-        manifest.append(_manifest_line(output, job, entry, files, inputs))
-    entries += [entry for entry in inputs.values() if isinstance(entry, Entry)]
-    return Plan(_jsonl(manifest), _jsonl(metadata), entries)
+    planned = Plan(Spool(), Spool(), [])
+    try:
+        _plan_into(planned, session, storage, group_id, chosen)
+    except BaseException:
+        planned.close()
+        raise
+    return planned
 
 
-def _jsonl(lines: list[dict[str, object]]) -> bytes:
-    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+def _plan_into(
+    planned: Plan, session: Session, storage: Storage, group_id: str, chosen: Selection
+) -> None:
+    sizes = _Sizes(storage)
+    references: dict[str, Reference] = {}
+    inputs: dict[str, Entry | str] = {}
+    for job in _jobs(session, group_id, chosen):
+        for rows in _batches(session, job.id, chosen):
+            wanted = _wanted_references(rows, job, chosen.inputs)
+            references |= _references(session, [ref for ref in wanted if ref not in references])
+            if chosen.inputs:
+                _add_inputs(inputs, rows, references, sizes)
+            for output in rows:
+                _plan_image(planned, output, job, references, sizes, inputs, chosen.inputs)
+    planned.entries.extend(entry for entry in inputs.values() if isinstance(entry, Entry))
 
 
-def _rows(session: Session, group_id: str, chosen: Selection) -> list[tuple[Output, Job]]:
-    query = (
-        select(Output, Job)
-        .join(Job, col(Job.id) == col(Output.job_id))
-        .where(Output.group_id == group_id, Output.kind == OutputKind.IMAGE)
-    )
+def _plan_image(
+    planned: Plan,
+    output: ArchivedOutput,
+    job: Job,
+    references: dict[str, Reference],
+    sizes: "_Sizes",
+    inputs: dict[str, Entry | str],
+    included: bool,
+) -> None:
+    """The image's manifest line, and its entry and metadata line when its file goes in."""
+    entry = _entry(output, job, references, sizes) if _expects_file(output) else None
+    files = _reference_files(output, inputs, included)
+    if isinstance(entry, Entry):
+        planned.entries.append(entry)
+        planned.metadata.write(_metadata_line(output, job, entry, files))
+    planned.manifest.write(_manifest_line(output, job, entry, files, inputs))
+
+
+def _jobs(session: Session, group_id: str, chosen: Selection) -> list[Job]:
+    """The group's jobs the download covers, oldest first."""
+    query = select(Job).where(Job.group_id == group_id)
     if chosen.job_ids:
-        query = query.where(col(Output.job_id).in_(chosen.job_ids))
+        query = query.where(col(Job.id).in_(chosen.job_ids))
+    return list(session.exec(query.order_by(col(Job.id))).all())
+
+
+def _batches(session: Session, job_id: str, chosen: Selection) -> Iterator[list[ArchivedOutput]]:
+    """The job's images the download covers, by position, FINISHED_BATCH at a time (keyset
+    pages on outputs(job_id, position))."""
+    clauses = [OUTPUTS.c.job_id == job_id, OUTPUTS.c.kind == OutputKind.IMAGE]
     if chosen.statuses is not None:
-        query = query.where(col(Output.status).in_(sorted(chosen.statuses)))
-    return list(session.exec(query.order_by(col(Job.id), col(Output.position))).all())
+        clauses.append(OUTPUTS.c.status.in_(sorted(chosen.statuses)))
+    after = -1
+    while True:
+        query = sa.select(*ARCHIVED_COLUMNS).where(*clauses, OUTPUTS.c.position > after)
+        rows = list(session.execute(query.order_by(OUTPUTS.c.position).limit(FINISHED_BATCH)))
+        if rows:
+            yield rows
+        if len(rows) < FINISHED_BATCH:
+            return
+        after = rows[-1].position
 
 
-def _expects_file(output: Output) -> bool:
+def _expects_file(output: ArchivedOutput | Output) -> bool:
     """Only succeeded images have (or should have) an object."""
     return output.status == OutputStatus.SUCCEEDED
 
 
-def _wanted_references(rows: list[tuple[Output, Job]], inputs: bool) -> list[str]:
+def _wanted_references(rows: list[ArchivedOutput], job: Job, inputs: bool) -> list[str]:
     """Every reference of the rows when their inputs go in the ZIP; else only those whose
     names an automatic image's file name carries."""
     if inputs:
-        return [ref for output, _ in rows for ref in output.reference_ids]
-    return [
-        output.reference_ids[0]
-        for output, job in rows
-        if job.mode == JobMode.AUTOMATIC and output.reference_ids
-    ]
+        return [ref for output in rows for ref in output.reference_ids]
+    if job.mode != JobMode.AUTOMATIC:
+        return []
+    return [output.reference_ids[0] for output in rows if output.reference_ids]
 
 
 def _references(session: Session, ids: Iterable[str]) -> dict[str, Reference]:
@@ -285,40 +390,53 @@ def _references(session: Session, ids: Iterable[str]) -> dict[str, Reference]:
     return found
 
 
-def _wanted_keys(rows: list[tuple[Output, Job]], references: dict[str, Reference]) -> set[str]:
-    outputs = {output.storage_key for output, _ in rows if _expects_file(output)}
-    return {key for key in outputs if key} | {ref.key for ref in references.values() if ref.key}
+class _Sizes:
+    """Stored objects' sizes, a folder's listing at a time (a job's outputs, the group's
+    uploads), the last LISTINGS_KEPT listings kept: planning goes job by job, so it holds
+    the listing of the job it is at and of the uploads, not the whole group's."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._listings: dict[str, dict[str, int]] = {}
+
+    def get(self, key: str) -> int | None:
+        folder = key.rpartition("/")[0] + "/"
+        if folder not in self._listings:
+            if len(self._listings) >= LISTINGS_KEPT:
+                del self._listings[next(iter(self._listings))]
+            self._listings[folder] = self._list(folder)
+        listing = self._listings.pop(folder)
+        self._listings[folder] = listing  # the most recently used last
+        return listing.get(key)
+
+    def _list(self, folder: str) -> dict[str, int]:
+        try:
+            return {
+                info.key: info.size
+                for info in self._storage.list(folder)
+                if info.key.rpartition("/")[0] + "/" == folder and not _is_thumbnail(info.key)
+            }
+        except StorageError as exc:
+            raise Unavailable(f"could not list the group's files in storage: {exc}") from exc
 
 
-def _object_sizes(storage: Storage, group_id: str, wanted: set[str]) -> dict[str, int]:
-    """The stored size of each wanted object, from one listing of the group's outputs and
-    one of each other folder a wanted object is in (the group's uploads)."""
-    outputs = layout.group_outputs_prefix(group_id)
-    prefixes = sorted(
-        {outputs if key.startswith(outputs) else key.rpartition("/")[0] + "/" for key in wanted}
-    )
-    try:
-        return {
-            info.key: info.size
-            for prefix in prefixes
-            for info in storage.list(prefix)
-            if info.key in wanted
-        }
-    except StorageError as exc:
-        raise Unavailable(f"could not list the group's files in storage: {exc}") from exc
+def _is_thumbnail(key: str) -> bool:
+    parsed = layout.parse(key)
+    return parsed is not None and parsed.kind in THUMBNAILS
 
 
-def _usable_size(key: str, recorded: int | None, sizes: dict[str, int]) -> int | str:
+def _usable_size(key: str, recorded: int | None, sizes: _Sizes) -> int | str:
     """The object's size, or why it cannot go into the ZIP."""
-    if key not in sizes:
+    size = sizes.get(key)
+    if size is None:
         return MISSING_FILE
-    if recorded is not None and recorded != sizes[key]:
-        return f"stored size {recorded} does not match the object's {sizes[key]} bytes"
-    return sizes[key]
+    if recorded is not None and recorded != size:
+        return f"stored size {recorded} does not match the object's {size} bytes"
+    return size
 
 
 def _entry(
-    output: Output, job: Job, references: dict[str, Reference], sizes: dict[str, int]
+    output: ArchivedOutput, job: Job, references: dict[str, Reference], sizes: _Sizes
 ) -> Entry | str:
     """The ZIP entry of a succeeded image, or why its object cannot go into the ZIP."""
     key = output.storage_key
@@ -328,20 +446,21 @@ def _entry(
     return size if isinstance(size, str) else Entry(_arcname(output, job, references), key, size)
 
 
-def _input_entries(
-    rows: list[tuple[Output, Job]], references: dict[str, Reference], sizes: dict[str, int]
-) -> dict[str, Entry | str]:
-    """Each reference of the rows once, in order of first use: its entry under inputs/, or
-    why it cannot go into the ZIP."""
-    entries: dict[str, Entry | str] = {}
-    for output, _ in rows:
+def _add_inputs(
+    inputs: dict[str, Entry | str],
+    rows: list[ArchivedOutput],
+    references: dict[str, Reference],
+    sizes: _Sizes,
+) -> None:
+    """Each reference of the rows not yet in `inputs`, in order of first use: its entry under
+    inputs/, or why it cannot go into the ZIP."""
+    for output in rows:
         for ref_id in output.reference_ids:
-            if ref_id not in entries:
-                entries[ref_id] = _input_entry(ref_id, references.get(ref_id), sizes)
-    return entries
+            if ref_id not in inputs:
+                inputs[ref_id] = _input_entry(ref_id, references.get(ref_id), sizes)
 
 
-def _input_entry(ref_id: str, ref: Reference | None, sizes: dict[str, int]) -> Entry | str:
+def _input_entry(ref_id: str, ref: Reference | None, sizes: _Sizes) -> Entry | str:
     if ref is None:
         return "no upload or image has this id"
     if ref.key is None:
@@ -354,7 +473,9 @@ def _input_entry(ref_id: str, ref: Reference | None, sizes: dict[str, int]) -> E
     return Entry(_zip_path([INPUTS, name + extension_for(ref.content_type or "")]), ref.key, size)
 
 
-def _reference_files(output: Output, inputs: dict[str, Entry | str], included: bool) -> list[str]:
+def _reference_files(
+    output: ArchivedOutput, inputs: dict[str, Entry | str], included: bool
+) -> list[str]:
     """Where an image's references are in the ZIP (those that are), or, without inputs, their
     ids."""
     if not included:
@@ -369,7 +490,7 @@ def _reference_files(output: Output, inputs: dict[str, Entry | str], included: b
 # -- names ---------------------------------------------------------------------------------
 
 
-def _arcname(output: Output, job: Job, references: dict[str, Reference]) -> str:
+def _arcname(output: ArchivedOutput, job: Job, references: dict[str, Reference]) -> str:
     """`{job}/{position}[_{source name}]` (automatic), `{job}/{position}` (semi-automatic),
     `{job}/{tag}/{prompt id}_{position}` (catalog), `{job}/{prompt id}_{position}` (import),
     `{persona}/base`, `{persona}/variation_{n}` (persona images)."""
@@ -391,7 +512,7 @@ def _arcname(output: Output, job: Job, references: dict[str, Reference]) -> str:
     return _zip_path(parts)
 
 
-def _persona_parts(output: Output, job: Job) -> list[str]:
+def _persona_parts(output: ArchivedOutput, job: Job) -> list[str]:
     """`{persona}/base`, `{persona}/variation_{n}`: the folder is the persona's name, made
     unique in its group when its images were first asked for (`services/personas.py`)."""
     folder = safe_name(str(job.config.get("folder") or "")) or safe_name(job.source_id or job.id)
@@ -414,7 +535,7 @@ def _zip_path(parts: list[str]) -> str:
 
 
 def _manifest_line(
-    output: Output,
+    output: ArchivedOutput,
     job: Job,
     entry: Entry | str | None,
     reference_files: list[str],
@@ -456,7 +577,7 @@ def _manifest_line(
 
 
 def _metadata_line(
-    output: Output, job: Job, entry: Entry, reference_files: list[str]
+    output: ArchivedOutput, job: Job, entry: Entry, reference_files: list[str]
 ) -> dict[str, object]:
     """One row of the `imagefolder` dataset: the image's path in the ZIP and its columns."""
     return {
@@ -483,12 +604,14 @@ class Archive:
 
     zip: ZipStream
     bodies: Generator[tuple[str, Iterator[bytes]], None, None]
+    planned: Plan
 
     def __len__(self) -> int:
         return len(self.zip)
 
     def close(self) -> None:
         self.bodies.close()
+        self.planned.close()
 
 
 def stream(storage: Storage, planned: Plan) -> Archive:
@@ -498,12 +621,12 @@ def stream(storage: Storage, planned: Plan) -> Archive:
     unreadable, or of another size).
     """
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
-    archive.add(planned.manifest, MANIFEST)
-    archive.add(planned.metadata, METADATA)
+    archive.add(planned.manifest.chunks(), MANIFEST, size=planned.manifest.size)
+    archive.add(planned.metadata.chunks(), METADATA, size=planned.metadata.size)
     bodies = storage.iter_many(entry.key for entry in planned.entries)
     for entry in planned.entries:
         archive.add(_body(bodies, entry), entry.arcname, size=entry.size)
-    return Archive(archive, bodies)
+    return Archive(archive, bodies, planned)
 
 
 def _body(bodies: Iterator[tuple[str, Iterator[bytes]]], entry: Entry) -> Iterator[bytes]:

@@ -21,6 +21,7 @@ from sqlmodel import select
 from control_plane import lifecycle
 from control_plane.app import create_app
 from control_plane.models import Job, JobMode, JobStatus, Output, OutputStatus, Upload
+from control_plane.services import archive as archive_service
 from control_plane.settings import Settings
 from shared import layout
 from shared.ids import new_id
@@ -497,3 +498,39 @@ def test_each_mode_names_its_files_and_no_name_escapes_or_splits(api: Api, tmp_p
     assert rows[first["image_id"]]["tags"] == ["male", "studio"]
     assert rows[first["image_id"]]["negative_prompt"] == "blur"
     assert rows[first["image_id"]]["image"].size == (64, 48)
+
+
+def test_a_zip_planned_a_little_at_a_time_is_the_zip_planned_at_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning reads a job's images FINISHED_BATCH at a time, spools its lines to a file past
+    SPOOL_MEMORY and keeps LISTINGS_KEPT listings of storage: at their smallest (an image a
+    batch, files from the first line, one listing) the ZIP holds the same files, byte for
+    byte, over two jobs, their references and every status."""
+    with stack_on(settings) as stack:
+        group_id = finished_group(stack)
+        uploads = [
+            upload["id"]
+            for upload in stack.http.get(f"/api/groups/{group_id}/uploads").json()["data"]
+        ]
+        again = stack.http.post(
+            "/api/jobs/submit",
+            json={
+                "group_id": group_id,
+                "mode": "automatic",
+                "prompt": "in snow",
+                "images": uploads[:3],
+            },
+        )
+        assert again.status_code == 201, again.text
+        stack.wait_for([again.json()["jobs"][0]["id"]])
+        query = {"status": "all", "include": "inputs"}
+        _, at_once, manifest = read_zip(stack, group_id, **query)
+        monkeypatch.setattr(archive_service, "FINISHED_BATCH", 1)
+        monkeypatch.setattr(archive_service, "SPOOL_MEMORY", 1)
+        monkeypatch.setattr(archive_service, "LISTINGS_KEPT", 1)
+        _, little, _ = read_zip(stack, group_id, **query)
+    assert len(manifest) == IMAGES + 3
+    assert len([name for name in at_once.namelist() if name.startswith("inputs/")]) == IMAGES
+    assert little.namelist() == at_once.namelist()
+    assert all(little.read(name) == at_once.read(name) for name in at_once.namelist())
