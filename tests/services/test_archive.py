@@ -534,3 +534,33 @@ def test_a_zip_planned_a_little_at_a_time_is_the_zip_planned_at_once(
     assert len([name for name in at_once.namelist() if name.startswith("inputs/")]) == IMAGES
     assert little.namelist() == at_once.namelist()
     assert all(little.read(name) == at_once.read(name) for name in at_once.namelist())
+
+
+def _archive_of(pieces: Iterable[bytes]) -> archive_service.Archive:
+    """An Archive whose ZIP is `pieces` (its bodies and plan unused)."""
+    plan = archive_service.Plan(archive_service.Spool(), archive_service.Spool(), [])
+    return archive_service.Archive(pieces, iter(()), plan)  # type: ignore[arg-type]
+
+
+def test_a_zip_goes_out_in_blocks_and_a_big_piece_as_it_is() -> None:
+    """Headers and directory records (a few dozen bytes each) are gathered into blocks of at
+    least BLOCK bytes; a piece that big goes out as it came, not copied."""
+    big = b"d" * archive_service.BLOCK
+    pieces = [b"header", big, *[b"record-%05d" % n for n in range(20_000)], b"end"]
+    blocks = list(_archive_of(pieces).blocks())
+    assert b"".join(blocks) == b"".join(pieces)
+    assert blocks[1] is big
+    assert all(len(block) >= archive_service.BLOCK for block in blocks[2:-1])
+    assert len(blocks) < 10
+
+
+def test_what_came_before_an_aborted_object_still_goes_out() -> None:
+    def pieces() -> Iterator[bytes]:
+        yield b"manifest"
+        yield b"metadata"
+        raise archive_service.ArchiveAborted("changed")
+
+    blocks = _archive_of(pieces()).blocks()
+    assert next(blocks) == b"manifestmetadata"
+    with pytest.raises(archive_service.ArchiveAborted):
+        next(blocks)

@@ -119,7 +119,7 @@ async def _closing(stream: archive.Archive, group_id: str) -> AsyncIterator[byte
     An object that changed after planning is logged and re-raised: the server then cuts the
     connection short of the promised Content-Length, so the client sees a failed download.
     """
-    chunks = iter(stream.zip)
+    chunks = stream.blocks()
     try:
         while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
             yield chunk
