@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists bench-stragglers bench-submit clean
+.PHONY: setup up test lint bench bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists bench-stragglers bench-submit bench-watch clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists bench-stragglers bench-submit
+bench: bench-e2e bench-zip bench-worker bench-ingest bench-pages bench-lists bench-stragglers bench-submit bench-watch
 
 bench-e2e: setup
 	$(BIN)/python -m bench.e2e
@@ -50,6 +50,9 @@ bench-stragglers: setup
 
 bench-submit: setup
 	$(BIN)/python -m bench.submit
+
+bench-watch: setup
+	$(BIN)/python -m bench.watch
 
 clean:
 	rm -rf $(VENV) pixelfleet-data .pytest_cache .mypy_cache .ruff_cache
