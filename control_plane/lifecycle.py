@@ -70,6 +70,9 @@ from control_plane.errors import Conflict, NotFound
 from control_plane.events import emit, emit_many, event_row
 from control_plane.models import (
     ACTIVE_JOB,
+    DISPATCHES,
+    JOBS,
+    OUTPUTS,
     TERMINAL_DISPATCH,
     TERMINAL_OUTPUT,
     Dispatch,
@@ -207,8 +210,6 @@ def lock_job_and_live_dispatches(session: Session, job_id: str) -> tuple[Job, li
 
 
 OutputRow = dict[str, Any]  # a new outputs row by column (`submissions.new_output` makes them)
-OUTPUTS, DISPATCHES = SQLModel.metadata.tables["outputs"], SQLModel.metadata.tables["dispatches"]
-JOBS = SQLModel.metadata.tables["jobs"]
 # What a new row holds in the columns its maker leaves out.
 _NEW_OUTPUT: dict[str, Any] = {column.name: None for column in OUTPUTS.columns} | {
     "status": OutputStatus.PENDING,

@@ -563,3 +563,9 @@ class WebhookDelivery(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = _ts()
     delivered_at: datetime | None = Field(default=None, sa_type=Timestamp)
+
+
+# The tables as SQLAlchemy Core sees them, for statements on columns rather than ORM objects.
+OUTPUTS = SQLModel.metadata.tables["outputs"]
+DISPATCHES = SQLModel.metadata.tables["dispatches"]
+JOBS = SQLModel.metadata.tables["jobs"]

@@ -30,12 +30,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 from zipstream import ZIP_STORED, ZipStream
 
 from control_plane.db import in_batches
 from control_plane.errors import InvalidRequest, Unavailable
-from control_plane.models import Job, JobMode, Output, OutputKind, OutputStatus, Upload
+from control_plane.models import (
+    OUTPUTS,
+    Job,
+    JobMode,
+    Output,
+    OutputKind,
+    OutputStatus,
+    Upload,
+)
 from control_plane.services.uploads import safe_name, safe_stem
 from shared import layout
 from shared.ids import is_id
@@ -141,7 +149,6 @@ SPOOL_CHUNK = 1 << 16
 BLOCK = 1 << 16  # the least a download's write carries (`Archive.blocks`)
 LISTINGS_KEPT = 4
 THUMBNAILS = frozenset({ObjectKind.OUTPUT_THUMBNAIL, ObjectKind.UPLOAD_THUMBNAIL})
-OUTPUTS = SQLModel.metadata.tables["outputs"]
 # What the ZIP's names, entries, manifest and metadata read of an image
 ARCHIVED_COLUMNS = tuple(
     OUTPUTS.c[name]

@@ -9,13 +9,14 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, SQLModel, col, func, select
+from sqlmodel import Session, col, func, select
 
 from control_plane import lifecycle
 from control_plane.access import Viewer
 from control_plane.errors import InvalidRequest
 from control_plane.models import (
     ACTIVE_JOB,
+    OUTPUTS,
     TERMINAL_DISPATCH,
     Dispatch,
     Job,
@@ -37,7 +38,7 @@ _CURSOR_PREFIX = "pos:"
 # and decoding the rows was most of what a page of 1,000 cost (README, Performance).
 SHOWN_OUTPUT_COLUMNS = tuple(
     column
-    for column in SQLModel.metadata.tables["outputs"].columns
+    for column in OUTPUTS.columns
     if column.name in OutputDetail.model_fields
     or column.name in ("storage_key", "thumbnail_key", "updated_at")
 )
