@@ -4,8 +4,8 @@
 
 Writes a group with one completed job of `--images` succeeded images (each with a file and
 a thumbnail key, so every image carries two URLs) straight into the database with bulk
-inserts (SQLite in a temporary folder by default; `--database-url` adds the group to that
-database, migrating it first), then asks the real app (in process, through TestClient)
+inserts (SQLite in a temporary folder by default; `--database-url` names a MariaDB/MySQL
+database, dropped and created again), then asks the real app (in process, through TestClient)
 `--requests` times each for `GET /api/jobs/{id}` (its first 500 images), one page of
 `GET /api/jobs/{id}/images` from the middle of the job (500, and 1,000) and the UI job
 page. Prints p50/p95 latency in ms and the answer size in KB for each, with p95 and size
@@ -24,6 +24,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
+from bench.common import recreate_mysql_database
 from control_plane.app import create_app
 from control_plane.db import make_engine, migrate
 from control_plane.models import Group, Job, JobMode, JobStatus, Output, OutputStatus, utcnow
@@ -50,6 +51,8 @@ def main() -> None:
 
 def run(tmp: Path, args: argparse.Namespace) -> None:
     database_url = args.database_url or f"sqlite:///{tmp / 'pixelfleet.db'}"
+    if args.database_url:
+        recreate_mysql_database(database_url)
     migrate(database_url)
     started = time.perf_counter()
     group_id, job_id = _write_job(database_url, args.images)
