@@ -1,4 +1,4 @@
-"""What the benchmarks share: process start-up, peak memory, synthetic images, a GCS emulator."""
+"""What the benchmarks share: process start-up, memory, synthetic images, a GCS emulator."""
 
 import io
 import itertools
@@ -13,11 +13,13 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import psutil
 import sqlalchemy as sa
 from PIL import Image
 
@@ -30,6 +32,48 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory (VmRSS) of a live process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+ROLES = ("api", "relay", "endpoint", "up")  # `pixelfleet …` commands, as their processes run
+
+
+@dataclass
+class RssSampler:
+    """The peak RSS (MB) of a process and its descendants by role (the `pixelfleet` command
+    each runs: api, relay, endpoint, up), sampled every `interval_s` on a thread."""
+
+    root: int
+    interval_s: float = 0.05
+    peaks: dict[str, float] = field(default_factory=dict)
+    running: bool = True
+
+    def start(self) -> "RssSampler":
+        threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def take(self) -> dict[str, float]:
+        """The peaks since the last take, and start again."""
+        peaks, self.peaks = self.peaks, {}
+        return peaks
+
+    def _sample(self) -> None:
+        while self.running:
+            for pid in process_tree(self.root):
+                try:
+                    role = next((r for r in ROLES if r in psutil.Process(pid).cmdline()), "?")
+                    megabytes = rss_mb(pid)
+                except (psutil.Error, OSError):  # it ended meanwhile
+                    continue
+                self.peaks[role] = max(self.peaks.get(role, 0.0), megabytes)
+            time.sleep(self.interval_s)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -47,8 +91,6 @@ def cpu_seconds(pid: int) -> float:
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and its live descendants (e.g. `pixelfleet api --workers N`'s processes)."""
-    import psutil
-
     return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
 
 

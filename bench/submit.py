@@ -42,6 +42,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from bench.common import (
+    RssSampler,
     cpu_seconds,
     free_port,
     peak_rss_mb,
@@ -49,6 +50,7 @@ from bench.common import (
     process,
     process_tree,
     recreate_mysql_database,
+    rss_mb,
 )
 from shared import layout
 from shared.storage import LocalStorage
@@ -95,31 +97,6 @@ class StubRunPod:
         with self.lock:
             self.completed.add(runpod_job_id)
             self.completed_images += len(self.runs[runpod_job_id]["input"]["items"])
-
-
-@dataclass
-class RssSampler:
-    """The API process's resident memory, sampled every 50 ms in a thread."""
-
-    pid: int
-    peak_mb: float = 0.0
-    running: bool = True
-
-    def start(self) -> "RssSampler":
-        threading.Thread(target=self._sample, daemon=True).start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
-            time.sleep(0.05)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -178,7 +155,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         sampler.running = False
         hwm = peak_rss_mb(pid)
         relay = [peak_rss_mb(child) for child in process_tree(pid)[1:]]
-    _report(args, database_url, stub, submitted, ran, max(sampler.peak_mb, hwm))
+    _report(args, database_url, stub, submitted, ran, max(sampler.peaks.get("api", 0.0), hwm))
     if relay:  # on MySQL/MariaDB the relay runs beside the API in a process of its own
         print(f"relay process peak     {max(relay):.0f} MB (its own process, beside the API's)")
     if args.profile:

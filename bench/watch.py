@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from PIL import Image
 
-from bench.common import free_port, process, process_tree, recreate_mysql_database
+from bench.common import RssSampler, free_port, process, recreate_mysql_database
 from client.api import Client
 
 ENDED = ("completed", "failed", "cancelled")
@@ -89,43 +88,6 @@ class Viewer:
         if "/live/" in response.url:
             with contextlib.suppress(Error):  # the tab closed as the answer came
                 self.live_updates.append(len(response.body()))
-
-
-@dataclass
-class RssSampler:
-    """Each process's peak RSS (MB) under the platform's process, by its role."""
-
-    root: int
-    peaks: dict[str, float] = field(default_factory=dict)
-    running: bool = True
-
-    def start(self) -> "RssSampler":
-        threading.Thread(target=self._sample, daemon=True).start()
-        return self
-
-    def take(self) -> dict[str, float]:
-        """The peaks since the last take, and start again."""
-        peaks, self.peaks = self.peaks, {}
-        return peaks
-
-    def _sample(self) -> None:
-        while self.running:
-            for pid in process_tree(self.root)[1:]:
-                try:
-                    child = psutil.Process(pid)
-                    role = _role(child.cmdline())
-                    megabytes = child.memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-                self.peaks[role] = max(self.peaks.get(role, 0.0), megabytes)
-            time.sleep(0.25)
-
-
-def _role(command: list[str]) -> str:
-    for role in ("api", "relay", "endpoint"):
-        if role in command:
-            return role
-    return command[-1] if command else "?"
 
 
 def photos(folder: Path, count: int, seed: int) -> Path:
@@ -209,8 +171,11 @@ def report(label: str, steps: dict[str, Any], rss: dict[str, float]) -> None:
         f"  ZIP {steps['zip_mb']:.0f} MB with {steps['zip_files']:,} images in "
         f"{steps['zip_s']:.1f} s ({steps['zip_mb'] / steps['zip_s']:.0f} MB/s)"
     )
-    peaks = ", ".join(f"{role} {megabytes:.0f} MB" for role, megabytes in sorted(rss.items()))
-    print(f"  peak RSS: {peaks}")
+    print(f"  peak RSS: {_by_role(rss)}")
+
+
+def _by_role(rss: dict[str, float]) -> str:
+    return ", ".join(f"{role} {megabytes:.0f} MB" for role, megabytes in sorted(rss.items()))
 
 
 def main() -> None:
@@ -246,9 +211,10 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     big = photos(tmp / "big", args.uploads, seed=2)
     command = ["up", "--port", str(api_port), "--endpoint-port", str(endpoint_port)]
     with process(command, env, f"{base_url}/healthz", tmp / "up.log") as pid:
-        sampler = RssSampler(pid).start()
+        sampler = RssSampler(pid, interval_s=0.25).start()
         time.sleep(1)
-        print(f"database   {args.database_url.split('@')[-1] or 'SQLite'}; idle: {sampler.take()}")
+        database = args.database_url.split("@")[-1] or "SQLite"
+        print(f"database {database}; RSS when idle: {_by_role(sampler.take())}")
         with Client(base_url, timeout=300) as client:
             report("small", make_dataset(client, base_url, small, 1, args), sampler.take())
             per_image = args.outputs_per_image

@@ -190,27 +190,34 @@ def finished_outputs(
             session.exec(select(Job.id).where(Job.group_id == group_id).order_by(col(Job.id)))
         )
     for job_id in job_ids:
-        after = -1
-        while True:
-            with open_session() as session:
-                rows = list(
-                    session.exec(
-                        select(Output)
-                        .where(
-                            col(Output.job_id) == job_id,
-                            col(Output.position) > after,
-                            col(Output.status) == OutputStatus.SUCCEEDED,
-                            col(Output.kind) == OutputKind.IMAGE,
-                        )
-                        .order_by(col(Output.position))
-                        .limit(batch)
-                    )
-                )
-            if rows:
-                yield rows
-            if len(rows) < batch:
-                break
-            after = rows[-1].position
+        query = select(Output).where(
+            col(Output.job_id) == job_id,
+            col(Output.status) == OutputStatus.SUCCEEDED,
+            col(Output.kind) == OutputKind.IMAGE,
+        )
+        yield from _by_position(query, batch, lambda page: _in_own_session(open_session, page))
+
+
+def _in_own_session(open_session: Callable[[], Session], query: Any) -> list[Any]:
+    with open_session() as session:
+        return list(session.exec(query))
+
+
+def _by_position(
+    query: Any, batch: int, read: Callable[[Any], Sequence[Any]]
+) -> Iterator[list[Any]]:
+    """`query`'s outputs (one job's) in keyset pages of `batch` by position, on the index
+    outputs(job_id, position); `read` runs each page's query."""
+    after = -1
+    while True:
+        rows = list(
+            read(query.where(OUTPUTS.c.position > after).order_by(OUTPUTS.c.position).limit(batch))
+        )
+        if rows:
+            yield rows
+        if len(rows) < batch:
+            return
+        after = rows[-1].position
 
 
 # -- what a download asks for --------------------------------------------------------------
@@ -348,20 +355,12 @@ def _jobs(session: Session, group_id: str, chosen: Selection) -> list[Job]:
 
 
 def _batches(session: Session, job_id: str, chosen: Selection) -> Iterator[list[ArchivedOutput]]:
-    """The job's images the download covers, by position, FINISHED_BATCH at a time (keyset
-    pages on outputs(job_id, position))."""
+    """The job's images the download covers, by position, FINISHED_BATCH at a time."""
     clauses = [OUTPUTS.c.job_id == job_id, OUTPUTS.c.kind == OutputKind.IMAGE]
     if chosen.statuses is not None:
         clauses.append(OUTPUTS.c.status.in_(sorted(chosen.statuses)))
-    after = -1
-    while True:
-        query = sa.select(*ARCHIVED_COLUMNS).where(*clauses, OUTPUTS.c.position > after)
-        rows = list(session.execute(query.order_by(OUTPUTS.c.position).limit(FINISHED_BATCH)))
-        if rows:
-            yield rows
-        if len(rows) < FINISHED_BATCH:
-            return
-        after = rows[-1].position
+    query = sa.select(*ARCHIVED_COLUMNS).where(*clauses)
+    return _by_position(query, FINISHED_BATCH, lambda page: session.execute(page).all())
 
 
 def _expects_file(output: ArchivedOutput | Output) -> bool:
